@@ -1,0 +1,68 @@
+"""bench(): measured latency of an artifact on a backend, with the LUT's prediction beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from latprune.errors import RunDirError
+from latprune.latency_lut.backends import get_backend
+
+
+def predict_run(run_dir: Path, lut_path: str, backend_name: str, threads: int | None) -> dict[str, Any]:
+    """The LUT's prediction for the slimmed model of ``run_dir`` (calibrated with the base model's fit)."""
+    from latprune.latency_lut.predict import Calibration, Predictor
+    from latprune.latency_lut.profile import open_for_backend
+    from latprune.pruner.graph import ChannelGraph
+    from latprune.pruner.plan import load_run_model
+
+    run = load_run_model(run_dir)
+    graph = ChannelGraph.build(run.model, run.input_shape)
+    backend = get_backend(backend_name, threads)
+    with open_for_backend(lut_path, backend, writable=False) as lut:
+        stored = lut.calibration(run.plan.signature)
+        cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"]) if stored else Calibration()
+        predictor = Predictor(lut, graph, cal)
+        ms = predictor.predict(graph.full_widths())
+    return {"predicted_ms": ms, "calibrated": stored is not None}
+
+
+def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
+          threads: int | None = None) -> dict[str, Any]:
+    """Measure ``artifact`` (a run directory or an .onnx file) on the backend."""
+    path = Path(artifact)
+    run_dir: Path | None = None
+    if path.is_dir():
+        run_dir = path
+        onnx_path = path / "model.onnx"
+    elif path.suffix == ".onnx" and path.is_file():
+        onnx_path = path
+        run_dir = path.parent if (path.parent / "plan.json").is_file() else None
+    else:
+        raise RunDirError(f"{artifact} is neither a run directory nor an existing .onnx file")
+    backend = get_backend(backend_name, threads)
+    if backend.name == "ort-cpu":
+        if not onnx_path.is_file():
+            raise RunDirError(f"{onnx_path} is missing; create it with `latprune export {run_dir} --format onnx`")
+        latency = backend.measure_artifact(str(onnx_path))
+        measured_what = str(onnx_path)
+    else:
+        if run_dir is None:
+            raise RunDirError(f"backend {backend.name!r} times PyTorch models; pass a run directory, not {artifact}")
+        from latprune.pruner.plan import load_run_model
+
+        run = load_run_model(run_dir)
+        latency = backend.measure_model(run.model, run.input_shape)
+        measured_what = f"{run_dir} (PyTorch model)"
+    result: dict[str, Any] = {"artifact": measured_what, "backend": backend.name, "threads": backend.threads,
+                              "latency_ms": latency.to_dict(), "fingerprint": backend.fingerprint()}
+    if run_dir is not None and (run_dir / "plan.json").is_file():
+        from latprune.pruner.plan import PruningPlan
+
+        result["budget_ms"] = PruningPlan.load(run_dir / "plan.json").budget_ms
+    if lut is not None:
+        if run_dir is None:
+            raise RunDirError("a LUT prediction needs the run directory (plan.json beside the .onnx file)")
+        result.update(predict_run(run_dir, lut, backend_name, threads))
+        result["error_pct"] = 100 * (result["predicted_ms"] - latency.median_ms) / latency.median_ms
+    return result

@@ -1,0 +1,198 @@
+"""The ``latprune`` command. Thin: parse, call the API, print (or ``--json``).
+
+Errors from bad input print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from latprune.errors import LatpruneError
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="ort-cpu", help="latency backend: ort-cpu (default), torch-cpu, fake")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all logical CPUs, max 8)")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latprune", description="Hardware-aware, latency-driven pruning.")
+    parser.add_argument("--version", action="version", version=f"latprune {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("profile", help="measure a latency LUT of MODEL's units on this device")
+    p.add_argument("model", help="'default', 'torchvision:NAME', 'file.py:factory' or a run directory")
+    p.add_argument("-o", "--output", required=True, help="LUT file to create or extend (.lut)")
+    p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
+    p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
+    p.add_argument("--calibration-samples", type=int, default=8, help="whole-model measurements for calibration")
+    _add_backend(p)
+    _add_json(p)
+
+    p = sub.add_parser("prune", help="prune MODEL to a latency budget, fine-tune, export and measure")
+    p.add_argument("model")
+    p.add_argument("--lut", required=True, help="LUT file from `latprune profile`")
+    p.add_argument("--budget", required=True, help="'0.5x' (of the measured base latency) or '8ms'")
+    p.add_argument("-o", "--output", required=True, help="run directory to write")
+    p.add_argument("--data", default=None, help="'fashion-mnist', 'digits', 'imagefolder:PATH', 'python:mod:fn'")
+    p.add_argument("--input", default=None)
+    p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, fractions allowed (0: none)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--importance", default="taylor", help="taylor (default), taylor2, l1 (no data needed)")
+    p.add_argument("--importance-batches", type=int, default=16)
+    p.add_argument("--distill", action="store_true", help="distil from the unpruned model while fine-tuning")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test images")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    _add_backend(p)
+    _add_json(p)
+
+    p = sub.add_parser("export", help="export a run directory's model (ONNX), with checks")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("-o", "--output", default=None, help="output file (default: RUN_DIR/model.onnx)")
+    _add_json(p)
+
+    p = sub.add_parser("bench", help="measure an artifact's latency, with the LUT's prediction beside it")
+    p.add_argument("artifact", help="run directory or .onnx file")
+    p.add_argument("--lut", default=None)
+    _add_backend(p)
+    _add_json(p)
+
+    p = sub.add_parser("demo", help="profile, prune to 0.5x, export and measure the embedded default")
+    p.add_argument("--out", default="runs/demo", help="where the LUT and run directory go")
+    p.add_argument("--budget", default="0.5x")
+    p.add_argument("--epochs", type=float, default=0.4)
+    p.add_argument("--threads", type=int, default=None)
+    _add_json(p)
+
+    p = sub.add_parser("lut", help="inspect LUT files")
+    lsub = p.add_subparsers(dest="lut_command", required=True)
+    q = lsub.add_parser("show", help="print a LUT's metadata and entries")
+    q.add_argument("file")
+    q.add_argument("--limit", type=int, default=20, help="entries to print (0: all)")
+    _add_json(q)
+    return parser
+
+
+def _version() -> str:
+    from latprune import __version__
+
+    return __version__
+
+
+def _print(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(human(result))
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.profile import build_lut
+    from latprune.models import load_model
+    from latprune.pruner.graph import ChannelGraph
+
+    spec = load_model(args.model, args.input)
+    backend = get_backend(args.backend, args.threads)
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name,
+                       progress=not args.json)
+    from latprune.report import profile_text
+
+    _print(args, report.to_dict(), profile_text)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from latprune.pruner.loop import PruneConfig, prune
+
+    config = PruneConfig(
+        model=args.model, lut=args.lut, budget=args.budget, out=args.output, data=args.data, input=args.input,
+        backend=args.backend, threads=args.threads, importance=args.importance,
+        importance_batches=args.importance_batches, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
+        distill=args.distill, eval_limit=args.eval_limit, force=args.force, progress=not args.json,
+    )
+    from latprune.report import prune_text
+
+    _print(args, prune(config), prune_text)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from latprune.exporters.onnx import export_onnx
+    from latprune.pruner.plan import load_run_model
+
+    run = load_run_model(args.run_dir)
+    target = args.output or str(Path(args.run_dir) / "model.onnx")
+    report = export_onnx(run.model, run.input_shape, target)
+    _print(args, asdict(report), lambda r: (
+        f"wrote {r['path']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB); onnx.checker passed; "
+        f"ONNX Runtime vs PyTorch max abs diff {r['max_abs_diff']:.2e}"))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from latprune.bench import bench
+    from latprune.report import bench_text
+
+    _print(args, bench(args.artifact, args.lut, args.backend, args.threads), bench_text)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from latprune.demo import run_demo
+    from latprune.report import demo_text
+
+    _print(args, run_demo(Path(args.out), args.budget, args.epochs, args.threads, progress=not args.json),
+           demo_text)
+
+
+def cmd_lut(args: argparse.Namespace) -> None:
+    from latprune.latency_lut.store import Lut
+    from latprune.report import lut_text
+
+    with Lut.open(args.file) as lut:
+        entries = list(lut.items())
+        shown = entries if args.limit == 0 else entries[: args.limit]
+        result = {
+            "file": args.file, "schema_version": lut.meta("schema_version"), "fingerprint": lut.fingerprint,
+            "entries": len(entries),
+            "calibrations": {m: {k: v for k, v in c.items() if k != "points"} for m, c in lut.calibrations().items()},
+            "shown": [{"key": k.text, **lat.to_dict()} for k, lat in shown],
+        }
+    _print(args, result, lut_text)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "profile": cmd_profile, "prune": cmd_prune, "export": cmd_export, "bench": cmd_bench,
+    "demo": cmd_demo, "lut": cmd_lut,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch.*")
+    try:
+        COMMANDS[args.command](args)
+    except LatpruneError as exc:
+        print(f"latprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("latprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

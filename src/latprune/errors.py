@@ -1,0 +1,52 @@
+"""latprune's exceptions.
+
+Every user-facing failure raises a :class:`LatpruneError` subclass whose
+message says what went wrong *and what to do next*. The CLI prints the message
+on one line and exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class LatpruneError(Exception):
+    """Base class of every error latprune raises on bad input or state."""
+
+    exit_code: int = 2
+
+
+class SpecError(LatpruneError):
+    """A model, data, input-shape or budget spec could not be understood."""
+
+
+class LutError(LatpruneError):
+    """A LUT file is missing, corrupt, of another schema, or lacks a measurement."""
+
+
+class FingerprintMismatch(LutError):
+    """A LUT was measured on another device, runtime or setting."""
+
+
+class BudgetError(LatpruneError):
+    """A latency budget cannot be reached by any width configuration."""
+
+
+class RunDirError(LatpruneError):
+    """A run directory is missing files or holds files that do not fit together."""
+
+
+class BackendError(LatpruneError):
+    """A latency backend is unknown, not installed, or failed to measure."""
+
+
+class ExportError(LatpruneError):
+    """An export failed its checks (onnx.checker, runtime parity)."""
+
+
+class MissingDependency(LatpruneError):
+    """An optional package is needed for what was asked."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package; install it with "
+            f"`pip install 'latprune[{extra}]'` (or `pip install {package}`)"
+        )

@@ -1,0 +1,1 @@
+"""The deliverable: exported artifacts of a slimmed model."""

@@ -1,0 +1,70 @@
+"""Latency backends: one file per runtime, one registry.
+
+>>> sorted(BACKENDS)
+['fake', 'ort-cpu', 'torch-cpu']
+>>> get_backend("ort-cpu", threads=1).name
+'ort-cpu'
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+from torch import nn
+
+from latprune.errors import BackendError
+from latprune.latency_lut.timing import Latency, TimingConfig
+from latprune.latency_lut.units import LayerKey
+
+# name -> "module:Class", imported only when asked for (onnxruntime is heavy).
+BACKENDS: dict[str, str] = {
+    "ort-cpu": "latprune.latency_lut.backends.ort_cpu:OrtCpuBackend",
+    "torch-cpu": "latprune.latency_lut.backends.torch_cpu:TorchCpuBackend",
+    "fake": "latprune.latency_lut.backends.fake:FakeBackend",
+}
+
+
+class Backend(ABC):
+    """Times latency units and whole models on one runtime with fixed settings."""
+
+    name: str = ""
+
+    def __init__(self, threads: int | None = None, timing: TimingConfig | None = None) -> None:
+        if threads is not None and threads < 1:
+            raise BackendError(f"--threads must be at least 1, got {threads}")
+        self.threads = threads or default_threads()
+        self.timing = timing or TimingConfig()
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """Device + runtime + settings; see :mod:`latprune.latency_lut.fingerprint`."""
+
+    @abstractmethod
+    def measure_unit(self, key: LayerKey) -> Latency:
+        """Latency of one unit, built alone at the widths in ``key``."""
+
+    @abstractmethod
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+        """End-to-end latency of a whole model as this runtime executes it."""
+
+    def measure_artifact(self, path: str) -> Latency:
+        """End-to-end latency of an exported artifact (ONNX file, ...)."""
+        raise BackendError(f"backend {self.name!r} cannot time {path!r}; use --backend ort-cpu for ONNX files")
+
+
+def default_threads() -> int:
+    """Physical cores are not visible portably; use the logical CPU count, capped at 8."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def get_backend(name: str, threads: int | None = None, timing: TimingConfig | None = None) -> Backend:
+    """Instantiate backend ``name``; unknown names list the known ones."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(threads=threads, timing=timing)

@@ -1,0 +1,50 @@
+"""A deterministic backend for tests: latency from a formula, no timing noise.
+
+Unit latency is a staircase in channels (widths round up to multiples of 8,
+as SIMD kernels do) plus a per-kernel launch cost; a whole model costs the
+sum of its units times 1.1 plus 0.02 ms, so calibration has something to fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from latprune.latency_lut.backends import Backend
+from latprune.latency_lut.timing import Latency
+from latprune.latency_lut.units import LayerKey
+
+STEP = 8
+LAUNCH_MS = 0.002
+MS_PER_MMAC = 0.01
+
+
+def fake_unit_ms(key: LayerKey) -> float:
+    def up(c: int) -> int:
+        return int(math.ceil(c / STEP) * STEP)
+
+    padded = replace(key, cin=up(key.cin), cout=up(key.cout),
+                     groups=up(key.groups) if key.groups > 1 else 1)
+    return LAUNCH_MS + MS_PER_MMAC * padded.macs / 1e6
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.name, "runtime": "formula", "runtime_version": "1",
+                "threads": self.threads, "precision": "fp32", "device": "fake"}
+
+    def measure_unit(self, key: LayerKey) -> Latency:
+        ms = fake_unit_ms(key)
+        return Latency(ms, ms, ms, 1)
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+        from latprune.pruner.graph import ChannelGraph
+
+        graph = ChannelGraph.build(model, input_shape)
+        ms = 1.1 * sum(fake_unit_ms(u.base) for u in graph.units) + 0.02
+        return Latency(ms, ms, ms, 1)

@@ -1,0 +1,127 @@
+"""build_lut(): measure every unit of a model over its width grid, then calibrate.
+
+Every measurement is committed to the LUT as it is made, so a profile that is
+killed resumes where it stopped: keys already in the LUT are not measured
+again. Extending a LUT with another model measures only its new keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from latprune.errors import LutError
+from latprune.latency_lut.backends import Backend
+from latprune.latency_lut.calibrate import calibrate, calibration_configs
+from latprune.latency_lut.fingerprint import check_compatible
+from latprune.latency_lut.predict import Calibration, Predictor
+from latprune.latency_lut.store import Lut
+from latprune.latency_lut.units import LayerKey
+from latprune.pruner.graph import ChannelGraph
+
+DEFAULT_LEVELS = 8
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    lut: str
+    model: str
+    signature: str
+    units: int
+    keys: int
+    measured: int
+    reused: int
+    seconds: float
+    levels: int
+    calibration: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grid_keys(graph: ChannelGraph, levels: int) -> list[LayerKey]:
+    """Every key the pruner can ask for at these width levels (deduplicated, in unit order)."""
+    options = graph.options(levels)
+    keys: dict[str, LayerKey] = {}
+    for unit in graph.units:
+        cins = options[unit.in_group] if unit.in_group is not None and not unit.depthwise else [None]
+        couts = options[unit.out_group] if unit.out_group is not None else [None]
+        for cin in cins:
+            for cout in couts:
+                widths = {}
+                if cin is not None:
+                    widths[unit.in_group] = cin
+                if cout is not None:
+                    widths[unit.out_group] = cout
+                key = unit.key(widths)  # type: ignore[arg-type]
+                keys.setdefault(key.text, key)
+    return list(keys.values())
+
+
+def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
+    """Open a LUT and refuse it if it was measured on another device/backend/setting."""
+    lut = Lut.open(path, writable=writable)
+    try:
+        check_compatible(lut.fingerprint, backend.fingerprint(), f"LUT {path}")
+    except LutError:
+        lut.close()
+        raise
+    return lut
+
+
+def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
+              calibration_samples: int = 8, model_name: str = "model", progress: bool = True) -> ProfileReport:
+    """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate."""
+    if levels < 1:
+        raise LutError(f"--levels must be at least 1, got {levels}")
+    start = time.time()
+    path = Path(path)
+    lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
+    with lut:
+        keys = grid_keys(graph, levels)
+        todo = [k for k in keys if k not in lut]
+        for key in tqdm(todo, desc=f"profile {backend.name}", unit="unit", disable=not progress or None):
+            lut.put(key, backend.measure_unit(key))
+        signature = graph.signature()
+        stored = lut.calibration(signature)
+        if stored is None or stored.get("levels") != levels:
+            cal, points = run_calibration(graph, lut, backend, levels, calibration_samples, progress)
+            stored = {**asdict(cal), "levels": levels, "model": model_name, "points": points}
+            lut.set_calibration(signature, stored)
+        report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), len(todo),
+                               len(keys) - len(todo), round(time.time() - start, 2), levels,
+                               {k: v for k, v in stored.items() if k != "points"}, lut.fingerprint)
+    return report
+
+
+def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, levels: int, samples: int,
+                    progress: bool = True) -> tuple[Calibration, list[dict[str, float]]]:
+    """Measure ``samples`` whole-model width configurations and fit the correction."""
+    predictor = Predictor(lut, graph)
+    configs = calibration_configs(graph.options(levels), samples)
+    bar = tqdm(total=len(configs), desc="calibrate", unit="model", disable=not progress or None)
+
+    def measure(widths: dict[int, int]) -> float:
+        ms = backend.measure_model(graph.slim_to_widths(widths), graph.input_shape).median_ms
+        bar.update(1)
+        return ms
+
+    try:
+        return calibrate(predictor.raw, measure, configs)
+    finally:
+        bar.close()
+
+
+def load_calibration(lut: Lut, graph: ChannelGraph) -> tuple[Calibration, int] | None:
+    """The stored calibration of this model in ``lut`` and its width levels, if any."""
+    stored = lut.calibration(graph.signature())
+    if stored is None:
+        return None
+    cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], stored["points"]
+                      if isinstance(stored["points"], int) else len(stored["points"]))
+    return cal, int(stored["levels"])

@@ -1,0 +1,70 @@
+"""Timing: warm up, repeat, take the median and the spread.
+
+A :class:`Latency` always carries its spread (p10/p90) and the number of
+runs it came from, so a noisy number can be told from a clean one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A measured latency in milliseconds: median and the 10th/90th percentiles."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: 0.05 means the middle 80% of runs lie within 5%."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float]) -> Latency:
+        xs = sorted(samples_ms)
+        q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else [xs[0]] * 9
+        return cls(statistics.median(xs), q[0], q[-1], len(xs))
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    warmup: int = 10            # untimed runs first (allocations, caches, thread pools)
+    repeats: int = 50           # timed runs, at least
+    min_time_s: float = 0.05    # and at least this long in total
+    max_repeats: int = 2000     # never more than this many timed runs
+    max_spread: float = 0.25    # re-measure once, with 3x the runs, if (p90-p10)/median exceeds this
+
+
+def time_callable(fn: Callable[[], object], config: TimingConfig = TimingConfig()) -> Latency:
+    """Time ``fn()`` on the wall clock (synchronous work only: CPU runtimes).
+
+    Devices with asynchronous queues time themselves with their own events.
+    """
+    for _ in range(config.warmup):
+        fn()
+    latency = _sample(fn, config.repeats, config)
+    if latency.spread > config.max_spread:
+        latency = _sample(fn, config.repeats * 3, config)
+    return latency
+
+
+def _sample(fn: Callable[[], object], repeats: int, config: TimingConfig) -> Latency:
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < config.max_repeats and (
+        len(samples) < repeats or time.perf_counter() - start < config.min_time_s
+    ):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return Latency.from_samples(samples)

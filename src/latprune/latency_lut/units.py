@@ -1,0 +1,121 @@
+"""Latency units: the pieces of a model that the target runtime executes as one kernel.
+
+On ONNX Runtime (and TensorRT) a convolution, the BatchNorm after it, a
+residual add that follows and the activation are fused into one kernel, so
+they form one unit; timing them separately would overcount. A unit knows
+which channel groups set its input and output widths, and builds the
+:class:`LayerKey` under which the LUT stores its latency for any widths.
+
+>>> key = LayerKey(op="conv", cin=32, cout=64, kernel=(3, 3), stride=(2, 2), padding=(1, 1),
+...                dilation=(1, 1), groups=1, in_hw=(28, 28), batch=1, bias=False, bn=True,
+...                add=False, act="relu")
+>>> LayerKey.parse(key.text) == key
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from latprune.errors import LutError
+
+# Activations a unit can end with, by the grad_fn name Torch-Pruning records.
+ACTIVATIONS = {
+    "ReluBackward0": "relu",
+    "HardtanhBackward0": "relu6",
+    "SiluBackward0": "silu",
+    "HardswishBackward0": "hardswish",
+    "SigmoidBackward0": "sigmoid",
+    "GeluBackward0": "gelu",
+}
+
+
+@dataclass(frozen=True, order=True)
+class LayerKey:
+    """What identifies one measured kernel: the op, its widths and every shape
+    parameter that changes its latency. ``text`` is its canonical form in the LUT."""
+
+    op: str                       # "conv" or "linear"
+    cin: int
+    cout: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1               # == cin == cout for a depthwise conv
+    in_hw: tuple[int, ...] = ()   # spatial input size (conv) or extra token dims (linear)
+    batch: int = 1
+    bias: bool = False
+    bn: bool = False              # a BatchNorm follows (folded by the runtime)
+    add: bool = False             # a residual add is fused after the BN
+    act: str = ""                 # activation fused at the end ("" for none)
+    dtype: str = "float32"
+
+    @property
+    def text(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = "x".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                value = int(value)
+            parts.append(f"{f.name}={value}")
+        return ";".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> LayerKey:
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        try:
+            for part in text.split(";"):
+                name, raw = part.split("=", 1)
+                kind = kinds[name]
+                if "tuple" in str(kind):
+                    values[name] = tuple(int(v) for v in raw.split("x")) if raw else ()
+                elif kind in (bool, "bool"):
+                    values[name] = raw == "1"
+                elif kind in (int, "int"):
+                    values[name] = int(raw)
+                else:
+                    values[name] = raw
+            return cls(**values)
+        except (KeyError, ValueError, TypeError):
+            raise LutError(f"LUT entry key {text!r} is malformed; the LUT file is damaged, re-profile it") from None
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons)."""
+        spatial = 1
+        if self.op == "conv":
+            h, w = self.in_hw
+            kh, kw = self.kernel
+            oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+            ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+            spatial = oh * ow * kh * kw
+        else:
+            for d in self.in_hw:
+                spatial *= d
+        return self.batch * spatial * self.cout * (self.cin // self.groups)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One latency unit of a model: the module that anchors it, its full-width
+    key, and the channel groups (ids) that set its input/output widths
+    (``None`` where the width is fixed, e.g. the image channels or the classes)."""
+
+    name: str
+    base: LayerKey
+    in_group: int | None
+    out_group: int | None
+    depthwise: bool = False
+
+    def key(self, widths: dict[int, int]) -> LayerKey:
+        """The key at the given group widths (missing groups: full width)."""
+        cin = widths.get(self.in_group, self.base.cin) if self.in_group is not None else self.base.cin
+        cout = widths.get(self.out_group, self.base.cout) if self.out_group is not None else self.base.cout
+        if self.depthwise:
+            return replace(self.base, cin=cout, cout=cout, groups=cout)
+        return replace(self.base, cin=cin, cout=cout)

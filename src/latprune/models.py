@@ -1,0 +1,192 @@
+"""Model specs: turn a string into an ``nn.Module`` with its example input shape.
+
+Specs understood by :func:`load_model`:
+
+- ``default`` (or ``latprune:resnet20-fmnist``): the embedded ResNet-20-style
+  CNN trained on Fashion-MNIST, weights shipped in the package;
+- ``torchvision:NAME``: a torchvision classification model (random init:
+  nothing is downloaded);
+- ``path/to/file.py:factory``: ``factory()`` in that file returns the model;
+- a run directory written by ``latprune prune``: the slimmed, fine-tuned model.
+
+>>> spec = load_model("default")
+>>> spec.input_shape
+(1, 1, 28, 28)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from latprune.errors import SpecError
+
+EMBEDDED_NAME = "latprune:resnet20-fmnist"
+EMBEDDED_WEIGHTS = Path(__file__).parent / "assets" / "resnet20_fmnist.pt"
+EMBEDDED_INPUT = (1, 1, 28, 28)
+EMBEDDED_WIDTHS = (32, 64, 128)
+
+
+class BasicBlock(nn.Module):
+    """conv-bn-relu, conv-bn, + shortcut, relu. The shortcut is a 1x1 conv+bn
+    when the block changes resolution or width, else the identity."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU(inplace=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU(inplace=False)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016, §4.2): a 3x3 stem, three stages of
+    ``blocks_per_stage`` basic blocks, global average pooling, a linear head.
+    ``blocks_per_stage=3`` is ResNet-20."""
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = EMBEDDED_WIDTHS,
+        blocks_per_stage: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=False),
+        )
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for stage, width in enumerate(widths):
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(cin, width, stride))
+                cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))  # (B, C, H/4, W/4)
+        return self.fc(torch.flatten(self.pool(x), 1))  # (B, classes)
+
+
+@dataclass
+class ModelSpec:
+    """A model ready for latprune: the module (eval mode), its input shape
+    (batch first), and where it came from."""
+
+    name: str
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int | None = None
+    default_data: str | None = None
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
+    try:
+        dims = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise SpecError(
+            f"input shape {text!r} is not of the form BxCxHxW, e.g. --input 1x3x224x224"
+        ) from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise SpecError(
+            f"input shape {text!r} must have at least 2 positive dims, e.g. --input 1x3x224x224"
+        )
+    return dims
+
+
+def embedded_model(pretrained: bool = True) -> nn.Module:
+    """The embedded default: ResNet-20 (widths 32/64/128) for 1x28x28 Fashion-MNIST."""
+    model = ResNetCifar()
+    if pretrained:
+        if not EMBEDDED_WEIGHTS.exists():
+            raise SpecError(
+                f"embedded weights {EMBEDDED_WEIGHTS} are missing; reinstall latprune "
+                "or rebuild them with `python scripts/train_default.py`"
+            )
+        state = torch.load(EMBEDDED_WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> ModelSpec:
+    """Resolve a model spec string (see the module docstring)."""
+    shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
+    if spec in ("default", EMBEDDED_NAME):
+        return ModelSpec(EMBEDDED_NAME, embedded_model(), shape or EMBEDDED_INPUT, 10, "fashion-mnist")
+    if spec.startswith("torchvision:"):
+        return _torchvision_model(spec, shape)
+    path = Path(spec)
+    if path.is_dir():
+        from latprune.pruner.plan import load_run_model
+
+        run = load_run_model(path)
+        return ModelSpec(run.name, run.model, shape or run.input_shape, run.num_classes, run.default_data)
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        return _file_model(spec, shape)
+    raise SpecError(
+        f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', "
+        "'path/to/file.py:factory' or a run directory from `latprune prune`"
+    )
+
+
+def _torchvision_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
+    name = spec.split(":", 1)[1]
+    try:
+        import torchvision.models as tvm
+    except ImportError:
+        from latprune.errors import MissingDependency
+
+        raise MissingDependency("torchvision", "vision", f"model spec {spec!r}") from None
+    known = tvm.list_models(module=tvm)
+    if name not in known:
+        raise SpecError(
+            f"torchvision has no model {name!r}; known classification models include "
+            + ", ".join(k for k in known if k.startswith(("resnet", "mobilenet", "efficientnet")))
+        )
+    model = tvm.get_model(name, weights=None).eval()
+    return ModelSpec(spec, model, shape or (1, 3, 224, 224), 1000, None)
+
+
+def _file_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
+    file, factory = spec.rsplit(":", 1)
+    path = Path(file)
+    if not path.is_file():
+        raise SpecError(f"model file {file!r} does not exist; check the path in {spec!r}")
+    if shape is None:
+        raise SpecError(f"model {spec!r} needs an input shape: pass --input BxCxHxW")
+    mod_spec = importlib.util.spec_from_file_location(f"latprune_user_{path.stem}", path)
+    assert mod_spec is not None and mod_spec.loader is not None  # a .py file always has both
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report, don't crash
+        raise SpecError(f"importing {file!r} failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise SpecError(f"{file!r} has no callable {factory!r}; name a function that returns an nn.Module")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return ModelSpec(f"{path.resolve()}:{factory}", model.eval(), shape, None, None)

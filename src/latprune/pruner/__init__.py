@@ -1,0 +1,1 @@
+"""The decision: channel groups, importance, the knapsack, plans and slimming."""

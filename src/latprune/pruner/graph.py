@@ -1,0 +1,260 @@
+"""Coupled channel groups and latency units of a model, over Torch-Pruning's DependencyGraph.
+
+A *group* is a set of channels that must be removed together: a conv's
+output channels with its BatchNorm and the next conv's inputs, or, through
+residual adds, a whole "highway" shared by every block of a stage. Each group
+gets one width in a plan.
+
+>>> from latprune.models import ResNetCifar
+>>> graph = ChannelGraph.build(ResNetCifar(), (1, 1, 28, 28))
+>>> [g.size for g in graph.groups][:4]   # stage-1 highway, then each block's inner width
+[32, 32, 32, 32]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from latprune.errors import SpecError
+from latprune.latency_lut.units import ACTIVATIONS, LayerKey, Unit
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A coupled channel group: ``root`` is the module whose output channels
+    define it (name stable across fresh copies of the base model), ``size`` its
+    full channel count; ``producers`` the modules (BN, or conv/linear without
+    a BN) whose output channel c is zero once the group loses channel c."""
+
+    id: int
+    root: str
+    size: int
+    producers: tuple[str, ...]
+    members: tuple[str, ...] = field(default=())
+
+
+def _output_layers(dg: tp.DependencyGraph, modules: Sequence[nn.Module]) -> list[nn.Module]:
+    """Conv/linear modules whose output reaches the model output without passing
+    through another conv/linear: their output width is fixed (the classes)."""
+    outputs = []
+    for module in modules:
+        stack, seen, reaches_end = [dg.module2node[module]], set(), False
+        while stack and not reaches_end:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if not node.outputs:
+                reaches_end = True
+            for nxt in node.outputs:
+                if not isinstance(nxt.module, PRUNABLE):
+                    stack.append(nxt)
+        if reaches_end:
+            outputs.append(module)
+    return outputs
+
+
+def _grad_fn_name(node: tp.dependency.Node) -> str:
+    fn = getattr(node, "grad_fn", None)
+    return type(fn).__name__ if fn is not None else ""
+
+
+class ChannelGraph:
+    """Groups and units of one model at one input shape. Build with :meth:`build`."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph,
+                 groups: list[Group], units: list[Unit], names: dict[nn.Module, str]) -> None:
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.dg = dg
+        self.groups = groups
+        self.units = units
+        self._names = names
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+        model.eval()
+        names = {m: n for n, m in model.named_modules()}
+        example = torch.randn(*input_shape)
+        in_shapes: dict[nn.Module, tuple[int, ...]] = {}
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out: in_shapes.__setitem__(mod, tuple(inp[0].shape)))
+            for m in model.modules() if isinstance(m, PRUNABLE)
+        ]
+        try:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        except Exception as exc:  # tracing user models can fail in many ways
+            raise SpecError(f"could not trace the model with input {input_shape}: {type(exc).__name__}: {exc}; "
+                            "check --input matches what the model expects") from None
+        finally:
+            for h in hooks:
+                h.remove()
+        layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
+        fixed = _output_layers(dg, layers)
+        # Grouped (non-depthwise) convs keep their widths: their channels cannot be cut freely.
+        for m in layers:
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+                fixed.append(m)
+        groups: list[Group] = []
+        out_group: dict[nn.Module, int] = {}
+        in_group: dict[nn.Module, int] = {}
+        order = {m: i for i, m in enumerate(model.modules())}
+        tp_groups = sorted(dg.get_all_groups(ignored_layers=fixed, root_module_types=PRUNABLE),
+                           key=lambda grp: order[grp[0].dep.target.module])
+        for tp_group in tp_groups:
+            root = tp_group[0].dep.target.module
+            gid = len(groups)
+            producers, members = [], []
+            for dep, _ in tp_group:
+                target, handler = dep.target.module, dep.handler
+                if handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
+                               tp.prune_depthwise_conv_out_channels):
+                    out_group[target] = gid
+                    members.append(names[target])
+                elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                    in_group[target] = gid
+                    members.append(names[target])
+                elif isinstance(target, nn.modules.batchnorm._BatchNorm):
+                    producers.append(names[target])
+            size = len(tp_group[0].idxs)
+            groups.append(Group(gid, names[root], size, tuple(producers), tuple(dict.fromkeys(members))))
+        units = []
+        for m in layers:
+            unit, bn = cls._unit(dg, m, names[m], in_shapes.get(m), in_group.get(m), out_group.get(m))
+            units.append(unit)
+            # A conv/linear with no BN after it produces its group's channels itself.
+            if bn is None and unit.out_group is not None:
+                g = groups[unit.out_group]
+                groups[unit.out_group] = Group(g.id, g.root, g.size, g.producers + (names[m],), g.members)
+        return cls(model, input_shape, dg, groups, units, names)
+
+    @staticmethod
+    def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str, in_shape: tuple[int, ...] | None,
+              gin: int | None, gout: int | None) -> tuple[Unit, nn.Module | None]:
+        if in_shape is None:
+            raise SpecError(f"layer {name!r} did not run in the forward pass; latprune cannot time it")
+        node = dg.module2node[m]
+        bn: nn.Module | None = None
+        add, act = False, ""
+        nxt = node.outputs[0] if len(node.outputs) == 1 else None
+        if nxt is not None and isinstance(nxt.module, nn.modules.batchnorm._BatchNorm):
+            bn = nxt.module
+            nxt = nxt.outputs[0] if len(nxt.outputs) == 1 else None
+        if nxt is not None and _grad_fn_name(nxt) == "AddBackward0" and bn is not None:
+            # Fuse the add into the largest producer feeding it (the main branch).
+            producers = [i for i in nxt.inputs if isinstance(i.module, nn.modules.batchnorm._BatchNorm)]
+            convs = [p.inputs[0].module for p in producers if p.inputs]
+            if convs and max(convs, key=lambda c: c.weight.numel()) is m:
+                add = True
+                nxt = nxt.outputs[0] if len(nxt.outputs) == 1 else None
+            else:
+                nxt = None
+        if nxt is not None:
+            act = ACTIVATIONS.get(_grad_fn_name(nxt), "")
+        if isinstance(m, nn.Conv2d):
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            key = LayerKey(op="conv", cin=m.in_channels, cout=m.out_channels, kernel=tuple(m.kernel_size),
+                           stride=tuple(m.stride), padding=tuple(m.padding),  # type: ignore[arg-type]
+                           dilation=tuple(m.dilation), groups=m.groups, in_hw=tuple(in_shape[2:]),
+                           batch=in_shape[0], bias=m.bias is not None, bn=bn is not None, add=add, act=act)
+            if depthwise:
+                gin = gout
+            return Unit(name, key, gin, gout, depthwise), bn
+        key = LayerKey(op="linear", cin=m.in_features, cout=m.out_features, in_hw=tuple(in_shape[1:-1]),
+                       batch=in_shape[0], bias=m.bias is not None, bn=bn is not None, act=act)
+        return Unit(name, key, gin, gout), bn
+
+    # -- queries ------------------------------------------------------------------------------
+    def signature(self) -> str:
+        """A short hash of the model's unit structure and input shape (calibrations are per signature)."""
+        text = "|".join(f"{u.name}:{u.base.text}:{u.in_group}:{u.out_group}" for u in self.units)
+        return hashlib.sha256(f"{self.input_shape}|{text}".encode()).hexdigest()[:16]
+
+    def full_widths(self) -> dict[int, int]:
+        return {g.id: g.size for g in self.groups}
+
+    def options(self, levels: int) -> dict[int, list[int]]:
+        """Width options of every group (see :func:`width_options`)."""
+        return {g.id: width_options(g.size, levels) for g in self.groups}
+
+    def slim_to_widths(self, widths: dict[int, int]) -> nn.Module:
+        """A slimmed copy keeping the first ``widths[g]`` channels of each group
+        (for timing: latency does not depend on which channels are kept)."""
+        return self.slim({g: list(range(w)) for g, w in widths.items()})
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    # -- surgery ------------------------------------------------------------------------------
+    def slim(self, keep: dict[int, Sequence[int]]) -> nn.Module:
+        """A physically slimmed deep copy: group ``g`` keeps channels ``keep[g]``."""
+        model = copy.deepcopy(self.model)
+        apply_keep_(model, self.input_shape, {self.groups[g].root: idx for g, idx in keep.items()},
+                    {self.groups[g].root: self.groups[g].size for g in keep})
+        return model
+
+    def mask(self, keep: dict[int, Sequence[int]]) -> nn.Module:
+        """A deep copy where every removed channel is zeroed at its producers (the
+        hard-gated model): it computes the same function as :meth:`slim`."""
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for gid, idx in keep.items():
+                group = self.groups[gid]
+                drop = sorted(set(range(group.size)) - set(int(i) for i in idx))
+                if not drop:
+                    continue
+                for name in group.producers:
+                    mod = model.get_submodule(name)
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.weight[drop] = 0
+                        mod.bias[drop] = 0
+                    else:
+                        mod.weight[drop] = 0
+                        if mod.bias is not None:
+                            mod.bias[drop] = 0
+        return model
+
+
+def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: dict[str, Sequence[int]],
+                sizes: dict[str, int] | None = None) -> nn.Module:
+    """Slim ``model`` in place: the group rooted at module ``root`` keeps channels
+    ``keep_by_root[root]`` (indices into the base model's channels)."""
+    model.eval()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(*input_shape))
+    for root_name, idx in keep_by_root.items():
+        try:
+            root = model.get_submodule(root_name)
+        except AttributeError:
+            raise SpecError(f"the model has no module {root_name!r}; the plan was made for another model") from None
+        size = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        if sizes is not None and sizes.get(root_name, size) != size:
+            raise SpecError(f"module {root_name!r} has {size} channels, the plan expects {sizes[root_name]}")
+        kept = set(int(i) for i in idx)
+        if not kept or max(kept) >= size or min(kept) < 0:
+            raise SpecError(f"plan keeps channels outside 0..{size - 1} of {root_name!r} (or none)")
+        drop = [i for i in range(size) if i not in kept]
+        if not drop:
+            continue
+        handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
+        dg.get_pruning_group(root, handler, idxs=drop).prune()
+    return model
+
+
+def width_options(size: int, levels: int) -> list[int]:
+    """The widths a group of ``size`` channels may take: ``levels`` evenly spaced
+    steps from size/levels up to size (distinct, at least 1).
+
+    >>> width_options(32, 8)
+    [4, 8, 12, 16, 20, 24, 28, 32]
+    """
+    return sorted({max(1, round(size * i / levels)) for i in range(1, levels + 1)})

@@ -1,0 +1,188 @@
+"""Pick one width per group: the most importance kept with predicted latency ≤ budget.
+
+A multiple-choice knapsack (HALP, Shen et al. 2022): each group offers its
+width options (the LUT's grid), each option has a value (the summed
+importance of the channels it keeps) and a latency cost. A unit's latency
+depends on two groups (its input and output widths), so costs are
+linearised around the current solution — half of a unit's latency is charged
+to its input group, half to its output group — the knapsack is solved by
+dynamic programming over discretised latency, and the linearisation is
+redone at the new solution until it stops changing. Finally the exact
+(coupled, calibrated) prediction is enforced: a greedy pass removes the
+cheapest importance per millisecond until the budget holds, and another
+spends any slack left on the most valuable widenings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from latprune.errors import BudgetError
+from latprune.latency_lut.predict import Predictor
+
+
+@dataclass(frozen=True)
+class Solution:
+    widths: dict[int, int]
+    predicted_ms: float
+    value: float          # kept importance, as a fraction of the total
+    iterations: int
+
+
+def option_values(scores: dict[int, np.ndarray], options: dict[int, list[int]]) -> dict[int, list[float]]:
+    """value[g][i] = importance kept by the best ``options[g][i]`` channels of group g, normalised
+    so that keeping everything is worth 1 in total."""
+    total = sum(float(s.sum()) for s in scores.values()) or 1.0
+    values = {}
+    for g, opts in options.items():
+        ranked = np.sort(scores[g])[::-1]
+        cum = np.concatenate([[0.0], np.cumsum(ranked)])
+        values[g] = [float(cum[w]) / total for w in opts]
+    return values
+
+
+def _linearised_costs(predictor: Predictor, options: dict[int, list[int]],
+                      current: dict[int, int]) -> tuple[dict[int, list[float]], float]:
+    """cost[g][i] (raw ms) of giving group g its i-th width, other groups at ``current``; and the fixed part."""
+    costs = {g: [0.0] * len(opts) for g, opts in options.items()}
+    fixed = 0.0
+    for unit in predictor.graph.units:
+        gin = None if unit.depthwise else unit.in_group
+        gout = unit.out_group
+        if gin is None and gout is None:
+            fixed += predictor.unit_ms(unit, current)
+            continue
+        shared = gin is not None and gout is not None and gin != gout
+        for g in {gin, gout} - {None}:
+            for i, w in enumerate(options[g]):  # type: ignore[index]
+                ms = predictor.unit_ms(unit, {**current, g: w})
+                costs[g][i] += 0.5 * ms if shared else ms  # type: ignore[index]
+    return costs, fixed
+
+
+def _mck(costs: dict[int, list[float]], values: dict[int, list[float]], capacity: float,
+         bins: int) -> dict[int, int] | None:
+    """Multiple-choice knapsack by DP over ``bins`` latency bins; option index per group, or None."""
+    if capacity <= 0:
+        return None
+    unit = capacity / bins
+    groups = list(costs)
+    neg = -math.inf
+    dp = np.full(bins + 1, neg)
+    dp[0] = 0.0
+    back = np.zeros((len(groups), bins + 1), dtype=np.int64)
+    for gi, g in enumerate(groups):
+        new = np.full(bins + 1, neg)
+        choice = np.zeros(bins + 1, dtype=np.int64)
+        for i, (c, v) in enumerate(zip(costs[g], values[g])):
+            w = int(math.ceil(c / unit - 1e-9))
+            if w > bins:
+                continue
+            shifted = np.full(bins + 1, neg)
+            shifted[w:] = dp[: bins + 1 - w] + v
+            better = shifted > new
+            new[better] = shifted[better]
+            choice[better] = i
+        dp = new
+        back[gi] = choice
+    end = int(np.argmax(dp))
+    if dp[end] == neg:
+        return None
+    picks: dict[int, int] = {}
+    b = end
+    for gi in range(len(groups) - 1, -1, -1):
+        g = groups[gi]
+        i = int(back[gi, b])
+        picks[g] = i
+        b -= int(math.ceil(costs[g][i] / unit - 1e-9))
+    return picks
+
+
+def solve(predictor: Predictor, options: dict[int, list[int]], scores: dict[int, np.ndarray],
+          budget_ms: float, bins: int = 400, max_iters: int = 10) -> Solution:
+    """Widths for every group with ``predictor.predict(widths) <= budget_ms``.
+
+    Raises :class:`BudgetError` (naming the smallest reachable latency) when
+    even the narrowest configuration misses the budget."""
+    values = option_values(scores, options)
+    narrowest = {g: opts[0] for g, opts in options.items()}
+    floor_ms = predictor.predict(narrowest)
+    if floor_ms > budget_ms:
+        raise BudgetError(
+            f"budget {budget_ms:.3f} ms is below the smallest reachable latency {floor_ms:.3f} ms "
+            f"(every group at its narrowest width); ask for at least {floor_ms:.3f} ms"
+        )
+    cal = predictor.calibration
+    raw_budget = (budget_ms - cal.offset_ms) / cal.scale
+    current = {g: opts[-1] for g, opts in options.items()}
+    iterations = 0
+    for iterations in range(1, max_iters + 1):
+        costs, fixed = _linearised_costs(predictor, options, current)
+        picks = _mck(costs, values, raw_budget - fixed, bins)
+        if picks is None:
+            current = dict(narrowest)
+            break
+        new = {g: options[g][i] for g, i in picks.items()}
+        if new == current:
+            break
+        current = new
+    current = _descend(predictor, options, values, current, budget_ms)
+    current = _fill(predictor, options, values, current, budget_ms)
+    return Solution(current, predictor.predict(current), _value(values, options, current), iterations)
+
+
+def _value(values: dict[int, list[float]], options: dict[int, list[int]], widths: dict[int, int]) -> float:
+    return sum(values[g][options[g].index(w)] for g, w in widths.items())
+
+
+def _descend(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
+             widths: dict[int, int], budget_ms: float) -> dict[int, int]:
+    """Narrow one group at a time (least importance lost per ms saved) until the budget holds."""
+    widths = dict(widths)
+    now = predictor.predict(widths)
+    while now > budget_ms:
+        best: tuple[float, int, float] | None = None
+        for g, opts in options.items():
+            i = opts.index(widths[g])
+            if i == 0:
+                continue
+            trial = {**widths, g: opts[i - 1]}
+            saved = now - predictor.predict(trial)
+            lost = values[g][i] - values[g][i - 1]
+            ratio = lost / saved if saved > 1e-12 else math.inf
+            if best is None or ratio < best[0]:
+                best = (ratio, g, now - saved)
+        if best is None:  # every group at its narrowest: solve() checked this cannot miss
+            break
+        _, g, now = best
+        widths[g] = options[g][options[g].index(widths[g]) - 1]
+    return widths
+
+
+def _fill(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
+          widths: dict[int, int], budget_ms: float) -> dict[int, int]:
+    """Widen one group at a time (most importance per ms spent) while the budget still holds."""
+    widths = dict(widths)
+    now = predictor.predict(widths)
+    while True:
+        best: tuple[float, int, float] | None = None
+        for g, opts in options.items():
+            i = opts.index(widths[g])
+            if i == len(opts) - 1:
+                continue
+            trial = {**widths, g: opts[i + 1]}
+            after = predictor.predict(trial)
+            if after > budget_ms:
+                continue
+            gained = values[g][i + 1] - values[g][i]
+            spent = after - now
+            ratio = math.inf if spent <= 1e-12 else gained / spent
+            if best is None or ratio > best[0]:
+                best = (ratio, g, after)
+        if best is None:
+            return widths
+        _, g, now = best
+        widths[g] = options[g][options[g].index(widths[g]) + 1]

@@ -1,0 +1,204 @@
+"""prune(): importance → knapsack → slim → export → measure → re-solve until the
+*measured* latency holds the budget; then fine-tune, export and measure again.
+
+The closed loop never trusts the prediction alone: each candidate is exported
+and timed on the backend. When the measurement misses, the prediction is
+rescaled by measured/predicted and the knapsack re-solved.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latprune.budget import parse_budget
+from latprune.errors import BudgetError, LutError, RunDirError
+from latprune.latency_lut.backends import Backend, get_backend
+from latprune.latency_lut.predict import Calibration, Predictor
+from latprune.latency_lut.profile import DEFAULT_LEVELS, grid_keys, load_calibration, open_for_backend, run_calibration
+from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.importance import importance
+from latprune.pruner.knapsack import solve
+from latprune.pruner.plan import GroupPlan, PruningPlan
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    model: str                      # model spec (see latprune.models)
+    lut: str                        # LUT file from `latprune profile`
+    budget: str                     # "0.5x" or "8ms"
+    out: str                        # run directory to write
+    data: str | None = None         # data spec; None: the model's default data
+    input: str | None = None        # input shape override, e.g. "1x3x224x224"
+    backend: str = "ort-cpu"
+    threads: int | None = None
+    importance: str = "taylor"      # taylor | taylor2 | l1
+    importance_batches: int = 16
+    batch_size: int = 64
+    epochs: float = 1.0             # fine-tuning epochs (fractions allowed; 0 skips)
+    lr: float = 0.01
+    distill: bool = False           # distil from the unpruned model while fine-tuning
+    eval_limit: int | None = None   # evaluate on at most this many test images
+    max_iters: int = 6              # closed-loop iterations before giving up
+    margin: float = 0.03            # accept a candidate at <= budget * (1 - margin): room for timing noise
+    force: bool = False             # replace an existing run directory
+    progress: bool = True
+    seed: int = 0
+
+
+def _measure(backend: Backend, model: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
+    return backend.measure_model(model, shape).to_dict()
+
+
+def _keep(scores: dict[int, np.ndarray], widths: dict[int, int]) -> dict[int, list[int]]:
+    """The ``widths[g]`` most important channels of each group (sorted indices)."""
+    return {g: sorted(int(i) for i in np.argsort(-scores[g], kind="stable")[:w]) for g, w in widths.items()}
+
+
+def prune(config: PruneConfig) -> dict[str, Any]:
+    """Run the whole prune; returns the metrics written to ``out/metrics.json``."""
+    from latprune._io import atomic_write_json, atomic_write_with
+    from latprune.data import load_data, loader, subset
+    from latprune.exporters.onnx import export_onnx
+    from latprune.models import load_model
+    from latprune.stats import params_and_macs
+    from latprune.train import TrainConfig, evaluate, train
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    budget = parse_budget(config.budget)
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()) and not config.force:
+        raise RunDirError(f"run directory {out} already exists and is not empty; choose another -o or pass --force")
+    torch.manual_seed(config.seed)
+    spec = load_model(config.model, config.input)
+    backend = get_backend(config.backend, config.threads)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    with open_for_backend(config.lut, backend, writable=False) as lut:
+        stored = load_calibration(lut, graph)
+        levels = stored[1] if stored else DEFAULT_LEVELS
+        predictor = Predictor(lut, graph)
+        missing = predictor.missing(grid_keys(graph, levels))
+        if missing:
+            raise LutError(f"the LUT {config.lut} lacks {len(missing)} of this model's unit measurements; "
+                           f"add them with `latprune profile {config.model} -o {config.lut}`")
+        if stored:
+            predictor.calibration = stored[0]
+        else:
+            predictor.calibration, _ = run_calibration(graph, lut, backend, levels, 6, config.progress)
+        calibration = predictor.calibration
+        timings["setup_s"] = time.time() - t0
+
+        # 1. base model: measured latency resolves a relative budget.
+        base_latency = _measure(backend, spec.model, spec.input_shape)
+        budget_ms = budget.resolve(base_latency["median_ms"])
+        full = graph.full_widths()
+
+        # 2. importance.
+        t = time.time()
+        data = None
+        if config.importance != "l1" or config.epochs > 0:
+            data = load_data(config.data or spec.default_data)
+        batches = loader(data.train, config.batch_size, shuffle=True, seed=config.seed) if data else None
+        scores = importance(config.importance, graph, batches, config.importance_batches, config.progress)
+        timings["importance_s"] = time.time() - t
+
+        # 3. closed loop: solve on the prediction, check on the measurement.
+        t = time.time()
+        options = graph.options(levels)
+        target_ms = budget_ms * (1 - config.margin)
+        history: list[dict[str, Any]] = []
+        accepted = None
+        for iteration in range(1, config.max_iters + 1):
+            solution = solve(predictor, options, scores, target_ms)
+            slim = graph.slim(_keep(scores, solution.widths))
+            measured = _measure(backend, slim, spec.input_shape)
+            history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
+                            "measured_ms": measured["median_ms"], "kept_importance": solution.value,
+                            "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
+            if measured["median_ms"] <= target_ms:
+                accepted = (solution, slim)
+                break
+            # Rescale the prediction by what the device said, and ask for less.
+            ratio = measured["median_ms"] / solution.predicted_ms
+            predictor.calibration = replace(predictor.calibration, scale=predictor.calibration.scale * ratio,
+                                            offset_ms=predictor.calibration.offset_ms * ratio)
+            if ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed: tighten
+                target_ms *= 0.97
+        if accepted is None:
+            last = history[-1]["measured_ms"]
+            raise BudgetError(f"after {config.max_iters} closed-loop iterations the best candidate still measures "
+                              f"{last:.3f} ms against a budget of {budget_ms:.3f} ms; loosen the budget or "
+                              "re-profile (the LUT may not describe this device's current state)")
+        solution, slim = accepted
+        timings["search_s"] = time.time() - t
+        base_predicted = predictor.predict(full)
+
+    # 4. fine-tune.
+    t = time.time()
+    teacher = spec.model if config.distill else None
+    if config.epochs > 0 and data is not None:
+        train(slim, data.train, TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                                            distill_alpha=0.5 if teacher else 0.0, seed=config.seed),
+              teacher=teacher, desc="fine-tune")
+    timings["finetune_s"] = time.time() - t
+    t = time.time()
+    test_set = subset(data.test, config.eval_limit) if data else None
+    base_acc = evaluate(spec.model, test_set) if test_set is not None else None
+    pruned_acc = evaluate(slim, test_set) if test_set is not None else None
+    timings["eval_s"] = time.time() - t
+
+    # 5. write the run directory (staged, then renamed into place) and measure the export.
+    t = time.time()
+    staging = out.with_name(f".{out.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    keep = _keep(scores, solution.widths)
+    plan = PruningPlan(
+        model=spec.name, input_shape=spec.input_shape,
+        groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in keep.items()),
+        levels=levels, budget_ms=budget_ms, predicted_ms=solution.predicted_ms, signature=graph.signature(),
+        method="halp",
+    )
+    plan.save(staging / "plan.json")
+    atomic_write_with(staging / "model.pt", lambda tmp: torch.save(slim.state_dict(), tmp))
+    report = export_onnx(slim, spec.input_shape, staging / "model.onnx", threads=backend.threads)
+    final = (backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
+             else backend.measure_model(slim, spec.input_shape)).to_dict()
+    timings["export_measure_s"] = time.time() - t
+    base_params, base_macs = params_and_macs(spec.model, spec.input_shape)
+    params, macs = params_and_macs(slim, spec.input_shape)
+    metrics: dict[str, Any] = {
+        "model": spec.name,
+        "input_shape": list(spec.input_shape),
+        "data": data.name if data else None,
+        "lut": str(config.lut),
+        "fingerprint": backend.fingerprint(),
+        "budget": {"spec": str(budget), "ms": budget_ms},
+        "base": {"latency_ms": base_latency, "predicted_ms": base_predicted, "accuracy": base_acc,
+                 "params": base_params, "macs": base_macs},
+        "pruned": {"latency_ms": final, "predicted_ms": solution.predicted_ms, "accuracy": pruned_acc,
+                   "params": params, "macs": macs, "onnx_parity_max_abs_diff": report.max_abs_diff},
+        "budget_met": final["median_ms"] <= budget_ms,
+        "speedup_measured": base_latency["median_ms"] / final["median_ms"],
+        "macs_ratio": macs / base_macs,
+        "calibration": asdict(calibration) if isinstance(calibration, Calibration) else None,
+        "closed_loop": history,
+        "config": asdict(config),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    metrics["timings_s"]["total_s"] = round(time.time() - t0, 2)
+    atomic_write_json(staging / "metrics.json", metrics)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return metrics

@@ -1,0 +1,126 @@
+"""PruningPlan: which channels of which group to keep — JSON, versioned, replayable.
+
+A plan names groups by their root module (e.g. ``"stem.0"``) and lists the
+kept channel indices of the *base* model, so applying it to a fresh copy of
+the base model reproduces the slimmed architecture exactly (Torch-Pruning
+does the surgery). Weights live beside it in ``model.pt`` (a state_dict).
+
+>>> plan = PruningPlan(model="default", input_shape=(1, 1, 28, 28),
+...                    groups=(GroupPlan("stem.0", 32, tuple(range(16))),))
+>>> PruningPlan.from_json(plan.to_json()) == plan
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latprune._io import atomic_write_text
+from latprune.errors import RunDirError, SpecError
+from latprune.pruner.graph import apply_keep_
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    root: str                 # module whose output channels define the group
+    size: int                 # channels in the base model
+    keep: tuple[int, ...]     # kept channel indices (sorted, into the base model)
+
+    @property
+    def width(self) -> int:
+        return len(self.keep)
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    model: str                           # model spec of the base model
+    input_shape: tuple[int, ...]
+    groups: tuple[GroupPlan, ...]
+    levels: int = 8                      # width grid the plan was chosen on
+    budget_ms: float | None = None
+    predicted_ms: float | None = None
+    signature: str = ""                  # ChannelGraph.signature() of the base model
+    method: str = "halp"
+    version: int = PLAN_VERSION
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan.json") -> PruningPlan:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{source} is not valid JSON ({exc}); the run directory is damaged, prune again") from None
+        if not isinstance(raw, dict):
+            raise RunDirError(f"{source} must hold a JSON object")
+        version = raw.get("version")
+        if version != PLAN_VERSION:
+            raise RunDirError(f"{source} has plan version {version}, this latprune reads version {PLAN_VERSION}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise RunDirError(f"{source} has unknown keys {sorted(unknown)}; it was written by another tool or version")
+        try:
+            groups = tuple(GroupPlan(g["root"], int(g["size"]), tuple(int(i) for i in g["keep"]))
+                           for g in raw["groups"])
+            raw = {**raw, "groups": groups, "input_shape": tuple(raw["input_shape"])}
+            return cls(**raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunDirError(f"{source} is missing or has malformed fields ({exc}); prune again") from None
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        p = Path(path)
+        if not p.is_file():
+            raise RunDirError(f"{p} is missing; a run directory needs plan.json (from `latprune prune`)")
+        return cls.from_json(p.read_text(encoding="utf-8"), str(p))
+
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Slim ``model`` (a fresh base model) in place to this plan's widths."""
+        return apply_keep_(model, self.input_shape, {g.root: g.keep for g in self.groups},
+                           {g.root: g.size for g in self.groups})
+
+
+@dataclass
+class RunModel:
+    name: str
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    plan: PruningPlan
+    num_classes: int | None
+    default_data: str | None
+
+
+def load_run_model(run_dir: str | Path) -> RunModel:
+    """The slimmed, fine-tuned model of a run directory: base model + plan + model.pt."""
+    from latprune.models import load_model
+
+    run = Path(run_dir)
+    plan = PruningPlan.load(run / "plan.json")
+    weights = run / "model.pt"
+    if not weights.is_file():
+        raise RunDirError(f"{weights} is missing; the run directory is incomplete, prune again")
+    base = load_model(plan.model, plan.input_shape)
+    model = plan.apply_(base.model)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise RunDirError(f"{weights} does not fit the plan's architecture ({type(exc).__name__}); "
+                          "the run directory is damaged, prune again") from None
+    if not isinstance(model, nn.Module):
+        raise SpecError("the plan did not produce a model")
+    return RunModel(f"{run}", model.eval(), plan.input_shape, plan, base.num_classes, base.default_data)

@@ -1,0 +1,90 @@
+"""Human-readable text for each command's result (the ``--json`` forms are the dicts themselves)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(lat: dict[str, Any]) -> str:
+    return f"{lat['median_ms']:.3f} ({lat['p10_ms']:.3f}–{lat['p90_ms']:.3f})"
+
+
+def _acc(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def profile_text(r: dict[str, Any]) -> str:
+    cal = r["calibration"]
+    fp = r["fingerprint"]
+    return (
+        f"LUT {r['lut']}: {r['keys']} unit configurations for {r['units']} units of {r['model']} "
+        f"({r['measured']} measured now, {r['reused']} already present) in {r['seconds']:.1f} s\n"
+        f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} threads\n"
+        f"calibration: measured ≈ {cal['scale']:.3f} × Σunits + {cal['offset_ms']:.3f} ms "
+        f"(median residual {cal['residual_pct']:.1f}%, width levels {r['levels']})"
+    )
+
+
+def prune_rows(m: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name in ("base", "pruned"):
+        s = m[name]
+        rows.append([name, _ms(s["latency_ms"]), f"{s['predicted_ms']:.3f}", _acc(s["accuracy"]),
+                     f"{s['params'] / 1e6:.3f} M", f"{s['macs'] / 1e6:.1f} M"])
+    return rows
+
+
+def prune_text(m: dict[str, Any]) -> str:
+    head = ["model", "measured ms (p10–p90)", "predicted ms", "test acc", "params", "MACs"]
+    verdict = "HELD" if m["budget_met"] else "MISSED"
+    return "\n".join([
+        table(head, prune_rows(m)),
+        "",
+        f"budget {m['budget']['ms']:.3f} ms ({m['budget']['spec']}): {verdict} — pruned model measures "
+        f"{m['pruned']['latency_ms']['median_ms']:.3f} ms on {m['fingerprint']['backend']} "
+        f"({m['fingerprint']['threads']} threads, {m['fingerprint']['device']})",
+        f"measured speedup {m['speedup_measured']:.2f}x; MACs kept {100 * m['macs_ratio']:.0f}%; "
+        f"closed loop: {len(m['closed_loop'])} iteration(s); ONNX parity max abs diff "
+        f"{m['pruned']['onnx_parity_max_abs_diff']:.1e}",
+    ])
+
+
+def bench_text(r: dict[str, Any]) -> str:
+    lines = [f"{r['artifact']} on {r['backend']} ({r['threads']} threads): "
+             f"median {r['latency_ms']['median_ms']:.3f} ms, p10 {r['latency_ms']['p10_ms']:.3f}, "
+             f"p90 {r['latency_ms']['p90_ms']:.3f} ({r['latency_ms']['repeats']} runs)"]
+    if "predicted_ms" in r:
+        lines.append(f"LUT prediction {r['predicted_ms']:.3f} ms ({r['error_pct']:+.1f}% vs measured"
+                     f"{'' if r['calibrated'] else ', uncalibrated'})")
+    if r.get("budget_ms") is not None:
+        ok = r["latency_ms"]["median_ms"] <= r["budget_ms"]
+        lines.append(f"budget {r['budget_ms']:.3f} ms: {'held' if ok else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def demo_text(r: dict[str, Any]) -> str:
+    return "\n\n".join([profile_text(r["profile"]), prune_text(r["prune"]), bench_text(r["bench"]),
+                        f"demo took {r['seconds']:.0f} s; run directory: {r['run_dir']}"])
+
+
+def lut_text(r: dict[str, Any]) -> str:
+    fp = r["fingerprint"]
+    lines = [f"{r['file']}: schema {r['schema_version']}, {r['entries']} entries",
+             f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · "
+             f"{fp.get('threads')} threads · {fp.get('backend')}"]
+    for sig, c in r["calibrations"].items():
+        lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
+                     f"residual {c['residual_pct']:.1f}%, levels {c.get('levels')}")
+    if r["shown"]:
+        rows = [[e["key"], f"{e['median_ms']:.4f}", f"{e['p10_ms']:.4f}", f"{e['p90_ms']:.4f}", str(e["repeats"])]
+                for e in r["shown"]]
+        lines += ["", table(["key", "median ms", "p10", "p90", "runs"], rows)]
+        if len(r["shown"]) < r["entries"]:
+            lines.append(f"… {r['entries'] - len(r['shown'])} more (--limit 0 shows all)")
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""Static model statistics: parameters and multiply-accumulates (MACs).
+
+Reported beside measured latency so users can see where FLOPs and latency
+disagree; never used to claim a speedup.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+
+def params_and_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    model.eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, torch.randn(*input_shape))
+    return int(params), int(macs)

@@ -1,0 +1,103 @@
+"""Training and evaluation loops shared by fine-tuning and the base-weight script.
+
+Kept deliberately plain: SGD with momentum and a cosine schedule, light
+augmentation (random flips and shifts on the batch tensor), a progress bar
+with the running loss and accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from latprune.data import loader
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0          # fractional epochs allowed: 0.25 = a quarter of the train set
+    batch_size: int = 128
+    lr: float = 0.05             # peak learning rate (cosine to zero)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True         # random horizontal flip + shift of up to 2 px
+    distill_alpha: float = 0.0   # weight of KL to the teacher's logits (0: no distillation)
+    temperature: float = 4.0     # distillation temperature
+    seed: int = 0
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-1)
+    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+    if dx or dy:
+        x = torch.roll(F.pad(x, (2, 2, 2, 2)), shifts=(dy, dx), dims=(-2, -1))[..., 2:-2, 2:-2]
+    return x
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    teacher: nn.Module | None = None,
+    desc: str = "train",
+) -> list[float]:
+    """Train ``model`` in place; returns the per-step losses."""
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    data = loader(dataset, config.batch_size, shuffle=True, seed=config.seed)
+    steps = max(1, math.ceil(config.epochs * len(data)))
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    losses: list[float] = []
+    correct = seen = 0
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    step = 0
+    while step < steps:
+        for x, y in data:
+            if step >= steps:
+                break
+            if config.augment:
+                x = _augment(x, gen)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if teacher is not None and config.distill_alpha > 0:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                t = config.temperature
+                kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean")
+                loss = (1 - config.distill_alpha) * loss + config.distill_alpha * t * t * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (0..1)."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader(dataset, batch_size, shuffle=False):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)

@@ -1,0 +1,90 @@
+"""Groups, units and surgery: slim ≡ masked, residual highways pruned together."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from latprune.latency_lut.units import LayerKey
+from latprune.pruner.graph import ChannelGraph, width_options
+from tests.conftest import TINY_INPUT, randomise_bn_, tiny_resnet
+
+
+def _random_keep(graph: ChannelGraph, seed: int) -> dict[int, list[int]]:
+    rng = random.Random(seed)
+    return {g.id: sorted(rng.sample(range(g.size), rng.randint(1, g.size))) for g in graph.groups}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_slim_equals_masked(tiny_model: nn.Module, seed: int) -> None:
+    graph = ChannelGraph.build(tiny_model, TINY_INPUT)
+    keep = _random_keep(graph, seed)
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    x = torch.randn(4, *TINY_INPUT[1:])
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    # and the slim model really is smaller
+    n_slim = sum(p.numel() for p in slim.parameters())
+    n_base = sum(p.numel() for p in tiny_model.parameters())
+    assert n_slim <= n_base
+
+
+def test_residual_highway_is_one_group() -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    stem_group = next(g for g in graph.groups if g.root == "stem.0")
+    # the stem BN and every block's last BN in stage 1 write into the same highway
+    assert set(stem_group.producers) >= {"stem.1", "blocks.0.bn2", "blocks.1.bn2"}
+    # each block's inner width is its own group
+    inner = [g for g in graph.groups if g.root.endswith("conv1")]
+    assert len(inner) == 6 and all(len(g.producers) == 1 for g in inner)
+
+
+def test_residual_channels_removed_together() -> None:
+    model = randomise_bn_(tiny_resnet())
+    graph = ChannelGraph.build(model, TINY_INPUT)
+    stem_group = next(g for g in graph.groups if g.root == "stem.0")
+    keep = {stem_group.id: [0, 2, 5, 7]}
+    slim = graph.slim(keep)
+    # every layer on the highway lost the same channels: producers keep rows [0,2,5,7], consumers columns
+    for name in ("stem.0", "blocks.0.conv2", "blocks.1.conv2"):
+        assert torch.equal(slim.get_submodule(name).weight, model.get_submodule(name).weight[keep[stem_group.id]])
+    for name in ("blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1", "blocks.2.shortcut.0"):
+        assert torch.equal(slim.get_submodule(name).weight, model.get_submodule(name).weight[:, keep[stem_group.id]])
+
+
+def test_units_fuse_bn_add_and_activation() -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    units = {u.name: u for u in graph.units}
+    assert units["stem.0"].base.bn and units["stem.0"].base.act == "relu" and units["stem.0"].in_group is None
+    assert units["blocks.0.conv2"].base.add and units["blocks.0.conv2"].base.act == "relu"
+    assert not units["blocks.2.shortcut.0"].base.add  # the add goes with the main branch
+    assert units["fc"].out_group is None  # classes are fixed
+    assert units["blocks.0.conv1"].in_group == units["stem.0"].out_group
+
+
+@pytest.mark.parametrize("key", [
+    LayerKey("conv", 8, 16, (3, 3), (2, 2), (1, 1), (1, 1), 1, (28, 28), 1, False, True, True, "relu"),
+    LayerKey("conv", 24, 24, (3, 3), (1, 1), (1, 1), (1, 1), 24, (7, 7), 4, False, True, False, "relu6"),
+    LayerKey("linear", 128, 10, in_hw=(), bias=True),
+    LayerKey("linear", 64, 32, in_hw=(197,), act="gelu"),
+])
+def test_layer_key_round_trips(key: LayerKey) -> None:
+    assert LayerKey.parse(key.text) == key
+
+
+def test_depthwise_unit_follows_its_group() -> None:
+    from tests.conftest import tiny_mobilenet
+
+    graph = ChannelGraph.build(tiny_mobilenet(), TINY_INPUT)
+    dw = next(u for u in graph.units if u.depthwise)
+    key = dw.key({dw.out_group: 5})
+    assert key.cin == key.cout == key.groups == 5
+
+
+def test_width_options() -> None:
+    assert width_options(32, 8) == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert width_options(3, 8) == [1, 2, 3]
+    assert width_options(10, 1) == [10]

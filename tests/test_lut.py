@@ -1,0 +1,154 @@
+"""The LUT file and profiling: round-trips, resumes, refuses what it should."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from latprune.errors import FingerprintMismatch, LutError
+from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.backends.fake import FakeBackend
+from latprune.latency_lut.predict import Predictor
+from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration, open_for_backend
+from latprune.latency_lut.store import Lut
+from latprune.latency_lut.timing import Latency
+from latprune.latency_lut.units import LayerKey
+from latprune.pruner.graph import ChannelGraph
+from tests.conftest import TINY_INPUT, tiny_resnet
+
+
+def test_lut_round_trips_through_its_file(tmp_path: Path) -> None:
+    keys = [LayerKey("conv", c, 2 * c, (3, 3), (1, 1), (1, 1), in_hw=(8, 8), bn=True, act="relu") for c in (1, 4, 9)]
+    fp = FakeBackend().fingerprint()
+    with Lut.create(tmp_path / "a.lut", fp) as lut:
+        for i, k in enumerate(keys):
+            lut.put(k, Latency(0.1 * (i + 1), 0.09 * (i + 1), 0.12 * (i + 1), 50 + i))
+        lut.set_calibration("sig", {"scale": 1.2, "offset_ms": 0.1, "residual_pct": 1.0, "points": 3, "levels": 8})
+    with Lut.open(tmp_path / "a.lut") as lut:
+        assert lut.fingerprint == fp
+        assert len(lut) == 3
+        assert [lut.get(k) for k in keys] == [Latency(0.1 * (i + 1), 0.09 * (i + 1), 0.12 * (i + 1), 50 + i)
+                                              for i in range(3)]
+        assert dict(lut.items()).keys() == set(keys)
+        assert lut.calibration("sig")["scale"] == 1.2
+
+
+def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
+    Lut.create(tmp_path / "a.lut", {"backend": "fake"}).close()
+    with pytest.raises(LutError, match="already exists"):
+        Lut.create(tmp_path / "a.lut", {"backend": "fake"})
+
+
+def test_corrupt_lut_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.lut"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LutError, match="not a readable latprune LUT"):
+        Lut.open(bad)
+
+
+def test_sqlite_without_lut_tables_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.lut"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(LutError, match="not a readable latprune LUT"):
+        Lut.open(other)
+
+
+def test_other_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.lut"
+    Lut.create(path, {"backend": "fake"}).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LutError, match="schema version 99"):
+        Lut.open(path)
+
+
+def test_missing_lut_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(LutError, match="latprune profile"):
+        Lut.open(tmp_path / "none.lut")
+
+
+def test_lut_from_other_backend_or_threads_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fake.lut"
+    Lut.create(path, get_backend("fake", threads=1).fingerprint()).close()
+    with pytest.raises(FingerprintMismatch, match="threads"):
+        open_for_backend(path, get_backend("fake", threads=2), writable=False)
+    with pytest.raises(FingerprintMismatch, match="backend"):
+        open_for_backend(path, get_backend("torch-cpu", threads=1), writable=False)
+
+
+class _DiesAfter(FakeBackend):
+    """A backend whose process 'dies' after n unit measurements."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(threads=1)
+        self.n = n
+        self.calls = 0
+
+    def measure_unit(self, key: LayerKey) -> Latency:
+        if self.calls >= self.n:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return super().measure_unit(key)
+
+
+def test_killed_profile_resumes_and_measures_only_what_is_missing(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    total = len(grid_keys(graph, levels=4))
+    path = tmp_path / "r.lut"
+    with pytest.raises(KeyboardInterrupt):
+        build_lut(graph, path, _DiesAfter(10), levels=4, progress=False)
+    with Lut.open(path) as lut:
+        assert len(lut) == 10  # every finished measurement survived
+    resumed = _DiesAfter(10**9)
+    report = build_lut(graph, path, resumed, levels=4, progress=False)
+    assert resumed.calls == total - 10
+    assert (report.measured, report.reused, report.keys) == (total - 10, 10, total)
+    # a second run measures nothing
+    again = _DiesAfter(0)
+    build_lut(graph, path, again, levels=4, progress=False)
+    assert again.calls == 0
+
+
+def test_calibration_recovers_the_backend_overhead(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    report = build_lut(graph, tmp_path / "c.lut", backend, levels=4, progress=False)
+    # the fake backend's whole model costs 1.1 x Σunits + 0.02 ms
+    assert report.calibration["scale"] == pytest.approx(1.1, rel=1e-6)
+    assert report.calibration["offset_ms"] == pytest.approx(0.02, abs=1e-6)
+    with Lut.open(tmp_path / "c.lut") as lut:
+        cal, levels = load_calibration(lut, graph)
+        predictor = Predictor(lut, graph, cal)
+        full = backend.measure_model(graph.model, TINY_INPUT).median_ms
+        assert predictor.predict(graph.full_widths()) == pytest.approx(full, rel=1e-6)
+        assert levels == 4
+
+
+def test_missing_measurement_is_an_error_not_a_zero(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    with Lut.create(tmp_path / "e.lut", {"backend": "fake"}) as lut:
+        with pytest.raises(LutError, match="no measurement"):
+            Predictor(lut, graph).predict(graph.full_widths())
+
+
+def test_ort_cpu_measures_a_unit_and_a_model() -> None:
+    backend = get_backend("ort-cpu", threads=1)
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    for unit in graph.units[:3]:
+        lat = backend.measure_unit(unit.base)
+        assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
+        assert lat.repeats >= backend.timing.repeats
+    assert backend.measure_model(graph.model, TINY_INPUT).median_ms > 0
+    fp = backend.fingerprint()
+    assert fp["backend"] == "ort-cpu" and fp["threads"] == 1 and fp["runtime_version"]
+
+
+def test_unknown_backend_lists_the_known_ones() -> None:
+    from latprune.errors import BackendError
+
+    with pytest.raises(BackendError, match="ort-cpu"):
+        get_backend("tpu")
