@@ -11,7 +11,7 @@ from torch import nn
 
 from latprune.models import ResNetCifar
 
-TINY_INPUT = (1, 1, 16, 16)
+TINY_INPUT = (1, 1, 28, 28)
 
 
 def tiny_resnet() -> nn.Module:
@@ -63,10 +63,10 @@ def tiny_model(request: pytest.FixtureRequest) -> nn.Module:
     return randomise_bn_(MODELS[request.param]())
 
 
-@pytest.fixture
-def model_file(tmp_path: Path) -> str:
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A model spec 'file.py:factory' for the tiny ResNet (what users pass for their own models)."""
-    path = tmp_path / "tiny_model.py"
+    path = tmp_path_factory.mktemp("models") / "tiny_model.py"
     path.write_text(textwrap.dedent("""
         import torch
         from latprune.models import ResNetCifar
@@ -76,3 +76,14 @@ def model_file(tmp_path: Path) -> str:
             return ResNetCifar(widths=(8, 16, 16), blocks_per_stage=2, in_channels=1, num_classes=10)
     """))
     return f"{path}:make"
+
+
+@pytest.fixture(scope="session")
+def fake_lut(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A LUT of the tiny ResNet measured by the fake backend (1 thread), via the CLI."""
+    from latprune.cli import main
+
+    path = tmp_path_factory.mktemp("luts") / "fake.lut"
+    assert main(["profile", model_file, "--input", "1x1x28x28", "--backend", "fake", "--threads", "1",
+                 "--levels", "4", "-o", str(path), "--json"]) == 0
+    return str(path)

@@ -103,8 +103,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from latprune.models import load_model
     from latprune.pruner.graph import ChannelGraph
 
-    spec = load_model(args.model, args.input)
     backend = get_backend(args.backend, args.threads)
+    spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name,
                        progress=not args.json)

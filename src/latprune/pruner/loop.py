@@ -77,8 +77,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     if out.exists() and any(out.iterdir()) and not config.force:
         raise RunDirError(f"run directory {out} already exists and is not empty; choose another -o or pass --force")
     torch.manual_seed(config.seed)
-    spec = load_model(config.model, config.input)
     backend = get_backend(config.backend, config.threads)
+    spec = load_model(config.model, config.input)
     if config.threads:
         torch.set_num_threads(config.threads)
     graph = ChannelGraph.build(spec.model, spec.input_shape)

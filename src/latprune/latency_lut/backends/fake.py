@@ -1,6 +1,6 @@
 """A deterministic backend for tests: latency from a formula, no timing noise.
 
-Unit latency is a staircase in channels (widths round up to multiples of 8,
+Unit latency is a staircase in channels (widths round up to multiples of 4,
 as SIMD kernels do) plus a per-kernel launch cost; a whole model costs the
 sum of its units times 1.1 plus 0.02 ms, so calibration has something to fit.
 """
@@ -17,7 +17,7 @@ from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
 
-STEP = 8
+STEP = 4
 LAUNCH_MS = 0.002
 MS_PER_MMAC = 0.01
 

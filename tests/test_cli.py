@@ -1,0 +1,97 @@
+"""Every bad input: one line naming what to do, exit 2, no traceback, no file left behind."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from latprune.cli import main
+
+FAKE = ["--backend", "fake", "--threads", "1"]
+
+
+def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("latprune: error:")]
+    assert len(lines) == 1, err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_model_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "x.lut"
+    _fails(capsys, ["profile", "resnet9000", "-o", str(out), *FAKE], "unknown model spec")
+    _fails(capsys, ["profile", "torchvision:resnet9000", "-o", str(out), *FAKE], "torchvision has no model")
+    _fails(capsys, ["profile", str(tmp_path / "no.py") + ":make", "-o", str(out), "--input", "1x1x8x8", *FAKE],
+           "does not exist")
+    assert not out.exists()
+
+
+def test_file_model_needs_an_input_shape(capsys: pytest.CaptureFixture[str], model_file: str, tmp_path: Path) -> None:
+    _fails(capsys, ["profile", model_file, "-o", str(tmp_path / "x.lut"), *FAKE], "--input")
+    _fails(capsys, ["profile", model_file, "-o", str(tmp_path / "x.lut"), "--input", "1xAx3", *FAKE], "BxCxHxW")
+
+
+def test_malformed_budget(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "half",
+                    "-o", str(out), *FAKE], "budget 'half' is not understood")
+    assert not out.exists()
+
+
+def test_budget_below_reach_says_what_is_reachable(capsys: pytest.CaptureFixture[str], model_file: str,
+                                                   fake_lut: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.0001ms",
+                    "--importance", "l1", "--epochs", "0", "-o", str(out), *FAKE], "smallest reachable latency")
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_lut_from_another_backend(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                  tmp_path: Path) -> None:
+    _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.5x",
+                    "-o", str(tmp_path / "run"), "--backend", "torch-cpu", "--threads", "1"],
+           "measured on another device or setting")
+    _fails(capsys, ["profile", model_file, "--input", "1x1x28x28", "-o", fake_lut, "--backend", "fake",
+                    "--threads", "3"], "threads")
+
+
+def test_corrupt_and_foreign_luts(capsys: pytest.CaptureFixture[str], model_file: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.lut"
+    bad.write_bytes(b"\x00garbage" * 500)
+    before = bad.read_bytes()
+    _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", str(bad), "--budget", "0.5x",
+                    "-o", str(tmp_path / "run"), *FAKE], "not a readable latprune LUT")
+    _fails(capsys, ["lut", "show", str(bad)], "not a readable latprune LUT")
+    assert bad.read_bytes() == before  # untouched
+    old = tmp_path / "old.lut"
+    conn = sqlite3.connect(old)
+    conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); CREATE TABLE entries (key TEXT);"
+                       "INSERT INTO meta VALUES ('schema_version', '0'), ('fingerprint', '{}');")
+    conn.close()
+    _fails(capsys, ["lut", "show", str(old)], "schema version 0")
+
+
+def test_run_directory_with_missing_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "run"
+    empty.mkdir()
+    _fails(capsys, ["export", str(empty), "--format", "onnx"], "plan.json is missing")
+    _fails(capsys, ["bench", str(empty), *FAKE], "plan.json")
+    _fails(capsys, ["bench", str(tmp_path / "nothing.onnx")], "neither a run directory nor")
+    assert list(empty.iterdir()) == []
+
+
+def test_unknown_backend(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _fails(capsys, ["profile", "default", "-o", str(tmp_path / "x.lut"), "--backend", "tpu"], "known backends")
+
+
+def test_lut_show_json(capsys: pytest.CaptureFixture[str], fake_lut: str) -> None:
+    assert main(["lut", "show", fake_lut, "--json", "--limit", "3"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["schema_version"] == 1 and shown["entries"] > 3 and len(shown["shown"]) == 3
+    assert shown["fingerprint"]["backend"] == "fake"

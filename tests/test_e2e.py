@@ -1,0 +1,102 @@
+"""profile → prune → export → bench through the CLI, on tiny models (fake and ort-cpu backends)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latprune.cli import main
+from latprune.pruner.plan import PruningPlan, load_run_model
+
+FAKE = ["--backend", "fake", "--threads", "1"]
+TINY = ["--input", "1x1x28x28"]
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def fake_run(model_file: str, fake_lut: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
+                 "--data", "digits", "--epochs", "0.1", "--importance-batches", "2", "--batch-size", "32",
+                 *FAKE, "--json"]) == 0
+    return out
+
+
+def test_run_directory_is_complete_and_meets_budget(fake_run: Path) -> None:
+    assert sorted(p.name for p in fake_run.iterdir()) == ["metrics.json", "model.onnx", "model.pt", "plan.json"]
+    m = json.loads((fake_run / "metrics.json").read_text())
+    assert m["budget_met"] is True
+    assert m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms"] < m["base"]["latency_ms"]["median_ms"]
+    assert m["pruned"]["predicted_ms"] <= m["budget"]["ms"]
+    assert m["pruned"]["macs"] < m["base"]["macs"] and m["pruned"]["params"] < m["base"]["params"]
+    assert m["pruned"]["onnx_parity_max_abs_diff"] <= 1e-4
+    assert 0.0 <= m["pruned"]["accuracy"] <= 1.0 and m["data"] == "digits"
+    assert m["closed_loop"] and m["closed_loop"][-1]["measured_ms"] <= m["budget"]["ms"]
+
+
+def test_run_replays_and_matches_its_onnx(fake_run: Path) -> None:
+    from latprune.latency_lut.backends.ort_cpu import make_session
+
+    run = load_run_model(fake_run)
+    plan = PruningPlan.load(fake_run / "plan.json")
+    widths = {g.root: g.width for g in plan.groups}
+    assert run.model.get_submodule("stem.0").out_channels == widths["stem.0"]
+    session = make_session(str(fake_run / "model.onnx"), threads=1)
+    x = torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        ref = run.model(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.max(np.abs(ref - got)) <= 1e-4
+
+
+def test_bench_reports_measured_and_predicted(capsys: pytest.CaptureFixture[str], fake_run: Path,
+                                              fake_lut: str) -> None:
+    assert main(["bench", str(fake_run), "--lut", fake_lut, *FAKE, "--json"]) == 0
+    r = _json(capsys)
+    # the fake device is exactly what its calibrated LUT says
+    assert r["predicted_ms"] == pytest.approx(r["latency_ms"]["median_ms"], rel=1e-3)
+    assert r["calibrated"] is True and r["latency_ms"]["median_ms"] <= r["budget_ms"]
+
+
+def test_export_rewrites_onnx_with_parity(capsys: pytest.CaptureFixture[str], fake_run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "again.onnx"
+    assert main(["export", str(fake_run), "--format", "onnx", "-o", str(target), "--json"]) == 0
+    r = _json(capsys)
+    assert target.is_file() and r["max_abs_diff"] <= 1e-4 and r["opset"] == 17
+
+
+def test_existing_run_directory_needs_force(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                            fake_run: Path) -> None:
+    before = (fake_run / "plan.json").read_text()
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(fake_run),
+                 *FAKE]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (fake_run / "plan.json").read_text() == before
+
+
+def test_ort_cpu_end_to_end(capsys: pytest.CaptureFixture[str], model_file: str, tmp_path: Path) -> None:
+    """The real backend: measured LUT, closed loop on measured latency, measured export."""
+    lut = tmp_path / "ort.lut"
+    ort = ["--backend", "ort-cpu", "--threads", "1"]
+    assert main(["profile", model_file, *TINY, "--levels", "2", "--calibration-samples", "4", "-o", str(lut),
+                 *ort, "--json"]) == 0
+    report = _json(capsys)
+    assert report["measured"] == report["keys"] > 0 and report["fingerprint"]["backend"] == "ort-cpu"
+    out = tmp_path / "run"
+    assert main(["prune", model_file, *TINY, "--lut", str(lut), "--budget", "0.9x", "-o", str(out),
+                 "--importance", "l1", "--epochs", "0", *ort, "--json"]) == 0
+    m = _json(capsys)
+    assert m["budget_met"] == (m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms"])
+    assert m["closed_loop"][-1]["measured_ms"] <= m["closed_loop"][-1]["target_ms"]
+    assert m["pruned"]["onnx_parity_max_abs_diff"] <= 1e-4
+    assert m["fingerprint"]["runtime"] == "onnxruntime"
+    assert main(["bench", str(out / "model.onnx"), "--lut", str(lut), *ort, "--json"]) == 0
+    b = _json(capsys)
+    assert b["latency_ms"]["median_ms"] > 0 and b["predicted_ms"] > 0

@@ -1,0 +1,73 @@
+"""The knapsack keeps predicted latency within the budget and spends it well."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from latprune.errors import BudgetError
+from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.predict import Predictor
+from latprune.latency_lut.profile import build_lut, load_calibration
+from latprune.latency_lut.store import Lut
+from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.knapsack import option_values, solve
+from tests.conftest import MODELS, TINY_INPUT
+
+LEVELS = 4
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def predictor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    graph = ChannelGraph.build(MODELS[request.param](), TINY_INPUT)
+    path = tmp_path_factory.mktemp("knapsack") / "k.lut"
+    build_lut(graph, path, get_backend("fake", threads=1), levels=LEVELS, progress=False)
+    lut = Lut.open(path)
+    cal, _ = load_calibration(lut, graph)
+    return Predictor(lut, graph, cal)
+
+
+def _scores(graph: ChannelGraph, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {g.id: rng.exponential(size=g.size) for g in graph.groups}
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.5, 0.7, 0.9])
+def test_solution_meets_budget(predictor: Predictor, fraction: float) -> None:
+    graph = predictor.graph
+    full_ms = predictor.predict(graph.full_widths())
+    options = graph.options(LEVELS)
+    floor_ms = predictor.predict({g: o[0] for g, o in options.items()})
+    budget = max(fraction * full_ms, floor_ms * 1.01)
+    sol = solve(predictor, options, _scores(graph), budget)
+    assert sol.predicted_ms <= budget
+    assert sol.predicted_ms == pytest.approx(predictor.predict(sol.widths))
+    assert all(w in options[g] for g, w in sol.widths.items())
+    # nothing left to spend: no single group can widen without breaking the budget
+    for g, w in sol.widths.items():
+        i = options[g].index(w)
+        if i + 1 < len(options[g]):
+            assert predictor.predict({**sol.widths, g: options[g][i + 1]}) > budget
+
+
+def test_more_budget_keeps_more_importance(predictor: Predictor) -> None:
+    graph = predictor.graph
+    full_ms = predictor.predict(graph.full_widths())
+    options = graph.options(LEVELS)
+    floor_ms = predictor.predict({g: o[0] for g, o in options.items()})
+    scores = _scores(graph, 1)
+    values = [solve(predictor, options, scores, floor_ms + f * (full_ms - floor_ms)).value for f in (0.3, 0.6, 1.0)]
+    assert values[0] <= values[1] <= values[2] == pytest.approx(1.0)
+
+
+def test_budget_below_reach_names_the_floor(predictor: Predictor) -> None:
+    graph = predictor.graph
+    with pytest.raises(BudgetError, match=r"smallest reachable latency [0-9.]+ ms"):
+        solve(predictor, graph.options(LEVELS), _scores(graph), 1e-6)
+
+
+def test_option_values_are_normalised_and_monotone() -> None:
+    scores = {0: np.array([3.0, 1.0, 0.0, 2.0]), 1: np.array([4.0])}
+    values = option_values(scores, {0: [1, 2, 4], 1: [1]})
+    assert values[0] == pytest.approx([0.3, 0.5, 0.6])
+    assert values[1] == pytest.approx([0.4])
