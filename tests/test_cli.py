@@ -95,3 +95,9 @@ def test_lut_show_json(capsys: pytest.CaptureFixture[str], fake_lut: str) -> Non
     shown = json.loads(capsys.readouterr().out)
     assert shown["schema_version"] == 1 and shown["entries"] > 3 and len(shown["shown"]) == 3
     assert shown["fingerprint"]["backend"] == "fake"
+
+
+def test_model_without_default_data_needs_data(capsys: pytest.CaptureFixture[str], model_file: str,
+                                              fake_lut: str, tmp_path: Path) -> None:
+    _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.8x",
+                    "-o", str(tmp_path / "run"), *FAKE], "--data")

@@ -37,6 +37,9 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[str], Any]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:

@@ -25,7 +25,7 @@ def profile_text(r: dict[str, Any]) -> str:
     return (
         f"LUT {r['lut']}: {r['keys']} unit configurations for {r['units']} units of {r['model']} "
         f"({r['measured']} measured now, {r['reused']} already present) in {r['seconds']:.1f} s\n"
-        f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} threads\n"
+        f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} thread(s)\n"
         f"calibration: measured ≈ {cal['scale']:.3f} × Σunits + {cal['offset_ms']:.3f} ms "
         f"(median residual {cal['residual_pct']:.1f}%, width levels {r['levels']})"
     )
@@ -48,7 +48,7 @@ def prune_text(m: dict[str, Any]) -> str:
         "",
         f"budget {m['budget']['ms']:.3f} ms ({m['budget']['spec']}): {verdict} — pruned model measures "
         f"{m['pruned']['latency_ms']['median_ms']:.3f} ms on {m['fingerprint']['backend']} "
-        f"({m['fingerprint']['threads']} threads, {m['fingerprint']['device']})",
+        f"({m['fingerprint']['threads']} thread(s), {m['fingerprint']['device']})",
         f"measured speedup {m['speedup_measured']:.2f}x; MACs kept {100 * m['macs_ratio']:.0f}%; "
         f"closed loop: {len(m['closed_loop'])} iteration(s); ONNX parity max abs diff "
         f"{m['pruned']['onnx_parity_max_abs_diff']:.1e}",
@@ -56,7 +56,7 @@ def prune_text(m: dict[str, Any]) -> str:
 
 
 def bench_text(r: dict[str, Any]) -> str:
-    lines = [f"{r['artifact']} on {r['backend']} ({r['threads']} threads): "
+    lines = [f"{r['artifact']} on {r['backend']} ({r['threads']} thread(s)): "
              f"median {r['latency_ms']['median_ms']:.3f} ms, p10 {r['latency_ms']['p10_ms']:.3f}, "
              f"p90 {r['latency_ms']['p90_ms']:.3f} ({r['latency_ms']['repeats']} runs)"]
     if "predicted_ms" in r:
@@ -77,7 +77,7 @@ def lut_text(r: dict[str, Any]) -> str:
     fp = r["fingerprint"]
     lines = [f"{r['file']}: schema {r['schema_version']}, {r['entries']} entries",
              f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · "
-             f"{fp.get('threads')} threads · {fp.get('backend')}"]
+             f"{fp.get('threads')} thread(s) · {fp.get('backend')}"]
     for sig, c in r["calibrations"].items():
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
                      f"residual {c['residual_pct']:.1f}%, levels {c.get('levels')}")

@@ -61,7 +61,7 @@ def train(
         teacher.eval()
     losses: list[float] = []
     correct = seen = 0
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
     step = 0
     while step < steps:
         for x, y in data:

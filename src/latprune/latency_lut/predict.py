@@ -6,7 +6,7 @@ A unit with no measurement is an error, never a zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from latprune.errors import LutError
 from latprune.latency_lut.store import Lut
@@ -28,6 +28,11 @@ class Calibration:
     def apply(self, raw_ms: float) -> float:
         return self.scale * raw_ms + self.offset_ms
 
+    def scaled(self, ratio: float) -> Calibration:
+        """The same correction with every prediction multiplied by ``ratio``
+        (re-anchoring to a fresh measurement when the device drifted)."""
+        return replace(self, scale=self.scale * ratio, offset_ms=self.offset_ms * ratio)
+
 
 class Predictor:
     """Latency predictions for one model graph from one LUT.
@@ -40,10 +45,15 @@ class Predictor:
         self.graph = graph
         self.calibration = calibration or Calibration()
         self._memo: dict[str, float] = {}
+        self._unit_memo: dict[tuple[str, int, int], float] = {}
 
     def unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
-        key = unit.key(widths)
-        return self.key_ms(key)
+        cin = widths.get(unit.in_group, unit.base.cin) if unit.in_group is not None else unit.base.cin
+        cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
+        memo = (unit.name, cin, cout)  # cheap key: the solver asks for the same units many times
+        if memo not in self._unit_memo:
+            self._unit_memo[memo] = self.key_ms(unit.key(widths))
+        return self._unit_memo[memo]
 
     def key_ms(self, key: LayerKey) -> float:
         text = key.text

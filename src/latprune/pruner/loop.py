@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from latprune.budget import parse_budget
-from latprune.errors import BudgetError, LutError, RunDirError
+from latprune.errors import BudgetError, LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import Backend, get_backend
-from latprune.latency_lut.predict import Calibration, Predictor
+from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import DEFAULT_LEVELS, grid_keys, load_calibration, open_for_backend, run_calibration
 from latprune.pruner.graph import ChannelGraph
 from latprune.pruner.importance import importance
@@ -79,8 +79,6 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     backend = get_backend(config.backend, config.threads)
     spec = load_model(config.model, config.input)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(config.lut, backend, writable=False) as lut:
         stored = load_calibration(lut, graph)
@@ -101,11 +99,19 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         base_latency = _measure(backend, spec.model, spec.input_shape)
         budget_ms = budget.resolve(base_latency["median_ms"])
         full = graph.full_widths()
+        # Devices drift (frequency, neighbours, thermal state) between profiling and now:
+        # re-anchor the prediction on the base model measured a moment ago.
+        lut_base_ms = predictor.predict(full)
+        drift = base_latency["median_ms"] / lut_base_ms
+        predictor.calibration = predictor.calibration.scaled(drift)
 
         # 2. importance.
         t = time.time()
         data = None
         if config.importance != "l1" or config.epochs > 0:
+            if config.data is None and spec.default_data is None:
+                raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
+                                "or prune without data using --importance l1 --epochs 0")
             data = load_data(config.data or spec.default_data)
         batches = loader(data.train, config.batch_size, shuffle=True, seed=config.seed) if data else None
         scores = importance(config.importance, graph, batches, config.importance_batches, config.progress)
@@ -129,8 +135,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                 break
             # Rescale the prediction by what the device said, and ask for less.
             ratio = measured["median_ms"] / solution.predicted_ms
-            predictor.calibration = replace(predictor.calibration, scale=predictor.calibration.scale * ratio,
-                                            offset_ms=predictor.calibration.offset_ms * ratio)
+            predictor.calibration = predictor.calibration.scaled(ratio)
             if ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed: tighten
                 target_ms *= 0.97
         if accepted is None:
@@ -140,7 +145,6 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                               "re-profile (the LUT may not describe this device's current state)")
         solution, slim = accepted
         timings["search_s"] = time.time() - t
-        base_predicted = predictor.predict(full)
 
     # 4. fine-tune.
     t = time.time()
@@ -184,14 +188,15 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         "lut": str(config.lut),
         "fingerprint": backend.fingerprint(),
         "budget": {"spec": str(budget), "ms": budget_ms},
-        "base": {"latency_ms": base_latency, "predicted_ms": base_predicted, "accuracy": base_acc,
+        "base": {"latency_ms": base_latency, "predicted_ms": lut_base_ms, "accuracy": base_acc,
                  "params": base_params, "macs": base_macs},
         "pruned": {"latency_ms": final, "predicted_ms": solution.predicted_ms, "accuracy": pruned_acc,
                    "params": params, "macs": macs, "onnx_parity_max_abs_diff": report.max_abs_diff},
         "budget_met": final["median_ms"] <= budget_ms,
         "speedup_measured": base_latency["median_ms"] / final["median_ms"],
         "macs_ratio": macs / base_macs,
-        "calibration": asdict(calibration) if isinstance(calibration, Calibration) else None,
+        "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration),
+                        "lut_predicted_base_ms": lut_base_ms, "drift_since_profile": drift},
         "closed_loop": history,
         "config": asdict(config),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},

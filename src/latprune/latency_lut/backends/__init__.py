@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -36,6 +37,9 @@ class Backend(ABC):
             raise BackendError(f"--threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
         self.timing = timing or TimingConfig()
+        # Whole models are timed longer: a decision (budget held or not) rests on each one.
+        self.model_timing = replace(self.timing, warmup=max(self.timing.warmup, 20),
+                                    repeats=max(self.timing.repeats, 100), min_time_s=max(self.timing.min_time_s, 0.5))
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:

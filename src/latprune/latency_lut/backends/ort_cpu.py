@@ -17,7 +17,7 @@ from torch import nn
 from latprune.errors import BackendError, MissingDependency
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.fingerprint import host_fingerprint
-from latprune.latency_lut.timing import Latency, time_callable
+from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
 from latprune.latency_lut.units import LayerKey
 
 OPSET = 17
@@ -158,9 +158,9 @@ class OrtCpuBackend(Backend):
             **host_fingerprint(),
         }
 
-    def measure_session(self, session: Any) -> Latency:
+    def measure_session(self, session: Any, timing: TimingConfig | None = None) -> Latency:
         feeds = random_feeds(session)
-        return time_callable(lambda: session.run(None, feeds), self.timing)
+        return time_callable(lambda: session.run(None, feeds), timing or self.timing)
 
     def measure_unit(self, key: LayerKey) -> Latency:
         return self.measure_session(make_session(unit_onnx(key), self.threads))
@@ -168,9 +168,9 @@ class OrtCpuBackend(Backend):
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         from latprune.exporters.onnx import to_onnx_bytes
 
-        return self.measure_session(make_session(to_onnx_bytes(model, input_shape), self.threads))
+        return self.measure_session(make_session(to_onnx_bytes(model, input_shape), self.threads), self.model_timing)
 
     def measure_artifact(self, path: str) -> Latency:
         if not str(path).endswith(".onnx"):
             raise BackendError(f"ort-cpu times .onnx files; {path!r} is not one")
-        return self.measure_session(make_session(path, self.threads))
+        return self.measure_session(make_session(path, self.threads), self.model_timing)

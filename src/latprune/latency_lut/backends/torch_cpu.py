@@ -9,7 +9,7 @@ from torch import nn
 
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.fingerprint import host_fingerprint
-from latprune.latency_lut.timing import Latency, time_callable
+from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
 from latprune.latency_lut.units import LayerKey
 
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
@@ -47,11 +47,15 @@ class TorchCpuBackend(Backend):
             **host_fingerprint(),
         }
 
-    def _time(self, module: nn.Module, *inputs: torch.Tensor) -> Latency:
+    def _time(self, module: nn.Module, *inputs: torch.Tensor, timing: TimingConfig | None = None) -> Latency:
+        previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         module.eval()
-        with torch.inference_mode():
-            return time_callable(lambda: module(*inputs), self.timing)
+        try:
+            with torch.inference_mode():
+                return time_callable(lambda: module(*inputs), timing or self.timing)
+        finally:
+            torch.set_num_threads(previous)
 
     def measure_unit(self, key: LayerKey) -> Latency:
         module = _UnitModule(key)
@@ -66,4 +70,4 @@ class TorchCpuBackend(Backend):
         return self._time(module, x)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
-        return self._time(model, torch.randn(*input_shape))
+        return self._time(model, torch.randn(*input_shape), timing=self.model_timing)
