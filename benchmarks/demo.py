@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--budget", default="0.5x")
-    parser.add_argument("--epochs", type=float, default=0.4)
+    parser.add_argument("--epochs", type=float, default=0.3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="latprune-demo-"))
     try:

@@ -93,7 +93,7 @@ def test_unknown_backend(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
 def test_lut_show_json(capsys: pytest.CaptureFixture[str], fake_lut: str) -> None:
     assert main(["lut", "show", fake_lut, "--json", "--limit", "3"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["schema_version"] == 1 and shown["entries"] > 3 and len(shown["shown"]) == 3
+    assert shown["schema_version"] == 2 and shown["entries"] > 3 and len(shown["shown"]) == 3
     assert shown["fingerprint"]["backend"] == "fake"
 
 

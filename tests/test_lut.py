@@ -100,17 +100,37 @@ def test_killed_profile_resumes_and_measures_only_what_is_missing(tmp_path: Path
     total = len(grid_keys(graph, levels=4))
     path = tmp_path / "r.lut"
     with pytest.raises(KeyboardInterrupt):
-        build_lut(graph, path, _DiesAfter(10), levels=4, progress=False)
+        build_lut(graph, path, _DiesAfter(10), levels=4, progress=False, passes=1)
     with Lut.open(path) as lut:
         assert len(lut) == 10  # every finished measurement survived
     resumed = _DiesAfter(10**9)
-    report = build_lut(graph, path, resumed, levels=4, progress=False)
+    report = build_lut(graph, path, resumed, levels=4, progress=False, passes=1)
     assert resumed.calls == total - 10
     assert (report.measured, report.reused, report.keys) == (total - 10, 10, total)
     # a second run measures nothing
     again = _DiesAfter(0)
-    build_lut(graph, path, again, levels=4, progress=False)
+    build_lut(graph, path, again, levels=4, progress=False, passes=1)
     assert again.calls == 0
+
+
+def test_second_pass_remeasures_and_keeps_the_faster(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    path = tmp_path / "p.lut"
+    build_lut(graph, path, _DiesAfter(10**9), levels=2, progress=False, passes=1)
+    total = len(grid_keys(graph, levels=2))
+
+    class Faster(_DiesAfter):
+        def measure_unit(self, key: LayerKey) -> Latency:
+            lat = super().measure_unit(key)
+            return Latency(lat.median_ms / 2, lat.p10_ms / 2, lat.p90_ms / 2, 7)
+
+    faster = Faster(10**9)
+    report = build_lut(graph, path, faster, levels=2, progress=False, passes=2)
+    assert faster.calls == report.measured == total and report.passes == 2
+    with Lut.open(path) as lut:
+        for key, lat in lut.items():
+            assert lat.median_ms == pytest.approx(FakeBackend().measure_unit(key).median_ms / 2)
+            assert lat.repeats == 1 + 7 and lut.passes(key) == 2
 
 
 def test_calibration_recovers_the_backend_overhead(tmp_path: Path) -> None:

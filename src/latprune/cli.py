@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
     p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
     p.add_argument("--calibration-samples", type=int, default=8, help="whole-model measurements for calibration")
+    p.add_argument("--passes", type=int, default=2,
+                   help="measure each unit this many times, at different moments, keep the fastest (default 2)")
     _add_backend(p)
     _add_json(p)
 
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="profile, prune to 0.5x, export and measure the embedded default")
     p.add_argument("--out", default="runs/demo", help="where the LUT and run directory go")
     p.add_argument("--budget", default="0.5x")
-    p.add_argument("--epochs", type=float, default=0.4)
+    p.add_argument("--epochs", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime threads (default 1: on a 2-core laptop the other core absorbs OS noise)")
     _add_json(p)
@@ -108,7 +110,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name,
-                       progress=not args.json)
+                       progress=not args.json, passes=args.passes)
     from latprune.report import profile_text
 
     _print(args, report.to_dict(), profile_text)

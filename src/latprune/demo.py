@@ -14,7 +14,7 @@ from latprune.pruner.graph import ChannelGraph
 from latprune.pruner.loop import PruneConfig, prune
 
 
-def run_demo(out: Path, budget: str = "0.5x", epochs: float = 0.4, threads: int | None = None,
+def run_demo(out: Path, budget: str = "0.5x", epochs: float = 0.3, threads: int | None = None,
              progress: bool = True) -> dict[str, Any]:
     start = time.time()
     backend = get_backend("ort-cpu", threads)

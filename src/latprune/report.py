@@ -24,7 +24,8 @@ def profile_text(r: dict[str, Any]) -> str:
     fp = r["fingerprint"]
     return (
         f"LUT {r['lut']}: {r['keys']} unit configurations for {r['units']} units of {r['model']} "
-        f"({r['measured']} measured now, {r['reused']} already present) in {r['seconds']:.1f} s\n"
+        f"({r['measured']} measurements now in {r['passes']} pass(es), {r['reused']} already complete) "
+        f"in {r['seconds']:.1f} s\n"
         f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} thread(s)\n"
         f"calibration: measured ≈ {cal['scale']:.3f} × Σunits + {cal['offset_ms']:.3f} ms "
         f"(median residual {cal['residual_pct']:.1f}%, width levels {r['levels']})"

@@ -93,7 +93,7 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 128) -> float:
     """Top-1 accuracy of ``model`` on ``dataset`` (0..1)."""
     model.eval()
     correct = total = 0

@@ -8,7 +8,7 @@ again. Extending a LUT with another model measures only its new keys.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph
 
 DEFAULT_LEVELS = 8
+DEFAULT_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,11 @@ class ProfileReport:
     signature: str
     units: int
     keys: int
-    measured: int
-    reused: int
+    measured: int                  # unit measurements made by this call (all passes)
+    reused: int                    # keys already complete (all passes) in the LUT
     seconds: float
     levels: int
+    passes: int
     calibration: dict[str, Any]
     fingerprint: dict[str, Any]
 
@@ -75,26 +77,45 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
 
 
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
-              calibration_samples: int = 8, model_name: str = "model", progress: bool = True) -> ProfileReport:
-    """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate."""
+              calibration_samples: int = 8, model_name: str = "model", progress: bool = True,
+              passes: int = DEFAULT_PASSES) -> ProfileReport:
+    """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
+
+    Each unit is measured ``passes`` times, at different moments, and the
+    fastest median kept."""
     if levels < 1:
         raise LutError(f"--levels must be at least 1, got {levels}")
+    if passes < 1:
+        raise LutError(f"--passes must be at least 1, got {passes}")
     start = time.time()
     path = Path(path)
     lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
     with lut:
         keys = grid_keys(graph, levels)
-        todo = [k for k in keys if k not in lut]
-        for key in tqdm(todo, desc=f"profile {backend.name}", unit="unit", disable=not progress or None):
-            lut.put(key, backend.measure_unit(key))
+        todo = [k for k in keys if lut.passes(k) < passes]
+        measurements = 0
+        # Pass p measures what has fewer than p passes; later passes run in reverse order, so a
+        # slow spell of the device lands on different keys each time, and keep the faster median
+        # (interference only ever slows a measurement down).
+        for p in range(1, passes + 1):
+            pending = [k for k in todo if lut.passes(k) < p]
+            if p % 2 == 0:
+                pending.reverse()
+            for key in tqdm(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
+                            disable=not progress or None):
+                new = backend.measure_unit(key)
+                old = lut.get(key)
+                best = new if old is None or new.median_ms < old.median_ms else old
+                lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=p)
+                measurements += 1
         signature = graph.signature()
         stored = lut.calibration(signature)
         if stored is None or stored.get("levels") != levels:
             cal, points = run_calibration(graph, lut, backend, levels, calibration_samples, progress)
             stored = {**asdict(cal), "levels": levels, "model": model_name, "points": points}
             lut.set_calibration(signature, stored)
-        report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), len(todo),
-                               len(keys) - len(todo), round(time.time() - start, 2), levels,
+        report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), measurements,
+                               len(keys) - len(todo), round(time.time() - start, 2), levels, passes,
                                {k: v for k, v in stored.items() if k != "points"}, lut.fingerprint)
     return report
 
@@ -107,7 +128,9 @@ def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, levels: int
     bar = tqdm(total=len(configs), desc="calibrate", unit="model", disable=not progress or None)
 
     def measure(widths: dict[int, int]) -> float:
-        ms = backend.measure_model(graph.slim_to_widths(widths), graph.input_shape).median_ms
+        model = graph.slim_to_widths(widths)
+        # the same rule as the units: two measurements, the faster median
+        ms = min(backend.measure_model(model, graph.input_shape).median_ms for _ in range(2))
         bar.update(1)
         return ms
 

@@ -4,8 +4,9 @@ Tables:
 
 - ``meta(key, value)``: JSON values — ``schema_version``, ``fingerprint``,
   ``created_at``, ``latprune_version``;
-- ``entries(key, median_ms, p10_ms, p90_ms, repeats, measured_at)``: one row
-  per :class:`LayerKey` text;
+- ``entries(key, median_ms, p10_ms, p90_ms, repeats, measured_at, passes)``:
+  one row per :class:`LayerKey` text; ``passes`` counts the separate
+  measurements (at different times) the row summarises;
 - ``calibrations(model, value)``: per model signature, the fitted end-to-end
   correction (see :mod:`latprune.latency_lut.calibrate`) and the width grid
   the model was profiled on.
@@ -33,13 +34,13 @@ from latprune.errors import LutError
 from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY, median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
-    repeats INTEGER NOT NULL, measured_at REAL NOT NULL);
+    repeats INTEGER NOT NULL, measured_at REAL NOT NULL, passes INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS calibrations (model TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -51,6 +52,7 @@ class Lut:
         self.path = path
         self._conn = conn
         self._cache: dict[str, Latency] | None = None
+        self._passes: dict[str, int] | None = None
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -125,15 +127,23 @@ class Lut:
         return self.meta("fingerprint")
 
     # -- entries ------------------------------------------------------------------------------
-    def put(self, key: LayerKey, latency: Latency) -> None:
+    def put(self, key: LayerKey, latency: Latency, passes: int = 1) -> None:
         """Store one measurement, committed at once (a killed profile keeps it)."""
         with self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                (key.text, latency.median_ms, latency.p10_ms, latency.p90_ms, latency.repeats, time.time()),
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.text, latency.median_ms, latency.p10_ms, latency.p90_ms, latency.repeats, time.time(), passes),
             )
         if self._cache is not None:
             self._cache[key.text] = latency
+        if self._passes is not None:
+            self._passes[key.text] = passes
+
+    def passes(self, key: LayerKey) -> int:
+        """How many separate measurements the entry of ``key`` summarises (0: none)."""
+        if self._passes is None:
+            self._passes = dict(self._conn.execute("SELECT key, passes FROM entries").fetchall())
+        return self._passes.get(key.text, 0)
 
     def _entries(self) -> dict[str, Latency]:
         if self._cache is None:
