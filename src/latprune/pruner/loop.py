@@ -47,6 +47,7 @@ class PruneConfig:
     eval_limit: int | None = None   # evaluate on at most this many test images
     max_iters: int = 6              # closed-loop iterations before giving up
     margin: float = 0.03            # accept a candidate at <= budget * (1 - margin): room for timing noise
+    slack: float = 0.05             # re-solve wider while a fitting candidate leaves more than this unused
     force: bool = False             # replace an existing run directory
     progress: bool = True
     seed: int = 0
@@ -125,22 +126,31 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         accepted = None
         for iteration in range(1, config.max_iters + 1):
             solution = solve(predictor, options, scores, target_ms)
+            if any(solution.widths == h["_widths"] for h in history):
+                break  # the corrected prediction leads back to a configuration already measured
             slim = graph.slim(_keep(scores, solution.widths))
             measured = _measure(backend, slim, spec.input_shape)
+            fits = measured["median_ms"] <= target_ms
             history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                            "measured_ms": measured["median_ms"], "kept_importance": solution.value,
-                            "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
-            if measured["median_ms"] <= target_ms:
-                accepted = (solution, slim)
-                break
-            # Rescale the prediction by what the device said, and ask for less.
+                            "measured_ms": measured["median_ms"], "fits": fits, "kept_importance": solution.value,
+                            "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)},
+                            "_widths": solution.widths})
+            if fits:
+                if accepted is None or solution.value > accepted[0].value:
+                    accepted = (solution, slim)
+                if measured["median_ms"] >= target_ms * (1 - config.slack):
+                    break  # holds the budget and uses it
+            # Rescale the prediction by what the device said and solve again: narrower when the
+            # candidate missed, wider when it left more than `slack` of the budget unused.
             ratio = measured["median_ms"] / solution.predicted_ms
             predictor.calibration = predictor.calibration.scaled(ratio)
-            if ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed: tighten
+            if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
                 target_ms *= 0.97
+        for h in history:
+            del h["_widths"]
         if accepted is None:
             last = history[-1]["measured_ms"]
-            raise BudgetError(f"after {config.max_iters} closed-loop iterations the best candidate still measures "
+            raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
                               f"{last:.3f} ms against a budget of {budget_ms:.3f} ms; loosen the budget or "
                               "re-profile (the LUT may not describe this device's current state)")
         solution, slim = accepted
