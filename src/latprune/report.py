@@ -74,6 +74,22 @@ def demo_text(r: dict[str, Any]) -> str:
                         f"demo took {r['seconds']:.0f} s; run directory: {r['run_dir']}"])
 
 
+def fidelity_text(r: dict[str, Any]) -> str:
+    rows = []
+    for name in ("stored", "anchored"):
+        e = r[name]
+        rows.append([name, f"{e['median_abs_pct']:.2f}%", f"{100 * e['within_5_pct']:.0f}%",
+                     f"{100 * e['within_10_pct']:.0f}%", f"{e['spearman']:.3f}"])
+    fp = r["fingerprint"]
+    lines = [f"{r['model']}: {r['samples']} random width configurations measured on {fp.get('backend')} "
+             f"({fp.get('threads')} thread(s)) in {r['seconds']:.0f} s; drift since profiling "
+             f"{100 * (r['drift'] - 1):+.1f}%", "",
+             table(["prediction", "median |error|", "within ±5%", "within ±10%", "Spearman"], rows)]
+    if r.get("plot"):
+        lines.append(f"\nplot: {r['plot']}")
+    return "\n".join(lines)
+
+
 def lut_text(r: dict[str, Any]) -> str:
     fp = r["fingerprint"]
     lines = [f"{r['file']}: schema {r['schema_version']}, {r['entries']} entries",
@@ -88,4 +104,6 @@ def lut_text(r: dict[str, Any]) -> str:
         lines += ["", table(["key", "median ms", "p10", "p90", "runs"], rows)]
         if len(r["shown"]) < r["entries"]:
             lines.append(f"… {r['entries'] - len(r['shown'])} more (--limit 0 shows all)")
+    if r.get("plot"):
+        lines.append(f"plot: {r['plot']}")
     return "\n".join(lines)

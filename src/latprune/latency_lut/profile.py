@@ -78,11 +78,16 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
 
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
               calibration_samples: int = 8, model_name: str = "model", progress: bool = True,
-              passes: int = DEFAULT_PASSES) -> ProfileReport:
+              passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1)) -> ProfileReport:
     """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
 
     Each unit is measured ``passes`` times, at different moments, and the
-    fastest median kept."""
+    fastest median kept. ``shard=(i, n)`` measures only every n-th key starting
+    at the i-th (1-based) and skips calibration: merge the shards with
+    ``latprune lut merge``, then profile the merged LUT once to calibrate."""
+    index, count = shard
+    if not 1 <= index <= count:
+        raise LutError(f"--shard {index}/{count} is not of the form i/n with 1 <= i <= n")
     if levels < 1:
         raise LutError(f"--levels must be at least 1, got {levels}")
     if passes < 1:
@@ -91,7 +96,7 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     path = Path(path)
     lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
     with lut:
-        keys = grid_keys(graph, levels)
+        keys = grid_keys(graph, levels)[index - 1 :: count]
         todo = [k for k in keys if lut.passes(k) < passes]
         measurements = 0
         # Pass p measures what has fewer than p passes; later passes run in reverse order, so a
@@ -110,7 +115,10 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
                 measurements += 1
         signature = graph.signature()
         stored = lut.calibration(signature)
-        if stored is None or stored.get("levels") != levels:
+        if count > 1:
+            stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
+                                "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
+        elif stored is None or stored.get("levels") != levels:
             cal, points = run_calibration(graph, lut, backend, levels, calibration_samples, progress)
             stored = {**asdict(cal), "levels": levels, "model": model_name, "points": points}
             lut.set_calibration(signature, stored)

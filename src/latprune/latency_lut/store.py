@@ -177,3 +177,43 @@ class Lut:
     def calibrations(self) -> dict[str, dict[str, Any]]:
         rows = self._conn.execute("SELECT model, value FROM calibrations").fetchall()
         return {m: json.loads(v) for m, v in rows}
+
+
+def merge_luts(out: str | os.PathLike[str], inputs: list[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Join LUTs (e.g. shards from `latprune profile --shard i/n`) into a new file.
+
+    All inputs must share a compatible fingerprint. A key measured in several
+    inputs keeps the faster median (the same rule as profiling passes)."""
+    from latprune.latency_lut.fingerprint import check_compatible
+
+    if len(inputs) < 1:
+        raise LutError("lut merge needs at least one input LUT")
+    opened = [Lut.open(p) for p in inputs]
+    try:
+        first = opened[0]
+        for other in opened[1:]:
+            check_compatible(first.fingerprint, other.fingerprint, f"LUT {other.path} (vs {first.path})")
+        best: dict[str, tuple[Latency, int]] = {}
+        for lut in opened:
+            for key, lat in lut.items():
+                prev = best.get(key.text)
+                passes = lut.passes(key)
+                if prev is None or lat.median_ms < prev[0].median_ms:
+                    best[key.text] = (lat, max(passes, prev[1] if prev else 0))
+        calibrations: dict[str, dict[str, Any]] = {}
+        for lut in opened:
+            for sig, cal in lut.calibrations().items():
+                calibrations.setdefault(sig, cal)
+        with Lut.create(out, first.fingerprint) as merged:
+            with merged._conn:
+                merged._conn.executemany(
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(k, lat.median_ms, lat.p10_ms, lat.p90_ms, lat.repeats, time.time(), passes)
+                     for k, (lat, passes) in sorted(best.items())])
+            for sig, cal in calibrations.items():
+                merged.set_calibration(sig, cal)
+    finally:
+        for lut in opened:
+            lut.close()
+    return {"output": str(out), "inputs": [str(p) for p in inputs], "entries": len(best),
+            "calibrations": len(calibrations)}

@@ -63,6 +63,25 @@ def _output_layers(dg: tp.DependencyGraph, modules: Sequence[nn.Module]) -> list
     return outputs
 
 
+def _effective_padding(m: nn.Conv2d, in_hw: Sequence[int], out_hw: Sequence[int]) -> tuple[int, int]:
+    """The symmetric padding that gives the observed output size.
+
+    Equal to ``m.padding`` for a plain conv; differs for convs that pad inside
+    ``forward`` (TensorFlow-style "same" padding, as in EfficientNet ports)."""
+    pads = []
+    for axis in range(2):
+        k, s, d = m.kernel_size[axis], m.stride[axis], m.dilation[axis]
+        declared = m.padding[axis] if isinstance(m.padding, tuple) else 0
+        candidates = [declared] + [p for p in range(k + 1) if p != declared]
+        for p in candidates:
+            if (in_hw[axis] + 2 * p - d * (k - 1) - 1) // s + 1 == out_hw[axis]:
+                pads.append(p)
+                break
+        else:
+            raise SpecError(f"cannot model the padding of conv {m}: input {tuple(in_hw)} gives output {tuple(out_hw)}")
+    return pads[0], pads[1]
+
+
 def _grad_fn_name(node: tp.dependency.Node) -> str:
     fn = getattr(node, "grad_fn", None)
     return type(fn).__name__ if fn is not None else ""
@@ -86,9 +105,10 @@ class ChannelGraph:
         model.eval()
         names = {m: n for n, m in model.named_modules()}
         example = torch.randn(*input_shape)
-        in_shapes: dict[nn.Module, tuple[int, ...]] = {}
+        shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         hooks = [
-            m.register_forward_hook(lambda mod, inp, out: in_shapes.__setitem__(mod, tuple(inp[0].shape)))
+            m.register_forward_hook(
+                lambda mod, inp, out: shapes.__setitem__(mod, (tuple(inp[0].shape), tuple(out.shape))))
             for m in model.modules() if isinstance(m, PRUNABLE)
         ]
         try:
@@ -130,7 +150,7 @@ class ChannelGraph:
             groups.append(Group(gid, names[root], size, tuple(producers), tuple(dict.fromkeys(members))))
         units = []
         for m in layers:
-            unit, bn = cls._unit(dg, m, names[m], in_shapes.get(m), in_group.get(m), out_group.get(m))
+            unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
             units.append(unit)
             # A conv/linear with no BN after it produces its group's channels itself.
             if bn is None and unit.out_group is not None:
@@ -139,10 +159,12 @@ class ChannelGraph:
         return cls(model, input_shape, dg, groups, units, names)
 
     @staticmethod
-    def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str, in_shape: tuple[int, ...] | None,
+    def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str,
+              shapes: tuple[tuple[int, ...], tuple[int, ...]] | None,
               gin: int | None, gout: int | None) -> tuple[Unit, nn.Module | None]:
-        if in_shape is None:
+        if shapes is None:
             raise SpecError(f"layer {name!r} did not run in the forward pass; latprune cannot time it")
+        in_shape, out_shape = shapes
         node = dg.module2node[m]
         bn: nn.Module | None = None
         add, act = False, ""
@@ -163,8 +185,9 @@ class ChannelGraph:
             act = ACTIVATIONS.get(_grad_fn_name(nxt), "")
         if isinstance(m, nn.Conv2d):
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            padding = _effective_padding(m, in_shape[2:], out_shape[2:])
             key = LayerKey(op="conv", cin=m.in_channels, cout=m.out_channels, kernel=tuple(m.kernel_size),
-                           stride=tuple(m.stride), padding=tuple(m.padding),  # type: ignore[arg-type]
+                           stride=tuple(m.stride), padding=padding,  # type: ignore[arg-type]
                            dilation=tuple(m.dilation), groups=m.groups, in_hw=tuple(in_shape[2:]),
                            batch=in_shape[0], bias=m.bias is not None, bn=bn is not None, add=add, act=act)
             if depthwise:

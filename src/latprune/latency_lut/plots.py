@@ -1,0 +1,90 @@
+"""Plots of LUTs and fidelity runs (PNG, written atomically). Needs matplotlib."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from latprune._io import atomic_write_with
+from latprune.errors import LutError, MissingDependency
+from latprune.latency_lut.store import Lut
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependency("matplotlib", "plot", "plotting") from None
+    return plt
+
+
+def _save(fig: Any, path: str) -> str:
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return path
+
+
+def plot_lut(lut: Lut, path: str, max_panels: int = 16) -> str:
+    """One panel per unit shape (everything but the widths): latency vs output
+    width, one line per input width. Staircases show as flat runs and jumps."""
+    plt = _pyplot()
+    families: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for key, lat in lut.items():
+        fam = replace(key, cin=0, cout=0, groups=1 if key.groups == 1 else 0)
+        label = (f"{key.op} k{key.kernel[0]} s{key.stride[0]} {'dw ' if key.groups > 1 else ''}"
+                 f"{'x'.join(map(str, key.in_hw))}{' +add' if key.add else ''}")
+        families.setdefault(f"{label}|{fam.text}", {}).setdefault(key.cin, []).append((key.cout, lat.median_ms))
+    names = sorted(families, key=lambda f: -sum(len(v) for v in families[f].values()))[:max_panels]
+    if not names:
+        raise LutError(f"{lut.path} has no entries to plot; profile a model into it first")
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        series = families[name]
+        cins = sorted(series)
+        picks = sorted({cins[int(round(i * (len(cins) - 1) / 3))] for i in range(4)}) if len(cins) > 4 else cins
+        for cin in picks:
+            pts = sorted(series[cin])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1, label=f"cin {cin}")
+        ax.set_title(name.split("|")[0], fontsize=8)
+        ax.set_xlabel("output channels", fontsize=7)
+        ax.set_ylabel("ms", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fp = lut.fingerprint
+    fig.suptitle(f"{lut.path.name}: {fp.get('backend')} {fp.get('runtime_version')}, {fp.get('threads')} thread(s), "
+                 f"{fp.get('device')}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_fidelity(report: dict[str, Any], path: str) -> str:
+    """Scatter of predicted vs measured latency with the ±10% band, written atomically as PNG."""
+    plt = _pyplot()
+    pts = report["points"]
+    m = np.array([p["measured_ms"] for p in pts])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = float(m.min()) * 0.85, float(m.max()) * 1.15
+    xs = np.linspace(lo, hi, 2)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.9", label="±10%")
+    ax.plot(xs, xs, color="0.5", lw=1)
+    ax.scatter(m, [p["predicted_ms"] for p in pts], s=14, label=f"stored (median {report['stored']['median_abs_pct']:.1f}%)")
+    ax.scatter(m, [p["anchored_ms"] for p in pts], s=14, marker="x",
+               label=f"re-anchored (median {report['anchored']['median_abs_pct']:.1f}%)")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
+           title=f"{report['model']}: {report['samples']} configurations")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,112 @@
+"""Shards, merge, fidelity and plots of LUTs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latprune.cli import main
+from latprune.errors import FingerprintMismatch, LutError
+from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.fidelity import ErrorStats, fidelity, random_configs, spearman
+from latprune.latency_lut.profile import build_lut, grid_keys
+from latprune.latency_lut.store import Lut, merge_luts
+from latprune.latency_lut.timing import Latency
+from latprune.latency_lut.units import LayerKey
+from latprune.pruner.graph import ChannelGraph
+from tests.conftest import TINY_INPUT, tiny_resnet
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_shards_cover_every_key_once_and_merge_to_the_whole(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    shards = []
+    for i in (1, 2, 3):
+        path = tmp_path / f"s{i}.lut"
+        build_lut(graph, path, backend, levels=4, progress=False, passes=1, shard=(i, 3))
+        shards.append(path)
+    sets = [{k.text for k, _ in Lut.open(p).items()} for p in shards]
+    assert sum(len(s) for s in sets) == len(set.union(*sets)) == len(grid_keys(graph, 4))
+    summary = merge_luts(tmp_path / "all.lut", shards)
+    assert summary["entries"] == len(grid_keys(graph, 4))
+    # profiling the merged LUT measures nothing more, only calibrates
+    report = build_lut(graph, tmp_path / "all.lut", backend, levels=4, progress=False, passes=1)
+    assert report.measured == 0 and report.calibration["scale"] == pytest.approx(1.1)
+
+
+def test_merge_keeps_the_faster_and_refuses_other_devices(tmp_path: Path) -> None:
+    key = LayerKey("linear", 8, 4)
+    fp = get_backend("fake", threads=1).fingerprint()
+    for name, ms in (("a", 2.0), ("b", 1.0)):
+        with Lut.create(tmp_path / f"{name}.lut", fp) as lut:
+            lut.put(key, Latency(ms, ms, ms, 5))
+    merge_luts(tmp_path / "ab.lut", [tmp_path / "a.lut", tmp_path / "b.lut"])
+    assert Lut.open(tmp_path / "ab.lut").get(key).median_ms == 1.0
+    Lut.create(tmp_path / "c.lut", get_backend("fake", threads=4).fingerprint()).close()
+    with pytest.raises(FingerprintMismatch, match="threads"):
+        merge_luts(tmp_path / "ac.lut", [tmp_path / "a.lut", tmp_path / "c.lut"])
+    assert not (tmp_path / "ac.lut").exists()
+    with pytest.raises(LutError, match="already exists"):
+        merge_luts(tmp_path / "ab.lut", [tmp_path / "a.lut"])
+
+
+def test_bad_shard_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["profile", "default", "-o", str(tmp_path / "x.lut"), "--backend", "fake", "--shard", "4/3"]) == 2
+    assert "1 <= i <= n" in capsys.readouterr().err
+    assert not (tmp_path / "x.lut").exists()
+
+
+def test_fidelity_of_an_exact_device_is_perfect(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    build_lut(graph, tmp_path / "f.lut", backend, levels=4, progress=False, passes=1)
+    with Lut.open(tmp_path / "f.lut") as lut:
+        report = fidelity(graph, lut, backend, samples=6, progress=False)
+    assert report.stored.median_abs_pct == pytest.approx(0.0, abs=1e-6)
+    assert report.stored.within_5_pct == report.stored.within_10_pct == 1.0
+    assert report.stored.spearman == pytest.approx(1.0)
+    assert report.drift == pytest.approx(1.0)
+    assert len(report.points) == 6
+
+
+def test_fidelity_needs_a_calibrated_lut(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    with Lut.create(tmp_path / "e.lut", backend.fingerprint()) as lut:
+        with pytest.raises(LutError, match="no calibration"):
+            fidelity(graph, lut, backend, samples=4, progress=False)
+
+
+def test_error_stats_and_rank_correlation() -> None:
+    stats = ErrorStats.of([1.0, 2.19, 2.9, 4.5], [1.0, 2.0, 3.0, 4.0])
+    assert stats.median_abs_pct == pytest.approx(np.median([0, 9.5, 100 / 30, 12.5]))
+    assert stats.within_5_pct == 0.5 and stats.within_10_pct == 0.75
+    assert spearman(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
+    assert spearman(np.array([1, 2, 2, 4]), np.array([1, 2, 3, 4])) == pytest.approx(0.9487, abs=1e-3)
+
+
+def test_random_configs_span_the_range() -> None:
+    options = {0: [4, 8, 12, 16, 20, 24, 28, 32], 1: [8, 16, 24, 32, 40, 48, 56, 64]}
+    configs = random_configs(options, 40, seed=3)
+    assert all(c[g] in options[g] for c in configs for g in options)
+    assert min(c[0] for c in configs) <= 8 and max(c[0] for c in configs) >= 28
+    assert configs == random_configs(options, 40, seed=3)
+
+
+def test_cli_fidelity_and_plots(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    fid_png, lut_png = tmp_path / "fid.png", tmp_path / "lut.png"
+    assert main(["lut", "fidelity", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--samples", "5",
+                 "--backend", "fake", "--threads", "1", "--plot", str(fid_png), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["samples"] == 5 and r["stored"]["median_abs_pct"] < 1e-6
+    assert main(["lut", "show", fake_lut, "--plot", str(lut_png), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(lut_png)
+    for png in (fid_png, lut_png):
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
