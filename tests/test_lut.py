@@ -170,5 +170,5 @@ def test_ort_cpu_measures_a_unit_and_a_model() -> None:
 def test_unknown_backend_lists_the_known_ones() -> None:
     from latprune.errors import BackendError
 
-    with pytest.raises(BackendError, match="ort-cpu"):
+    with pytest.raises(BackendError, match="fake, ort-cpu, tensorrt, torch-cpu, torch-cuda"):
         get_backend("tpu")

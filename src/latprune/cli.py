@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
     p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
     p.add_argument("--calibration-samples", type=int, default=8, help="whole-model measurements for calibration")
+    p.add_argument("--recalibrate", action="store_true", help="measure the calibration again even if stored")
     p.add_argument("--shard", default=None, help="i/n: measure only shard i of n (join with `latprune lut merge`)")
     p.add_argument("--passes", type=int, default=2,
                    help="measure each unit this many times, at different moments, keep the fastest (default 2)")
@@ -126,7 +127,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name,
-                       progress=not args.json, passes=args.passes, shard=shard)
+                       progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate)
     from latprune.report import profile_text
 
     _print(args, report.to_dict(), profile_text)

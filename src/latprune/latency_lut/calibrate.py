@@ -9,8 +9,6 @@ measurements at different widths fix both, to first order.
 from __future__ import annotations
 
 import random
-from typing import Callable
-
 import numpy as np
 
 from latprune.latency_lut.predict import Calibration
@@ -44,13 +42,3 @@ def calibration_configs(sizes: dict[int, list[int]], samples: int, seed: int = 0
     while len(configs) < samples:
         configs.append({g: rng.choice(opts) for g, opts in sizes.items()})
     return configs[: max(samples, 1)]
-
-
-def calibrate(raw: Callable[[dict[int, int]], float], measure: Callable[[dict[int, int]], float],
-              configs: list[dict[int, int]]) -> tuple[Calibration, list[dict[str, float]]]:
-    """Measure each config end to end, fit, and return the fit with its points."""
-    points = []
-    for widths in configs:
-        points.append({"raw_ms": raw(widths), "measured_ms": measure(widths)})
-    cal = fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points])
-    return cal, points

@@ -6,7 +6,9 @@ calibrated prediction. Reports the median absolute % error, the share of
 configurations within ±5% and ±10%, and Spearman's rank correlation (what
 the knapsack needs most: that a faster prediction is a faster model).
 
-Two predictions are scored: the LUT as stored, and the LUT re-anchored on a
+Every configuration is measured in two passes (the second in reverse order)
+and its faster median kept, the same rule as the LUT's units. Two
+predictions are scored: the LUT as stored, and the LUT re-anchored on a
 measurement of the full model taken at the start (what ``prune`` does), which
 removes the device's drift since profiling.
 """
@@ -19,12 +21,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import grid_keys, load_calibration
+from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths
 from latprune.latency_lut.store import Lut
 from latprune.pruner.graph import ChannelGraph
 
@@ -108,14 +109,14 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
                        f"`latprune profile {model_name} -o {lut.path}` adds them")
     start = time.time()
     full = graph.full_widths()
-    drift = backend.measure_model(graph.model, graph.input_shape).median_ms / predictor.predict(full)
+    configs = [full] + random_configs(graph.options(levels), samples, seed)
+    measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
+    drift = measured[0].median_ms / predictor.predict(full)
     points = []
-    for widths in tqdm(random_configs(graph.options(levels), samples, seed), desc="fidelity", unit="model",
-                       disable=not progress or None):
-        measured = backend.measure_model(graph.slim_to_widths(widths), graph.input_shape)
+    for widths, lat in zip(configs[1:], measured[1:]):
         predicted = predictor.predict(widths)
         points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift,
-                       "measured_ms": measured.median_ms, "p10_ms": measured.p10_ms, "p90_ms": measured.p90_ms,
+                       "measured_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
                        "widths": [widths[g] for g in sorted(widths)]})
     measured_ms = [p["measured_ms"] for p in points]
     return FidelityReport(

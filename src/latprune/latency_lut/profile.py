@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.calibrate import calibrate, calibration_configs
+from latprune.latency_lut.calibrate import calibration_configs, fit
 from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.store import Lut
+from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph
 
@@ -78,7 +79,8 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
 
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
               calibration_samples: int = 8, model_name: str = "model", progress: bool = True,
-              passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1)) -> ProfileReport:
+              passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1),
+              recalibrate: bool = False) -> ProfileReport:
     """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
 
     Each unit is measured ``passes`` times, at different moments, and the
@@ -118,7 +120,7 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
                                 "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
-        elif stored is None or stored.get("levels") != levels:
+        elif stored is None or stored.get("levels") != levels or recalibrate:
             cal, points = run_calibration(graph, lut, backend, levels, calibration_samples, progress)
             stored = {**asdict(cal), "levels": levels, "model": model_name, "points": points}
             lut.set_calibration(signature, stored)
@@ -128,24 +130,37 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     return report
 
 
+def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,
+                   desc: str = "measure", progress: bool = True) -> list[Latency]:
+    """End-to-end latency of ``graph`` slimmed to each width configuration.
+
+    The same rule as the units: ``passes`` passes at different moments (the
+    second in reverse order), keeping each configuration's faster median, so
+    a slow spell of the machine does not land on one configuration alone."""
+    models = [graph.slim_to_widths(widths) for widths in configs]
+    best: list[Latency | None] = [None] * len(models)
+    bar = tqdm(total=len(models) * passes, desc=desc, unit="model", disable=not progress or None)
+    try:
+        for p in range(passes):
+            order = range(len(models)) if p % 2 == 0 else reversed(range(len(models)))
+            for i in order:
+                lat = backend.measure_model(models[i], graph.input_shape)
+                if best[i] is None or lat.median_ms < best[i].median_ms:  # type: ignore[union-attr]
+                    best[i] = lat
+                bar.update(1)
+    finally:
+        bar.close()
+    return best  # type: ignore[return-value]
+
+
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, levels: int, samples: int,
                     progress: bool = True) -> tuple[Calibration, list[dict[str, float]]]:
     """Measure ``samples`` whole-model width configurations and fit the correction."""
     predictor = Predictor(lut, graph)
     configs = calibration_configs(graph.options(levels), samples)
-    bar = tqdm(total=len(configs), desc="calibrate", unit="model", disable=not progress or None)
-
-    def measure(widths: dict[int, int]) -> float:
-        model = graph.slim_to_widths(widths)
-        # the same rule as the units: two measurements, the faster median
-        ms = min(backend.measure_model(model, graph.input_shape).median_ms for _ in range(2))
-        bar.update(1)
-        return ms
-
-    try:
-        return calibrate(predictor.raw, measure, configs)
-    finally:
-        bar.close()
+    measured = measure_widths(graph, backend, configs, desc="calibrate", progress=progress)
+    points = [{"raw_ms": predictor.raw(w), "measured_ms": m.median_ms} for w, m in zip(configs, measured)]
+    return fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points]), points
 
 
 def load_calibration(lut: Lut, graph: ChannelGraph) -> tuple[Calibration, int] | None:

@@ -1,7 +1,7 @@
 """Latency backends: one file per runtime, one registry.
 
 >>> sorted(BACKENDS)
-['fake', 'ort-cpu', 'torch-cpu']
+['fake', 'ort-cpu', 'tensorrt', 'torch-cpu', 'torch-cuda']
 >>> get_backend("ort-cpu", threads=1).name
 'ort-cpu'
 """
@@ -23,6 +23,8 @@ from latprune.latency_lut.units import LayerKey
 BACKENDS: dict[str, str] = {
     "ort-cpu": "latprune.latency_lut.backends.ort_cpu:OrtCpuBackend",
     "torch-cpu": "latprune.latency_lut.backends.torch_cpu:TorchCpuBackend",
+    "torch-cuda": "latprune.latency_lut.backends.torch_cuda:TorchCudaBackend",
+    "tensorrt": "latprune.latency_lut.backends.tensorrt:TensorRTBackend",
     "fake": "latprune.latency_lut.backends.fake:FakeBackend",
 }
 

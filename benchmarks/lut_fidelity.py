@@ -1,0 +1,76 @@
+"""Benchmark: how well the LUT predicts measured latency (issue #3's targets).
+
+    python benchmarks/lut_fidelity.py [--models resnet18,mobilenet_v2,efficientnet-lite0]
+                                      [--threads 2] [--samples 50] [--force]
+
+For each model at 1x3x224x224: profile from an empty LUT on ort-cpu (timed),
+then `lut fidelity` with N random width configurations. Writes
+benchmarks/results/lut_fidelity.json (one entry per model, with the device
+fingerprint) and benchmarks/results/fidelity_<model>.png. Resumable: a model
+whose result is already in the JSON is skipped (unless --force), and a killed
+profile resumes from its LUT in benchmarks/luts/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from latprune._io import atomic_write_json
+from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.fidelity import fidelity
+from latprune.latency_lut.plots import plot_fidelity
+from latprune.latency_lut.profile import build_lut, open_for_backend
+from latprune.models import load_model
+from latprune.pruner.graph import ChannelGraph
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "lut_fidelity.json"
+SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2",
+         "efficientnet-lite0": "efficientnet-lite0"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(SPECS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--levels", type=int, default=8)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    backend = get_backend("ort-cpu", args.threads)
+    for name in args.models.split(","):
+        if name in results and not args.force:
+            print(f"{name}: already in {RESULTS}, skipped (--force re-runs)")
+            continue
+        spec = load_model(SPECS[name], "1x3x224x224")
+        graph = ChannelGraph.build(spec.model, spec.input_shape)
+        lut_path = HERE / "luts" / f"{name}-ort-cpu-{args.threads}t.lut"
+        start = time.time()
+        profile = build_lut(graph, lut_path, backend, levels=args.levels, model_name=spec.name)
+        profile_s = time.time() - start
+        with open_for_backend(lut_path, backend, writable=False) as lut:
+            report = fidelity(graph, lut, backend, args.samples, spec.name).to_dict()
+        png = HERE / "results" / f"fidelity_{name}.png"
+        plot_fidelity(report, str(png))
+        results[name] = {
+            "model": spec.name, "input": list(spec.input_shape), "units": len(graph.units),
+            "groups": len(graph.groups), "lut_keys": profile.keys, "levels": args.levels, "passes": profile.passes,
+            "profile_seconds": round(profile_s, 1), "profile_measured": profile.measured,
+            "calibration": profile.calibration, "samples": args.samples,
+            "stored": report["stored"], "anchored": report["anchored"], "drift": report["drift"],
+            "fidelity_seconds": report["seconds"], "points": report["points"], "plot": str(png.relative_to(HERE)),
+            "fingerprint": report["fingerprint"],
+        }
+        atomic_write_json(RESULTS, results)
+        s, a = report["stored"], report["anchored"]
+        print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
+              f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
+              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%")
+
+
+if __name__ == "__main__":
+    main()
