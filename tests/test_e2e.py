@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -81,22 +83,45 @@ def test_existing_run_directory_needs_force(capsys: pytest.CaptureFixture[str], 
     assert (fake_run / "plan.json").read_text() == before
 
 
-def test_ort_cpu_end_to_end(capsys: pytest.CaptureFixture[str], model_file: str, tmp_path: Path) -> None:
+ORT = ["--backend", "ort-cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def ort_lut(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The embedded ResNet-20 profiled on the real backend, on a coarse grid (seconds)."""
+    lut = tmp_path_factory.mktemp("ort") / "ort.lut"
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["profile", "default", "--levels", "4", "--passes", "1", "--calibration-samples", "4",
+                     "-o", str(lut), *ORT, "--json"]) == 0
+    return lut, json.loads(out.getvalue())
+
+
+def test_ort_cpu_end_to_end(capsys: pytest.CaptureFixture[str], ort_lut: tuple[Path, dict], tmp_path: Path) -> None:
     """The real backend: measured LUT, closed loop on measured latency, measured export."""
-    lut = tmp_path / "ort.lut"
-    ort = ["--backend", "ort-cpu", "--threads", "1"]
-    assert main(["profile", model_file, *TINY, "--levels", "2", "--calibration-samples", "4", "-o", str(lut),
-                 *ort, "--json"]) == 0
-    report = _json(capsys)
-    assert report["measured"] == 2 * report["keys"] > 0 and report["fingerprint"]["backend"] == "ort-cpu"
+    lut, report = ort_lut
+    assert report["measured"] == report["keys"] > 0 and report["fingerprint"]["backend"] == "ort-cpu"
     out = tmp_path / "run"
-    assert main(["prune", model_file, *TINY, "--lut", str(lut), "--budget", "0.9x", "-o", str(out),
-                 "--importance", "l1", "--epochs", "0", *ort, "--json"]) == 0
+    assert main(["prune", "default", "--lut", str(lut), "--budget", "0.7x", "-o", str(out),
+                 "--importance", "l1", "--epochs", "0", *ORT, "--json"]) == 0
     m = _json(capsys)
     assert m["budget_met"] == (m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms"])
     assert any(h["fits"] and h["measured_ms"] <= h["target_ms"] for h in m["closed_loop"])
     assert m["pruned"]["onnx_parity_max_abs_diff"] <= 1e-4
     assert m["fingerprint"]["runtime"] == "onnxruntime"
-    assert main(["bench", str(out / "model.onnx"), "--lut", str(lut), *ort, "--json"]) == 0
+    assert main(["bench", str(out / "model.onnx"), "--lut", str(lut), *ORT, "--json"]) == 0
     b = _json(capsys)
     assert b["latency_ms"]["median_ms"] > 0 and b["predicted_ms"] > 0
+
+
+def test_ort_cpu_grid_is_aligned_to_the_simd_width(ort_lut: tuple[Path, dict]) -> None:
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.store import Lut
+
+    lut, report = ort_lut
+    align = get_backend("ort-cpu", threads=1).preferred_align
+    assert align in (8, 16) and report["align"] == align
+    with Lut.open(lut) as opened:
+        widths = {w for key, _ in opened.items() for w in (key.cin, key.cout)}
+    # the image channel (1) and the classes (10) are fixed; every prunable width is a multiple of the block
+    assert widths - {1, 10} and all(w % align == 0 for w in widths - {1, 10})

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph, width_options
+from latprune.pruner.graph import ChannelGraph, Grid
 from tests.conftest import TINY_INPUT, randomise_bn_, tiny_resnet
 
 
@@ -84,7 +84,16 @@ def test_depthwise_unit_follows_its_group() -> None:
     assert key.cin == key.cout == key.groups == 5
 
 
-def test_width_options() -> None:
-    assert width_options(32, 8) == [4, 8, 12, 16, 20, 24, 28, 32]
-    assert width_options(3, 8) == [1, 2, 3]
-    assert width_options(10, 1) == [10]
+@pytest.mark.parametrize("size, grid, expected", [
+    (32, Grid(8), [4, 8, 12, 16, 20, 24, 28, 32]),
+    (3, Grid(8), [1, 2, 3]),
+    (10, Grid(1), [10]),
+    (32, Grid(8, align=8), [8, 16, 24, 32]),
+    (144, Grid(8, align=8), [16, 32, 56, 72, 88, 112, 128, 144]),
+    (100, Grid(4, align=16), [32, 48, 80, 96, 100]),
+    (12, Grid(4, align=8), [3, 6, 9, 12]),   # groups this small keep fine steps
+])
+def test_width_grid(size: int, grid: Grid, expected: list[int]) -> None:
+    widths = grid.widths(size)
+    assert widths == expected
+    assert widths[-1] == size and all(0 < w <= size for w in widths)

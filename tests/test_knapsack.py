@@ -10,7 +10,7 @@ from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
-from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.knapsack import option_values, solve
 from tests.conftest import MODELS, TINY_INPUT
 
@@ -36,7 +36,7 @@ def _scores(graph: ChannelGraph, seed: int = 0) -> dict[int, np.ndarray]:
 def test_solution_meets_budget(predictor: Predictor, fraction: float) -> None:
     graph = predictor.graph
     full_ms = predictor.predict(graph.full_widths())
-    options = graph.options(LEVELS)
+    options = graph.options(Grid(LEVELS))
     floor_ms = predictor.predict({g: o[0] for g, o in options.items()})
     budget = max(fraction * full_ms, floor_ms * 1.01)
     sol = solve(predictor, options, _scores(graph), budget)
@@ -53,7 +53,7 @@ def test_solution_meets_budget(predictor: Predictor, fraction: float) -> None:
 def test_more_budget_keeps_more_importance(predictor: Predictor) -> None:
     graph = predictor.graph
     full_ms = predictor.predict(graph.full_widths())
-    options = graph.options(LEVELS)
+    options = graph.options(Grid(LEVELS))
     floor_ms = predictor.predict({g: o[0] for g, o in options.items()})
     scores = _scores(graph, 1)
     values = [solve(predictor, options, scores, floor_ms + f * (full_ms - floor_ms)).value for f in (0.3, 0.6, 1.0)]
@@ -63,7 +63,7 @@ def test_more_budget_keeps_more_importance(predictor: Predictor) -> None:
 def test_budget_below_reach_names_the_floor(predictor: Predictor) -> None:
     graph = predictor.graph
     with pytest.raises(BudgetError, match=r"smallest reachable latency [0-9.]+ ms"):
-        solve(predictor, graph.options(LEVELS), _scores(graph), 1e-6)
+        solve(predictor, graph.options(Grid(LEVELS)), _scores(graph), 1e-6)
 
 
 def test_option_values_are_normalised_and_monotone() -> None:

@@ -15,7 +15,7 @@ from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration,
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.graph import ChannelGraph, Grid
 from tests.conftest import TINY_INPUT, tiny_resnet
 
 
@@ -97,7 +97,7 @@ class _DiesAfter(FakeBackend):
 
 def test_killed_profile_resumes_and_measures_only_what_is_missing(tmp_path: Path) -> None:
     graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
-    total = len(grid_keys(graph, levels=4))
+    total = len(grid_keys(graph, Grid(4)))
     path = tmp_path / "r.lut"
     with pytest.raises(KeyboardInterrupt):
         build_lut(graph, path, _DiesAfter(10), levels=4, progress=False, passes=1)
@@ -117,7 +117,7 @@ def test_second_pass_remeasures_and_keeps_the_faster(tmp_path: Path) -> None:
     graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
     path = tmp_path / "p.lut"
     build_lut(graph, path, _DiesAfter(10**9), levels=2, progress=False, passes=1)
-    total = len(grid_keys(graph, levels=2))
+    total = len(grid_keys(graph, Grid(2)))
 
     class Faster(_DiesAfter):
         def measure_unit(self, key: LayerKey) -> Latency:
@@ -141,11 +141,11 @@ def test_calibration_recovers_the_backend_overhead(tmp_path: Path) -> None:
     assert report.calibration["scale"] == pytest.approx(1.1, rel=1e-6)
     assert report.calibration["offset_ms"] == pytest.approx(0.02, abs=1e-6)
     with Lut.open(tmp_path / "c.lut") as lut:
-        cal, levels = load_calibration(lut, graph)
+        cal, grid = load_calibration(lut, graph)
         predictor = Predictor(lut, graph, cal)
         full = backend.measure_model(graph.model, TINY_INPUT).median_ms
         assert predictor.predict(graph.full_widths()) == pytest.approx(full, rel=1e-6)
-        assert levels == 4
+        assert grid == Grid(4, align=1)  # the fake backend prefers no alignment
 
 
 def test_missing_measurement_is_an_error_not_a_zero(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from latprune.latency_lut.profile import build_lut, grid_keys
 from latprune.latency_lut.store import Lut, merge_luts
 from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.graph import ChannelGraph, Grid
 from tests.conftest import TINY_INPUT, tiny_resnet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -31,9 +31,9 @@ def test_shards_cover_every_key_once_and_merge_to_the_whole(tmp_path: Path) -> N
         build_lut(graph, path, backend, levels=4, progress=False, passes=1, shard=(i, 3))
         shards.append(path)
     sets = [{k.text for k, _ in Lut.open(p).items()} for p in shards]
-    assert sum(len(s) for s in sets) == len(set.union(*sets)) == len(grid_keys(graph, 4))
+    assert sum(len(s) for s in sets) == len(set.union(*sets)) == len(grid_keys(graph, Grid(4)))
     summary = merge_luts(tmp_path / "all.lut", shards)
-    assert summary["entries"] == len(grid_keys(graph, 4))
+    assert summary["entries"] == len(grid_keys(graph, Grid(4)))
     # profiling the merged LUT measures nothing more, only calibrates
     report = build_lut(graph, tmp_path / "all.lut", backend, levels=4, progress=False, passes=1)
     assert report.measured == 0 and report.calibration["scale"] == pytest.approx(1.1)

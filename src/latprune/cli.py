@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="LUT file to create or extend (.lut)")
     p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
     p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
+    p.add_argument("--align", type=int, default=None,
+                   help="round widths to multiples of this (default: the backend's, 8 for ort-cpu on AVX2)")
     p.add_argument("--calibration-samples", type=int, default=8, help="whole-model measurements for calibration")
     p.add_argument("--recalibrate", action="store_true", help="measure the calibration again even if stored")
     p.add_argument("--shard", default=None, help="i/n: measure only shard i of n (join with `latprune lut merge`)")
@@ -126,7 +128,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     shard = _parse_shard(args.shard)
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
-    report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name,
+    report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name, align=args.align,
                        progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate)
     from latprune.report import profile_text
 

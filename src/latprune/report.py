@@ -28,7 +28,7 @@ def profile_text(r: dict[str, Any]) -> str:
         f"in {r['seconds']:.1f} s\n"
         f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} thread(s)\n"
         f"calibration: measured ≈ {cal['scale']:.3f} × Σunits + {cal['offset_ms']:.3f} ms "
-        f"(median residual {cal['residual_pct']:.1f}%, width levels {r['levels']})"
+        f"(median residual {cal['residual_pct']:.1f}%, width grid {r['levels']} levels aligned to {r['align']})"
     )
 
 
@@ -97,7 +97,7 @@ def lut_text(r: dict[str, Any]) -> str:
              f"{fp.get('threads')} thread(s) · {fp.get('backend')}"]
     for sig, c in r["calibrations"].items():
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
-                     f"residual {c['residual_pct']:.1f}%, levels {c.get('levels')}")
+                     f"residual {c['residual_pct']:.1f}%, {c.get('levels')} levels aligned to {c.get('align', 1)}")
     if r["shown"]:
         rows = [[e["key"], f"{e['median_ms']:.4f}", f"{e['p10_ms']:.4f}", f"{e['p90_ms']:.4f}", str(e["repeats"])]
                 for e in r["shown"]]

@@ -101,15 +101,15 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     if stored is None:
         raise LutError(f"the LUT {lut.path} has no calibration for this model; profile it first: "
                        f"`latprune profile {model_name} -o {lut.path}`")
-    calibration, levels = stored
+    calibration, grid = stored
     predictor = Predictor(lut, graph, calibration)
-    missing = predictor.missing(grid_keys(graph, levels))
+    missing = predictor.missing(grid_keys(graph, grid))
     if missing:
         raise LutError(f"the LUT {lut.path} lacks {len(missing)} of this model's units; "
                        f"`latprune profile {model_name} -o {lut.path}` adds them")
     start = time.time()
     full = graph.full_widths()
-    configs = [full] + random_configs(graph.options(levels), samples, seed)
+    configs = [full] + random_configs(graph.options(grid), samples, seed)
     measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
     drift = measured[0].median_ms / predictor.predict(full)
     points = []

@@ -22,7 +22,7 @@ from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.graph import ChannelGraph, Grid
 
 DEFAULT_LEVELS = 8
 DEFAULT_PASSES = 2
@@ -39,6 +39,7 @@ class ProfileReport:
     reused: int                    # keys already complete (all passes) in the LUT
     seconds: float
     levels: int
+    align: int
     passes: int
     calibration: dict[str, Any]
     fingerprint: dict[str, Any]
@@ -47,9 +48,9 @@ class ProfileReport:
         return asdict(self)
 
 
-def grid_keys(graph: ChannelGraph, levels: int) -> list[LayerKey]:
-    """Every key the pruner can ask for at these width levels (deduplicated, in unit order)."""
-    options = graph.options(levels)
+def grid_keys(graph: ChannelGraph, grid: Grid) -> list[LayerKey]:
+    """Every key the pruner can ask for on this width grid (deduplicated, in unit order)."""
+    options = graph.options(grid)
     keys: dict[str, LayerKey] = {}
     for unit in graph.units:
         cins = options[unit.in_group] if unit.in_group is not None and not unit.depthwise else [None]
@@ -80,7 +81,7 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
               calibration_samples: int = 8, model_name: str = "model", progress: bool = True,
               passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1),
-              recalibrate: bool = False) -> ProfileReport:
+              recalibrate: bool = False, align: int | None = None) -> ProfileReport:
     """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
 
     Each unit is measured ``passes`` times, at different moments, and the
@@ -94,11 +95,14 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         raise LutError(f"--levels must be at least 1, got {levels}")
     if passes < 1:
         raise LutError(f"--passes must be at least 1, got {passes}")
+    grid = Grid(levels, backend.preferred_align if align is None else align)
+    if grid.align < 1:
+        raise LutError(f"--align must be at least 1, got {grid.align}")
     start = time.time()
     path = Path(path)
     lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
     with lut:
-        keys = grid_keys(graph, levels)[index - 1 :: count]
+        keys = grid_keys(graph, grid)[index - 1 :: count]
         todo = [k for k in keys if lut.passes(k) < passes]
         measurements = 0
         # Pass p measures what has fewer than p passes; later passes run in reverse order, so a
@@ -119,13 +123,13 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         stored = lut.calibration(signature)
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
-                                "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
-        elif stored is None or stored.get("levels") != levels or recalibrate:
-            cal, points = run_calibration(graph, lut, backend, levels, calibration_samples, progress)
-            stored = {**asdict(cal), "levels": levels, "model": model_name, "points": points}
+                                "align": grid.align, "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
+        elif stored is None or _grid_of(stored) != grid or recalibrate:
+            cal, points = run_calibration(graph, lut, backend, grid, calibration_samples, progress)
+            stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name, "points": points}
             lut.set_calibration(signature, stored)
         report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), measurements,
-                               len(keys) - len(todo), round(time.time() - start, 2), levels, passes,
+                               len(keys) - len(todo), round(time.time() - start, 2), levels, grid.align, passes,
                                {k: v for k, v in stored.items() if k != "points"}, lut.fingerprint)
     return report
 
@@ -153,21 +157,25 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     return best  # type: ignore[return-value]
 
 
-def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, levels: int, samples: int,
+def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,
                     progress: bool = True) -> tuple[Calibration, list[dict[str, float]]]:
     """Measure ``samples`` whole-model width configurations and fit the correction."""
     predictor = Predictor(lut, graph)
-    configs = calibration_configs(graph.options(levels), samples)
+    configs = calibration_configs(graph.options(grid), samples)
     measured = measure_widths(graph, backend, configs, desc="calibrate", progress=progress)
     points = [{"raw_ms": predictor.raw(w), "measured_ms": m.median_ms} for w, m in zip(configs, measured)]
     return fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points]), points
 
 
-def load_calibration(lut: Lut, graph: ChannelGraph) -> tuple[Calibration, int] | None:
-    """The stored calibration of this model in ``lut`` and its width levels, if any."""
+def _grid_of(stored: dict[str, Any]) -> Grid:
+    return Grid(int(stored["levels"]), int(stored.get("align", 1)))
+
+
+def load_calibration(lut: Lut, graph: ChannelGraph) -> tuple[Calibration, Grid] | None:
+    """The stored calibration of this model in ``lut`` and its width grid, if any."""
     stored = lut.calibration(graph.signature())
     if stored is None:
         return None
     cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], stored["points"]
                       if isinstance(stored["points"], int) else len(stored["points"]))
-    return cal, int(stored["levels"])
+    return cal, _grid_of(stored)

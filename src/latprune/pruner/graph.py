@@ -206,9 +206,9 @@ class ChannelGraph:
     def full_widths(self) -> dict[int, int]:
         return {g.id: g.size for g in self.groups}
 
-    def options(self, levels: int) -> dict[int, list[int]]:
-        """Width options of every group (see :func:`width_options`)."""
-        return {g.id: width_options(g.size, levels) for g in self.groups}
+    def options(self, grid: Grid) -> dict[int, list[int]]:
+        """Width options of every group on ``grid``."""
+        return {g.id: grid.widths(g.size) for g in self.groups}
 
     def slim_to_widths(self, widths: dict[int, int]) -> nn.Module:
         """A slimmed copy keeping the first ``widths[g]`` channels of each group
@@ -273,11 +273,27 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
     return model
 
 
-def width_options(size: int, levels: int) -> list[int]:
-    """The widths a group of ``size`` channels may take: ``levels`` evenly spaced
-    steps from size/levels up to size (distinct, at least 1).
+@dataclass(frozen=True)
+class Grid:
+    """The widths a group may take: ``levels`` evenly spaced steps up to its size,
+    each rounded to a multiple of ``align`` (the runtime's vector width: a
+    width between two multiples costs as much as the next one up, and
+    unaligned widths force layout conversions), the full size always included.
 
-    >>> width_options(32, 8)
+    >>> Grid(8).widths(32)
     [4, 8, 12, 16, 20, 24, 28, 32]
+    >>> Grid(8, align=8).widths(144)
+    [16, 32, 56, 72, 88, 112, 128, 144]
+    >>> Grid(8, align=8).widths(6)
+    [1, 2, 3, 4, 5, 6]
     """
-    return sorted({max(1, round(size * i / levels)) for i in range(1, levels + 1)})
+
+    levels: int = 8
+    align: int = 1
+
+    def widths(self, size: int) -> list[int]:
+        align = self.align if size > 2 * self.align else 1  # tiny groups keep fine steps
+        raw = (size * i / self.levels for i in range(1, self.levels + 1))
+        widths = {max(align, align * round(w / align)) for w in raw} if align > 1 else {max(1, round(w)) for w in raw}
+        return sorted(w for w in widths | {size} if w <= size)
+

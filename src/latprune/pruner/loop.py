@@ -22,7 +22,7 @@ from latprune.errors import BudgetError, LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import Backend, get_backend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import DEFAULT_LEVELS, grid_keys, load_calibration, open_for_backend, run_calibration
-from latprune.pruner.graph import ChannelGraph
+from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import importance
 from latprune.pruner.knapsack import solve
 from latprune.pruner.plan import GroupPlan, PruningPlan
@@ -83,16 +83,16 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(config.lut, backend, writable=False) as lut:
         stored = load_calibration(lut, graph)
-        levels = stored[1] if stored else DEFAULT_LEVELS
+        grid = stored[1] if stored else Grid(DEFAULT_LEVELS, backend.preferred_align)
         predictor = Predictor(lut, graph)
-        missing = predictor.missing(grid_keys(graph, levels))
+        missing = predictor.missing(grid_keys(graph, grid))
         if missing:
             raise LutError(f"the LUT {config.lut} lacks {len(missing)} of this model's unit measurements; "
                            f"add them with `latprune profile {config.model} -o {config.lut}`")
         if stored:
             predictor.calibration = stored[0]
         else:
-            predictor.calibration, _ = run_calibration(graph, lut, backend, levels, 6, config.progress)
+            predictor.calibration, _ = run_calibration(graph, lut, backend, grid, 6, config.progress)
         calibration = predictor.calibration
         timings["setup_s"] = time.time() - t0
 
@@ -120,7 +120,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
 
         # 3. closed loop: solve on the prediction, check on the measurement.
         t = time.time()
-        options = graph.options(levels)
+        options = graph.options(grid)
         target_ms = budget_ms * (1 - config.margin)
         history: list[dict[str, Any]] = []
         accepted = None
@@ -180,7 +180,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     plan = PruningPlan(
         model=spec.name, input_shape=spec.input_shape,
         groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in keep.items()),
-        levels=levels, budget_ms=budget_ms, predicted_ms=solution.predicted_ms, signature=graph.signature(),
+        levels=grid.levels, align=grid.align, budget_ms=budget_ms, predicted_ms=solution.predicted_ms, signature=graph.signature(),
         method="halp",
     )
     plan.save(staging / "plan.json")

@@ -44,7 +44,8 @@ class PruningPlan:
     model: str                           # model spec of the base model
     input_shape: tuple[int, ...]
     groups: tuple[GroupPlan, ...]
-    levels: int = 8                      # width grid the plan was chosen on
+    levels: int = 8                      # width grid the plan was chosen on: levels ...
+    align: int = 1                       # ... and alignment (see pruner.graph.Grid)
     budget_ms: float | None = None
     predicted_ms: float | None = None
     signature: str = ""                  # ChannelGraph.signature() of the base model

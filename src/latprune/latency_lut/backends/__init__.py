@@ -33,6 +33,7 @@ class Backend(ABC):
     """Times latency units and whole models on one runtime with fixed settings."""
 
     name: str = ""
+    preferred_align: int = 1   # channel multiple the runtime's kernels are built for (width grid default)
 
     def __init__(self, threads: int | None = None, timing: TimingConfig | None = None) -> None:
         if threads is not None and threads < 1:

@@ -150,6 +150,15 @@ class OrtCpuBackend(Backend):
 
     name = "ort-cpu"
 
+    @property
+    def preferred_align(self) -> int:  # type: ignore[override]
+        """ONNX Runtime's NCHWc convolutions block channels by the SIMD width: 16 floats with AVX-512, else 8."""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                return 16 if " avx512f" in fh.read() else 8
+        except OSError:
+            return 8
+
     def fingerprint(self) -> dict[str, Any]:
         ort = _ort()
         return {

@@ -19,6 +19,7 @@ from latprune.latency_lut.units import LayerKey
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    preferred_align = 8
 
     def __init__(self, threads: int | None = None, timing: TimingConfig | None = None, fp16: bool = False,
                  timing_cache: str | None = None) -> None:

@@ -39,6 +39,7 @@ class TorchCpuBackend(Backend):
     """torch eager, ``torch.set_num_threads(threads)``, inference mode."""
 
     name = "torch-cpu"
+    preferred_align = 8
 
     def fingerprint(self) -> dict[str, Any]:
         return {

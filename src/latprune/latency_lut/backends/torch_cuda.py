@@ -23,6 +23,7 @@ from latprune.latency_lut.units import LayerKey
 
 class TorchCudaBackend(Backend):
     name = "torch-cuda"
+    preferred_align = 8  # tensor-core tiles
 
     def __init__(self, threads: int | None = None, timing: TimingConfig | None = None,
                  cuda_graphs: bool = True) -> None:
