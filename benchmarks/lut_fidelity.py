@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--levels", type=int, default=8)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--recalibrate", action="store_true", help="re-measure the LUT's calibration")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     backend = get_backend("ort-cpu", args.threads)
@@ -50,7 +51,8 @@ def main() -> None:
         graph = ChannelGraph.build(spec.model, spec.input_shape)
         lut_path = HERE / "luts" / f"{name}-ort-cpu-{args.threads}t.lut"
         start = time.time()
-        profile = build_lut(graph, lut_path, backend, levels=args.levels, model_name=spec.name)
+        profile = build_lut(graph, lut_path, backend, levels=args.levels, model_name=spec.name,
+                            recalibrate=args.recalibrate)
         profile_s = time.time() - start
         with open_for_backend(lut_path, backend, writable=False) as lut:
             report = fidelity(graph, lut, backend, args.samples, spec.name).to_dict()

@@ -11,7 +11,8 @@ import pytest
 from latprune.cli import main
 from latprune.errors import FingerprintMismatch, LutError
 from latprune.latency_lut.backends import get_backend
-from latprune.latency_lut.fidelity import ErrorStats, fidelity, random_configs, spearman
+from latprune.latency_lut.calibrate import random_configs
+from latprune.latency_lut.fidelity import ErrorStats, fidelity, spearman
 from latprune.latency_lut.profile import build_lut, grid_keys
 from latprune.latency_lut.store import Lut, merge_luts
 from latprune.latency_lut.timing import Latency

@@ -15,7 +15,6 @@ removes the device's drift since profiling.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
+from latprune.latency_lut.calibrate import random_configs
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths
 from latprune.latency_lut.store import Lut
@@ -75,22 +75,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def random_configs(options: dict[int, list[int]], n: int, seed: int = 1234) -> list[dict[int, int]]:
-    """Configurations spanning the latency range: each draws a global keep level
-    in [0.15, 1], and every group takes an option within ±2 levels of it."""
-    rng = random.Random(seed)
-    configs = []
-    for _ in range(n):
-        level = rng.uniform(0.15, 1.0)
-        widths = {}
-        for g, opts in options.items():
-            centre = level * (len(opts) - 1)
-            i = int(round(centre + rng.uniform(-2, 2)))
-            widths[g] = opts[min(max(i, 0), len(opts) - 1)]
-        configs.append(widths)
-    return configs
 
 
 def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, model_name: str = "model",

@@ -24,7 +24,7 @@ from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import DEFAULT_LEVELS, grid_keys, load_calibration, open_for_backend, run_calibration
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import importance
-from latprune.pruner.knapsack import solve
+from latprune.pruner.knapsack import Solution, solve
 from latprune.pruner.plan import GroupPlan, PruningPlan
 
 
@@ -53,13 +53,52 @@ class PruneConfig:
     seed: int = 0
 
 
-def _measure(backend: Backend, model: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
-    return backend.measure_model(model, shape).to_dict()
-
-
 def _keep(scores: dict[int, np.ndarray], widths: dict[int, int]) -> dict[int, list[int]]:
     """The ``widths[g]`` most important channels of each group (sorted indices)."""
     return {g: sorted(int(i) for i in np.argsort(-scores[g], kind="stable")[:w]) for g, w in widths.items()}
+
+
+def closed_loop(graph: ChannelGraph, predictor: Predictor, backend: Backend, scores: dict[int, np.ndarray],
+                options: dict[int, list[int]], budget_ms: float,
+                config: PruneConfig) -> tuple[Solution, torch.nn.Module, list[dict[str, Any]]]:
+    """Solve on the prediction, check on the measurement, until a candidate holds the budget.
+
+    Accepts a candidate measuring <= budget·(1 - margin); keeps re-solving
+    wider while an accepted one leaves more than ``slack`` unused. Each miss
+    rescales the prediction by measured/predicted (``predictor`` is updated in
+    place). Returns the best accepted solution, its slimmed model, and the
+    history of every candidate measured."""
+    target_ms = budget_ms * (1 - config.margin)
+    history: list[dict[str, Any]] = []
+    tried: list[dict[int, int]] = []
+    accepted: tuple[Solution, torch.nn.Module] | None = None
+    for iteration in range(1, config.max_iters + 1):
+        solution = solve(predictor, options, scores, target_ms)
+        if solution.widths in tried:
+            break  # the corrected prediction leads back to a configuration already measured
+        tried.append(solution.widths)
+        slim = graph.slim(_keep(scores, solution.widths))
+        measured_ms = backend.measure_model(slim, graph.input_shape).median_ms
+        fits = measured_ms <= target_ms
+        history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
+                        "measured_ms": measured_ms, "fits": fits, "kept_importance": solution.value,
+                        "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
+        if fits:
+            if accepted is None or solution.value > accepted[0].value:
+                accepted = (solution, slim)
+            if measured_ms >= target_ms * (1 - config.slack):
+                break  # holds the budget and uses it
+        # Rescale the prediction by what the device said and solve again: narrower when the
+        # candidate missed, wider when it left more than `slack` of the budget unused.
+        ratio = measured_ms / solution.predicted_ms
+        predictor.calibration = predictor.calibration.scaled(ratio)
+        if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
+            target_ms *= 0.97
+    if accepted is None:
+        raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
+                          f"{history[-1]['measured_ms']:.3f} ms against a budget of {budget_ms:.3f} ms; loosen the "
+                          "budget or re-profile (the LUT may not describe this device's current state)")
+    return accepted[0], accepted[1], history
 
 
 def prune(config: PruneConfig) -> dict[str, Any]:
@@ -80,6 +119,10 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     backend = get_backend(config.backend, config.threads)
     spec = load_model(config.model, config.input)
+    needs_data = config.importance != "l1" or config.epochs > 0
+    if needs_data and config.data is None and spec.default_data is None:
+        raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
+                        "or prune without data using --importance l1 --epochs 0")
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(config.lut, backend, writable=False) as lut:
         stored = load_calibration(lut, graph)
@@ -97,7 +140,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         timings["setup_s"] = time.time() - t0
 
         # 1. base model: measured latency resolves a relative budget.
-        base_latency = _measure(backend, spec.model, spec.input_shape)
+        base_latency = backend.measure_model(spec.model, spec.input_shape).to_dict()
         budget_ms = budget.resolve(base_latency["median_ms"])
         full = graph.full_widths()
         # Devices drift (frequency, neighbours, thermal state) between profiling and now:
@@ -108,12 +151,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
 
         # 2. importance.
         t = time.time()
-        data = None
-        if config.importance != "l1" or config.epochs > 0:
-            if config.data is None and spec.default_data is None:
-                raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
-                                "or prune without data using --importance l1 --epochs 0")
-            data = load_data(config.data or spec.default_data)
+        data = load_data(config.data or spec.default_data) if needs_data else None
         batches = loader(data.train, config.batch_size, shuffle=True, seed=config.seed) if data else None
         scores = importance(config.importance, graph, batches, config.importance_batches, config.progress)
         timings["importance_s"] = time.time() - t
@@ -121,39 +159,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         # 3. closed loop: solve on the prediction, check on the measurement.
         t = time.time()
         options = graph.options(grid)
-        target_ms = budget_ms * (1 - config.margin)
-        history: list[dict[str, Any]] = []
-        accepted = None
-        for iteration in range(1, config.max_iters + 1):
-            solution = solve(predictor, options, scores, target_ms)
-            if any(solution.widths == h["_widths"] for h in history):
-                break  # the corrected prediction leads back to a configuration already measured
-            slim = graph.slim(_keep(scores, solution.widths))
-            measured = _measure(backend, slim, spec.input_shape)
-            fits = measured["median_ms"] <= target_ms
-            history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                            "measured_ms": measured["median_ms"], "fits": fits, "kept_importance": solution.value,
-                            "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)},
-                            "_widths": solution.widths})
-            if fits:
-                if accepted is None or solution.value > accepted[0].value:
-                    accepted = (solution, slim)
-                if measured["median_ms"] >= target_ms * (1 - config.slack):
-                    break  # holds the budget and uses it
-            # Rescale the prediction by what the device said and solve again: narrower when the
-            # candidate missed, wider when it left more than `slack` of the budget unused.
-            ratio = measured["median_ms"] / solution.predicted_ms
-            predictor.calibration = predictor.calibration.scaled(ratio)
-            if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
-                target_ms *= 0.97
-        for h in history:
-            del h["_widths"]
-        if accepted is None:
-            last = history[-1]["measured_ms"]
-            raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
-                              f"{last:.3f} ms against a budget of {budget_ms:.3f} ms; loosen the budget or "
-                              "re-profile (the LUT may not describe this device's current state)")
-        solution, slim = accepted
+        solution, slim, history = closed_loop(graph, predictor, backend, scores, options, budget_ms, config)
         timings["search_s"] = time.time() - t
 
     # 4. fine-tune.
