@@ -6,7 +6,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # torch/torchvision pinned to the builds this project is tested with (they install from local disk here).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all setup data bench clean
+.PHONY: demo test test-gpu setup data clean
 
 demo: setup data
 	$(VENV)/bin/latprune demo
@@ -14,8 +14,8 @@ demo: setup data
 test: setup data
 	$(VENV)/bin/pytest -q
 
-test-all: setup data
-	$(VENV)/bin/pytest -q -m "not gpu and not tensorrt"
+test-gpu: setup data
+	$(VENV)/bin/pytest -q -m "gpu or tensorrt"
 
 setup: $(VENV)/.installed
 
