@@ -125,3 +125,14 @@ def test_ort_cpu_grid_is_aligned_to_the_simd_width(ort_lut: tuple[Path, dict]) -
         widths = {w for key, _ in opened.items() for w in (key.cin, key.cout)}
     # the image channel (1) and the classes (10) are fixed; every prunable width is a multiple of the block
     assert widths - {1, 10} and all(w % align == 0 for w in widths - {1, 10})
+
+
+def test_force_never_replaces_a_directory_that_is_not_a_run(capsys: pytest.CaptureFixture[str], model_file: str,
+                                                           fake_lut: str, tmp_path: Path) -> None:
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(precious),
+                 "--importance", "l1", "--epochs", "0", "--force", *FAKE]) == 2
+    assert "not a latprune run directory" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "years of work"

@@ -23,7 +23,7 @@ def predictor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     path = tmp_path_factory.mktemp("knapsack") / "k.lut"
     build_lut(graph, path, get_backend("fake", threads=1), levels=LEVELS, progress=False)
     lut = Lut.open(path)
-    cal, _ = load_calibration(lut, graph)
+    cal, _ = load_calibration(lut, graph.signature())
     return Predictor(lut, graph, cal)
 
 

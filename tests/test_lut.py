@@ -141,7 +141,7 @@ def test_calibration_recovers_the_backend_overhead(tmp_path: Path) -> None:
     assert report.calibration["scale"] == pytest.approx(1.1, rel=1e-6)
     assert report.calibration["offset_ms"] == pytest.approx(0.02, abs=1e-6)
     with Lut.open(tmp_path / "c.lut") as lut:
-        cal, grid = load_calibration(lut, graph)
+        cal, grid = load_calibration(lut, graph.signature())
         predictor = Predictor(lut, graph, cal)
         full = backend.measure_model(graph.model, TINY_INPUT).median_ms
         assert predictor.predict(graph.full_widths()) == pytest.approx(full, rel=1e-6)

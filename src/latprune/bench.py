@@ -11,8 +11,8 @@ from latprune.latency_lut.backends import get_backend
 
 def predict_run(run_dir: Path, lut_path: str, backend_name: str, threads: int | None) -> dict[str, Any]:
     """The LUT's prediction for the slimmed model of ``run_dir`` (calibrated with the base model's fit)."""
-    from latprune.latency_lut.predict import Calibration, Predictor
-    from latprune.latency_lut.profile import open_for_backend
+    from latprune.latency_lut.predict import Predictor
+    from latprune.latency_lut.profile import load_calibration, open_for_backend
     from latprune.pruner.graph import ChannelGraph
     from latprune.pruner.plan import load_run_model
 
@@ -20,9 +20,8 @@ def predict_run(run_dir: Path, lut_path: str, backend_name: str, threads: int | 
     graph = ChannelGraph.build(run.model, run.input_shape)
     backend = get_backend(backend_name, threads)
     with open_for_backend(lut_path, backend, writable=False) as lut:
-        stored = lut.calibration(run.plan.signature)
-        cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"]) if stored else Calibration()
-        predictor = Predictor(lut, graph, cal)
+        stored = load_calibration(lut, run.plan.signature)  # the base model's fit
+        predictor = Predictor(lut, graph, stored[0] if stored else None)
         ms = predictor.predict(graph.full_widths())
     return {"predicted_ms": ms, "calibrated": stored is not None}
 

@@ -81,7 +81,7 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
              seed: int = 1234, progress: bool = True) -> FidelityReport:
     if samples < 2:
         raise LutError(f"--samples must be at least 2, got {samples}")
-    stored = load_calibration(lut, graph)
+    stored = load_calibration(lut, graph.signature())
     if stored is None:
         raise LutError(f"the LUT {lut.path} has no calibration for this model; profile it first: "
                        f"`latprune profile {model_name} -o {lut.path}`")

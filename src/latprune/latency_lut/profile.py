@@ -171,11 +171,10 @@ def _grid_of(stored: dict[str, Any]) -> Grid:
     return Grid(int(stored["levels"]), int(stored.get("align", 1)))
 
 
-def load_calibration(lut: Lut, graph: ChannelGraph) -> tuple[Calibration, Grid] | None:
-    """The stored calibration of this model in ``lut`` and its width grid, if any."""
-    stored = lut.calibration(graph.signature())
+def load_calibration(lut: Lut, signature: str) -> tuple[Calibration, Grid] | None:
+    """The stored calibration of the model with this ``ChannelGraph.signature()`` and its width grid, if any."""
+    stored = lut.calibration(signature)
     if stored is None:
         return None
-    cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], stored["points"]
-                      if isinstance(stored["points"], int) else len(stored["points"]))
+    cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], len(stored.get("points", [])))
     return cal, _grid_of(stored)

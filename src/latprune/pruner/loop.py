@@ -114,8 +114,12 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     budget = parse_budget(config.budget)
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.force:
-        raise RunDirError(f"run directory {out} already exists and is not empty; choose another -o or pass --force")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not config.force:
+            raise RunDirError(f"run directory {out} already exists and is not empty; choose another -o or pass --force")
+        if not out.is_dir() or not (out / "plan.json").is_file():
+            # --force replaces a previous run, never an arbitrary directory
+            raise RunDirError(f"{out} is not a latprune run directory (no plan.json); --force will not replace it")
     torch.manual_seed(config.seed)
     backend = get_backend(config.backend, config.threads)
     spec = load_model(config.model, config.input)
@@ -125,7 +129,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                         "or prune without data using --importance l1 --epochs 0")
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(config.lut, backend, writable=False) as lut:
-        stored = load_calibration(lut, graph)
+        stored = load_calibration(lut, graph.signature())
         grid = stored[1] if stored else Grid(DEFAULT_LEVELS, backend.preferred_align)
         predictor = Predictor(lut, graph)
         missing = predictor.missing(grid_keys(graph, grid))
