@@ -136,3 +136,15 @@ def test_force_never_replaces_a_directory_that_is_not_a_run(capsys: pytest.Captu
                  "--importance", "l1", "--epochs", "0", "--force", *FAKE]) == 2
     assert "not a latprune run directory" in capsys.readouterr().err
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_profile_records_measured_fusion_rules(ort_lut: tuple[Path, dict]) -> None:
+    from latprune.latency_lut.store import Lut
+
+    lut, _ = ort_lut
+    with Lut.open(lut) as opened:
+        rules = opened.meta("fusion_rules")
+    assert set(rules) >= {"conv+bn", "conv+relu", "conv+add", "call_overhead_ms", "probe"}
+    # ONNX Runtime folds BatchNorm into the conv and fuses the activation at graph level, on any CPU
+    assert rules["conv+bn"]["fused"] and rules["conv+relu"]["fused"]
+    assert all(isinstance(rules[k]["fused"], bool) and rules[k]["alone_ms"] > 0 for k in ("conv+bn", "conv+relu", "conv+add"))

@@ -205,7 +205,7 @@ def _lut_show(args: argparse.Namespace) -> None:
         shown = entries if args.limit == 0 else entries[: args.limit]
         result = {
             "file": args.file, "schema_version": lut.meta("schema_version"), "fingerprint": lut.fingerprint,
-            "entries": len(entries),
+            "entries": len(entries), "fusion_rules": lut.meta("fusion_rules"),
             "calibrations": {m: {k: v for k, v in c.items() if k != "points"} for m, c in lut.calibrations().items()},
             "shown": [{"key": k.text, **lat.to_dict()} for k, lat in shown],
         }
@@ -263,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("latprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `latprune … | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -95,6 +95,12 @@ def lut_text(r: dict[str, Any]) -> str:
     lines = [f"{r['file']}: schema {r['schema_version']}, {r['entries']} entries",
              f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · "
              f"{fp.get('threads')} thread(s) · {fp.get('backend')}"]
+    rules = r.get("fusion_rules")
+    if rules:
+        found = ", ".join(f"{k} {'fused' if v['fused'] else 'separate'} "
+                          f"({1000 * v['attached_ms']:.1f} µs attached vs {1000 * v['alone_ms']:.1f} µs alone)"
+                          for k, v in rules.items() if isinstance(v, dict))
+        lines.append(f"fusion rules measured: {found}")
     for sig, c in r["calibrations"].items():
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
                      f"residual {c['residual_pct']:.1f}%, {c.get('levels')} levels aligned to {c.get('align', 1)}")

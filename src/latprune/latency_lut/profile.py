@@ -102,6 +102,10 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     path = Path(path)
     lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
     with lut:
+        if lut.meta("fusion_rules") is None and hasattr(backend, "measure_session"):
+            from latprune.latency_lut.fusion import discover_fusions
+
+            lut.set_meta("fusion_rules", discover_fusions(backend))
         keys = grid_keys(graph, grid)[index - 1 :: count]
         todo = [k for k in keys if lut.passes(k) < passes]
         measurements = 0
