@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from latprune.errors import RunDirError
-from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.backends import Backend, get_backend
 
 
-def predict_run(run_dir: Path, lut_path: str, backend_name: str, threads: int | None) -> dict[str, Any]:
+def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any]:
     """The LUT's prediction for the slimmed model of ``run_dir`` (calibrated with the base model's fit)."""
     from latprune.latency_lut.predict import Predictor
     from latprune.latency_lut.profile import load_calibration, open_for_backend
@@ -18,7 +18,6 @@ def predict_run(run_dir: Path, lut_path: str, backend_name: str, threads: int | 
 
     run = load_run_model(run_dir)
     graph = ChannelGraph.build(run.model, run.input_shape)
-    backend = get_backend(backend_name, threads)
     with open_for_backend(lut_path, backend, writable=False) as lut:
         stored = load_calibration(lut, run.plan.signature)  # the base model's fit
         predictor = Predictor(lut, graph, stored[0] if stored else None)
@@ -62,6 +61,6 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
     if lut is not None:
         if run_dir is None:
             raise RunDirError("a LUT prediction needs the run directory (plan.json beside the .onnx file)")
-        result.update(predict_run(run_dir, lut, backend_name, threads))
+        result.update(predict_run(run_dir, lut, backend))
         result["error_pct"] = 100 * (result["predicted_ms"] - latency.median_ms) / latency.median_ms
     return result

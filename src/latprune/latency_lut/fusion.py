@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from latprune.latency_lut.timing import fastest_over_passes
 from latprune.latency_lut.units import LayerKey
 
 CANONICAL = LayerKey("conv", 64, 64, (1, 1), (1, 1), (0, 0), in_hw=(56, 56))  # cheap compute, real data movement
@@ -60,11 +61,10 @@ def discover_fusions(backend: Any) -> dict[str, Any]:
     for name, flags in FOLLOWERS.items():
         graphs[name] = _single_op_onnx(ops[name], shape)
         graphs[f"conv+{name}"] = unit_onnx(replace(CANONICAL, **flags))
-    best: dict[str, float] = {}
-    for p in range(PASSES):  # interleaved passes: a slow spell hits different graphs each time
-        for name in (graphs if p % 2 == 0 else reversed(list(graphs))):
-            ms = float(backend.measure_session(make_session(graphs[name], backend.threads)).median_ms)
-            best[name] = min(ms, best.get(name, ms))
+    names = list(graphs)
+    timed = fastest_over_passes(lambda i: backend.measure_session(make_session(graphs[names[i]], backend.threads)),
+                                len(names), PASSES)
+    best = {name: lat.median_ms for name, lat in zip(names, timed)}
     call_ms = best["call"]
     conv_ms = best["conv"] - call_ms
     rules: dict[str, Any] = {"probe": CANONICAL.text, "call_overhead_ms": call_ms, "conv_ms": conv_ms}

@@ -20,7 +20,7 @@ from latprune.latency_lut.calibrate import calibration_configs, fit
 from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.timing import Latency
+from latprune.latency_lut.timing import Latency, fastest_over_passes
 from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph, Grid
 
@@ -146,19 +146,9 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     second in reverse order), keeping each configuration's faster median, so
     a slow spell of the machine does not land on one configuration alone."""
     models = [graph.slim_to_widths(widths) for widths in configs]
-    best: list[Latency | None] = [None] * len(models)
-    bar = tqdm(total=len(models) * passes, desc=desc, unit="model", disable=not progress or None)
-    try:
-        for p in range(passes):
-            order = range(len(models)) if p % 2 == 0 else reversed(range(len(models)))
-            for i in order:
-                lat = backend.measure_model(models[i], graph.input_shape)
-                if best[i] is None or lat.median_ms < best[i].median_ms:  # type: ignore[union-attr]
-                    best[i] = lat
-                bar.update(1)
-    finally:
-        bar.close()
-    return best  # type: ignore[return-value]
+    with tqdm(total=len(models) * passes, desc=desc, unit="model", disable=not progress or None) as bar:
+        return fastest_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
+                                   passes, on_each=bar.update)
 
 
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,

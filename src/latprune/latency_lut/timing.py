@@ -70,6 +70,24 @@ def _sample(fn: Callable[[], object], repeats: int, config: TimingConfig) -> Lat
     return Latency.from_samples(samples)
 
 
+def fastest_over_passes(measure: Callable[[int], Latency], count: int, passes: int = 2,
+                        on_each: Callable[[], object] | None = None) -> list[Latency]:
+    """``measure(i)`` for i in range(count), over ``passes`` interleaved passes (every
+    other one in reverse order), keeping each item's faster median: interference
+    only ever slows a run down, and a slow spell of the machine lands on
+    different items in each pass."""
+    best: list[Latency | None] = [None] * count
+    for p in range(passes):
+        for i in (range(count) if p % 2 == 0 else reversed(range(count))):
+            lat = measure(i)
+            current = best[i]
+            if current is None or lat.median_ms < current.median_ms:
+                best[i] = lat
+            if on_each is not None:
+                on_each()
+    return best  # type: ignore[return-value]
+
+
 def time_cuda(fn: Callable[[], object], config: TimingConfig = TimingConfig()) -> Latency:
     """Time ``fn()`` on the current CUDA stream with CUDA events, one event pair per run,
     after warm-up and a device synchronisation. ``fn`` only enqueues work."""

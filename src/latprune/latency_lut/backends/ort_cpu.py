@@ -65,7 +65,6 @@ def random_feeds(session: Any, seed: int = 0) -> dict[str, np.ndarray]:
 
 def unit_onnx(key: LayerKey, seed: int = 0) -> bytes:
     """A one-unit ONNX model for ``key`` with random weights."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -115,7 +114,7 @@ def unit_onnx(key: LayerKey, seed: int = 0) -> bytes:
                               [helper.make_tensor_value_info(last, TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="latprune")
     model.ir_version = 8
-    return onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString()
+    return model.SerializeToString()
 
 
 def _activation(act: str, last: str, nodes: list[Any], init: Any) -> str:
