@@ -48,14 +48,14 @@ def test_budget_below_reach_says_what_is_reachable(capsys: pytest.CaptureFixture
                                                    fake_lut: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.0001ms",
-                    "--importance", "l1", "--epochs", "0", "-o", str(out), *FAKE], "smallest reachable latency")
+                    "--method", "halp", "--importance", "l1", "--epochs", "0", "-o", str(out), *FAKE], "smallest reachable latency")
     assert not out.exists() and not list(tmp_path.glob(".run*"))
 
 
 def test_lut_from_another_backend(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
                                   tmp_path: Path) -> None:
     _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.5x",
-                    "-o", str(tmp_path / "run"), "--importance", "l1", "--epochs", "0", "--backend", "torch-cpu",
+                    "-o", str(tmp_path / "run"), "--method", "halp", "--importance", "l1", "--epochs", "0", "--backend", "torch-cpu",
                     "--threads", "1"], "measured on another device or setting")
     _fails(capsys, ["profile", model_file, "--input", "1x1x28x28", "-o", fake_lut, "--backend", "fake",
                     "--threads", "3"], "threads")
@@ -66,7 +66,7 @@ def test_corrupt_and_foreign_luts(capsys: pytest.CaptureFixture[str], model_file
     bad.write_bytes(b"\x00garbage" * 500)
     before = bad.read_bytes()
     _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", str(bad), "--budget", "0.5x",
-                    "--importance", "l1", "--epochs", "0", "-o", str(tmp_path / "run"), *FAKE],
+                    "--method", "halp", "--importance", "l1", "--epochs", "0", "-o", str(tmp_path / "run"), *FAKE],
            "not a readable latprune LUT")
     _fails(capsys, ["lut", "show", str(bad)], "not a readable latprune LUT")
     assert bad.read_bytes() == before  # untouched

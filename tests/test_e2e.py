@@ -103,7 +103,7 @@ def test_ort_cpu_end_to_end(capsys: pytest.CaptureFixture[str], ort_lut: tuple[P
     assert report["measured"] == report["keys"] > 0 and report["fingerprint"]["backend"] == "ort-cpu"
     out = tmp_path / "run"
     assert main(["prune", "default", "--lut", str(lut), "--budget", "0.7x", "-o", str(out),
-                 "--importance", "l1", "--epochs", "0", *ORT, "--json"]) == 0
+                 "--method", "halp", "--importance", "l1", "--epochs", "0", *ORT, "--json"]) == 0
     m = _json(capsys)
     assert m["budget_met"] == (m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms"])
     assert any(h["fits"] and h["measured_ms"] <= h["target_ms"] for h in m["closed_loop"])
@@ -133,7 +133,7 @@ def test_force_never_replaces_a_directory_that_is_not_a_run(capsys: pytest.Captu
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(precious),
-                 "--importance", "l1", "--epochs", "0", "--force", *FAKE]) == 2
+                 "--method", "halp", "--importance", "l1", "--epochs", "0", "--force", *FAKE]) == 2
     assert "not a latprune run directory" in capsys.readouterr().err
     assert (precious / "thesis.tex").read_text() == "years of work"
 

@@ -11,6 +11,7 @@ from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
 from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.pruner.importance import Scores
 from latprune.pruner.knapsack import option_values, solve
 from tests.conftest import MODELS, TINY_INPUT
 
@@ -27,16 +28,18 @@ def predictor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return Predictor(lut, graph, cal)
 
 
-def _scores(graph: ChannelGraph, seed: int = 0) -> dict[int, np.ndarray]:
+def _scores(graph: ChannelGraph, seed: int = 0) -> Scores:
     rng = np.random.default_rng(seed)
-    return {g.id: rng.exponential(size=g.size) for g in graph.groups}
+    return Scores({g.id: rng.exponential(size=g.size) for g in graph.groups},
+                  {b.group: float(rng.exponential()) for b in graph.blocks})
 
 
+@pytest.mark.parametrize("blocks", [False, True])
 @pytest.mark.parametrize("fraction", [0.35, 0.5, 0.7, 0.9])
-def test_solution_meets_budget(predictor: Predictor, fraction: float) -> None:
+def test_solution_meets_budget(predictor: Predictor, fraction: float, blocks: bool) -> None:
     graph = predictor.graph
     full_ms = predictor.predict(graph.full_widths())
-    options = graph.options(Grid(LEVELS))
+    options = graph.options(Grid(LEVELS), blocks=blocks)
     floor_ms = predictor.predict({g: o[0] for g, o in options.items()})
     budget = max(fraction * full_ms, floor_ms * 1.01)
     sol = solve(predictor, options, _scores(graph), budget)
@@ -67,7 +70,30 @@ def test_budget_below_reach_names_the_floor(predictor: Predictor) -> None:
 
 
 def test_option_values_are_normalised_and_monotone() -> None:
-    scores = {0: np.array([3.0, 1.0, 0.0, 2.0]), 1: np.array([4.0])}
-    values = option_values(scores, {0: [1, 2, 4], 1: [1]})
-    assert values[0] == pytest.approx([0.3, 0.5, 0.6])
+    scores = Scores({0: np.array([3.0, 1.0, 0.0, 2.0]), 1: np.array([4.0])}, {0: 1.5})
+    values = option_values(scores, {0: [0, 1, 2, 4], 1: [1]})
+    # width 0 removes the block: its full value minus the block's own score
+    assert values[0] == pytest.approx([0.45, 0.3, 0.5, 0.6])
     assert values[1] == pytest.approx([0.4])
+
+
+def test_removed_block_costs_nothing(predictor: Predictor) -> None:
+    graph = predictor.graph
+    assert graph.blocks, "both tiny models have removable residual blocks"
+    full = graph.full_widths()
+    block = graph.blocks[0]
+    inside = sum(predictor.unit_ms(u, full) for u in graph.units if u.name in block.units)
+    raw_without = predictor.raw({**full, block.group: 0})
+    assert raw_without == pytest.approx(predictor.raw(full) - inside)
+    assert inside > 0
+
+
+def test_knapsack_drops_a_block_that_does_not_matter(predictor: Predictor) -> None:
+    graph = predictor.graph
+    options = graph.options(Grid(LEVELS), blocks=True)
+    scores = _scores(graph, 2)
+    block = graph.blocks[-1]
+    scores.blocks[block.group] = 0.0  # the branch can go without any loss
+    full_ms = predictor.predict(graph.full_widths())
+    sol = solve(predictor, options, scores, 0.9 * full_ms)
+    assert sol.widths[block.group] == 0

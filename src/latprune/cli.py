@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, fractions allowed (0: none)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--method", default="gator",
+                   help="gator (default: gates + LUT latency loss + knapsack), halp, taylor, "
+                        "uniform-l1 and flops (baselines)")
+    p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
+    p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
     p.add_argument("--importance", default="taylor", help="taylor (default), taylor2, l1 (no data needed)")
     p.add_argument("--importance-batches", type=int, default=16)
     p.add_argument("--distill", action="store_true", help="distil from the unpruned model while fine-tuning")
@@ -154,7 +159,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
     config = PruneConfig(
         model=args.model, lut=args.lut, budget=args.budget, out=args.output, data=args.data, input=args.input,
-        backend=args.backend, threads=args.threads, importance=args.importance,
+        backend=args.backend, threads=args.threads, method=args.method, gate_epochs=args.gate_epochs,
+        blocks=not args.no_blocks, importance=args.importance,
         importance_batches=args.importance_batches, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
         distill=args.distill, eval_limit=args.eval_limit, force=args.force, progress=not args.json,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +42,25 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+class Penalty(Protocol):
+    """An extra loss trained with the model (e.g. the gates' latency loss):
+    its own optimizer, a call before every forward, and the loss term with
+    progress-bar fields."""
+
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    def before_forward(self) -> None: ...
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, str]]: ...
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
     config: TrainConfig,
     teacher: nn.Module | None = None,
     desc: str = "train",
+    penalty: Penalty | None = None,
 ) -> list[float]:
     """Train ``model`` in place; returns the per-step losses."""
     torch.manual_seed(config.seed)
@@ -56,6 +70,7 @@ def train(
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    extra_opt = penalty.optimizer() if penalty is not None else None
     model.train()
     if teacher is not None:
         teacher.eval()
@@ -69,24 +84,34 @@ def train(
                 break
             if config.augment:
                 x = _augment(x, gen)
+            if penalty is not None:
+                penalty.before_forward()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            fields: dict[str, str] = {}
             if teacher is not None and config.distill_alpha > 0:
                 with torch.no_grad():
                     t_logits = teacher(x)
                 t = config.temperature
                 kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean")
                 loss = (1 - config.distill_alpha) * loss + config.distill_alpha * t * t * kd
+            if penalty is not None:
+                term, fields = penalty.loss()
+                loss = loss + term
             opt.zero_grad(set_to_none=True)
+            if extra_opt is not None:
+                extra_opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if extra_opt is not None:
+                extra_opt.step()
             sched.step()
             losses.append(float(loss.detach()))
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.3f}", **fields)
     bar.close()
     model.eval()
     return losses

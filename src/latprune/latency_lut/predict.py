@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 from latprune.errors import LutError
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.units import LayerKey, Unit
@@ -48,6 +50,9 @@ class Predictor:
         self._unit_memo: dict[tuple[str, int, int], float] = {}
 
     def unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
+        """Raw latency of ``unit`` at ``widths`` (0 when a removed block takes it away)."""
+        if 0 in widths.values() and unit.name in self.graph.removed_units(widths):
+            return 0.0
         cin = widths.get(unit.in_group, unit.base.cin) if unit.in_group is not None else unit.base.cin
         cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
         memo = (unit.name, cin, cout)  # cheap key: the solver asks for the same units many times
@@ -78,3 +83,74 @@ class Predictor:
 
     def missing(self, keys: list[LayerKey]) -> list[LayerKey]:
         return [k for k in keys if k not in self.lut]
+
+
+def _bracket(xs: torch.Tensor, w: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """Indices of the grid widths around ``w`` and the interpolation weight (clamped to the grid)."""
+    if len(xs) == 1:
+        return 0, 0, w * 0
+    hi = int(torch.searchsorted(xs, w.detach().reshape(1)).clamp(1, len(xs) - 1))
+    lo = hi - 1
+    t = ((w - xs[lo]) / (xs[hi] - xs[lo])).clamp(0.0, 1.0)
+    return lo, hi, t
+
+
+class SoftLatency:
+    """The predictor's differentiable form: latency over soft (gate-expected) widths.
+
+    Each unit's LUT latencies on the width grid form a table over its input
+    and output group widths (one axis for depthwise units, which follow one
+    group); the prediction interpolates it bilinearly at the soft widths, so
+    gradients reach the gates on both sides of a unit. A unit inside a
+    removable block is weighted by the probability that the block stays.
+    The calibration is applied as in :meth:`Predictor.predict`.
+
+    >>> # soft = SoftLatency(predictor, graph.options(grid)); soft(gates.expected_widths(), gates.block_keep())
+    """
+
+    def __init__(self, predictor: Predictor, options: dict[int, list[int]]) -> None:
+        self.predictor = predictor
+        graph = predictor.graph
+        grids = {g: sorted(w for w in opts if w > 0) for g, opts in options.items()}
+        self.grids = {g: torch.tensor(ws, dtype=torch.float32) for g, ws in grids.items()}
+        block_of_unit = {u: b.group for b in graph.blocks for u in b.units}
+        self.terms: list[tuple[int | None, int | None, torch.Tensor, int | None]] = []
+        full = graph.full_widths()
+        for unit in graph.units:
+            gin = None if unit.depthwise else unit.in_group
+            gout = unit.out_group
+            axes = [g for g in (gin, gout) if g is not None]
+            if len(axes) == 2 and gin == gout:
+                axes = [gin]
+            if not axes:
+                table = torch.tensor(predictor.unit_ms(unit, full))
+            elif len(axes) == 1:
+                table = torch.tensor([predictor.unit_ms(unit, {**full, axes[0]: w}) for w in grids[axes[0]]])
+            else:
+                table = torch.tensor([[predictor.unit_ms(unit, {**full, gin: a, gout: b}) for b in grids[gout]]
+                                      for a in grids[gin]])
+            first, second = (axes + [None, None])[:2]
+            self.terms.append((first, second, table.float(), block_of_unit.get(unit.name)))
+
+    def raw(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        total = torch.zeros(())
+        for a, b, table, block in self.terms:
+            if a is None:
+                ms = table
+            elif b is None:
+                i0, i1, t = _bracket(self.grids[a], widths[a])
+                ms = table[i0] * (1 - t) + table[i1] * t
+            else:
+                i0, i1, s = _bracket(self.grids[a], widths[a])
+                j0, j1, t = _bracket(self.grids[b], widths[b])
+                ms = ((1 - s) * ((1 - t) * table[i0, j0] + t * table[i0, j1])
+                      + s * ((1 - t) * table[i1, j0] + t * table[i1, j1]))
+            if block is not None and keep is not None and block in keep:
+                ms = ms * keep[block]
+            total = total + ms
+        return total
+
+    def __call__(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Calibrated prediction (ms) as a differentiable scalar tensor."""
+        cal = self.predictor.calibration
+        return cal.scale * self.raw(widths, keep) + cal.offset_ms

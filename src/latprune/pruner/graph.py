@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 
 from latprune.errors import SpecError
 from latprune.latency_lut.units import ACTIVATIONS, LayerKey, Unit
+from latprune.pruner.blocks import Block, find_blocks, inside
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -40,6 +41,7 @@ class Group:
     size: int
     producers: tuple[str, ...]
     members: tuple[str, ...] = field(default=())
+    outs: tuple[str, ...] = field(default=())   # modules whose output channels are this group's
 
 
 def _output_layers(dg: tp.DependencyGraph, modules: Sequence[nn.Module]) -> list[nn.Module]:
@@ -91,13 +93,17 @@ class ChannelGraph:
     """Groups and units of one model at one input shape. Build with :meth:`build`."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph,
-                 groups: list[Group], units: list[Unit], names: dict[nn.Module, str]) -> None:
+                 groups: list[Group], units: list[Unit], names: dict[nn.Module, str],
+                 blocks: list[Block] | None = None) -> None:
         self.model = model
         self.input_shape = tuple(input_shape)
         self.dg = dg
         self.groups = groups
         self.units = units
+        self.blocks = blocks or []
         self._names = names
+        self._block_of_group = {b.group: b for b in self.blocks}
+        self._removed_memo: dict[frozenset[int], frozenset[str]] = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -134,20 +140,23 @@ class ChannelGraph:
         for tp_group in tp_groups:
             root = tp_group[0].dep.target.module
             gid = len(groups)
-            producers, members = [], []
+            producers, members, outs = [], [], []
             for dep, _ in tp_group:
                 target, handler = dep.target.module, dep.handler
                 if handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
                                tp.prune_depthwise_conv_out_channels):
                     out_group[target] = gid
                     members.append(names[target])
+                    if handler is not tp.prune_depthwise_conv_out_channels:
+                        outs.append(names[target])
                 elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
                     in_group[target] = gid
                     members.append(names[target])
                 elif isinstance(target, nn.modules.batchnorm._BatchNorm):
                     producers.append(names[target])
             size = len(tp_group[0].idxs)
-            groups.append(Group(gid, names[root], size, tuple(producers), tuple(dict.fromkeys(members))))
+            groups.append(Group(gid, names[root], size, tuple(producers), tuple(dict.fromkeys(members)),
+                                tuple(dict.fromkeys(outs))))
         units = []
         for m in layers:
             unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
@@ -155,8 +164,19 @@ class ChannelGraph:
             # A conv/linear with no BN after it produces its group's channels itself.
             if bn is None and unit.out_group is not None:
                 g = groups[unit.out_group]
-                groups[unit.out_group] = Group(g.id, g.root, g.size, g.producers + (names[m],), g.members)
-        return cls(model, input_shape, dg, groups, units, names)
+                groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
+        adds = [i.module for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0" for i in n.inputs]
+        blocks = find_blocks(model, example, adds, names,
+                             [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
+        # A group must be rooted outside every removable block it is not inner to, so that a
+        # plan dropping that block can still name it.
+        for i, g in enumerate(groups):
+            inner = any(b.group == g.id for b in blocks)
+            if not inner and any(inside(g.root, b.name) for b in blocks):
+                free = [o for o in g.outs if not any(inside(o, b.name) for b in blocks)]
+                if free:
+                    groups[i] = replace(g, root=free[0])
+        return cls(model, input_shape, dg, groups, units, names, blocks)
 
     @staticmethod
     def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str,
@@ -206,9 +226,28 @@ class ChannelGraph:
     def full_widths(self) -> dict[int, int]:
         return {g.id: g.size for g in self.groups}
 
-    def options(self, grid: Grid) -> dict[int, list[int]]:
-        """Width options of every group on ``grid``."""
-        return {g.id: grid.widths(g.size) for g in self.groups}
+    def options(self, grid: Grid, blocks: bool = False) -> dict[int, list[int]]:
+        """Width options of every group on ``grid``; with ``blocks``, a block's
+        inner group also offers width 0: the block removed."""
+        opts = {g.id: grid.widths(g.size) for g in self.groups}
+        if blocks:
+            for b in self.blocks:
+                opts[b.group] = [0] + opts[b.group]
+        return opts
+
+    def removed_blocks(self, widths: dict[int, int]) -> list[Block]:
+        """Blocks removed by ``widths`` (their inner group at width 0)."""
+        return [b for b in self.blocks if widths.get(b.group) == 0]
+
+    def removed_units(self, widths: dict[int, int]) -> frozenset[str]:
+        """Names of the latency units that ``widths`` removes with their blocks."""
+        zeros = frozenset(g for g, w in widths.items() if w == 0)
+        if zeros not in self._removed_memo:
+            bad = zeros - set(self._block_of_group)
+            if bad:
+                raise SpecError(f"width 0 for group(s) {sorted(bad)}, which are no removable block's inner group")
+            self._removed_memo[zeros] = frozenset(u for g in zeros for u in self._block_of_group[g].units)
+        return self._removed_memo[zeros]
 
     def slim_to_widths(self, widths: dict[int, int]) -> nn.Module:
         """A slimmed copy keeping the first ``widths[g]`` channels of each group
@@ -219,18 +258,37 @@ class ChannelGraph:
         return self.model.get_submodule(name)
 
     # -- surgery ------------------------------------------------------------------------------
+    def split_keep(self, keep: dict[int, Sequence[int]]) -> tuple[list[Block], dict[int, Sequence[int]]]:
+        """Blocks that ``keep`` removes (an empty keep list for their inner group), and the
+        channel keeps of the groups that survive them."""
+        removed = self.removed_blocks({g: len(idx) for g, idx in keep.items()})
+        def dropped(g: int) -> bool:  # every module of the group goes with a removed block
+            mods = self.groups[g].members + self.groups[g].producers
+            return bool(mods) and all(any(inside(m, b.name) for b in removed) for m in mods)
+
+        return removed, {g: idx for g, idx in keep.items() if not dropped(g)}
+
     def slim(self, keep: dict[int, Sequence[int]]) -> nn.Module:
-        """A physically slimmed deep copy: group ``g`` keeps channels ``keep[g]``."""
+        """A physically slimmed deep copy: group ``g`` keeps channels ``keep[g]``; an
+        empty list for a block's inner group removes the block."""
         model = copy.deepcopy(self.model)
-        apply_keep_(model, self.input_shape, {self.groups[g].root: idx for g, idx in keep.items()},
-                    {self.groups[g].root: self.groups[g].size for g in keep})
-        return model
+        removed, channels = self.split_keep(keep)
+        return apply_plan_(model, self.input_shape, [b.name for b in removed],
+                           {self.groups[g].root: idx for g, idx in channels.items()},
+                           {self.groups[g].root: self.groups[g].size for g in channels})
 
     def mask(self, keep: dict[int, Sequence[int]]) -> nn.Module:
-        """A deep copy where every removed channel is zeroed at its producers (the
-        hard-gated model): it computes the same function as :meth:`slim`."""
+        """A deep copy where every removed channel is zeroed at its producers, and
+        every removed block's branch at its last producer (the hard-gated model):
+        it computes the same function as :meth:`slim`."""
         model = copy.deepcopy(self.model)
+        removed, keep = self.split_keep(keep)
         with torch.no_grad():
+            for block in removed:
+                end = model.get_submodule(block.branch_end)
+                end.weight.zero_()
+                if getattr(end, "bias", None) is not None:
+                    end.bias.zero_()
             for gid, idx in keep.items():
                 group = self.groups[gid]
                 drop = sorted(set(range(group.size)) - set(int(i) for i in idx))
@@ -246,6 +304,19 @@ class ChannelGraph:
                         if mod.bias is not None:
                             mod.bias[drop] = 0
         return model
+
+
+def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: Sequence[str],
+                keep_by_root: dict[str, Sequence[int]], sizes: dict[str, int] | None = None) -> nn.Module:
+    """Slim ``model`` in place: replace each of ``removed_blocks`` by ``nn.Identity``,
+    then keep channels as :func:`apply_keep_` does."""
+    for name in removed_blocks:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise SpecError(f"the model has no block {name!r}; the plan was made for another model") from None
+        model.set_submodule(name, nn.Identity())
+    return apply_keep_(model, input_shape, keep_by_root, sizes)
 
 
 def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: dict[str, Sequence[int]],

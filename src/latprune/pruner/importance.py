@@ -1,35 +1,40 @@
-"""Channel importance per group.
+"""Channel importance per group, and of whole removable blocks.
 
-``taylor`` (Molchanov et al. 2019): the first-order change of the loss when a
-channel is removed. Removing channel c of a group zeroes the output of every
-producer of c (the BNs, or convs without a BN, that write into it), so per
-batch the estimate is ``(Σ_producers Σ_params θ_c · ∂L/∂θ_c)²``, averaged over
-batches. ``taylor2`` adds the diagonal second-order term from the squared
-gradient (Fisher approximation). ``l1`` is the producers' weight magnitude,
-for models without data.
+``taylor`` (Molchanov et al. 2019) on the gates: the first-order change of
+the loss when a channel's gate closes, ``(g · ∂L/∂g)²`` averaged over
+batches. A gate multiplies the outputs of every producer of its group (the
+BNs, or convs without one), so this equals the per-channel sum of
+``θ · ∂L/∂θ`` over those producers' parameters. A block's score is the same
+for its branch gate: the loss change when the whole branch goes. Scores are
+taken with the gates ``open`` (the unpruned model) or ``hard`` (after gate
+training: closed gates score 0). ``taylor2`` adds the diagonal second-order
+term with the Fisher approximation of the Hessian, ``-ΔL ≈ g·∂L/∂g − ½ (g·∂L/∂g)²``.
+``l1`` is the producers' weight magnitude, for models without data (no block scores).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.errors import SpecError
+from latprune.pruner.gates import Gates
 from latprune.pruner.graph import ChannelGraph
 
 METHODS = ("taylor", "taylor2", "l1")
 
 
-def _producer_params(module: nn.Module) -> list[torch.Tensor]:
-    params = [module.weight]
-    if getattr(module, "bias", None) is not None:
-        params.append(module.bias)
-    return params
+@dataclass
+class Scores:
+    """Importance of every channel of every group, and of every removable block (by its inner group)."""
+
+    channels: dict[int, np.ndarray]
+    blocks: dict[int, float] = field(default_factory=dict)
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
@@ -37,7 +42,7 @@ def _per_channel(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(1) if t.dim() > 1 else t
 
 
-def l1_importance(graph: ChannelGraph) -> dict[int, np.ndarray]:
+def l1_importance(graph: ChannelGraph) -> Scores:
     scores = {}
     with torch.no_grad():
         for g in graph.groups:
@@ -45,45 +50,57 @@ def l1_importance(graph: ChannelGraph) -> dict[int, np.ndarray]:
             for name in g.producers:
                 total += _per_channel(graph.module(name).weight.abs())
             scores[g.id] = total.numpy()
-    return scores
+    return Scores(scores)
 
 
 def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                      num_batches: int, order: int = 1, progress: bool = True) -> dict[int, np.ndarray]:
-    """Accumulate Taylor scores of every group over ``num_batches`` batches."""
+                      num_batches: int, order: int = 1, progress: bool = True, gates: Gates | None = None,
+                      mode: str = "open") -> Scores:
+    """Accumulate Taylor scores of every group and block over ``num_batches`` batches.
+
+    ``gates`` (a :class:`~latprune.pruner.gates.Gates`) defaults to fresh open
+    gates; pass trained ones with ``mode="hard"`` to score what the training kept."""
+    own = gates is None
+    gates = Gates(graph) if gates is None else gates
+    previous = gates.mode
+    gates.mode = mode
+    gates.attach()
     model = graph.model
     model.eval()  # BN statistics stay fixed: the scores describe the deployed function
-    scores = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in graph.groups}
+    groups = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in graph.groups}
+    blocks = torch.zeros(len(gates.blocks), dtype=torch.float64)
+
+    def delta(gate: torch.Tensor) -> torch.Tensor:
+        first = (gate * gate.grad).double() if gate.grad is not None else torch.zeros(gate.shape, dtype=torch.float64)
+        return first - 0.5 * first**2 if order == 2 else first
+
     seen = 0
-    for x, y in tqdm(batches, total=num_batches, desc="taylor importance", unit="batch",
-                     disable=not progress or None):
-        if seen >= num_batches:
-            break
+    try:
+        for x, y in tqdm(batches, total=num_batches, desc="taylor importance", unit="batch",
+                         disable=not progress or None):
+            if seen >= num_batches:
+                break
+            gates.refresh()
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                for g, gate in zip(graph.groups, gates.current):
+                    groups[g.id] += delta(gate) ** 2
+                blocks += delta(gates.block_current) ** 2
+            seen += 1
+    finally:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        with torch.no_grad():
-            for g in graph.groups:
-                first = torch.zeros(g.size, dtype=torch.float64)
-                second = torch.zeros(g.size, dtype=torch.float64)
-                for name in g.producers:
-                    for p in _producer_params(graph.module(name)):
-                        if p.grad is None:
-                            continue
-                        first += _per_channel(p * p.grad).double()
-                        if order == 2:
-                            second += _per_channel((p * p.grad) ** 2).double()
-                # -ΔL ≈ Σθg - ½ Σ(θg)²  (diagonal Fisher for the Hessian)
-                delta = first - 0.5 * second if order == 2 else first
-                scores[g.id] += delta**2
-        seen += 1
-    model.zero_grad(set_to_none=True)
+        gates.mode = previous
+        if own:
+            gates.detach()
     if seen == 0:
         raise SpecError("no data batch reached the importance estimate; check --data")
-    return {g: (s / seen).numpy() for g, s in scores.items()}
+    return Scores({g: (s / seen).numpy() for g, s in groups.items()},
+                  {b.group: float(blocks[i] / seen) for i, b in enumerate(gates.blocks)})
 
 
 def importance(method: str, graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
-               num_batches: int, progress: bool = True) -> dict[int, np.ndarray]:
+               num_batches: int, progress: bool = True) -> Scores:
     if method not in METHODS:
         raise SpecError(f"unknown importance {method!r}; known: {', '.join(METHODS)}")
     if method == "l1":

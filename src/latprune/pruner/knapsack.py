@@ -22,6 +22,7 @@ import numpy as np
 
 from latprune.errors import BudgetError
 from latprune.latency_lut.predict import Predictor
+from latprune.pruner.importance import Scores
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,18 @@ class Solution:
     iterations: int
 
 
-def option_values(scores: dict[int, np.ndarray], options: dict[int, list[int]]) -> dict[int, list[float]]:
+def option_values(scores: Scores, options: dict[int, list[int]]) -> dict[int, list[float]]:
     """value[g][i] = importance kept by the best ``options[g][i]`` channels of group g, normalised
-    so that keeping everything is worth 1 in total."""
-    total = sum(float(s.sum()) for s in scores.values()) or 1.0
+    so that keeping everything is worth 1 in total. Width 0 (a removed block) keeps the group's
+    full value minus the block's own score: the loss change when its whole branch goes."""
+    total = sum(float(s.sum()) for s in scores.channels.values()) or 1.0
     values = {}
     for g, opts in options.items():
-        ranked = np.sort(scores[g])[::-1]
+        ranked = np.sort(scores.channels[g])[::-1]
         cum = np.concatenate([[0.0], np.cumsum(ranked)])
         values[g] = [float(cum[w]) / total for w in opts]
+        if opts and opts[0] == 0 and g in scores.blocks:
+            values[g][0] = (float(cum[-1]) - scores.blocks[g]) / total
     return values
 
 
@@ -101,7 +105,7 @@ def _mck(costs: dict[int, list[float]], values: dict[int, list[float]], capacity
     return picks
 
 
-def solve(predictor: Predictor, options: dict[int, list[int]], scores: dict[int, np.ndarray],
+def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
           budget_ms: float, bins: int = 400, max_iters: int = 10) -> Solution:
     """Widths for every group with ``predictor.predict(widths) <= budget_ms``.
 

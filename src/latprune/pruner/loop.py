@@ -1,30 +1,30 @@
-"""prune(): importance → knapsack → slim → export → measure → re-solve until the
-*measured* latency holds the budget; then fine-tune, export and measure again.
+"""prune(): measure the base → run the chosen method (see :mod:`methods`) until the
+*measured* latency holds the budget → fine-tune → export → measure again.
 
-The closed loop never trusts the prediction alone: each candidate is exported
-and timed on the backend. When the measurement misses, the prediction is
-rescaled by measured/predicted and the knapsack re-solved.
+The methods never trust the prediction alone: each candidate is slimmed and
+timed on the backend (see :func:`methods.closed_loop`). The run directory is
+staged and renamed into place, so a killed prune leaves no half-written run.
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from latprune.budget import parse_budget
-from latprune.errors import BudgetError, LutError, RunDirError, SpecError
-from latprune.latency_lut.backends import Backend, get_backend
+from latprune.errors import LutError, RunDirError, SpecError
+from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import DEFAULT_LEVELS, grid_keys, load_calibration, open_for_backend, run_calibration
 from latprune.pruner.graph import ChannelGraph, Grid
-from latprune.pruner.importance import importance
-from latprune.pruner.knapsack import Solution, solve
+from latprune.pruner.importance import METHODS as IMPORTANCES
+from latprune.pruner.methods import Context, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
 
 
@@ -38,12 +38,17 @@ class PruneConfig:
     input: str | None = None        # input shape override, e.g. "1x3x224x224"
     backend: str = "ort-cpu"
     threads: int | None = None
+    method: str = "gator"           # gator | halp | taylor | uniform-l1 | flops (see pruner.methods)
     importance: str = "taylor"      # taylor | taylor2 | l1
     importance_batches: int = 16
     batch_size: int = 64
     epochs: float = 1.0             # fine-tuning epochs (fractions allowed; 0 skips)
     lr: float = 0.01
     distill: bool = False           # distil from the unpruned model while fine-tuning
+    gate_epochs: float = 0.5        # gator: epochs of gate training (the model trains with the gates)
+    blocks: bool = True             # gator/halp: allow removing whole residual blocks
+    steps: int = 3                  # halp: knapsack rounds with budgets shrinking to the target
+    recover_epochs: float = 0.1     # halp/taylor: training of the masked model between rounds, in total
     eval_limit: int | None = None   # evaluate on at most this many test images
     max_iters: int = 6              # closed-loop iterations before giving up
     margin: float = 0.03            # accept a candidate at <= budget * (1 - margin): room for timing noise
@@ -51,54 +56,6 @@ class PruneConfig:
     force: bool = False             # replace an existing run directory
     progress: bool = True
     seed: int = 0
-
-
-def _keep(scores: dict[int, np.ndarray], widths: dict[int, int]) -> dict[int, list[int]]:
-    """The ``widths[g]`` most important channels of each group (sorted indices)."""
-    return {g: sorted(int(i) for i in np.argsort(-scores[g], kind="stable")[:w]) for g, w in widths.items()}
-
-
-def closed_loop(graph: ChannelGraph, predictor: Predictor, backend: Backend, scores: dict[int, np.ndarray],
-                options: dict[int, list[int]], budget_ms: float,
-                config: PruneConfig) -> tuple[Solution, torch.nn.Module, list[dict[str, Any]]]:
-    """Solve on the prediction, check on the measurement, until a candidate holds the budget.
-
-    Accepts a candidate measuring <= budget·(1 - margin); keeps re-solving
-    wider while an accepted one leaves more than ``slack`` unused. Each miss
-    rescales the prediction by measured/predicted (``predictor`` is updated in
-    place). Returns the best accepted solution, its slimmed model, and the
-    history of every candidate measured."""
-    target_ms = budget_ms * (1 - config.margin)
-    history: list[dict[str, Any]] = []
-    tried: list[dict[int, int]] = []
-    accepted: tuple[Solution, torch.nn.Module] | None = None
-    for iteration in range(1, config.max_iters + 1):
-        solution = solve(predictor, options, scores, target_ms)
-        if solution.widths in tried:
-            break  # the corrected prediction leads back to a configuration already measured
-        tried.append(solution.widths)
-        slim = graph.slim(_keep(scores, solution.widths))
-        measured_ms = backend.measure_model(slim, graph.input_shape).median_ms
-        fits = measured_ms <= target_ms
-        history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                        "measured_ms": measured_ms, "fits": fits, "kept_importance": solution.value,
-                        "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
-        if fits:
-            if accepted is None or solution.value > accepted[0].value:
-                accepted = (solution, slim)
-            if measured_ms >= target_ms * (1 - config.slack):
-                break  # holds the budget and uses it
-        # Rescale the prediction by what the device said and solve again: narrower when the
-        # candidate missed, wider when it left more than `slack` of the budget unused.
-        ratio = measured_ms / solution.predicted_ms
-        predictor.calibration = predictor.calibration.scaled(ratio)
-        if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
-            target_ms *= 0.97
-    if accepted is None:
-        raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
-                          f"{history[-1]['measured_ms']:.3f} ms against a budget of {budget_ms:.3f} ms; loosen the "
-                          "budget or re-profile (the LUT may not describe this device's current state)")
-    return accepted[0], accepted[1], history
 
 
 def prune(config: PruneConfig) -> dict[str, Any]:
@@ -121,12 +78,17 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             # --force replaces a previous run, never an arbitrary directory
             raise RunDirError(f"{out} is not a latprune run directory (no plan.json); --force will not replace it")
     torch.manual_seed(config.seed)
+    method = get_method(config.method)
+    if config.importance not in IMPORTANCES:
+        raise SpecError(f"unknown importance {config.importance!r}; known: {', '.join(IMPORTANCES)}")
     backend = get_backend(config.backend, config.threads)
     spec = load_model(config.model, config.input)
-    needs_data = config.importance != "l1" or config.epochs > 0
+    needs_data = config.method == "gator" or (config.method in ("halp", "taylor") and config.importance != "l1") \
+        or config.epochs > 0
     if needs_data and config.data is None and spec.default_data is None:
         raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
-                        "or prune without data using --importance l1 --epochs 0")
+                        "or prune without data using --method halp --importance l1 --epochs 0")
+    base_model = copy.deepcopy(spec.model)  # methods may train spec.model in place (gator, recovery)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(config.lut, backend, writable=False) as lut:
         stored = load_calibration(lut, graph.signature())
@@ -144,7 +106,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         timings["setup_s"] = time.time() - t0
 
         # 1. base model: measured latency resolves a relative budget.
-        base_latency = backend.measure_model(spec.model, spec.input_shape).to_dict()
+        base_latency = backend.measure_model(base_model, spec.input_shape).to_dict()
         budget_ms = budget.resolve(base_latency["median_ms"])
         full = graph.full_widths()
         # Devices drift (frequency, neighbours, thermal state) between profiling and now:
@@ -153,22 +115,17 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         drift = base_latency["median_ms"] / lut_base_ms
         predictor.calibration = predictor.calibration.scaled(drift)
 
-        # 2. importance.
+        # 2. the method: scores, gates, knapsack, closed loop on measured latency.
         t = time.time()
         data = load_data(config.data or spec.default_data) if needs_data else None
-        batches = loader(data.train, config.batch_size, shuffle=True, seed=config.seed) if data else None
-        scores = importance(config.importance, graph, batches, config.importance_batches, config.progress)
-        timings["importance_s"] = time.time() - t
-
-        # 3. closed loop: solve on the prediction, check on the measurement.
-        t = time.time()
-        options = graph.options(grid)
-        solution, slim, history = closed_loop(graph, predictor, backend, scores, options, budget_ms, config)
-        timings["search_s"] = time.time() - t
+        ctx = Context(graph, predictor, backend, grid, budget_ms, base_latency["median_ms"], config, data)
+        decision = method(ctx)
+        slim = decision.slim
+        timings["method_s"] = time.time() - t
 
     # 4. fine-tune.
     t = time.time()
-    teacher = spec.model if config.distill else None
+    teacher = base_model if config.distill else None
     if config.epochs > 0 and data is not None:
         train(slim, data.train, TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                                             distill_alpha=0.5 if teacher else 0.0, seed=config.seed),
@@ -176,7 +133,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     timings["finetune_s"] = time.time() - t
     t = time.time()
     test_set = subset(data.test, config.eval_limit) if data else None
-    base_acc = evaluate(spec.model, test_set) if test_set is not None else None
+    base_acc = evaluate(base_model, test_set) if test_set is not None else None
     pruned_acc = evaluate(slim, test_set) if test_set is not None else None
     timings["eval_s"] = time.time() - t
 
@@ -186,12 +143,13 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    keep = _keep(scores, solution.widths)
+    removed, channels = graph.split_keep(decision.keep)
     plan = PruningPlan(
         model=spec.name, input_shape=spec.input_shape,
-        groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in keep.items()),
-        levels=grid.levels, align=grid.align, budget_ms=budget_ms, predicted_ms=solution.predicted_ms, signature=graph.signature(),
-        method="halp",
+        groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in channels.items()),
+        removed_blocks=tuple(b.name for b in removed),
+        levels=grid.levels, align=grid.align, budget_ms=budget_ms, predicted_ms=decision.predicted_ms,
+        signature=graph.signature(), method=config.method,
     )
     plan.save(staging / "plan.json")
     atomic_write_with(staging / "model.pt", lambda tmp: torch.save(slim.state_dict(), tmp))
@@ -199,10 +157,11 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     final = (backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
              else backend.measure_model(slim, spec.input_shape)).to_dict()
     timings["export_measure_s"] = time.time() - t
-    base_params, base_macs = params_and_macs(spec.model, spec.input_shape)
+    base_params, base_macs = params_and_macs(base_model, spec.input_shape)
     params, macs = params_and_macs(slim, spec.input_shape)
     metrics: dict[str, Any] = {
         "model": spec.name,
+        "method": config.method,
         "input_shape": list(spec.input_shape),
         "data": data.name if data else None,
         "lut": str(config.lut),
@@ -210,14 +169,16 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         "budget": {"spec": str(budget), "ms": budget_ms},
         "base": {"latency_ms": base_latency, "predicted_ms": lut_base_ms, "accuracy": base_acc,
                  "params": base_params, "macs": base_macs},
-        "pruned": {"latency_ms": final, "predicted_ms": solution.predicted_ms, "accuracy": pruned_acc,
+        "pruned": {"latency_ms": final, "predicted_ms": decision.predicted_ms, "accuracy": pruned_acc,
+                   "removed_blocks": list(plan.removed_blocks),
                    "params": params, "macs": macs, "onnx_parity_max_abs_diff": report.max_abs_diff},
         "budget_met": final["median_ms"] <= budget_ms,
         "speedup_measured": base_latency["median_ms"] / final["median_ms"],
         "macs_ratio": macs / base_macs,
         "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration),
                         "lut_predicted_base_ms": lut_base_ms, "drift_since_profile": drift},
-        "closed_loop": history,
+        "closed_loop": decision.history,
+        "method_details": decision.extra,
         "config": asdict(config),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }

@@ -23,9 +23,10 @@ from torch import nn
 
 from latprune._io import atomic_write_text
 from latprune.errors import RunDirError, SpecError
-from latprune.pruner.graph import apply_keep_
+from latprune.pruner.graph import apply_plan_
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # version 1: no removed_blocks
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class PruningPlan:
     model: str                           # model spec of the base model
     input_shape: tuple[int, ...]
     groups: tuple[GroupPlan, ...]
+    removed_blocks: tuple[str, ...] = ()  # residual blocks replaced by their shortcut
     levels: int = 8                      # width grid the plan was chosen on: levels ...
     align: int = 1                       # ... and alignment (see pruner.graph.Grid)
     budget_ms: float | None = None
@@ -65,8 +67,9 @@ class PruningPlan:
         if not isinstance(raw, dict):
             raise RunDirError(f"{source} must hold a JSON object")
         version = raw.get("version")
-        if version != PLAN_VERSION:
-            raise RunDirError(f"{source} has plan version {version}, this latprune reads version {PLAN_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise RunDirError(f"{source} has plan version {version}, this latprune reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
@@ -74,7 +77,8 @@ class PruningPlan:
         try:
             groups = tuple(GroupPlan(g["root"], int(g["size"]), tuple(int(i) for i in g["keep"]))
                            for g in raw["groups"])
-            raw = {**raw, "groups": groups, "input_shape": tuple(raw["input_shape"])}
+            raw = {**raw, "groups": groups, "input_shape": tuple(raw["input_shape"]),
+                   "removed_blocks": tuple(str(b) for b in raw.get("removed_blocks", ())), "version": PLAN_VERSION}
             return cls(**raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise RunDirError(f"{source} is missing or has malformed fields ({exc}); prune again") from None
@@ -90,8 +94,8 @@ class PruningPlan:
         return cls.from_json(p.read_text(encoding="utf-8"), str(p))
 
     def apply_(self, model: nn.Module) -> nn.Module:
-        """Slim ``model`` (a fresh base model) in place to this plan's widths."""
-        return apply_keep_(model, self.input_shape, {g.root: g.keep for g in self.groups},
+        """Slim ``model`` (a fresh base model) in place to this plan's blocks and widths."""
+        return apply_plan_(model, self.input_shape, self.removed_blocks, {g.root: g.keep for g in self.groups},
                            {g.root: g.size for g in self.groups})
 
 

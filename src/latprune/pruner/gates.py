@@ -1,0 +1,176 @@
+"""Learned channel gates, one per coupled group and one per removable block (Gator).
+
+Every producer of a group (the BatchNorms, or convs without one, that write
+its channels) has its output multiplied by the group's gate vector, so a
+residual highway shares one gate across every layer that writes into it; a
+closed gate is exactly a removed channel. A removable block's branch end is
+further multiplied by the block's scalar gate, and by zero once every inner
+channel is closed: a closed block is exactly the block replaced by its
+shortcut. With hard 0/1 gates the gated model computes what the physically
+slimmed one does (``tests/test_gates.py``).
+
+Modes:
+
+``open``    every gate 1 (Taylor scores of the unpruned model);
+``hard``    gate = [logit > 0] (the decision the training arrived at);
+``sample``  training: ``sigmoid((logit + logistic noise) / T)``, thresholded
+            at 0.5 in the forward pass with a straight-through gradient.
+
+In ``open`` and ``hard`` mode the gate tensors are leaves that require
+grad, so ``gate · ∂L/∂gate`` (the first-order Taylor change of the loss when
+the gate closes) can be read after a backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latprune.latency_lut.predict import SoftLatency
+from latprune.pruner.graph import ChannelGraph
+
+MODES = ("open", "hard", "sample")
+
+
+class Gates(nn.Module):
+    """Gates of ``graph.model``; :meth:`attach` hooks them in, :meth:`detach` takes them out."""
+
+    def __init__(self, graph: ChannelGraph, init: float = 3.0, blocks: bool = True, temperature: float = 0.5) -> None:
+        super().__init__()
+        self.graph = graph
+        self.logits = nn.ParameterList([nn.Parameter(torch.full((g.size,), float(init))) for g in graph.groups])
+        self.blocks = list(graph.blocks) if blocks else []
+        self.block_logits = nn.Parameter(torch.full((len(self.blocks),), float(init)))
+        self.temperature = temperature
+        self.mode = "open"
+        self.current: list[torch.Tensor] = []
+        self.block_current = torch.ones(len(self.blocks))
+        self._handles: list[Any] = []
+
+    # -- gate values ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Draw this forward pass's gate values (call before every forward)."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown gate mode {self.mode!r}; known: {MODES}")
+        if self.mode == "sample":
+            self.current = [self._sample(lg) for lg in self.logits]
+            self.block_current = self._sample(self.block_logits)
+            return
+        hard = self.mode == "hard"
+        self.current = [((lg > 0).float() if hard else torch.ones_like(lg)).detach().requires_grad_(True)
+                        for lg in self.logits]
+        self.block_current = ((self.block_logits > 0).float() if hard else
+                              torch.ones_like(self.block_logits)).detach().requires_grad_(True)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
+        return (soft > 0.5).float() + soft - soft.detach()  # hard forward, straight-through gradient
+
+    def probabilities(self) -> list[torch.Tensor]:
+        """Per-channel probability that each gate is open."""
+        return [torch.sigmoid(lg) for lg in self.logits]
+
+    def expected_widths(self) -> dict[int, torch.Tensor]:
+        """Gate-expected width of every group (differentiable)."""
+        return {g.id: p.sum() for g, p in zip(self.graph.groups, self.probabilities())}
+
+    def block_keep(self) -> dict[int, torch.Tensor]:
+        """Probability that each removable block stays, by its inner group (differentiable)."""
+        probs = torch.sigmoid(self.block_logits)
+        return {b.group: probs[i] for i, b in enumerate(self.blocks)}
+
+    def hard_widths(self) -> dict[int, int]:
+        """Widths with every gate thresholded (0 for a group of a closed block)."""
+        widths = {g.id: int((lg > 0).sum()) for g, lg in zip(self.graph.groups, self.logits)}
+        for i, b in enumerate(self.blocks):
+            if self.block_logits[i] <= 0:
+                widths[b.group] = 0
+        return widths
+
+    def closed_blocks(self) -> list[str]:
+        widths = self.hard_widths()
+        return [b.name for b in self.blocks if widths[b.group] == 0]
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def attach(self) -> Gates:
+        """Hook the gates into ``graph.model`` (idempotent)."""
+        if self._handles:
+            return self
+        block_of_end = {b.branch_end: i for i, b in enumerate(self.blocks)}
+        for g in self.graph.groups:
+            for name in g.producers:
+                module = self.graph.module(name)
+                self._handles.append(module.register_forward_hook(self._hook(g.id, block_of_end.get(name))))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _hook(self, gid: int, block: int | None) -> Any:
+        def scale(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            if not self.current:
+                self.refresh()
+            gate = self.current[gid]
+            shape = [1] * out.dim()
+            shape[-1 if isinstance(module, nn.Linear) else 1] = -1
+            out = out * gate.view(shape)
+            if block is not None:
+                inner = self.current[self.blocks[block].group]
+                alive = (inner.detach().sum() > 0).float()  # every inner channel closed: no branch at all
+                out = out * (self.block_current[block] * alive)
+            return out
+
+        return scale
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Gate training: ``task + λ · max(0, E[latency] − budget) / budget``.
+
+    λ starts at ``lam`` and grows by ``lam_growth`` per step while the
+    expected latency is above the budget (capped at ``lam_max``)."""
+
+    epochs: float = 0.5
+    gate_lr: float = 0.05
+    init: float = 3.0
+    temperature: float = 0.5
+    lam: float = 1.0
+    lam_growth: float = 1.02
+    lam_max: float = 1e3
+
+
+class LatencyPenalty:
+    """The gate-training regulariser, in the shape :func:`latprune.train.train` takes:
+    trainable gate parameters, a refresh before every forward, and the latency loss."""
+
+    def __init__(self, gates: Gates, soft: SoftLatency, budget_ms: float, config: GateConfig) -> None:
+        self.gates = gates
+        self.soft = soft
+        self.budget_ms = budget_ms
+        self.config = config
+        self.lam = config.lam
+        self.history: list[dict[str, float]] = []
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.gates.parameters(), lr=self.config.gate_lr)
+
+    def before_forward(self) -> None:
+        self.gates.mode = "sample"
+        self.gates.refresh()
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, str]]:
+        expected = self.soft(self.gates.expected_widths(), self.gates.block_keep())
+        over = F.relu(expected - self.budget_ms) / self.budget_ms
+        term = self.lam * over
+        value = float(expected.detach())
+        self.history.append({"expected_ms": value, "lam": self.lam})
+        if value > self.budget_ms:
+            self.lam = min(self.lam * self.config.lam_growth, self.config.lam_max)
+        return term, {"E[lat]": f"{value:.3f}ms", "λ": f"{self.lam:.2g}"}

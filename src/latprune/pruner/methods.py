@@ -1,0 +1,401 @@
+"""Pruning methods, in a registry (``--method NAME``): each turns a base model into
+a :class:`Decision` (channels to keep per group, blocks to drop, the slimmed
+model) that holds the budget on the *measured* latency.
+
+``gator``       gates trained with the LUT latency loss, Taylor scores on the
+                trained gates, knapsack with block removal, closed loop (default);
+``halp``        iterative Taylor + knapsack (with block removal), no gate training;
+``taylor``      iterative removal of the lowest Taylor score per millisecond saved;
+``uniform-l1``  baseline: Torch-Pruning-style L1 magnitude, one ratio for every
+                group, bisected on the measured latency;
+``flops``       baseline: global L1 magnitude pruning to MACs = budget ratio × base MACs,
+                never looking at latency.
+
+They share the pieces: :mod:`gates`, :mod:`importance`, :mod:`knapsack` and
+:func:`closed_loop`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from latprune.errors import BudgetError, LutError, SpecError
+from latprune.latency_lut.backends import Backend
+from latprune.latency_lut.predict import Predictor, SoftLatency
+from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
+from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.pruner.importance import Scores, l1_importance, taylor_importance
+from latprune.pruner.knapsack import Solution, _descend, _fill, _value, option_values, solve
+
+if TYPE_CHECKING:
+    from latprune.data import DataSpec
+    from latprune.pruner.loop import PruneConfig
+
+
+@dataclass
+class Context:
+    """What every method gets: the base model's graph (``graph.model`` may be
+    trained in place), the LUT predictor re-anchored on the measured base,
+    the backend that measures candidates, the width grid and the budget."""
+
+    graph: ChannelGraph
+    predictor: Predictor
+    backend: Backend
+    grid: Grid
+    budget_ms: float
+    base_ms: float
+    config: PruneConfig
+    data: DataSpec | None
+
+    def batches(self, seed_offset: int = 0) -> Any:
+        from latprune.data import loader
+
+        if self.data is None:
+            raise SpecError(f"method {self.config.method!r} needs data: pass --data")
+        return loader(self.data.train, self.config.batch_size, shuffle=True, seed=self.config.seed + seed_offset)
+
+    def scores(self, gates: Gates | None = None, mode: str = "open", batches: int | None = None,
+               seed_offset: int = 0) -> Scores:
+        """Taylor (or L1, when asked) scores of the current model."""
+        if self.config.importance == "l1":
+            return l1_importance(self.graph)
+        return taylor_importance(self.graph, self.batches(seed_offset), batches or self.config.importance_batches,
+                                 order=2 if self.config.importance == "taylor2" else 1,
+                                 progress=self.config.progress, gates=gates, mode=mode)
+
+    @property
+    def target_ms(self) -> float:
+        return self.budget_ms * (1 - self.config.margin)
+
+
+@dataclass
+class Decision:
+    keep: dict[int, list[int]]        # kept channels per group; [] for a removed block's group
+    slim: nn.Module
+    predicted_ms: float | None
+    history: list[dict[str, Any]]     # every candidate measured
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
+    """The ``widths[g]`` highest-scoring channels of each group (sorted indices)."""
+    return {g: sorted(int(i) for i in np.argsort(-scores.channels[g], kind="stable")[:w]) for g, w in widths.items()}
+
+
+def closed_loop(ctx: Context, solver: Callable[[float], Solution],
+                keep: Callable[[dict[int, int]], dict[int, list[int]]]) -> tuple[Solution, nn.Module, list[dict]]:
+    """Solve on the prediction, check on the measurement, until a candidate holds the budget.
+
+    Accepts a candidate measuring <= budget·(1 - margin); keeps re-solving
+    wider while an accepted one leaves more than ``slack`` unused. Each miss
+    rescales the prediction by measured/predicted (``ctx.predictor`` is
+    updated in place). Returns the best accepted solution, its slimmed model,
+    and the history of every candidate measured."""
+    config, graph = ctx.config, ctx.graph
+    target_ms = ctx.target_ms
+    history: list[dict[str, Any]] = []
+    tried: list[dict[int, int]] = []
+    accepted: tuple[Solution, nn.Module] | None = None
+    for iteration in range(1, config.max_iters + 1):
+        solution = solver(target_ms)
+        if solution.widths in tried:
+            break  # the corrected prediction leads back to a configuration already measured
+        tried.append(solution.widths)
+        slim = graph.slim(keep(solution.widths))
+        measured_ms = ctx.backend.measure_model(slim, graph.input_shape).median_ms
+        fits = measured_ms <= target_ms
+        history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
+                        "measured_ms": measured_ms, "fits": fits, "kept_importance": solution.value,
+                        "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
+                        "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
+        if fits:
+            if accepted is None or solution.value > accepted[0].value:
+                accepted = (solution, slim)
+            if measured_ms >= target_ms * (1 - config.slack):
+                break  # holds the budget and uses it
+        # Rescale the prediction by what the device said and solve again: narrower when the
+        # candidate missed, wider when it left more than `slack` of the budget unused.
+        ratio = measured_ms / solution.predicted_ms
+        ctx.predictor.calibration = ctx.predictor.calibration.scaled(ratio)
+        if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
+            target_ms *= 0.97
+    if accepted is None:
+        raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
+                          f"{history[-1]['measured_ms']:.3f} ms against a budget of {ctx.budget_ms:.3f} ms; loosen "
+                          "the budget or re-profile (the LUT may not describe this device's current state)")
+    return accepted[0], accepted[1], history
+
+
+def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int]],
+                       extra: dict[str, Any]) -> Decision:
+    solution, slim, history = closed_loop(ctx, lambda t: solve(ctx.predictor, options, scores, t),
+                                          lambda w: keep_top(scores, w))
+    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra)
+
+
+# -- gator ---------------------------------------------------------------------------------------
+def gator(ctx: Context) -> Decision:
+    """Gates trained with ``task + λ·max(0, E[lat] − budget)/budget`` (the LUT's
+    differentiable prediction), then Taylor scores on the hard gates and the
+    knapsack with block removal, checked in the closed loop."""
+    from latprune.train import TrainConfig, train
+
+    config = ctx.config
+    if ctx.data is None or config.importance == "l1":
+        raise SpecError("method 'gator' trains gates on data: pass --data (or use --method halp --importance l1)")
+    options = ctx.graph.options(ctx.grid, blocks=config.blocks)
+    gate_config = GateConfig(epochs=config.gate_epochs)
+    gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
+    penalty = LatencyPenalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
+    gates.attach()
+    try:
+        train(ctx.graph.model, ctx.data.train,
+              TrainConfig(epochs=gate_config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed),
+              desc="gate training", penalty=penalty)
+        scores = ctx.scores(gates, mode="hard", seed_offset=1)
+    finally:
+        gates.detach()
+    with torch.no_grad():
+        expected = float(penalty.soft(gates.expected_widths(), gates.block_keep()))
+    hard = gates.hard_widths()
+    extra = {"gates": {
+        "steps": len(penalty.history), "final_lambda": penalty.lam, "expected_ms": expected,
+        "open_channels": {ctx.graph.groups[g].root: w for g, w in hard.items()},
+        "closed_blocks": gates.closed_blocks(),
+        "expected_ms_trace": [round(h["expected_ms"], 4) for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
+    }}
+    return _knapsack_decision(ctx, scores, options, extra)
+
+
+# -- halp ------------------------------------------------------------------------------------------
+def _masked_gates(ctx: Context, keep: dict[int, list[int]] | None) -> Gates:
+    """Gates in ``hard`` mode that close every channel (and block) outside ``keep``."""
+    gates = Gates(ctx.graph, init=10.0, blocks=ctx.config.blocks)
+    if keep:
+        with torch.no_grad():
+            for g, idx in keep.items():
+                closed = torch.ones(ctx.graph.groups[g].size, dtype=torch.bool)
+                closed[list(idx)] = False
+                gates.logits[g][closed] = -10.0
+            for i, b in enumerate(gates.blocks):
+                if b.group in keep and not keep[b.group]:
+                    gates.block_logits[i] = -10.0
+    gates.mode = "hard"
+    return gates
+
+
+def _recover(ctx: Context, gates: Gates, epochs: float, seed: int) -> None:
+    """Short training of the masked model (closed channels stay closed)."""
+    from latprune.train import TrainConfig, train
+
+    if epochs <= 0 or ctx.data is None:
+        return
+    gates.attach()
+    try:
+        gates.refresh()
+        train(ctx.graph.model, ctx.data.train, TrainConfig(epochs=epochs, lr=ctx.config.lr,
+              batch_size=ctx.config.batch_size, seed=ctx.config.seed + seed), desc="recover")
+    finally:
+        gates.detach()
+
+
+def halp(ctx: Context) -> Decision:
+    """HALP: ``steps`` rounds of Taylor scores + knapsack at budgets shrinking
+    geometrically to the target, the masked model recovering briefly in
+    between; the last round runs in the closed loop."""
+    config = ctx.config
+    options = ctx.graph.options(ctx.grid, blocks=config.blocks)
+    steps = max(1, config.steps)
+    keep: dict[int, list[int]] | None = None
+    scores = ctx.scores()
+    rounds = []
+    for k in range(1, steps):
+        budget = ctx.base_ms * (ctx.target_ms / ctx.base_ms) ** (k / steps)
+        solution = solve(ctx.predictor, options, scores, budget)
+        keep = keep_top(scores, solution.widths)
+        options = {g: [w for w in opts if w <= solution.widths[g]] for g, opts in options.items()}
+        rounds.append({"budget_ms": budget, "predicted_ms": solution.predicted_ms,
+                       "removed_blocks": [b.name for b in ctx.graph.removed_blocks(solution.widths)]})
+        gates = _masked_gates(ctx, keep)
+        _recover(ctx, gates, config.recover_epochs / max(1, steps - 1), seed=k)
+        scores = ctx.scores(gates, mode="hard", seed_offset=k) if config.importance != "l1" else ctx.scores()
+    return _knapsack_decision(ctx, scores, options, {"rounds": rounds})
+
+
+# -- taylor ------------------------------------------------------------------------------------------
+def taylor(ctx: Context) -> Decision:
+    """Iterative removal: narrow, one grid step at a time, the group whose next
+    step loses the least Taylor score per millisecond saved; re-score (after a
+    short recovery) every few steps; then the closed loop narrows or widens
+    from there by the same ratio."""
+    config = ctx.config
+    options = ctx.graph.options(ctx.grid)  # channel steps only: no block option in the classic method
+    scores = ctx.scores()
+    widths = {g: opts[-1] for g, opts in options.items()}
+    rescore_every = max(1, len(options) // 2)
+    rounds = 0
+    while ctx.predictor.predict(widths) > ctx.target_ms:
+        values = option_values(scores, options)
+        narrowed = _descend_steps(ctx.predictor, options, values, widths, rescore_every)
+        if narrowed == widths:
+            break
+        widths = narrowed
+        if ctx.predictor.predict(widths) <= ctx.target_ms:
+            break
+        rounds += 1
+        keep = keep_top(scores, widths)
+        gates = _masked_gates(ctx, keep)
+        if rounds <= 8:  # recovery budget: recover_epochs over the first 8 rounds
+            _recover(ctx, gates, config.recover_epochs / 8, seed=rounds)
+        scores = ctx.scores(gates, mode="hard", seed_offset=rounds) if config.importance != "l1" else scores
+        if rounds > 64:
+            break
+    values = option_values(scores, options)
+    start = dict(widths)
+
+    def solver(target: float) -> Solution:
+        w = _descend(ctx.predictor, options, values, start, target)
+        w = _fill(ctx.predictor, options, values, w, target)
+        return Solution(w, ctx.predictor.predict(w), _value(values, options, w), 1)
+
+    solution, slim, history = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
+    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, {"rescore_rounds": rounds})
+
+
+def _descend_steps(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
+                   widths: dict[int, int], steps: int) -> dict[int, int]:
+    """At most ``steps`` one-step narrowings, least value lost per ms saved first."""
+    widths = dict(widths)
+    for _ in range(steps):
+        now = predictor.predict(widths)
+        best: tuple[float, int] | None = None
+        for g, opts in options.items():
+            i = opts.index(widths[g])
+            if i == 0:
+                continue
+            saved = now - predictor.predict({**widths, g: opts[i - 1]})
+            lost = values[g][i] - values[g][i - 1]
+            ratio = lost / saved if saved > 1e-12 else math.inf
+            if best is None or ratio < best[0]:
+                best = (ratio, g)
+        if best is None:
+            break
+        g = best[1]
+        widths[g] = options[g][options[g].index(widths[g]) - 1]
+    return widths
+
+
+# -- baselines ---------------------------------------------------------------------------------------
+def _snap(width: float, size: int, align: int) -> int:
+    """``width`` rounded down to the backend's alignment (at least one block; tiny groups unaligned)."""
+    if align <= 1 or size <= 2 * align:
+        return int(min(size, max(1, math.floor(width))))
+    return int(min(size, max(align, align * math.floor(width / align))))
+
+
+def _predicted_or_none(predictor: Predictor, widths: dict[int, int]) -> float | None:
+    try:
+        return predictor.predict(widths)
+    except LutError:
+        return None  # widths off the LUT grid: the baselines do not need the LUT
+
+
+def uniform_l1(ctx: Context) -> Decision:
+    """One keep-ratio for every group (L1 magnitude inside each group), bisected
+    on the measured latency until the largest ratio that holds the budget."""
+    graph, scores = ctx.graph, l1_importance(ctx.graph)
+    align = ctx.grid.align
+    history: list[dict[str, Any]] = []
+    measured: dict[tuple[tuple[int, int], ...], float] = {}
+
+    def widths_at(ratio: float) -> dict[int, int]:
+        return {g.id: _snap(ratio * g.size, g.size, align) for g in graph.groups}
+
+    def measure(ratio: float) -> tuple[float, dict[int, int]]:
+        widths = widths_at(ratio)
+        key = tuple(sorted(widths.items()))
+        if key not in measured:
+            slim = graph.slim(keep_top(scores, widths))
+            measured[key] = ctx.backend.measure_model(slim, graph.input_shape).median_ms
+            history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
+                            "target_ms": ctx.target_ms, "fits": measured[key] <= ctx.target_ms,
+                            "predicted_ms": _predicted_or_none(ctx.predictor, widths)})
+        return measured[key], widths
+
+    lo, hi = 0.0, 1.0
+    best: dict[int, int] | None = None
+    if measure(1.0)[0] <= ctx.target_ms:
+        best = widths_at(1.0)
+    else:
+        for _ in range(ctx.config.max_iters + 4):
+            mid = (lo + hi) / 2
+            ms, widths = measure(mid)
+            if ms <= ctx.target_ms:
+                lo, best = mid, widths
+            else:
+                hi = mid
+            if hi - lo < 1 / 64:
+                break
+    if best is None:
+        raise BudgetError(f"uniform-l1: even a keep ratio of {hi:.3f} measures above the budget "
+                          f"{ctx.budget_ms:.3f} ms; loosen the budget")
+    keep = keep_top(scores, best)
+    return Decision(keep, graph.slim(keep), _predicted_or_none(ctx.predictor, best), history, {"ratio": lo})
+
+
+def model_macs(graph: ChannelGraph, widths: dict[int, int]) -> int:
+    """Multiply-accumulates of the conv/linear units at ``widths``."""
+    removed = graph.removed_units(widths) if 0 in widths.values() else frozenset()
+    return sum(u.key(widths).macs for u in graph.units if u.name not in removed)
+
+
+def flops(ctx: Context) -> Decision:
+    """Global L1 magnitude pruning (scores normalised by their group's mean, as
+    Torch-Pruning's global ranking does) until MACs ≤ (budget / base latency) ×
+    base MACs: the FLOPs proxy, with no latency model at all."""
+    graph, scores = ctx.graph, l1_importance(ctx.graph)
+    align = ctx.grid.align
+    ratio = ctx.budget_ms / ctx.base_ms
+    target_macs = ratio * model_macs(graph, graph.full_widths())
+    ranked = sorted((float(s / (scores.channels[g].mean() or 1.0)), g, i)
+                    for g, ch in scores.channels.items() for i, s in enumerate(ch))
+
+    def widths_after(k: int) -> dict[int, int]:
+        removed = {g.id: 0 for g in graph.groups}
+        for _, g, _ in ranked[:k]:
+            removed[g] += 1
+        return {g.id: _snap(g.size - removed[g.id], g.size, align) for g in graph.groups}
+
+    lo, hi = 0, len(ranked)
+    while lo < hi:  # smallest k with MACs under the target (MACs fall as k grows)
+        mid = (lo + hi) // 2
+        if model_macs(graph, widths_after(mid)) <= target_macs:
+            hi = mid
+        else:
+            lo = mid + 1
+    widths = widths_after(lo)
+    keep = keep_top(scores, widths)
+    slim = graph.slim(keep)
+    ms = ctx.backend.measure_model(slim, graph.input_shape).median_ms
+    history = [{"iteration": 1, "measured_ms": ms, "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
+                "macs_ratio": model_macs(graph, widths) / model_macs(graph, graph.full_widths()),
+                "predicted_ms": _predicted_or_none(ctx.predictor, widths)}]
+    return Decision(keep, slim, _predicted_or_none(ctx.predictor, widths), history, {"macs_target_ratio": ratio})
+
+
+METHODS: dict[str, Callable[[Context], Decision]] = {
+    "gator": gator, "halp": halp, "taylor": taylor, "uniform-l1": uniform_l1, "flops": flops,
+}
+
+
+def get_method(name: str) -> Callable[[Context], Decision]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise SpecError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
