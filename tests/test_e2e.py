@@ -148,3 +148,36 @@ def test_profile_records_measured_fusion_rules(ort_lut: tuple[Path, dict]) -> No
     # ONNX Runtime folds BatchNorm into the conv and fuses the activation at graph level, on any CPU
     assert rules["conv+bn"]["fused"] and rules["conv+relu"]["fused"]
     assert all(isinstance(rules[k]["fused"], bool) and rules[k]["alone_ms"] > 0 for k in ("conv+bn", "conv+relu", "conv+add"))
+
+
+@pytest.mark.parametrize("method", ["gator", "halp", "taylor", "uniform-l1", "flops"])
+def test_every_method_prunes_and_replays(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                        tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
+                 "--method", method, "--data", "digits", "--epochs", "0.05", "--gate-epochs", "0.3",
+                 "--importance-batches", "2", "--batch-size", "32", *FAKE, "--json"]) == 0
+    m = _json(capsys)
+    assert m["method"] == method and PruningPlan.load(out / "plan.json").method == method
+    if method != "flops":  # the FLOPs baseline never looks at latency: it may miss, and says so
+        assert m["budget_met"] is True
+    assert m["budget_met"] == (m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms"])
+    assert m["pruned"]["macs"] < m["base"]["macs"]
+    run = load_run_model(out)  # the plan (blocks and channels) replays on a fresh base model
+    x = torch.randn(2, 1, 28, 28)
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert run.model.state_dict().keys() == state.keys()
+    with torch.no_grad():
+        assert torch.isfinite(run.model(x)).all()
+    if method == "gator":
+        gates = m["method_details"]["gates"]
+        assert gates["steps"] > 0 and gates["expected_ms"] > 0
+
+
+def test_unknown_method_lists_the_known_ones(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                             tmp_path: Path) -> None:
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.6x", "-o", str(tmp_path / "r"),
+                 "--method", "magic", *FAKE]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'magic'" in err and "gator" in err and "uniform-l1" in err
+    assert not (tmp_path / "r").exists()

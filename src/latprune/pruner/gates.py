@@ -108,6 +108,10 @@ class Gates(nn.Module):
                 self._handles.append(module.register_forward_hook(self._hook(g.id, block_of_end.get(name))))
         return self
 
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
     def detach(self) -> None:
         for h in self._handles:
             h.remove()

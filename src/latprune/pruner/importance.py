@@ -60,8 +60,8 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
 
     ``gates`` (a :class:`~latprune.pruner.gates.Gates`) defaults to fresh open
     gates; pass trained ones with ``mode="hard"`` to score what the training kept."""
-    own = gates is None
     gates = Gates(graph) if gates is None else gates
+    was_attached = gates.attached
     previous = gates.mode
     gates.mode = mode
     gates.attach()
@@ -91,7 +91,7 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
     finally:
         model.zero_grad(set_to_none=True)
         gates.mode = previous
-        if own:
+        if not was_attached:  # leave the model as it came: a deepcopy would carry the hooks along
             gates.detach()
     if seen == 0:
         raise SpecError("no data batch reached the importance estimate; check --data")

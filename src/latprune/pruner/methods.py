@@ -5,7 +5,8 @@ model) that holds the budget on the *measured* latency.
 ``gator``       gates trained with the LUT latency loss, Taylor scores on the
                 trained gates, knapsack with block removal, closed loop (default);
 ``halp``        iterative Taylor + knapsack (with block removal), no gate training;
-``taylor``      iterative removal of the lowest Taylor score per millisecond saved;
+``taylor``      iterative removal of the lowest Taylor score per millisecond saved
+                (a block's last step removes it);
 ``uniform-l1``  baseline: Torch-Pruning-style L1 magnitude, one ratio for every
                 group, bisected on the measured latency;
 ``flops``       baseline: global L1 magnitude pruning to MACs = budget ratio × base MACs,
@@ -235,7 +236,11 @@ def taylor(ctx: Context) -> Decision:
     short recovery) every few steps; then the closed loop narrows or widens
     from there by the same ratio."""
     config = ctx.config
-    options = ctx.graph.options(ctx.grid)  # channel steps only: no block option in the classic method
+    options = ctx.graph.options(ctx.grid, blocks=config.blocks)  # a block's last step removes it
+    floor_ms = ctx.predictor.predict({g: opts[0] for g, opts in options.items()})
+    if floor_ms > ctx.target_ms:
+        raise BudgetError(f"budget {ctx.budget_ms:.3f} ms (target {ctx.target_ms:.3f} ms with the timing margin) is "
+                          f"below the smallest reachable latency {floor_ms:.3f} ms; ask for more")
     scores = ctx.scores()
     widths = {g: opts[-1] for g, opts in options.items()}
     rescore_every = max(1, len(options) // 2)

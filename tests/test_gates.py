@@ -1,0 +1,156 @@
+"""Gates, block removal and the differentiable latency: the invariants of issue #4."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.predict import Predictor, SoftLatency
+from latprune.latency_lut.profile import build_lut, load_calibration
+from latprune.latency_lut.store import Lut
+from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
+from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.pruner.plan import GroupPlan, PruningPlan
+from tests.conftest import MODELS, TINY_INPUT, randomise_bn_
+
+LEVELS = 4
+
+
+def _random_hard_gates(graph: ChannelGraph, seed: int, drop_block: bool) -> tuple[Gates, dict[int, list[int]]]:
+    """Gates closed at random (every group keeps at least one channel), maybe one block closed;
+    and the equivalent keep lists (an empty list for the closed block's inner group)."""
+    rng = random.Random(seed)
+    gates = Gates(graph, init=5.0)
+    keep: dict[int, list[int]] = {}
+    with torch.no_grad():
+        for g in graph.groups:
+            kept = sorted(rng.sample(range(g.size), rng.randint(1, g.size)))
+            closed = [i for i in range(g.size) if i not in kept]
+            gates.logits[g.id][closed] = -5.0
+            keep[g.id] = kept
+        if drop_block:
+            i = rng.randrange(len(gates.blocks))
+            gates.block_logits[i] = -5.0
+            keep[gates.blocks[i].group] = []
+    gates.mode = "hard"
+    return gates, keep
+
+
+@pytest.mark.parametrize("drop_block", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hard_gated_model_equals_slimmed_model(tiny_model: nn.Module, seed: int, drop_block: bool) -> None:
+    graph = ChannelGraph.build(tiny_model, TINY_INPUT)
+    gates, keep = _random_hard_gates(graph, seed, drop_block)
+    slim = graph.slim(keep)
+    x = torch.randn(4, *TINY_INPUT[1:])
+    gates.attach()
+    try:
+        gates.refresh()
+        with torch.no_grad():
+            gated = tiny_model(x)
+    finally:
+        gates.detach()
+    with torch.no_grad():
+        assert torch.allclose(gated, slim(x), atol=1e-5)
+        assert torch.allclose(gated, graph.mask(keep)(x), atol=1e-5)
+    if drop_block:
+        removed = graph.removed_blocks({g: len(k) for g, k in keep.items()})
+        assert len(removed) == 1 and isinstance(slim.get_submodule(removed[0].name), nn.Identity)
+
+
+def test_removed_block_equals_zeroed_branch(tiny_model: nn.Module) -> None:
+    graph = ChannelGraph.build(tiny_model, TINY_INPUT)
+    x = torch.randn(2, *TINY_INPUT[1:])
+    for block in graph.blocks:
+        zeroed = randomise_bn_(MODELS["resnet" if "blocks" in block.name else "mobilenet"]())
+        zeroed.load_state_dict(tiny_model.state_dict())
+        with torch.no_grad():
+            end = zeroed.get_submodule(block.branch_end)
+            end.weight.zero_()
+            end.bias.zero_()
+        removed = graph.slim({block.group: []})
+        with torch.no_grad():
+            assert torch.allclose(zeroed(x), removed(x), atol=1e-5)
+        assert block.units and all(u.startswith(block.name + ".") for u in block.units)
+
+
+def test_plan_with_removed_block_replays_on_a_fresh_model() -> None:
+    model = MODELS["resnet"]()
+    graph = ChannelGraph.build(model, TINY_INPUT)
+    block = graph.blocks[-1]
+    highway = next(g for g in graph.groups if g.root == "stem.0")
+    removed, channels = graph.split_keep({block.group: [], highway.id: [0, 3, 5]})
+    plan = PruningPlan("x", TINY_INPUT, tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(k))
+                                              for g, k in channels.items()), tuple(b.name for b in removed))
+    replayed = PruningPlan.from_json(plan.to_json()).apply_(MODELS["resnet"]())
+    slim = graph.slim({block.group: [], highway.id: [0, 3, 5]})
+    assert replayed.state_dict().keys() == slim.state_dict().keys()
+    x = torch.randn(1, *TINY_INPUT[1:])
+    replayed.load_state_dict(slim.state_dict())
+    with torch.no_grad():
+        assert torch.equal(replayed(x), slim(x))
+
+
+def test_version_1_plans_still_load() -> None:
+    plan = PruningPlan("x", TINY_INPUT, (GroupPlan("stem.0", 8, (0, 1)),))
+    text = plan.to_json().replace('"version": 2', '"version": 1').replace('"removed_blocks": [],', "")
+    assert PruningPlan.from_json(text).removed_blocks == ()
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def predictor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    graph = ChannelGraph.build(randomise_bn_(MODELS[request.param]()), TINY_INPUT)
+    path = tmp_path_factory.mktemp("gates") / "g.lut"
+    build_lut(graph, path, get_backend("fake", threads=1), levels=LEVELS, progress=False)
+    lut = Lut.open(path)
+    cal, _ = load_calibration(lut, graph.signature())
+    return Predictor(lut, graph, cal)
+
+
+def test_soft_latency_matches_the_predictor_on_the_grid(predictor: Predictor) -> None:
+    graph = predictor.graph
+    options = graph.options(Grid(LEVELS), blocks=True)
+    soft = SoftLatency(predictor, options)
+    rng = random.Random(0)
+    for _ in range(5):
+        widths = {g: rng.choice([w for w in opts if w > 0]) for g, opts in options.items()}
+        value = soft({g: torch.tensor(float(w)) for g, w in widths.items()})
+        assert float(value) == pytest.approx(predictor.predict(widths), rel=1e-5)
+    block = graph.blocks[0]
+    widths = graph.full_widths()
+    keep = {b.group: torch.tensor(0.0 if b is block else 1.0) for b in graph.blocks}
+    dropped = soft({g: torch.tensor(float(w)) for g, w in widths.items()}, keep)
+    assert float(dropped) == pytest.approx(predictor.predict({**widths, block.group: 0}), rel=1e-5)
+
+
+def test_latency_gradient_reaches_both_sides_of_a_unit(predictor: Predictor) -> None:
+    graph = predictor.graph
+    soft = SoftLatency(predictor, graph.options(Grid(LEVELS)))
+    widths = {g.id: torch.tensor(g.size * 0.6, requires_grad=True) for g in graph.groups}
+    soft(widths).backward()
+    unit = next(u for u in graph.units if u.in_group is not None and u.out_group is not None
+                and u.in_group != u.out_group and not u.depthwise)
+    assert widths[unit.in_group].grad > 0 and widths[unit.out_group].grad > 0
+
+
+def test_latency_loss_lowers_predicted_latency_in_a_few_steps(predictor: Predictor) -> None:
+    graph = predictor.graph
+    options = graph.options(Grid(LEVELS), blocks=True)
+    soft = SoftLatency(predictor, options)
+    gates = Gates(graph, init=3.0)
+    start = float(soft(gates.expected_widths(), gates.block_keep()).detach())
+    penalty = LatencyPenalty(gates, soft, 0.5 * start, GateConfig(gate_lr=0.2))
+    opt = penalty.optimizer()
+    for _ in range(10):
+        term, fields = penalty.loss()
+        opt.zero_grad()
+        term.backward()
+        opt.step()
+    end = float(soft(gates.expected_widths(), gates.block_keep()).detach())
+    assert end < 0.95 * start
+    assert penalty.lam > 1.0 and "E[lat]" in fields  # λ grew while above the budget
+    assert [h["expected_ms"] for h in penalty.history] == sorted(h["expected_ms"] for h in penalty.history)[::-1]
