@@ -1,0 +1,258 @@
+"""Benchmark: accuracy against *measured* latency, per pruning method and budget (issue #4).
+
+    python benchmarks/accuracy_vs_latency.py [--base train|embedded] [--methods gator,halp,...]
+                                             [--budgets 0.3,0.5,0.7] [--epochs 0.5] [--gate-epochs 0.3]
+                                             [--threads 1] [--force] [--report-only]
+
+The model is a CIFAR-style ResNet-20 (32/64/128) on Fashion-MNIST (Debian
+package). ``--base train`` trains it here with the recipe of
+``scripts/train_default.py`` (3 epochs, ~25 min on 2 cores; cached in the
+work directory); ``--base embedded`` takes the shipped weights, which that same
+script produced. Then, on ort-cpu at batch 1:
+
+1. profile the model's LUT (resumable, in ``benchmarks/luts/``);
+2. measure the base ONNX once: budgets are ratios of it, fixed in ms for every run;
+3. prune with every (method, budget), the same fine-tuning epochs for all
+   (gator also trains its gates ``--gate-epochs``; halp and taylor recover
+   0.1 epoch between rounds): one result per pair, saved as soon as it is done
+   — a killed benchmark resumes with the missing pairs;
+4. measure every exported model again, interleaved with the base, fastest of
+   3 passes (a quiet, comparable final measurement);
+5. write ``benchmarks/results/accuracy_vs_latency.json`` and
+   ``benchmarks/results/accuracy_vs_latency.png``, and print the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "accuracy_vs_latency.json"
+PLOT = HERE / "results" / "accuracy_vs_latency.png"
+WORK = HERE / "work" / "accuracy_vs_latency"
+METHODS = ("gator", "halp", "taylor", "uniform-l1", "flops")
+FACTORY = textwrap.dedent('''
+    """The benchmark's base model: ResNet-20 (32/64/128) with the weights trained next to this file."""
+    from pathlib import Path
+
+    import torch
+
+    from latprune.models import ResNetCifar
+
+
+    def make():
+        model = ResNetCifar()
+        model.load_state_dict(torch.load(Path(__file__).with_name("base.pt"), weights_only=True))
+        return model.eval()
+''')
+
+
+def base_spec(how: str, threads: int) -> tuple[str, dict[str, Any]]:
+    """The model spec to prune, training the base first when asked."""
+    import torch
+
+    from latprune._io import atomic_write_json, atomic_write_text, atomic_write_with
+    from latprune.data import fashion_mnist
+    from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar
+    from latprune.train import TrainConfig, evaluate, train
+
+    if how == "embedded":
+        info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
+        return "default", {"source": "embedded weights (scripts/train_default.py)", **info}
+    WORK.mkdir(parents=True, exist_ok=True)
+    weights, meta = WORK / "base.pt", WORK / "base.json"
+    if not (weights.is_file() and meta.is_file()):
+        torch.set_num_threads(threads)
+        data = fashion_mnist()
+        model = ResNetCifar()
+        config = TrainConfig(epochs=3.0, lr=0.1, batch_size=128, seed=0)
+        start = time.time()
+        train(model, data.train, config, desc="train base resnet20")
+        acc = evaluate(model, data.test)
+        atomic_write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
+        atomic_write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc, "epochs": 3.0,
+                                 "lr": 0.1, "batch_size": 128, "train_seconds": round(time.time() - start, 1)})
+    atomic_write_text(WORK / "base_model.py", FACTORY)
+    return f"{WORK / 'base_model.py'}:make", json.loads(meta.read_text())
+
+
+def final_measurements(runs: dict[str, Path], base_onnx: Path, threads: int) -> dict[str, dict[str, float]]:
+    """Every run's model.onnx and the base, interleaved, fastest of 3 passes."""
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.timing import fastest_over_passes
+
+    backend = get_backend("ort-cpu", threads)
+    names = ["base", *runs]
+    paths = [base_onnx, *(runs[n] / "model.onnx" for n in runs)]
+    best = fastest_over_passes(lambda i: backend.measure_artifact(str(paths[i])), len(paths), passes=3)
+    return {n: lat.to_dict() for n, lat in zip(names, best)}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    base = results["base"]
+    markers = dict(zip(METHODS, "o^sDv"))
+    for method in METHODS:
+        pts = sorted((r["final_ms"], 100 * r["accuracy"], r["macs_ratio"], r["final_ms"] / base["final_ms"])
+                     for r in results["runs"].values() if r["method"] == method and "final_ms" in r)
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[method], label=method)
+        bx.scatter([p[2] for p in pts], [p[3] for p in pts], marker=markers[method], label=method)
+    for ratio, ms in results["budgets_ms"].items():
+        ax.axvline(ms, color="grey", lw=0.8, ls="--")
+        ax.text(ms, ax.get_ylim()[0], f" {ratio}x", color="grey", fontsize=8, va="bottom")
+    ax.axhline(100 * base["accuracy"], color="black", lw=0.8, ls=":", label="base")
+    ax.set_xlabel("measured latency, ort-cpu batch 1 (ms)")
+    ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+    ax.set_title("accuracy vs measured latency (dashed: budgets)")
+    ax.legend(fontsize=8)
+    bx.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    bx.set_xlabel("MACs kept (fraction of base)")
+    bx.set_ylabel("measured latency (fraction of base)")
+    bx.set_title("FLOPs vs latency")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: dict[str, Any]) -> str:
+    base = results["base"]
+    lines = [f"base: {base['final_ms']:.3f} ms measured, accuracy {100 * base['accuracy']:.2f}%, "
+             f"{base['macs'] / 1e6:.1f} M MACs, {base['params'] / 1e6:.3f} M params",
+             f"{'method':<11} {'budget':>6} {'budget ms':>9} {'measured':>9} {'predicted':>9} {'held':>4} "
+             f"{'acc %':>6} {'params M':>8} {'MACs M':>7} {'MACs kept':>9} {'lat kept':>8} {'blocks':>6} {'time s':>6}"]
+    for key in sorted(results["runs"], key=lambda k: (results["runs"][k]["budget_ratio"],
+                                                     METHODS.index(results["runs"][k]["method"]))):
+        r = results["runs"][key]
+        if "error" in r:
+            lines.append(f"{r['method']:<11} {r['budget_ratio']:>5}x {r['budget_ms']:>9.3f}  failed: {r['error']}")
+            continue
+        predicted = f"{r['predicted_ms']:.3f}" if r.get("predicted_ms") is not None else "—"
+        lines.append(
+            f"{r['method']:<11} {r['budget_ratio']:>5}x {r['budget_ms']:>9.3f} {r.get('final_ms', float('nan')):>9.3f} "
+            f"{predicted:>9} {'yes' if r.get('held') else 'NO':>4} {100 * r['accuracy']:>6.2f} "
+            f"{r['params'] / 1e6:>8.3f} {r['macs'] / 1e6:>7.1f} {r['macs_ratio']:>9.2f} "
+            f"{r.get('final_ms', float('nan')) / base['final_ms']:>8.2f} {len(r['removed_blocks']):>6} "
+            f"{r['seconds']:>6.0f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", choices=["train", "embedded"], default="train")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--budgets", default="0.3,0.5,0.7")
+    parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")
+    parser.add_argument("--gate-epochs", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (latency); training uses 2")
+    parser.add_argument("--force", action="store_true", help="forget earlier results and start again")
+    parser.add_argument("--report-only", action="store_true", help="re-measure, plot and print; prune nothing")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (the PNG goes beside it)")
+    args = parser.parse_args()
+    results_path, plot_path = args.results, args.results.with_suffix(".png")
+
+    import torch
+
+    from latprune._io import atomic_write_json
+    from latprune.exporters.onnx import export_onnx
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.profile import build_lut
+    from latprune.models import load_model
+    from latprune.pruner.graph import ChannelGraph
+    from latprune.pruner.loop import PruneConfig, prune
+    from latprune.stats import params_and_macs
+    from latprune.train import evaluate
+
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() and not args.force else {}
+    settings = {"base": args.base, "epochs": args.epochs, "gate_epochs": args.gate_epochs, "threads": args.threads}
+    if results and results.get("settings") != settings:
+        raise SystemExit(f"{results_path} holds results for other settings {results.get('settings')}; "
+                         "pass --force to start again")
+    WORK.mkdir(parents=True, exist_ok=True)
+    spec_text, base_info = base_spec(args.base, 2)
+    backend = get_backend("ort-cpu", args.threads)
+    spec = load_model(spec_text, "1x1x28x28")
+    lut = HERE / "luts" / f"resnet20-{args.base}-ort-cpu-{args.threads}t.lut"
+    lut.parent.mkdir(exist_ok=True)
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    t = time.time()
+    report = build_lut(graph, lut, backend, 8, 8, spec.name, progress=True)
+    profile_s = time.time() - t
+    base_onnx = WORK / "base.onnx"
+    export_onnx(spec.model, spec.input_shape, base_onnx, threads=args.threads)
+
+    if not results:
+        from latprune.data import fashion_mnist
+
+        params, macs = params_and_macs(spec.model, spec.input_shape)
+        base_ms = final_measurements({}, base_onnx, args.threads)["base"]["median_ms"]
+        results = {"settings": settings, "fingerprint": backend.fingerprint(), "base_info": base_info,
+                   "base": {"budget_reference_ms": base_ms, "accuracy": evaluate(spec.model, fashion_mnist().test),
+                            "params": params, "macs": macs},
+                   "budgets_ms": {}, "runs": {}, "timings_s": {"profile_s": round(profile_s, 1),
+                                                              "lut_keys_measured": report.measured}}
+    ref_ms = results["base"]["budget_reference_ms"]
+    ratios = [float(b) for b in args.budgets.split(",")]
+    for ratio in ratios:
+        results["budgets_ms"][str(ratio)] = round(ratio * ref_ms, 4)
+
+    torch.set_num_threads(2)
+    for ratio in ratios if not args.report_only else []:
+        for method in args.methods.split(","):
+            key = f"{method}@{ratio}x"
+            if key in results["runs"]:
+                print(f"{key}: done earlier, skipped")
+                continue
+            out = WORK / "runs" / f"{method}-{ratio}x"
+            budget_ms = results["budgets_ms"][str(ratio)]
+            print(f"== {key}: budget {budget_ms:.3f} ms", flush=True)
+            start = time.time()
+            try:
+                m = prune(PruneConfig(model=spec_text, lut=str(lut), budget=f"{budget_ms}ms", out=str(out),
+                                      data="fashion-mnist", input="1x1x28x28", threads=args.threads, method=method,
+                                      epochs=args.epochs, gate_epochs=args.gate_epochs, force=True))
+            except Exception as exc:  # a method that cannot reach a budget is a result too
+                results["runs"][key] = {"method": method, "budget_ratio": ratio, "budget_ms": budget_ms,
+                                        "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - start}
+                atomic_write_json(results_path, results)
+                print(f"   failed: {exc}")
+                continue
+            results["runs"][key] = {
+                "method": method, "budget_ratio": ratio, "budget_ms": budget_ms, "out": str(out),
+                "accuracy": m["pruned"]["accuracy"], "predicted_ms": m["pruned"]["predicted_ms"],
+                "prune_measured_ms": m["pruned"]["latency_ms"]["median_ms"], "params": m["pruned"]["params"],
+                "macs": m["pruned"]["macs"], "macs_ratio": m["macs_ratio"],
+                "removed_blocks": m["pruned"]["removed_blocks"], "closed_loop_iterations": len(m["closed_loop"]),
+                "timings_s": m["timings_s"], "seconds": round(time.time() - start, 1),
+            }
+            atomic_write_json(results_path, results)  # each pair lands as soon as it is done
+
+    done = {k: Path(r["out"]) for k, r in results["runs"].items() if "out" in r and Path(r["out"], "model.onnx").is_file()}
+    final = final_measurements(done, base_onnx, args.threads)
+    results["base"]["final_ms"] = final["base"]["median_ms"]
+    results["base"]["final_latency"] = final["base"]
+    for k in done:
+        r = results["runs"][k]
+        r["final_latency"] = final[k]
+        r["final_ms"] = final[k]["median_ms"]
+        r["held"] = r["final_ms"] <= r["budget_ms"]
+    atomic_write_json(results_path, results)
+    plot(results, plot_path)
+    print(table(results))
+    print(f"wrote {results_path} and {plot_path}")
+
+
+if __name__ == "__main__":
+    main()
