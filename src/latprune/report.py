@@ -36,7 +36,8 @@ def prune_rows(m: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name in ("base", "pruned"):
         s = m[name]
-        rows.append([name, _ms(s["latency_ms"]), f"{s['predicted_ms']:.3f}", _acc(s["accuracy"]),
+        predicted = "—" if s.get("predicted_ms") is None else f"{s['predicted_ms']:.3f}"  # off-grid baselines
+        rows.append([name, _ms(s["latency_ms"]), predicted, _acc(s["accuracy"]),
                      f"{s['params'] / 1e6:.3f} M", f"{s['macs'] / 1e6:.1f} M"])
     return rows
 
@@ -53,6 +54,8 @@ def prune_text(m: dict[str, Any]) -> str:
         f"measured speedup {m['speedup_measured']:.2f}x; MACs kept {100 * m['macs_ratio']:.0f}%; "
         f"closed loop: {len(m['closed_loop'])} iteration(s); ONNX parity max abs diff "
         f"{m['pruned']['onnx_parity_max_abs_diff']:.1e}",
+        f"method {m.get('method', 'halp')}; residual blocks removed: "
+        f"{', '.join(m['pruned'].get('removed_blocks') or []) or 'none'}",
     ])
 
 
