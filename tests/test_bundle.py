@@ -1,8 +1,8 @@
 """Deployment bundles (ONNX, AOTInductor) and `latprune run`, on a tiny pruned run directory.
 
-The run directory is written directly (plan.json + model.pt + metrics.json, as
-`latprune prune` writes them), so these tests do not depend on the pruner.
-One AOTInductor compile for the whole file (~20-30 s on a 2-core CPU).
+The run directory (conftest's ``tiny_run``) is written directly, so these tests
+do not depend on the pruner. One AOTInductor compile for the whole file
+(~20-30 s on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ import torch
 
 from latprune.cli import main
 from latprune.exporters.bundle import SCHEMA, SCHEMA_VERSION, load_bundle
-from latprune.pruner.plan import GroupPlan, PruningPlan, load_run_model
-from tests.conftest import TINY_INPUT, randomise_bn_
-
-BUDGET_MS = 50.0        # generous: the tiny model runs in well under a millisecond
-PREDICTED_MS = 0.321
+from latprune.pruner.plan import load_run_model
+from tests.conftest import TINY_INPUT, TINY_RUN_BUDGET_MS as BUDGET_MS, TINY_RUN_PREDICTED_MS as PREDICTED_MS
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> dict:
@@ -44,32 +41,6 @@ def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> s
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
             if p.is_file()}
-
-
-@pytest.fixture(scope="session")
-def tiny_run(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory of the tiny ResNet with every group cut to half its channels."""
-    from latprune.models import load_model
-    from latprune.pruner.graph import ChannelGraph
-
-    run = tmp_path_factory.mktemp("bundle") / "run"
-    run.mkdir()
-    base = load_model(model_file, "x".join(map(str, TINY_INPUT)))
-    graph = ChannelGraph.build(base.model, base.input_shape)
-    groups = tuple(GroupPlan(g.root, g.size, tuple(range(0, g.size, 2))) for g in graph.groups)
-    plan = PruningPlan(model=model_file, input_shape=TINY_INPUT, groups=groups, budget_ms=BUDGET_MS,
-                       predicted_ms=PREDICTED_MS, signature=graph.signature())
-    plan.save(run / "plan.json")
-    slim = randomise_bn_(plan.apply_(load_model(model_file, "1x1x28x28").model))
-    torch.save(slim.state_dict(), run / "model.pt")
-    fingerprint = {"backend": "fake", "threads": 1}
-    (run / "metrics.json").write_text(json.dumps({
-        "lut": str(run.parent / "fake.lut"), "fingerprint": fingerprint,
-        "budget": {"spec": "0.5x", "ms": BUDGET_MS},
-        "pruned": {"predicted_ms": PREDICTED_MS,
-                   "latency_ms": {"median_ms": 0.3, "p10_ms": 0.29, "p90_ms": 0.31, "repeats": 100}},
-    }))
-    return run
 
 
 @pytest.fixture(scope="session")
