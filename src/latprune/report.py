@@ -125,7 +125,8 @@ def bundle_text(r: dict[str, Any]) -> str:
         how += f", opset {exp['opset']}"
     if exp.get("fallback_reason"):
         how += f" (dynamo exporter failed: {exp['fallback_reason'][:120]})"
-    tol = f" (≤ {par['tol']:.0e}: {'passed' if par['passed'] else 'FAILED'})" if par["tol"] is not None else " (reported)"
+    tol = (f" (≤ {par['tol']:.0e}: {'passed' if par['passed'] else 'FAILED'})" if par["tol"] is not None
+           else " (reported, not enforced)")
     lines = [
         f"wrote {r['format']} bundle {r['path']}: {', '.join(r['files'])}, bundle.json, README.md",
         f"export: {how}; input {r['input']['shape']} float32",

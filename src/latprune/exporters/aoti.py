@@ -133,7 +133,7 @@ class AotiRunner:
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        return [o.detach().cpu().numpy() for o in self._outputs(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))]
+        return [o.detach().cpu().numpy() for o in self._outputs(self.prepare(x))]
 
     def prepare(self, x: np.ndarray) -> torch.Tensor:
         """``x`` as a tensor on the package's device, for :meth:`enqueue`."""

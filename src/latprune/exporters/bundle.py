@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from latprune._io import atomic_write_json, atomic_write_text
-from latprune.errors import RunDirError, SpecError
+from latprune.errors import ExportError, RunDirError, SpecError
 from latprune.latency_lut.timing import Latency, TimingConfig
 
 SCHEMA = "latprune-bundle"
@@ -64,7 +64,7 @@ class ExportOptions:
     dynamic_batch: bool = False       # symbolic batch dimension, 1..max_batch
     max_batch: int = 64
     threads: int | None = None        # CPU threads measured with (AOTI: compiled in); None: the run's, else default
-    exporter: str = "auto"            # ONNX exporter (onnx, tensorrt): auto (dynamo, TorchScript fallback) | dynamo | torchscript
+    exporter: str = "auto"            # ONNX exporter: auto (dynamo, else TorchScript) | dynamo | torchscript
     device: str = "cpu"               # aoti: cpu | cuda
     fp16: bool = False                # tensorrt: allow fp16 kernels
     int8: bool = False                # tensorrt: int8, calibrated on `data`
@@ -213,8 +213,6 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
         run.model.to("cpu")
     strict = config.precision == "fp32"
     if strict and not worst <= PARITY_TOL:
-        from latprune.errors import ExportError
-
         raise ExportError(f"the TensorRT engine differs from PyTorch by {worst:.2e} (> {PARITY_TOL:.0e}); "
                           "nothing was written")
     export = {"exporter": f"ONNX ({onnx_report.exporter}, opset {onnx_report.opset}) → TensorRT ONNX parser",
@@ -223,10 +221,13 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
               "optimisation_profile": list(config.dynamic_batch) if config.dynamic_batch else None,
               "calibration": {"data": options.data, "batches": len(calibration or [])} if options.int8 else None,
               "size_bytes": len(engine)}
-    files = ("model.engine", "model.onnx") + (("calibration.cache",) if (staging / "calibration.cache").exists() else ())
+    files = ("model.engine", "model.onnx")
+    if (staging / "calibration.cache").exists():
+        files += ("calibration.cache",)
     reference = "PyTorch eager fp32 (cuda)" + ("" if strict else f"; {config.precision} engine: reported, not enforced")
-    return Built(export, _parity(worst, PARITY_TOL if strict else None, tuple(sorted({int(x.shape[0]) for x in inputs})),
-                                 reference), onnx_report.input_shape, onnx_report.output_shape, files)
+    batches = tuple(sorted({int(x.shape[0]) for x in inputs}))
+    return Built(export, _parity(worst, PARITY_TOL if strict else None, batches, reference),
+                 onnx_report.input_shape, onnx_report.output_shape, files)
 
 
 def _open_tensorrt(bundle_dir: Path, meta: dict[str, Any], threads: int) -> Runner:
@@ -457,6 +458,9 @@ def readme_text(meta: dict[str, Any]) -> str:
                                      device=meta["export"].get("device", "cuda"))
     files = "\n".join(f"- `{name}` ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…)"
                       for name, entry in meta["files"].items())
+    dynamic = f" (dynamic batch, 1..{inp['max_batch']})" if inp["dynamic_batch"] else ""
+    measured = (f"{lat['median_ms']:.3f} ms median (p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}, "
+                f"{lat['repeats']} runs, {meta['measured']['threads']} thread(s))")
     budget_line = ("no budget recorded" if budget is None else
                    f"{budget:.3f} ms ({meta['budget']['spec'] or 'absolute'}): "
                    f"{'held' if held else 'MISSED'} on the machine below")
@@ -467,11 +471,11 @@ Pruned with `{meta['source']['method']}` from `{meta['source']['run_dir']}`; run
 {files}
 - `bundle.json`: input spec, budget, LUT prediction, measured latency, device fingerprint, versions, parity
 
-Input `{inp['name']}`: float32, shape {inp['shape']}{' (dynamic batch, 1..' + str(inp['max_batch']) + ')' if inp['dynamic_batch'] else ''}.
+Input `{inp['name']}`: float32, shape {inp['shape']}{dynamic}.
 
 | | |
 |---|---|
-| measured | {lat['median_ms']:.3f} ms median (p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}, {lat['repeats']} runs, {meta['measured']['threads']} thread(s)) |
+| measured | {measured} |
 | LUT prediction | {_fmt_ms(meta['prediction']['predicted_ms'])} |
 | budget | {budget_line} |
 | parity | {parity_line} |
@@ -558,7 +562,8 @@ def load_bundle(path: str | Path) -> Bundle:
     if meta["format"] not in FORMATS:
         raise RunDirError(f"{file} names format {meta['format']!r}, which this latprune does not know "
                           f"(known: {', '.join(sorted(FORMATS))}); {damaged}")
-    if meta["input"]["dtype"] != "float32" or not all(isinstance(d, int) and d > 0 for d in meta["input"]["nominal_shape"]):
+    nominal = meta["input"]["nominal_shape"]
+    if meta["input"]["dtype"] != "float32" or not nominal or not all(isinstance(d, int) and d > 0 for d in nominal):
         raise RunDirError(f"{file}: input spec {meta['input']} is malformed; {damaged}")
     if meta["artifact"] not in meta["files"]:
         raise RunDirError(f"{file} does not list its artifact {meta['artifact']!r} among its files; {damaged}")

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from latprune._io import atomic_write_bytes
-from latprune.errors import ExportError, SpecError
+from latprune.errors import BackendError, ExportError, SpecError
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
 
 OPSET = 17           # TorchScript exporter
@@ -184,8 +184,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     ``exporter``: ``"auto"`` (dynamo, falling back to TorchScript when the dynamo
     exporter fails or its graph fails the checks), ``"dynamo"`` or
     ``"torchscript"`` (the default: the graph the pruner's closed loop measured).
-    ``dynamic_batch`` exports dimension 0 as symbolic, up to ``max_batch``. Parity runs on ``samples`` random inputs (and one
-    more at another batch size when the batch is dynamic). Raises
+    ``dynamic_batch`` exports dimension 0 as symbolic, up to ``max_batch``.
+    Parity runs on ``samples`` random inputs (and one more at another batch
+    size when the batch is dynamic). Raises
     :class:`ExportError`, and writes nothing, when a check fails or the max abs
     diff exceeds ``tol``.
     """
@@ -217,7 +218,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     if exporter == "auto":
         try:
             report, data = attempt("dynamo")
-        except ExportError as exc:
+        except (ExportError, BackendError) as exc:  # export, checks, ONNX Runtime loading, or parity
             report, data = attempt("torchscript")
             report = replace(report, fallback_reason=str(exc))
     else:

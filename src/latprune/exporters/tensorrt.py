@@ -105,7 +105,8 @@ def build_engine(onnx_model: bytes, config: EngineConfig = EngineConfig(),
     """Parse ONNX, build and return the serialised engine. ``calibration``: the
     int8 calibration batches (torch tensors at the engine's input shape)."""
     t = trt()
-    if config.int8 and calibration is None and not (config.calibration_cache and os.path.exists(config.calibration_cache)):
+    cached_scales = bool(config.calibration_cache and os.path.exists(config.calibration_cache))
+    if config.int8 and calibration is None and not cached_scales:
         raise SpecError("an int8 engine needs calibration batches (--data) or an existing calibration cache")
     logger = t.Logger(t.Logger.WARNING)
     builder = t.Builder(logger)
@@ -120,7 +121,8 @@ def build_engine(onnx_model: bytes, config: EngineConfig = EngineConfig(),
         cfg.set_flag(t.BuilderFlag.FP16)
     if not config.tf32:
         cfg.clear_flag(t.BuilderFlag.TF32)
-    cache_bytes = Path(config.timing_cache).read_bytes() if config.timing_cache and os.path.exists(config.timing_cache) else b""
+    has_cache = bool(config.timing_cache and os.path.exists(config.timing_cache))
+    cache_bytes = Path(config.timing_cache).read_bytes() if has_cache else b""  # type: ignore[arg-type]
     cache = cfg.create_timing_cache(cache_bytes)
     cfg.set_timing_cache(cache, ignore_mismatch=False)
     profile = None
@@ -186,7 +188,8 @@ class TrtRunner:
         torch = self._torch
         for name, shape in input_shapes.items():
             self.context.set_input_shape(name, shape)
-            self.inputs[name] = torch.zeros(shape, dtype=self._dtypes[self.engine.get_tensor_dtype(name)], device="cuda")
+            dtype = self._dtypes[self.engine.get_tensor_dtype(name)]
+            self.inputs[name] = torch.zeros(shape, dtype=dtype, device="cuda")
             self.context.set_tensor_address(name, self.inputs[name].data_ptr())
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
