@@ -87,3 +87,38 @@ def fake_lut(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert main(["profile", model_file, "--input", "1x1x28x28", "--backend", "fake", "--threads", "1",
                  "--levels", "4", "-o", str(path), "--json"]) == 0
     return str(path)
+
+
+TINY_RUN_BUDGET_MS = 50.0     # generous: the tiny model runs in well under a millisecond
+TINY_RUN_PREDICTED_MS = 0.321
+
+
+@pytest.fixture(scope="session")
+def tiny_run(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory of the tiny ResNet with every group cut to half its channels,
+    written as `latprune prune` writes one (plan.json, model.pt, metrics.json)
+    without running the pruner."""
+    import json
+
+    from latprune.models import load_model
+    from latprune.pruner.graph import ChannelGraph
+    from latprune.pruner.plan import GroupPlan, PruningPlan
+
+    run = tmp_path_factory.mktemp("tinyrun") / "run"
+    run.mkdir()
+    base = load_model(model_file, "x".join(map(str, TINY_INPUT)))
+    graph = ChannelGraph.build(base.model, base.input_shape)
+    groups = tuple(GroupPlan(g.root, g.size, tuple(range(0, g.size, 2))) for g in graph.groups)
+    plan = PruningPlan(model=model_file, input_shape=TINY_INPUT, groups=groups, budget_ms=TINY_RUN_BUDGET_MS,
+                       predicted_ms=TINY_RUN_PREDICTED_MS, signature=graph.signature())
+    plan.save(run / "plan.json")
+    slim = randomise_bn_(plan.apply_(load_model(model_file, "1x1x28x28").model))
+    torch.save(slim.state_dict(), run / "model.pt")
+    fingerprint = {"backend": "fake", "threads": 1}
+    (run / "metrics.json").write_text(json.dumps({
+        "lut": str(run.parent / "fake.lut"), "fingerprint": fingerprint,
+        "budget": {"spec": "0.5x", "ms": TINY_RUN_BUDGET_MS},
+        "pruned": {"predicted_ms": TINY_RUN_PREDICTED_MS,
+                   "latency_ms": {"median_ms": 0.3, "p10_ms": 0.29, "p90_ms": 0.31, "repeats": 100}},
+    }))
+    return run

@@ -23,6 +23,11 @@ _EXPORTS = {
     "PruningPlan": "latprune.pruner.plan",
     "parse_budget": "latprune.budget",
     "export_onnx": "latprune.exporters.onnx",
+    "export_aoti": "latprune.exporters.aoti",
+    "ExportOptions": "latprune.exporters.bundle",
+    "write_bundle": "latprune.exporters.bundle",
+    "load_bundle": "latprune.exporters.bundle",
+    "run_bundle": "latprune.run",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -67,10 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(p)
     _add_json(p)
 
-    p = sub.add_parser("export", help="export a run directory's model (ONNX), with checks")
+    p = sub.add_parser("export", help="build a deployment bundle (ONNX, AOTInductor, TensorRT) of a run's model")
     p.add_argument("run_dir")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("-o", "--output", default=None, help="output file (default: RUN_DIR/model.onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "aoti", "tensorrt"],
+                   help="onnx (ONNX Runtime, default), aoti (AOTInductor package), tensorrt (engine; needs a GPU)")
+    p.add_argument("-o", "--output", default=None,
+                   help="bundle directory (default: RUN_DIR/bundle-FORMAT); a path ending in .onnx writes that "
+                        "checked ONNX file alone, without a bundle")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension, 1..--max-batch")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch of a dynamic-batch artifact (64)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+                   help="ONNX exporter: auto (dynamo, TorchScript where it fails; default), dynamo, torchscript")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="aoti: compile for cpu (default) or cuda")
+    p.add_argument("--fp16", action="store_true", help="tensorrt: allow fp16 kernels")
+    p.add_argument("--int8", action="store_true", help="tensorrt: int8, calibrated on --data")
+    p.add_argument("--data", default=None, help="tensorrt --int8: calibration data spec (e.g. fashion-mnist)")
+    p.add_argument("--calibration-batches", type=int, default=16, help="tensorrt --int8: batches to calibrate on")
+    p.add_argument("--timing-cache", default=None,
+                   help="tensorrt: timing cache file (default: beside the run's LUT, LUT.trt-timing-cache)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads to measure with (aoti: compiled in); default: the run's, else all (max 8)")
+    _add_json(p)
+
+    p = sub.add_parser("run", help="run a bundle with its runtime on this machine; measured latency vs its budget")
+    p.add_argument("bundle", help="bundle directory from `latprune export`")
+    p.add_argument("--input", default=None, help=".npy file (float32, the bundle's input shape); default: random")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="timed runs after 10 warm-up runs (default: >= 100 runs and >= 0.5 s, as at export)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the bundle's)")
     _add_json(p)
 
     p = sub.add_parser("bench", help="measure an artifact's latency, with the LUT's prediction beside it")
@@ -170,17 +195,47 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from latprune.exporters.bundle import ExportOptions, write_bundle
+    from latprune.report import bundle_text
+
+    options = ExportOptions(
+        format=args.format, dynamic_batch=args.dynamic_batch, max_batch=args.max_batch, threads=args.threads,
+        exporter=args.exporter, device=args.device, fp16=args.fp16, int8=args.int8, data=args.data,
+        calibration_batches=args.calibration_batches, timing_cache=args.timing_cache,
+    )
+    if args.output is not None and args.output.endswith(".onnx"):
+        _export_onnx_file(args, options)
+        return
+    _print(args, write_bundle(args.run_dir, args.output, options, force=args.force), bundle_text)
+
+
+def _export_onnx_file(args: argparse.Namespace, options: object) -> None:
+    """``-o FILE.onnx``: the checked ONNX file alone, as before bundles existed."""
     from dataclasses import asdict
 
+    from latprune.errors import SpecError
     from latprune.exporters.onnx import export_onnx
     from latprune.pruner.plan import load_run_model
 
+    if args.format != "onnx":
+        raise SpecError(f"-o {args.output} names an .onnx file, but --format is {args.format}; "
+                        "give a bundle directory instead")
     run = load_run_model(args.run_dir)
-    target = args.output or str(Path(args.run_dir) / "model.onnx")
-    report = export_onnx(run.model, run.input_shape, target)
+    report = export_onnx(run.model, run.input_shape, args.output, threads=args.threads or 1, exporter=args.exporter,
+                         dynamic_batch=args.dynamic_batch, max_batch=args.max_batch)
     _print(args, asdict(report), lambda r: (
-        f"wrote {r['path']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB); onnx.checker passed; "
-        f"ONNX Runtime vs PyTorch max abs diff {r['max_abs_diff']:.2e}"))
+        f"wrote {r['path']} ({r['exporter']} exporter, opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB); "
+        f"onnx.checker and shape inference passed; ONNX Runtime vs PyTorch max abs diff {r['max_abs_diff']:.2e}"))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from latprune.report import run_text
+    from latprune.run import run_bundle
+
+    result = run_bundle(args.bundle, args.input, args.repeat, args.threads)
+    for line in result["warnings"]:
+        print(f"latprune: warning: {line}", file=sys.stderr)
+    _print(args, result, run_text)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -251,7 +306,7 @@ def _lut_fidelity(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "profile": cmd_profile, "prune": cmd_prune, "export": cmd_export, "bench": cmd_bench,
+    "profile": cmd_profile, "prune": cmd_prune, "export": cmd_export, "run": cmd_run, "bench": cmd_bench,
     "demo": cmd_demo, "lut": cmd_lut,
 }
 

@@ -116,3 +116,52 @@ def lut_text(r: dict[str, Any]) -> str:
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
     return "\n".join(lines)
+
+
+def bundle_text(r: dict[str, Any]) -> str:
+    """`latprune export`: what was written, parity, measured vs budget and prediction."""
+    m, par, fp = r["measured"], r["parity"], r["fingerprint"]
+    lat = m["latency_ms"]
+    exp = r["export"]
+    how = exp.get("exporter", "")
+    if exp.get("opset"):
+        how += f", opset {exp['opset']}"
+    if exp.get("fallback_reason"):
+        how += f" (dynamo exporter failed: {exp['fallback_reason'][:120]})"
+    tol = (f" (≤ {par['tol']:.0e}: {'passed' if par['passed'] else 'FAILED'})" if par["tol"] is not None
+           else " (reported, not enforced)")
+    lines = [
+        f"wrote {r['format']} bundle {r['path']}: {', '.join(r['files'])}, bundle.json, README.md",
+        f"export: {how}; input {r['input']['shape']} float32",
+        f"parity: max abs diff {par['max_abs_diff']:.2e} vs {par['reference']}{tol}",
+        f"measured on {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {m['threads']} "
+        f"thread(s): median {_ms(lat)} ms ({lat['repeats']} runs)",
+    ]
+    pred = r["prediction"].get("predicted_ms")
+    if pred is not None:
+        lines.append(f"LUT prediction {pred:.3f} ms ({100 * (pred - lat['median_ms']) / lat['median_ms']:+.1f}% vs "
+                     "measured)")
+    if r["budget"]["ms"] is not None:
+        lines.append(f"budget {r['budget']['ms']:.3f} ms: {'held' if m['budget_met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def run_text(r: dict[str, Any]) -> str:
+    """`latprune run`: outputs' summary, measured latency next to the bundle's budget."""
+    lat = r["latency_ms"]
+    fp = r["fingerprint"]
+    lines = [f"{r['bundle']} ({r['format']}, {r['model']}) on {r['runtime']}, input {r['input']['shape']} "
+             f"{r['input']['dtype']} from {r['input']['source']}"]
+    for o in r["outputs"]:
+        top = f", top-1 {o['top1']}" if "top1" in o else ""
+        lines.append(f"  {o['name']}: {o['shape']} {o['dtype']}, min {o['min']:.4g}, max {o['max']:.4g}, "
+                     f"mean {o['mean']:.4g}{top}{'' if o['finite'] else ', NOT FINITE'}")
+    lines.append(f"measured here: median {_ms(lat)} ms ({lat['repeats']} runs, {r['threads']} thread(s), "
+                 f"{fp.get('device')})")
+    b = r["bundle_latency_ms"]
+    lines.append(f"at export:     median {_ms(b)} ms" + (f"; LUT prediction {r['predicted_ms']:.3f} ms"
+                                                      if r["predicted_ms"] is not None else ""))
+    if r["budget_ms"] is not None:
+        lines.append(f"budget {r['budget_ms']:.3f} ms: {'held' if r['budget_met'] else 'MISSED'} here"
+                     + (" (on another device than the bundle's: see the warning)" if r["fingerprint_mismatch"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,579 @@
+"""Deployment bundle: the artifact of a run's slimmed model, with what it promises.
+
+A bundle is a directory::
+
+    bundle-onnx/
+      model.onnx     the artifact (model.pt2 for AOTInductor; model.engine + model.onnx for TensorRT)
+      bundle.json    input spec, budget, LUT prediction, measured latency (p10/p90), device
+                     fingerprint, versions, parity error, file checksums
+      README.md      what it is and how to run it, with and without latprune
+
+It is staged beside its destination and renamed into place (every file in it
+written atomically), so it appears complete or not at all; an existing bundle
+is replaced only with ``force``, and never a directory that is not a bundle.
+
+>>> info = write_bundle("runs/demo/run", options=ExportOptions(format="onnx"))  # doctest: +SKIP
+>>> info["parity"]["max_abs_diff"] <= 1e-4, info["measured"]["latency_ms"]["median_ms"] > 0  # doctest: +SKIP
+(True, True)
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from latprune._io import atomic_write_json, atomic_write_text
+from latprune.errors import ExportError, RunDirError, SpecError
+from latprune.latency_lut.timing import Latency, TimingConfig
+
+SCHEMA = "latprune-bundle"
+SCHEMA_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+# How a bundle's latency is measured when it is built (and by `latprune run` without --repeat):
+# as the backends time whole models (warm-up 20, then >= 100 runs and >= 0.5 s).
+BUNDLE_TIMING = TimingConfig(warmup=20, repeats=100, min_time_s=0.5)
+
+
+class Runner(Protocol):
+    """A loaded artifact on its runtime."""
+
+    threads: int
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        """Outputs for one float32 input array."""
+
+    def measure(self, x: np.ndarray, timing: TimingConfig) -> Latency:
+        """Latency of one inference on ``x``."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Device + runtime + settings (the LUT's match fields and more)."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to build a bundle. Options that do not apply to ``format`` are refused."""
+
+    format: str = "onnx"              # onnx | aoti | tensorrt
+    dynamic_batch: bool = False       # symbolic batch dimension, 1..max_batch
+    max_batch: int = 64
+    threads: int | None = None        # CPU threads measured with (AOTI: compiled in); None: the run's, else default
+    exporter: str = "auto"            # ONNX exporter: auto (dynamo, else TorchScript) | dynamo | torchscript
+    device: str = "cpu"               # aoti: cpu | cuda
+    fp16: bool = False                # tensorrt: allow fp16 kernels
+    int8: bool = False                # tensorrt: int8, calibrated on `data`
+    data: str | None = None           # data spec of the int8 calibration batches
+    calibration_batches: int = 16
+    timing_cache: str | None = None   # tensorrt; None: beside the run's LUT (LUT.trt-timing-cache)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise SpecError(f"unknown export format {self.format!r}; known formats: {', '.join(sorted(FORMATS))}")
+        from latprune.exporters.onnx import EXPORTERS
+
+        if self.exporter not in EXPORTERS:
+            raise SpecError(f"unknown ONNX exporter {self.exporter!r}; known: {', '.join(EXPORTERS)}")
+        if self.format != "tensorrt":
+            given = [flag for flag, on in (("--fp16", self.fp16), ("--int8", self.int8), ("--data", self.data),
+                                           ("--timing-cache", self.timing_cache)) if on]
+            if given:
+                raise SpecError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --format tensorrt "
+                                f"only, not {self.format}")
+        if self.int8 and not self.data:
+            raise SpecError("--int8 needs calibration data: pass --data SPEC (e.g. --data fashion-mnist)")
+        if self.format != "aoti" and self.device != "cpu":
+            raise SpecError(f"--device applies to --format aoti only (an {self.format} bundle's device is fixed)")
+        if self.threads is not None and self.threads < 1:
+            raise SpecError(f"--threads must be at least 1, got {self.threads}")
+        if self.max_batch < 1:
+            raise SpecError(f"--max-batch must be at least 1, got {self.max_batch}")
+
+
+@dataclass
+class Built:
+    """What a format's builder returns: export details, parity, and the I/O shapes."""
+
+    export: dict[str, Any]
+    parity: dict[str, Any]
+    input_shape: tuple[Any, ...]
+    output_shape: tuple[Any, ...]
+    files: tuple[str, ...]           # files written into the staging directory
+
+
+@dataclass(frozen=True)
+class Format:
+    """One artifact format: how to build it from a run, and how to load it."""
+
+    name: str
+    artifact: str                                            # file name in the bundle
+    runtime: str                                             # what executes it, for people
+    require: Callable[[dict[str, Any]], None]                # the runtime is here (else MissingDependency/BackendError)
+    build: Callable[[Any, Path, ExportOptions, int, dict[str, Any]], Built]
+    open: Callable[[Path, dict[str, Any], int], Runner]      # (bundle dir, bundle.json, threads) -> runner
+    run_snippet: str                                         # how to run it without latprune (README)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _parity(worst: float | None, tol: float | None, batches: tuple[int, ...], reference: str) -> dict[str, Any]:
+    return {"max_abs_diff": worst, "tol": tol, "passed": None if tol is None or worst is None else worst <= tol,
+            "reference": reference, "inputs": "standard normal, seed 0", "batches": list(batches)}
+
+
+def _require_onnxruntime(_: dict[str, Any]) -> None:
+    from latprune.latency_lut.backends.ort_cpu import _ort
+
+    _ort()
+
+
+def _build_onnx(run: Any, staging: Path, options: ExportOptions, threads: int, context: dict[str, Any]) -> Built:
+    from latprune.exporters.onnx import PARITY_TOL, export_onnx
+
+    r = export_onnx(run.model, run.input_shape, staging / "model.onnx", threads=threads, exporter=options.exporter,
+                    dynamic_batch=options.dynamic_batch, max_batch=options.max_batch)
+    export = {"exporter": r.exporter, "opset": r.opset, "fallback_reason": r.fallback_reason,
+              "onnx_checker": "passed (full_check)", "shape_inference": "passed (strict)", "simplified": False,
+              "size_bytes": r.size_bytes}
+    return Built(export, _parity(r.max_abs_diff, PARITY_TOL, r.parity_batches, "PyTorch eager fp32 (cpu)"),
+                 r.input_shape, r.output_shape, ("model.onnx",))
+
+
+def _open_onnx(bundle_dir: Path, meta: dict[str, Any], threads: int) -> Runner:
+    from latprune.exporters.onnx import OnnxRunner
+
+    return OnnxRunner(bundle_dir / meta["artifact"], threads)
+
+
+def _require_aoti(meta: dict[str, Any]) -> None:
+    from latprune.exporters.aoti import check_device
+
+    check_device(meta.get("export", {}).get("device", "cpu"))
+
+
+def _build_aoti(run: Any, staging: Path, options: ExportOptions, threads: int, context: dict[str, Any]) -> Built:
+    from latprune.exporters.aoti import export_aoti
+    from latprune.exporters.onnx import PARITY_TOL
+
+    r = export_aoti(run.model, run.input_shape, staging / "model.pt2", device=options.device, threads=threads,
+                    dynamic_batch=options.dynamic_batch, max_batch=options.max_batch)
+    export = {"exporter": "torch.export + AOTInductor", "device": r.device, "compiled_threads": r.threads,
+              "compile_s": r.compile_s, "torch_version": r.torch_version, "size_bytes": r.size_bytes}
+    return Built(export, _parity(r.max_abs_diff, PARITY_TOL, r.parity_batches, f"PyTorch eager fp32 ({r.device})"),
+                 r.input_shape, r.output_shape, ("model.pt2",))
+
+
+def _open_aoti(bundle_dir: Path, meta: dict[str, Any], threads: int) -> Runner:
+    from latprune.exporters.aoti import AotiRunner
+
+    export = meta["export"]
+    return AotiRunner(bundle_dir / meta["artifact"], export.get("device", "cpu"),
+                      int(export.get("compiled_threads", threads)))
+
+
+def _require_tensorrt(_: dict[str, Any]) -> None:
+    from latprune.exporters.tensorrt import require_tensorrt
+
+    require_tensorrt()
+
+
+def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: int, context: dict[str, Any]) -> Built:
+    import torch
+
+    from latprune._io import atomic_write_bytes
+    from latprune.exporters.onnx import PARITY_TOL, export_onnx, max_abs_diff, parity_inputs
+    from latprune.exporters.tensorrt import (EngineConfig, TrtArtifactRunner, build_engine, calibration_batches,
+                                             require_tensorrt, trt)
+
+    require_tensorrt()
+    onnx_report = export_onnx(run.model, run.input_shape, staging / "model.onnx", threads=threads,
+                              exporter=options.exporter, dynamic_batch=options.dynamic_batch,
+                              max_batch=options.max_batch)
+    batch = run.input_shape[0]
+    config = EngineConfig(fp16=options.fp16, int8=options.int8, tf32=not (options.fp16 or options.int8),
+                          timing_cache=context.get("timing_cache"),
+                          calibration_cache=str(staging / "calibration.cache") if options.int8 else None,
+                          dynamic_batch=(1, batch, options.max_batch) if options.dynamic_batch else None)
+    calibration = (calibration_batches(options.data, run.input_shape, options.calibration_batches)
+                   if options.int8 and options.data else None)
+    engine = build_engine((staging / "model.onnx").read_bytes(), config, calibration)
+    atomic_write_bytes(staging / "model.engine", engine)
+    runner = TrtArtifactRunner(staging / "model.engine", config.precision)
+    inputs = parity_inputs(run.input_shape, options.dynamic_batch, options.max_batch)
+    model = run.model.to("cuda")
+    try:
+        worst = max_abs_diff(model, lambda x: runner(x)[0], inputs, "cuda")
+    finally:
+        run.model.to("cpu")
+    strict = config.precision == "fp32"
+    if strict and not worst <= PARITY_TOL:
+        raise ExportError(f"the TensorRT engine differs from PyTorch by {worst:.2e} (> {PARITY_TOL:.0e}); "
+                          "nothing was written")
+    export = {"exporter": f"ONNX ({onnx_report.exporter}, opset {onnx_report.opset}) → TensorRT ONNX parser",
+              "precision": config.precision, "tf32": config.tf32, "tensorrt_version": trt().__version__,
+              "gpu": torch.cuda.get_device_name(), "timing_cache": config.timing_cache,
+              "optimisation_profile": list(config.dynamic_batch) if config.dynamic_batch else None,
+              "calibration": {"data": options.data, "batches": len(calibration or [])} if options.int8 else None,
+              "size_bytes": len(engine)}
+    files = ("model.engine", "model.onnx")
+    if (staging / "calibration.cache").exists():
+        files += ("calibration.cache",)
+    reference = "PyTorch eager fp32 (cuda)" + ("" if strict else f"; {config.precision} engine: reported, not enforced")
+    batches = tuple(sorted({int(x.shape[0]) for x in inputs}))
+    return Built(export, _parity(worst, PARITY_TOL if strict else None, batches, reference),
+                 onnx_report.input_shape, onnx_report.output_shape, files)
+
+
+def _open_tensorrt(bundle_dir: Path, meta: dict[str, Any], threads: int) -> Runner:
+    from latprune.exporters.tensorrt import TrtArtifactRunner
+
+    return TrtArtifactRunner(bundle_dir / meta["artifact"], meta["export"].get("precision", "fp32"))
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format(
+        "onnx", "model.onnx", "onnxruntime (CPUExecutionProvider)", _require_onnxruntime, _build_onnx, _open_onnx,
+        "import numpy as np, onnxruntime as ort\n"
+        "opts = ort.SessionOptions(); opts.intra_op_num_threads = {threads}\n"
+        "sess = ort.InferenceSession(\"model.onnx\", opts, providers=[\"CPUExecutionProvider\"])\n"
+        "y = sess.run(None, {{\"input\": np.random.randn({shape}).astype(np.float32)}})[0]"),
+    "aoti": Format(
+        "aoti", "model.pt2", "PyTorch AOTInductor", _require_aoti, _build_aoti, _open_aoti,
+        "import torch\n"
+        "model = torch._inductor.aoti_load_package(\"model.pt2\")\n"
+        "y = model(torch.randn({shape}, device=\"{device}\"))"),
+    "tensorrt": Format(
+        "tensorrt", "model.engine", "TensorRT", _require_tensorrt, _build_tensorrt, _open_tensorrt,
+        "import tensorrt as trt\n"
+        "engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(open(\"model.engine\", \"rb\").read())\n"
+        "# bind CUDA buffers by tensor name, then context.execute_async_v3(stream)"),
+}
+
+
+def get_format(name: str) -> Format:
+    """The format registered as ``name``; unknown names list the known ones."""
+    if name not in FORMATS:
+        raise SpecError(f"unknown export format {name!r}; known formats: {', '.join(sorted(FORMATS))}")
+    return FORMATS[name]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def default_bundle_dir(run_dir: str | Path, fmt: str) -> Path:
+    """Where ``latprune export RUN_DIR --format FMT`` puts its bundle without ``-o``."""
+    return Path(run_dir) / f"bundle-{fmt}"
+
+
+def _check_target(out: Path, run_dir: Path, force: bool) -> None:
+    if out.resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
+        raise RunDirError(f"the bundle directory {out} would replace the run directory {run_dir}; choose another -o")
+    if not out.exists():
+        return
+    if not force:
+        raise RunDirError(f"{out} already exists; choose another -o or pass --force to replace the bundle")
+    if not out.is_dir() or not (out / BUNDLE_FILE).is_file():
+        raise RunDirError(f"{out} is not a latprune bundle (no {BUNDLE_FILE}); --force will not replace it")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}); {what}") from None
+    if not isinstance(raw, dict):
+        raise RunDirError(f"{path} must hold a JSON object; {what}")
+    return raw
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from latprune import __version__
+
+    out = {"latprune": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__}
+    for package in ("onnx", "onnxruntime") + (("tensorrt",) if fmt == "tensorrt" else ()):
+        try:
+            out[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _default_threads(metrics: dict[str, Any] | None) -> int:
+    """The thread count the run was measured with (so the budget compares like with like), else the default."""
+    from latprune.latency_lut.backends import default_threads
+
+    threads = ((metrics or {}).get("fingerprint") or {}).get("threads")
+    return int(threads) if isinstance(threads, int) and threads >= 1 else default_threads()
+
+
+def _timing_cache(options: ExportOptions, metrics: dict[str, Any] | None) -> str | None:
+    if options.timing_cache:
+        return options.timing_cache
+    lut = (metrics or {}).get("lut")
+    if isinstance(lut, str) and Path(lut).parent.is_dir():
+        return f"{lut}.trt-timing-cache"
+    return None
+
+
+def write_bundle(run_dir: str | Path, out: str | Path | None = None, options: ExportOptions = ExportOptions(),
+                 force: bool = False) -> dict[str, Any]:
+    """Export the run's slimmed model in ``options.format``, check parity, measure
+    it on this machine, and write the bundle directory ``out`` (default
+    ``RUN_DIR/bundle-FORMAT``). Returns the contents of ``bundle.json`` plus
+    ``"path"``. Raises before writing anything when ``out`` exists (without
+    ``force``), the runtime is missing, or a check fails."""
+    from latprune.pruner.plan import load_run_model
+
+    fmt = get_format(options.format)
+    run_path = Path(run_dir)
+    if not run_path.is_dir():
+        raise RunDirError(f"{run_path} is not a directory; pass a run directory written by `latprune prune`")
+    target = Path(out) if out is not None else default_bundle_dir(run_path, fmt.name)
+    _check_target(target, run_path, force)
+    fmt.require({"export": {"device": options.device}})
+    metrics = _read_json(run_path / "metrics.json", "the run directory is damaged, prune again")
+    run = load_run_model(run_path)
+    threads = options.threads or _default_threads(metrics)
+    context = {"timing_cache": _timing_cache(options, metrics) if fmt.name == "tensorrt" else None}
+
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        built = fmt.build(run, staging, options, threads, context)
+        runner = fmt.open(staging, {"artifact": fmt.artifact, "export": built.export}, threads)
+        x = nominal_input(run.input_shape)
+        latency = runner.measure(x, BUNDLE_TIMING)
+        meta = _bundle_json(fmt, run, run_path, metrics, options, built, latency, runner, staging)
+        atomic_write_json(staging / BUNDLE_FILE, meta)
+        atomic_write_text(staging / "README.md", readme_text(meta))
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {**meta, "path": str(target)}
+
+
+def nominal_input(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """The input a bundle is timed on when none is given: standard normal, float32."""
+    return np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
+
+
+def _bundle_json(fmt: Format, run: Any, run_path: Path, metrics: dict[str, Any] | None, options: ExportOptions,
+                 built: Built, latency: Latency, runner: Runner, staging: Path) -> dict[str, Any]:
+    m = metrics or {}
+    plan = run.plan
+    budget_ms = (m.get("budget") or {}).get("ms", plan.budget_ms)
+    pruned = m.get("pruned") or {}
+    run_fp = m.get("fingerprint") or {}
+    lat = latency.to_dict()
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "format": fmt.name,
+        "artifact": fmt.artifact,
+        "files": {name: _file_entry(staging / name) for name in built.files},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"run_dir": str(run_path.resolve()), "model": plan.model, "method": plan.method,
+                   "plan_signature": plan.signature},
+        "input": {"name": "input", "shape": list(built.input_shape), "nominal_shape": list(run.input_shape),
+                  "dtype": "float32", "layout": "NCHW" if len(run.input_shape) == 4 else None,
+                  "dynamic_batch": options.dynamic_batch,
+                  "max_batch": options.max_batch if options.dynamic_batch else None},
+        "outputs": [{"name": "output", "shape": list(built.output_shape), "dtype": "float32"}],
+        "budget": {"ms": budget_ms, "spec": (m.get("budget") or {}).get("spec")},
+        "prediction": {"predicted_ms": pruned.get("predicted_ms", plan.predicted_ms), "lut": m.get("lut"),
+                       "prune_measured_ms": (pruned.get("latency_ms") or {}).get("median_ms"),
+                       "prune_fingerprint": run_fp or None},
+        "measured": {"latency_ms": lat, "threads": runner.threads, "runtime": fmt.runtime,
+                     "input_shape": list(run.input_shape),
+                     "timing": {"warmup": BUNDLE_TIMING.warmup, "min_repeats": BUNDLE_TIMING.repeats,
+                                "min_time_s": BUNDLE_TIMING.min_time_s},
+                     "budget_met": None if budget_ms is None else lat["median_ms"] <= budget_ms},
+        "fingerprint": runner.fingerprint(),
+        "parity": built.parity,
+        "export": built.export,
+        "versions": _versions(fmt.name),
+    }
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished staging directory to ``target``; a replaced bundle is
+    moved aside first and deleted only once the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            old.rename(target)
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def readme_text(meta: dict[str, Any]) -> str:
+    """The bundle's README.md: what it holds, what it promises, how to run it."""
+    fmt = get_format(meta["format"])
+    lat = meta["measured"]["latency_ms"]
+    fp = meta["fingerprint"]
+    inp = meta["input"]
+    shape = ", ".join(str(d) for d in inp["nominal_shape"])
+    budget = meta["budget"]["ms"]
+    held = meta["measured"]["budget_met"]
+    parity = meta["parity"]
+    parity_line = (f"{parity['max_abs_diff']:.2e} max abs diff vs {parity['reference']}"
+                   + (f" (tolerance {parity['tol']:.0e})" if parity["tol"] is not None else ""))
+    snippet = fmt.run_snippet.format(threads=meta["measured"]["threads"], shape=shape,
+                                     device=meta["export"].get("device", "cuda"))
+    files = "\n".join(f"- `{name}` ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…)"
+                      for name, entry in meta["files"].items())
+    dynamic = f" (dynamic batch, 1..{inp['max_batch']})" if inp["dynamic_batch"] else ""
+    measured = (f"{lat['median_ms']:.3f} ms median (p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}, "
+                f"{lat['repeats']} runs, {meta['measured']['threads']} thread(s))")
+    budget_line = ("no budget recorded" if budget is None else
+                   f"{budget:.3f} ms ({meta['budget']['spec'] or 'absolute'}): "
+                   f"{'held' if held else 'MISSED'} on the machine below")
+    return f"""# {meta['source']['model']} — {fmt.name} bundle (latprune)
+
+Pruned with `{meta['source']['method']}` from `{meta['source']['run_dir']}`; runs on {fmt.runtime}.
+
+{files}
+- `bundle.json`: input spec, budget, LUT prediction, measured latency, device fingerprint, versions, parity
+
+Input `{inp['name']}`: float32, shape {inp['shape']}{dynamic}.
+
+| | |
+|---|---|
+| measured | {measured} |
+| LUT prediction | {_fmt_ms(meta['prediction']['predicted_ms'])} |
+| budget | {budget_line} |
+| parity | {parity_line} |
+| device | {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('backend')} |
+
+Measure it again, on this or another machine (warns when the device differs):
+
+    latprune run THIS_DIRECTORY [--input x.npy] [--repeat N] [--json]
+
+Without latprune:
+
+```python
+{snippet}
+```
+"""
+
+
+def _fmt_ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f} ms"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle directory: ``meta`` is its bundle.json."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def format(self) -> Format:
+        return get_format(self.meta["format"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape the bundle was built and timed at."""
+        return tuple(int(d) for d in self.meta["input"]["nominal_shape"])
+
+
+# key -> type(s) of every required field; nested dicts are checked one level down.
+_REQUIRED: dict[str, Any] = {
+    "schema": str, "schema_version": int, "format": str, "artifact": str, "files": dict, "created": str,
+    "source": dict, "input": dict, "outputs": list, "budget": dict, "prediction": dict, "measured": dict,
+    "fingerprint": dict, "parity": dict, "export": dict, "versions": dict,
+}
+_NESTED: dict[str, dict[str, Any]] = {
+    "input": {"name": str, "shape": list, "nominal_shape": list, "dtype": str, "dynamic_batch": bool},
+    "measured": {"latency_ms": dict, "threads": int},
+    "parity": {"max_abs_diff": (float, int, type(None))},
+    "budget": {"ms": (float, int, type(None))},
+}
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle directory: bundle.json's schema, and every listed
+    file present with its recorded size and sha256. Raises :class:`RunDirError`
+    saying what is wrong and what to do."""
+    root = Path(path)
+    if not root.is_dir():
+        raise RunDirError(f"{root} is not a bundle directory; create one with `latprune export RUN_DIR`")
+    file = root / BUNDLE_FILE
+    if not file.is_file():
+        raise RunDirError(f"{file} is missing; {root} is not a latprune bundle (create one with `latprune export`)")
+    meta = _read_json(file, "the bundle is damaged; export it again with `latprune export RUN_DIR --force`") or {}
+    damaged = "the bundle is damaged or from another version; export it again with `latprune export RUN_DIR --force`"
+    if meta.get("schema") != SCHEMA:
+        raise RunDirError(f"{file} is not a latprune bundle description (schema {meta.get('schema')!r}); {damaged}")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise RunDirError(f"{file} has bundle schema version {meta.get('schema_version')!r}; this latprune reads "
+                          f"version {SCHEMA_VERSION}: {damaged}")
+    unknown = set(meta) - set(_REQUIRED)
+    if unknown:
+        raise RunDirError(f"{file} has unknown keys {sorted(unknown)}; {damaged}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(meta.get(key), kind):
+            raise RunDirError(f"{file}: field {key!r} is missing or not a {kind.__name__}; {damaged}")
+    for key, spec in _NESTED.items():
+        for sub, kind in spec.items():
+            value = meta[key].get(sub, ...)
+            if value is ... or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise RunDirError(f"{file}: field {key}.{sub} is missing or malformed; {damaged}")
+    if meta["format"] not in FORMATS:
+        raise RunDirError(f"{file} names format {meta['format']!r}, which this latprune does not know "
+                          f"(known: {', '.join(sorted(FORMATS))}); {damaged}")
+    nominal = meta["input"]["nominal_shape"]
+    if meta["input"]["dtype"] != "float32" or not nominal or not all(isinstance(d, int) and d > 0 for d in nominal):
+        raise RunDirError(f"{file}: input spec {meta['input']} is malformed; {damaged}")
+    if meta["artifact"] not in meta["files"]:
+        raise RunDirError(f"{file} does not list its artifact {meta['artifact']!r} among its files; {damaged}")
+    for name, entry in meta["files"].items():
+        f = root / name
+        if Path(name).name != name:
+            raise RunDirError(f"{file} lists a file outside the bundle ({name!r}); {damaged}")
+        if not f.is_file():
+            raise RunDirError(f"{f} is missing from the bundle; {damaged}")
+        if not isinstance(entry, dict) or f.stat().st_size != entry.get("bytes") or _sha256(f) != entry.get("sha256"):
+            raise RunDirError(f"{f} does not match the size and sha256 recorded in {BUNDLE_FILE} "
+                              f"(corrupted or replaced); {damaged}")
+    return Bundle(root, meta)
