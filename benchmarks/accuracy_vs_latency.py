@@ -149,6 +149,29 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The BENCHMARKS.md table."""
+    base = results["base"]
+    rows = ["| budget | method | measured ms (p10–p90) | held | LUT predicted ms | test acc | params | MACs "
+            "| MACs kept | latency kept | blocks removed | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(results["runs"], key=lambda k: (results["runs"][k]["budget_ratio"],
+                                                     METHODS.index(results["runs"][k]["method"]))):
+        r = results["runs"][key]
+        head = f"| {r['budget_ratio']}x = {r['budget_ms']:.3f} ms | {r['method']} "
+        if "error" in r:
+            rows.append(head + f"| failed: {r['error']} |" + " |" * 9)
+            continue
+        lat = r["final_latency"]
+        predicted = f"{r['predicted_ms']:.3f}" if r.get("predicted_ms") is not None else "— (off the LUT grid)"
+        rows.append(head + f"| {lat['median_ms']:.3f} ({lat['p10_ms']:.3f}–{lat['p90_ms']:.3f}) "
+                    f"| {'yes' if r['held'] else '**no**'} | {predicted} | {100 * r['accuracy']:.2f}% "
+                    f"| {r['params'] / 1e6:.3f} M | {r['macs'] / 1e6:.1f} M | {r['macs_ratio']:.2f} "
+                    f"| {r['final_ms'] / base['final_ms']:.2f} | {', '.join(r['removed_blocks']) or '—'} "
+                    f"| {r['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
@@ -159,6 +182,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (latency); training uses 2")
     parser.add_argument("--force", action="store_true", help="forget earlier results and start again")
     parser.add_argument("--report-only", action="store_true", help="re-measure, plot and print; prune nothing")
+    parser.add_argument("--markdown", action="store_true", help="also print the BENCHMARKS.md table")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (the PNG goes beside it)")
     args = parser.parse_args()
     results_path, plot_path = args.results, args.results.with_suffix(".png")
@@ -251,6 +275,8 @@ def main() -> None:
     atomic_write_json(results_path, results)
     plot(results, plot_path)
     print(table(results))
+    if args.markdown:
+        print(markdown(results))
     print(f"wrote {results_path} and {plot_path}")
 
 

@@ -75,6 +75,18 @@ def test_fidelity_of_an_exact_device_is_perfect(tmp_path: Path) -> None:
     assert len(report.points) == 6
 
 
+def test_fidelity_samples_block_removals_and_predicts_them(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    build_lut(graph, tmp_path / "f.lut", backend, levels=4, progress=False, passes=1)
+    with Lut.open(tmp_path / "f.lut") as lut:
+        report = fidelity(graph, lut, backend, samples=16, progress=False, blocks=True)
+    removed = [p for p in report.points if p["removed_blocks"]]
+    assert removed, "low keep levels draw a block's removal"
+    # the exact device agrees with the LUT on configurations without the removed blocks' units
+    assert all(p["predicted_ms"] == pytest.approx(p["measured_ms"], rel=1e-6) for p in removed)
+
+
 def test_fidelity_needs_a_calibrated_lut(tmp_path: Path) -> None:
     graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
     backend = get_backend("fake", threads=1)

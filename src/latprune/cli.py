@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=int, default=50)
     q.add_argument("--seed", type=int, default=1234)
     q.add_argument("--plot", default=None, help="write a PNG scatter of predicted vs measured")
+    q.add_argument("--blocks", action="store_true", help="let configurations remove whole residual blocks")
     _add_backend(q)
     _add_json(q)
     return parser
@@ -297,7 +298,8 @@ def _lut_fidelity(args: argparse.Namespace) -> None:
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(args.lut, backend, writable=False) as lut:
-        result = fidelity(graph, lut, backend, args.samples, spec.name, args.seed, progress=not args.json).to_dict()
+        result = fidelity(graph, lut, backend, args.samples, spec.name, args.seed, progress=not args.json,
+                          blocks=args.blocks).to_dict()
     if args.plot:
         from latprune.latency_lut.plots import plot_fidelity
 

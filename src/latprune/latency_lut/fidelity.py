@@ -78,7 +78,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, model_name: str = "model",
-             seed: int = 1234, progress: bool = True) -> FidelityReport:
+             seed: int = 1234, progress: bool = True, blocks: bool = False) -> FidelityReport:
+    """Predicted vs measured latency of ``samples`` random width configurations
+    (with ``blocks``, a removable block's narrowest option is its removal)."""
     if samples < 2:
         raise LutError(f"--samples must be at least 2, got {samples}")
     stored = load_calibration(lut, graph.signature())
@@ -93,7 +95,7 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
                        f"`latprune profile {model_name} -o {lut.path}` adds them")
     start = time.time()
     full = graph.full_widths()
-    configs = [full] + random_configs(graph.options(grid), samples, seed)
+    configs = [full] + random_configs(graph.options(grid, blocks=blocks), samples, seed)
     measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
     drift = measured[0].median_ms / predictor.predict(full)
     points = []
@@ -101,7 +103,8 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         predicted = predictor.predict(widths)
         points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift,
                        "measured_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
-                       "widths": [widths[g] for g in sorted(widths)]})
+                       "widths": [widths[g] for g in sorted(widths)],
+                       "removed_blocks": [b.name for b in graph.removed_blocks(widths)]})
     measured_ms = [p["measured_ms"] for p in points]
     return FidelityReport(
         model_name, str(lut.path), samples,
