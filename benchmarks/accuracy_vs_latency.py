@@ -59,7 +59,7 @@ def base_spec(how: str, threads: int) -> tuple[str, dict[str, Any]]:
     from latprune._io import atomic_write_json, atomic_write_text, atomic_write_with
     from latprune.data import fashion_mnist
     from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar
-    from latprune.train import TrainConfig, evaluate, train
+    from latprune.train import EMBEDDED_RECIPE, evaluate, train
 
     if how == "embedded":
         info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
@@ -70,13 +70,14 @@ def base_spec(how: str, threads: int) -> tuple[str, dict[str, Any]]:
         torch.set_num_threads(threads)
         data = fashion_mnist()
         model = ResNetCifar()
-        config = TrainConfig(epochs=3.0, lr=0.1, batch_size=128, seed=0)
+        config = EMBEDDED_RECIPE
         start = time.time()
         train(model, data.train, config, desc="train base resnet20")
         acc = evaluate(model, data.test)
         atomic_write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
-        atomic_write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc, "epochs": 3.0,
-                                 "lr": 0.1, "batch_size": 128, "train_seconds": round(time.time() - start, 1)})
+        atomic_write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc,
+                                 "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+                                 "train_seconds": round(time.time() - start, 1)})
     atomic_write_text(WORK / "base_model.py", FACTORY)
     return f"{WORK / 'base_model.py'}:make", json.loads(meta.read_text())
 

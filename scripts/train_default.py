@@ -10,27 +10,27 @@ time taken). Needs the Debian package dataset-fashion-mnist.
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from dataclasses import replace
 
 import torch
 
 from latprune._io import atomic_write_json, atomic_write_with
 from latprune.data import fashion_mnist
 from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar
-from latprune.train import TrainConfig, evaluate, train
+from latprune.train import EMBEDDED_RECIPE, evaluate, train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--epochs", type=float, default=EMBEDDED_RECIPE.epochs)
+    parser.add_argument("--lr", type=float, default=EMBEDDED_RECIPE.lr)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = fashion_mnist()
     model = ResNetCifar()
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=128, seed=0)
+    config = replace(EMBEDDED_RECIPE, epochs=args.epochs, lr=args.lr)
     start = time.time()
     train(model, data.train, config, desc="train resnet20-fmnist")
     acc = evaluate(model, data.test)
@@ -39,7 +39,7 @@ def main() -> None:
     atomic_write_json(EMBEDDED_WEIGHTS.with_suffix(".json"), {
         "model": "latprune:resnet20-fmnist", "widths": [32, 64, 128], "blocks_per_stage": 3,
         "input": [1, 1, 28, 28], "test_accuracy": round(acc, 4), "epochs": args.epochs,
-        "lr": args.lr, "batch_size": 128, "train_seconds": round(elapsed, 1),
+        "lr": args.lr, "batch_size": config.batch_size, "train_seconds": round(elapsed, 1),
         "torch": torch.__version__, "threads": args.threads,
     })
     print(f"test accuracy {acc:.4f} after {elapsed:.0f} s")

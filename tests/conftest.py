@@ -45,6 +45,20 @@ def tiny_mobilenet() -> nn.Module:
 MODELS = {"resnet": tiny_resnet, "mobilenet": tiny_mobilenet}
 
 
+def cli_fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> str:
+    """Run the CLI on ``argv``; it must exit 2 with exactly one ``latprune: error:`` line
+    containing ``match`` and no traceback. Returns that line."""
+    from latprune.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("latprune: error:")]
+    assert len(lines) == 1, err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
 def randomise_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics, so that equalities are not satisfied by accident."""
     gen = torch.Generator().manual_seed(seed)

@@ -21,21 +21,11 @@ import torch
 from latprune.cli import main
 from latprune.exporters.bundle import SCHEMA, SCHEMA_VERSION, load_bundle
 from latprune.pruner.plan import load_run_model
-from tests.conftest import TINY_INPUT, TINY_RUN_BUDGET_MS as BUDGET_MS, TINY_RUN_PREDICTED_MS as PREDICTED_MS
+from tests.conftest import TINY_INPUT, cli_fails as _fails, TINY_RUN_BUDGET_MS as BUDGET_MS, TINY_RUN_PREDICTED_MS as PREDICTED_MS
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out)
-
-
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("latprune: error:")]
-    assert len(lines) == 1, err
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:

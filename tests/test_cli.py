@@ -9,18 +9,9 @@ from pathlib import Path
 import pytest
 
 from latprune.cli import main
+from tests.conftest import cli_fails as _fails
 
 FAKE = ["--backend", "fake", "--threads", "1"]
-
-
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("latprune: error:")]
-    assert len(lines) == 1, err
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 def test_unknown_model_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -42,6 +42,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+# How the embedded ResNet-20 was trained (scripts/train_default.py), and the base model that
+# benchmarks/accuracy_vs_latency.py trains with --base train.
+EMBEDDED_RECIPE = TrainConfig(epochs=3.0, lr=0.1, batch_size=128, seed=0)
+
+
 class Penalty(Protocol):
     """An extra loss trained with the model (e.g. the gates' latency loss):
     its own optimizer, a call before every forward, and the loss term with

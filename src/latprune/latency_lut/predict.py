@@ -51,8 +51,11 @@ class Predictor:
 
     def unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
         """Raw latency of ``unit`` at ``widths`` (0 when a removed block takes it away)."""
-        if 0 in widths.values() and unit.name in self.graph.removed_units(widths):
+        if unit.name in self.graph.removed_units(widths):
             return 0.0
+        return self._kept_unit_ms(unit, widths)
+
+    def _kept_unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
         cin = widths.get(unit.in_group, unit.base.cin) if unit.in_group is not None else unit.base.cin
         cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
         memo = (unit.name, cin, cout)  # cheap key: the solver asks for the same units many times
@@ -75,7 +78,8 @@ class Predictor:
 
     def raw(self, widths: dict[int, int]) -> float:
         """Σ unit latencies (ms), uncorrected."""
-        return sum(self.unit_ms(u, widths) for u in self.graph.units)
+        removed = self.graph.removed_units(widths)  # once per prediction, not per unit
+        return sum(self._kept_unit_ms(u, widths) for u in self.graph.units if u.name not in removed)
 
     def predict(self, widths: dict[int, int]) -> float:
         """Calibrated end-to-end prediction (ms)."""

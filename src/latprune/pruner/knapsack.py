@@ -133,21 +133,24 @@ def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
         if new == current:
             break
         current = new
-    current = _descend(predictor, options, values, current, budget_ms)
-    current = _fill(predictor, options, values, current, budget_ms)
-    return Solution(current, predictor.predict(current), _value(values, options, current), iterations)
+    current = descend(predictor, options, values, current, budget_ms)
+    current = fill(predictor, options, values, current, budget_ms)
+    return Solution(current, predictor.predict(current), kept_value(values, options, current), iterations)
 
 
-def _value(values: dict[int, list[float]], options: dict[int, list[int]], widths: dict[int, int]) -> float:
+def kept_value(values: dict[int, list[float]], options: dict[int, list[int]], widths: dict[int, int]) -> float:
     return sum(values[g][options[g].index(w)] for g, w in widths.items())
 
 
-def _descend(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
-             widths: dict[int, int], budget_ms: float) -> dict[int, int]:
-    """Narrow one group at a time (least importance lost per ms saved) until the budget holds."""
+def descend(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
+            widths: dict[int, int], budget_ms: float, max_steps: int | None = None) -> dict[int, int]:
+    """Narrow one group at a time (least importance lost per ms saved) until the budget
+    holds, or for at most ``max_steps`` steps."""
     widths = dict(widths)
     now = predictor.predict(widths)
-    while now > budget_ms:
+    steps = 0
+    while now > budget_ms and (max_steps is None or steps < max_steps):
+        steps += 1
         best: tuple[float, int, float] | None = None
         for g, opts in options.items():
             i = opts.index(widths[g])
@@ -159,14 +162,14 @@ def _descend(predictor: Predictor, options: dict[int, list[int]], values: dict[i
             ratio = lost / saved if saved > 1e-12 else math.inf
             if best is None or ratio < best[0]:
                 best = (ratio, g, now - saved)
-        if best is None:  # every group at its narrowest: solve() checked this cannot miss
+        if best is None:  # every group at its narrowest (solve() checked the budget is reachable)
             break
         _, g, now = best
         widths[g] = options[g][options[g].index(widths[g]) - 1]
     return widths
 
 
-def _fill(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
+def fill(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
           widths: dict[int, int], budget_ms: float) -> dict[int, int]:
     """Widen one group at a time (most importance per ms spent) while the budget still holds."""
     widths = dict(widths)

@@ -32,7 +32,7 @@ from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import Scores, l1_importance, taylor_importance
-from latprune.pruner.knapsack import Solution, _descend, _fill, _value, option_values, solve
+from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
 
 if TYPE_CHECKING:
     from latprune.data import DataSpec
@@ -247,7 +247,8 @@ def taylor(ctx: Context) -> Decision:
     rounds = 0
     while ctx.predictor.predict(widths) > ctx.target_ms:
         values = option_values(scores, options)
-        narrowed = _descend_steps(ctx.predictor, options, values, widths, rescore_every)
+        # a few one-step narrowings (not stopping at the target: the loop below checks it)
+        narrowed = descend(ctx.predictor, options, values, widths, -math.inf, max_steps=rescore_every)
         if narrowed == widths:
             break
         widths = narrowed
@@ -265,35 +266,12 @@ def taylor(ctx: Context) -> Decision:
     start = dict(widths)
 
     def solver(target: float) -> Solution:
-        w = _descend(ctx.predictor, options, values, start, target)
-        w = _fill(ctx.predictor, options, values, w, target)
-        return Solution(w, ctx.predictor.predict(w), _value(values, options, w), 1)
+        w = descend(ctx.predictor, options, values, start, target)
+        w = fill(ctx.predictor, options, values, w, target)
+        return Solution(w, ctx.predictor.predict(w), kept_value(values, options, w), 1)
 
     solution, slim, history = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, {"rescore_rounds": rounds})
-
-
-def _descend_steps(predictor: Predictor, options: dict[int, list[int]], values: dict[int, list[float]],
-                   widths: dict[int, int], steps: int) -> dict[int, int]:
-    """At most ``steps`` one-step narrowings, least value lost per ms saved first."""
-    widths = dict(widths)
-    for _ in range(steps):
-        now = predictor.predict(widths)
-        best: tuple[float, int] | None = None
-        for g, opts in options.items():
-            i = opts.index(widths[g])
-            if i == 0:
-                continue
-            saved = now - predictor.predict({**widths, g: opts[i - 1]})
-            lost = values[g][i] - values[g][i - 1]
-            ratio = lost / saved if saved > 1e-12 else math.inf
-            if best is None or ratio < best[0]:
-                best = (ratio, g)
-        if best is None:
-            break
-        g = best[1]
-        widths[g] = options[g][options[g].index(widths[g]) - 1]
-    return widths
 
 
 # -- baselines ---------------------------------------------------------------------------------------
@@ -356,7 +334,7 @@ def uniform_l1(ctx: Context) -> Decision:
 
 def model_macs(graph: ChannelGraph, widths: dict[int, int]) -> int:
     """Multiply-accumulates of the conv/linear units at ``widths``."""
-    removed = graph.removed_units(widths) if 0 in widths.values() else frozenset()
+    removed = graph.removed_units(widths)
     return sum(u.key(widths).macs for u in graph.units if u.name not in removed)
 
 
