@@ -154,3 +154,38 @@ def test_latency_loss_lowers_predicted_latency_in_a_few_steps(predictor: Predict
     assert end < 0.95 * start
     assert penalty.lam > 1.0 and "E[lat]" in fields  # λ grew while above the budget
     assert [h["expected_ms"] for h in penalty.history] == sorted(h["expected_ms"] for h in penalty.history)[::-1]
+
+
+def _masked_loss(graph: ChannelGraph, keep: dict[int, list[int]], batches: list) -> float:
+    slim = graph.mask(keep).eval()
+    with torch.no_grad():
+        total = sum(float(nn.functional.cross_entropy(slim(x), y)) * len(y) for x, y in batches)
+    return total / sum(len(y) for _, y in batches)
+
+
+def test_option_losses_are_the_masked_models_losses(tiny_model: nn.Module) -> None:
+    """Each measured option loss is the loss of the model slimmed to that one cut, made monotone in width (the masked model computes what the slimmed one does)."""
+    from latprune.pruner.importance import Scores, option_losses
+
+    randomise_bn_(tiny_model)
+    graph = ChannelGraph.build(tiny_model, TINY_INPUT)
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, *TINY_INPUT[1:]), torch.randint(0, 10, (8,))) for _ in range(2)]
+    options = graph.options(Grid(LEVELS), blocks=True)
+    ranking = Scores({g.id: torch.rand(g.size).numpy() for g in graph.groups})
+    gates = Gates(graph, init=10.0)
+    increases = option_losses(graph, gates, options, ranking, iter(batches), num_batches=2, progress=False)
+    reference = _masked_loss(graph, {}, batches)
+    assert not gates.attached and all(bool((lg == 10.0).all()) for lg in gates.logits)  # left as it came
+    for g, opts in options.items():
+        assert len(increases[g]) == len(opts)
+        assert increases[g][-1] == pytest.approx(0.0, abs=1e-5)  # full width: the reference itself
+        assert all(a >= b - 1e-12 for a, b in zip(increases[g], increases[g][1:]))  # monotone in width
+    block_group = graph.blocks[0].group
+    for g in (block_group, next(g for g in options if g != block_group)):  # a block group and one more
+        opts = options[g]
+        order = sorted(range(graph.groups[g].size), key=lambda i: -ranking.channels[g][i])
+        raw = [_masked_loss(graph, {g: sorted(order[:w]) if w else []}, batches) - reference for w in opts]
+        expected = [max(raw[i:]) for i in range(len(raw))]
+        assert increases[g] == pytest.approx(expected, abs=1e-4)
+    assert options[block_group][0] == 0  # a block removal was measured too

@@ -10,6 +10,13 @@ taken with the gates ``open`` (the unpruned model) or ``hard`` (after gate
 training: closed gates score 0). ``taylor2`` adds the diagonal second-order
 term with the Fisher approximation of the Hessian, ``-ΔL ≈ g·∂L/∂g − ½ (g·∂L/∂g)²``.
 ``l1`` is the producers' weight magnitude, for models without data (no block scores).
+
+``measured`` ranks channels inside each group by Taylor, but values a whole
+width option by the loss actually measured with the group cut to it (one
+group at a time, the others as they are; a block's width 0 removes the
+block): :func:`option_losses`. Taylor's sum of single-channel changes is
+additive, so it cannot see that the eighth channel of an eight-channel layer
+matters far more than the eighth of thirty-two; the measurement can.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from latprune.errors import SpecError
 from latprune.pruner.gates import Gates
 from latprune.pruner.graph import ChannelGraph
 
-METHODS = ("taylor", "taylor2", "l1")
+METHODS = ("taylor", "taylor2", "l1", "measured")
 
 
 @dataclass
@@ -97,6 +104,76 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
         raise SpecError("no data batch reached the importance estimate; check --data")
     return Scores({g: (s / seen).numpy() for g, s in groups.items()},
                   {b.group: float(blocks[i] / seen) for i, b in enumerate(gates.blocks)})
+
+
+def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int]], ranking: Scores,
+                  batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_batches: int,
+                  progress: bool = True) -> dict[int, list[float]]:
+    """Increase of the mean loss over ``num_batches`` fixed batches when group g alone is cut
+    to ``options[g][i]`` (its ``ranking``-best channels; width 0 removes its block).
+
+    The other groups stay as ``gates`` has them in ``hard`` mode (fresh gates: the
+    unpruned model). Every option is measured on the same batches, so the
+    differences are paired and free of sampling noise between options. The
+    increases are made monotone (a wider option keeps a superset of channels,
+    so measuring it worse is noise); they are negative where an option beats the
+    reference (a group that ``gates`` narrowed, widened again)."""
+    held = [b for _, b in zip(range(num_batches), batches)]
+    if not held:
+        raise SpecError("no data batch reached the option-loss measurement; check --data")
+    was_attached, previous = gates.attached, gates.mode
+    saved = [lg.detach().clone() for lg in gates.logits]
+    saved_blocks = gates.block_logits.detach().clone()
+    block_index = {b.group: i for i, b in enumerate(gates.blocks)}
+    model = graph.model
+    model.eval()
+    gates.mode = "hard"
+    gates.attach()
+
+    def loss() -> float:
+        total = 0.0
+        with torch.no_grad():
+            for x, y in held:
+                gates.refresh()
+                total += float(F.cross_entropy(model(x), y)) * len(y)
+        return total / sum(len(y) for _, y in held)
+
+    increases: dict[int, list[float]] = {}
+    try:
+        reference = loss()
+        todo = sum(len(o) for o in options.values())
+        with tqdm(total=todo, desc="option losses", unit="option", disable=not progress or None) as bar:
+            for g, opts in options.items():
+                order = np.argsort(-ranking.channels[g], kind="stable")
+                measured = []
+                for w in opts:
+                    with torch.no_grad():
+                        logits = torch.full_like(saved[g], -10.0)
+                        if w == 0 and g in block_index:
+                            logits.copy_(saved[g])
+                            gates.block_logits[block_index[g]] = -10.0
+                        else:
+                            logits[torch.as_tensor(order[:w].copy(), dtype=torch.long)] = 10.0
+                            if g in block_index:  # a width > 0 keeps the block, even one the gates closed
+                                gates.block_logits[block_index[g]] = 10.0
+                        gates.logits[g].copy_(logits)
+                    measured.append(loss() - reference)
+                    with torch.no_grad():
+                        gates.logits[g].copy_(saved[g])
+                        gates.block_logits.copy_(saved_blocks)
+                    bar.update()
+                # wider options keep a superset of channels: make the increase non-increasing in width
+                monotone = np.maximum.accumulate(np.asarray(measured)[::-1])[::-1]
+                increases[g] = [float(v) for v in monotone]
+    finally:
+        with torch.no_grad():
+            for lg, s in zip(gates.logits, saved):
+                lg.copy_(s)
+            gates.block_logits.copy_(saved_blocks)
+        gates.mode = previous
+        if not was_attached:
+            gates.detach()
+    return increases
 
 
 def importance(method: str, graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,

@@ -106,12 +106,15 @@ def _mck(costs: dict[int, list[float]], values: dict[int, list[float]], capacity
 
 
 def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
-          budget_ms: float, bins: int = 400, max_iters: int = 10) -> Solution:
+          budget_ms: float, bins: int = 400, max_iters: int = 10,
+          values: dict[int, list[float]] | None = None) -> Solution:
     """Widths for every group with ``predictor.predict(widths) <= budget_ms``.
 
+    ``values`` (per group and option) replaces the values derived from ``scores``
+    (e.g. measured loss changes, see :func:`~latprune.pruner.importance.option_losses`).
     Raises :class:`BudgetError` (naming the smallest reachable latency) when
     even the narrowest configuration misses the budget."""
-    values = option_values(scores, options)
+    values = option_values(scores, options) if values is None else values
     narrowest = {g: opts[0] for g, opts in options.items()}
     floor_ms = predictor.predict(narrowest)
     if floor_ms > budget_ms:

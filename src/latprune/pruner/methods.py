@@ -31,7 +31,7 @@ from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
 from latprune.pruner.graph import ChannelGraph, Grid
-from latprune.pruner.importance import Scores, l1_importance, taylor_importance
+from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
 
 if TYPE_CHECKING:
@@ -69,6 +69,19 @@ class Context:
         return taylor_importance(self.graph, self.batches(seed_offset), batches or self.config.importance_batches,
                                  order=2 if self.config.importance == "taylor2" else 1,
                                  progress=self.config.progress, gates=gates, mode=mode)
+
+    def values(self, scores: Scores, options: dict[int, list[int]], gates: Gates | None = None,
+               seed_offset: int = 0) -> dict[int, list[float]]:
+        """Knapsack value of every width option: the kept Taylor score, or with
+        ``--importance measured`` (halp only) minus the loss increase measured when
+        the group alone is cut to the option (others as ``gates`` keeps them, hard;
+        default open)."""
+        if self.config.importance != "measured":
+            return option_values(scores, options)
+        reference = gates if gates is not None else Gates(self.graph, init=10.0, blocks=self.config.blocks)
+        losses = option_losses(self.graph, reference, options, scores, self.batches(seed_offset + 1000),
+                               self.config.importance_batches, progress=self.config.progress)
+        return {g: [-v for v in losses[g]] for g in options}
 
     @property
     def target_ms(self) -> float:
@@ -134,8 +147,8 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
 
 
 def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int]],
-                       extra: dict[str, Any]) -> Decision:
-    solution, slim, history = closed_loop(ctx, lambda t: solve(ctx.predictor, options, scores, t),
+                       extra: dict[str, Any], values: dict[int, list[float]]) -> Decision:
+    solution, slim, history = closed_loop(ctx, lambda t: solve(ctx.predictor, options, scores, t, values=values),
                                           lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra)
 
@@ -171,7 +184,7 @@ def gator(ctx: Context) -> Decision:
         "closed_blocks": gates.closed_blocks(),
         "expected_ms_trace": [round(h["expected_ms"], 4) for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
     }}
-    return _knapsack_decision(ctx, scores, options, extra)
+    return _knapsack_decision(ctx, scores, options, extra, option_values(scores, options))
 
 
 # -- halp ------------------------------------------------------------------------------------------
@@ -218,7 +231,8 @@ def halp(ctx: Context) -> Decision:
     rounds = []
     for k in range(1, steps):
         budget = ctx.base_ms * (ctx.target_ms / ctx.base_ms) ** (k / steps)
-        solution = solve(ctx.predictor, options, scores, budget)
+        solution = solve(ctx.predictor, options, scores, budget,
+                         values=ctx.values(scores, options, _masked_gates(ctx, keep), seed_offset=k))
         keep = keep_top(scores, solution.widths)
         options = {g: [w for w in opts if w <= solution.widths[g]] for g, opts in options.items()}
         rounds.append({"budget_ms": budget, "predicted_ms": solution.predicted_ms,
@@ -226,7 +240,8 @@ def halp(ctx: Context) -> Decision:
         gates = _masked_gates(ctx, keep)
         _recover(ctx, gates, config.recover_epochs / max(1, steps - 1), seed=k)
         scores = ctx.scores(gates, mode="hard", seed_offset=k) if config.importance != "l1" else ctx.scores()
-    return _knapsack_decision(ctx, scores, options, {"rounds": rounds})
+    return _knapsack_decision(ctx, scores, options, {"rounds": rounds},
+                              ctx.values(scores, options, _masked_gates(ctx, keep), seed_offset=steps))
 
 
 # -- taylor ------------------------------------------------------------------------------------------
