@@ -181,3 +181,11 @@ def test_unknown_method_lists_the_known_ones(capsys: pytest.CaptureFixture[str],
     err = capsys.readouterr().err
     assert "unknown method 'magic'" in err and "gator" in err and "uniform-l1" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_measured_importance_is_refused_outside_halp(capsys: pytest.CaptureFixture[str], model_file: str,
+                                                     fake_lut: str, tmp_path: Path) -> None:
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.6x", "-o", str(tmp_path / "r"),
+                 "--method", "gator", "--importance", "measured", *FAKE]) == 2
+    assert "--importance measured works with --method halp only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
