@@ -150,12 +150,13 @@ def test_profile_records_measured_fusion_rules(ort_lut: tuple[Path, dict]) -> No
     assert all(isinstance(rules[k]["fused"], bool) and rules[k]["alone_ms"] > 0 for k in ("conv+bn", "conv+relu", "conv+add"))
 
 
-@pytest.mark.parametrize("method", ["gator", "halp", "taylor", "uniform-l1", "flops"])
+@pytest.mark.parametrize(("method", "importance"), [("gator", "taylor"), ("halp", "taylor"), ("halp", "measured"),
+                                                    ("taylor", "taylor"), ("uniform-l1", "taylor"), ("flops", "taylor")])
 def test_every_method_prunes_and_replays(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
-                                        tmp_path: Path, method: str) -> None:
+                                        tmp_path: Path, method: str, importance: str) -> None:
     out = tmp_path / method
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
-                 "--method", method, "--data", "digits", "--epochs", "0.05", "--gate-epochs", "0.3",
+                 "--method", method, "--importance", importance, "--data", "digits", "--epochs", "0.05", "--gate-epochs", "0.3",
                  "--importance-batches", "2", "--batch-size", "32", *FAKE, "--json"]) == 0
     m = _json(capsys)
     assert m["method"] == method and PruningPlan.load(out / "plan.json").method == method

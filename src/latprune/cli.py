@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
     p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
     p.add_argument("--importance", default="taylor",
-                   help="taylor (default), taylor2, l1 (no data needed), measured (halp/taylor: knapsack "
+                   help="taylor (default), taylor2, l1 (no data needed), measured (halp only: knapsack "
                         "values from losses measured per width option)")
     p.add_argument("--importance-batches", type=int, default=16)
     p.add_argument("--distill", action="store_true", help="distil from the unpruned model while fine-tuning")

@@ -70,17 +70,16 @@ class Context:
                                  order=2 if self.config.importance == "taylor2" else 1,
                                  progress=self.config.progress, gates=gates, mode=mode)
 
-    def values(self, scores: Scores, options: dict[int, list[int]], gates: Gates | None = None,
+    def values(self, scores: Scores, options: dict[int, list[int]], keep: dict[int, list[int]] | None,
                seed_offset: int = 0) -> dict[int, list[float]]:
         """Knapsack value of every width option: the kept Taylor score, or with
         ``--importance measured`` (halp only) minus the loss increase measured when
-        the group alone is cut to the option (others as ``gates`` keeps them, hard;
-        default open)."""
+        the group alone is cut to the option, the others pruned to ``keep`` (None: unpruned)."""
         if self.config.importance != "measured":
             return option_values(scores, options)
-        reference = gates if gates is not None else Gates(self.graph, init=10.0, blocks=self.config.blocks)
-        losses = option_losses(self.graph, reference, options, scores, self.batches(seed_offset + 1000),
-                               self.config.importance_batches, progress=self.config.progress)
+        losses = option_losses(self.graph, _masked_gates(self, keep), options, scores,
+                               self.batches(seed_offset + 1000), self.config.importance_batches,
+                               progress=self.config.progress)
         return {g: [-v for v in losses[g]] for g in options}
 
     @property
@@ -147,7 +146,7 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
 
 
 def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int]],
-                       extra: dict[str, Any], values: dict[int, list[float]]) -> Decision:
+                       extra: dict[str, Any], values: dict[int, list[float]] | None = None) -> Decision:
     solution, slim, history = closed_loop(ctx, lambda t: solve(ctx.predictor, options, scores, t, values=values),
                                           lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra)
@@ -184,7 +183,7 @@ def gator(ctx: Context) -> Decision:
         "closed_blocks": gates.closed_blocks(),
         "expected_ms_trace": [round(h["expected_ms"], 4) for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
     }}
-    return _knapsack_decision(ctx, scores, options, extra, option_values(scores, options))
+    return _knapsack_decision(ctx, scores, options, extra)
 
 
 # -- halp ------------------------------------------------------------------------------------------
@@ -232,7 +231,7 @@ def halp(ctx: Context) -> Decision:
     for k in range(1, steps):
         budget = ctx.base_ms * (ctx.target_ms / ctx.base_ms) ** (k / steps)
         solution = solve(ctx.predictor, options, scores, budget,
-                         values=ctx.values(scores, options, _masked_gates(ctx, keep), seed_offset=k))
+                         values=ctx.values(scores, options, keep, seed_offset=k))
         keep = keep_top(scores, solution.widths)
         options = {g: [w for w in opts if w <= solution.widths[g]] for g, opts in options.items()}
         rounds.append({"budget_ms": budget, "predicted_ms": solution.predicted_ms,
@@ -241,7 +240,7 @@ def halp(ctx: Context) -> Decision:
         _recover(ctx, gates, config.recover_epochs / max(1, steps - 1), seed=k)
         scores = ctx.scores(gates, mode="hard", seed_offset=k) if config.importance != "l1" else ctx.scores()
     return _knapsack_decision(ctx, scores, options, {"rounds": rounds},
-                              ctx.values(scores, options, _masked_gates(ctx, keep), seed_offset=steps))
+                              ctx.values(scores, options, keep, seed_offset=steps))
 
 
 # -- taylor ------------------------------------------------------------------------------------------
