@@ -1,12 +1,13 @@
 """Benchmark: how well the LUT predicts measured latency (issue #3's targets).
 
     python benchmarks/lut_fidelity.py [--models resnet18,mobilenet_v2,efficientnet-lite0]
-                                      [--threads 2] [--samples 50] [--force]
+                                      [--backend ort-cpu] [--threads 2] [--samples 50] [--force]
 
-For each model at 1x3x224x224: profile from an empty LUT on ort-cpu (timed),
+For each model at 1x3x224x224: profile from an empty LUT on the backend (timed),
 then `lut fidelity` with N random width configurations. Writes
-benchmarks/results/lut_fidelity.json (one entry per model, with the device
-fingerprint) and benchmarks/results/fidelity_<model>.png. Resumable: a model
+benchmarks/results/lut_fidelity.json (ort-cpu; other backends:
+lut_fidelity_<backend>.json), one entry per model with the device fingerprint,
+and benchmarks/results/fidelity_[<backend>_]<model>.png. Resumable: a model
 whose result is already in the JSON is skipped (unless --force), and a killed
 profile resumes from its LUT in benchmarks/luts/.
 """
@@ -27,7 +28,7 @@ from latprune.models import load_model
 from latprune.pruner.graph import ChannelGraph
 
 HERE = Path(__file__).parent
-RESULTS = HERE / "results" / "lut_fidelity.json"
+DEFAULT_BACKEND = "ort-cpu"
 SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2",
          "efficientnet-lite0": "efficientnet-lite0"}
 
@@ -35,28 +36,32 @@ SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobile
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(SPECS))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default=DEFAULT_BACKEND)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (GPU backends use 1)")
+    parser.add_argument("--passes", type=int, default=2, help="measurements of each unit, fastest kept")
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--levels", type=int, default=8)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--recalibrate", action="store_true", help="re-measure the LUT's calibration")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    backend = get_backend("ort-cpu", args.threads)
+    tag = "" if args.backend == DEFAULT_BACKEND else f"{args.backend}_"
+    results_path = HERE / "results" / f"lut_fidelity{'_' + args.backend if tag else ''}.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    backend = get_backend(args.backend, args.threads)
     for name in args.models.split(","):
         if name in results and not args.force:
-            print(f"{name}: already in {RESULTS}, skipped (--force re-runs)")
+            print(f"{name}: already in {results_path}, skipped (--force re-runs)")
             continue
         spec = load_model(SPECS[name], "1x3x224x224")
         graph = ChannelGraph.build(spec.model, spec.input_shape)
-        lut_path = HERE / "luts" / f"{name}-ort-cpu-{args.threads}t.lut"
+        lut_path = HERE / "luts" / f"{name}-{args.backend}-{backend.threads}t.lut"
         start = time.time()
         profile = build_lut(graph, lut_path, backend, levels=args.levels, model_name=spec.name,
-                            recalibrate=args.recalibrate)
+                            passes=args.passes, recalibrate=args.recalibrate)
         profile_s = time.time() - start
         with open_for_backend(lut_path, backend, writable=False) as lut:
             report = fidelity(graph, lut, backend, args.samples, spec.name).to_dict()
-        png = HERE / "results" / f"fidelity_{name}.png"
+        png = HERE / "results" / f"fidelity_{tag}{name}.png"
         plot_fidelity(report, str(png))
         results[name] = {
             "model": spec.name, "input": list(spec.input_shape), "units": len(graph.units),
@@ -67,7 +72,7 @@ def main() -> None:
             "fidelity_seconds": report["seconds"], "points": report["points"], "plot": str(png.relative_to(HERE)),
             "fingerprint": report["fingerprint"],
         }
-        atomic_write_json(RESULTS, results)
+        atomic_write_json(results_path, results)
         s, a = report["stored"], report["anchored"]
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "

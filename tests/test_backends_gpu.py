@@ -6,10 +6,13 @@ Run the hardware tests with `pytest -m "gpu or tensorrt"` on a CUDA machine.
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from latprune.cli import main
 from latprune.errors import BackendError, MissingDependency
 from latprune.latency_lut.backends import get_backend
 from latprune.pruner.graph import ChannelGraph
@@ -39,13 +42,34 @@ def test_torch_cuda_times_units_and_models() -> None:
     for unit in graph.units[:4]:
         lat = backend.measure_unit(unit.base)
         assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms < 50
-        assert backend.last_mode in ("eager", "cuda-graph")
+        assert backend.last_mode == "cuda-graph"  # units and models are timed the same way
     whole = backend.measure_model(graph.model, TINY_INPUT)
     assert whole.median_ms > 0 and whole.repeats >= backend.model_timing.repeats
+    assert backend.last_mode == "cuda-graph"
     fp = backend.fingerprint()
-    assert fp["backend"] == "torch-cuda" and fp["device"] and fp["cuda"]
+    assert fp["backend"] == "torch-cuda" and fp["device"] and fp["cuda"] and fp["cuda_graphs"] is True
+    assert {"cudnn_tf32", "cudnn_benchmark"} <= set(fp) and fp["unit_repeats"] == backend.UNIT_REPEATS > 1
     # the model passed in is untouched (timed on a copy, on the GPU)
     assert next(graph.model.parameters()).device.type == "cpu"
+    eager = type(backend)(cuda_graphs=False)
+    assert eager.measure_unit(graph.units[0].base).median_ms > 0 and eager.last_mode == "eager"
+    assert eager.fingerprint()["unit_repeats"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_torch_cuda_profile_and_fidelity_cli(capsys: pytest.CaptureFixture[str], model_file: str,
+                                            tmp_path: Path) -> None:
+    lut = tmp_path / "cuda.lut"
+    common = ["--input", "1x1x28x28", "--backend", "torch-cuda"]
+    assert main(["profile", model_file, *common, "--levels", "3", "--passes", "1", "--calibration-samples", "4",
+                 "-o", str(lut), "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["measured"] == profile["keys"] > 0 and profile["calibration"]["scale"] > 0
+    assert main(["lut", "fidelity", model_file, *common, "--lut", str(lut), "--samples", "6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fingerprint"]["backend"] == "torch-cuda" and len(report["points"]) == 6
+    assert all(p["measured_ms"] > 0 and p["predicted_ms"] > 0 for p in report["points"])
 
 
 @pytest.mark.tensorrt
