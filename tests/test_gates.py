@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -125,6 +126,16 @@ def test_soft_latency_matches_the_predictor_on_the_grid(predictor: Predictor) ->
     keep = {b.group: torch.tensor(0.0 if b is block else 1.0) for b in graph.blocks}
     dropped = soft({g: torch.tensor(float(w)) for g, w in widths.items()}, keep)
     assert float(dropped) == pytest.approx(predictor.predict({**widths, block.group: 0}), rel=1e-5)
+    # a removed unit's residual cost (the calibration's removed_unit_ms) counts on both sides
+    saved = predictor.predict(widths) - predictor.predict({**widths, block.group: 0})
+    predictor.calibration = replace(predictor.calibration, removed_unit_ms=0.001)
+    try:
+        dropped = soft({g: torch.tensor(float(w)) for g, w in widths.items()}, keep)
+        assert float(dropped) == pytest.approx(predictor.predict({**widths, block.group: 0}), rel=1e-5)
+        after = predictor.predict(widths) - predictor.predict({**widths, block.group: 0})
+        assert after == pytest.approx(saved - predictor.calibration.scale * 0.001 * len(block.units), rel=1e-6)
+    finally:
+        predictor.calibration = replace(predictor.calibration, removed_unit_ms=0.0)
 
 
 def test_latency_gradient_reaches_both_sides_of_a_unit(predictor: Predictor) -> None:

@@ -11,6 +11,7 @@ from latprune.errors import FingerprintMismatch, LutError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.predict import Predictor
+from latprune.latency_lut.calibrate import FIT_METHOD
 from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration, open_for_backend
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency
@@ -146,6 +147,43 @@ def test_calibration_recovers_the_backend_overhead(tmp_path: Path) -> None:
         full = backend.measure_model(graph.model, TINY_INPUT).median_ms
         assert predictor.predict(graph.full_widths()) == pytest.approx(full, rel=1e-6)
         assert grid == Grid(4, align=1)  # the fake backend prefers no alignment
+
+
+def test_calibration_fits_relative_errors_and_drops_a_slow_spell() -> None:
+    from latprune.latency_lut.calibrate import fit
+
+    # measured = raw - 0.3 exactly (a per-unit overhead the units pay alone), except one
+    # point measured during a slow spell (+25%): the fit must stay on the line
+    raw = [3.0, 2.6, 2.0, 1.6, 1.1, 0.8, 0.6, 0.55]
+    measured = [r - 0.3 for r in raw]
+    measured[1] *= 1.25
+    cal = fit(raw, measured)
+    assert cal.scale == pytest.approx(1.0, abs=1e-9) and cal.offset_ms == pytest.approx(-0.3, abs=1e-9)
+    assert cal.points == len(raw) and cal.residual_pct == pytest.approx(0.0, abs=1e-9)
+    # no outlier, a few % of noise on the large configurations: the small ones weigh as much
+    noisy = [r - 0.3 for r in raw]
+    noisy[0], noisy[1], noisy[2] = noisy[0] * 1.06, noisy[1] * 1.06, noisy[2] * 0.97
+    assert abs(fit(raw, noisy).apply(0.55) / 0.25 - 1) < 0.02  # an absolute least-squares fit: -11%
+    assert fit([1.0], [0.7]).offset_ms == pytest.approx(-0.3) and fit([1.0], [0.7]).scale == 1.0
+    # removing a block saves its units' LUT time minus 0.01 ms each: the fit finds that term
+    removed = [0, 0, 2, 0, 4, 2, 6, 4]
+    measured = [0.9 * r + 0.1 + 0.9 * 0.01 * k for r, k in zip(raw, removed)]
+    cal = fit(raw, measured, removed)
+    assert (cal.scale, cal.offset_ms, cal.removed_unit_ms) == pytest.approx((0.9, 0.1, 0.01), abs=1e-9)
+    assert fit(raw, measured, [0] * len(raw)).removed_unit_ms == 0.0  # no removals: no such term
+
+
+def test_a_calibration_fitted_another_way_is_measured_again(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    path = tmp_path / "old.lut"
+    build_lut(graph, path, backend, levels=4, progress=False)
+    with Lut.open(path, writable=True) as lut:  # as an older latprune stored it: no "fit"
+        stored = lut.calibration(graph.signature())
+        lut.set_calibration(graph.signature(), {k: v for k, v in stored.items() if k != "fit"} | {"scale": 9.0})
+    report = build_lut(graph, path, backend, levels=4, progress=False)
+    assert report.measured == 0 and report.calibration["scale"] == pytest.approx(1.1, rel=1e-6)
+    assert report.calibration["fit"] == FIT_METHOD
 
 
 def test_missing_measurement_is_an_error_not_a_zero(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
     p.add_argument("--align", type=int, default=None,
                    help="round widths to multiples of this (default: the backend's, 8 for ort-cpu on AVX2)")
-    p.add_argument("--calibration-samples", type=int, default=8, help="whole-model measurements for calibration")
+    p.add_argument("--calibration-samples", type=int, default=12, help="whole-model measurements for calibration")
     p.add_argument("--recalibrate", action="store_true", help="measure the calibration again even if stored")
     p.add_argument("--shard", default=None, help="i/n: measure only shard i of n (join with `latprune lut merge`)")
     p.add_argument("--passes", type=int, default=2,

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.calibrate import calibration_configs, fit
+from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit
 from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.store import Lut
@@ -79,7 +79,7 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
 
 
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
-              calibration_samples: int = 8, model_name: str = "model", progress: bool = True,
+              calibration_samples: int = 12, model_name: str = "model", progress: bool = True,
               passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1),
               recalibrate: bool = False, align: int | None = None) -> ProfileReport:
     """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
@@ -128,9 +128,10 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
                                 "align": grid.align, "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
-        elif stored is None or _grid_of(stored) != grid or recalibrate:
+        elif stored is None or _grid_of(stored) != grid or stored.get("fit") != FIT_METHOD or recalibrate:
             cal, points = run_calibration(graph, lut, backend, grid, calibration_samples, progress)
-            stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name, "points": points}
+            stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name,
+                      "fit": FIT_METHOD, "points": points}
             lut.set_calibration(signature, stored)
         report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), measurements,
                                len(keys) - len(todo), round(time.time() - start, 2), levels, grid.align, passes,
@@ -153,12 +154,18 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
 
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,
                     progress: bool = True) -> tuple[Calibration, list[dict[str, float]]]:
-    """Measure ``samples`` whole-model width configurations and fit the correction."""
-    predictor = Predictor(lut, graph)
-    configs = calibration_configs(graph.options(grid), samples)
+    """Measure ``samples`` whole-model width configurations and fit the correction.
+
+    Where the model has removable blocks, the random configurations remove
+    some of them too (the pruner's knapsack may)."""
+    predictor = Predictor(lut, graph)  # uncalibrated: raw() sums the kept units only
+    configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), samples)
     measured = measure_widths(graph, backend, configs, desc="calibrate", progress=progress)
-    points = [{"raw_ms": predictor.raw(w), "measured_ms": m.median_ms} for w, m in zip(configs, measured)]
-    return fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points]), points
+    points = [{"raw_ms": predictor.raw(w), "measured_ms": m.median_ms, "removed_units": len(graph.removed_units(w))}
+              for w, m in zip(configs, measured)]
+    cal = fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points],
+              [p["removed_units"] for p in points])
+    return cal, points
 
 
 def _grid_of(stored: dict[str, Any]) -> Grid:
@@ -170,5 +177,6 @@ def load_calibration(lut: Lut, signature: str) -> tuple[Calibration, Grid] | Non
     stored = lut.calibration(signature)
     if stored is None:
         return None
-    cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], len(stored.get("points", [])))
+    cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], len(stored.get("points", [])),
+                      stored.get("removed_unit_ms", 0.0))
     return cal, _grid_of(stored)
