@@ -79,6 +79,20 @@ def test_removed_block_equals_zeroed_branch(tiny_model: nn.Module) -> None:
         assert block.units and all(u.startswith(block.name + ".") for u in block.units)
 
 
+def test_blocks_called_with_extra_arguments_can_be_removed() -> None:
+    """EfficientNet-Lite calls each block as block(x, drop_connect_rate=...)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from latprune.models import load_model
+
+    spec = load_model("efficientnet-lite0", "1x3x64x64")
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    assert graph.blocks
+    widths = {**graph.full_widths(), graph.blocks[-1].group: 0, graph.blocks[0].group: 0}
+    slim = graph.slim_to_widths(widths).eval()
+    with torch.no_grad():
+        assert slim(torch.randn(*spec.input_shape)).shape == (1, 1000)
+
+
 def test_plan_with_removed_block_replays_on_a_fresh_model() -> None:
     model = MODELS["resnet"]()
     graph = ChannelGraph.build(model, TINY_INPUT)

@@ -100,3 +100,11 @@ def find_blocks(model: nn.Module, example: torch.Tensor, add_inputs: Sequence[nn
         blocks[block] = Block(block, pname, min(inner), units)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(blocks.values(), key=lambda b: order[b.name])
+
+
+class SkippedBlock(nn.Identity):
+    """What a removed residual block becomes: its input, whatever else its parent
+    passes it (EfficientNet-Lite's blocks are called with ``drop_connect_rate``)."""
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:  # noqa: ARG002
+        return x

@@ -24,7 +24,7 @@ from torch import nn
 
 from latprune.errors import SpecError
 from latprune.latency_lut.units import ACTIVATIONS, LayerKey, Unit
-from latprune.pruner.blocks import Block, find_blocks, inside
+from latprune.pruner.blocks import Block, SkippedBlock, find_blocks, inside
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -308,14 +308,14 @@ class ChannelGraph:
 
 def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: Sequence[str],
                 keep_by_root: dict[str, Sequence[int]], sizes: dict[str, int] | None = None) -> nn.Module:
-    """Slim ``model`` in place: replace each of ``removed_blocks`` by ``nn.Identity``,
+    """Slim ``model`` in place: replace each of ``removed_blocks`` by :class:`SkippedBlock` (an identity),
     then keep channels as :func:`apply_keep_` does."""
     for name in removed_blocks:
         try:
             model.get_submodule(name)
         except AttributeError:
             raise SpecError(f"the model has no block {name!r}; the plan was made for another model") from None
-        model.set_submodule(name, nn.Identity())
+        model.set_submodule(name, SkippedBlock())
     return apply_keep_(model, input_shape, keep_by_root, sizes)
 
 
