@@ -27,9 +27,21 @@ def profile_text(r: dict[str, Any]) -> str:
         f"({r['measured']} measurements now in {r['passes']} pass(es), {r['reused']} already complete) "
         f"in {r['seconds']:.1f} s\n"
         f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} thread(s)\n"
-        f"calibration: measured ≈ {cal['scale']:.3f} × Σunits + {cal['offset_ms']:.3f} ms "
+        f"calibration: {calibration_formula(cal)} "
         f"(median residual {cal['residual_pct']:.1f}%, width grid {r['levels']} levels aligned to {r['align']})"
     )
+
+
+def calibration_formula(cal: dict[str, Any]) -> str:
+    """'measured ≈ 1.030 × (Σunits + 0.043 ms per removed unit) − 0.391 ms' (the removed-unit term only when fitted).
+
+    >>> calibration_formula({"scale": 1.0, "offset_ms": -0.25})
+    'measured ≈ 1.000 × Σunits − 0.250 ms'
+    """
+    removed = cal.get("removed_unit_ms", 0.0)
+    units = f"(Σunits + {removed:.3f} ms per removed unit)" if removed else "Σunits"
+    sign = "−" if cal["offset_ms"] < 0 else "+"
+    return f"measured ≈ {cal['scale']:.3f} × {units} {sign} {abs(cal['offset_ms']):.3f} ms"
 
 
 def prune_rows(m: dict[str, Any]) -> list[list[str]]:
