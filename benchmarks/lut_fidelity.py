@@ -44,8 +44,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--recalibrate", action="store_true", help="re-measure the LUT's calibration")
     args = parser.parse_args()
-    tag = "" if args.backend == DEFAULT_BACKEND else f"{args.backend}_"
-    results_path = HERE / "results" / f"lut_fidelity{'_' + args.backend if tag else ''}.json"
+    suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
+    results_path = HERE / "results" / f"lut_fidelity{suffix}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     backend = get_backend(args.backend, args.threads)
     for name in args.models.split(","):
@@ -61,7 +61,7 @@ def main() -> None:
         profile_s = time.time() - start
         with open_for_backend(lut_path, backend, writable=False) as lut:
             report = fidelity(graph, lut, backend, args.samples, spec.name).to_dict()
-        png = HERE / "results" / f"fidelity_{tag}{name}.png"
+        png = HERE / "results" / f"fidelity{suffix}_{name}.png"
         plot_fidelity(report, str(png))
         results[name] = {
             "model": spec.name, "input": list(spec.input_shape), "units": len(graph.units),

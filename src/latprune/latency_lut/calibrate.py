@@ -15,8 +15,9 @@ import numpy as np
 from latprune.latency_lut.predict import Calibration
 
 
-FIT_METHOD = "relative-trimmed-blocks"   # stored with each calibration; a LUT fitted otherwise is re-calibrated by `profile`
-OUTLIER_PCT = 8.0                 # a point this far (and 3 MADs) off the first fit is dropped from the second
+# Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
+FIT_METHOD = "relative-trimmed-blocks"
+OUTLIER_PCT = 8.0   # a point this far (and 3 MADs) off the first fit is dropped from the second
 
 
 def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] | None = None) -> Calibration:

@@ -12,9 +12,10 @@ the replay's over ``UNIT_REPEATS``. At batch 1 a unit's kernels take a few
 microseconds, less than the fixed cost of launching a graph and recording its
 events (about 10 µs on an H100): timed alone, every unit would measure about
 that floor whatever its width, and the LUT would rank widths by noise. Back to
-back in one stream, as in the whole model's graph, the floor is paid once. Convolutions run as cuDNN picks
-them by default (TF32 allowed on Ampere and newer); both settings are in the
-fingerprint.
+back in one stream, as in the whole model's graph, the floor is paid once.
+
+Convolutions run as cuDNN picks them by default (TF32 allowed on Ampere and
+newer); both settings are in the fingerprint.
 """
 
 from __future__ import annotations
@@ -60,13 +61,20 @@ class TorchCudaBackend(Backend):
             **host_fingerprint(),
         }
 
-    def _time(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], timing: TimingConfig) -> Latency:
+    def _time(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], timing: TimingConfig,
+              copies: int = 1) -> Latency:
+        """Latency of one ``module(*inputs)``; a captured graph holds ``copies`` of it
+        and its replay time is divided by ``copies`` (eagerly, one copy is timed)."""
         module = module.to(self.device).eval()
         inputs = tuple(t.to(self.device) for t in inputs)
         with torch.inference_mode():
-            graphed = self._graph_replay(module, inputs) if self.cuda_graphs else None
+            captured = _Repeated(module, copies) if copies > 1 else module
+            graphed = self._graph_replay(captured, inputs) if self.cuda_graphs else None
             self.last_mode = "eager" if graphed is None else "cuda-graph"
-            return time_cuda(graphed or (lambda: module(*inputs)), timing)
+            if graphed is None:
+                return time_cuda(lambda: module(*inputs), timing)
+            lat = time_cuda(graphed, timing)
+        return Latency(lat.median_ms / copies, lat.p10_ms / copies, lat.p90_ms / copies, lat.repeats)
 
     @staticmethod
     def _graph_replay(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None] | None:
@@ -91,11 +99,7 @@ class TorchCudaBackend(Backend):
         if key.add:
             with torch.inference_mode():
                 inputs = (x, torch.randn_like(unit(x)))
-        copies = self.UNIT_REPEATS if self.cuda_graphs else 1
-        lat = self._time(_Repeated(unit, copies) if copies > 1 else unit, inputs, self.timing)
-        if self.last_mode == "eager" and copies > 1:  # capture failed: time one copy, as eager models run
-            lat, copies = self._time(unit, inputs, self.timing), 1
-        return Latency(lat.median_ms / copies, lat.p10_ms / copies, lat.p90_ms / copies, lat.repeats)
+        return self._time(unit, inputs, self.timing, copies=self.UNIT_REPEATS)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         import copy
