@@ -41,6 +41,8 @@ def test_run_directory_is_complete_and_meets_budget(fake_run: Path) -> None:
     assert m["pruned"]["onnx_parity_max_abs_diff"] <= 1e-4
     assert 0.0 <= m["pruned"]["accuracy"] <= 1.0 and m["data"] == "digits"
     assert m["closed_loop"] and all(h["fits"] == (h["measured_ms"] <= h["target_ms"]) for h in m["closed_loop"])
+    # no --method: the default is halp, the most accurate method of the accuracy benchmark (BENCHMARKS.md)
+    assert m["method"] == "halp" and m["config"]["method"] == "halp" and "rounds" in m["method_details"]
 
 
 def test_run_replays_and_matches_its_onnx(fake_run: Path) -> None:

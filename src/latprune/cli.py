@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, fractions allowed (0: none)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--method", default="gator",
-                   help="gator (default: gates + LUT latency loss + knapsack), halp, taylor, "
-                        "uniform-l1 and flops (baselines)")
+    p.add_argument("--method", default="halp",
+                   help="halp (default: iterative Taylor + latency knapsack), gator (gates + LUT latency "
+                        "loss + knapsack), taylor, uniform-l1 and flops (baselines)")
     p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
     p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
     p.add_argument("--importance", default="taylor",

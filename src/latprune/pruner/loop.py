@@ -38,7 +38,7 @@ class PruneConfig:
     input: str | None = None        # input shape override, e.g. "1x3x224x224"
     backend: str = "ort-cpu"
     threads: int | None = None
-    method: str = "gator"           # gator | halp | taylor | uniform-l1 | flops (see pruner.methods)
+    method: str = "halp"            # halp | gator | taylor | uniform-l1 | flops (see pruner.methods)
     importance: str = "taylor"      # taylor | taylor2 | l1 | measured
     importance_batches: int = 16
     batch_size: int = 64

@@ -2,9 +2,10 @@
 a :class:`Decision` (channels to keep per group, blocks to drop, the slimmed
 model) that holds the budget on the *measured* latency.
 
+``halp``        iterative Taylor + knapsack (with block removal), no gate training (default:
+                the most accurate at every budget of the accuracy benchmark, BENCHMARKS.md);
 ``gator``       gates trained with the LUT latency loss, Taylor scores on the
-                trained gates, knapsack with block removal, closed loop (default);
-``halp``        iterative Taylor + knapsack (with block removal), no gate training;
+                trained gates, knapsack with block removal, closed loop;
 ``taylor``      iterative removal of the lowest Taylor score per millisecond saved
                 (a block's last step removes it);
 ``uniform-l1``  baseline: Torch-Pruning-style L1 magnitude, one ratio for every
