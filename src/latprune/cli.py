@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/n: measure only shard i of n (join with `latprune lut merge`)")
     p.add_argument("--passes", type=int, default=2,
                    help="measure each unit this many times, at different moments, keep the fastest (default 2)")
+    p.add_argument("--refine", action="store_true",
+                   help="sample each group's latency staircase adaptively: probe midpoints between grid widths and "
+                        "add widths where latency jumps, so the pruner can keep the cheap side of each step")
     _add_backend(p)
     _add_json(p)
 
@@ -119,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("show", help="print a LUT's metadata and entries")
     q.add_argument("file")
     q.add_argument("--limit", type=int, default=20, help="entries to print (0: all)")
-    q.add_argument("--plot", default=None, help="write a PNG of latency vs width per unit shape")
+    q.add_argument("--plot", default=None, help="write a PNG of latency vs width per unit shape (and, for a "
+                   "refined LUT, PLOT's name with -staircases: each group's latency vs its width, steps marked)")
     _add_json(q)
     q = lsub.add_parser("merge", help="join LUTs (e.g. shards) measured with the same fingerprint")
     q.add_argument("inputs", nargs="+", help="LUT files to join")
@@ -162,7 +166,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name, align=args.align,
-                       progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate)
+                       progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate,
+                       refine=args.refine)
     from latprune.report import profile_text
 
     _print(args, report.to_dict(), profile_text)
@@ -270,13 +275,22 @@ def _lut_show(args: argparse.Namespace) -> None:
         result = {
             "file": args.file, "schema_version": lut.meta("schema_version"), "fingerprint": lut.fingerprint,
             "entries": len(entries), "fusion_rules": lut.meta("fusion_rules"),
-            "calibrations": {m: {k: v for k, v in c.items() if k != "points"} for m, c in lut.calibrations().items()},
+            "calibrations": {m: {k: v for k, v in c.items() if k not in ("points", "staircases")}
+                             for m, c in lut.calibrations().items()},
+            "staircases": {m: c["staircases"] for m, c in lut.calibrations().items() if c.get("staircases")},
             "shown": [{"key": k.text, **lat.to_dict()} for k, lat in shown],
         }
         if args.plot:
             from latprune.latency_lut.plots import plot_lut
 
             result["plot"] = plot_lut(lut, args.plot)
+            if result["staircases"]:
+                from latprune.latency_lut.plots import plot_staircases
+
+                stem = Path(args.plot)
+                result["staircase_plot"] = plot_staircases(
+                    result["staircases"], str(stem.with_name(f"{stem.stem}-staircases{stem.suffix or '.png'}")),
+                    lut.path.name)
     _print(args, result, lut_text)
 
 

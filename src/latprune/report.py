@@ -29,7 +29,25 @@ def profile_text(r: dict[str, Any]) -> str:
         f"device: {fp.get('device')} · {fp.get('runtime')} {fp.get('runtime_version')} · {fp.get('threads')} thread(s)\n"
         f"calibration: {calibration_formula(cal)} "
         f"(median residual {cal['residual_pct']:.1f}%, width grid {r['levels']} levels aligned to {r['align']})"
+        + "".join(f"\n{line}" for line in staircase_lines(r.get("staircases") or {}))
     )
+
+
+def staircase_lines(stairs: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per refined group: the widths the adaptive sampling added and the steps it found.
+
+    >>> staircase_lines({"conv1": {"added": [40, 44], "steps": [40]}, "conv2": {"added": [], "steps": []}})
+    ['staircases: 1 of 2 groups refined, 2 widths added', '  conv1: +40, 44; cheap side of a step at 40']
+    """
+    if not stairs:
+        return []
+    refined = {root: s for root, s in stairs.items() if s["added"] or s["steps"]}
+    lines = [f"staircases: {len([s for s in stairs.values() if s['added']])} of {len(stairs)} groups refined, "
+             f"{sum(len(s['added']) for s in stairs.values())} widths added"]
+    for root, s in refined.items():
+        steps = f"; cheap side of a step at {', '.join(map(str, s['steps']))}" if s["steps"] else ""
+        lines.append(f"  {root}: +{', '.join(map(str, s['added'])) or 'none'}{steps}")
+    return lines
 
 
 def calibration_formula(cal: dict[str, Any]) -> str:
@@ -119,6 +137,8 @@ def lut_text(r: dict[str, Any]) -> str:
     for sig, c in r["calibrations"].items():
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
                      f"residual {c['residual_pct']:.1f}%, {c.get('levels')} levels aligned to {c.get('align', 1)}")
+    for sig, stairs in (r.get("staircases") or {}).items():
+        lines += [f"{sig}: {line}" if i == 0 else line for i, line in enumerate(staircase_lines(stairs))]
     if r["shown"]:
         rows = [[e["key"], f"{e['median_ms']:.4f}", f"{e['p10_ms']:.4f}", f"{e['p90_ms']:.4f}", str(e["repeats"])]
                 for e in r["shown"]]
@@ -127,6 +147,8 @@ def lut_text(r: dict[str, Any]) -> str:
             lines.append(f"… {r['entries'] - len(r['shown'])} more (--limit 0 shows all)")
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
+    if r.get("staircase_plot"):
+        lines.append(f"staircase plot: {r['staircase_plot']}")
     return "\n".join(lines)
 
 

@@ -68,6 +68,40 @@ def plot_lut(lut: Lut, path: str, max_panels: int = 16) -> str:
     return path
 
 
+def plot_staircases(staircases: dict[str, dict[str, dict[str, Any]]], path: str, title: str = "",
+                    max_panels: int = 24) -> str:
+    """One panel per channel group of a refined LUT: the summed latency of the
+    group's units against its width (others at full), the widths the adaptive
+    sampling added in orange, the cheap side of each step as a dashed line."""
+    plt = _pyplot()
+    panels = [(sig, root, st) for sig, stairs in staircases.items() for root, st in stairs.items()][:max_panels]
+    if not panels:
+        raise LutError("no staircases to plot; profile with --refine first")
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    for ax, (sig, root, st) in zip(axes.flat, panels):
+        ax.plot(st["widths"], st["ms"], marker=".", lw=1, color="tab:blue")
+        added = set(st["added"])
+        pts = [(w, m) for w, m in zip(st["widths"], st["ms"]) if w in added]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:orange", zorder=3, s=14, label="added")
+            ax.legend(fontsize=5)
+        for w in st["steps"]:
+            ax.axvline(w, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{root}" + (f" [{sig[:6]}]" if len(staircases) > 1 else ""), fontsize=8)
+        ax.set_xlabel("group width (channels)", fontsize=7)
+        ax.set_ylabel("Σ unit ms", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: latency staircases (dashed: cheap side of a step)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_fidelity(report: dict[str, Any], path: str) -> str:
     """Scatter of predicted vs measured latency with the ±10% band, written atomically as PNG."""
     plt = _pyplot()

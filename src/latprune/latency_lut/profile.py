@@ -8,7 +8,7 @@ again. Extending a LUT with another model measures only its new keys.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit
 from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
+from latprune.latency_lut.staircase import Staircase
+from latprune.latency_lut.staircase import refine as refine_grid
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, fastest_over_passes
 from latprune.latency_lut.units import LayerKey
@@ -43,6 +45,7 @@ class ProfileReport:
     passes: int
     calibration: dict[str, Any]
     fingerprint: dict[str, Any]
+    staircases: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # root -> added widths, steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,14 +81,40 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
     return lut
 
 
+def _measure(lut: Lut, backend: Backend, keys: list[LayerKey], passes: int, progress: bool) -> int:
+    """Measure every key with fewer than ``passes`` passes in the LUT, committing each; returns the count.
+
+    Pass p measures what has fewer than p passes; later passes run in reverse
+    order, so a slow spell of the device lands on different keys each time,
+    and keep the faster median (interference only ever slows a measurement down)."""
+    unique = {k.text: k for k in keys}  # two units of the same shape share one key
+    todo = [k for k in unique.values() if lut.passes(k) < passes]
+    measurements = 0
+    for p in range(1, passes + 1):
+        pending = [k for k in todo if lut.passes(k) < p]
+        if p % 2 == 0:
+            pending.reverse()
+        for key in tqdm(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
+                        disable=not progress or not pending or None):
+            new = backend.measure_unit(key)
+            old = lut.get(key)
+            best = new if old is None or new.median_ms < old.median_ms else old
+            lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=p)
+            measurements += 1
+    return measurements
+
+
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
               calibration_samples: int = 12, model_name: str = "model", progress: bool = True,
               passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1),
-              recalibrate: bool = False, align: int | None = None) -> ProfileReport:
+              recalibrate: bool = False, align: int | None = None, refine: bool = False) -> ProfileReport:
     """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
 
     Each unit is measured ``passes`` times, at different moments, and the
-    fastest median kept. ``shard=(i, n)`` measures only every n-th key starting
+    fastest median kept. ``refine`` samples each group's latency staircase
+    adaptively (:mod:`latency_lut.staircase`): the widths it adds join the
+    grid stored with the calibration, and a later profile without ``refine``
+    keeps them. ``shard=(i, n)`` measures only every n-th key starting
     at the i-th (1-based) and skips calibration: merge the shards with
     ``latprune lut merge``, then profile the merged LUT once to calibrate."""
     index, count = shard
@@ -106,25 +135,30 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
             from latprune.latency_lut.fusion import discover_fusions
 
             lut.set_meta("fusion_rules", discover_fusions(backend))
+        complete_before = {k.text for k, _ in lut.items() if lut.passes(k) >= passes}
         keys = grid_keys(graph, grid)[index - 1 :: count]
-        todo = [k for k in keys if lut.passes(k) < passes]
-        measurements = 0
-        # Pass p measures what has fewer than p passes; later passes run in reverse order, so a
-        # slow spell of the device lands on different keys each time, and keep the faster median
-        # (interference only ever slows a measurement down).
-        for p in range(1, passes + 1):
-            pending = [k for k in todo if lut.passes(k) < p]
-            if p % 2 == 0:
-                pending.reverse()
-            for key in tqdm(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
-                            disable=not progress or None):
-                new = backend.measure_unit(key)
-                old = lut.get(key)
-                best = new if old is None or new.median_ms < old.median_ms else old
-                lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=p)
-                measurements += 1
+        measurements = _measure(lut, backend, keys, passes, progress)
+        staircases: dict[str, Staircase] = {}
+        if refine and count == 1:
+            probes = [0]
+
+            def probe(probe_keys: list[LayerKey]) -> None:
+                probes[0] += _measure(lut, backend, probe_keys, passes, False)
+
+            with tqdm(total=len(graph.groups), desc=f"refine {backend.name} staircases", unit="group",
+                      disable=not progress or None) as bar:
+                grid, staircases = refine_grid(graph, lut, grid, probe, lambda _: bar.update())
+            keys = grid_keys(graph, grid)  # the coarse keys and the cross products of the added widths
+            measurements += probes[0] + _measure(lut, backend, keys, passes, progress)
         signature = graph.signature()
         stored = lut.calibration(signature)
+        if not refine and count == 1 and stored is not None and stored.get("extra"):
+            previous = _grid_of(stored)
+            if (previous.levels, previous.align) == (grid.levels, grid.align):  # a refined LUT stays refined
+                grid = previous
+                keys = grid_keys(graph, grid)
+                measurements += _measure(lut, backend, keys, passes, progress)
+                staircases = {r: Staircase(**v) for r, v in stored.get("staircases", {}).items()}
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
                                 "align": grid.align, "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
@@ -132,10 +166,16 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
             cal, points = run_calibration(graph, lut, backend, grid, calibration_samples, progress)
             stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name,
                       "fit": FIT_METHOD, "points": points}
+            if grid.extra or staircases:
+                stored["extra"] = {root: list(ws) for root, ws in grid.extra}
+                stored["staircases"] = {r: st.to_dict() for r, st in staircases.items()}
             lut.set_calibration(signature, stored)
+        reused = sum(k.text in complete_before for k in keys)
         report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), measurements,
-                               len(keys) - len(todo), round(time.time() - start, 2), levels, grid.align, passes,
-                               {k: v for k, v in stored.items() if k != "points"}, lut.fingerprint)
+                               reused, round(time.time() - start, 2), levels, grid.align, passes,
+                               {k: v for k, v in stored.items() if k not in ("points", "staircases")},
+                               lut.fingerprint,
+                               {r: {"added": st.added, "steps": st.steps} for r, st in staircases.items()})
     return report
 
 
@@ -169,7 +209,8 @@ def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid,
 
 
 def _grid_of(stored: dict[str, Any]) -> Grid:
-    return Grid(int(stored["levels"]), int(stored.get("align", 1)))
+    """The width grid a stored calibration was fitted on (with the widths a refinement added)."""
+    return Grid(int(stored["levels"]), int(stored.get("align", 1))).with_extra(stored.get("extra", {}))
 
 
 def load_calibration(lut: Lut, signature: str) -> tuple[Calibration, Grid] | None:

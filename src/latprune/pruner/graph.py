@@ -229,7 +229,7 @@ class ChannelGraph:
     def options(self, grid: Grid, blocks: bool = False) -> dict[int, list[int]]:
         """Width options of every group on ``grid``; with ``blocks``, a block's
         inner group also offers width 0: the block removed."""
-        opts = {g.id: grid.widths(g.size) for g in self.groups}
+        opts = {g.id: grid.widths(g.size, g.root) for g in self.groups}
         if blocks:
             for b in self.blocks:
                 opts[b.group] = [0] + opts[b.group]
@@ -349,7 +349,9 @@ class Grid:
     """The widths a group may take: ``levels`` evenly spaced steps up to its size,
     each rounded to a multiple of ``align`` (the runtime's vector width: a
     width between two multiples costs as much as the next one up, and
-    unaligned widths force layout conversions), the full size always included.
+    unaligned widths force layout conversions), the full size always included;
+    plus, per group root, the ``extra`` widths that adaptive sampling added
+    where the group's latency jumps (``latency_lut.staircase``).
 
     >>> Grid(8).widths(32)
     [4, 8, 12, 16, 20, 24, 28, 32]
@@ -357,14 +359,23 @@ class Grid:
     [16, 32, 56, 72, 88, 112, 128, 144]
     >>> Grid(8, align=8).widths(6)
     [1, 2, 3, 4, 5, 6]
+    >>> Grid(2, extra=(("conv1", (10, 12)),)).widths(16, "conv1")
+    [8, 10, 12, 16]
     """
 
     levels: int = 8
     align: int = 1
+    extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
-    def widths(self, size: int) -> list[int]:
+    def widths(self, size: int, root: str | None = None) -> list[int]:
         align = self.align if size > 2 * self.align else 1  # tiny groups keep fine steps
         raw = (size * i / self.levels for i in range(1, self.levels + 1))
         widths = {max(align, align * round(w / align)) for w in raw} if align > 1 else {max(1, round(w)) for w in raw}
-        return sorted(w for w in widths | {size} if w <= size)
+        widths |= set(dict(self.extra).get(root, ())) if root is not None else set()
+        return sorted(w for w in widths | {size} if 0 < w <= size)
+
+    def with_extra(self, extra: dict[str, list[int]]) -> Grid:
+        """This grid with ``extra`` widths per group root (sorted, canonical: equal grids compare equal)."""
+        return Grid(self.levels, self.align,
+                    tuple(sorted((root, tuple(sorted(set(ws)))) for root, ws in extra.items() if ws)))
 
