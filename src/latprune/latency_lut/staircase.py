@@ -10,7 +10,8 @@ units it sets (as input or output width), the other groups at full width.
 Starting from the coarse grid, each segment between two neighbouring widths
 is probed at its midpoint (a multiple of the grid's alignment): if the
 midpoint's cost is off the straight line between the ends by more than
-``JUMP`` of the segment's rise, a step lies inside; the midpoint becomes a
+``JUMP`` of the segment's rise (and by more than ``NOISE`` of its cost, what
+timing noise alone can do), a step lies inside; the midpoint becomes a
 width option and both halves are probed again, down to the alignment.
 Segments whose rise is under ``FLAT`` of the cost are flat: their cheap side
 is already the wider end. Every probe is a LUT measurement, committed as it
@@ -32,6 +33,7 @@ from latprune.latency_lut.units import LayerKey, Unit
 from latprune.pruner.graph import ChannelGraph, Grid
 
 JUMP = 0.25   # midpoint off the straight line by more than this share of the segment's rise: a step inside
+NOISE = 0.03  # ... and by more than this share of its own cost (what two timings of one unit can differ by)
 FLAT = 0.02   # a segment rising by less than this share of the cost hides nothing worth finding
 STEEP = 2.0   # an aligned step costing this many times the curve's mean slope per channel is reported
 
@@ -82,16 +84,47 @@ def _steps(widths: list[int], ms: list[float], align: int) -> list[int]:
     return steps
 
 
+def _bisect(coarse: list[int], align: int, cost_of: Callable[[int], float | None]) -> tuple[list[int], dict[int, float]]:
+    """Bisect every segment of ``coarse`` where the midpoint's cost is off the line; returns the widths
+    added and every cost seen. ``cost_of`` returns None for a width it will not measure (a replay)."""
+    costs: dict[int, float] = {}
+    for w in coarse:
+        c = cost_of(w)
+        if c is None:
+            return [], costs
+        costs[w] = c
+    added: list[int] = []
+    pending = list(zip(coarse, coarse[1:]))
+    while pending:
+        a, b = pending.pop()
+        m = _midpoint(a, b, align)
+        rise = costs[b] - costs[a]
+        if m is None or abs(rise) < FLAT * max(costs[a], costs[b]):
+            continue
+        c = cost_of(m)
+        if c is None:
+            continue
+        costs[m] = c
+        line = costs[a] + rise * (m - a) / (b - a)
+        if abs(c - line) > max(JUMP * abs(rise), NOISE * c):
+            added.append(m)
+            pending += [(a, m), (m, b)]
+    return sorted(added), costs
+
+
 def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[LayerKey]], None],
+           remeasure: Callable[[list[LayerKey]], None] | None = None,
            progress: Callable[[str], None] | None = None) -> tuple[Grid, dict[str, Staircase]]:
     """Refine ``grid`` where each group's cost curve jumps (see the module doc).
 
     ``measure(keys)`` puts the keys that the LUT lacks into it (the profile's
-    measuring loop); the costs are read back from the LUT. Returns the grid
-    with the added widths and every group's staircase."""
+    measuring loop); the costs are read back from the LUT. A probe's passes
+    follow each other within a second, so a slow spell of the device can
+    fake a step: with ``remeasure(keys)`` (time each key again, keep the
+    faster), every group where a step was found is timed again after all
+    groups were probed, and only the steps that the new costs still show are
+    kept. Returns the grid with the added widths and every group's staircase."""
     align = max(1, grid.align)
-    extra: dict[str, list[int]] = {}
-    stairs: dict[str, Staircase] = {}
 
     def cost(gid: int, width: int) -> float:
         keys = group_keys(graph, gid, width)
@@ -103,30 +136,31 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
             total += latency.median_ms
         return total
 
+    found: dict[int, tuple[list[int], list[int], dict[int, float], int]] = {}
     for group in graph.groups:
         if not _touching(graph, group.id):
             continue
         coarse = grid.widths(group.size, group.root)
         g_align = align if group.size > 2 * align else 1  # as Grid.widths: tiny groups keep fine steps
-        costs = {w: cost(group.id, w) for w in coarse}
-        added: list[int] = []
-        pending = list(zip(coarse, coarse[1:]))
-        while pending:
-            a, b = pending.pop()
-            m = _midpoint(a, b, g_align)
-            rise = costs[b] - costs[a]
-            if m is None or abs(rise) < FLAT * max(costs[a], costs[b]):
-                continue
-            costs[m] = cost(group.id, m)
-            line = costs[a] + rise * (m - a) / (b - a)
-            if abs(costs[m] - line) > JUMP * abs(rise):
-                added.append(m)
-                pending += [(a, m), (m, b)]
-        kept = sorted(set(coarse) | set(added))
-        ms = [costs[w] for w in kept]
-        stairs[group.root] = Staircase(group.root, kept, ms, _steps(kept, ms, g_align), sorted(added))
-        if added:
-            extra[group.root] = sorted(set(added))
+        added, costs = _bisect(coarse, g_align, lambda w, gid=group.id: cost(gid, w))
+        found[group.id] = (coarse, added, costs, g_align)
         if progress:
             progress(group.root)
+    if remeasure is not None:  # a step must be seen twice, at different moments
+        for gid, (coarse, added, costs, g_align) in found.items():
+            if not added:
+                continue
+            remeasure([k for w in sorted(costs) for k in group_keys(graph, gid, w)])
+            fresh = {w: cost(gid, w) for w in costs}
+            confirmed, _ = _bisect(coarse, g_align, fresh.get)
+            found[gid] = (coarse, confirmed, fresh, g_align)
+    extra: dict[str, list[int]] = {}
+    stairs: dict[str, Staircase] = {}
+    for gid, (coarse, added, costs, g_align) in found.items():
+        root = graph.groups[gid].root
+        kept = sorted(set(coarse) | set(added))
+        ms = [costs[w] for w in kept]
+        stairs[root] = Staircase(root, kept, ms, _steps(kept, ms, g_align), added)
+        if added:
+            extra[root] = added
     return grid.with_extra({**dict(grid.extra), **extra}), stairs
