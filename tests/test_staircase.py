@@ -130,6 +130,15 @@ def test_a_step_faked_by_a_slow_spell_is_not_confirmed(tmp_path: Path) -> None:
             assert report.staircases[g.root] == {"added": [], "steps": []}
 
 
+def test_refine_refuses_a_shard(tmp_path: Path) -> None:
+    from latprune.errors import LutError
+
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    with pytest.raises(LutError, match="merge them"):
+        build_lut(graph, tmp_path / "s.lut", FakeBackend(), levels=2, progress=False, shard=(1, 2), refine=True)
+    assert not (tmp_path / "s.lut").exists()  # refused before anything was created
+
+
 def test_midpoints_stay_on_the_alignment() -> None:
     assert _midpoint(64, 128, 8) == 96
     assert _midpoint(16, 32, 8) == 24

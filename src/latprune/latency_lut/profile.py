@@ -134,6 +134,9 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         raise LutError(f"--levels must be at least 1, got {levels}")
     if passes < 1:
         raise LutError(f"--passes must be at least 1, got {passes}")
+    if refine and count > 1:
+        raise LutError("--refine probes widths that depend on every measurement of a group: profile the shards "
+                       "without it, merge them with `latprune lut merge`, then profile the merged LUT with --refine")
     grid = Grid(levels, backend.preferred_align if align is None else align)
     if grid.align < 1:
         raise LutError(f"--align must be at least 1, got {grid.align}")
@@ -149,7 +152,7 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         keys = grid_keys(graph, grid)[index - 1 :: count]
         measurements = _measure(lut, backend, keys, passes, progress)
         staircases: dict[str, Staircase] = {}
-        if refine and count == 1:
+        if refine:
             probes = [0]
 
             def probe(probe_keys: list[LayerKey]) -> None:

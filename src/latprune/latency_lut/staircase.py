@@ -139,6 +139,8 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
     found: dict[int, tuple[list[int], list[int], dict[int, float], int]] = {}
     for group in graph.groups:
         if not _touching(graph, group.id):
+            if progress:
+                progress(group.root)
             continue
         coarse = grid.widths(group.size, group.root)
         g_align = align if group.size > 2 * align else 1  # as Grid.widths: tiny groups keep fine steps
