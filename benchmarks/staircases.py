@@ -71,7 +71,8 @@ def main() -> None:
                 m = prune(PruneConfig(model=args.model, lut=str(lut), budget=f"{budget}x", out=str(work / label),
                                       input=args.input, threads=args.threads, method="halp", importance="l1",
                                       epochs=0, force=True, progress=False))
-                widths = m["closed_loop"][-1]["widths"] if m["closed_loop"] else {}
+                fitting = [h for h in m["closed_loop"] if h["fits"]]  # the loop keeps the most valuable fit
+                widths = max(fitting, key=lambda h: h["kept_importance"])["widths"] if fitting else {}
                 runs[f"{label}@{budget}x"] = {
                     "lut": label, "budget_ratio": float(budget), "budget_ms": m["budget"]["ms"],
                     "base_ms": m["base"]["latency_ms"]["median_ms"], "measured": m["pruned"]["latency_ms"],

@@ -130,6 +130,16 @@ def test_a_step_faked_by_a_slow_spell_is_not_confirmed(tmp_path: Path) -> None:
             assert report.staircases[g.root] == {"added": [], "steps": []}
 
 
+def test_a_refinement_that_adds_nothing_is_still_stored(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    path = tmp_path / "n.lut"
+    build_lut(graph, path, FakeBackend(), levels=1, progress=False, passes=1)  # calibrated on the same grid first
+    report = build_lut(graph, path, FakeBackend(), levels=1, progress=False, passes=1, refine=True)
+    assert report.staircases and all(s == {"added": [], "steps": []} for s in report.staircases.values())
+    with Lut.open(path) as lut:
+        assert set(lut.calibration(graph.signature())["staircases"]) == set(report.staircases)
+
+
 def test_refine_refuses_a_shard(tmp_path: Path) -> None:
     from latprune.errors import LutError
 

@@ -104,6 +104,13 @@ def _measure(lut: Lut, backend: Backend, keys: list[LayerKey], passes: int, prog
     return measurements
 
 
+def _store_refinement(stored: dict[str, Any], grid: Grid, staircases: dict[str, Staircase]) -> None:
+    """Put the refined grid's added widths and the staircases into a stored calibration (in place)."""
+    if grid.extra or staircases:
+        stored["extra"] = {root: list(ws) for root, ws in grid.extra}
+        stored["staircases"] = {r: st.to_dict() for r, st in staircases.items()}
+
+
 def _remeasure(lut: Lut, backend: Backend, keys: list[LayerKey]) -> int:
     """Time every key once more and keep the faster median (a confirmation at another moment)."""
     unique = {k.text: k for k in keys}
@@ -182,9 +189,10 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
             cal, points = run_calibration(graph, lut, backend, grid, calibration_samples, progress)
             stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name,
                       "fit": FIT_METHOD, "points": points}
-            if grid.extra or staircases:
-                stored["extra"] = {root: list(ws) for root, ws in grid.extra}
-                stored["staircases"] = {r: st.to_dict() for r, st in staircases.items()}
+            _store_refinement(stored, grid, staircases)
+            lut.set_calibration(signature, stored)
+        elif refine:  # same grid as stored: no refit, but this refinement's curves and steps are the current ones
+            _store_refinement(stored, grid, staircases)
             lut.set_calibration(signature, stored)
         reused = sum(k.text in complete_before for k in keys)
         report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), measurements,

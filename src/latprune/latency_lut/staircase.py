@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from latprune.errors import LutError
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.units import LayerKey, Unit
 from latprune.pruner.graph import ChannelGraph, Grid
@@ -132,7 +133,8 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
         total = 0.0
         for key in keys:
             latency = lut.get(key)
-            assert latency is not None, f"measure() left {key.text} unmeasured"
+            if latency is None:
+                raise LutError(f"the refinement's measuring step left {key.text} unmeasured")
             total += latency.median_ms
         return total
 
@@ -150,8 +152,8 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
             progress(group.root)
     if remeasure is not None:  # a step must be seen twice, at different moments
         for gid, (coarse, added, costs, g_align) in found.items():
-            if not added:
-                continue
+            if not added and not _steps(sorted(costs), [costs[w] for w in sorted(costs)], g_align):
+                continue  # nothing found: nothing to confirm
             remeasure([k for w in sorted(costs) for k in group_keys(graph, gid, w)])
             fresh = {w: cost(gid, w) for w in costs}
             confirmed, _ = _bisect(coarse, g_align, fresh.get)
@@ -161,7 +163,7 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
     for gid, (coarse, added, costs, g_align) in found.items():
         root = graph.groups[gid].root
         kept = sorted(set(coarse) | set(added))
-        ms = [costs[w] for w in kept]
+        ms = [cost(gid, w) for w in kept]  # read again: confirming one group re-times keys others share
         stairs[root] = Staircase(root, kept, ms, _steps(kept, ms, g_align), added)
         if added:
             extra[root] = added
