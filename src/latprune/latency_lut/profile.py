@@ -96,12 +96,16 @@ def _measure(lut: Lut, backend: Backend, keys: list[LayerKey], passes: int, prog
             pending.reverse()
         for key in tqdm(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
                         disable=not progress or not pending or None):
-            new = backend.measure_unit(key)
-            old = lut.get(key)
-            best = new if old is None or new.median_ms < old.median_ms else old
-            lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=p)
+            _time_and_keep_faster(lut, backend, key, passes=p)
             measurements += 1
     return measurements
+
+
+def _time_and_keep_faster(lut: Lut, backend: Backend, key: LayerKey, passes: int) -> None:
+    """Time ``key`` on the backend and commit the faster of this and the stored median, with ``passes``."""
+    new, old = backend.measure_unit(key), lut.get(key)
+    best = new if old is None or new.median_ms < old.median_ms else old
+    lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=passes)
 
 
 def _store_refinement(stored: dict[str, Any], grid: Grid, staircases: dict[str, Staircase]) -> None:
@@ -115,9 +119,7 @@ def _remeasure(lut: Lut, backend: Backend, keys: list[LayerKey]) -> int:
     """Time every key once more and keep the faster median (a confirmation at another moment)."""
     unique = {k.text: k for k in keys}
     for key in unique.values():
-        new, old = backend.measure_unit(key), lut.get(key)
-        best = new if old is None or new.median_ms < old.median_ms else old
-        lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=max(1, lut.passes(key)))
+        _time_and_keep_faster(lut, backend, key, passes=max(1, lut.passes(key)))
     return len(unique)
 
 
@@ -160,19 +162,19 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         measurements = _measure(lut, backend, keys, passes, progress)
         staircases: dict[str, Staircase] = {}
         if refine:
-            probes = [0]
-
             def probe(probe_keys: list[LayerKey]) -> None:
-                probes[0] += _measure(lut, backend, probe_keys, passes, False)
+                nonlocal measurements
+                measurements += _measure(lut, backend, probe_keys, passes, False)
 
             def again(probe_keys: list[LayerKey]) -> None:
-                probes[0] += _remeasure(lut, backend, probe_keys)
+                nonlocal measurements
+                measurements += _remeasure(lut, backend, probe_keys)
 
             with tqdm(total=len(graph.groups), desc=f"refine {backend.name} staircases", unit="group",
                       disable=not progress or None) as bar:
                 grid, staircases = refine_grid(graph, lut, grid, probe, again, lambda _: bar.update())
             keys = grid_keys(graph, grid)  # the coarse keys and the cross products of the added widths
-            measurements += probes[0] + _measure(lut, backend, keys, passes, progress)
+            measurements += _measure(lut, backend, keys, passes, progress)
         signature = graph.signature()
         stored = lut.calibration(signature)
         if not refine and count == 1 and stored is not None and stored.get("extra"):
