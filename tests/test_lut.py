@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from latprune.errors import FingerprintMismatch, LutError
@@ -210,3 +211,52 @@ def test_unknown_backend_lists_the_known_ones() -> None:
 
     with pytest.raises(BackendError, match="fake, ort-cpu, tensorrt, torch-cpu, torch-cuda"):
         get_backend("tpu")
+
+
+def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: Path) -> None:
+    """A unit's entry leaves out NCHWc layout conversions and the auxiliary residual
+    convolution, and its add runs fused into the convolution, as inside a whole model."""
+    import json
+
+    from latprune.latency_lut.backends.ort_cpu import AUX, LAYOUT_OPS, make_session, run_kernel_ms, unit_onnx
+
+    key = LayerKey("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(14, 14), bn=True, add=True, act="relu")
+    session = make_session(unit_onnx(key, aux_residual=True), 1, profile_prefix=str(tmp_path / "p"))
+    assert [i.name for i in session.get_inputs()] == ["x"]  # the residual is computed, not fed
+    feeds = {"x": np.zeros((1, 16, 14, 14), np.float32)}
+    for _ in range(3):
+        session.run(None, feeds)
+    with open(session.end_profiling(), encoding="utf-8") as fh:
+        events = json.load(fh)
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    ops = {e["args"]["op_name"] for e in nodes}
+    assert "Add" not in ops and "Conv" in ops
+    left_out = [e for e in nodes if e["args"]["op_name"] in LAYOUT_OPS or e["name"].startswith(AUX)]
+    assert left_out, "the unit graph should hold a layout conversion or the auxiliary convolution"
+    per_run = run_kernel_ms(events)
+    assert len(per_run) == 3
+    kept_us = sum(e["dur"] for e in nodes) - sum(e["dur"] for e in left_out)
+    assert sum(per_run) == pytest.approx(kept_us / 1000.0)
+
+
+def test_run_kernel_ms_sums_each_run_without_layout_and_aux_nodes() -> None:
+    from latprune.latency_lut.backends.ort_cpu import run_kernel_ms
+
+    def node(name: str, op: str, ts: int, dur: int) -> dict[str, object]:
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+              node("ReorderInput", "ReorderInput", 1, 10), node("y_nchwc", "Conv", 12, 50),
+              node("aux_r_nchwc", "Conv", 5, 5), node("ReorderOutput", "ReorderOutput", 70, 10),
+              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+              node("y_nchwc", "Conv", 210, 40), node("Gemm", "Gemm", 260, 30)]
+    assert run_kernel_ms(events) == pytest.approx([0.05, 0.07])
+
+
+def test_ort_cpu_lut_of_session_wall_times_is_refused(tmp_path: Path) -> None:
+    """LUTs profiled before units were kernel times hold other numbers: profile anew."""
+    backend = get_backend("ort-cpu", threads=1)
+    old = {k: v for k, v in backend.fingerprint().items() if k != "unit_timing"}
+    Lut.create(tmp_path / "old.lut", old).close()
+    with pytest.raises(FingerprintMismatch, match="unit_timing: None here vs 'kernel' now"):
+        open_for_backend(tmp_path / "old.lut", backend, writable=False)

@@ -21,10 +21,13 @@ def test_plan_replays_on_a_fresh_base_model(tmp_path: Path) -> None:
     slim = graph.slim(keep)
     plan = PruningPlan(model="tiny", input_shape=TINY_INPUT,
                        groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(k))
-                                    for g, k in keep.items()))
+                                    for g, k in keep.items()),
+                       grid_extra={graph.groups[0].root: [3, 5]})  # widths a refined LUT added
     plan.save(tmp_path / "plan.json")
+    loaded = PruningPlan.load(tmp_path / "plan.json")
+    assert loaded == plan and loaded.grid_extra == {graph.groups[0].root: [3, 5]}
     fresh = tiny_resnet()  # other weights, same architecture
-    replayed = PruningPlan.load(tmp_path / "plan.json").apply_(fresh)
+    replayed = loaded.apply_(fresh)
     replayed.load_state_dict(slim.state_dict())
     x = torch.randn(3, *TINY_INPUT[1:])
     with torch.no_grad():

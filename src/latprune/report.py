@@ -131,7 +131,8 @@ def lut_text(r: dict[str, Any]) -> str:
     rules = r.get("fusion_rules")
     if rules:
         found = ", ".join(f"{k} {'fused' if v['fused'] else 'separate'} "
-                          f"({1000 * v['attached_ms']:.1f} µs attached vs {1000 * v['alone_ms']:.1f} µs alone)"
+                          f"({1000 * v['attached_ms']:.1f} µs attached vs {1000 * v['alone_ms']:.1f} µs alone"
+                          + (f"; kernels {'+'.join(v['kernels'])}" if v.get("kernels") else "") + ")"
                           for k, v in rules.items() if isinstance(v, dict))
         lines.append(f"fusion rules measured: {found}")
     for sig, c in r["calibrations"].items():

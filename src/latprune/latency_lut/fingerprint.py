@@ -13,7 +13,7 @@ from typing import Any
 
 from latprune.errors import FingerprintMismatch
 
-MATCH_FIELDS = ("backend", "runtime", "runtime_version", "threads", "precision", "device")
+MATCH_FIELDS = ("backend", "runtime", "runtime_version", "threads", "precision", "device", "unit_timing")
 
 
 def cpu_model() -> str:

@@ -1,14 +1,19 @@
 """Which ops the runtime fuses into the convolution before them, found by measuring.
 
-For a canonical convolution (64→64 channels, 1×1, 56×56, batch 1: little compute,
-so a follower's cost is not lost in the convolution's noise) the probe
-times the convolution alone, each follower op alone (BatchNorm, ReLU, a
-residual Add), and the convolution with the follower attached, each as its
-own session. After removing one session call's fixed cost from every
-timing, a follower counts as *fused* when attaching it costs less than half
-of what it costs alone. The rules found are stored in the LUT's metadata
-(``fusion_rules``) and shown by ``latprune lut show``; the unit builder's
-rule (conv + BN + add + activation = one unit) can be checked against them.
+For a canonical convolution (64→64 channels, 1×1, 56×56, batch 1: little
+compute, so a follower's cost is not lost in the convolution's noise) the
+probe profiles, with the runtime's own profiler, the convolution alone,
+each follower op alone (BatchNorm, ReLU, a residual Add) and the
+convolution with the follower attached. A follower is *fused* when the
+convolution with it attached still runs as the convolution's kernels only
+(no kernel of its own), and the profile records what attaching it cost
+against what it costs alone. The residual of the Add comes from another
+convolution, as in a whole model: ONNX Runtime fuses an add into an NCHWc
+convolution only when the residual is an NCHWc tensor too, and keeps it
+apart when the residual is a plain graph input (what an earlier probe fed,
+which reported the add as separate). The rules are stored in the LUT's
+metadata (``fusion_rules``) and shown by ``latprune lut show``; they are
+what the unit builder assumes (conv + BN + add + activation = one unit).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from latprune.latency_lut.timing import fastest_over_passes
+from latprune.latency_lut.timing import Latency, fastest_over_passes
 from latprune.latency_lut.units import LayerKey
 
 CANONICAL = LayerKey("conv", 64, 64, (1, 1), (1, 1), (0, 0), in_hw=(56, 56))  # cheap compute, real data movement
@@ -51,26 +56,29 @@ def _single_op_onnx(op: str, shape: list[int]) -> bytes:
 
 
 def discover_fusions(backend: Any) -> dict[str, Any]:
-    """Measure the fusion rules of an ONNX-Runtime-like backend (one with ``measure_session``)."""
-    from latprune.latency_lut.backends.ort_cpu import make_session, unit_onnx
+    """Measure the fusion rules of a backend that profiles ONNX graphs kernel by kernel (``profile_graph``)."""
+    from latprune.latency_lut.backends.ort_cpu import unit_onnx
 
     shape = [CANONICAL.batch, CANONICAL.cout, *CANONICAL.in_hw]
     ops = {"bn": "BatchNormalization", "relu": "Relu", "add": "Add"}
-    graphs = {"call": _single_op_onnx("Identity", [1, 1]),  # a session call that moves no data
-              "conv": unit_onnx(CANONICAL)}
+    graphs = {"conv": unit_onnx(CANONICAL)}
     for name, flags in FOLLOWERS.items():
         graphs[name] = _single_op_onnx(ops[name], shape)
-        graphs[f"conv+{name}"] = unit_onnx(replace(CANONICAL, **flags))
+        graphs[f"conv+{name}"] = unit_onnx(replace(CANONICAL, **flags), aux_residual=True)
     names = list(graphs)
-    timed = fastest_over_passes(lambda i: backend.measure_session(make_session(graphs[names[i]], backend.threads)),
-                                len(names), PASSES)
+    kernels: dict[str, tuple[str, ...]] = {}
+
+    def measure(i: int) -> Latency:
+        profile = backend.profile_graph(graphs[names[i]])
+        kernels[names[i]] = profile.ops
+        return profile.latency
+
+    timed = fastest_over_passes(measure, len(names), PASSES)
     best = {name: lat.median_ms for name, lat in zip(names, timed)}
-    call_ms = best["call"]
-    conv_ms = best["conv"] - call_ms
-    rules: dict[str, Any] = {"probe": CANONICAL.text, "call_overhead_ms": call_ms, "conv_ms": conv_ms}
+    rules: dict[str, Any] = {"probe": CANONICAL.text, "method": "profiler kernels", "conv_ms": best["conv"],
+                             "conv_kernels": list(kernels["conv"])}
     for name in FOLLOWERS:
-        alone_ms = max(best[name] - call_ms, 1e-6)
-        attached_ms = best[f"conv+{name}"] - call_ms - conv_ms
-        rules[f"conv+{name}"] = {"fused": attached_ms < 0.5 * alone_ms, "alone_ms": alone_ms,
-                                 "attached_ms": attached_ms}
+        rules[f"conv+{name}"] = {"fused": kernels[f"conv+{name}"] == kernels["conv"],
+                                 "kernels": list(kernels[f"conv+{name}"]), "alone_ms": best[name],
+                                 "attached_ms": best[f"conv+{name}"] - best["conv"]}
     return rules

@@ -108,6 +108,26 @@ def _time_and_keep_faster(lut: Lut, backend: Backend, key: LayerKey, passes: int
     lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=passes)
 
 
+def _refine(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, passes: int,
+            progress: bool) -> tuple[Grid, dict[str, Staircase], int]:
+    """Probe each group's staircase (:func:`refine_grid`): the refined grid, the staircases
+    and how many measurements it took."""
+    measurements = 0
+
+    def probe(probe_keys: list[LayerKey]) -> None:
+        nonlocal measurements
+        measurements += _measure(lut, backend, probe_keys, passes, False)
+
+    def again(probe_keys: list[LayerKey]) -> None:
+        nonlocal measurements
+        measurements += _remeasure(lut, backend, probe_keys)
+
+    with tqdm(total=len(graph.groups), desc=f"refine {backend.name} staircases", unit="group",
+              disable=not progress or None) as bar:
+        grid, staircases = refine_grid(graph, lut, grid, probe, again, lambda _: bar.update())
+    return grid, staircases, measurements
+
+
 def _store_refinement(stored: dict[str, Any], grid: Grid, staircases: dict[str, Staircase]) -> None:
     """Put the refined grid's added widths and the staircases into a stored calibration (in place)."""
     if grid.extra or staircases:
@@ -153,7 +173,7 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     path = Path(path)
     lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
     with lut:
-        if lut.meta("fusion_rules") is None and hasattr(backend, "measure_session"):
+        if lut.meta("fusion_rules") is None and hasattr(backend, "profile_graph"):
             from latprune.latency_lut.fusion import discover_fusions
 
             lut.set_meta("fusion_rules", discover_fusions(backend))
@@ -161,29 +181,19 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         keys = grid_keys(graph, grid)[index - 1 :: count]
         measurements = _measure(lut, backend, keys, passes, progress)
         staircases: dict[str, Staircase] = {}
-        if refine:
-            def probe(probe_keys: list[LayerKey]) -> None:
-                nonlocal measurements
-                measurements += _measure(lut, backend, probe_keys, passes, False)
-
-            def again(probe_keys: list[LayerKey]) -> None:
-                nonlocal measurements
-                measurements += _remeasure(lut, backend, probe_keys)
-
-            with tqdm(total=len(graph.groups), desc=f"refine {backend.name} staircases", unit="group",
-                      disable=not progress or None) as bar:
-                grid, staircases = refine_grid(graph, lut, grid, probe, again, lambda _: bar.update())
-            keys = grid_keys(graph, grid)  # the coarse keys and the cross products of the added widths
-            measurements += _measure(lut, backend, keys, passes, progress)
         signature = graph.signature()
         stored = lut.calibration(signature)
-        if not refine and count == 1 and stored is not None and stored.get("extra"):
+        if refine:
+            grid, staircases, count_refine = _refine(graph, lut, backend, grid, passes, progress)
+            measurements += count_refine
+        elif count == 1 and stored is not None and stored.get("extra"):
             previous = _grid_of(stored)
             if (previous.levels, previous.align) == (grid.levels, grid.align):  # a refined LUT stays refined
                 grid = previous
-                keys = grid_keys(graph, grid)
-                measurements += _measure(lut, backend, keys, passes, progress)
                 staircases = {r: Staircase(**v) for r, v in stored.get("staircases", {}).items()}
+        if refine or grid.extra:  # the coarse keys and the cross products of the added widths
+            keys = grid_keys(graph, grid)
+            measurements += _measure(lut, backend, keys, passes, progress)
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
                                 "align": grid.align, "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}

@@ -153,7 +153,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         model=spec.name, input_shape=spec.input_shape,
         groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in channels.items()),
         removed_blocks=tuple(b.name for b in removed),
-        levels=grid.levels, align=grid.align, budget_ms=budget_ms, predicted_ms=decision.predicted_ms,
+        levels=grid.levels, align=grid.align, grid_extra={root: list(ws) for root, ws in grid.extra},
+        budget_ms=budget_ms, predicted_ms=decision.predicted_ms,
         signature=graph.signature(), method=config.method,
     )
     plan.save(staging / "plan.json")

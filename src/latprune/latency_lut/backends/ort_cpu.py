@@ -3,12 +3,30 @@
 A unit is measured as a one-kernel ONNX graph built directly with
 ``onnx.helper`` (Conv -> BatchNormalization -> Add -> activation), so ONNX
 Runtime applies the same fusions it applies inside the whole model. Whole
-models are exported to ONNX and timed the same way.
+models are exported to ONNX and timed on the wall clock.
+
+A unit's latency is its **kernel time**, read from ONNX Runtime's own
+profiler, not the wall time of its one-unit session. Alone, a unit pays
+what it does not pay inside the whole model: the conversions of its input
+and output to and from the NCHWc layout (``ReorderInput`` /
+``ReorderOutput``: 28% of a 96-channel depthwise unit at 56×56, measured),
+and the session call. Inside the whole model the convolutions pass NCHWc
+tensors to each other and one ``ReorderOutput`` remains (measured on
+MobileNetV2, EfficientNet-Lite0 and ResNet-18). These costs scale with
+tensor sizes, not with the convolution's work, so a linear calibration of
+summed wall times cannot remove them; summed kernel times leave the
+calibration only the per-run constant. A residual add is fused into the
+convolution only when the residual is itself an NCHWc tensor, as it is in
+the whole model, so a unit's residual comes from an auxiliary convolution
+whose time is left out.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +39,10 @@ from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
 from latprune.latency_lut.units import LayerKey
 
 OPSET = 17
+AUX = "aux_"  # name prefix of the nodes a unit graph needs but whose time is not the unit's
+LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
+# What a LUT entry is: "kernel" (profiler kernel time). LUTs from before it ("session" wall time, no field) are refused.
+UNIT_TIMING = "kernel"  # NCHWc layout conversions, absent between units in a whole model
 
 
 def _ort() -> Any:
@@ -31,10 +53,14 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def make_session(model: bytes | str | os.PathLike[str], threads: int) -> Any:
-    """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation."""
+def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation
+    (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given)."""
     ort = _ort()
     opts = ort.SessionOptions()
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -63,8 +89,14 @@ def random_feeds(session: Any, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-def unit_onnx(key: LayerKey, seed: int = 0) -> bytes:
-    """A one-unit ONNX model for ``key`` with random weights."""
+def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes:
+    """A one-unit ONNX model for ``key`` with random weights.
+
+    The residual of an ``add`` unit is a second graph input, or with
+    ``aux_residual`` the output of an auxiliary convolution of the unit's
+    input (nodes named ``aux_...``), so that ONNX Runtime sees an NCHWc
+    residual and fuses the add into the convolution as it does in a whole
+    model."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -105,7 +137,11 @@ def unit_onnx(key: LayerKey, seed: int = 0) -> bytes:
                  init("bn_m", rng.standard_normal(c)), init("bn_v", rng.uniform(0.5, 1.5, c))]
         nodes.append(helper.make_node("BatchNormalization", bn_in, ["y_bn"], epsilon=1e-5))
         last = "y_bn"
-    if key.add:
+    if key.add and aux_residual and key.op == "conv":
+        nodes.insert(0, _aux_residual_conv(key, out_shape, init, rng))
+        nodes.append(helper.make_node("Add", [last, f"{AUX}r"], ["y_add"]))
+        last = "y_add"
+    elif key.add:
         inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, out_shape))
         nodes.append(helper.make_node("Add", [last, "r"], ["y_add"]))
         last = "y_add"
@@ -115,6 +151,82 @@ def unit_onnx(key: LayerKey, seed: int = 0) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="latprune")
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def _aux_residual_conv(key: LayerKey, out_shape: list[int], init: Any, rng: np.random.Generator) -> Any:
+    """A convolution of the unit's input ``x`` with the unit's output shape: 1×1 with the
+    unit's stride where that gives the shape ("same" padding), else the unit's geometry."""
+    from onnx import helper
+
+    h, w = key.in_hw
+    one_by_one = all((size - 1) // s + 1 == out
+                     for size, s, out in zip((h, w), key.stride, out_shape[2:]))
+    kernel = (1, 1) if one_by_one else key.kernel
+    pads = [0, 0, 0, 0] if one_by_one else [key.padding[0], key.padding[1], key.padding[0], key.padding[1]]
+    dilations = [1, 1] if one_by_one else list(key.dilation)
+    weight = init(f"{AUX}w", rng.standard_normal((key.cout, key.cin, *kernel)) * 0.1)
+    return helper.make_node("Conv", ["x", weight], [f"{AUX}r"], name=f"{AUX}conv", kernel_shape=list(kernel),
+                            strides=list(key.stride), pads=pads, dilations=dilations)
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """What ONNX Runtime's profiler saw of a graph: the latency of its kept kernels
+    and the ops they ran as (one run's kernels, in order)."""
+
+    latency: Latency
+    ops: tuple[str, ...]
+
+
+def profile_kernels(model: bytes, threads: int, timing: TimingConfig) -> KernelProfile:
+    """Per-run latency of ``model``'s kernels from ONNX Runtime's profiler, leaving out
+    NCHWc layout conversions and auxiliary nodes (see the module docstring).
+
+    The runs are those of :func:`time_callable` (warm-up first, dropped);
+    each run's sample is the sum of its kept kernels' durations."""
+    with tempfile.TemporaryDirectory(prefix="latprune-ort-prof-") as tmp:
+        session = make_session(model, threads, profile_prefix=os.path.join(tmp, "unit"))
+        feeds = random_feeds(session)
+        time_callable(lambda: session.run(None, feeds), timing)
+        path = session.end_profiling()
+        with open(path, encoding="utf-8") as fh:
+            events = json.load(fh)
+    runs = _runs(events)
+    last = [op for ts, _, op in _kept_kernels(events) if runs[-1][0] <= ts <= runs[-1][1]]
+    return KernelProfile(Latency.from_samples(run_kernel_ms(events)[timing.warmup:]), tuple(last))
+
+
+def kernel_latency(model: bytes, threads: int, timing: TimingConfig) -> Latency:
+    """:func:`profile_kernels`'s latency."""
+    return profile_kernels(model, threads, timing).latency
+
+
+def _runs(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    if not runs:
+        raise BackendError("ONNX Runtime's profile holds no model_run event; cannot read kernel times")
+    return runs
+
+
+def _kept_kernels(events: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """(start µs, duration µs, op) of every kernel that is neither a layout conversion nor ``aux_``."""
+    return sorted((e["ts"], e["dur"], e.get("args", {}).get("op_name", "")) for e in events
+                  if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                  and e.get("args", {}).get("op_name") not in LAYOUT_OPS and not e["name"].startswith(AUX))
+
+
+def run_kernel_ms(events: list[dict[str, Any]]) -> list[float]:
+    """Each ``model_run`` of an ONNX Runtime profile: the summed duration (ms) of its kernels,
+    without layout conversions and ``aux_`` nodes."""
+    runs = _runs(events)
+    totals = [0.0] * len(runs)
+    i = 0
+    for ts, dur, _ in _kept_kernels(events):
+        while i < len(runs) - 1 and ts > runs[i][1]:
+            i += 1
+        if runs[i][0] <= ts <= runs[i][1]:
+            totals[i] += dur / 1000.0
+    return totals
 
 
 def _activation(act: str, last: str, nodes: list[Any], init: Any) -> str:
@@ -163,6 +275,7 @@ class OrtCpuBackend(Backend):
         return {
             "backend": self.name, "runtime": "onnxruntime", "runtime_version": ort.__version__,
             "threads": self.threads, "precision": "fp32", "device": host_fingerprint()["cpu"],
+            "unit_timing": UNIT_TIMING,
             **host_fingerprint(),
         }
 
@@ -170,8 +283,13 @@ class OrtCpuBackend(Backend):
         feeds = random_feeds(session)
         return time_callable(lambda: session.run(None, feeds), timing or self.timing)
 
+    def profile_graph(self, model: bytes) -> KernelProfile:
+        """Kernel time and kernels of an ONNX graph, from ONNX Runtime's profiler."""
+        return profile_kernels(model, self.threads, self.timing)
+
     def measure_unit(self, key: LayerKey) -> Latency:
-        return self.measure_session(make_session(unit_onnx(key), self.threads))
+        """The unit's kernel time inside ONNX Runtime (see the module docstring)."""
+        return kernel_latency(unit_onnx(key, aux_residual=True), self.threads, self.timing)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         from latprune.exporters.onnx import to_onnx_bytes
