@@ -260,3 +260,22 @@ def test_ort_cpu_lut_of_session_wall_times_is_refused(tmp_path: Path) -> None:
     Lut.create(tmp_path / "old.lut", old).close()
     with pytest.raises(FingerprintMismatch, match="unit_timing: None here vs 'kernel' now"):
         open_for_backend(tmp_path / "old.lut", backend, writable=False)
+
+
+def test_disagreeing_passes_are_measured_again_until_two_agree() -> None:
+    """A VM that flips between a fast and a slow speed: an item whose two fastest
+    medians disagree gets another pass, up to max_passes; agreeing items do not."""
+    from latprune.latency_lut.timing import fastest_over_passes
+
+    speeds = {0: iter([10.0, 10.2]), 1: iter([19.0, 10.0, 10.1]), 2: iter([20.0, 23.0, 22.0, 10.0])}
+    calls = {0: 0, 1: 0, 2: 0}
+
+    def measure(i: int) -> Latency:
+        calls[i] += 1
+        ms = next(speeds[i])
+        return Latency(ms, ms, ms, 10)
+
+    best = fastest_over_passes(measure, 3, passes=2, agree=0.05, max_passes=4)
+    assert calls == {0: 2, 1: 3, 2: 4}
+    assert [b.median_ms for b in best] == [10.0, 10.0, 10.0]
+    assert [b.median_ms for b in fastest_over_passes(lambda i: Latency(5.0 + i, 5.0, 5.0, 1), 2)] == [5.0, 6.0]

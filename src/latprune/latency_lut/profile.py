@@ -28,6 +28,8 @@ from latprune.pruner.graph import ChannelGraph, Grid
 
 DEFAULT_LEVELS = 8
 DEFAULT_PASSES = 2
+MODEL_AGREE = 0.05     # whole models: two passes further apart than this get another pass ...
+MODEL_MAX_PASSES = 4   # ... up to this many in all
 
 
 @dataclass(frozen=True)
@@ -221,11 +223,19 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
 
     The same rule as the units: ``passes`` passes at different moments (the
     second in reverse order), keeping each configuration's faster median, so
-    a slow spell of the machine does not land on one configuration alone."""
+    a slow spell of the machine does not land on one configuration alone;
+    a configuration whose two fastest medians differ by more than
+    ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times."""
     models = [graph.slim_to_widths(widths) for widths in configs]
     with tqdm(total=len(models) * passes, desc=desc, unit="model", disable=not progress or None) as bar:
+        def tick() -> None:
+            if bar.total is not None and bar.n >= bar.total:  # an extra pass for a disagreeing configuration
+                bar.total += 1
+            bar.update()
+
         return fastest_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
-                                   passes, on_each=bar.update)
+                                   passes, on_each=tick, agree=MODEL_AGREE,
+                                   max_passes=max(passes, MODEL_MAX_PASSES))
 
 
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,
