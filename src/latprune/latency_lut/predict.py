@@ -21,11 +21,12 @@ class Calibration:
     """End-to-end correction: measured ≈ scale · Σunits + offset_ms.
 
     Σunits counts every unit a removed block takes away as ``removed_unit_ms``
-    instead of 0: a unit timed alone also pays a fixed cost (the runtime's
-    call, layout conversions at its borders) that the whole model pays once,
-    so removing a block saves less than its units' LUT times (fitted on
-    ResNet-20, ort-cpu, 1 thread: 0.043 ms per unit). ``residual_pct`` is the median
-    absolute error of the fit on its own points."""
+    instead of 0: removing a block need not save exactly its units' LUT
+    times (a unit's entry may carry a fixed cost the whole model pays once,
+    as session wall times did: 0.043 ms per unit on ResNet-20, ort-cpu,
+    1 thread; or leave out one it does pay, as kernel times do with the gaps
+    between kernels). ``residual_pct`` is the median absolute error of the
+    fit on its own points."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
