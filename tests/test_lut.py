@@ -279,3 +279,8 @@ def test_disagreeing_passes_are_measured_again_until_two_agree() -> None:
     assert calls == {0: 2, 1: 3, 2: 4}
     assert [b.median_ms for b in best] == [10.0, 10.0, 10.0]
     assert [b.median_ms for b in fastest_over_passes(lambda i: Latency(5.0 + i, 5.0, 5.0, 1), 2)] == [5.0, 6.0]
+
+
+def test_latency_percentiles_bracket_the_median_of_equal_samples() -> None:
+    lat = Latency.from_samples([0.007] * 40 + [0.008] * 3)  # kernel times in whole µs
+    assert lat.p10_ms <= lat.median_ms <= lat.p90_ms and lat.median_ms == 0.007
