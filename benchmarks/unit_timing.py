@@ -46,7 +46,7 @@ from latprune.latency_lut.backends.ort_cpu import kernel_latency, make_session, 
 from latprune.latency_lut.calibrate import calibration_configs, fit, random_configs
 from latprune.latency_lut.fidelity import ErrorStats
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import grid_keys
+from latprune.latency_lut.profile import grid_keys, keep_faster
 from latprune.latency_lut.store import Lut
 from latprune.models import load_model
 from latprune.pruner.graph import ChannelGraph, Grid
@@ -97,8 +97,7 @@ def compare(name: str, backend, passes: int, samples: int) -> dict:  # type: ign
             lats = {"session": backend.measure_session(make_session(unit_onnx(key), backend.threads)),
                     "kernel": kernel_latency(unit_onnx(key, aux_residual=True), backend.threads, backend.timing)}
             for mode, lat in lats.items():  # commit as measured: a killed run resumes
-                old = luts[mode].get(key)
-                luts[mode].put(key, lat if old is None or lat.median_ms < old.median_ms else old, passes=p)
+                keep_faster(luts[mode], key, lat, passes=p)
     units_s = time.time() - start
     cal_configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), 12)
     test_configs = random_configs(graph.options(grid), samples, 1234)

@@ -105,7 +105,12 @@ def _measure(lut: Lut, backend: Backend, keys: list[LayerKey], passes: int, prog
 
 def _time_and_keep_faster(lut: Lut, backend: Backend, key: LayerKey, passes: int) -> None:
     """Time ``key`` on the backend and commit the faster of this and the stored median, with ``passes``."""
-    new, old = backend.measure_unit(key), lut.get(key)
+    keep_faster(lut, key, backend.measure_unit(key), passes)
+
+
+def keep_faster(lut: Lut, key: LayerKey, new: Latency, passes: int) -> None:
+    """Commit the faster of ``new`` and ``key``'s stored median (runs of both counted), with ``passes``."""
+    old = lut.get(key)
     best = new if old is None or new.median_ms < old.median_ms else old
     lut.put(key, replace(best, repeats=new.repeats + (old.repeats if old else 0)), passes=passes)
 

@@ -196,9 +196,9 @@ def profile_kernels(model: bytes, threads: int, timing: TimingConfig) -> KernelP
         path = session.end_profiling()
         with open(path, encoding="utf-8") as fh:
             events = json.load(fh)
-    runs = _runs(events)
-    last = [op for ts, _, op in _kept_kernels(events) if runs[-1][0] <= ts <= runs[-1][1]]
-    return KernelProfile(Latency.from_samples(run_kernel_ms(events)[timing.warmup:]), tuple(last))
+    runs, kernels = _runs(events), _kept_kernels(events)
+    last = [op for ts, _, op in kernels if runs[-1][0] <= ts <= runs[-1][1]]
+    return KernelProfile(Latency.from_samples(_sum_per_run(runs, kernels)[timing.warmup:]), tuple(last))
 
 
 def kernel_latency(model: bytes, threads: int, timing: TimingConfig) -> Latency:
@@ -223,10 +223,14 @@ def _kept_kernels(events: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
 def run_kernel_ms(events: list[dict[str, Any]]) -> list[float]:
     """Each ``model_run`` of an ONNX Runtime profile: the summed duration (ms) of its kernels,
     without layout conversions and ``aux_`` nodes."""
-    runs = _runs(events)
+    return _sum_per_run(_runs(events), _kept_kernels(events))
+
+
+def _sum_per_run(runs: list[tuple[int, int]], kernels: list[tuple[int, int, str]]) -> list[float]:
+    """The summed duration (ms) of the ``kernels`` that started within each run, both sorted by start."""
     totals = [0.0] * len(runs)
     i = 0
-    for ts, dur, _ in _kept_kernels(events):
+    for ts, dur, _ in kernels:
         while i < len(runs) - 1 and ts > runs[i][1]:
             i += 1
         if runs[i][0] <= ts <= runs[i][1]:
