@@ -193,3 +193,29 @@ def test_measured_importance_is_refused_outside_halp(capsys: pytest.CaptureFixtu
                  "--method", "gator", "--importance", "measured", *FAKE]) == 2
     assert "--importance measured works with --method halp only" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_slow_spell_does_not_move_the_budget(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine is twice as slow for the first whole-model measurement (the
+    base's, which resolves a relative budget) and for the first of the export's:
+    both are measured again because their two passes disagree, and the faster
+    kept, so the budget and the reported latency are the steady ones."""
+    from latprune.latency_lut.backends.fake import FakeBackend
+
+    steady = FakeBackend.measure_model
+    calls: list[float] = []
+
+    def spell(self: FakeBackend, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN202
+        lat = steady(self, model, input_shape)
+        calls.append(lat.median_ms)
+        slow = 2.0 if len(calls) == 1 else 1.0
+        return type(lat)(lat.median_ms * slow, lat.p10_ms * slow, lat.p90_ms * slow, lat.repeats)
+
+    monkeypatch.setattr(FakeBackend, "measure_model", spell)
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(tmp_path / "r"),
+                 "--method", "uniform-l1", "--data", "digits", "--epochs", "0", *FAKE, "--json"]) == 0
+    m = _json(capsys)
+    assert calls[0] == calls[1] == calls[2]  # the base: slow pass, steady pass, a third because they disagreed
+    assert m["base"]["latency_ms"]["median_ms"] == pytest.approx(calls[0], rel=1e-4)  # not twice it
+    assert m["budget"]["ms"] == pytest.approx(0.75 * calls[0], rel=1e-4)

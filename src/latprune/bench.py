@@ -7,6 +7,7 @@ from typing import Any
 
 from latprune.errors import RunDirError
 from latprune.latency_lut.backends import Backend, get_backend
+from latprune.latency_lut.profile import measure_settled
 
 
 def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any]:
@@ -27,7 +28,8 @@ def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any
 
 def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
           threads: int | None = None) -> dict[str, Any]:
-    """Measure ``artifact`` (a run directory or an .onnx file) on the backend."""
+    """Measure ``artifact`` (a run directory or an .onnx file) on the backend (passes settled as in
+    :func:`~latprune.latency_lut.profile.measure_settled`)."""
     path = Path(artifact)
     run_dir: Path | None = None
     if path.is_dir():
@@ -42,7 +44,7 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
     if backend.name == "ort-cpu":
         if not onnx_path.is_file():
             raise RunDirError(f"{onnx_path} is missing; create it with `latprune export {run_dir} --format onnx`")
-        latency = backend.measure_artifact(str(onnx_path))
+        latency = measure_settled(lambda: backend.measure_artifact(str(onnx_path)))
         measured_what = str(onnx_path)
     else:
         if run_dir is None:
@@ -50,7 +52,7 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         from latprune.pruner.plan import load_run_model
 
         run = load_run_model(run_dir)
-        latency = backend.measure_model(run.model, run.input_shape)
+        latency = measure_settled(lambda: backend.measure_model(run.model, run.input_shape))
         measured_what = f"{run_dir} (PyTorch model)"
     result: dict[str, Any] = {"artifact": measured_what, "backend": backend.name, "threads": backend.threads,
                               "latency_ms": latency.to_dict(), "fingerprint": backend.fingerprint()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
@@ -220,6 +220,17 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
                                lut.fingerprint,
                                {r: {"added": st.added, "steps": st.steps} for r, st in staircases.items()})
     return report
+
+
+def measure_settled(measure: Callable[[], Latency], passes: int = 2) -> Latency:
+    """One whole model's latency by the rule of :func:`measure_widths`: ``passes``
+    passes, the faster median kept, and further passes (up to
+    ``MODEL_MAX_PASSES``) while the two fastest differ by more than
+    ``MODEL_AGREE``. ``measure`` is one pass (e.g. ``backend.measure_model``);
+    the pruner's base, candidates and exports are all measured this way, so a
+    slow spell of the machine does not move a budget or reject a candidate."""
+    return fastest_over_passes(lambda _: measure(), 1, passes, agree=MODEL_AGREE,
+                               max_passes=max(passes, MODEL_MAX_PASSES))[0]
 
 
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,

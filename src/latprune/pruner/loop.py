@@ -21,7 +21,8 @@ from latprune.budget import parse_budget
 from latprune.errors import LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import DEFAULT_LEVELS, grid_keys, load_calibration, open_for_backend, run_calibration
+from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_settled, open_for_backend,
+                                         run_calibration)
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import METHODS as IMPORTANCES
 from latprune.pruner.methods import Context, get_method
@@ -111,7 +112,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         timings["setup_s"] = time.time() - t0
 
         # 1. base model: measured latency resolves a relative budget.
-        base_latency = backend.measure_model(base_model, spec.input_shape).to_dict()
+        base_latency = measure_settled(lambda: backend.measure_model(base_model, spec.input_shape)).to_dict()
         budget_ms = budget.resolve(base_latency["median_ms"])
         full = graph.full_widths()
         # Devices drift (frequency, neighbours, thermal state) between profiling and now:
@@ -160,8 +161,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     plan.save(staging / "plan.json")
     atomic_write_with(staging / "model.pt", lambda tmp: torch.save(slim.state_dict(), tmp))
     report = export_onnx(slim, spec.input_shape, staging / "model.onnx", threads=backend.threads)
-    final = (backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
-             else backend.measure_model(slim, spec.input_shape)).to_dict()
+    final = measure_settled(lambda: backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
+                            else backend.measure_model(slim, spec.input_shape)).to_dict()
     timings["export_measure_s"] = time.time() - t
     base_params, base_macs = params_and_macs(base_model, spec.input_shape)
     params, macs = params_and_macs(slim, spec.input_shape)

@@ -30,6 +30,7 @@ from torch import nn
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
+from latprune.latency_lut.profile import measure_settled
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
@@ -83,6 +84,10 @@ class Context:
                                progress=self.config.progress)
         return {g: [-v for v in losses[g]] for g in options}
 
+    def measure(self, model: nn.Module) -> float:
+        """A candidate's measured median (ms), settled over passes (:func:`measure_settled`)."""
+        return measure_settled(lambda: self.backend.measure_model(model, self.graph.input_shape)).median_ms
+
     @property
     def target_ms(self) -> float:
         return self.budget_ms * (1 - self.config.margin)
@@ -122,7 +127,7 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
             break  # the corrected prediction leads back to a configuration already measured
         tried.append(solution.widths)
         slim = graph.slim(keep(solution.widths))
-        measured_ms = ctx.backend.measure_model(slim, graph.input_shape).median_ms
+        measured_ms = ctx.measure(slim)
         fits = measured_ms <= target_ms
         history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
                         "measured_ms": measured_ms, "fits": fits, "kept_importance": solution.value,
@@ -320,7 +325,7 @@ def uniform_l1(ctx: Context) -> Decision:
         key = tuple(sorted(widths.items()))
         if key not in measured:
             slim = graph.slim(keep_top(scores, widths))
-            measured[key] = ctx.backend.measure_model(slim, graph.input_shape).median_ms
+            measured[key] = ctx.measure(slim)
             history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
                             "target_ms": ctx.target_ms, "fits": measured[key] <= ctx.target_ms,
                             "predicted_ms": _predicted_or_none(ctx.predictor, widths)})
@@ -380,7 +385,7 @@ def flops(ctx: Context) -> Decision:
     widths = widths_after(lo)
     keep = keep_top(scores, widths)
     slim = graph.slim(keep)
-    ms = ctx.backend.measure_model(slim, graph.input_shape).median_ms
+    ms = ctx.measure(slim)
     history = [{"iteration": 1, "measured_ms": ms, "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
                 "macs_ratio": model_macs(graph, widths) / model_macs(graph, graph.full_widths()),
                 "predicted_ms": _predicted_or_none(ctx.predictor, widths)}]
