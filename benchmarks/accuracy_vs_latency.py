@@ -1,8 +1,8 @@
 """Benchmark: accuracy against *measured* latency, per pruning method and budget (issue #4).
 
     python benchmarks/accuracy_vs_latency.py [--base train|embedded] [--methods gator,halp,...]
-                                             [--budgets 0.3,0.5,0.7] [--epochs 0.5] [--gate-epochs 0.3]
-                                             [--threads 1] [--force] [--report-only]
+                                             [--budgets 0.3,0.5,0.7] [--seeds 0] [--epochs 0.5]
+                                             [--gate-epochs 0.3] [--threads 1] [--force] [--report-only]
 
 The model is a CIFAR-style ResNet-20 (32/64/128) on Fashion-MNIST (Debian
 package). ``--base train`` trains it here with the recipe of
@@ -11,13 +11,20 @@ work directory); ``--base embedded`` takes the shipped weights, which that same
 script produced. Then, on ort-cpu at batch 1:
 
 1. profile the model's LUT (resumable, in ``benchmarks/luts/``);
-2. measure the base ONNX once: budgets are ratios of it, fixed in ms for every run;
-3. prune with every (method, budget), the same fine-tuning epochs for all
+2. measure the base ONNX once (its accuracy, parameters, MACs);
+3. prune with every (method, budget, seed), the same fine-tuning epochs for all
    (gator also trains its gates ``--gate-epochs``; halp and taylor recover
-   0.1 epoch between rounds): one result per pair, saved as soon as it is done
-   — a killed benchmark resumes with the missing pairs;
+   0.1 epoch between rounds): one result per triple, saved as soon as it is done
+   — a killed benchmark resumes with the missing ones; ``--seeds 0,1,2`` runs
+   each pair once per seed (data order, augmentation, gate noise), and the
+   table gives each seed's row and the mean. Budgets are relative (``0.3x``):
+   each prune measures the base, and every candidate beside it, so a slow
+   spell of the machine moves both and not their ratio (a fixed-ms budget set
+   once at the start decided, on this VM, whether uniform-l1 could afford its
+   next width step);
 4. measure every exported model again, interleaved with the base, fastest of
-   3 passes (a quiet, comparable final measurement);
+   3 passes (a quiet, comparable final measurement); a model holds its budget
+   when it measures ≤ ratio × the base of that same final pass;
 5. write ``benchmarks/results/accuracy_vs_latency.json`` and
    ``benchmarks/results/accuracy_vs_latency.png``, and print the table.
 """
@@ -104,12 +111,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     base = results["base"]
     markers = dict(zip(METHODS, "o^sDv"))
     for method in METHODS:
-        pts = sorted((r["final_ms"], 100 * r["accuracy"], r["macs_ratio"], r["final_ms"] / base["final_ms"])
-                     for r in results["runs"].values() if r["method"] == method and "final_ms" in r)
-        if not pts:
+        runs = [r for r in results["runs"].values() if r["method"] == method and "final_ms" in r]
+        if not runs:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[method], label=method)
-        bx.scatter([p[2] for p in pts], [p[3] for p in pts], marker=markers[method], label=method)
+        means = sorted((m["final_ms"], 100 * m["accuracy"]) for m in seed_means(results) if m["method"] == method)
+        line, = ax.plot([p[0] for p in means], [p[1] for p in means], marker=markers[method], label=method)
+        ax.scatter([r["final_ms"] for r in runs], [100 * r["accuracy"] for r in runs], s=10, alpha=0.5,
+                   color=line.get_color())  # every seed; the line joins their means
+        bx.scatter([r["macs_ratio"] for r in runs], [r["final_ms"] / base["final_ms"] for r in runs],
+                   marker=markers[method], label=method)
     for ratio, ms in results["budgets_ms"].items():
         ax.axvline(ms, color="grey", lw=0.8, ls="--")
         ax.text(ms, ax.get_ylim()[0], f" {ratio}x", color="grey", fontsize=8, va="bottom")
@@ -134,20 +144,49 @@ def table(results: dict[str, Any]) -> str:
              f"{base['macs'] / 1e6:.1f} M MACs, {base['params'] / 1e6:.3f} M params",
              f"{'method':<11} {'budget':>6} {'budget ms':>9} {'measured':>9} {'predicted':>9} {'held':>4} "
              f"{'acc %':>6} {'params M':>8} {'MACs M':>7} {'MACs kept':>9} {'lat kept':>8} {'blocks':>6} {'time s':>6}"]
-    for key in sorted(results["runs"], key=lambda k: (results["runs"][k]["budget_ratio"],
-                                                     METHODS.index(results["runs"][k]["method"]))):
+    for key in sorted(results["runs"], key=lambda k: _order(results["runs"][k])):
         r = results["runs"][key]
         if "error" in r:
             lines.append(f"{r['method']:<11} {r['budget_ratio']:>5}x {r['budget_ms']:>9.3f}  failed: {r['error']}")
             continue
         predicted = f"{r['predicted_ms']:.3f}" if r.get("predicted_ms") is not None else "—"
         lines.append(
-            f"{r['method']:<11} {r['budget_ratio']:>5}x {r['budget_ms']:>9.3f} {r.get('final_ms', float('nan')):>9.3f} "
+            f"{r['method'] + _seed_tag(r):<11} {r['budget_ratio']:>5}x {r.get('final_budget_ms', r['budget_ms']):>9.3f} "
+            f"{r.get('final_ms', float('nan')):>9.3f} "
             f"{predicted:>9} {'yes' if r.get('held') else 'NO':>4} {100 * r['accuracy']:>6.2f} "
             f"{r['params'] / 1e6:>8.3f} {r['macs'] / 1e6:>7.1f} {r['macs_ratio']:>9.2f} "
             f"{r.get('final_ms', float('nan')) / base['final_ms']:>8.2f} {len(r['removed_blocks']):>6} "
             f"{r['seconds']:>6.0f}")
+    means = seed_means(results)
+    if any(m["seeds"] > 1 for m in means):
+        lines.append("mean over seeds:")
+        lines += [f"{m['method']:<11} {m['budget_ratio']:>5}x  {m['seeds']} seeds  acc {100 * m['accuracy']:.2f}% "
+                  f"(min {100 * m['min']:.2f}, max {100 * m['max']:.2f})  measured {m['final_ms']:.3f} ms  "
+                  f"held {m['held']}/{m['seeds']}" for m in means]
     return "\n".join(lines)
+
+
+def _order(r: dict[str, Any]) -> tuple[float, int, int]:
+    return r["budget_ratio"], METHODS.index(r["method"]), r.get("seed", 0)
+
+
+def _seed_tag(r: dict[str, Any]) -> str:
+    return f" #{r['seed']}" if r.get("seed") else ""
+
+
+def seed_means(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (budget, method): accuracy and final latency averaged over the seeds that ran."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in results["runs"].values():
+        if "error" not in r and "final_ms" in r:
+            groups.setdefault((r["budget_ratio"], r["method"]), []).append(r)
+    out = []
+    for (ratio, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
+        accs = [r["accuracy"] for r in rs]
+        out.append({"budget_ratio": ratio, "method": method, "seeds": len(rs), "accuracy": sum(accs) / len(rs),
+                    "min": min(accs), "max": max(accs), "final_ms": sum(r["final_ms"] for r in rs) / len(rs),
+                    "held": sum(bool(r.get("held")) for r in rs)})
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -156,10 +195,9 @@ def markdown(results: dict[str, Any]) -> str:
     rows = ["| budget | method | measured ms (p10–p90) | held | LUT predicted ms | test acc | params | MACs "
             "| MACs kept | latency kept | blocks removed | wall s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(results["runs"], key=lambda k: (results["runs"][k]["budget_ratio"],
-                                                     METHODS.index(results["runs"][k]["method"]))):
+    for key in sorted(results["runs"], key=lambda k: _order(results["runs"][k])):
         r = results["runs"][key]
-        head = f"| {r['budget_ratio']}x = {r['budget_ms']:.3f} ms | {r['method']} "
+        head = f"| {r['budget_ratio']}x = {r.get('final_budget_ms', r['budget_ms']):.3f} ms | {r['method']}{_seed_tag(r)} "
         if "error" in r:
             rows.append(head + f"| failed: {r['error']} |" + " |" * 9)
             continue
@@ -170,6 +208,12 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {r['params'] / 1e6:.3f} M | {r['macs'] / 1e6:.1f} M | {r['macs_ratio']:.2f} "
                     f"| {r['final_ms'] / base['final_ms']:.2f} | {', '.join(r['removed_blocks']) or '—'} "
                     f"| {r['seconds']:.0f} |")
+    means = seed_means(results)
+    if any(m["seeds"] > 1 for m in means):
+        rows += ["", "| budget | method | seeds | mean test acc (min–max) | mean measured ms | held |", "|---|---|---|---|---|---|"]
+        rows += [f"| {m['budget_ratio']}x | {m['method']} | {m['seeds']} | {100 * m['accuracy']:.2f}% "
+                 f"({100 * m['min']:.2f}–{100 * m['max']:.2f}) | {m['final_ms']:.3f} | {m['held']}/{m['seeds']} |"
+                 for m in means]
     return "\n".join(rows)
 
 
@@ -178,6 +222,7 @@ def main() -> None:
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
+    parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")
     parser.add_argument("--gate-epochs", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (latency); training uses 2")
@@ -201,7 +246,8 @@ def main() -> None:
     from latprune.train import evaluate
 
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() and not args.force else {}
-    settings = {"base": args.base, "epochs": args.epochs, "gate_epochs": args.gate_epochs, "threads": args.threads}
+    settings = {"base": args.base, "epochs": args.epochs, "gate_epochs": args.gate_epochs, "threads": args.threads,
+                "budgets": "relative to the base measured beside each candidate"}
     if results and results.get("settings") != settings:
         raise SystemExit(f"{results_path} holds results for other settings {results.get('settings')}; "
                          "pass --force to start again")
@@ -230,49 +276,54 @@ def main() -> None:
                                                               "lut_keys_measured": report.measured}}
     ref_ms = results["base"]["budget_reference_ms"]
     ratios = [float(b) for b in args.budgets.split(",")]
-    for ratio in ratios:
-        results["budgets_ms"][str(ratio)] = round(ratio * ref_ms, 4)
+    for ratio in ratios:  # for display until the final pass measures the base again
+        results["budgets_ms"].setdefault(str(ratio), round(ratio * ref_ms, 4))
 
     torch.set_num_threads(2)
-    for ratio in ratios if not args.report_only else []:
-        for method in args.methods.split(","):
-            key = f"{method}@{ratio}x"
-            if key in results["runs"]:
-                print(f"{key}: done earlier, skipped")
-                continue
-            out = WORK / "runs" / f"{method}-{ratio}x"
-            budget_ms = results["budgets_ms"][str(ratio)]
-            print(f"== {key}: budget {budget_ms:.3f} ms", flush=True)
-            start = time.time()
-            try:
-                m = prune(PruneConfig(model=spec_text, lut=str(lut), budget=f"{budget_ms}ms", out=str(out),
-                                      data="fashion-mnist", input="1x1x28x28", threads=args.threads, method=method,
-                                      epochs=args.epochs, gate_epochs=args.gate_epochs, force=True))
-            except Exception as exc:  # a method that cannot reach a budget is a result too
-                results["runs"][key] = {"method": method, "budget_ratio": ratio, "budget_ms": budget_ms,
-                                        "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - start}
-                atomic_write_json(results_path, results)
-                print(f"   failed: {exc}")
-                continue
-            results["runs"][key] = {
-                "method": method, "budget_ratio": ratio, "budget_ms": budget_ms, "out": str(out),
-                "accuracy": m["pruned"]["accuracy"], "predicted_ms": m["pruned"]["predicted_ms"],
-                "prune_measured_ms": m["pruned"]["latency_ms"]["median_ms"], "params": m["pruned"]["params"],
-                "macs": m["pruned"]["macs"], "macs_ratio": m["macs_ratio"],
-                "removed_blocks": m["pruned"]["removed_blocks"], "closed_loop_iterations": len(m["closed_loop"]),
-                "timings_s": m["timings_s"], "seconds": round(time.time() - start, 1),
-            }
-            atomic_write_json(results_path, results)  # each pair lands as soon as it is done
+    jobs = [(ratio, method, int(seed)) for ratio in ratios for seed in args.seeds.split(",")
+            for method in args.methods.split(",")]
+    for ratio, method, seed in jobs if not args.report_only else []:
+        key = f"{method}@{ratio}x" + (f"#{seed}" if seed else "")
+        if key in results["runs"]:
+            print(f"{key}: done earlier, skipped")
+            continue
+        out = WORK / "runs" / (f"{method}-{ratio}x" + (f"-seed{seed}" if seed else ""))
+        budget_ms = results["budgets_ms"][str(ratio)]
+        print(f"== {key}: budget {ratio}x of the base (~{budget_ms:.3f} ms)", flush=True)
+        start = time.time()
+        try:
+            m = prune(PruneConfig(model=spec_text, lut=str(lut), budget=f"{ratio}x", out=str(out),
+                                  data="fashion-mnist", input="1x1x28x28", threads=args.threads, method=method,
+                                  epochs=args.epochs, gate_epochs=args.gate_epochs, seed=seed, force=True))
+        except Exception as exc:  # a method that cannot reach a budget is a result too
+            results["runs"][key] = {"method": method, "budget_ratio": ratio, "seed": seed, "budget_ms": budget_ms,
+                                    "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - start}
+            atomic_write_json(results_path, results)
+            print(f"   failed: {exc}")
+            continue
+        results["runs"][key] = {
+            "method": method, "budget_ratio": ratio, "seed": seed, "budget_ms": m["budget"]["ms"], "out": str(out),
+            "prune_base_ms": m["base"]["latency_ms"]["median_ms"], "prune_budget_met": m["budget_met"],
+            "accuracy": m["pruned"]["accuracy"], "predicted_ms": m["pruned"]["predicted_ms"],
+            "prune_measured_ms": m["pruned"]["latency_ms"]["median_ms"], "params": m["pruned"]["params"],
+            "macs": m["pruned"]["macs"], "macs_ratio": m["macs_ratio"],
+            "removed_blocks": m["pruned"]["removed_blocks"], "closed_loop_iterations": len(m["closed_loop"]),
+            "timings_s": m["timings_s"], "seconds": round(time.time() - start, 1),
+        }
+        atomic_write_json(results_path, results)  # each run lands as soon as it is done
 
     done = {k: Path(r["out"]) for k, r in results["runs"].items() if "out" in r and Path(r["out"], "model.onnx").is_file()}
     final = final_measurements(done, base_onnx, args.threads)
     results["base"]["final_ms"] = final["base"]["median_ms"]
     results["base"]["final_latency"] = final["base"]
+    for ratio in results["budgets_ms"]:  # the budgets as the final pass measured the base
+        results["budgets_ms"][ratio] = round(float(ratio) * final["base"]["median_ms"], 4)
     for k in done:
         r = results["runs"][k]
         r["final_latency"] = final[k]
         r["final_ms"] = final[k]["median_ms"]
-        r["held"] = r["final_ms"] <= r["budget_ms"]
+        r["final_budget_ms"] = results["budgets_ms"][str(r["budget_ratio"])]
+        r["held"] = r["final_ms"] <= r["final_budget_ms"]
     atomic_write_json(results_path, results)
     plot(results, plot_path)
     print(table(results))

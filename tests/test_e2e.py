@@ -219,3 +219,36 @@ def test_a_slow_spell_does_not_move_the_budget(capsys: pytest.CaptureFixture[str
     assert calls[0] == calls[1] == calls[2]  # the base: slow pass, steady pass, a third because they disagreed
     assert m["base"]["latency_ms"]["median_ms"] == pytest.approx(calls[0], rel=1e-4)  # not twice it
     assert m["budget"]["ms"] == pytest.approx(0.75 * calls[0], rel=1e-4)
+
+
+def test_a_relative_budget_is_checked_against_the_base_beside_each_candidate(
+        capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine turns 1.6x slower for good right after the base was measured:
+    a relative budget compares each candidate with the base measured beside it,
+    so uniform-l1's bisection lands on the same widths as on a steady machine,
+    and the export holds its budget."""
+    from latprune.latency_lut.backends.fake import FakeBackend
+
+    def prune(out: Path) -> dict:
+        assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
+                     "--method", "uniform-l1", "--data", "digits", "--epochs", "0", *FAKE, "--json"]) == 0
+        return _json(capsys)
+
+    steady = prune(tmp_path / "steady")
+    original = FakeBackend.measure_model
+    calls = [0]
+
+    def drifting(self: FakeBackend, model: torch.nn.Module, input_shape: tuple[int, ...]):  # noqa: ANN202
+        lat = original(self, model, input_shape)
+        calls[0] += 1
+        slow = 1.0 if calls[0] <= 2 else 1.6  # the base's two passes, then slow
+        return type(lat)(lat.median_ms * slow, lat.p10_ms * slow, lat.p90_ms * slow, lat.repeats)
+
+    monkeypatch.setattr(FakeBackend, "measure_model", drifting)
+    slowed = prune(tmp_path / "slowed")
+    assert slowed["base"]["latency_ms"]["median_ms"] == steady["base"]["latency_ms"]["median_ms"]
+    assert slowed["budget_met"] and steady["budget_met"]
+    assert slowed["pruned"]["base_beside_ms"] == pytest.approx(1.6 * steady["pruned"]["base_beside_ms"], rel=1e-3)
+    widths = [[g.keep for g in PruningPlan.load(tmp_path / run / "plan.json").groups] for run in ("steady", "slowed")]
+    assert widths[0] == widths[1]

@@ -233,6 +233,15 @@ def measure_settled(measure: Callable[[], Latency], passes: int = 2) -> Latency:
                                max_passes=max(passes, MODEL_MAX_PASSES))[0]
 
 
+def measure_beside(measures: list[Callable[[], Latency]]) -> list[Latency]:
+    """Several whole models (one pass of each: ``measures[i]()``) measured in
+    interleaved passes by :func:`measure_settled`'s rule: their ratios are what
+    a relative budget compares, and the machine's speed at the moment cancels
+    out of them."""
+    return fastest_over_passes(lambda i: measures[i](), len(measures), 2,
+                               agree=MODEL_AGREE, max_passes=MODEL_MAX_PASSES)
+
+
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,
                    desc: str = "measure", progress: bool = True) -> list[Latency]:
     """End-to-end latency of ``graph`` slimmed to each width configuration.

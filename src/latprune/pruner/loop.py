@@ -21,8 +21,9 @@ from latprune.budget import parse_budget
 from latprune.errors import LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_settled, open_for_backend,
-                                         run_calibration)
+from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside, measure_settled,
+                                         open_for_backend, run_calibration)
+from latprune.latency_lut.timing import Latency
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import METHODS as IMPORTANCES
 from latprune.pruner.methods import Context, get_method
@@ -124,7 +125,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         # 2. the method: scores, gates, knapsack, closed loop on measured latency.
         t = time.time()
         data = load_data(config.data or spec.default_data) if needs_data else None
-        ctx = Context(graph, predictor, backend, grid, budget_ms, base_latency["median_ms"], config, data)
+        ctx = Context(graph, predictor, backend, grid, budget_ms, base_latency["median_ms"], config, data,
+                      base_model=base_model if budget.relative else None)
         decision = method(ctx)
         slim = decision.slim
         timings["method_s"] = time.time() - t
@@ -161,8 +163,23 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     plan.save(staging / "plan.json")
     atomic_write_with(staging / "model.pt", lambda tmp: torch.save(slim.state_dict(), tmp))
     report = export_onnx(slim, spec.input_shape, staging / "model.onnx", threads=backend.threads)
-    final = measure_settled(lambda: backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
-                            else backend.measure_model(slim, spec.input_shape)).to_dict()
+
+    def measure_export() -> Latency:
+        return (backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
+                else backend.measure_model(slim, spec.input_shape))
+
+    # The export, and (a relative budget) the base beside it: the budget is a fraction of the base as it runs now.
+    if budget.relative:
+        base_now, final_lat = measure_beside([lambda: backend.measure_model(base_model, spec.input_shape),
+                                              measure_export])
+        base_beside_ms: float | None = base_now.median_ms
+        budget_met = final_lat.median_ms <= budget.value * base_now.median_ms
+        speedup = base_now.median_ms / final_lat.median_ms
+    else:
+        final_lat, base_beside_ms = measure_settled(measure_export), None
+        budget_met = final_lat.median_ms <= budget_ms
+        speedup = base_latency["median_ms"] / final_lat.median_ms
+    final = final_lat.to_dict()
     timings["export_measure_s"] = time.time() - t
     base_params, base_macs = params_and_macs(base_model, spec.input_shape)
     params, macs = params_and_macs(slim, spec.input_shape)
@@ -176,11 +193,12 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         "budget": {"spec": str(budget), "ms": budget_ms},
         "base": {"latency_ms": base_latency, "predicted_ms": lut_base_ms, "accuracy": base_acc,
                  "params": base_params, "macs": base_macs},
-        "pruned": {"latency_ms": final, "predicted_ms": decision.predicted_ms, "accuracy": pruned_acc,
+        "pruned": {"latency_ms": final, "base_beside_ms": base_beside_ms,
+                   "predicted_ms": decision.predicted_ms, "accuracy": pruned_acc,
                    "removed_blocks": list(plan.removed_blocks),
                    "params": params, "macs": macs, "onnx_parity_max_abs_diff": report.max_abs_diff},
-        "budget_met": final["median_ms"] <= budget_ms,
-        "speedup_measured": base_latency["median_ms"] / final["median_ms"],
+        "budget_met": budget_met,
+        "speedup_measured": speedup,
         "macs_ratio": macs / base_macs,
         "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration),
                         "lut_predicted_base_ms": lut_base_ms, "drift_since_profile": drift},

@@ -30,7 +30,7 @@ from torch import nn
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
-from latprune.latency_lut.profile import measure_settled
+from latprune.latency_lut.profile import measure_beside, measure_settled
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
@@ -55,6 +55,8 @@ class Context:
     base_ms: float
     config: PruneConfig
     data: DataSpec | None
+    base_model: nn.Module | None = None  # set with a relative budget: candidates are measured beside it
+    last_base_beside_ms: float | None = None  # the base as measured beside the last candidate
 
     def batches(self, seed_offset: int = 0) -> Any:
         from latprune.data import loader
@@ -85,8 +87,21 @@ class Context:
         return {g: [-v for v in losses[g]] for g in options}
 
     def measure(self, model: nn.Module) -> float:
-        """A candidate's measured median (ms), settled over passes (:func:`measure_settled`)."""
-        return measure_settled(lambda: self.backend.measure_model(model, self.graph.input_shape)).median_ms
+        """A candidate's measured median (ms), settled over passes (:func:`measure_settled`).
+
+        With a relative budget (``base_model`` set), the candidate is measured
+        in interleaved passes beside the base model and reported as
+        ``base_ms × candidate / base beside it``: a budget that is a fraction
+        of the base is checked against the base as the machine runs *now*, so
+        a slow spell of minutes (this VM: the same ResNet-20 at 2.9 and 3.6 ms
+        half an hour apart) moves both and not their ratio."""
+        if self.base_model is None:
+            return measure_settled(lambda: self.backend.measure_model(model, self.graph.input_shape)).median_ms
+        shape, base_model = self.graph.input_shape, self.base_model
+        base, cand = measure_beside([lambda: self.backend.measure_model(base_model, shape),
+                                     lambda: self.backend.measure_model(model, shape)])
+        self.last_base_beside_ms = base.median_ms
+        return self.base_ms * cand.median_ms / base.median_ms
 
     @property
     def target_ms(self) -> float:
@@ -130,7 +145,7 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
         measured_ms = ctx.measure(slim)
         fits = measured_ms <= target_ms
         history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                        "measured_ms": measured_ms, "fits": fits, "kept_importance": solution.value,
+                        "measured_ms": measured_ms, "base_beside_ms": ctx.last_base_beside_ms, "fits": fits, "kept_importance": solution.value,
                         "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
                         "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
         if fits:
@@ -327,6 +342,7 @@ def uniform_l1(ctx: Context) -> Decision:
             slim = graph.slim(keep_top(scores, widths))
             measured[key] = ctx.measure(slim)
             history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
+                            "base_beside_ms": ctx.last_base_beside_ms,
                             "target_ms": ctx.target_ms, "fits": measured[key] <= ctx.target_ms,
                             "predicted_ms": _predicted_or_none(ctx.predictor, widths)})
         return measured[key], widths
@@ -386,7 +402,8 @@ def flops(ctx: Context) -> Decision:
     keep = keep_top(scores, widths)
     slim = graph.slim(keep)
     ms = ctx.measure(slim)
-    history = [{"iteration": 1, "measured_ms": ms, "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
+    history = [{"iteration": 1, "measured_ms": ms, "base_beside_ms": ctx.last_base_beside_ms,
+                "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
                 "macs_ratio": model_macs(graph, widths) / model_macs(graph, graph.full_widths()),
                 "predicted_ms": _predicted_or_none(ctx.predictor, widths)}]
     return Decision(keep, slim, _predicted_or_none(ctx.predictor, widths), history, {"macs_target_ratio": ratio})
