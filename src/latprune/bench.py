@@ -7,7 +7,6 @@ from typing import Any
 
 from latprune.errors import RunDirError
 from latprune.latency_lut.backends import Backend, get_backend
-from latprune.latency_lut.profile import measure_settled
 
 
 def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any]:
@@ -40,6 +39,8 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         run_dir = path.parent if (path.parent / "plan.json").is_file() else None
     else:
         raise RunDirError(f"{artifact} is neither a run directory nor an existing .onnx file")
+    from latprune.latency_lut.profile import measure_settled
+
     backend = get_backend(backend_name, threads)
     if backend.name == "ort-cpu":
         if not onnx_path.is_file():
