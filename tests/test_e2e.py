@@ -67,6 +67,16 @@ def test_bench_reports_measured_and_predicted(capsys: pytest.CaptureFixture[str]
     # the fake device is exactly what its calibrated LUT says
     assert r["predicted_ms"] == pytest.approx(r["latency_ms"]["median_ms"], rel=1e-3)
     assert r["calibrated"] is True and r["latency_ms"]["median_ms"] <= r["budget_ms"]
+    # a relative budget (0.75x) is checked against the base measured beside the artifact, as prune did
+    m = json.loads((fake_run / "metrics.json").read_text())
+    assert r["budget_spec"] == "0.75x" and r["budget_ms"] == pytest.approx(0.75 * r["base_beside_ms"])
+    assert r["base_beside_ms"] == pytest.approx(m["pruned"]["base_beside_ms"], rel=1e-3)
+    assert m["budget"]["ms_beside"] == pytest.approx(0.75 * m["pruned"]["base_beside_ms"])
+    main(["bench", str(fake_run), *FAKE])
+    assert "0.75x of the base, measured" in capsys.readouterr().out
+    from latprune.report import prune_text
+
+    assert "budget 0.75x of the base, measured" in prune_text(m)
 
 
 def test_export_rewrites_onnx_with_parity(capsys: pytest.CaptureFixture[str], fake_run: Path, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from latprune.errors import RunDirError
+from latprune.errors import RunDirError, SpecError
 from latprune.latency_lut.backends import Backend, get_backend
 
 
@@ -25,6 +25,22 @@ def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any
     return {"predicted_ms": ms, "calibrated": stored is not None}
 
 
+def _relative_budget(run_dir: Path | None) -> float | None:
+    """The run's budget as a fraction of its base (from metrics.json), or None when absolute or unknown."""
+    import json
+
+    from latprune.budget import parse_budget
+
+    metrics = run_dir / "metrics.json" if run_dir is not None else None
+    if metrics is None or not metrics.is_file() or not (run_dir / "plan.json").is_file():
+        return None
+    try:
+        budget = parse_budget(str(json.loads(metrics.read_text())["budget"]["spec"]))
+    except (ValueError, KeyError, TypeError, SpecError):
+        return None  # an older or hand-written metrics.json: the plan's budget in ms stands
+    return budget.value if budget.relative else None
+
+
 def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
           threads: int | None = None) -> dict[str, Any]:
     """Measure ``artifact`` (a run directory or an .onnx file) on the backend (passes settled as in
@@ -39,13 +55,16 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         run_dir = path.parent if (path.parent / "plan.json").is_file() else None
     else:
         raise RunDirError(f"{artifact} is neither a run directory nor an existing .onnx file")
-    from latprune.latency_lut.profile import measure_settled
+    from latprune.latency_lut.profile import measure_beside, measure_settled
+    from latprune.latency_lut.timing import Latency
 
     backend = get_backend(backend_name, threads)
     if backend.name == "ort-cpu":
         if not onnx_path.is_file():
             raise RunDirError(f"{onnx_path} is missing; create it with `latprune export {run_dir} --format onnx`")
-        latency = measure_settled(lambda: backend.measure_artifact(str(onnx_path)))
+
+        def measure() -> Latency:
+            return backend.measure_artifact(str(onnx_path))
         measured_what = str(onnx_path)
     else:
         if run_dir is None:
@@ -53,14 +72,32 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         from latprune.pruner.plan import load_run_model
 
         run = load_run_model(run_dir)
-        latency = measure_settled(lambda: backend.measure_model(run.model, run.input_shape))
+
+        def measure() -> Latency:
+            return backend.measure_model(run.model, run.input_shape)
         measured_what = f"{run_dir} (PyTorch model)"
+    relative = _relative_budget(run_dir)
+    base_beside_ms = None
+    if relative is not None and run_dir is not None:
+        # the run's budget is a fraction of its base: measure the base beside it, as `prune` did
+        from latprune.models import load_model
+        from latprune.pruner.plan import PruningPlan
+
+        plan = PruningPlan.load(run_dir / "plan.json")
+        base = load_model(plan.model, "x".join(map(str, plan.input_shape))).model
+        base_lat, latency = measure_beside([lambda: backend.measure_model(base, plan.input_shape), measure])
+        base_beside_ms = base_lat.median_ms
+    else:
+        latency = measure_settled(measure)
     result: dict[str, Any] = {"artifact": measured_what, "backend": backend.name, "threads": backend.threads,
                               "latency_ms": latency.to_dict(), "fingerprint": backend.fingerprint()}
     if run_dir is not None and (run_dir / "plan.json").is_file():
         from latprune.pruner.plan import PruningPlan
 
         result["budget_ms"] = PruningPlan.load(run_dir / "plan.json").budget_ms
+        if relative is not None and base_beside_ms is not None:
+            result.update(budget_spec=f"{relative:g}x", base_beside_ms=base_beside_ms,
+                          budget_ms=relative * base_beside_ms)
     if lut is not None:
         if run_dir is None:
             raise RunDirError("a LUT prediction needs the run directory (plan.json beside the .onnx file)")

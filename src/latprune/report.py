@@ -72,13 +72,21 @@ def prune_rows(m: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _budget_phrase(budget: dict[str, Any], base_beside_ms: float | None) -> str:
+    """"budget 1.448 ms (0.5x)", or for a relative budget checked beside the base, what it was checked against."""
+    if base_beside_ms is None or budget.get("ms_beside") is None:
+        return f"budget {budget['ms']:.3f} ms ({budget['spec']})"
+    return (f"budget {budget['spec']} of the base, measured {base_beside_ms:.3f} ms beside the pruned model "
+            f"= {budget['ms_beside']:.3f} ms")
+
+
 def prune_text(m: dict[str, Any]) -> str:
     head = ["model", "measured ms (p10–p90)", "predicted ms", "test acc", "params", "MACs"]
     verdict = "HELD" if m["budget_met"] else "MISSED"
     return "\n".join([
         table(head, prune_rows(m)),
         "",
-        f"budget {m['budget']['ms']:.3f} ms ({m['budget']['spec']}): {verdict} — pruned model measures "
+        f"{_budget_phrase(m['budget'], m['pruned'].get('base_beside_ms'))}: {verdict} — pruned model measures "
         f"{m['pruned']['latency_ms']['median_ms']:.3f} ms on {m['fingerprint']['backend']} "
         f"({m['fingerprint']['threads']} thread(s), {m['fingerprint']['device']})",
         f"measured speedup {m['speedup_measured']:.2f}x; MACs kept {100 * m['macs_ratio']:.0f}%; "
@@ -98,7 +106,9 @@ def bench_text(r: dict[str, Any]) -> str:
                      f"{'' if r['calibrated'] else ', uncalibrated'})")
     if r.get("budget_ms") is not None:
         ok = r["latency_ms"]["median_ms"] <= r["budget_ms"]
-        lines.append(f"budget {r['budget_ms']:.3f} ms: {'held' if ok else 'MISSED'}")
+        how = (f" ({r['budget_spec']} of the base, measured {r['base_beside_ms']:.3f} ms beside it)"
+               if r.get("base_beside_ms") is not None else "")
+        lines.append(f"budget {r['budget_ms']:.3f} ms{how}: {'held' if ok else 'MISSED'}")
     return "\n".join(lines)
 
 
