@@ -146,7 +146,8 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
         measured_ms = ctx.measure(slim)
         fits = measured_ms <= target_ms
         history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                        "measured_ms": measured_ms, "base_beside_ms": ctx.last_base_beside_ms, "fits": fits, "kept_importance": solution.value,
+                        "measured_ms": measured_ms, "base_beside_ms": ctx.last_base_beside_ms, "fits": fits,
+                        "kept_importance": solution.value,
                         "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
                         "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
         if fits:
