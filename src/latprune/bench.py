@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from latprune.budget import Budget
 from latprune.errors import RunDirError, SpecError
 from latprune.latency_lut.backends import Backend, get_backend
 
@@ -25,20 +26,20 @@ def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any
     return {"predicted_ms": ms, "calibrated": stored is not None}
 
 
-def _relative_budget(run_dir: Path | None) -> float | None:
-    """The run's budget as a fraction of its base (from metrics.json), or None when absolute or unknown."""
+def _relative_budget(run_dir: Path) -> Budget | None:
+    """The run's budget from its metrics.json when relative (a fraction of its base), else None."""
     import json
 
     from latprune.budget import parse_budget
 
-    metrics = run_dir / "metrics.json" if run_dir is not None else None
-    if metrics is None or not metrics.is_file() or not (run_dir / "plan.json").is_file():
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
         return None
     try:
         budget = parse_budget(str(json.loads(metrics.read_text())["budget"]["spec"]))
     except (ValueError, KeyError, TypeError, SpecError):
         return None  # an older or hand-written metrics.json: the plan's budget in ms stands
-    return budget.value if budget.relative else None
+    return budget if budget.relative else None
 
 
 def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
@@ -76,28 +77,28 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         def measure() -> Latency:
             return backend.measure_model(run.model, run.input_shape)
         measured_what = f"{run_dir} (PyTorch model)"
-    relative = _relative_budget(run_dir)
-    base_beside_ms = None
-    if relative is not None and run_dir is not None:
-        # the run's budget is a fraction of its base: measure the base beside it, as `prune` did
-        from latprune.models import load_model
+    plan = None
+    if run_dir is not None and (run_dir / "plan.json").is_file():
         from latprune.pruner.plan import PruningPlan
 
         plan = PruningPlan.load(run_dir / "plan.json")
-        base = load_model(plan.model, "x".join(map(str, plan.input_shape))).model
-        base_lat, latency = measure_beside([lambda: backend.measure_model(base, plan.input_shape), measure])
-        base_beside_ms = base_lat.median_ms
+    relative = _relative_budget(run_dir) if plan is not None and run_dir is not None else None
+    base_lat = None
+    if plan is not None and relative is not None:
+        # the run's budget is a fraction of its base: measure the base beside it, as `prune` did
+        from latprune.models import load_model
+
+        base, shape = load_model(plan.model, "x".join(map(str, plan.input_shape))).model, plan.input_shape
+        base_lat, latency = measure_beside([lambda: backend.measure_model(base, shape), measure])
     else:
         latency = measure_settled(measure)
     result: dict[str, Any] = {"artifact": measured_what, "backend": backend.name, "threads": backend.threads,
                               "latency_ms": latency.to_dict(), "fingerprint": backend.fingerprint()}
-    if run_dir is not None and (run_dir / "plan.json").is_file():
-        from latprune.pruner.plan import PruningPlan
-
-        result["budget_ms"] = PruningPlan.load(run_dir / "plan.json").budget_ms
-        if relative is not None and base_beside_ms is not None:
-            result.update(budget_spec=f"{relative:g}x", base_beside_ms=base_beside_ms,
-                          budget_ms=relative * base_beside_ms)
+    if plan is not None:
+        result["budget_ms"] = plan.budget_ms
+        if relative is not None and base_lat is not None:
+            result.update(budget_spec=str(relative), base_beside_ms=base_lat.median_ms,
+                          budget_ms=relative.resolve(base_lat.median_ms))
     if lut is not None:
         if run_dir is None:
             raise RunDirError("a LUT prediction needs the run directory (plan.json beside the .onnx file)")

@@ -222,24 +222,23 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     return report
 
 
-def measure_settled(measure: Callable[[], Latency], passes: int = 2) -> Latency:
-    """One whole model's latency by the rule of :func:`measure_widths`: ``passes``
-    passes, the faster median kept, and further passes (up to
-    ``MODEL_MAX_PASSES``) while the two fastest differ by more than
-    ``MODEL_AGREE``. ``measure`` is one pass (e.g. ``backend.measure_model``);
-    the pruner's base, candidates and exports are all measured this way, so a
-    slow spell of the machine does not move a budget or reject a candidate."""
-    return fastest_over_passes(lambda _: measure(), 1, passes, agree=MODEL_AGREE,
-                               max_passes=max(passes, MODEL_MAX_PASSES))[0]
-
-
 def measure_beside(measures: list[Callable[[], Latency]]) -> list[Latency]:
-    """Several whole models (one pass of each: ``measures[i]()``) measured in
-    interleaved passes by :func:`measure_settled`'s rule: their ratios are what
-    a relative budget compares, and the machine's speed at the moment cancels
-    out of them."""
+    """Whole models (one pass of each: ``measures[i]()``) measured in interleaved
+    passes by :func:`measure_widths`' rule: 2 passes, each model's faster median
+    kept, and further passes (up to ``MODEL_MAX_PASSES``) for a model whose two
+    fastest differ by more than ``MODEL_AGREE``. Measured together, their
+    ratios are what a relative budget compares: the machine's speed at the
+    moment cancels out of them."""
     return fastest_over_passes(lambda i: measures[i](), len(measures), 2,
                                agree=MODEL_AGREE, max_passes=MODEL_MAX_PASSES)
+
+
+def measure_settled(measure: Callable[[], Latency]) -> Latency:
+    """One whole model's latency by :func:`measure_beside`'s rule (``measure`` is one
+    pass, e.g. ``backend.measure_model``): the pruner's base, candidates and
+    exports are all measured this way, so a slow spell of the machine does not
+    move a budget or reject a candidate."""
+    return measure_beside([measure])[0]
 
 
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,

@@ -57,7 +57,6 @@ class Context:
     config: PruneConfig
     data: DataSpec | None
     base_model: nn.Module | None = None  # set with a relative budget: candidates are measured beside it
-    last_base_beside_ms: float | None = None  # the base as measured beside the last candidate
 
     def batches(self, seed_offset: int = 0) -> Any:
         from latprune.data import loader
@@ -87,8 +86,9 @@ class Context:
                                progress=self.config.progress)
         return {g: [-v for v in losses[g]] for g in options}
 
-    def measure(self, model: nn.Module) -> float:
-        """A candidate's measured median (ms), settled over passes (:func:`measure_settled`).
+    def measure(self, model: nn.Module) -> tuple[float, float | None]:
+        """A candidate's measured median (ms), settled over passes (:func:`measure_settled`),
+        and the base's median measured beside it (None with an absolute budget).
 
         With a relative budget (``base_model`` set), the candidate is measured
         in interleaved passes beside the base model and reported as
@@ -96,13 +96,12 @@ class Context:
         of the base is checked against the base as the machine runs *now*, so
         a slow spell of minutes (this VM: the same ResNet-20 at 2.9 and 3.6 ms
         half an hour apart) moves both and not their ratio."""
-        if self.base_model is None:
-            return measure_settled(lambda: self.backend.measure_model(model, self.graph.input_shape)).median_ms
         shape, base_model = self.graph.input_shape, self.base_model
+        if base_model is None:
+            return measure_settled(lambda: self.backend.measure_model(model, shape)).median_ms, None
         base, cand = measure_beside([lambda: self.backend.measure_model(base_model, shape),
                                      lambda: self.backend.measure_model(model, shape)])
-        self.last_base_beside_ms = base.median_ms
-        return self.base_ms * cand.median_ms / base.median_ms
+        return self.base_ms * cand.median_ms / base.median_ms, base.median_ms
 
     @property
     def target_ms(self) -> float:
@@ -143,10 +142,10 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
             break  # the corrected prediction leads back to a configuration already measured
         tried.append(solution.widths)
         slim = graph.slim(keep(solution.widths))
-        measured_ms = ctx.measure(slim)
+        measured_ms, base_beside_ms = ctx.measure(slim)
         fits = measured_ms <= target_ms
         history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                        "measured_ms": measured_ms, "base_beside_ms": ctx.last_base_beside_ms, "fits": fits,
+                        "measured_ms": measured_ms, "base_beside_ms": base_beside_ms, "fits": fits,
                         "kept_importance": solution.value,
                         "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
                         "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
@@ -342,9 +341,9 @@ def uniform_l1(ctx: Context) -> Decision:
         key = tuple(sorted(widths.items()))
         if key not in measured:
             slim = graph.slim(keep_top(scores, widths))
-            measured[key] = ctx.measure(slim)
+            measured[key], base_beside_ms = ctx.measure(slim)
             history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
-                            "base_beside_ms": ctx.last_base_beside_ms,
+                            "base_beside_ms": base_beside_ms,
                             "target_ms": ctx.target_ms, "fits": measured[key] <= ctx.target_ms,
                             "predicted_ms": _predicted_or_none(ctx.predictor, widths)})
         return measured[key], widths
@@ -403,8 +402,8 @@ def flops(ctx: Context) -> Decision:
     widths = widths_after(lo)
     keep = keep_top(scores, widths)
     slim = graph.slim(keep)
-    ms = ctx.measure(slim)
-    history = [{"iteration": 1, "measured_ms": ms, "base_beside_ms": ctx.last_base_beside_ms,
+    ms, base_beside_ms = ctx.measure(slim)
+    history = [{"iteration": 1, "measured_ms": ms, "base_beside_ms": base_beside_ms,
                 "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
                 "macs_ratio": model_macs(graph, widths) / model_macs(graph, graph.full_widths()),
                 "predicted_ms": _predicted_or_none(ctx.predictor, widths)}]
