@@ -5,8 +5,8 @@
 
 For each model at 1x3x224x224: profile from an empty LUT on the backend (timed),
 then `lut fidelity` with N random width configurations. Writes
-benchmarks/results/lut_fidelity.json (ort-cpu; other backends:
-lut_fidelity_<backend>.json), one entry per model with the device fingerprint,
+benchmarks/results/lut_fidelity.json (ort-cpu, 2 threads; other thread
+counts: lut_fidelity_<n>t.json; other backends: lut_fidelity_<backend>.json), one entry per model with the device fingerprint,
 and benchmarks/results/fidelity_[<backend>_]<model>.png. Resumable: a model
 whose result is already in the JSON is skipped (unless --force), and a killed
 profile resumes from its LUT in benchmarks/luts/.
@@ -29,6 +29,7 @@ from latprune.pruner.graph import ChannelGraph
 
 HERE = Path(__file__).parent
 DEFAULT_BACKEND = "ort-cpu"
+DEFAULT_THREADS = 2  # issue #3's setting; other thread counts write lut_fidelity_<n>t.json
 SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2",
          "efficientnet-lite0": "efficientnet-lite0"}
 
@@ -37,17 +38,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(SPECS))
     parser.add_argument("--backend", default=DEFAULT_BACKEND)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (GPU backends use 1)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads (GPU backends use 1)")
     parser.add_argument("--passes", type=int, default=2, help="measurements of each unit, fastest kept")
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--levels", type=int, default=8)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--recalibrate", action="store_true", help="re-measure the LUT's calibration")
     args = parser.parse_args()
+    backend = get_backend(args.backend, args.threads)
     suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
+    if args.backend == DEFAULT_BACKEND and backend.threads != DEFAULT_THREADS:
+        suffix += f"_{backend.threads}t"
     results_path = HERE / "results" / f"lut_fidelity{suffix}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    backend = get_backend(args.backend, args.threads)
     for name in args.models.split(","):
         if name in results and not args.force:
             print(f"{name}: already in {results_path}, skipped (--force re-runs)")
