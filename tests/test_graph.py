@@ -91,9 +91,24 @@ def test_depthwise_unit_follows_its_group() -> None:
     (32, Grid(8, align=8), [8, 16, 24, 32]),
     (144, Grid(8, align=8), [16, 32, 56, 72, 88, 112, 128, 144]),
     (100, Grid(4, align=16), [32, 48, 80, 96, 100]),
-    (12, Grid(4, align=8), [3, 6, 9, 12]),   # groups this small keep fine steps
+    (12, Grid(4, align=8), [8, 12]),          # aligned below the full size
+    (8, Grid(4, align=8), [2, 4, 6, 8]),      # no wider than the block: fine steps
 ])
 def test_width_grid(size: int, grid: Grid, expected: list[int]) -> None:
     widths = grid.widths(size)
     assert widths == expected
     assert widths[-1] == size and all(0 < w <= size for w in widths)
+
+
+@pytest.mark.parametrize("width, size, align, expected", [
+    (20.0, 20, 8, 20),    # the full size, aligned or not
+    (19.9, 20, 8, 16),    # below it: rounded down to a multiple of the block
+    (13.0, 16, 8, 8),     # a 16-channel group is aligned too (Grid.widths(16) is [8, 16])
+    (2.0, 144, 8, 8),     # at least one block
+    (5.7, 6, 8, 5),       # no wider than one block: any width
+    (5.7, 40, 1, 5),
+])
+def test_baselines_snap_to_the_grid_alignment(width: float, size: int, align: int, expected: int) -> None:
+    from latprune.pruner.methods import _snap
+
+    assert _snap(width, size, align) == expected

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from latprune.errors import LutError
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.units import LayerKey, Unit
-from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.pruner.graph import ChannelGraph, Grid, group_align
 
 JUMP = 0.25   # midpoint off the straight line by more than this share of the segment's rise: a step inside
 NOISE = 0.03  # ... and by more than this share of its own cost (what two timings of one unit can differ by)
@@ -145,7 +145,7 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
                 progress(group.root)
             continue
         coarse = grid.widths(group.size, group.root)
-        g_align = align if group.size > 2 * align else 1  # as Grid.widths: tiny groups keep fine steps
+        g_align = group_align(group.size, align)
         added, costs = _bisect(coarse, g_align, lambda w, gid=group.id: cost(gid, w))
         found[group.id] = (coarse, added, costs, g_align)
         if progress:

@@ -33,7 +33,7 @@ from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import measure_beside, measure_settled
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
-from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.pruner.graph import ChannelGraph, Grid, group_align
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
 
@@ -312,9 +312,11 @@ def taylor(ctx: Context) -> Decision:
 
 # -- baselines ---------------------------------------------------------------------------------------
 def _snap(width: float, size: int, align: int) -> int:
-    """``width`` rounded down to the backend's alignment (at least one block; tiny groups unaligned)."""
-    if align <= 1 or size <= 2 * align:
-        return int(min(size, max(1, math.floor(width))))
+    """``width`` rounded down to the group's alignment (:func:`group_align`; at least
+    one block), or the full ``size`` when ``width`` reaches it."""
+    align = group_align(size, align)
+    if width >= size:
+        return size
     return int(min(size, max(align, align * math.floor(width / align))))
 
 
