@@ -72,14 +72,16 @@ def main() -> None:
             "profile_seconds": round(profile_s, 1), "profile_measured": profile.measured,
             "calibration": profile.calibration, "samples": args.samples,
             "stored": report["stored"], "anchored": report["anchored"], "drift": report["drift"],
-            "fidelity_seconds": report["seconds"], "points": report["points"], "plot": str(png.relative_to(HERE)),
+            "fidelity_seconds": report["seconds"], "slow_probes": report["slow_probes"],
+            "points": report["points"], "plot": str(png.relative_to(HERE)),
             "fingerprint": report["fingerprint"],
         }
         atomic_write_json(results_path, results)
         s, a = report["stored"], report["anchored"]
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
-              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%")
+              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; "
+              f"slow-machine probes {report['slow_probes']}")
 
 
 if __name__ == "__main__":

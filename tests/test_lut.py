@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 
 from latprune.errors import FingerprintMismatch, LutError
 from latprune.latency_lut.backends import get_backend
@@ -15,7 +16,7 @@ from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.calibrate import FIT_METHOD
 from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration, open_for_backend
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.timing import Latency
+from latprune.latency_lut.timing import Latency, TimingConfig
 from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph, Grid
 from tests.conftest import TINY_INPUT, tiny_resnet
@@ -279,6 +280,47 @@ def test_disagreeing_passes_are_measured_again_until_two_agree() -> None:
     assert calls == {0: 2, 1: 3, 2: 4}
     assert [b.median_ms for b in best] == [10.0, 10.0, 10.0]
     assert [b.median_ms for b in fastest_over_passes(lambda i: Latency(5.0 + i, 5.0, 5.0, 1), 2)] == [5.0, 6.0]
+
+
+def test_speed_guard_waits_out_a_slow_state_and_repeats_a_measurement_it_overlapped() -> None:
+    """A VM whose second vCPU is sometimes taken away: probes say when. A measurement
+    starts only once the probe is back at its usual speed, one that ended in the slow
+    state is repeated, and the guard counts the slow probes it saw."""
+    from latprune.latency_lut.timing import SpeedGuard
+
+    probes = iter([1.0, 1.9, 2.0, 1.05, 1.9, 1.0, 1.02, 2.0, 2.1, 1.9, 1.8, 1.9, 2.0])
+    slept: list[float] = []
+    runs = iter([8.0, 5.0, 6.0, 9.0])
+    guard = SpeedGuard(lambda: next(probes), sleep=slept.append, max_wait_s=1.0, warmup_probes=0)
+
+    def measure() -> Latency:
+        ms = next(runs)
+        return Latency(ms, ms, ms, 10)
+
+    # probe 1.0 (the usual speed, before), measure 8.0, probe 1.9 (slow after: repeat);
+    # probes 2.0 and then 1.05 (waited 0.5 s), measure 5.0, probe 1.9 (slow: repeat);
+    # probe 1.0, measure 6.0, probe 1.02: clean
+    assert guard.measure(measure).median_ms == 6.0
+    assert slept == [0.5] and guard.slow == 3 and guard.best_ms == 1.0
+    # the slow state outlasts max_wait_s and every attempt: the fastest attempt is kept
+    guard.attempts = 1
+    assert guard.measure(measure).median_ms == 9.0
+    assert slept == [0.5, 0.5, 0.5] and guard.slow == 7
+    # the usual speed is learnt before the first measurement: a slow first probe does not set it
+    warm = SpeedGuard(iter([2.0, 1.0, 1.9, 1.1, 1.0]).__next__, sleep=lambda s: None, warmup_probes=3)
+    assert warm.measure(lambda: Latency(5.0, 5.0, 5.0, 1)).median_ms == 5.0 and warm.best_ms == 1.0
+    assert warm.slow == 0
+
+
+def test_ort_cpu_guards_whole_models_on_two_threads_only() -> None:
+    pytest.importorskip("onnxruntime")
+    from latprune.latency_lut.backends import get_backend
+
+    assert get_backend("ort-cpu", threads=1).speed_guard() is None
+    backend = get_backend("ort-cpu", threads=2, timing=TimingConfig(warmup=1, repeats=5, min_time_s=0.0))
+    lat = backend.measure_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), (1, 3, 16, 16))
+    guard = backend.speed_guard()
+    assert guard is not None and 0 < guard.best_ms < float("inf") and lat.median_ms > 0
 
 
 def test_latency_percentiles_bracket_the_median_of_equal_samples() -> None:

@@ -10,7 +10,10 @@ Every configuration is measured in two passes (the second in reverse order)
 and its faster median kept, the same rule as the LUT's units. Two
 predictions are scored: the LUT as stored, and the LUT re-anchored on a
 measurement of the full model taken at the start (what ``prune`` does), which
-removes the device's drift since profiling.
+removes the device's drift since profiling. On a backend with a
+:class:`~latprune.latency_lut.timing.SpeedGuard` the report counts the
+probes that found the machine slower than usual (those measurements were
+waited for or repeated).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class FidelityReport:
     seconds: float
     points: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    slow_probes: int = 0                    # probes that found the machine slow (SpeedGuard); 0 without one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +98,8 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         raise LutError(f"the LUT {lut.path} lacks {len(missing)} of this model's units; "
                        f"`latprune profile {model_name} -o {lut.path}` adds them")
     start = time.time()
+    guard = backend.speed_guard()
+    slow_before = guard.slow if guard is not None else 0
     full = graph.full_widths()
     configs = [full] + random_configs(graph.options(grid, blocks=blocks), samples, seed)
     measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
@@ -111,4 +117,5 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         ErrorStats.of([p["predicted_ms"] for p in points], measured_ms),
         ErrorStats.of([p["anchored_ms"] for p in points], measured_ms),
         drift, round(time.time() - start, 2), points, backend.fingerprint(),
+        guard.slow - slow_before if guard is not None else 0,
     )

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from latprune.errors import BackendError
-from latprune.latency_lut.timing import Latency, TimingConfig
+from latprune.latency_lut.timing import Latency, SpeedGuard, TimingConfig
 from latprune.latency_lut.units import LayerKey
 
 # name -> "module:Class", imported only when asked for (onnxruntime is heavy).
@@ -55,6 +55,11 @@ class Backend(ABC):
     @abstractmethod
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         """End-to-end latency of a whole model as this runtime executes it."""
+
+    def speed_guard(self) -> SpeedGuard | None:
+        """The guard that holds whole-model timings to the machine's usual speed, if
+        this backend has one (:class:`~latprune.latency_lut.timing.SpeedGuard`)."""
+        return None
 
     def measure_artifact(self, path: str) -> Latency:
         """End-to-end latency of an exported artifact (ONNX file, ...)."""
