@@ -232,6 +232,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (the PNG goes beside it)")
     args = parser.parse_args()
     results_path, plot_path = args.results, args.results.with_suffix(".png")
+    # another results file keeps its pruned models apart: its final pass must not measure these
+    runs_dir = WORK / ("runs" if results_path.resolve() == RESULTS.resolve() else f"runs-{results_path.stem}")
 
     import torch
 
@@ -287,7 +289,7 @@ def main() -> None:
         if key in results["runs"]:
             print(f"{key}: done earlier, skipped")
             continue
-        out = WORK / "runs" / (f"{method}-{ratio}x" + (f"-seed{seed}" if seed else ""))
+        out = runs_dir / (f"{method}-{ratio}x" + (f"-seed{seed}" if seed else ""))
         budget_ms = results["budgets_ms"][str(ratio)]
         print(f"== {key}: budget {ratio}x of the base (~{budget_ms:.3f} ms)", flush=True)
         start = time.time()
