@@ -356,8 +356,9 @@ class Grid:
     each rounded to a multiple of ``align`` (the runtime's vector width: a
     width between two multiples costs as much as the next one up, and
     unaligned widths force layout conversions that a unit timed alone does not
-    pay: on MobileNetV2 a 16-channel group at 4–14 channels made whole models
-    up to 14% slower than their LUT sum), the full size always included;
+    pay: with MobileNetV2's 16-channel group at 10 channels the whole model
+    measured slower than at 16, and 14% above the LUT's prediction), the full
+    size always included;
     plus, per group root, the ``extra`` widths that adaptive sampling added
     where the group's latency jumps (``latency_lut.staircase``).
 
