@@ -357,7 +357,7 @@ class Grid:
     width between two multiples costs as much as the next one up, and
     unaligned widths force layout conversions that a unit timed alone does not
     pay: with MobileNetV2's 16-channel group at 10 channels the whole model
-    measured slower than at 16, and 14% above the LUT's prediction), the full
+    measured slower than at 16, and the LUT predicted 14% below it), the full
     size always included;
     plus, per group root, the ``extra`` widths that adaptive sampling added
     where the group's latency jumps (``latency_lut.staircase``).
