@@ -83,22 +83,21 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
 
         plan = PruningPlan.load(run_dir / "plan.json")
     relative = _relative_budget(run_dir) if plan is not None and run_dir is not None else None
-    base_lat = None
+    checked: dict[str, Any] = {}  # a relative budget: what it was checked against
     if plan is not None and relative is not None:
         # the run's budget is a fraction of its base: measure the base beside it, as `prune` did
         from latprune.models import load_model
 
         base, shape = load_model(plan.model, "x".join(map(str, plan.input_shape))).model, plan.input_shape
         base_lat, latency = measure_beside([lambda: backend.measure_model(base, shape), measure])
+        checked = {"budget_spec": str(relative), "base_beside_ms": base_lat.median_ms,
+                   "budget_ms": relative.resolve(base_lat.median_ms)}
     else:
         latency = measure_settled(measure)
     result: dict[str, Any] = {"artifact": measured_what, "backend": backend.name, "threads": backend.threads,
                               "latency_ms": latency.to_dict(), "fingerprint": backend.fingerprint()}
     if plan is not None:
-        result["budget_ms"] = plan.budget_ms
-        if relative is not None and base_lat is not None:
-            result.update(budget_spec=str(relative), base_beside_ms=base_lat.median_ms,
-                          budget_ms=relative.resolve(base_lat.median_ms))
+        result.update({"budget_ms": plan.budget_ms, **checked})
     if lut is not None:
         if run_dir is None:
             raise RunDirError("a LUT prediction needs the run directory (plan.json beside the .onnx file)")
