@@ -1,14 +1,17 @@
 """Benchmark: accuracy against *measured* latency, per pruning method and budget (issue #4).
 
-    python benchmarks/accuracy_vs_latency.py [--base train|embedded] [--methods gator,halp,...]
+    python benchmarks/accuracy_vs_latency.py [--base train|embedded] [--base-epochs 3]
+                                             [--methods gator,halp,...]
                                              [--budgets 0.3,0.5,0.7] [--seeds 0] [--epochs 0.5]
                                              [--gate-epochs 0.3] [--threads 1] [--force] [--report-only]
 
 The model is a CIFAR-style ResNet-20 (32/64/128) on Fashion-MNIST (Debian
 package). ``--base train`` trains it here with the recipe of
-``scripts/train_default.py`` (3 epochs, ~25 min on 2 cores; cached in the
-work directory); ``--base embedded`` takes the shipped weights, which that same
-script produced. Then, on ort-cpu at batch 1:
+``scripts/train_default.py`` for ``--base-epochs`` (3 by default, ~20 min on
+2 cores; cached in the work directory per number of epochs, and checkpointed
+after every epoch: a killed training resumes); ``--base embedded`` takes the
+shipped weights, which that same script produced for 3 epochs. Then, on
+ort-cpu at batch 1:
 
 1. profile the model's LUT (resumable, in ``benchmarks/luts/``);
 2. measure the base ONNX once (its accuracy, parameters, MACs);
@@ -59,8 +62,10 @@ FACTORY = textwrap.dedent('''
 ''')
 
 
-def base_spec(how: str, threads: int) -> tuple[str, dict[str, Any]]:
-    """The model spec to prune, training the base first when asked."""
+def base_spec(how: str, threads: int, epochs: float) -> tuple[str, dict[str, Any]]:
+    """The model spec to prune, training the base for ``epochs`` first when asked."""
+    from dataclasses import replace
+
     import torch
 
     from latprune._io import atomic_write_json, atomic_write_text, atomic_write_with
@@ -71,22 +76,25 @@ def base_spec(how: str, threads: int) -> tuple[str, dict[str, Any]]:
     if how == "embedded":
         info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
         return "default", {"source": "embedded weights (scripts/train_default.py)", **info}
-    WORK.mkdir(parents=True, exist_ok=True)
-    weights, meta = WORK / "base.pt", WORK / "base.json"
+    home = WORK / f"base-{epochs:g}ep"
+    home.mkdir(parents=True, exist_ok=True)
+    weights, meta, ckpt = home / "base.pt", home / "base.json", home / "train.ckpt"
     if not (weights.is_file() and meta.is_file()):
         torch.set_num_threads(threads)
         data = fashion_mnist()
         model = ResNetCifar()
-        config = EMBEDDED_RECIPE
-        start = time.time()
-        train(model, data.train, config, desc="train base resnet20")
+        config = replace(EMBEDDED_RECIPE, epochs=epochs)
+        start, resumed = time.time(), ckpt.is_file()
+        train(model, data.train, config, desc=f"train base resnet20 ({epochs:g} epochs)", checkpoint=ckpt)
         acc = evaluate(model, data.test)
         atomic_write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
         atomic_write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc,
                                  "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                                 "train_seconds": round(time.time() - start, 1)})
-    atomic_write_text(WORK / "base_model.py", FACTORY)
-    return f"{WORK / 'base_model.py'}:make", json.loads(meta.read_text())
+                                 "train_seconds": round(time.time() - start, 1),
+                                 "resumed_from_checkpoint": resumed})
+        ckpt.unlink(missing_ok=True)
+    atomic_write_text(home / "base_model.py", FACTORY)
+    return f"{home / 'base_model.py'}:make", json.loads(meta.read_text())
 
 
 def final_measurements(runs: dict[str, Path], base_onnx: Path, threads: int) -> dict[str, dict[str, float]]:
@@ -220,6 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
+    parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
@@ -248,16 +257,17 @@ def main() -> None:
     from latprune.train import evaluate
 
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() and not args.force else {}
-    settings = {"base": args.base, "epochs": args.epochs, "gate_epochs": args.gate_epochs, "threads": args.threads,
+    settings = {"base": args.base, **({"base_epochs": args.base_epochs} if args.base == "train" else {}),
+                "epochs": args.epochs, "gate_epochs": args.gate_epochs, "threads": args.threads,
                 "budgets": "relative to the base measured beside each candidate"}
     if results and results.get("settings") != settings:
         raise SystemExit(f"{results_path} holds results for other settings {results.get('settings')}; "
                          "pass --force to start again")
     WORK.mkdir(parents=True, exist_ok=True)
-    spec_text, base_info = base_spec(args.base, 2)
+    spec_text, base_info = base_spec(args.base, 2, args.base_epochs)
     backend = get_backend("ort-cpu", args.threads)
     spec = load_model(spec_text, "1x1x28x28")
-    lut = HERE / "luts" / f"resnet20-{args.base}-ort-cpu-{args.threads}t.lut"
+    lut = HERE / "luts" / f"resnet20-ort-cpu-{args.threads}t.lut"  # latency: the architecture, not its weights
     lut.parent.mkdir(exist_ok=True)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     t = time.time()

@@ -1,0 +1,76 @@
+"""The training loop: a run killed mid-way resumes from its checkpoint to the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from latprune.train import TrainConfig, train
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def _data() -> TensorDataset:
+    gen = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(96, 1, 12, 12, generator=gen), torch.randint(0, 10, (96,), generator=gen))
+
+
+class _DiesAfter(Dataset):
+    """A dataset that raises after ``n`` items, as a killed process would stop."""
+
+    def __init__(self, inner: TensorDataset, n: int) -> None:
+        self.inner, self.left = inner, n
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt
+        return self.inner[i]
+
+
+CONFIG = TrainConfig(epochs=3, batch_size=16, lr=0.05, seed=3)
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    whole = _model()
+    whole_losses = train(whole, _data(), CONFIG)
+
+    ckpt = tmp_path / "train.ckpt"
+    killed = _model()
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, _DiesAfter(_data(), 96 + 96 + 40), CONFIG, checkpoint=ckpt)  # dies in the third pass
+    assert ckpt.is_file()
+    assert torch.load(ckpt, weights_only=False)["step"] == 12  # two passes of 6 batches saved
+
+    resumed = _model()
+    resumed_losses = train(resumed, _data(), CONFIG, checkpoint=ckpt)
+    assert resumed_losses == pytest.approx(whole_losses, rel=1e-5)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    ckpt = tmp_path / "train.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), _DiesAfter(_data(), 100), CONFIG, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="another training run.*delete it"):
+        train(_model(), _data(), TrainConfig(epochs=3, batch_size=16, lr=0.1, seed=3), checkpoint=ckpt)
+
+
+def test_model_comes_back_contiguous_and_in_eval_mode() -> None:
+    model = _model()
+    train(model, _data(), TrainConfig(epochs=0.5, batch_size=16))
+    assert not model.training
+    assert all(p.is_contiguous() for p in model.parameters())
