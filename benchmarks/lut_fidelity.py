@@ -73,6 +73,7 @@ def main() -> None:
             "calibration": profile.calibration, "samples": args.samples,
             "stored": report["stored"], "anchored": report["anchored"], "drift": report["drift"],
             "fidelity_seconds": report["seconds"], "slow_probes": report["slow_probes"],
+            "probes": len(report["probe_trace"]), "probe_trace": report["probe_trace"],
             "points": report["points"], "plot": str(png.relative_to(HERE)),
             "fingerprint": report["fingerprint"],
         }
@@ -81,7 +82,7 @@ def main() -> None:
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
               f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; "
-              f"slow-machine probes {report['slow_probes']}")
+              f"slow-machine probes {report['slow_probes']} of {len(report['probe_trace'])}")
 
 
 if __name__ == "__main__":

@@ -301,15 +301,32 @@ def test_speed_guard_waits_out_a_slow_state_and_repeats_a_measurement_it_overlap
     # probes 2.0 and then 1.05 (waited 0.5 s), measure 5.0, probe 1.9 (slow: repeat);
     # probe 1.0, measure 6.0, probe 1.02: clean
     assert guard.measure(measure).median_ms == 6.0
-    assert slept == [0.5] and guard.slow == 3 and guard.best_ms == 1.0
+    assert slept == [0.5] and guard.slow == 3 and guard.usual_ms == 1.0 and len(guard.trace) == 7
     # the slow state outlasts max_wait_s and every attempt: the fastest attempt is kept
     guard.attempts = 1
     assert guard.measure(measure).median_ms == 9.0
     assert slept == [0.5, 0.5, 0.5] and guard.slow == 7
     # the usual speed is learnt before the first measurement: a slow first probe does not set it
     warm = SpeedGuard(iter([2.0, 1.0, 1.9, 1.1, 1.0]).__next__, sleep=lambda s: None, warmup_probes=3)
-    assert warm.measure(lambda: Latency(5.0, 5.0, 5.0, 1)).median_ms == 5.0 and warm.best_ms == 1.0
+    assert warm.measure(lambda: Latency(5.0, 5.0, 5.0, 1)).median_ms == 5.0 and warm.usual_ms == 1.0
     assert warm.slow == 0
+
+
+def test_speed_guard_usual_speed_is_a_low_percentile_of_recent_probes() -> None:
+    """One lucky probe does not make every later probe look slow, and a machine that
+    settles at another speed is followed once the window has moved on."""
+    from latprune.latency_lut.timing import SpeedGuard
+
+    lucky = [0.7] + [1.0 + 0.01 * (i % 10) for i in range(60)]  # then the usual 1.00–1.09
+    guard = SpeedGuard(iter(lucky).__next__, sleep=lambda s: None, warmup_probes=20, window=50)
+    for _ in range(20):
+        guard.measure(lambda: Latency(5.0, 5.0, 5.0, 1))
+    assert guard.slow == 0 and 1.0 <= guard.usual_ms <= 1.01  # the fastest ever (0.7) would call 1.0 slow
+    settled = SpeedGuard(iter([1.0] * 30 + [2.0] * 60).__next__, sleep=lambda s: None, warmup_probes=10,
+                         window=20, max_wait_s=100.0)
+    for _ in range(20):  # 10 measurements at 1.0, then the machine settles at 2.0
+        settled.measure(lambda: Latency(5.0, 5.0, 5.0, 1))
+    assert settled.usual_ms == 2.0 and settled.trace[-1][1] == 2.0
 
 
 def test_ort_cpu_guards_whole_models_on_two_threads_only() -> None:
@@ -320,7 +337,7 @@ def test_ort_cpu_guards_whole_models_on_two_threads_only() -> None:
     backend = get_backend("ort-cpu", threads=2, timing=TimingConfig(warmup=1, repeats=5, min_time_s=0.0))
     lat = backend.measure_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), (1, 3, 16, 16))
     guard = backend.speed_guard()
-    assert guard is not None and 0 < guard.best_ms < float("inf") and lat.median_ms > 0
+    assert guard is not None and 0 < guard.usual_ms < float("inf") and lat.median_ms > 0
 
 
 def test_latency_percentiles_bracket_the_median_of_equal_samples() -> None:

@@ -129,8 +129,8 @@ def fidelity_text(r: dict[str, Any]) -> str:
              f"{100 * (r['drift'] - 1):+.1f}%", "",
              table(["prediction", "median |error|", "within ±5%", "within ±10%", "Spearman"], rows)]
     if r.get("slow_probes"):
-        lines.append(f"\nthe machine ran slower than usual at {r['slow_probes']} speed probes: "
-                     "those measurements were waited for or repeated")
+        lines.append(f"\nthe machine ran slower than usual at {r['slow_probes']} of {len(r.get('probe_trace', []))} "
+                     "speed probes: those measurements were waited for or repeated")
     if r.get("plot"):
         lines.append(f"\nplot: {r['plot']}")
     return "\n".join(lines)

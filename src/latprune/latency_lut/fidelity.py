@@ -59,6 +59,7 @@ class FidelityReport:
     points: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     slow_probes: int = 0                    # probes that found the machine slow (SpeedGuard); 0 without one
+    probe_trace: list[tuple[float, float]] = field(default_factory=list)  # every probe: (s, ms); [] without one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +101,7 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     start = time.time()
     guard = backend.speed_guard()
     slow_before = guard.slow if guard is not None else 0
+    probes_before = len(guard.trace) if guard is not None else 0
     full = graph.full_widths()
     configs = [full] + random_configs(graph.options(grid, blocks=blocks), samples, seed)
     measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
@@ -118,4 +120,5 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         ErrorStats.of([p["anchored_ms"] for p in points], measured_ms),
         drift, round(time.time() - start, 2), points, backend.fingerprint(),
         guard.slow - slow_before if guard is not None else 0,
+        guard.trace[probes_before:] if guard is not None else [],
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 
@@ -78,34 +78,56 @@ class SpeedGuard:
     """Times a measurement only while the machine runs at its usual speed.
 
     ``probe_ms()`` times a small fixed workload (with the measurement's
-    thread count) and returns its median in ms; the fastest probe seen is
-    the machine's usual speed, learnt first from ``warmup_probes`` probes
-    0.05 s apart (before a measurement trusts it). On a VM whose vCPUs are sometimes taken away
+    thread count) and returns its median in ms. The machine's usual speed is
+    a low percentile (``percentile``) of the last ``window`` probes, learnt
+    first from ``warmup_probes`` probes 0.05 s apart (before a measurement
+    trusts it): a percentile and not the fastest probe ever, which one lucky
+    probe would set for the rest of a run and make every later probe look slow
+    (session 9: 392–527 slow probes per fidelity run, ~0.5 s of waiting each),
+    and a window, so a machine that settles at another speed for minutes is
+    followed. On a VM whose vCPUs are sometimes taken away
     (2026-11-30, this 2-core VM on 2 threads: MobileNetV2 at 5.0–6.6 ms,
     then 9.7–11.2 ms for ten seconds at a time) a measurement that starts or
     ends in the slow state is repeated: :meth:`measure` probes before (and
     waits, up to ``max_wait_s``, for the usual speed) and after, and keeps a
-    measurement whose probes were both within ``tolerance`` of the fastest,
-    else the fastest of ``attempts``. ``slow`` counts the probes that found
-    the machine slow (reported, so a user sees that it happened)."""
+    measurement whose probes were both within ``tolerance`` of the usual
+    speed, else the fastest of ``attempts``. ``slow`` counts the probes that
+    found the machine slow and ``trace`` keeps every probe (seconds since the
+    first, ms), so a user sees what happened."""
 
     probe_ms: Callable[[], float]
     tolerance: float = 0.3
     max_wait_s: float = 10.0
     attempts: int = 3
     warmup_probes: int = 25
+    window: int = 100
+    percentile: float = 0.1
     sleep: Callable[[float], None] = time.sleep
-    best_ms: float = float("inf")
     slow: int = 0
+    trace: list[tuple[float, float]] = field(default_factory=list)
+    _t0: float | None = None
+
+    @property
+    def usual_ms(self) -> float:
+        """The usual speed: the ``percentile`` of the last ``window`` probes (inf before any)."""
+        recent = sorted(ms for _, ms in self.trace[-self.window:])
+        return recent[int(self.percentile * (len(recent) - 1))] if recent else float("inf")
+
+    def _probe(self) -> float:
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        ms = self.probe_ms()
+        self.trace.append((round(now - self._t0, 3), ms))
+        return ms
 
     def _fast(self) -> bool:
-        if self.best_ms == float("inf"):  # learn the usual speed: the fastest of several probes
+        if not self.trace:  # learn the usual speed before a measurement trusts it
             for _ in range(self.warmup_probes):
-                self.best_ms = min(self.best_ms, self.probe_ms())
+                self._probe()
                 self.sleep(0.05)
-        ms = self.probe_ms()
-        self.best_ms = min(self.best_ms, ms)
-        fast = ms <= self.best_ms * (1 + self.tolerance)
+        ms = self._probe()
+        fast = ms <= self.usual_ms * (1 + self.tolerance)
         self.slow += not fast
         return fast
 
