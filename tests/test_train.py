@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from latprune.train import TrainConfig, train
+from latprune.train import TrainConfig, channels_last_is_safe, train
 
 
 def _model() -> nn.Module:
@@ -74,3 +74,13 @@ def test_model_comes_back_contiguous_and_in_eval_mode() -> None:
     train(model, _data(), TrainConfig(epochs=0.5, batch_size=16))
     assert not model.training
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_narrow_convolutions_train_in_the_contiguous_format() -> None:
+    """A 1×1 stride-2 convolution with 4 input channels crashes torch's channels-last
+    backward on the AVX2 VM (heap corruption): such a model trains contiguous."""
+    narrow = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1),
+                           nn.Conv2d(4, 8, 1, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    assert not channels_last_is_safe(narrow) and channels_last_is_safe(_model())
+    losses = train(narrow, _data(), TrainConfig(epochs=2, batch_size=16))
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
