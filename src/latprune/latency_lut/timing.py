@@ -6,6 +6,7 @@ runs it came from, so a noisy number can be told from a clean one.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,39 +80,40 @@ class SpeedGuard:
 
     ``probe_ms()`` times a small fixed workload (with the measurement's
     thread count) and returns its median in ms. The machine's usual speed is
-    a low percentile (``percentile``) of the last ``window`` probes, learnt
-    first from ``warmup_probes`` probes 0.05 s apart (before a measurement
-    trusts it): a percentile and not the fastest probe ever, which one lucky
-    probe would set for the rest of a run and make every later probe look slow
-    (session 9: 392–527 slow probes per fidelity run, ~0.5 s of waiting each),
-    and a window, so a machine that settles at another speed for minutes is
-    followed. On a VM whose vCPUs are sometimes taken away
-    (2026-11-30, this 2-core VM on 2 threads: MobileNetV2 at 5.0–6.6 ms,
-    then 9.7–11.2 ms for ten seconds at a time) a measurement that starts or
-    ends in the slow state is repeated: :meth:`measure` probes before (and
-    waits, up to ``max_wait_s``, for the usual speed) and after, and keeps a
-    measurement whose probes were both within ``tolerance`` of the usual
-    speed, else the fastest of ``attempts``. ``slow`` counts the probes that
-    found the machine slow and ``trace`` keeps every probe (seconds since the
-    first, ms), so a user sees what happened."""
+    a low percentile (``percentile``, 2%) of every probe so far, learnt first
+    from ``warmup_probes`` probes 0.05 s apart (before a measurement trusts
+    it): in effect the fastest probe, but not one lucky outlier. Never a
+    recent window: on 2026-11-30 (session 10) this VM's probe ran at 0.373 ms,
+    at 0.51 ms or at 0.69 ms for minutes at a time, and a guard whose usual
+    speed was the 10th percentile of the last 100 probes took the slow states
+    for the usual one (MobileNetV2 on 2 threads: 50% of 50 configurations
+    within ±10%, a quarter measured 1.8–2.3x their prediction;
+    ``benchmarks/results/lut_fidelity_window_policy.json``). On such a VM a
+    measurement that starts or ends in a slow state is repeated:
+    :meth:`measure` probes before (and waits, up to ``max_wait_s``, for the
+    usual speed) and after, and keeps a measurement whose probes were both
+    within ``tolerance`` of the usual speed, else the fastest of
+    ``attempts``. ``slow`` counts the probes that found the machine slow and
+    ``trace`` keeps every probe (seconds since the first, ms), so a user sees
+    what happened."""
 
     probe_ms: Callable[[], float]
     tolerance: float = 0.3
     max_wait_s: float = 10.0
     attempts: int = 3
     warmup_probes: int = 25
-    window: int = 100
-    percentile: float = 0.1
+    percentile: float = 0.02
     sleep: Callable[[float], None] = time.sleep
     slow: int = 0
     trace: list[tuple[float, float]] = field(default_factory=list)
     _t0: float | None = None
+    _sorted: list[float] = field(default_factory=list)
 
     @property
     def usual_ms(self) -> float:
-        """The usual speed: the ``percentile`` of the last ``window`` probes (inf before any)."""
-        recent = sorted(ms for _, ms in self.trace[-self.window:])
-        return recent[int(self.percentile * (len(recent) - 1))] if recent else float("inf")
+        """The usual speed: the ``percentile`` of every probe so far (inf before any)."""
+        n = len(self._sorted)
+        return self._sorted[int(self.percentile * (n - 1))] if n else float("inf")
 
     def _probe(self) -> float:
         now = time.perf_counter()
@@ -119,6 +121,7 @@ class SpeedGuard:
             self._t0 = now
         ms = self.probe_ms()
         self.trace.append((round(now - self._t0, 3), ms))
+        bisect.insort(self._sorted, ms)
         return ms
 
     def _fast(self) -> bool:
