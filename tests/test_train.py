@@ -82,5 +82,7 @@ def test_narrow_convolutions_train_in_the_contiguous_format() -> None:
     narrow = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1),
                            nn.Conv2d(4, 8, 1, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     assert not channels_last_is_safe(narrow) and channels_last_is_safe(_model())
+    rgb = nn.Sequential(nn.Conv2d(3, 8, 1, stride=2), nn.Conv2d(8, 8, 3))  # 3 → 8, 1×1, stride 2 crashed too
+    assert not channels_last_is_safe(rgb)
     losses = train(narrow, _data(), TrainConfig(epochs=2, batch_size=16))
     assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))

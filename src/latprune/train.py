@@ -6,11 +6,12 @@ with the running loss and accuracy. Convolutions train in channels-last
 memory format when every convolution is at least 8 channels wide (15%
 faster per step for ResNet-20 on the 2-core AVX2 VM; the model is handed back
 in the usual contiguous format): with torch 2.14.1 on that CPU, the backward
-pass of a channels-last convolution with 2–7 input channels (e.g. a 1×1,
-stride-2 shortcut cut to 4 channels) corrupts the heap and aborts the
-process, so a narrower model trains in the contiguous format. A long run can pass ``checkpoint``: the
-state is saved at the end of every pass over the data, and a run started again
-with the same file resumes after the last saved pass, in the same data order.
+pass of a channels-last convolution with 2–7 input channels (a 1×1, stride-2
+shortcut cut to 4 channels; an RGB input into a 1×1 stride-2 convolution)
+corrupts the heap and aborts the process, so a narrower model trains in the
+contiguous format. A long run can pass ``checkpoint``: the state is saved at
+the end of every pass over the data, and a run started again with the same
+file resumes after the last saved pass, in the same data order.
 """
 
 from __future__ import annotations
@@ -104,8 +105,7 @@ def train(
         if state["steps"] != steps or state["config"] != repr(config):
             raise ValueError(f"{checkpoint} was saved by another training run ({state['config']}, "
                              f"{state['steps']} steps); delete it to start again")
-        model.load_state_dict(state["model"])
-        model.to(memory_format=fmt)
+        model.load_state_dict(state["model"])  # copied into the parameters: their format stays
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
@@ -166,12 +166,12 @@ def train(
 
 def channels_last_is_safe(model: nn.Module) -> bool:
     """Whether ``model`` may train in channels-last format: every convolution has
-    at least 8 output channels and at least 8 input channels, or 1–3 of them
-    (an image stem; measured fine: 1→4…64 and 3→16/32/64). See the module
-    docstring for the narrower convolutions that crash."""
+    at least 8 output channels and at least 8 input channels, or exactly 1 (a
+    grayscale stem; measured fine: 1→8…64, 1×1 to 7×7, stride 1 and 2). Two to
+    seven input channels crashed, RGB's 3 included (3→8, 1×1, stride 2); see
+    the module docstring."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return bool(convs) and all(c.out_channels >= 8 and (c.in_channels >= 8 or (c.in_channels <= 3 and c.groups == 1))
-                               for c in convs)
+    return bool(convs) and all(c.out_channels >= 8 and (c.in_channels >= 8 or c.in_channels == 1) for c in convs)
 
 
 @torch.no_grad()
