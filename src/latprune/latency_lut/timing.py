@@ -6,7 +6,6 @@ runs it came from, so a noisy number can be told from a clean one.
 
 from __future__ import annotations
 
-import bisect
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -107,13 +106,12 @@ class SpeedGuard:
     slow: int = 0
     trace: list[tuple[float, float]] = field(default_factory=list)
     _t0: float | None = None
-    _sorted: list[float] = field(default_factory=list)
 
     @property
     def usual_ms(self) -> float:
         """The usual speed: the ``percentile`` of every probe so far (inf before any)."""
-        n = len(self._sorted)
-        return self._sorted[int(self.percentile * (n - 1))] if n else float("inf")
+        probes = sorted(ms for _, ms in self.trace)
+        return probes[int(self.percentile * (len(probes) - 1))] if probes else float("inf")
 
     def _probe(self) -> float:
         now = time.perf_counter()
@@ -121,7 +119,6 @@ class SpeedGuard:
             self._t0 = now
         ms = self.probe_ms()
         self.trace.append((round(now - self._t0, 3), ms))
-        bisect.insort(self._sorted, ms)
         return ms
 
     def _fast(self) -> bool:
