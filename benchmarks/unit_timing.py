@@ -38,9 +38,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from latprune._io import atomic_write_json
+from latprune._progress import bar
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.ort_cpu import kernel_latency, make_session, unit_onnx
 from latprune.latency_lut.calibrate import calibration_configs, fit, random_configs
@@ -93,7 +93,7 @@ def compare(name: str, backend, passes: int, samples: int) -> dict:  # type: ign
     for p in range(1, passes + 1):
         order = keys if p % 2 else list(reversed(keys))
         todo = [k for k in order if min(luts[m].passes(k) for m in MODES) < p]
-        for key in tqdm(todo, desc=f"{name} units pass {p}/{passes}", unit="unit"):
+        for key in bar(todo, desc=f"{name} units pass {p}/{passes}", unit="unit"):
             lats = {"session": backend.measure_session(make_session(unit_onnx(key), backend.threads)),
                     "kernel": kernel_latency(unit_onnx(key, aux_residual=True), backend.threads, backend.timing)}
             for mode, lat in lats.items():  # commit as measured: a killed run resumes
@@ -136,7 +136,7 @@ def measure_paired(graph: ChannelGraph, backend, configs: list[dict[int, int]], 
     model's median over the whole run: the machine's speed at that moment cancels."""
     full = graph.slim_to_widths(graph.full_widths())
     fastest, ratios, refs = [], [], []
-    for widths in tqdm(configs, desc=desc, unit="model"):
+    for widths in bar(configs, desc=desc, unit="model"):
         model = graph.slim_to_widths(widths)
         pairs = [(backend.measure_model(full, graph.input_shape).median_ms,
                   backend.measure_model(model, graph.input_shape).median_ms) for _ in range(rounds)]

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from latprune._io import atomic_write_with
+from latprune._progress import bar as progress_bar
 from latprune.data import loader
 
 
@@ -115,7 +115,7 @@ def train(
     model.train()
     if teacher is not None:
         teacher.eval()
-    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", leave=False, disable=None)
+    bar = progress_bar(total=steps, initial=step, desc=desc, unit="step", leave=False)
     while step < steps:
         for x, y in data:
             if step >= steps:
@@ -149,8 +149,8 @@ def train(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             step += 1
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.3f}", **fields, refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.3f}", **fields)
         else:  # a full pass over the data: the point a killed run resumes from
             if checkpoint is not None and step < steps:
                 state = {"config": repr(config), "steps": steps, "step": step, "model": model.state_dict(),

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
 
+from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit
@@ -96,8 +96,8 @@ def _measure(lut: Lut, backend: Backend, keys: list[LayerKey], passes: int, prog
         pending = [k for k in todo if lut.passes(k) < p]
         if p % 2 == 0:
             pending.reverse()
-        for key in tqdm(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
-                        disable=not progress or not pending or None):
+        for key in bar(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
+                       enabled=progress and bool(pending)):
             _time_and_keep_faster(lut, backend, key, passes=p)
             measurements += 1
     return measurements
@@ -129,9 +129,9 @@ def _refine(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, passes:
         nonlocal measurements
         measurements += _remeasure(lut, backend, probe_keys)
 
-    with tqdm(total=len(graph.groups), desc=f"refine {backend.name} staircases", unit="group",
-              disable=not progress or None) as bar:
-        grid, staircases = refine_grid(graph, lut, grid, probe, again, lambda _: bar.update())
+    with bar(total=len(graph.groups), desc=f"refine {backend.name} staircases", unit="group",
+             enabled=progress) as groups_done:
+        grid, staircases = refine_grid(graph, lut, grid, probe, again, lambda _: groups_done.update())
     return grid, staircases, measurements
 
 
@@ -251,11 +251,11 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     a configuration whose two fastest medians differ by more than
     ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times."""
     models = [graph.slim_to_widths(widths) for widths in configs]
-    with tqdm(total=len(models) * passes, desc=desc, unit="model", disable=not progress or None) as bar:
+    with bar(total=len(models) * passes, desc=desc, unit="model", enabled=progress) as done:
         def tick() -> None:
-            if bar.total is not None and bar.n >= bar.total:  # an extra pass for a disagreeing configuration
-                bar.total += 1
-            bar.update()
+            if done.total is not None and done.n >= done.total:  # an extra pass for a disagreeing configuration
+                done.total += 1
+            done.update()
 
         return fastest_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
                                    passes, on_each=tick, agree=MODEL_AGREE,

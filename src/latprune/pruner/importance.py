@@ -27,8 +27,8 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from latprune._progress import bar
 from latprune.errors import SpecError
 from latprune.pruner.gates import Gates
 from latprune.pruner.graph import ChannelGraph
@@ -83,8 +83,7 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
 
     seen = 0
     try:
-        for x, y in tqdm(batches, total=num_batches, desc="taylor importance", unit="batch",
-                         disable=not progress or None):
+        for x, y in bar(batches, total=num_batches, desc="taylor importance", unit="batch", enabled=progress):
             if seen >= num_batches:
                 break
             gates.refresh()
@@ -142,7 +141,7 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
     try:
         reference = loss()
         todo = sum(len(o) for o in options.values())
-        with tqdm(total=todo, desc="option losses", unit="option", disable=not progress or None) as bar:
+        with bar(total=todo, desc="option losses", unit="option", enabled=progress) as done:
             for g, opts in options.items():
                 order = np.argsort(-ranking.channels[g], kind="stable")
                 measured = []
@@ -161,7 +160,7 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
                     with torch.no_grad():
                         gates.logits[g].copy_(saved[g])
                         gates.block_logits.copy_(saved_blocks)
-                    bar.update()
+                    done.update()
                 # wider options keep a superset of channels: make the increase non-increasing in width
                 monotone = np.maximum.accumulate(np.asarray(measured)[::-1])[::-1]
                 increases[g] = [float(v) for v in monotone]
