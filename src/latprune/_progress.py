@@ -67,5 +67,7 @@ def bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, stream: 
     if _is_terminal(stream):
         return tqdm(iterable, file=stream, **kwargs)
     kwargs["leave"] = True  # a log keeps the last line: a cleared line would say nothing
-    return tqdm(iterable, file=_Lines(stream), mininterval=log_interval_s(), bar_format=LOG_FORMAT,
-                dynamic_ncols=False, **kwargs)
+    interval = log_interval_s()
+    # maxinterval: tqdm's monitor thread forces a refresh that long after the last one (10 s by default)
+    return tqdm(iterable, file=_Lines(stream), mininterval=interval, maxinterval=max(interval, 10.0),
+                bar_format=LOG_FORMAT, dynamic_ncols=False, **kwargs)
