@@ -1,8 +1,9 @@
 """Benchmark: the demo's end-to-end result (embedded ResNet-20, Fashion-MNIST, ort-cpu).
 
-    python benchmarks/demo.py [--threads N] [--budget 0.5x] [--epochs 0.4]
+    python benchmarks/demo.py [--threads N] [--budget 0.5x] [--epochs 0.3] [--out runs/demo]
 
-Runs profile → prune → export → bench from a fresh LUT and writes
+Runs profile → prune → export → bench from a fresh LUT, prints what
+``latprune demo`` prints (the README's demo block), and writes
 benchmarks/results/demo.json: measured latencies (median, p10, p90), the LUT
 prediction, accuracies, parameters, MACs, wall time of each phase, and the
 device fingerprint.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from latprune._io import atomic_write_json
 from latprune.demo import run_demo
+from latprune.report import demo_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -27,11 +29,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--budget", default="0.5x")
     parser.add_argument("--epochs", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the LUT and run directory here, as `latprune demo --out` does "
+                             "(default: a temporary directory, removed; an existing LUT there is reused)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="latprune-demo-"))
+    work = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="latprune-demo-"))
     try:
         start = time.time()
         r = run_demo(work, args.budget, args.epochs, args.threads)
+        print(demo_text(r))
         m = r["prune"]
         summary = {
             "benchmark": "demo", "model": m["model"], "data": m["data"], "budget": m["budget"],
@@ -47,7 +53,8 @@ def main() -> None:
               f"pruned {m['pruned']['latency_ms']['median_ms']:.3f} ms (budget {m['budget']['ms']:.3f} ms), "
               f"acc {m['base']['accuracy']:.4f} -> {m['pruned']['accuracy']:.4f}, {time.time() - start:.0f} s")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.out is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
