@@ -45,7 +45,10 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "accuracy_vs_latency.json"
 PLOT = HERE / "results" / "accuracy_vs_latency.png"
 WORK = HERE / "work" / "accuracy_vs_latency"
-METHODS = ("gator", "halp", "taylor", "uniform-l1", "flops")
+METHODS = ("gator", "gator-plan", "halp", "taylor", "uniform-l1", "flops")
+DEFAULT_METHODS = ("gator", "halp", "taylor", "uniform-l1", "flops")
+# a benchmark-only name for a method with other options: (method, PruneConfig fields)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"})}
 FACTORY = textwrap.dedent('''
     """The benchmark's base model: ResNet-20 (32/64/128) with the weights trained next to this file."""
     from pathlib import Path
@@ -117,7 +120,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     base = results["base"]
-    markers = dict(zip(METHODS, "o^sDv"))
+    markers = dict(zip(METHODS, "oP^sDv"))
     for method in METHODS:
         runs = [r for r in results["runs"].values() if r["method"] == method and "final_ms" in r]
         if not runs:
@@ -229,7 +232,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of {', '.join(METHODS)} (gator-plan: gator --gate-init plan)")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")
@@ -240,6 +244,9 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the BENCHMARKS.md table")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (the PNG goes beside it)")
     args = parser.parse_args()
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     results_path, plot_path = args.results, args.results.with_suffix(".png")
     # another results file keeps its pruned models apart: its final pass must not measure these
     runs_dir = WORK / ("runs" if results_path.resolve() == RESULTS.resolve() else f"runs-{results_path.stem}")
@@ -304,9 +311,11 @@ def main() -> None:
         print(f"== {key}: budget {ratio}x of the base (~{budget_ms:.3f} ms)", flush=True)
         start = time.time()
         try:
+            name, options = VARIANTS.get(method, (method, {}))
             m = prune(PruneConfig(model=spec_text, lut=str(lut), budget=f"{ratio}x", out=str(out),
-                                  data="fashion-mnist", input="1x1x28x28", threads=args.threads, method=method,
-                                  epochs=args.epochs, gate_epochs=args.gate_epochs, seed=seed, force=True))
+                                  data="fashion-mnist", input="1x1x28x28", threads=args.threads, method=name,
+                                  epochs=args.epochs, gate_epochs=args.gate_epochs, seed=seed, force=True,
+                                  **options))
         except Exception as exc:  # a method that cannot reach a budget is a result too
             results["runs"][key] = {"method": method, "budget_ratio": ratio, "seed": seed, "budget_ms": budget_ms,
                                     "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - start}

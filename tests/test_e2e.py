@@ -163,14 +163,16 @@ def test_profile_records_measured_fusion_rules(ort_lut: tuple[Path, dict]) -> No
         assert rules[k]["fused"] == (rules[k]["kernels"] == rules["conv_kernels"]) and rules[k]["alone_ms"] > 0
 
 
-@pytest.mark.parametrize(("method", "importance"), [("gator", "taylor"), ("halp", "taylor"), ("halp", "measured"),
-                                                    ("taylor", "taylor"), ("uniform-l1", "taylor"), ("flops", "taylor")])
+@pytest.mark.parametrize(("method", "importance", "extra"),
+                         [("gator", "taylor", []), ("gator", "taylor", ["--gate-init", "plan"]),
+                          ("halp", "taylor", []), ("halp", "measured", []), ("taylor", "taylor", []),
+                          ("uniform-l1", "taylor", []), ("flops", "taylor", [])])
 def test_every_method_prunes_and_replays(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
-                                        tmp_path: Path, method: str, importance: str) -> None:
+                                        tmp_path: Path, method: str, importance: str, extra: list[str]) -> None:
     out = tmp_path / method
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
                  "--method", method, "--importance", importance, "--data", "digits", "--epochs", "0.05", "--gate-epochs", "0.3",
-                 "--importance-batches", "2", "--batch-size", "32", *FAKE, "--json"]) == 0
+                 "--importance-batches", "2", "--batch-size", "32", *FAKE, "--json", *extra]) == 0
     m = _json(capsys)
     assert m["method"] == method and PruningPlan.load(out / "plan.json").method == method
     if method != "flops":  # the FLOPs baseline never looks at latency: it may miss, and says so
@@ -186,6 +188,9 @@ def test_every_method_prunes_and_replays(capsys: pytest.CaptureFixture[str], mod
     if method == "gator":
         gates = m["method_details"]["gates"]
         assert gates["steps"] > 0 and gates["expected_ms"] > 0
+        assert gates["start"]["init"] == ("plan" if extra else "open")
+        if extra:  # the knapsack's plan on the base's scores, at the budget
+            assert gates["start"]["predicted_ms"] <= m["budget"]["ms"]
 
 
 def test_unknown_method_lists_the_known_ones(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,

@@ -64,6 +64,20 @@ def test_hard_gated_model_equals_slimmed_model(tiny_model: nn.Module, seed: int,
         assert len(removed) == 1 and isinstance(slim.get_submodule(removed[0].name), nn.Identity)
 
 
+def test_gates_start_from_a_plan_undecided_on_what_it_drops(tiny_model: nn.Module) -> None:
+    graph = ChannelGraph.build(tiny_model, TINY_INPUT)
+    _, keep = _random_hard_gates(graph, seed=3, drop_block=True)
+    gates = Gates(graph, init=3.0)
+    gates.start_from(keep)
+    for g, kept in keep.items():
+        logits = gates.logits[g].detach()
+        assert (logits[kept] == 3.0).all() and int((logits == 0.0).sum()) == graph.groups[g].size - len(kept)
+    assert gates.hard_widths() == {g: len(k) for g, k in keep.items()}  # logit 0 is closed when thresholded
+    assert gates.closed_blocks() == [b.name for b in gates.blocks if not keep[b.group]]
+    closed_block = next(i for i, b in enumerate(gates.blocks) if not keep[b.group])
+    assert float(gates.block_logits[closed_block]) == 0.0 and float(gates.block_logits.max()) == 3.0
+
+
 def test_removed_block_equals_zeroed_branch(tiny_model: nn.Module) -> None:
     graph = ChannelGraph.build(tiny_model, TINY_INPUT)
     x = torch.randn(2, *TINY_INPUT[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -280,6 +281,27 @@ def test_disagreeing_passes_are_measured_again_until_two_agree() -> None:
     assert calls == {0: 2, 1: 3, 2: 4}
     assert [b.median_ms for b in best] == [10.0, 10.0, 10.0]
     assert [b.median_ms for b in fastest_over_passes(lambda i: Latency(5.0 + i, 5.0, 5.0, 1), 2)] == [5.0, 6.0]
+
+
+def test_a_candidate_beside_a_base_far_from_its_anchor_is_measured_again() -> None:
+    """The base slows 5% for one pair while the candidate does not (what this VM did):
+    the pair is measured again and the one in the anchor's state kept; a slow state
+    that outlasts every attempt keeps the pair closest to the anchor."""
+    from latprune.latency_lut.profile import ANCHOR_ATTEMPTS, measure_beside_anchor
+
+    def series(values: list[float]) -> Callable[[], Latency]:
+        it = iter(values)
+        return lambda: (lambda ms: Latency(ms, ms, ms, 10))(next(it))
+
+    base = series([2.98, 2.98, 2.84, 2.84])  # two agreeing passes per pair
+    cand = series([1.425, 1.425, 1.426, 1.426])
+    b, c = measure_beside_anchor(base, cand, anchor_ms=2.837, tolerance=0.03)
+    assert (b.median_ms, c.median_ms) == (2.84, 1.426)  # scaled: 1.425 ms, not the 1.357 of the first pair
+    slow = [3.5, 3.5, 3.3, 3.3, 3.4, 3.4]
+    b, c = measure_beside_anchor(series(slow), series([1.6] * 6), anchor_ms=2.837, tolerance=0.03)
+    assert b.median_ms == 3.3 and ANCHOR_ATTEMPTS == 3  # all three pairs tried, the closest kept
+    b, _ = measure_beside_anchor(series([2.84, 2.84]), series([1.4, 1.4]), anchor_ms=2.837, tolerance=0.03)
+    assert b.median_ms == 2.84  # in the anchor's state at once: one pair
 
 
 def test_speed_guard_waits_out_a_slow_state_and_repeats_a_measurement_it_overlapped() -> None:

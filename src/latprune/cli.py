@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="halp (default: iterative Taylor + latency knapsack), gator (gates + LUT latency "
                         "loss + knapsack), taylor, uniform-l1 and flops (baselines)")
     p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
+    p.add_argument("--gate-init", default="open", choices=("open", "plan"),
+                   help="gator: start every gate open (default), or start the channels the knapsack on the "
+                        "base's Taylor scores drops undecided")
     p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
     p.add_argument("--importance", default="taylor",
                    help="taylor (default), taylor2, l1 (no data needed), measured (halp only: knapsack "
@@ -193,6 +196,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     config = PruneConfig(
         model=args.model, lut=args.lut, budget=args.budget, out=args.output, data=args.data, input=args.input,
         backend=args.backend, threads=args.threads, method=args.method, gate_epochs=args.gate_epochs,
+        gate_init=args.gate_init,
         blocks=not args.no_blocks, importance=args.importance,
         importance_batches=args.importance_batches, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
         distill=args.distill, eval_limit=args.eval_limit, force=args.force, progress=not args.json,

@@ -34,6 +34,7 @@ from latprune.latency_lut.predict import SoftLatency
 from latprune.pruner.graph import ChannelGraph
 
 MODES = ("open", "hard", "sample")
+GATE_INITS = ("open", "plan")  # gator: how the gates start (see methods.gator)
 
 
 class Gates(nn.Module):
@@ -95,6 +96,18 @@ class Gates(nn.Module):
     def closed_blocks(self) -> list[str]:
         widths = self.hard_widths()
         return [b.name for b in self.blocks if widths[b.group] == 0]
+
+    def start_from(self, keep: dict[int, list[int]], dropped: float = 0.0) -> None:
+        """Start from a plan: every channel outside ``keep`` (and every block whose group
+        ``keep`` empties) at logit ``dropped``, undecided at 0; the kept ones stay as initialised."""
+        with torch.no_grad():
+            for g, idx in keep.items():
+                out = torch.ones(self.graph.groups[g].size, dtype=torch.bool)
+                out[list(idx)] = False
+                self.logits[g][out] = dropped
+            for i, b in enumerate(self.blocks):
+                if b.group in keep and not keep[b.group]:
+                    self.block_logits[i] = dropped
 
     # -- hooks ------------------------------------------------------------------------------------
     def attach(self) -> Gates:

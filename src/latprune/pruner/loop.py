@@ -21,9 +21,10 @@ from latprune.budget import parse_budget
 from latprune.errors import LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside, measure_settled,
-                                         open_for_backend, run_calibration)
+from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside_anchor,
+                                          measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
+from latprune.pruner.gates import GATE_INITS
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import METHODS as IMPORTANCES
 from latprune.pruner.methods import Context, get_method
@@ -48,6 +49,7 @@ class PruneConfig:
     lr: float = 0.01
     distill: bool = False           # distil from the unpruned model while fine-tuning
     gate_epochs: float = 0.5        # gator: epochs of gate training (the model trains with the gates)
+    gate_init: str = "open"         # gator: open (every gate open) | plan (the knapsack's drops start undecided)
     blocks: bool = True             # gator/halp: allow removing whole residual blocks
     steps: int = 3                  # halp: knapsack rounds with budgets shrinking to the target
     recover_epochs: float = 0.1     # halp/taylor: training of the masked model between rounds, in total
@@ -83,6 +85,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     method = get_method(config.method)
     if config.importance not in IMPORTANCES:
         raise SpecError(f"unknown importance {config.importance!r}; known: {', '.join(IMPORTANCES)}")
+    if config.gate_init not in GATE_INITS:
+        raise SpecError(f"unknown --gate-init {config.gate_init!r}; known: {', '.join(GATE_INITS)}")
     if config.importance == "measured" and config.method != "halp":
         # gator: losses measured one group at a time around its trained, narrow gates are far from additive
         # (at 0.3x the knapsack kept 8 of 64 highway channels: 85.7% against 88.6%, BENCHMARKS.md)
@@ -172,8 +176,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     base_beside_ms: float | None = None
     budget_beside_ms: float | None = None
     if budget.relative:
-        base_now, final_lat = measure_beside([lambda: backend.measure_model(base_model, spec.input_shape),
-                                              measure_export])
+        base_now, final_lat = measure_beside_anchor(lambda: backend.measure_model(base_model, spec.input_shape),
+                                                    measure_export, base_latency["median_ms"], config.margin)
         base_beside_ms, budget_beside_ms = base_now.median_ms, budget.resolve(base_now.median_ms)
         budget_met = final_lat.median_ms <= budget_beside_ms
         speedup = base_now.median_ms / final_lat.median_ms

@@ -31,7 +31,7 @@ from torch import nn
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
-from latprune.latency_lut.profile import measure_beside, measure_settled
+from latprune.latency_lut.profile import measure_beside_anchor, measure_settled
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
 from latprune.pruner.graph import ChannelGraph, Grid, group_align
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
@@ -95,12 +95,15 @@ class Context:
         ``base_ms × candidate / base beside it``: a budget that is a fraction
         of the base is checked against the base as the machine runs *now*, so
         a slow spell of minutes (this VM: the same ResNet-20 at 2.9 and 3.6 ms
-        half an hour apart) moves both and not their ratio."""
+        half an hour apart) moves both and not their ratio. A pair whose base is
+        more than the timing margin away from the base measured at the start is
+        measured again (:func:`measure_beside_anchor`)."""
         shape, base_model = self.graph.input_shape, self.base_model
         if base_model is None:
             return measure_settled(lambda: self.backend.measure_model(model, shape)).median_ms, None
-        base, cand = measure_beside([lambda: self.backend.measure_model(base_model, shape),
-                                     lambda: self.backend.measure_model(model, shape)])
+        base, cand = measure_beside_anchor(lambda: self.backend.measure_model(base_model, shape),
+                                           lambda: self.backend.measure_model(model, shape),
+                                           self.base_ms, self.config.margin)
         return self.base_ms * cand.median_ms / base.median_ms, base.median_ms
 
     @property
@@ -178,7 +181,13 @@ def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int
 def gator(ctx: Context) -> Decision:
     """Gates trained with ``task + λ·max(0, E[lat] − budget)/budget`` (the LUT's
     differentiable prediction), then Taylor scores on the hard gates and the
-    knapsack with block removal, checked in the closed loop."""
+    knapsack with block removal, checked in the closed loop.
+
+    ``--gate-init open`` starts every gate open; ``plan`` first solves the
+    knapsack on the base's Taylor scores at the budget and starts the
+    channels (and blocks) it drops undecided (logit 0), so the gates begin
+    near the budget from an allocation the Taylor scores chose, and training
+    moves channels across it."""
     from latprune.train import TrainConfig, train
 
     config = ctx.config
@@ -187,6 +196,13 @@ def gator(ctx: Context) -> Decision:
     options = ctx.graph.options(ctx.grid, blocks=config.blocks)
     gate_config = GateConfig(epochs=config.gate_epochs)
     gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
+    start: dict[str, Any] = {"init": config.gate_init}
+    if config.gate_init == "plan":
+        base_scores = ctx.scores(seed_offset=2)
+        plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
+        gates.start_from(keep_top(base_scores, plan.widths))
+        start.update(predicted_ms=plan.predicted_ms,
+                     widths={ctx.graph.groups[g].root: w for g, w in sorted(plan.widths.items())})
     penalty = LatencyPenalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
     gates.attach()
     try:
@@ -200,7 +216,7 @@ def gator(ctx: Context) -> Decision:
         expected = float(penalty.soft(gates.expected_widths(), gates.block_keep()))
     hard = gates.hard_widths()
     extra = {"gates": {
-        "steps": len(penalty.history), "final_lambda": penalty.lam, "expected_ms": expected,
+        "start": start, "steps": len(penalty.history), "final_lambda": penalty.lam, "expected_ms": expected,
         "open_channels": {ctx.graph.groups[g].root: w for g, w in hard.items()},
         "closed_blocks": gates.closed_blocks(),
         "expected_ms_trace": [round(h["expected_ms"], 4) for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
