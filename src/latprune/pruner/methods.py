@@ -3,8 +3,8 @@ a :class:`Decision` (channels to keep per group, blocks to drop, the slimmed
 model) that holds the budget on the *measured* latency.
 
 ``halp``        iterative Taylor + knapsack (with block removal), no gate training (default:
-                the most accurate latency-driven method at every budget of the accuracy
-                benchmark, level with uniform-l1 at 0.3x; BENCHMARKS.md);
+                on the accuracy benchmark the most accurate method at 0.5x, level with
+                uniform-l1 at 0.3x, every method level at 0.7x; BENCHMARKS.md);
 ``gator``       gates trained with the LUT latency loss, Taylor scores on the
                 trained gates, knapsack with block removal, closed loop;
 ``taylor``      iterative removal of the lowest Taylor score per millisecond saved
