@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
