@@ -46,9 +46,9 @@ RESULTS = HERE / "results" / "accuracy_vs_latency.json"
 PLOT = HERE / "results" / "accuracy_vs_latency.png"
 WORK = HERE / "work" / "accuracy_vs_latency"
 METHODS = ("gator", "gator-plan", "halp", "taylor", "uniform-l1", "flops")
-DEFAULT_METHODS = ("gator", "halp", "taylor", "uniform-l1", "flops")
 # a benchmark-only name for a method with other options: (method, PruneConfig fields)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"})}
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
 FACTORY = textwrap.dedent('''
     """The benchmark's base model: ResNet-20 (32/64/128) with the weights trained next to this file."""
     from pathlib import Path

@@ -99,7 +99,8 @@ class Gates(nn.Module):
 
     def start_from(self, keep: dict[int, list[int]], dropped: float = 0.0) -> None:
         """Start from a plan: every channel outside ``keep`` (and every block whose group
-        ``keep`` empties) at logit ``dropped``, undecided at 0; the kept ones stay as initialised."""
+        ``keep`` empties) at logit ``dropped`` (0: undecided; very negative: closed for good,
+        as the masks of halp and taylor); the kept ones stay as initialised."""
         with torch.no_grad():
             for g, idx in keep.items():
                 out = torch.ones(self.graph.groups[g].size, dtype=torch.bool)

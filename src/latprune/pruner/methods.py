@@ -229,14 +229,7 @@ def _masked_gates(ctx: Context, keep: dict[int, list[int]] | None) -> Gates:
     """Gates in ``hard`` mode that close every channel (and block) outside ``keep``."""
     gates = Gates(ctx.graph, init=10.0, blocks=ctx.config.blocks)
     if keep:
-        with torch.no_grad():
-            for g, idx in keep.items():
-                closed = torch.ones(ctx.graph.groups[g].size, dtype=torch.bool)
-                closed[list(idx)] = False
-                gates.logits[g][closed] = -10.0
-            for i, b in enumerate(gates.blocks):
-                if b.group in keep and not keep[b.group]:
-                    gates.block_logits[i] = -10.0
+        gates.start_from(keep, dropped=-10.0)
     gates.mode = "hard"
     return gates
 
