@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,13 @@ def test_bad_interval_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATPRUNE_PROGRESS_INTERVAL", "often")
     with pytest.raises(SpecError, match="LATPRUNE_PROGRESS_INTERVAL='often'.*unset it"):
         log_interval_s()
+
+
+def test_cli_refuses_a_bad_interval_before_writing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import cli_fails
+
+    monkeypatch.setenv("LATPRUNE_PROGRESS_INTERVAL", "often")
+    cli_fails(capsys, ["profile", "default", "-o", str(tmp_path / "x.lut"), "--backend", "fake"],
+              "LATPRUNE_PROGRESS_INTERVAL='often'")
+    assert list(tmp_path.iterdir()) == []

@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch.*")
     try:
+        from latprune._progress import log_interval_s
+
+        log_interval_s()  # a bad LATPRUNE_PROGRESS_INTERVAL is refused before any file is written
         COMMANDS[args.command](args)
     except LatpruneError as exc:
         print(f"latprune: error: {exc}", file=sys.stderr)
