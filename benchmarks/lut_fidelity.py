@@ -71,17 +71,19 @@ def main() -> None:
             "groups": len(graph.groups), "lut_keys": profile.keys, "levels": args.levels, "passes": profile.passes,
             "profile_seconds": round(profile_s, 1), "profile_measured": profile.measured,
             "calibration": profile.calibration, "samples": args.samples,
-            "stored": report["stored"], "anchored": report["anchored"], "drift": report["drift"],
+            "stored": report["stored"], "anchored": report["anchored"], "refit": report["refit"],
+            "refit_folds": report["refit_folds"], "drift": report["drift"],
             "fidelity_seconds": report["seconds"], "slow_probes": report["slow_probes"],
             "probes": len(report["probe_trace"]), "probe_trace": report["probe_trace"],
             "points": report["points"], "plot": str(png.relative_to(HERE)),
             "fingerprint": report["fingerprint"],
         }
         atomic_write_json(results_path, results)
-        s, a = report["stored"], report["anchored"]
+        s, a, r = report["stored"], report["anchored"], report["refit"]
+        refit = f"refit {r['median_abs_pct']:.2f}% / {100 * r['within_10_pct']:.0f}%; " if r is not None else ""
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
-              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; "
+              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; {refit}"
               f"slow-machine probes {report['slow_probes']} of {len(report['probe_trace'])}")
 
 

@@ -12,12 +12,13 @@ from latprune.cli import main
 from latprune.errors import FingerprintMismatch, LutError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.calibrate import random_configs
-from latprune.latency_lut.fidelity import ErrorStats, fidelity, spearman
+from latprune.latency_lut.fidelity import ErrorStats, fidelity, refit_predictions, spearman
 from latprune.latency_lut.profile import build_lut, grid_keys
 from latprune.latency_lut.store import Lut, merge_luts
 from latprune.latency_lut.timing import Latency
 from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.report import fidelity_text
 from tests.conftest import TINY_INPUT, tiny_resnet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,6 +74,41 @@ def test_fidelity_of_an_exact_device_is_perfect(tmp_path: Path) -> None:
     assert report.stored.spearman == pytest.approx(1.0)
     assert report.drift == pytest.approx(1.0)
     assert len(report.points) == 6
+    assert report.refit is not None and report.refit.median_abs_pct == pytest.approx(0.0, abs=1e-6)
+    assert "stale" not in fidelity_text(report.to_dict())
+
+
+def test_fidelity_tells_a_stale_calibration_from_the_units(tmp_path: Path) -> None:
+    """A calibration fitted when the device ran 30% slower: the stored prediction is
+    30% high, the refit (same unit sums, fitted on the run's own points) is exact."""
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    backend = get_backend("fake", threads=1)
+    build_lut(graph, tmp_path / "f.lut", backend, levels=4, progress=False, passes=1)
+    with Lut.open(tmp_path / "f.lut", writable=True) as lut:
+        stored = lut.calibration(graph.signature())
+        lut.set_calibration(graph.signature(), {**stored, "scale": stored["scale"] * 1.3,
+                                                "offset_ms": stored["offset_ms"] * 1.3})
+    with Lut.open(tmp_path / "f.lut") as lut:
+        report = fidelity(graph, lut, backend, samples=10, progress=False)
+    assert report.stored.median_abs_pct == pytest.approx(30.0, abs=1e-3)
+    assert report.stored.within_10_pct == 0.0
+    assert report.anchored.median_abs_pct == pytest.approx(0.0, abs=1e-6)  # the full model re-anchors a pure scale
+    assert report.refit is not None and report.refit_folds == 5
+    assert report.refit.median_abs_pct == pytest.approx(0.0, abs=1e-6) and report.refit.within_10_pct == 1.0
+    text = fidelity_text(report.to_dict())
+    assert "refit (5-fold)" in text and "calibration is stale" in text and "--recalibrate" in text
+
+
+def test_refit_predicts_each_point_without_it() -> None:
+    raw = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    line = [0.9 * r + 0.1 for r in raw]
+    assert refit_predictions(raw, line, [0] * 6) == pytest.approx(line)
+    # an outlier is predicted by the line of the others, not pulled onto its own value
+    bent = line[:3] + [line[3] * 1.5] + line[4:]
+    out = refit_predictions(raw, bent, [0] * 6, folds=6)
+    assert out[3] == pytest.approx(line[3], rel=1e-6)
+    with pytest.raises(LutError, match="at least 4"):
+        refit_predictions(raw[:3], line[:3], [0] * 3)
 
 
 def test_fidelity_samples_block_removals_and_predicts_them(tmp_path: Path) -> None:

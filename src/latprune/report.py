@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+STALE_CALIBRATION_GAP = 0.05  # refit's share within ±10% this much above stored's: advise re-calibrating
+
 
 def _ms(lat: dict[str, Any]) -> str:
     return f"{lat['median_ms']:.3f} ({lat['p10_ms']:.3f}–{lat['p90_ms']:.3f})"
@@ -119,15 +121,24 @@ def demo_text(r: dict[str, Any]) -> str:
 
 def fidelity_text(r: dict[str, Any]) -> str:
     rows = []
-    for name in ("stored", "anchored"):
-        e = r[name]
-        rows.append([name, f"{e['median_abs_pct']:.2f}%", f"{100 * e['within_5_pct']:.0f}%",
+    labels = {"stored": "stored", "anchored": "anchored", "refit": f"refit ({r.get('refit_folds')}-fold)"}
+    for name, label in labels.items():
+        e = r.get(name)
+        if e is None:
+            continue
+        rows.append([label, f"{e['median_abs_pct']:.2f}%", f"{100 * e['within_5_pct']:.0f}%",
                      f"{100 * e['within_10_pct']:.0f}%", f"{e['spearman']:.3f}"])
     fp = r["fingerprint"]
     lines = [f"{r['model']}: {r['samples']} random width configurations measured on {fp.get('backend')} "
              f"({fp.get('threads')} thread(s)) in {r['seconds']:.0f} s; drift since profiling "
              f"{100 * (r['drift'] - 1):+.1f}%", "",
              table(["prediction", "median |error|", "within ±5%", "within ±10%", "Spearman"], rows)]
+    refit = r.get("refit")
+    if refit is not None and refit["within_10_pct"] - r["stored"]["within_10_pct"] >= STALE_CALIBRATION_GAP:
+        lines.append(f"\nthe stored calibration is stale: fitted on this run's measurements, the same units put "
+                     f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: "
+                     f"{100 * r['stored']['within_10_pct']:.0f}%); `latprune profile MODEL -o LUT --recalibrate` "
+                     "fits it again")
     if r.get("slow_probes"):
         lines.append(f"\nthe machine ran slower than usual at {r['slow_probes']} of {len(r.get('probe_trace', []))} "
                      "speed probes: those measurements were waited for or repeated")

@@ -14,6 +14,17 @@ removes the device's drift since profiling. On a backend with a
 :class:`~latprune.latency_lut.timing.SpeedGuard` the report counts the
 probes that found the machine slower than usual (those measurements were
 waited for or repeated).
+
+A third score separates the LUT from its calibration: ``refit``, the same
+unit sums with a calibration fitted (by :func:`~latprune.latency_lut.calibrate.fit`)
+on this run's other measurements, K-fold, each configuration predicted by a
+fit that did not see it. It is what ``profile --recalibrate`` would reach on
+the device as it is now. ``stored`` far worse than ``refit`` means the
+calibration is stale (the device's small and large models no longer scale as
+they did when it was fitted: MobileNetV2, ort-cpu, 2 threads on this
+project's VM, 2026-11-30: 86% within ±10% as stored, 96% refitted); both
+bad means the unit sums miss something, or the measurements themselves
+scatter by more than the band (a noisy device: see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import numpy as np
 
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.calibrate import random_configs
+from latprune.latency_lut.calibrate import fit, random_configs
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths
 from latprune.latency_lut.store import Lut
@@ -60,6 +71,8 @@ class FidelityReport:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     slow_probes: int = 0                    # probes that found the machine slow (SpeedGuard); 0 without one
     probe_trace: list[tuple[float, float]] = field(default_factory=list)  # every probe: (s, ms); [] without one
+    refit: ErrorStats | None = None         # calibration refitted on this run's other points (K-fold); None if < 4
+    refit_folds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +93,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+REFIT_FOLDS = 5
+
+
+def refit_predictions(raw_ms: list[float], measured_ms: list[float], removed_units: list[int],
+                      folds: int = REFIT_FOLDS, seed: int = 0) -> list[float]:
+    """Each point predicted by a calibration fitted on the other folds' points
+    (:func:`~latprune.latency_lut.calibrate.fit`: the rule ``profile`` uses).
+    Points are dealt to ``folds`` folds in a seeded random order."""
+    n = len(raw_ms)
+    if n < 4:
+        raise LutError(f"a cross-validated refit needs at least 4 points, got {n}")
+    folds = max(2, min(folds, n))
+    order = np.random.default_rng(seed).permutation(n)
+    fold_of = np.empty(n, dtype=int)
+    fold_of[order] = np.arange(n) % folds
+    raw, meas, removed = np.asarray(raw_ms, float), np.asarray(measured_ms, float), np.asarray(removed_units, float)
+    out = np.empty(n)
+    for k in range(folds):
+        train, test = fold_of != k, fold_of == k
+        cal = fit(list(raw[train]), list(meas[train]), list(removed[train]))
+        out[test] = cal.scale * (raw[test] + cal.removed_unit_ms * removed[test]) + cal.offset_ms
+    return [float(v) for v in out]
 
 
 def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, model_name: str = "model",
@@ -106,14 +143,23 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     configs = [full] + random_configs(graph.options(grid, blocks=blocks), samples, seed)
     measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
     drift = measured[0].median_ms / predictor.predict(full)
+    unit_sums = Predictor(lut, graph)  # uncalibrated: the kept units' sum, as the calibration is fitted on
     points = []
     for widths, lat in zip(configs[1:], measured[1:]):
         predicted = predictor.predict(widths)
-        points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift,
+        points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, "raw_ms": unit_sums.raw(widths),
+                       "removed_units": len(graph.removed_units(widths)),
                        "measured_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
                        "widths": [widths[g] for g in sorted(widths)],
                        "removed_blocks": [b.name for b in graph.removed_blocks(widths)]})
     measured_ms = [p["measured_ms"] for p in points]
+    refit = None
+    if len(points) >= 4:
+        refitted = refit_predictions([p["raw_ms"] for p in points], measured_ms,
+                                     [p["removed_units"] for p in points])
+        for p, r in zip(points, refitted):
+            p["refit_ms"] = r
+        refit = ErrorStats.of(refitted, measured_ms)
     return FidelityReport(
         model_name, str(lut.path), samples,
         ErrorStats.of([p["predicted_ms"] for p in points], measured_ms),
@@ -121,4 +167,5 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         drift, round(time.time() - start, 2), points, backend.fingerprint(),
         guard.slow - slow_before if guard is not None else 0,
         guard.trace[probes_before:] if guard is not None else [],
+        refit, min(REFIT_FOLDS, len(points)) if refit is not None else 0,
     )
