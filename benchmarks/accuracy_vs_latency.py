@@ -45,9 +45,10 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "accuracy_vs_latency.json"
 PLOT = HERE / "results" / "accuracy_vs_latency.png"
 WORK = HERE / "work" / "accuracy_vs_latency"
-METHODS = ("gator", "gator-plan", "halp", "taylor", "uniform-l1", "flops")
+METHODS = ("gator", "gator-plan", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
 # a benchmark-only name for a method with other options: (method, PruneConfig fields)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"}),
+                                                   "gator-hold": ("gator", {"gate_penalty": "hold"})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
 FACTORY = textwrap.dedent('''
     """The benchmark's base model: ResNet-20 (32/64/128) with the weights trained next to this file."""
@@ -120,7 +121,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     base = results["base"]
-    markers = dict(zip(METHODS, "oP^sDv"))
+    markers = dict(zip(METHODS, "oPX^sDv", strict=True))
     for method in METHODS:
         runs = [r for r in results["runs"].values() if r["method"] == method and "final_ms" in r]
         if not runs:
@@ -233,7 +234,8 @@ def main() -> None:
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, of {', '.join(METHODS)} (gator-plan: gator --gate-init plan)")
+                        help=f"comma-separated, of {', '.join(METHODS)} (gator-plan: gator --gate-init plan; "
+                             "gator-hold: gator --gate-penalty hold)")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")

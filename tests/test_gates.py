@@ -195,6 +195,25 @@ def test_latency_loss_lowers_predicted_latency_in_a_few_steps(predictor: Predict
     assert [h["expected_ms"] for h in penalty.history] == sorted(h["expected_ms"] for h in penalty.history)[::-1]
 
 
+@pytest.mark.parametrize("penalty", ["hinge", "hold"])
+def test_below_the_budget_only_hold_pulls_the_gates_back_up(predictor: Predictor, penalty: str) -> None:
+    graph = predictor.graph
+    soft = SoftLatency(predictor, graph.options(Grid(LEVELS), blocks=True))
+    gates = Gates(graph, init=0.0)  # half open: E[latency] well under a budget at the full model's latency
+    full = float(soft({g: torch.tensor(float(w)) for g, w in graph.full_widths().items()}).detach())
+    penalty_ = LatencyPenalty(gates, soft, full, GateConfig(penalty=penalty))
+    term, _ = penalty_.loss()
+    assert penalty_.history[0]["expected_ms"] < full
+    if penalty == "hinge":
+        assert float(term) == 0.0
+        return
+    term.backward()
+    logits = [p for p in gates.parameters() if p.grad is not None]
+    assert float(term) > 0 and logits and all(float(p.grad.max()) <= 0 for p in logits)  # descent opens gates
+    assert any(float(p.grad.min()) < 0 for p in logits)
+    assert penalty_.lam == 1.0  # λ grows only above the budget
+
+
 def _masked_loss(graph: ChannelGraph, keep: dict[int, list[int]], batches: list) -> float:
     slim = graph.mask(keep).eval()
     with torch.no_grad():

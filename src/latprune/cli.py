@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-init", default="open", choices=("open", "plan"),
                    help="gator: start every gate open (default), or start the channels the knapsack on the "
                         "base's Taylor scores drops undecided")
+    p.add_argument("--gate-penalty", default="hinge", choices=("hinge", "hold"),
+                   help="gator: latency term λ·max(0, E−budget)/budget (default), or λ·|E−budget|/budget, "
+                        "which holds the expected latency at the budget instead of letting it overshoot")
     p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
     p.add_argument("--importance", default="taylor",
                    help="taylor (default), taylor2, l1 (no data needed), measured (halp only: knapsack "
@@ -197,6 +200,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         model=args.model, lut=args.lut, budget=args.budget, out=args.output, data=args.data, input=args.input,
         backend=args.backend, threads=args.threads, method=args.method, gate_epochs=args.gate_epochs,
         gate_init=args.gate_init,
+        gate_penalty=args.gate_penalty,
         blocks=not args.no_blocks, importance=args.importance,
         importance_batches=args.importance_batches, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
         distill=args.distill, eval_limit=args.eval_limit, force=args.force, progress=not args.json,

@@ -24,7 +24,7 @@ from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside_anchor,
                                           measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
-from latprune.pruner.gates import GATE_INITS
+from latprune.pruner.gates import GATE_INITS, GATE_PENALTIES
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import METHODS as IMPORTANCES
 from latprune.pruner.methods import Context, get_method
@@ -50,6 +50,7 @@ class PruneConfig:
     distill: bool = False           # distil from the unpruned model while fine-tuning
     gate_epochs: float = 0.5        # gator: epochs of gate training (the model trains with the gates)
     gate_init: str = "open"         # gator: open (every gate open) | plan (the knapsack's drops start undecided)
+    gate_penalty: str = "hinge"     # gator: hinge (max(0, E - budget)) | hold (|E - budget|; see GateConfig)
     blocks: bool = True             # gator/halp: allow removing whole residual blocks
     steps: int = 3                  # halp: knapsack rounds with budgets shrinking to the target
     recover_epochs: float = 0.1     # halp/taylor: training of the masked model between rounds, in total
@@ -87,6 +88,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         raise SpecError(f"unknown importance {config.importance!r}; known: {', '.join(IMPORTANCES)}")
     if config.gate_init not in GATE_INITS:
         raise SpecError(f"unknown --gate-init {config.gate_init!r}; known: {', '.join(GATE_INITS)}")
+    if config.gate_penalty not in GATE_PENALTIES:
+        raise SpecError(f"unknown --gate-penalty {config.gate_penalty!r}; known: {', '.join(GATE_PENALTIES)}")
     if config.importance == "measured" and config.method != "halp":
         # gator: losses measured one group at a time around its trained, narrow gates are far from additive
         # (at 0.3x the knapsack kept 8 of 64 highway channels: 85.7% against 88.6%, BENCHMARKS.md)

@@ -194,9 +194,9 @@ def gator(ctx: Context) -> Decision:
     if ctx.data is None or config.importance == "l1":
         raise SpecError("method 'gator' trains gates on data: pass --data (or use --method halp --importance l1)")
     options = ctx.graph.options(ctx.grid, blocks=config.blocks)
-    gate_config = GateConfig(epochs=config.gate_epochs)
+    gate_config = GateConfig(epochs=config.gate_epochs, penalty=config.gate_penalty)
     gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
-    start: dict[str, Any] = {"init": config.gate_init}
+    start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty}
     if config.gate_init == "plan":
         base_scores = ctx.scores(seed_offset=2)
         plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
