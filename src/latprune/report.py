@@ -137,8 +137,8 @@ def fidelity_text(r: dict[str, Any]) -> str:
     if refit is not None and refit["within_10_pct"] - r["stored"]["within_10_pct"] >= STALE_CALIBRATION_GAP:
         lines.append(f"\nthe stored calibration is stale: fitted on this run's measurements, the same units put "
                      f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: "
-                     f"{100 * r['stored']['within_10_pct']:.0f}%); `latprune profile MODEL -o LUT --recalibrate` "
-                     "fits it again")
+                     f"{100 * r['stored']['within_10_pct']:.0f}%); `latprune profile MODEL -o {r.get('lut', 'LUT')} "
+                     "--recalibrate` (with this run's --backend, --threads and --input) fits it again")
     if r.get("slow_probes"):
         lines.append(f"\nthe machine ran slower than usual at {r['slow_probes']} of {len(r.get('probe_trace', []))} "
                      "speed probes: those measurements were waited for or repeated")
