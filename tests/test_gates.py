@@ -215,6 +215,22 @@ def test_below_the_budget_only_hold_pulls_the_gates_back_up(predictor: Predictor
     assert penalty_.lam == 1.0  # λ grows only above the budget
 
 
+def test_lambda_stops_growing_once_the_budget_is_reached(predictor: Predictor) -> None:
+    graph = predictor.graph
+    soft = SoftLatency(predictor, graph.options(Grid(LEVELS), blocks=True))
+    gates = Gates(graph, init=3.0)
+    start = float(soft(gates.expected_widths(), gates.block_keep()).detach())
+    penalty = LatencyPenalty(gates, soft, 0.9 * start, GateConfig(penalty="hold"))
+    penalty.loss()
+    assert penalty.lam > 1.0 and not penalty.reached  # above the budget: the schedule runs
+    penalty.budget_ms = 1.1 * start
+    penalty.loss()
+    frozen = penalty.lam
+    penalty.budget_ms = 0.9 * start  # above it again: λ stays where the budget was reached
+    penalty.loss()
+    assert penalty.reached and penalty.lam == frozen
+
+
 def _masked_loss(graph: ChannelGraph, keep: dict[int, list[int]], batches: list) -> float:
     slim = graph.mask(keep).eval()
     with torch.no_grad():

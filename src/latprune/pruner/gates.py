@@ -153,8 +153,10 @@ class Gates(nn.Module):
 class GateConfig:
     """Gate training: ``task + λ · max(0, E[latency] − budget) / budget`` (``penalty="hinge"``).
 
-    λ starts at ``lam`` and grows by ``lam_growth`` per step while the
-    expected latency is above the budget (capped at ``lam_max``).
+    λ starts at ``lam`` and grows by ``lam_growth`` per step until the
+    expected latency first reaches the budget (capped at ``lam_max``), then
+    stays: the issue's schedule. (Before session 12 it grew at every step
+    above the budget, which under ``hold``'s oscillation took it from ~3 to ~27.)
     ``penalty="hold"`` takes ``λ · |E[latency] − budget| / budget``: the same
     until the budget is first reached, then it pulls the gates back *up* to
     the budget too. With the hinge, Adam's momentum carries the gates on
@@ -182,6 +184,7 @@ class LatencyPenalty:
         self.budget_ms = budget_ms
         self.config = config
         self.lam = config.lam
+        self.reached = False  # E[latency] has been at or under the budget: λ stops growing
         self.history: list[dict[str, float]] = []
 
     def optimizer(self) -> torch.optim.Optimizer:
@@ -197,6 +200,7 @@ class LatencyPenalty:
         term = self.lam * (over.abs() if self.config.penalty == "hold" else F.relu(over))
         value = float(expected.detach())
         self.history.append({"expected_ms": value, "lam": self.lam})
-        if value > self.budget_ms:
+        self.reached = self.reached or value <= self.budget_ms
+        if not self.reached:
             self.lam = min(self.lam * self.config.lam_growth, self.config.lam_max)
         return term, {"E[lat]": f"{value:.3f}ms", "λ": f"{self.lam:.2g}"}
