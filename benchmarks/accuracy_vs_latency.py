@@ -1,16 +1,21 @@
 """Benchmark: accuracy against *measured* latency, per pruning method and budget (issue #4).
 
-    python benchmarks/accuracy_vs_latency.py [--base train|embedded] [--base-epochs 3]
+    python benchmarks/accuracy_vs_latency.py [--arch resnet20|resnet56] [--base train|embedded] [--base-epochs 3]
                                              [--methods gator,halp,...]
                                              [--budgets 0.3,0.5,0.7] [--seeds 0] [--epochs 0.5]
                                              [--gate-epochs 0.3] [--threads 1] [--force] [--report-only]
 
-The model is a CIFAR-style ResNet-20 (32/64/128) on Fashion-MNIST (Debian
-package). ``--base train`` trains it here with the recipe of
-``scripts/train_default.py`` for ``--base-epochs`` (3 by default, ~20 min on
-2 cores; cached in the work directory per number of epochs, and checkpointed
-after every epoch: a killed training resumes); ``--base embedded`` takes the
-shipped weights, which that same script produced for 3 epochs. Then, on
+The model is a CIFAR-style ResNet on Fashion-MNIST (Debian package):
+``--arch resnet20`` (the default: 3 blocks per stage, widths 32/64/128) or
+``--arch resnet56`` (9 blocks per stage, widths 16/32/64: He et al.'s CIFAR
+ResNet-56, the network Gator, HALP and Torch-Pruning report on).
+``--base train`` trains it here with the recipe of
+``scripts/train_default.py`` for ``--base-epochs`` (3 by default; one epoch
+takes ~6 min on 2 cores for either architecture; cached in the work
+directory per architecture and number of epochs, and checkpointed after
+every epoch: a killed training resumes); ``--base embedded`` takes the
+shipped ResNet-20 weights, which that same script produced for 3 epochs.
+Then, on
 ort-cpu at batch 1:
 
 1. profile the model's LUT (resumable, in ``benchmarks/luts/``);
@@ -30,7 +35,7 @@ ort-cpu at batch 1:
    when it measures ≤ ratio × the base of that same final pass; every pass is
    kept in ``final_passes``, and each run counts the passes it held in
    (``held_passes``; the Markdown table shows it when there was more than one);
-5. write ``benchmarks/results/accuracy_vs_latency.json`` and
+5. write ``benchmarks/results/accuracy_vs_latency.json`` (``_resnet56.json``) and
    ``benchmarks/results/accuracy_vs_latency.png``, and print the table.
 """
 
@@ -47,13 +52,16 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "accuracy_vs_latency.json"
 PLOT = HERE / "results" / "accuracy_vs_latency.png"
 WORK = HERE / "work" / "accuracy_vs_latency"
+# --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
+ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
+                                                      "resnet56": ((16, 32, 64), 9)}
 METHODS = ("gator", "gator-plan", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
 # a benchmark-only name for a method with other options: (method, PruneConfig fields)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"}),
                                                    "gator-hold": ("gator", {"gate_penalty": "hold"})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
 FACTORY = textwrap.dedent('''
-    """The benchmark's base model: ResNet-20 (32/64/128) with the weights trained next to this file."""
+    """The benchmark's base model: {arch} (widths {widths}, {blocks} blocks per stage), trained here."""
     from pathlib import Path
 
     import torch
@@ -62,13 +70,18 @@ FACTORY = textwrap.dedent('''
 
 
     def make():
-        model = ResNetCifar()
+        model = ResNetCifar({widths!r}, {blocks})
         model.load_state_dict(torch.load(Path(__file__).with_name("base.pt"), weights_only=True))
         return model.eval()
 ''')
 
 
-def base_spec(how: str, threads: int, epochs: float) -> tuple[str, dict[str, Any]]:
+def arch_work(arch: str) -> Path:
+    """The work directory of one architecture (resnet20 keeps the original place)."""
+    return WORK if arch == "resnet20" else WORK / arch
+
+
+def base_spec(how: str, threads: int, epochs: float, arch: str = "resnet20") -> tuple[str, dict[str, Any]]:
     """The model spec to prune, training the base for ``epochs`` first when asked."""
     from dataclasses import replace
 
@@ -82,16 +95,17 @@ def base_spec(how: str, threads: int, epochs: float) -> tuple[str, dict[str, Any
     if how == "embedded":
         info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
         return "default", {"source": "embedded weights (scripts/train_default.py)", **info}
-    home = WORK / f"base-{epochs:g}ep"
+    widths, blocks = ARCHS[arch]
+    home = arch_work(arch) / f"base-{epochs:g}ep"
     home.mkdir(parents=True, exist_ok=True)
     weights, meta, ckpt = home / "base.pt", home / "base.json", home / "train.ckpt"
     if not (weights.is_file() and meta.is_file()):
         torch.set_num_threads(threads)
         data = fashion_mnist()
-        model = ResNetCifar()
+        model = ResNetCifar(widths, blocks)
         config = replace(EMBEDDED_RECIPE, epochs=epochs)
         start, resumed = time.time(), ckpt.is_file()
-        train(model, data.train, config, desc=f"train base resnet20 ({epochs:g} epochs)", checkpoint=ckpt)
+        train(model, data.train, config, desc=f"train base {arch} ({epochs:g} epochs)", checkpoint=ckpt)
         acc = evaluate(model, data.test)
         atomic_write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
         atomic_write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc,
@@ -99,7 +113,7 @@ def base_spec(how: str, threads: int, epochs: float) -> tuple[str, dict[str, Any
                                  "train_seconds": round(time.time() - start, 1),
                                  "resumed_from_checkpoint": resumed})
         ckpt.unlink(missing_ok=True)
-    atomic_write_text(home / "base_model.py", FACTORY)
+    atomic_write_text(home / "base_model.py", FACTORY.format(arch=arch, widths=widths, blocks=blocks))
     return f"{home / 'base_model.py'}:make", json.loads(meta.read_text())
 
 
@@ -255,6 +269,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=list(ARCHS), default="resnet20",
+                        help="resnet20 (32/64/128) or resnet56 (16/32/64); --base embedded is resnet20")
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -268,14 +284,21 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="forget earlier results and start again")
     parser.add_argument("--report-only", action="store_true", help="re-measure, plot and print; prune nothing")
     parser.add_argument("--markdown", action="store_true", help="also print the BENCHMARKS.md table")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (the PNG goes beside it)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results JSON (the PNG goes beside it); by default "
+                             "results/accuracy_vs_latency.json, _resnet56.json for --arch resnet56")
     args = parser.parse_args()
     unknown = [m for m in args.methods.split(",") if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    results_path, plot_path = args.results, args.results.with_suffix(".png")
+    if args.base == "embedded" and args.arch != "resnet20":
+        raise SystemExit("--base embedded is the shipped ResNet-20; use --base train with --arch resnet56")
+    default_results = RESULTS if args.arch == "resnet20" else RESULTS.with_stem(f"{RESULTS.stem}_{args.arch}")
+    results_path = args.results or default_results
+    plot_path = results_path.with_suffix(".png")
+    work = arch_work(args.arch)
     # another results file keeps its pruned models apart: its final pass must not measure these
-    runs_dir = WORK / ("runs" if results_path.resolve() == RESULTS.resolve() else f"runs-{results_path.stem}")
+    runs_dir = work / ("runs" if results_path.resolve() == RESULTS.resolve() else f"runs-{results_path.stem}")
 
     import torch
 
@@ -290,23 +313,24 @@ def main() -> None:
     from latprune.train import evaluate
 
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() and not args.force else {}
-    settings = {"base": args.base, **({"base_epochs": args.base_epochs} if args.base == "train" else {}),
+    settings = {**({"arch": args.arch} if args.arch != "resnet20" else {}),  # resnet20's files predate --arch
+                "base": args.base, **({"base_epochs": args.base_epochs} if args.base == "train" else {}),
                 "epochs": args.epochs, "gate_epochs": args.gate_epochs, "threads": args.threads,
                 "budgets": "relative to the base measured beside each candidate"}
     if results and results.get("settings") != settings:
         raise SystemExit(f"{results_path} holds results for other settings {results.get('settings')}; "
                          "pass --force to start again")
-    WORK.mkdir(parents=True, exist_ok=True)
-    spec_text, base_info = base_spec(args.base, 2, args.base_epochs)
+    work.mkdir(parents=True, exist_ok=True)
+    spec_text, base_info = base_spec(args.base, 2, args.base_epochs, args.arch)
     backend = get_backend("ort-cpu", args.threads)
     spec = load_model(spec_text, "1x1x28x28")
-    lut = HERE / "luts" / f"resnet20-ort-cpu-{args.threads}t.lut"  # latency: the architecture, not its weights
+    lut = HERE / "luts" / f"{args.arch}-ort-cpu-{args.threads}t.lut"  # latency: the architecture, not its weights
     lut.parent.mkdir(exist_ok=True)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     t = time.time()
     report = build_lut(graph, lut, backend, 8, 8, spec.name, progress=True)
     profile_s = time.time() - t
-    base_onnx = WORK / "base.onnx"
+    base_onnx = work / "base.onnx"
     export_onnx(spec.model, spec.input_shape, base_onnx, threads=args.threads)
 
     if not results:

@@ -210,6 +210,21 @@ def test_measured_importance_is_refused_outside_halp(capsys: pytest.CaptureFixtu
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("field", ["importance", "gate_init", "gate_penalty"])
+def test_the_api_refuses_unknown_option_values(field: str, model_file: str, fake_lut: str, tmp_path: Path) -> None:
+    """``prune()`` called without the CLI (whose argparse choices refuse these
+    first) names the flag and its known values, and writes nothing."""
+    from latprune.errors import SpecError
+    from latprune.pruner.loop import PruneConfig, prune
+
+    config = PruneConfig(model=model_file, lut=fake_lut, budget="0.6x", out=str(tmp_path / "r"), input="1x1x28x28",
+                         backend="fake", threads=1, method="gator", **{field: "bogus"})
+    with pytest.raises(SpecError, match=f"unknown --{field.replace('_', '-')} 'bogus'; known: ") as err:
+        prune(config)
+    assert ", " in str(err.value).split("known: ")[1]  # every known value, not one
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_slow_spell_does_not_move_the_budget(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The machine is twice as slow for the first whole-model measurement (the

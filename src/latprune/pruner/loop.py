@@ -84,12 +84,11 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             raise RunDirError(f"{out} is not a latprune run directory (no plan.json); --force will not replace it")
     torch.manual_seed(config.seed)
     method = get_method(config.method)
-    if config.importance not in IMPORTANCES:
-        raise SpecError(f"unknown importance {config.importance!r}; known: {', '.join(IMPORTANCES)}")
-    if config.gate_init not in GATE_INITS:
-        raise SpecError(f"unknown --gate-init {config.gate_init!r}; known: {', '.join(GATE_INITS)}")
-    if config.gate_penalty not in GATE_PENALTIES:
-        raise SpecError(f"unknown --gate-penalty {config.gate_penalty!r}; known: {', '.join(GATE_PENALTIES)}")
+    for flag, value, known in (("--importance", config.importance, IMPORTANCES),
+                               ("--gate-init", config.gate_init, GATE_INITS),
+                               ("--gate-penalty", config.gate_penalty, GATE_PENALTIES)):
+        if value not in known:
+            raise SpecError(f"unknown {flag} {value!r}; known: {', '.join(known)}")
     if config.importance == "measured" and config.method != "halp":
         # gator: losses measured one group at a time around its trained, narrow gates are far from additive
         # (at 0.3x the knapsack kept 8 of 64 highway channels: 85.7% against 88.6%, BENCHMARKS.md)
