@@ -115,7 +115,7 @@ def refit_predictions(raw_ms: list[float], measured_ms: list[float], removed_uni
     for k in range(folds):
         train, test = fold_of != k, fold_of == k
         cal = fit(list(raw[train]), list(meas[train]), list(removed[train]))
-        out[test] = cal.scale * (raw[test] + cal.removed_unit_ms * removed[test]) + cal.offset_ms
+        out[test] = [cal.apply(r + cal.removed_unit_ms * u) for r, u in zip(raw[test], removed[test])]
     return [float(v) for v in out]
 
 
@@ -153,10 +153,10 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
                        "widths": [widths[g] for g in sorted(widths)],
                        "removed_blocks": [b.name for b in graph.removed_blocks(widths)]})
     measured_ms = [p["measured_ms"] for p in points]
-    refit = None
+    refit, folds = None, min(REFIT_FOLDS, len(points))
     if len(points) >= 4:
         refitted = refit_predictions([p["raw_ms"] for p in points], measured_ms,
-                                     [p["removed_units"] for p in points])
+                                     [p["removed_units"] for p in points], folds=folds)
         for p, r in zip(points, refitted):
             p["refit_ms"] = r
         refit = ErrorStats.of(refitted, measured_ms)
@@ -167,5 +167,5 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         drift, round(time.time() - start, 2), points, backend.fingerprint(),
         guard.slow - slow_before if guard is not None else 0,
         guard.trace[probes_before:] if guard is not None else [],
-        refit, min(REFIT_FOLDS, len(points)) if refit is not None else 0,
+        refit, folds if refit is not None else 0,
     )
