@@ -202,16 +202,21 @@ def _seed_tag(r: dict[str, Any]) -> str:
     return f" #{r['seed']}" if r.get("seed") else ""
 
 
+def budget_at(ratio: float, base_ms: float) -> float:
+    """A relative budget in ms against one measurement of the base (rounded to 0.1 µs)."""
+    return round(ratio * base_ms, 4)
+
+
 def record_pass(results: dict[str, Any], models_ms: dict[str, float], base_ms: float) -> None:
     """Append one final pass to ``results["final_passes"]`` (every pass is kept: this
     VM's slow spells move the ratios, so one pass can decide "held" either way); per
     run, ``held``: whether it held in this pass, and ``held_passes``: [passes it held
-    in, passes it was measured in]. A run holds when it measures ≤ its ratio × the
-    base of the same pass (rounded to 0.1 µs, as ``budgets_ms``)."""
+    in, passes it was measured in]. A run holds when it measures ≤ :func:`budget_at`
+    its ratio and the base of the same pass."""
     passes = results.setdefault("final_passes", [])
     passes.append({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "base_ms": base_ms, "models_ms": models_ms})
     for key, r in results["runs"].items():
-        verdicts = [p["models_ms"][key] <= round(r["budget_ratio"] * p["base_ms"], 4)
+        verdicts = [p["models_ms"][key] <= budget_at(r["budget_ratio"], p["base_ms"])
                     for p in passes if key in p["models_ms"]]
         if key in models_ms:
             r["held"] = verdicts[-1]
@@ -346,7 +351,7 @@ def main() -> None:
     ref_ms = results["base"]["budget_reference_ms"]
     ratios = [float(b) for b in args.budgets.split(",")]
     for ratio in ratios:  # for display until the final pass measures the base again
-        results["budgets_ms"].setdefault(str(ratio), round(ratio * ref_ms, 4))
+        results["budgets_ms"].setdefault(str(ratio), budget_at(ratio, ref_ms))
 
     torch.set_num_threads(2)
     jobs = [(ratio, method, int(seed)) for ratio in ratios for seed in args.seeds.split(",")
@@ -388,7 +393,7 @@ def main() -> None:
     results["base"]["final_ms"] = final["base"]["median_ms"]
     results["base"]["final_latency"] = final["base"]
     for ratio in results["budgets_ms"]:  # the budgets as the final pass measured the base
-        results["budgets_ms"][ratio] = round(float(ratio) * final["base"]["median_ms"], 4)
+        results["budgets_ms"][ratio] = budget_at(float(ratio), final["base"]["median_ms"])
     for k in done:
         r = results["runs"][k]
         r["final_latency"] = final[k]
