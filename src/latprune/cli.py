@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latprune.errors import LatpruneError
+from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, IMPORTANCES
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
@@ -61,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="halp (default: iterative Taylor + latency knapsack), gator (gates + LUT latency "
                         "loss + knapsack), taylor, uniform-l1 and flops (baselines)")
     p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
-    p.add_argument("--gate-init", default="open", choices=("open", "plan"),
+    p.add_argument("--gate-init", default="open", choices=GATE_INITS,
                    help="gator: start every gate open (default), or start the channels the knapsack on the "
                         "base's Taylor scores drops undecided")
-    p.add_argument("--gate-penalty", default="hinge", choices=("hinge", "hold"),
+    p.add_argument("--gate-penalty", default="hinge", choices=GATE_PENALTIES,
                    help="gator: latency term λ·max(0, E−budget)/budget (default), or λ·|E−budget|/budget, "
                         "which holds the expected latency at the budget instead of letting it overshoot")
     p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
-    p.add_argument("--importance", default="taylor",
+    p.add_argument("--importance", default="taylor", choices=IMPORTANCES,
                    help="taylor (default), taylor2, l1 (no data needed), measured (halp only: knapsack "
                         "values from losses measured per width option)")
     p.add_argument("--importance-batches", type=int, default=16)

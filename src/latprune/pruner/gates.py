@@ -34,8 +34,6 @@ from latprune.latency_lut.predict import SoftLatency
 from latprune.pruner.graph import ChannelGraph
 
 MODES = ("open", "hard", "sample")
-GATE_INITS = ("open", "plan")  # gator: how the gates start (see methods.gator)
-GATE_PENALTIES = ("hinge", "hold")  # gator: the latency term (see GateConfig)
 
 
 class Gates(nn.Module):

@@ -30,10 +30,9 @@ import torch.nn.functional as F
 
 from latprune._progress import bar
 from latprune.errors import SpecError
+from latprune.pruner.choices import IMPORTANCES
 from latprune.pruner.gates import Gates
 from latprune.pruner.graph import ChannelGraph
-
-METHODS = ("taylor", "taylor2", "l1", "measured")
 
 
 @dataclass
@@ -177,8 +176,8 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
 
 def importance(method: str, graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
                num_batches: int, progress: bool = True) -> Scores:
-    if method not in METHODS:
-        raise SpecError(f"unknown importance {method!r}; known: {', '.join(METHODS)}")
+    if method not in IMPORTANCES:
+        raise SpecError(f"unknown importance {method!r}; known: {', '.join(IMPORTANCES)}")
     if method == "l1":
         return l1_importance(graph)
     if batches is None:

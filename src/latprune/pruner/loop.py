@@ -24,9 +24,8 @@ from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside_anchor,
                                           measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
-from latprune.pruner.gates import GATE_INITS, GATE_PENALTIES
+from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, IMPORTANCES
 from latprune.pruner.graph import ChannelGraph, Grid
-from latprune.pruner.importance import METHODS as IMPORTANCES
 from latprune.pruner.methods import Context, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
 
