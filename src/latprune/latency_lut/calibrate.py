@@ -9,6 +9,7 @@ measurements at different widths fix both, to first order.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 
@@ -57,11 +58,11 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
             coef = _relative_lstsq(design, y, ~outliers)
         if coef[0] <= 0:  # degenerate data: fall back to a pure offset
             coef = np.array([1.0, float(np.mean(y - x)), 0.0])
-    scale, offset = float(coef[0]), float(coef[1])
-    removed_unit_ms = float(coef[2]) / scale if len(coef) > 2 else 0.0
-    pred = scale * (x + removed_unit_ms * n) + offset
-    residual = float(np.median(np.abs(pred / y - 1)) * 100)
-    return Calibration(scale, offset, residual, len(x), removed_unit_ms)
+    scale = float(coef[0])
+    cal = Calibration(scale, float(coef[1]), points=len(x),
+                      removed_unit_ms=float(coef[2]) / scale if len(coef) > 2 else 0.0)
+    pred = cal.apply(x + cal.removed_unit_ms * n)  # as Predictor.predict: kept units + removed-unit term
+    return replace(cal, residual_pct=float(np.median(np.abs(pred / y - 1)) * 100))
 
 
 def _relative_lstsq(design: np.ndarray, y: np.ndarray, keep: np.ndarray) -> np.ndarray:
