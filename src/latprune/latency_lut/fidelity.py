@@ -143,11 +143,10 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     configs = [full] + random_configs(graph.options(grid, blocks=blocks), samples, seed)
     measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
     drift = measured[0].median_ms / predictor.predict(full)
-    unit_sums = Predictor(lut, graph)  # uncalibrated: the kept units' sum, as the calibration is fitted on
     points = []
     for widths, lat in zip(configs[1:], measured[1:]):
         predicted = predictor.predict(widths)
-        points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, "raw_ms": unit_sums.raw(widths),
+        points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, "raw_ms": predictor.unit_sum(widths),
                        "removed_units": len(graph.removed_units(widths)),
                        "measured_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
                        "widths": [widths[g] for g in sorted(widths)],

@@ -87,8 +87,15 @@ class Predictor:
     def raw(self, widths: dict[int, int]) -> float:
         """Σ unit latencies (ms), uncorrected; each removed unit counts ``removed_unit_ms``."""
         removed = self.graph.removed_units(widths)  # once per prediction, not per unit
-        kept = sum(self._kept_unit_ms(u, widths) for u in self.graph.units if u.name not in removed)
-        return kept + len(removed) * self.calibration.removed_unit_ms
+        return self._kept_sum(widths, removed) + len(removed) * self.calibration.removed_unit_ms
+
+    def unit_sum(self, widths: dict[int, int]) -> float:
+        """Σ of the kept units' LUT latencies (ms), whatever the calibration: the
+        quantity a calibration is fitted on (:func:`calibrate.fit`'s ``raw_ms``)."""
+        return self._kept_sum(widths, self.graph.removed_units(widths))
+
+    def _kept_sum(self, widths: dict[int, int], removed: frozenset[str]) -> float:
+        return sum(self._kept_unit_ms(u, widths) for u in self.graph.units if u.name not in removed)
 
     def predict(self, widths: dict[int, int]) -> float:
         """Calibrated end-to-end prediction (ms)."""

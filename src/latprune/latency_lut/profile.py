@@ -293,10 +293,10 @@ def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid,
 
     Where the model has removable blocks, the random configurations remove
     some of them too (the pruner's knapsack may)."""
-    predictor = Predictor(lut, graph)  # uncalibrated: raw() sums the kept units only
+    predictor = Predictor(lut, graph)
     configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), samples)
     measured = measure_widths(graph, backend, configs, desc="calibrate", progress=progress)
-    points = [{"raw_ms": predictor.raw(w), "measured_ms": m.median_ms, "removed_units": len(graph.removed_units(w))}
+    points = [{"raw_ms": predictor.unit_sum(w), "measured_ms": m.median_ms, "removed_units": len(graph.removed_units(w))}
               for w, m in zip(configs, measured)]
     cal = fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points],
               [p["removed_units"] for p in points])
