@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,18 @@ def test_removed_block_costs_nothing(predictor: Predictor) -> None:
     assert raw_without == pytest.approx(predictor.raw(full) - inside)
     assert inside > 0
 
+
+
+def test_unit_sum_leaves_out_the_calibrations_removed_unit_term(predictor: Predictor,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # unit_sum is what a calibration is fitted on: the kept units only, whatever the calibration says
+    graph = predictor.graph
+    without = {**graph.full_widths(), graph.blocks[0].group: 0}
+    removed = len(graph.removed_units(without))
+    before = predictor.unit_sum(without)
+    monkeypatch.setattr(predictor, "calibration", replace(predictor.calibration, removed_unit_ms=0.002))
+    assert predictor.unit_sum(without) == pytest.approx(before)
+    assert predictor.raw(without) == pytest.approx(before + 0.002 * removed) and removed > 0
 
 def test_knapsack_drops_a_block_that_does_not_matter(predictor: Predictor) -> None:
     graph = predictor.graph
