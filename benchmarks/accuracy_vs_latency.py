@@ -121,8 +121,8 @@ def base_spec(how: str, threads: int, epochs: float, arch: str = "resnet20") -> 
 def final_measurements(runs: dict[str, Path], base_onnx: Path, threads: int) -> dict[str, dict[str, float]]:
     """Every run's model.onnx and the base, interleaved, fastest of 3 passes; a model whose
     two fastest medians still differ by more than ``MODEL_AGREE`` (5%) gets further passes,
-    up to 6 (since session 14: a pass in a noisy spell of this VM, p10–p90 of 20–30%
-    instead of ~5%, had put four models 5–19% over budgets they held in six quiet passes)."""
+    up to 6 (since session 14: two passes in a noisy spell of this VM, the base's p10–p90
+    16–23% wide instead of ~5%, put models up to 21% over budgets they held in quiet passes)."""
     from latprune.latency_lut.backends import get_backend
     from latprune.latency_lut.profile import MODEL_AGREE
     from latprune.latency_lut.timing import fastest_over_passes

@@ -10,11 +10,13 @@ LUT, budgets, fine-tuning, final passes) into
 ``results/gator_variants_resnet56.json`` (no plot). The variants stay out of
 the package: none of them beat ``gator`` (BENCHMARKS.md, session 14).
 
-``gator-t1i2``       gates sampled at temperature 1 from logit 2 (12% of gates
-                     closed per step at the start, against 0.25% at the default
-                     temperature 0.5 and logit 3): the straight-through task
-                     gradient sees closures from the first step;
-``gator-t1i3``       temperature 1, logit 3 (5%);
+``gator-t1i2``       gates started at logit 2 instead of 3, at temperature 1
+                     instead of 0.5: 12% of them sampled closed at each step at
+                     the start instead of 5% (a gate is sampled closed with
+                     probability sigmoid(-logit), whatever the temperature), and
+                     a softer straight-through gradient;
+``gator-t1i3``       temperature 1 only (the same 5% sampled closed; only the
+                     straight-through gradient's sigmoid is softer);
 ``gator-openscore``  the knapsack's Taylor scores taken with every gate *open*
                      on the gate-trained model, so channels the gates closed
                      score as they are instead of 0;
