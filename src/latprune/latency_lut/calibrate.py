@@ -61,8 +61,7 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     scale = float(coef[0])
     cal = Calibration(scale, float(coef[1]), points=len(x),
                       removed_unit_ms=float(coef[2]) / scale if len(coef) > 2 else 0.0)
-    pred = cal.apply(x + cal.removed_unit_ms * n)  # as Predictor.predict: kept units + removed-unit term
-    return replace(cal, residual_pct=float(np.median(np.abs(pred / y - 1)) * 100))
+    return replace(cal, residual_pct=float(np.median(np.abs(cal.from_units(x, n) / y - 1)) * 100))
 
 
 def _relative_lstsq(design: np.ndarray, y: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -115,7 +115,7 @@ def refit_predictions(raw_ms: list[float], measured_ms: list[float], removed_uni
     for k in range(folds):
         train, test = fold_of != k, fold_of == k
         cal = fit(list(raw[train]), list(meas[train]), list(removed[train]))
-        out[test] = [cal.apply(r + cal.removed_unit_ms * u) for r, u in zip(raw[test], removed[test])]
+        out[test] = cal.from_units(raw[test], removed[test])
     return [float(v) for v in out]
 
 

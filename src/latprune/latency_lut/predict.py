@@ -37,6 +37,12 @@ class Calibration:
     def apply(self, raw_ms: float) -> float:
         return self.scale * raw_ms + self.offset_ms
 
+    def from_units(self, unit_sum_ms: float, removed_units: float) -> float:
+        """The prediction from the kept units' sum (:meth:`Predictor.unit_sum`) and the
+        number of units removed with their blocks: what :func:`calibrate.fit` fits.
+        Also elementwise on arrays of points."""
+        return self.apply(unit_sum_ms + self.removed_unit_ms * removed_units)
+
     def scaled(self, ratio: float) -> Calibration:
         """The same correction with every prediction multiplied by ``ratio``
         (re-anchoring to a fresh measurement when the device drifted)."""
@@ -173,5 +179,4 @@ class SoftLatency:
 
     def __call__(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Calibrated prediction (ms) as a differentiable scalar tensor."""
-        cal = self.predictor.calibration
-        return cal.scale * self.raw(widths, keep) + cal.offset_ms
+        return self.predictor.calibration.apply(self.raw(widths, keep))
