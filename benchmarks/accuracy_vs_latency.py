@@ -56,10 +56,11 @@ WORK = HERE / "work" / "accuracy_vs_latency"
 # --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
-METHODS = ("gator", "gator-plan", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
+METHODS = ("gator", "gator-plan", "gator-hold", "gator-taylor", "halp", "taylor", "uniform-l1", "flops")
 # a benchmark-only name for a method with other options: (method, PruneConfig fields)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"}),
-                                                   "gator-hold": ("gator", {"gate_penalty": "hold"})}
+                                                   "gator-hold": ("gator", {"gate_penalty": "hold"}),
+                                                   "gator-taylor": ("gator", {"gate_signal": "taylor"})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
 FACTORY = textwrap.dedent('''
     """The benchmark's base model: {arch} (widths {widths}, {blocks} blocks per stage), trained here."""
@@ -143,7 +144,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     base = results["base"]
-    markers = dict(zip(METHODS, "oPX^sDv", strict=True))
+    markers = dict(zip(METHODS, "oPX*^sDv", strict=True))
     for method in METHODS:
         runs = [r for r in results["runs"].values() if r["method"] == method and "final_ms" in r]
         if not runs:
@@ -289,7 +290,7 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, of {', '.join(METHODS)} (gator-plan: gator --gate-init plan; "
-                             "gator-hold: gator --gate-penalty hold)")
+                             "gator-hold: gator --gate-penalty hold; gator-taylor: gator --gate-signal taylor)")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")

@@ -210,7 +210,7 @@ def test_measured_importance_is_refused_outside_halp(capsys: pytest.CaptureFixtu
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("field", ["importance", "gate_init", "gate_penalty"])
+@pytest.mark.parametrize("field", ["importance", "gate_init", "gate_penalty", "gate_signal"])
 def test_the_api_refuses_unknown_option_values(field: str, model_file: str, fake_lut: str, tmp_path: Path) -> None:
     """``prune()`` called without the CLI (whose argparse choices refuse these
     first) names the flag and its known values, and writes nothing."""

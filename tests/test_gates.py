@@ -14,7 +14,8 @@ from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
-from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
+from latprune.pruner.choices import GATE_SIGNALS
+from latprune.pruner.gates import SIGNALS, GateConfig, Gates, LatencyPenalty, TaylorSignal, latency_penalty
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from tests.conftest import MODELS, TINY_INPUT, randomise_bn_
@@ -229,6 +230,56 @@ def test_lambda_stops_growing_once_the_budget_is_reached(predictor: Predictor) -
     penalty.budget_ms = 0.9 * start  # above it again: λ stays where the budget was reached
     penalty.loss()
     assert penalty.reached and penalty.lam == frozen
+
+
+def test_taylor_signal_keeps_the_important_of_equal_cost_gates(predictor: Predictor) -> None:
+    """Half the channels of one group write zeros (their BN scale and shift are 0), so
+    their Taylor importance is 0; every channel of a group costs the same latency. Under
+    ``--gate-signal taylor`` the latency term closes the dead ones and the importance
+    term holds the live ones open; the gates are hard samples that take no task gradient."""
+    model = copy.deepcopy(predictor.graph.model)
+    graph = ChannelGraph.build(model, TINY_INPUT)  # the fixture's structure: the same group ids
+    group = next(g for g in graph.groups if g.size >= 4
+                 and all(isinstance(graph.module(n), nn.BatchNorm2d) for n in g.producers))
+    dead = list(range(0, group.size, 2))
+    with torch.no_grad():
+        for name in group.producers:
+            bn = graph.module(name)
+            bn.weight[dead] = 0.0
+            bn.bias[dead] = 0.0
+            bn.bias[1::2] = 1.0  # the live ones pass any ReLU that follows
+    soft = SoftLatency(predictor, graph.options(Grid(LEVELS), blocks=True))
+    gates = Gates(graph, init=3.0)
+    start = float(soft(gates.expected_widths(), gates.block_keep()).detach())
+    penalty = latency_penalty(gates, soft, 0.5 * start, GateConfig(gate_lr=0.1, signal="taylor"))
+    assert isinstance(penalty, TaylorSignal)
+    opt = penalty.optimizer()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, *TINY_INPUT[1:], generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    gates.attach()
+    try:
+        for _ in range(30):
+            penalty.before_forward()
+            assert all(t.is_leaf for t in gates.current)  # no straight-through path to the logits
+            term, fields = penalty.loss()
+            loss = nn.functional.cross_entropy(model(x), y) + term
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        gates.detach()
+    assert penalty.ema is not None and penalty.kappa is not None and penalty.kappa > 0 and "κ" in fields
+    share = penalty.ema[group.id]
+    alive = [c for c in range(group.size) if c not in dead]
+    assert float(share[dead].max()) == 0.0 and float(share[alive].min()) > 0.0
+    logits = gates.logits[group.id].detach()
+    assert float(logits[alive].min()) > float(logits[dead].max())
+    assert float(soft(gates.expected_widths(), gates.block_keep()).detach()) < start  # the latency term still acts
+
+
+def test_every_gate_signal_has_a_regulariser() -> None:
+    assert tuple(SIGNALS) == GATE_SIGNALS
+    assert SIGNALS["straight-through"] is LatencyPenalty
 
 
 def _masked_loss(graph: ChannelGraph, keep: dict[int, list[int]], batches: list) -> float:

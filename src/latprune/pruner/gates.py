@@ -14,7 +14,10 @@ Modes:
 ``open``    every gate 1 (Taylor scores of the unpruned model);
 ``hard``    gate = [logit > 0] (the decision the training arrived at);
 ``sample``  training: ``sigmoid((logit + logistic noise) / T)``, thresholded
-            at 0.5 in the forward pass with a straight-through gradient.
+            at 0.5 in the forward pass with a straight-through gradient
+            (with ``straight_through=False``: the hard 0/1 sample as a leaf,
+            whose ``∂L/∂gate`` :class:`TaylorSignal` reads, and no task
+            gradient to the logits).
 
 In ``open`` and ``hard`` mode the gate tensors are leaves that require
 grad, so ``gate · ∂L/∂gate`` (the first-order Taylor change of the loss when
@@ -46,6 +49,7 @@ class Gates(nn.Module):
         self.blocks = list(graph.blocks) if blocks else []
         self.block_logits = nn.Parameter(torch.full((len(self.blocks),), float(init)))
         self.temperature = temperature
+        self.straight_through = True
         self.mode = "open"
         self.current: list[torch.Tensor] = []
         self.block_current = torch.ones(len(self.blocks))
@@ -68,6 +72,8 @@ class Gates(nn.Module):
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        if not self.straight_through:  # open with probability sigmoid(logit), whatever the temperature
+            return ((logits.detach() + torch.log(u) - torch.log1p(-u)) > 0).float().requires_grad_(True)
         soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
         return (soft > 0.5).float() + soft - soft.detach()  # hard forward, straight-through gradient
 
@@ -170,6 +176,7 @@ class GateConfig:
     lam_growth: float = 1.02
     lam_max: float = 1e3
     penalty: str = "hinge"          # hinge | hold (see above)
+    signal: str = "straight-through"  # the gates' task signal: straight-through | taylor (TaylorSignal)
 
 
 class LatencyPenalty:
@@ -190,6 +197,7 @@ class LatencyPenalty:
 
     def before_forward(self) -> None:
         self.gates.mode = "sample"
+        self.gates.straight_through = True
         self.gates.refresh()
 
     def loss(self) -> tuple[torch.Tensor, dict[str, str]]:
@@ -202,3 +210,81 @@ class LatencyPenalty:
         if not self.reached:
             self.lam = min(self.lam * self.config.lam_growth, self.config.lam_max)
         return term, {"E[lat]": f"{value:.3f}ms", "λ": f"{self.lam:.2g}"}
+
+
+class TaylorSignal(LatencyPenalty):
+    """``--gate-signal taylor``: the latency term as in :class:`LatencyPenalty`, and as the
+    gates' task signal, in place of the straight-through gradient,
+    ``−κ · Σ_c sigmoid(logit_c) · share_c``.
+
+    ``share_c`` is gate ``c``'s share of the Taylor importance the knapsack
+    ranks by: an EMA (β = 0.9) of its squared per-batch ``∂L/∂gate``, over the
+    sum of all of them. The gates are hard 0/1 samples as leaves, so the task
+    loss trains the weights under the sampled masks but reaches the logits
+    only through ``share``. ``κ`` is set once, after ``warmup`` steps, to
+    ``mean_c(∂E[lat]/∂width_c) / budget × N``: a channel of mean latency cost
+    and mean importance (share 1/N) is pulled open as hard as it is pushed
+    shut at λ = 1.
+
+    Why: the straight-through gradient is the mean ``∂L/∂gate``, about zero
+    for every gate of a trained model, so the latency term alone decides which
+    gates close, and the cheap-per-channel highways go first (ResNet-56 at
+    0.3x: the stage-3 highway cut to 40 of 64; with this signal it keeps 56,
+    and the accuracy is +1 point, BENCHMARKS.md session 14)."""
+
+    beta = 0.9
+    warmup = 5
+
+    def __init__(self, gates: Gates, soft: SoftLatency, budget_ms: float, config: GateConfig) -> None:
+        super().__init__(gates, soft, budget_ms, config)
+        self.ema: list[torch.Tensor] | None = None
+        self.ema_blocks: torch.Tensor | None = None
+        self.kappa: float | None = None
+        self.drawn: tuple[list[torch.Tensor], torch.Tensor] | None = None  # the last step's gate samples
+
+    def before_forward(self) -> None:
+        g = self.gates
+        if self.drawn is not None:  # fold in the previous step's gradients
+            channels, b = self.drawn
+            sq = [t.grad.detach() ** 2 if t.grad is not None else torch.zeros_like(t) for t in channels]
+            sq_blocks = b.grad.detach() ** 2 if b.grad is not None else torch.zeros_like(b)
+            if self.ema is None or self.ema_blocks is None:
+                self.ema, self.ema_blocks = sq, sq_blocks
+            else:
+                self.ema = [self.beta * e + (1 - self.beta) * s for e, s in zip(self.ema, sq)]
+                self.ema_blocks = self.beta * self.ema_blocks + (1 - self.beta) * sq_blocks
+        g.mode = "sample"
+        g.straight_through = False
+        g.refresh()
+        self.drawn = (g.current, g.block_current)
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, str]]:
+        term, fields = super().loss()
+        if self.ema is None or self.ema_blocks is None or len(self.history) < self.warmup:
+            return term, fields
+        total = sum(float(e.sum()) for e in self.ema) or 1.0
+        if self.kappa is None:
+            self.kappa = self._parity()
+        kept = sum((torch.sigmoid(lg) * (e / total)).sum() for lg, e in zip(self.gates.logits, self.ema))
+        kept = kept + (torch.sigmoid(self.gates.block_logits) * (self.ema_blocks / total)).sum()
+        return term - self.kappa * kept, {**fields, "κ": f"{self.kappa:.2g}"}
+
+    def _parity(self) -> float:
+        """``κ``: the mean channel's latency gradient over the budget, times the channel count."""
+        widths = {gid: w.detach().requires_grad_(True) for gid, w in self.gates.expected_widths().items()}
+        keep = {k: v.detach() for k, v in self.gates.block_keep().items()}
+        grads = torch.autograd.grad(self.soft(widths, keep), list(widths.values()), allow_unused=True)
+        sizes = [len(lg) for lg in self.gates.logits]
+        per_channel = torch.cat([(gr if gr is not None else torch.zeros(())).reshape(1).expand(n)
+                                 for gr, n in zip(grads, sizes)])
+        return float(per_channel.mean() / self.budget_ms) * len(per_channel)
+
+
+SIGNALS: dict[str, type[LatencyPenalty]] = {"straight-through": LatencyPenalty, "taylor": TaylorSignal}
+
+
+def latency_penalty(gates: Gates, soft: SoftLatency, budget_ms: float, config: GateConfig) -> LatencyPenalty:
+    """The gate-training regulariser for ``config.signal``."""
+    if config.signal not in SIGNALS:
+        raise ValueError(f"unknown gate signal {config.signal!r}; known: {', '.join(SIGNALS)}")
+    return SIGNALS[config.signal](gates, soft, budget_ms, config)

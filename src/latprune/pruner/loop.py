@@ -24,7 +24,7 @@ from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside_anchor,
                                           measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
-from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, IMPORTANCES
+from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, GATE_SIGNALS, IMPORTANCES
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.methods import Context, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
@@ -50,6 +50,7 @@ class PruneConfig:
     gate_epochs: float = 0.5        # gator: epochs of gate training (the model trains with the gates)
     gate_init: str = "open"         # gator: open (every gate open) | plan (the knapsack's drops start undecided)
     gate_penalty: str = "hinge"     # gator: hinge (max(0, E - budget)) | hold (|E - budget|; see GateConfig)
+    gate_signal: str = "straight-through"  # gator: the gates' task signal | taylor (see gates.TaylorSignal)
     blocks: bool = True             # gator/halp: allow removing whole residual blocks
     steps: int = 3                  # halp: knapsack rounds with budgets shrinking to the target
     recover_epochs: float = 0.1     # halp/taylor: training of the masked model between rounds, in total
@@ -85,7 +86,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
     method = get_method(config.method)
     for flag, value, known in (("--importance", config.importance, IMPORTANCES),
                                ("--gate-init", config.gate_init, GATE_INITS),
-                               ("--gate-penalty", config.gate_penalty, GATE_PENALTIES)):
+                               ("--gate-penalty", config.gate_penalty, GATE_PENALTIES),
+                               ("--gate-signal", config.gate_signal, GATE_SIGNALS)):
         if value not in known:
             raise SpecError(f"unknown {flag} {value!r}; known: {', '.join(known)}")
     if config.importance == "measured" and config.method != "halp":

@@ -32,7 +32,7 @@ from latprune.errors import BudgetError, LutError, SpecError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import measure_beside_anchor, measure_settled
-from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty
+from latprune.pruner.gates import GateConfig, Gates, latency_penalty
 from latprune.pruner.graph import ChannelGraph, Grid, group_align
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
@@ -194,16 +194,16 @@ def gator(ctx: Context) -> Decision:
     if ctx.data is None or config.importance == "l1":
         raise SpecError("method 'gator' trains gates on data: pass --data (or use --method halp --importance l1)")
     options = ctx.graph.options(ctx.grid, blocks=config.blocks)
-    gate_config = GateConfig(epochs=config.gate_epochs, penalty=config.gate_penalty)
+    gate_config = GateConfig(epochs=config.gate_epochs, penalty=config.gate_penalty, signal=config.gate_signal)
     gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
-    start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty}
+    start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty, "signal": config.gate_signal}
     if config.gate_init == "plan":
         base_scores = ctx.scores(seed_offset=2)
         plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
         gates.start_from(keep_top(base_scores, plan.widths))
         start.update(predicted_ms=plan.predicted_ms,
                      widths={ctx.graph.groups[g].root: w for g, w in sorted(plan.widths.items())})
-    penalty = LatencyPenalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
+    penalty = latency_penalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
     gates.attach()
     try:
         train(ctx.graph.model, ctx.data.train,
