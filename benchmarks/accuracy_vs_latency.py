@@ -56,11 +56,14 @@ WORK = HERE / "work" / "accuracy_vs_latency"
 # --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
-METHODS = ("gator", "gator-plan", "gator-hold", "gator-taylor", "halp", "taylor", "uniform-l1", "flops")
-# a benchmark-only name for a method with other options: (method, PruneConfig fields)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-plan": ("gator", {"gate_init": "plan"}),
-                                                   "gator-hold": ("gator", {"gate_penalty": "hold"}),
-                                                   "gator-taylor": ("gator", {"gate_signal": "taylor"})}
+METHODS = ("gator", "gator-st", "gator-plan", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
+# a benchmark-only name for a method with other options: (method, PruneConfig fields). Until session 15
+# gator's gates took the straight-through signal: the runs labelled gator then are gator-st now, and the
+# plan and hold variants keep the signal they were measured with.
+ST = {"gate_signal": "straight-through"}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
+                                                   "gator-plan": ("gator", {"gate_init": "plan", **ST}),
+                                                   "gator-hold": ("gator", {"gate_penalty": "hold", **ST})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
 FACTORY = textwrap.dedent('''
     """The benchmark's base model: {arch} (widths {widths}, {blocks} blocks per stage), trained here."""
@@ -289,8 +292,9 @@ def main() -> None:
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, of {', '.join(METHODS)} (gator-plan: gator --gate-init plan; "
-                             "gator-hold: gator --gate-penalty hold; gator-taylor: gator --gate-signal taylor)")
+                        help=f"comma-separated, of {', '.join(METHODS)} (gator-st: gator --gate-signal "
+                             "straight-through; gator-plan and gator-hold: gator-st with --gate-init plan, "
+                             "--gate-penalty hold)")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")

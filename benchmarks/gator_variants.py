@@ -4,12 +4,12 @@
     # session 14: VARIANT --arch resnet56 --base train --base-epochs 5 --epochs 1 --budgets 0.3 --seeds 0
     #             --methods VARIANT
 
-Each variant is ``--method gator`` (gates started open) with one change to
-its gate training, run by ``accuracy_vs_latency.py``'s own loop (same base,
+Each variant is ``--method gator --gate-signal straight-through`` (gates
+started open; ``gator`` until session 15) with one change to its gate training, run by ``accuracy_vs_latency.py``'s own loop (same base,
 LUT, budgets, fine-tuning, final passes) into
 ``results/gator_variants_resnet56.json`` (no plot). The first three stay out
-of the package (none beat ``gator``, BENCHMARKS.md, session 14); the fourth
-became ``--gate-signal taylor``.
+of the package (none beat it, BENCHMARKS.md, session 14); the fourth became
+``--gate-signal taylor``, ``gator``'s default since session 15.
 
 ``gator-t1i2``       gates started at logit 2 instead of 3, at temperature 1
                      instead of 0.5: 12% of them sampled closed at each step at
@@ -27,9 +27,8 @@ became ``--gate-signal taylor``.
                      knapsack uses: an EMA of its squared per-batch dL/dgate,
                      normalised to a fraction of the total; kappa puts the mean
                      channel's importance share at parity with its latency
-                     share at lambda = 1 (:class:`latprune.pruner.gates.TaylorSignal`,
-                     ``--gate-signal taylor`` since session 15; the benchmark's
-                     ``gator-taylor``).
+                     share at lambda = 1 (:class:`latprune.pruner.gates.TaylorSignal`:
+                     ``gator`` since session 15).
 """
 
 from __future__ import annotations
@@ -52,7 +51,9 @@ VARIANTS: dict[str, dict[str, Any]] = {  # GateConfig overrides
     "gator-openscore": {},
     "gator-fisher": {},
 }
-OPTIONS: dict[str, dict[str, Any]] = {"gator-fisher": {"gate_signal": "taylor"}}  # PruneConfig fields
+# PruneConfig fields: the first three changed gator as it was then, with the straight-through signal
+OPTIONS: dict[str, dict[str, Any]] = {v: {"gate_signal": "taylor" if v == "gator-fisher" else "straight-through"}
+                                      for v in VARIANTS}
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
 
         methods.Context.scores = open_scores  # type: ignore[method-assign]
     bench.METHODS = bench.METHODS + tuple(VARIANTS)
-    bench.VARIANTS.update({v: ("gator", OPTIONS.get(v, {})) for v in VARIANTS})
+    bench.VARIANTS.update({v: ("gator", OPTIONS[v]) for v in VARIANTS})
     bench.plot = lambda *a, **k: None  # the plot's markers cover the benchmark's own methods only
     if "--results" not in sys.argv:
         sys.argv += ["--results", str(bench.HERE / "results" / "gator_variants_resnet56.json")]

@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-penalty", default="hinge", choices=GATE_PENALTIES,
                    help="gator: latency term λ·max(0, E−budget)/budget (default), or λ·|E−budget|/budget, "
                         "which holds the expected latency at the budget instead of letting it overshoot")
-    p.add_argument("--gate-signal", default="straight-through", choices=GATE_SIGNALS,
-                   help="gator: what pulls a gate open: the straight-through task gradient (default), or "
-                        "taylor: its share of the Taylor importance, which keeps the residual highways "
-                        "(ResNet-56 at 0.3x: +1 point, BENCHMARKS.md)")
+    p.add_argument("--gate-signal", default="taylor", choices=GATE_SIGNALS,
+                   help="gator: what holds a gate open against the latency term: its share of the Taylor "
+                        "importance (default), or the straight-through task gradient (before session 15; "
+                        "on ResNet-56 at 0.3x it closes the residual highways and loses ~1 point)")
     p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
     p.add_argument("--importance", default="taylor", choices=IMPORTANCES,
                    help="taylor (default), taylor2, l1 (no data needed), measured (halp only: knapsack "

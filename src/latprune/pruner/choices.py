@@ -9,4 +9,4 @@ from __future__ import annotations
 IMPORTANCES = ("taylor", "taylor2", "l1", "measured")  # --importance (see pruner.importance)
 GATE_INITS = ("open", "plan")  # gator: how the gates start (see methods.gator)
 GATE_PENALTIES = ("hinge", "hold")  # gator: the latency term (see gates.GateConfig)
-GATE_SIGNALS = ("straight-through", "taylor")  # gator: the gates' task signal (see gates.SIGNALS)
+GATE_SIGNALS = ("taylor", "straight-through")  # gator: the gates' task signal (see gates.SIGNALS)

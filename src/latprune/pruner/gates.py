@@ -176,12 +176,17 @@ class GateConfig:
     lam_growth: float = 1.02
     lam_max: float = 1e3
     penalty: str = "hinge"          # hinge | hold (see above)
-    signal: str = "straight-through"  # the gates' task signal: straight-through | taylor (TaylorSignal)
+    signal: str = "taylor"          # the gates' task signal: taylor (TaylorSignal) | straight-through
 
 
 class LatencyPenalty:
     """The gate-training regulariser, in the shape :func:`latprune.train.train` takes:
-    trainable gate parameters, a refresh before every forward, and the latency loss."""
+    trainable gate parameters, a refresh before every forward, and the latency loss.
+
+    On its own (``signal="straight-through"``) the task loss reaches the logits
+    through the straight-through gradient of the sampled gates;
+    :class:`TaylorSignal` (the default) replaces that with each gate's share
+    of the Taylor importance."""
 
     def __init__(self, gates: Gates, soft: SoftLatency, budget_ms: float, config: GateConfig) -> None:
         self.gates = gates
@@ -280,7 +285,7 @@ class TaylorSignal(LatencyPenalty):
         return float(per_channel.mean() / self.budget_ms) * len(per_channel)
 
 
-SIGNALS: dict[str, type[LatencyPenalty]] = {"straight-through": LatencyPenalty, "taylor": TaylorSignal}
+SIGNALS: dict[str, type[LatencyPenalty]] = {"taylor": TaylorSignal, "straight-through": LatencyPenalty}
 
 
 def latency_penalty(gates: Gates, soft: SoftLatency, budget_ms: float, config: GateConfig) -> LatencyPenalty:

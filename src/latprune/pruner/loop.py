@@ -50,7 +50,7 @@ class PruneConfig:
     gate_epochs: float = 0.5        # gator: epochs of gate training (the model trains with the gates)
     gate_init: str = "open"         # gator: open (every gate open) | plan (the knapsack's drops start undecided)
     gate_penalty: str = "hinge"     # gator: hinge (max(0, E - budget)) | hold (|E - budget|; see GateConfig)
-    gate_signal: str = "straight-through"  # gator: the gates' task signal | taylor (see gates.TaylorSignal)
+    gate_signal: str = "taylor"     # gator: the gates' task signal: taylor | straight-through (see gates.TaylorSignal)
     blocks: bool = True             # gator/halp: allow removing whole residual blocks
     steps: int = 3                  # halp: knapsack rounds with budgets shrinking to the target
     recover_epochs: float = 0.1     # halp/taylor: training of the masked model between rounds, in total
