@@ -179,9 +179,12 @@ def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int
 
 # -- gator ---------------------------------------------------------------------------------------
 def gator(ctx: Context) -> Decision:
-    """Gates trained with ``task + λ·max(0, E[lat] − budget)/budget`` (the LUT's
-    differentiable prediction), then Taylor scores on the hard gates and the
-    knapsack with block removal, checked in the closed loop.
+    """Gates trained with ``λ·max(0, E[lat] − budget)/budget`` (the LUT's
+    differentiable prediction) against each gate's share of the Taylor
+    importance (``--gate-signal taylor``, :class:`~latprune.pruner.gates.TaylorSignal`;
+    ``straight-through``: the task loss's gradient through the sampled gates),
+    then Taylor scores on the hard gates and the knapsack with block removal,
+    checked in the closed loop.
 
     ``--gate-init open`` starts every gate open; ``plan`` first solves the
     knapsack on the base's Taylor scores at the budget and starts the
