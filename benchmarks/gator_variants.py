@@ -5,8 +5,9 @@
     #             --methods VARIANT
 
 Each variant is ``--method gator --gate-signal straight-through`` (gates
-started open; ``gator`` until session 15) with one change to its gate training, run by ``accuracy_vs_latency.py``'s own loop (same base,
-LUT, budgets, fine-tuning, final passes) into
+started open; ``gator`` until session 15) with one change to its gate
+training, run by ``accuracy_vs_latency.py``'s own loop (same base, LUT,
+budgets, fine-tuning, final passes) into
 ``results/gator_variants_resnet56.json`` (no plot). The first three stay out
 of the package (none beat it, BENCHMARKS.md, session 14); the fourth became
 ``--gate-signal taylor``, ``gator``'s default since session 15.

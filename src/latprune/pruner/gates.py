@@ -224,7 +224,8 @@ class TaylorSignal(LatencyPenalty):
 
     ``share_c`` is gate ``c``'s share of the Taylor importance the knapsack
     ranks by: an EMA (β = 0.9) of its squared per-batch ``∂L/∂gate``, over the
-    sum of all of them. The gates are hard 0/1 samples as leaves, so the task
+    sum of those of every channel gate (a block's gate is measured against the
+    same total). The gates are hard 0/1 samples as leaves, so the task
     loss trains the weights under the sampled masks but reaches the logits
     only through ``share``. ``κ`` is set once, after ``warmup`` steps, to
     ``mean_c(∂E[lat]/∂width_c) / budget × N``: a channel of mean latency cost
@@ -242,36 +243,29 @@ class TaylorSignal(LatencyPenalty):
 
     def __init__(self, gates: Gates, soft: SoftLatency, budget_ms: float, config: GateConfig) -> None:
         super().__init__(gates, soft, budget_ms, config)
-        self.ema: list[torch.Tensor] | None = None
-        self.ema_blocks: torch.Tensor | None = None
+        self.ema: list[torch.Tensor] | None = None  # per group, then the blocks' gates last
         self.kappa: float | None = None
-        self.drawn: tuple[list[torch.Tensor], torch.Tensor] | None = None  # the last step's gate samples
+        self.drawn: list[torch.Tensor] | None = None  # the last step's gate samples, in the same order
 
     def before_forward(self) -> None:
         g = self.gates
         if self.drawn is not None:  # fold in the previous step's gradients
-            channels, b = self.drawn
-            sq = [t.grad.detach() ** 2 if t.grad is not None else torch.zeros_like(t) for t in channels]
-            sq_blocks = b.grad.detach() ** 2 if b.grad is not None else torch.zeros_like(b)
-            if self.ema is None or self.ema_blocks is None:
-                self.ema, self.ema_blocks = sq, sq_blocks
-            else:
-                self.ema = [self.beta * e + (1 - self.beta) * s for e, s in zip(self.ema, sq)]
-                self.ema_blocks = self.beta * self.ema_blocks + (1 - self.beta) * sq_blocks
+            sq = [t.grad.detach() ** 2 if t.grad is not None else torch.zeros_like(t) for t in self.drawn]
+            self.ema = sq if self.ema is None else [self.beta * e + (1 - self.beta) * q for e, q in zip(self.ema, sq)]
         g.mode = "sample"
         g.straight_through = False
         g.refresh()
-        self.drawn = (g.current, g.block_current)
+        self.drawn = [*g.current, g.block_current]
 
     def loss(self) -> tuple[torch.Tensor, dict[str, str]]:
         term, fields = super().loss()
-        if self.ema is None or self.ema_blocks is None or len(self.history) < self.warmup:
+        if self.ema is None or len(self.history) < self.warmup:
             return term, fields
-        total = sum(float(e.sum()) for e in self.ema) or 1.0
+        total = sum(float(e.sum()) for e in self.ema[:-1]) or 1.0  # the channels' total; blocks share it too
         if self.kappa is None:
             self.kappa = self._parity()
-        kept = sum((torch.sigmoid(lg) * (e / total)).sum() for lg, e in zip(self.gates.logits, self.ema))
-        kept = kept + (torch.sigmoid(self.gates.block_logits) * (self.ema_blocks / total)).sum()
+        logits = [*self.gates.logits, self.gates.block_logits]
+        kept = sum((torch.sigmoid(lg) * (e / total)).sum() for lg, e in zip(logits, self.ema))
         return term - self.kappa * kept, {**fields, "κ": f"{self.kappa:.2g}"}
 
     def _parity(self) -> float:
