@@ -56,13 +56,15 @@ WORK = HERE / "work" / "accuracy_vs_latency"
 # --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
-METHODS = ("gator", "gator-st", "gator-plan", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
+METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
 # a benchmark-only name for a method with other options: (method, PruneConfig fields). Until session 15
 # gator's gates took the straight-through signal: the runs labelled gator then are gator-st now, and the
-# plan and hold variants keep the signal they were measured with.
+# plan and hold variants keep the signal they were measured with; gator-plan-t is the plan start with the
+# Taylor signal (session 16).
 ST = {"gate_signal": "straight-through"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
                                                    "gator-plan": ("gator", {"gate_init": "plan", **ST}),
+                                                   "gator-plan-t": ("gator", {"gate_init": "plan"}),
                                                    "gator-hold": ("gator", {"gate_penalty": "hold", **ST})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
 FACTORY = textwrap.dedent('''
@@ -147,7 +149,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     base = results["base"]
-    markers = dict(zip(METHODS, "oPX*^sDv", strict=True))
+    markers = dict(zip(METHODS, "oPXh*^sDv", strict=True))
     for method in METHODS:
         runs = [r for r in results["runs"].values() if r["method"] == method and "final_ms" in r]
         if not runs:

@@ -15,6 +15,7 @@ from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.calibrate import FIT_METHOD
+from latprune.latency_lut.fingerprint import cpu_device
 from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration, open_for_backend
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, TimingConfig
@@ -82,6 +83,19 @@ def test_lut_from_other_backend_or_threads_is_refused(tmp_path: Path) -> None:
         open_for_backend(path, get_backend("fake", threads=2), writable=False)
     with pytest.raises(FingerprintMismatch, match="backend"):
         open_for_backend(path, get_backend("torch-cpu", threads=1), writable=False)
+
+
+def test_two_cpus_sold_under_one_name_are_two_devices(tmp_path: Path) -> None:
+    zen2 = {"model name": "AMD EPYC", "cpu family": "23", "model": "49", "flags": "fpu sse4_2 avx avx2 fma"}
+    zen5 = {"model name": "AMD EPYC", "cpu family": "26", "model": "2", "flags": "sse4_2 avx avx2 avx512f avx512bw"}
+    assert cpu_device(zen2) == "AMD EPYC (cpu family 23, model 49, avx2)"
+    assert cpu_device(zen5) == "AMD EPYC (cpu family 26, model 2, avx512f)"
+    assert cpu_device({"model name": "Neoverse", "Features": "fp asimd sve"}) == "Neoverse (sve)"
+    fp = get_backend("ort-cpu", threads=1).fingerprint()
+    path = tmp_path / "zen2.lut"
+    Lut.create(path, {**fp, "device": cpu_device(zen2)}).close()
+    with pytest.raises(FingerprintMismatch, match="device: 'AMD EPYC .cpu family 23"):
+        open_for_backend(path, get_backend("ort-cpu", threads=1), writable=False)
 
 
 class _DiesAfter(FakeBackend):

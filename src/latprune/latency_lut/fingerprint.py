@@ -16,21 +16,44 @@ from latprune.errors import FingerprintMismatch
 MATCH_FIELDS = ("backend", "runtime", "runtime_version", "threads", "precision", "device", "unit_timing")
 
 
-def cpu_model() -> str:
+# The vector ISAs that select a CPU runtime's kernels, widest first (x86 ``flags``, ARM ``Features``).
+ISA_LEVELS = ("amx_tile", "avx512f", "avx2", "avx", "sse4_2", "sve2", "sve", "asimd")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+def cpu_device(info: dict[str, str] | None = None) -> str:
+    """The CPU as a LUT must tell it apart: model name, family/model/stepping and the
+    widest vector ISA. A cloud VM often reports only "AMD EPYC" or "Intel Xeon", and the
+    same name covers an AVX2 Zen 2 and an AVX-512 Zen 5, whose kernels differ ~3x."""
+    info = _cpuinfo() if info is None else info
+    name = info.get("model name") or platform.processor() or platform.machine()
+    ident = ", ".join(f"{k} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info)
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    isa = next((level for level in ISA_LEVELS if level in flags), None)
+    details = ", ".join(part for part in (ident, isa) if part)
+    return f"{name} ({details})" if details else name
 
 
 def host_fingerprint() -> dict[str, Any]:
     """The parts every backend shares: CPU model, core count, OS, Python."""
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_device(),
         "logical_cpus": os.cpu_count(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
