@@ -2,12 +2,14 @@
 
     python benchmarks/lut_fidelity.py [--models resnet18,mobilenet_v2,efficientnet-lite0]
                                       [--backend ort-cpu] [--threads 2] [--samples 50] [--force]
+                                      [--tag NAME]
 
 For each model at 1x3x224x224: profile from an empty LUT on the backend (timed),
 then `lut fidelity` with N random width configurations. Writes
 benchmarks/results/lut_fidelity.json (ort-cpu, 2 threads; other thread
-counts: lut_fidelity_<n>t.json; other backends: lut_fidelity_<backend>.json), one entry per model with the device fingerprint,
-and benchmarks/results/fidelity_[<backend>_]<model>.png. Resumable: a model
+counts: lut_fidelity_<n>t.json; other backends: lut_fidelity_<backend>.json;
+``--tag NAME`` appends _NAME, e.g. for another machine), one entry per model with the device fingerprint,
+and benchmarks/results/fidelity_[<backend>_][<n>t_][<tag>_]<model>.png. Resumable: a model
 whose result is already in the JSON is skipped (unless --force), and a killed
 profile resumes from its LUT in benchmarks/luts/.
 """
@@ -44,11 +46,14 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=8)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--recalibrate", action="store_true", help="re-measure the LUT's calibration")
+    parser.add_argument("--tag", default=None, help="suffix of the results and plots, e.g. the machine's name")
     args = parser.parse_args()
     backend = get_backend(args.backend, args.threads)
     suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
     if args.backend == DEFAULT_BACKEND and backend.threads != DEFAULT_THREADS:
         suffix += f"_{backend.threads}t"
+    if args.tag:
+        suffix += f"_{args.tag}"
     results_path = HERE / "results" / f"lut_fidelity{suffix}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in args.models.split(","):
