@@ -11,6 +11,10 @@ channels with the other two at full width, each exported to ONNX and
 measured end to end on ort-cpu, batch 1, interleaved, fastest of 3 passes
 (up to 6 while the two fastest differ by more than 5%).
 
+Then the same for the blocks' inner width alone: the stage-1 blocks' first
+convolutions (``blocks.0-2.conv1``) at 8, 16, 24 and 32 channels, the
+highway at 32, everything else full (``inner_points``).
+
 Writes ``benchmarks/results/width_steps[_NAME].json`` (every point, the
 fingerprint) and ``width_steps[_NAME].png`` (latency vs the varied stage's
 width, one line per stage).
@@ -26,6 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 FULL = (32, 64, 128)
 LOWEST = (8, 32, 64)  # each stage varied from here up to its full width
+INNER = ("blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1")  # stage 1's inner channel groups
+INNER_WIDTHS = (8, 16, 24, 32)
 
 
 def main() -> None:
@@ -45,6 +51,7 @@ def main() -> None:
     from latprune.latency_lut.profile import MODEL_AGREE
     from latprune.latency_lut.timing import fastest_over_passes
     from latprune.models import ResNetCifar
+    from latprune.pruner.graph import ChannelGraph
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,23 +66,31 @@ def main() -> None:
             widths[stage] = width
             if tuple(widths) not in configs:
                 configs.append((widths[0], widths[1], widths[2]))
+    shape = (1, 1, args.input, args.input)
+    torch.manual_seed(0)
+    full = ResNetCifar(FULL, 3).eval()
+    graph = ChannelGraph.build(full, shape)
+    inner_roots = {g.id for g in graph.groups if g.root in INNER}
+    models = [ResNetCifar(widths, 3).eval() for widths in configs]
+    models += [graph.slim_to_widths({**graph.full_widths(), **dict.fromkeys(inner_roots, w)}).eval() for w in INNER_WIDTHS]
     backend = get_backend("ort-cpu", args.threads)
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for i, widths in enumerate(configs):
-            torch.manual_seed(0)
+        for i, model in enumerate(models):
             path = Path(tmp) / f"m{i}.onnx"
-            export_onnx(ResNetCifar(widths, 3).eval(), (1, 1, args.input, args.input), path, threads=args.threads)
+            export_onnx(model, shape, path, threads=args.threads)
             paths.append(path)
         best = fastest_over_passes(lambda i: backend.measure_artifact(str(paths[i])), len(paths), passes=3,
                                    agree=MODEL_AGREE, max_passes=6)
     points = [{"widths": list(w), "median_ms": b.median_ms, "p10_ms": b.p10_ms, "p90_ms": b.p90_ms}
               for w, b in zip(configs, best)]
+    inner_points = [{"inner": w, "median_ms": b.median_ms, "p10_ms": b.p10_ms, "p90_ms": b.p90_ms}
+                    for w, b in zip(INNER_WIDTHS, best[len(configs):])]
     atomic_write_json(results_path, {
-        "input": [1, 1, args.input, args.input], "threads": args.threads, "step": args.step,
+        "input": list(shape), "threads": args.threads, "step": args.step,
         "preferred_align": backend.preferred_align, "seconds": round(time.time() - start, 1),
-        "fingerprint": backend.fingerprint(), "points": points})
+        "fingerprint": backend.fingerprint(), "points": points, "inner_points": inner_points})
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for stage in range(3):
@@ -93,6 +108,8 @@ def main() -> None:
     fig.savefig(plot_path, dpi=110)
     for p in points:
         print(p["widths"], f"{p['median_ms']:.4f} ms")
+    for p in inner_points:
+        print(f"stage-1 inner width {p['inner']}: {p['median_ms']:.4f} ms")
     print(f"wrote {results_path} and {plot_path}")
 
 
