@@ -135,9 +135,8 @@ def test_ort_cpu_grid_is_aligned_to_the_simd_width(ort_lut: tuple[Path, dict]) -
     assert align in (8, 16) and report["align"] == align
     with Lut.open(lut) as opened:
         widths = {w for key, _ in opened.items() for w in (key.cin, key.cout)}
-    # the image channel (1) and the classes (10) are fixed; every prunable width is a multiple of the
-    # block, or half a 16-channel block (pruner.graph.half_block)
-    assert widths - {1, 10} and all(w % align == 0 or (align == 16 and w == 8) for w in widths - {1, 10})
+    # the image channel (1) and the classes (10) are fixed; every prunable width is a multiple of the block
+    assert widths - {1, 10} and all(w % align == 0 for w in widths - {1, 10})
 
 
 def test_force_never_replaces_a_directory_that_is_not_a_run(capsys: pytest.CaptureFixture[str], model_file: str,

@@ -18,10 +18,8 @@ from latprune.latency_lut.predict import Calibration
 
 # Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
 # "-aligned": fitted on configurations of the grid that aligns every group wider than one
-# block (before, groups of up to two blocks took unaligned widths; see Grid.widths);
-# "-halfblock": on grids of 16-channel blocks the configurations include half a block
-# (pruner.graph.half_block, session 17).
-FIT_METHOD = "relative-trimmed-blocks-aligned-halfblock"
+# block (before, groups of up to two blocks took unaligned widths; see Grid.widths).
+FIT_METHOD = "relative-trimmed-blocks-aligned"
 OUTLIER_PCT = 8.0   # a point this far (and 3 MADs) off the first fit is dropped from the second
 
 

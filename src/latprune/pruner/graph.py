@@ -350,17 +350,6 @@ def group_align(size: int, align: int) -> int:
     return align if size > align else 1
 
 
-def half_block(size: int, align: int) -> int | None:
-    """The one width below a block that a group wider than one block may also take:
-    half a 16-channel block (8), where blocks are 16 channels (ONNX Runtime on
-    AVX-512); None elsewhere. Measured (``benchmarks/width_steps.py``, BENCHMARKS.md,
-    AVX-512 Zen 5, ort-cpu, 1 thread): ResNet-20's first stage at 8 channels ran
-    4.5–7% faster than at 16, and its blocks' inner width at 8 5–6% faster, where
-    every other width between two multiples of 16 cost what the next multiple
-    costs. Not measured on AVX2 (half its 8-channel block is not offered there)."""
-    return align // 2 if align >= 16 and size > align else None
-
-
 @dataclass(frozen=True)
 class Grid:
     """The widths a group may take: ``levels`` evenly spaced steps up to its size,
@@ -371,7 +360,10 @@ class Grid:
     measured slower than at 16, and the LUT predicted 14% below it), the full
     size always included;
     plus, per group root, the ``extra`` widths that adaptive sampling added
-    where the group's latency jumps (``latency_lut.staircase``).
+    where the group's latency jumps (``latency_lut.staircase``). Below one
+    block nothing is offered: on AVX-512 half a 16-channel block measured
+    5–8% cheaper than a whole one, but offering it bought no accuracy at a
+    0.3x budget (BENCHMARKS.md, "Width steps on AVX-512", session 17).
 
     >>> Grid(8).widths(32)
     [4, 8, 12, 16, 20, 24, 28, 32]
@@ -383,12 +375,6 @@ class Grid:
     [1, 2, 3, 4, 5, 6]
     >>> Grid(2, extra=(("conv1", (10, 12)),)).widths(16, "conv1")
     [8, 10, 12, 16]
-
-    Where a block is 16 channels, a wider group may also take half a block
-    (:func:`half_block`):
-
-    >>> Grid(8, align=16).widths(32)
-    [8, 16, 32]
     """
 
     levels: int = 8
@@ -400,8 +386,6 @@ class Grid:
         raw = (size * i / self.levels for i in range(1, self.levels + 1))
         widths = {max(align, align * round(w / align)) for w in raw} if align > 1 else {max(1, round(w)) for w in raw}
         widths |= set(dict(self.extra).get(root, ())) if root is not None else set()
-        half = half_block(size, self.align)
-        widths |= {half} if half else set()
         return sorted(w for w in widths | {size} if 0 < w <= size)
 
     def with_extra(self, extra: dict[str, list[int]]) -> Grid:

@@ -33,7 +33,7 @@ from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import measure_beside_anchor, measure_settled
 from latprune.pruner.gates import GateConfig, Gates, latency_penalty
-from latprune.pruner.graph import ChannelGraph, Grid, group_align, half_block
+from latprune.pruner.graph import ChannelGraph, Grid, group_align
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
 
@@ -325,14 +325,10 @@ def taylor(ctx: Context) -> Decision:
 # -- baselines ---------------------------------------------------------------------------------------
 def _snap(width: float, size: int, align: int) -> int:
     """``width`` rounded down to the group's alignment (:func:`group_align`; at least
-    one block, or half of one where the grid offers it: :func:`half_block`), or the
-    full ``size`` when ``width`` reaches it."""
-    half = half_block(size, align)
+    one block), or the full ``size`` when ``width`` reaches it."""
     align = group_align(size, align)
     if width >= size:
         return size
-    if half and width < align:
-        return half
     return int(min(size, max(align, align * math.floor(width / align))))
 
 
