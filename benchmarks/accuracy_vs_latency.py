@@ -37,7 +37,10 @@ ort-cpu at batch 1:
    kept in ``final_passes``, and each run counts the passes it held in
    (``held_passes``; the Markdown table shows it when there was more than one);
 5. write ``benchmarks/results/accuracy_vs_latency.json`` (``_resnet56.json``) and
-   ``benchmarks/results/accuracy_vs_latency.png``, and print the table.
+   ``benchmarks/results/accuracy_vs_latency.png``, and print the table. A run keeps
+   the base of the final pass that measured it (``final_base_ms``): when a file holds
+   runs measured in different passes (added later, the VM at another speed), the
+   plot's latency axis is the fraction of that base, the only comparable number.
 """
 
 from __future__ import annotations
