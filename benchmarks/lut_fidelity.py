@@ -2,7 +2,7 @@
 
     python benchmarks/lut_fidelity.py [--models resnet18,mobilenet_v2,efficientnet-lite0]
                                       [--backend ort-cpu] [--threads 2] [--samples 50] [--force]
-                                      [--tag NAME]
+                                      [--tag NAME] [--beside]
 
 For each model at 1x3x224x224: profile from an empty LUT on the backend (timed),
 then `lut fidelity` with N random width configurations. Writes
@@ -11,7 +11,9 @@ counts: lut_fidelity_<n>t.json; other backends: lut_fidelity_<backend>.json;
 ``--tag NAME`` appends _NAME, e.g. for another machine), one entry per model with the device fingerprint,
 and benchmarks/results/fidelity_[<backend>_][<n>t_][<tag>_]<model>.png. Resumable: a model
 whose result is already in the JSON is skipped (unless --force), and a killed
-profile resumes from its LUT in benchmarks/luts/.
+profile resumes from its LUT in benchmarks/luts/. ``--beside`` measures the
+full model right before each configuration and adds the ``beside`` score (the
+prediction re-anchored on that measurement: how ``prune`` uses the LUT).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--recalibrate", action="store_true", help="re-measure the LUT's calibration")
     parser.add_argument("--tag", default=None, help="suffix of the results and plots, e.g. the machine's name")
+    parser.add_argument("--beside", action="store_true", help="also score the prediction re-anchored on the "
+                                                              "full model measured right before each configuration")
     args = parser.parse_args()
     backend = get_backend(args.backend, args.threads)
     suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
@@ -68,7 +72,7 @@ def main() -> None:
                             passes=args.passes, recalibrate=args.recalibrate)
         profile_s = time.time() - start
         with open_for_backend(lut_path, backend, writable=False) as lut:
-            report = fidelity(graph, lut, backend, args.samples, spec.name).to_dict()
+            report = fidelity(graph, lut, backend, args.samples, spec.name, beside=args.beside).to_dict()
         png = HERE / "results" / f"fidelity{suffix}_{name}.png"
         plot_fidelity(report, str(png))
         results[name] = {
@@ -76,7 +80,8 @@ def main() -> None:
             "groups": len(graph.groups), "lut_keys": profile.keys, "levels": args.levels, "passes": profile.passes,
             "profile_seconds": round(profile_s, 1), "profile_measured": profile.measured,
             "calibration": profile.calibration, "samples": args.samples,
-            "stored": report["stored"], "anchored": report["anchored"], "refit": report["refit"],
+            "stored": report["stored"], "anchored": report["anchored"], "beside": report["beside"],
+            "refit": report["refit"],
             "refit_folds": report["refit_folds"], "drift": report["drift"],
             "fidelity_seconds": report["seconds"], "slow_probes": report["slow_probes"],
             "probes": len(report["probe_trace"]), "probe_trace": report["probe_trace"],
@@ -86,6 +91,8 @@ def main() -> None:
         atomic_write_json(results_path, results)
         s, a, r = report["stored"], report["anchored"], report["refit"]
         refit = f"refit {r['median_abs_pct']:.2f}% / {100 * r['within_10_pct']:.0f}%; " if r is not None else ""
+        b = report["beside"]
+        refit += f"beside {b['median_abs_pct']:.2f}% / {100 * b['within_10_pct']:.0f}%; " if b is not None else ""
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
               f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; {refit}"

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 
 from latprune.cli import main
 from latprune.errors import FingerprintMismatch, LutError
 from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.calibrate import random_configs
 from latprune.latency_lut.fidelity import ErrorStats, fidelity, refit_predictions, spearman
 from latprune.latency_lut.profile import build_lut, grid_keys
@@ -99,6 +101,41 @@ def test_fidelity_tells_a_stale_calibration_from_the_units(tmp_path: Path) -> No
     assert "refit (5-fold)" in text and "calibration is stale" in text and "--recalibrate" in text
 
 
+class DriftingBackend(FakeBackend):
+    """The fake device slowing down by 2% with every other whole-model measurement:
+    a machine whose speed wanders between the profile and each measurement."""
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__(threads)
+        self.calls = 0
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+        lat = super().measure_model(model, input_shape)
+        factor = 1 + 0.02 * (self.calls // 2)
+        self.calls += 1
+        ms = lat.median_ms * factor
+        return Latency(ms, ms, ms, 1)
+
+
+def test_fidelity_beside_the_full_model_cancels_the_drift(tmp_path: Path) -> None:
+    """Each configuration measured right after the full model, in the same state of
+    the machine: re-anchored on that pair the prediction is exact while the speed
+    drifts; re-anchored once at the start (``anchored``) it is not."""
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    build_lut(graph, tmp_path / "f.lut", get_backend("fake", threads=1), levels=4, progress=False, passes=1)
+    backend = DriftingBackend()
+    with Lut.open(tmp_path / "f.lut") as lut:
+        report = fidelity(graph, lut, backend, samples=8, progress=False, beside=True)
+        plain = fidelity(graph, lut, DriftingBackend(), samples=8, progress=False)
+    assert report.beside is not None and plain.beside is None
+    assert report.beside.median_abs_pct == pytest.approx(0.0, abs=1e-6) and report.beside.within_5_pct == 1.0
+    assert report.anchored.median_abs_pct > 5.0
+    assert all(p["full_beside_ms"] > 0 and "beside_ms" not in q for p, q in zip(report.points, plain.points))
+    # one full-model measurement before each configuration measurement
+    assert backend.calls % 2 == 0 and backend.calls >= 2 * 2 * (8 + 1)
+    assert "beside (full model measured before each)" in fidelity_text(report.to_dict())
+
+
 def test_refit_predicts_each_point_without_it() -> None:
     raw = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     line = [0.9 * r + 0.1 for r in raw]
@@ -152,9 +189,9 @@ def test_cli_fidelity_and_plots(capsys: pytest.CaptureFixture[str], model_file: 
     pytest.importorskip("matplotlib")
     fid_png, lut_png = tmp_path / "fid.png", tmp_path / "lut.png"
     assert main(["lut", "fidelity", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--samples", "5",
-                 "--backend", "fake", "--threads", "1", "--plot", str(fid_png), "--json"]) == 0
+                 "--backend", "fake", "--threads", "1", "--plot", str(fid_png), "--beside", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["samples"] == 5 and r["stored"]["median_abs_pct"] < 1e-6
+    assert r["samples"] == 5 and r["stored"]["median_abs_pct"] < 1e-6 and r["beside"]["median_abs_pct"] < 1e-6
     assert main(["lut", "show", fake_lut, "--plot", str(lut_png), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plot"] == str(lut_png)
     for png in (fid_png, lut_png):

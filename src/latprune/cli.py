@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=1234)
     q.add_argument("--plot", default=None, help="write a PNG scatter of predicted vs measured")
     q.add_argument("--blocks", action="store_true", help="let configurations remove whole residual blocks")
+    q.add_argument("--beside", action="store_true",
+                   help="measure the full model right before each configuration and also score the prediction "
+                        "re-anchored on it (as prune's relative budgets use the LUT; doubles the measurements)")
     _add_backend(q)
     _add_json(q)
     return parser
@@ -328,7 +331,7 @@ def _lut_fidelity(args: argparse.Namespace) -> None:
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     with open_for_backend(args.lut, backend, writable=False) as lut:
         result = fidelity(graph, lut, backend, args.samples, spec.name, args.seed, progress=not args.json,
-                          blocks=args.blocks).to_dict()
+                          blocks=args.blocks, beside=args.beside).to_dict()
     if args.plot:
         from latprune.latency_lut.plots import plot_fidelity
 

@@ -121,7 +121,8 @@ def demo_text(r: dict[str, Any]) -> str:
 
 def fidelity_text(r: dict[str, Any]) -> str:
     rows = []
-    labels = {"stored": "stored", "anchored": "anchored", "refit": f"refit ({r.get('refit_folds')}-fold)"}
+    labels = {"stored": "stored", "anchored": "anchored", "beside": "beside (full model measured before each)",
+              "refit": f"refit ({r.get('refit_folds')}-fold)"}
     for name, label in labels.items():
         e = r.get(name)
         if e is None:

@@ -15,6 +15,13 @@ removes the device's drift since profiling. On a backend with a
 probes that found the machine slower than usual (those measurements were
 waited for or repeated).
 
+With ``beside``, a fourth: each configuration is measured right after the
+full model, and its prediction re-anchored on that measurement of the full
+model (``beside``). The pair is taken seconds apart, so the machine's speed
+drift between states cancels in their ratio; it scores the LUT as ``prune``
+uses it, whose relative budgets measure each candidate beside the base. It
+doubles the run's measurements.
+
 A third score separates the LUT from its calibration: ``refit``, the same
 unit sums with a calibration fitted (by :func:`~latprune.latency_lut.calibrate.fit`)
 on this run's other measurements, K-fold, each configuration predicted by a
@@ -39,7 +46,7 @@ from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import fit, random_configs
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths
+from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths, measure_widths_beside
 from latprune.latency_lut.store import Lut
 from latprune.pruner.graph import ChannelGraph
 
@@ -73,6 +80,7 @@ class FidelityReport:
     probe_trace: list[tuple[float, float]] = field(default_factory=list)  # every probe: (s, ms); [] without one
     refit: ErrorStats | None = None         # calibration refitted on this run's other points (K-fold); None if < 4
     refit_folds: int = 0
+    beside: ErrorStats | None = None        # re-anchored on the full model measured just before each; None if not asked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,9 +128,10 @@ def refit_predictions(raw_ms: list[float], measured_ms: list[float], removed_uni
 
 
 def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, model_name: str = "model",
-             seed: int = 1234, progress: bool = True, blocks: bool = False) -> FidelityReport:
+             seed: int = 1234, progress: bool = True, blocks: bool = False, beside: bool = False) -> FidelityReport:
     """Predicted vs measured latency of ``samples`` random width configurations
-    (with ``blocks``, a removable block's narrowest option is its removal)."""
+    (with ``blocks``, a removable block's narrowest option is its removal; with
+    ``beside``, each one measured right after the full model, scored re-anchored on it)."""
     if samples < 2:
         raise LutError(f"--samples must be at least 2, got {samples}")
     stored = load_calibration(lut, graph.signature())
@@ -141,12 +150,20 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     probes_before = len(guard.trace) if guard is not None else 0
     full = graph.full_widths()
     configs = [full] + random_configs(graph.options(grid, blocks=blocks), samples, seed)
-    measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
-    drift = measured[0].median_ms / predictor.predict(full)
+    if beside:
+        pairs = measure_widths_beside(graph, backend, configs, full, desc="fidelity", progress=progress)
+        measured, references = [lat for lat, _ in pairs], [ref.median_ms for _, ref in pairs]
+    else:
+        measured = measure_widths(graph, backend, configs, desc="fidelity", progress=progress)
+        references = []
+    predicted_full = predictor.predict(full)
+    drift = measured[0].median_ms / predicted_full
     points = []
-    for widths, lat in zip(configs[1:], measured[1:]):
+    for i, (widths, lat) in enumerate(zip(configs[1:], measured[1:]), start=1):
         predicted = predictor.predict(widths)
-        points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, "raw_ms": predictor.unit_sum(widths),
+        pair = {"full_beside_ms": references[i], "beside_ms": predicted * references[i] / predicted_full} if beside else {}
+        points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, **pair,
+                       "raw_ms": predictor.unit_sum(widths),
                        "removed_units": len(graph.removed_units(widths)),
                        "measured_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
                        "widths": [widths[g] for g in sorted(widths)],
@@ -167,4 +184,5 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         guard.slow - slow_before if guard is not None else 0,
         guard.trace[probes_before:] if guard is not None else [],
         refit, folds if refit is not None else 0,
+        ErrorStats.of([p["beside_ms"] for p in points], measured_ms) if beside else None,
     )

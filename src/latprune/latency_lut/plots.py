@@ -115,6 +115,9 @@ def plot_fidelity(report: dict[str, Any], path: str) -> str:
     ax.scatter(m, [p["predicted_ms"] for p in pts], s=14, label=f"stored (median {report['stored']['median_abs_pct']:.1f}%)")
     ax.scatter(m, [p["anchored_ms"] for p in pts], s=14, marker="x",
                label=f"re-anchored (median {report['anchored']['median_abs_pct']:.1f}%)")
+    if report.get("beside") is not None:
+        ax.scatter(m, [p["beside_ms"] for p in pts], s=12, marker="^", facecolors="none", edgecolors="C3",
+                   label=f"beside the full model (median {report['beside']['median_abs_pct']:.1f}%)")
     if report.get("refit") is not None and all("refit_ms" in p for p in pts):
         ax.scatter(m, [p["refit_ms"] for p in pts], s=10, marker="+",
                    label=f"refit, {report['refit_folds']}-fold (median {report['refit']['median_abs_pct']:.1f}%)")

@@ -287,6 +287,37 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
                                    max_passes=max(passes, MODEL_MAX_PASSES))
 
 
+def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]],
+                          reference: dict[int, int], passes: int = 2, desc: str = "measure",
+                          progress: bool = True) -> list[tuple[Latency, Latency]]:
+    """:func:`measure_widths`, each measurement of a configuration made right after
+    one of the model at the ``reference`` widths (the full model, say).
+
+    Returns, per configuration, its kept (fastest) latency and the reference's
+    latency measured just before that one: a pair taken seconds apart, in the
+    same state of the machine, so their ratio holds while the machine's speed
+    drifts between states (``prune``'s closed loop measures a candidate beside
+    the base for the same reason)."""
+    models = [graph.slim_to_widths(widths) for widths in configs]
+    ref_model = graph.slim_to_widths(reference)
+    pairs: list[tuple[Latency, Latency]] = []
+    with bar(total=len(models) * passes, desc=desc, unit="model", enabled=progress) as done:
+        def tick() -> None:
+            if done.total is not None and done.n >= done.total:
+                done.total += 1
+            done.update()
+
+        def measure(i: int) -> Latency:
+            ref = backend.measure_model(ref_model, graph.input_shape)
+            lat = backend.measure_model(models[i], graph.input_shape)
+            pairs.append((lat, ref))
+            return lat
+
+        best = fastest_over_passes(measure, len(models), passes, on_each=tick, agree=MODEL_AGREE,
+                                   max_passes=max(passes, MODEL_MAX_PASSES))
+    return [(lat, next(ref for m, ref in pairs if m is lat)) for lat in best]
+
+
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,
                     progress: bool = True) -> tuple[Calibration, list[dict[str, float]]]:
     """Measure ``samples`` whole-model width configurations and fit the correction.
