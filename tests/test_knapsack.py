@@ -14,7 +14,7 @@ from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
 from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import Scores
-from latprune.pruner.knapsack import option_values, solve
+from latprune.pruner.knapsack import _mck, option_values, solve
 from tests.conftest import MODELS, TINY_INPUT
 
 LEVELS = 4
@@ -111,3 +111,25 @@ def test_knapsack_drops_a_block_that_does_not_matter(predictor: Predictor) -> No
     full_ms = predictor.predict(graph.full_widths())
     sol = solve(predictor, options, scores, 0.9 * full_ms)
     assert sol.widths[block.group] == 0
+
+
+def test_a_removed_block_cheaper_than_nothing(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A calibration fitted on a noisy machine can give a removed unit a negative cost
+    (the Zen 4 VM, 2026-12-02: -0.017 ms per removed unit of ResNet-20), so a block's
+    removal option costs less than nothing; the knapsack still solves and holds the budget."""
+    graph = predictor.graph
+    monkeypatch.setattr(predictor, "calibration", replace(predictor.calibration, removed_unit_ms=-0.05))
+    options = graph.options(Grid(LEVELS), blocks=True)
+    assert predictor.unit_ms(graph.units[0], graph.full_widths()) > 0
+    budget = 0.6 * predictor.predict(graph.full_widths())
+    sol = solve(predictor, options, _scores(graph), budget)
+    assert sol.predicted_ms <= budget and sol.predicted_ms == pytest.approx(predictor.predict(sol.widths))
+
+
+def test_multiple_choice_knapsack_with_negative_costs() -> None:
+    # group 0: a negative-cost option worth little, a costly one worth much; group 1: two options
+    costs = {0: [-2.0, 3.0], 1: [1.0, 2.0]}
+    values = {0: [0.1, 0.9], 1: [0.2, 0.3]}
+    assert _mck(costs, values, capacity=4.0, bins=100) == {0: 1, 1: 0}     # 3 + 1 <= 4
+    assert _mck(costs, values, capacity=3.5, bins=100) == {0: 0, 1: 1}     # -2 + 2 <= 3.5; 3 + 1 does not fit
+    assert _mck(costs, values, capacity=-1.5, bins=100) is None            # even -2 + 1 = -1 misses

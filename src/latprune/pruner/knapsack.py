@@ -69,7 +69,15 @@ def _linearised_costs(predictor: Predictor, options: dict[int, list[int]],
 
 def _mck(costs: dict[int, list[float]], values: dict[int, list[float]], capacity: float,
          bins: int) -> dict[int, int] | None:
-    """Multiple-choice knapsack by DP over ``bins`` latency bins; option index per group, or None."""
+    """Multiple-choice knapsack by DP over ``bins`` latency bins; option index per group, or None.
+
+    Each group's costs are taken relative to its cheapest option (and the capacity
+    lowered by their sum): one option per group is picked, so the problem is the
+    same, and an option cheaper than nothing — a removed block whose calibrated
+    cost per removed unit came out negative — needs no negative bin."""
+    floor = {g: min(c, default=0.0) for g, c in costs.items()}
+    capacity -= sum(floor.values())
+    costs = {g: [c - floor[g] for c in cs] for g, cs in costs.items()}
     if capacity <= 0:
         return None
     unit = capacity / bins
