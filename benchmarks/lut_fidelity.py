@@ -90,12 +90,12 @@ def main() -> None:
         }
         atomic_write_json(results_path, results)
         s, a, r = report["stored"], report["anchored"], report["refit"]
-        refit = f"refit {r['median_abs_pct']:.2f}% / {100 * r['within_10_pct']:.0f}%; " if r is not None else ""
         b = report["beside"]
-        refit += f"beside {b['median_abs_pct']:.2f}% / {100 * b['within_10_pct']:.0f}%; " if b is not None else ""
+        refit = f"refit {r['median_abs_pct']:.2f}% / {100 * r['within_10_pct']:.0f}%; " if r is not None else ""
+        beside = f"beside {b['median_abs_pct']:.2f}% / {100 * b['within_10_pct']:.0f}%; " if b is not None else ""
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
-              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; {refit}"
+              f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; {refit}{beside}"
               f"slow-machine probes {report['slow_probes']} of {len(report['probe_trace'])}")
 
 

@@ -161,7 +161,8 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     points = []
     for i, (widths, lat) in enumerate(zip(configs[1:], measured[1:]), start=1):
         predicted = predictor.predict(widths)
-        pair = {"full_beside_ms": references[i], "beside_ms": predicted * references[i] / predicted_full} if beside else {}
+        pair = ({"full_beside_ms": references[i], "beside_ms": predicted * references[i] / predicted_full}
+                if beside else {})
         points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, **pair,
                        "raw_ms": predictor.unit_sum(widths),
                        "removed_units": len(graph.removed_units(widths)),

@@ -276,15 +276,8 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     a configuration whose two fastest medians differ by more than
     ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times."""
     models = [graph.slim_to_widths(widths) for widths in configs]
-    with bar(total=len(models) * passes, desc=desc, unit="model", enabled=progress) as done:
-        def tick() -> None:
-            if done.total is not None and done.n >= done.total:  # an extra pass for a disagreeing configuration
-                done.total += 1
-            done.update()
-
-        return fastest_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
-                                   passes, on_each=tick, agree=MODEL_AGREE,
-                                   max_passes=max(passes, MODEL_MAX_PASSES))
+    return _models_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
+                               passes, desc, progress)
 
 
 def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]],
@@ -297,25 +290,35 @@ def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[d
     latency measured just before that one: a pair taken seconds apart, in the
     same state of the machine, so their ratio holds while the machine's speed
     drifts between states (``prune``'s closed loop measures a candidate beside
-    the base for the same reason)."""
+    the base for the same reason, by :func:`measure_beside`, which keeps each
+    model's own fastest pass; here the configurations keep
+    :func:`measure_widths`' rule, and the reference its measurement of that pass)."""
     models = [graph.slim_to_widths(widths) for widths in configs]
     ref_model = graph.slim_to_widths(reference)
-    pairs: list[tuple[Latency, Latency]] = []
-    with bar(total=len(models) * passes, desc=desc, unit="model", enabled=progress) as done:
+    pairs: list[list[tuple[Latency, Latency]]] = [[] for _ in models]  # per configuration: (its latency, ref's)
+
+    def measure(i: int) -> Latency:
+        ref = backend.measure_model(ref_model, graph.input_shape)
+        lat = backend.measure_model(models[i], graph.input_shape)
+        pairs[i].append((lat, ref))
+        return lat
+
+    best = _models_over_passes(measure, len(models), passes, desc, progress)
+    return [(lat, next(ref for m, ref in pairs[i] if m is lat)) for i, lat in enumerate(best)]
+
+
+def _models_over_passes(measure: Callable[[int], Latency], count: int, passes: int, desc: str,
+                        progress: bool) -> list[Latency]:
+    """:func:`~latprune.latency_lut.timing.fastest_over_passes` with the whole-model
+    rule (``MODEL_AGREE``, up to ``MODEL_MAX_PASSES``) and a progress bar."""
+    with bar(total=count * passes, desc=desc, unit="model", enabled=progress) as done:
         def tick() -> None:
-            if done.total is not None and done.n >= done.total:
+            if done.total is not None and done.n >= done.total:  # an extra pass for a disagreeing configuration
                 done.total += 1
             done.update()
 
-        def measure(i: int) -> Latency:
-            ref = backend.measure_model(ref_model, graph.input_shape)
-            lat = backend.measure_model(models[i], graph.input_shape)
-            pairs.append((lat, ref))
-            return lat
-
-        best = fastest_over_passes(measure, len(models), passes, on_each=tick, agree=MODEL_AGREE,
+        return fastest_over_passes(measure, count, passes, on_each=tick, agree=MODEL_AGREE,
                                    max_passes=max(passes, MODEL_MAX_PASSES))
-    return [(lat, next(ref for m, ref in pairs if m is lat)) for lat in best]
 
 
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,
