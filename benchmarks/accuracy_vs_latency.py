@@ -428,6 +428,7 @@ def main() -> None:
             "prune_measured_ms": m["pruned"]["latency_ms"]["median_ms"], "params": m["pruned"]["params"],
             "macs": m["pruned"]["macs"], "macs_ratio": m["macs_ratio"],
             "removed_blocks": m["pruned"]["removed_blocks"], "closed_loop_iterations": len(m["closed_loop"]),
+            "attempts": m["attempts"],  # more than one: the first export missed and prune narrowed (--retries)
             "timings_s": m["timings_s"], "seconds": round(time.time() - start, 1),
         }
         atomic_write_json(results_path, results)  # each run lands as soon as it is done

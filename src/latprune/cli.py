@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-batches", type=int, default=16)
     p.add_argument("--distill", action="store_true", help="distil from the unpruned model while fine-tuning")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test images")
+    p.add_argument("--retries", type=int, default=1,
+                   help="when the fine-tuned export misses the budget, prune again from the base this many times, "
+                        "each to a budget narrower by the gap measured (default 1; 0: never)")
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
     _add_backend(p)
     _add_json(p)
@@ -211,11 +214,20 @@ def cmd_prune(args: argparse.Namespace) -> None:
         gate_penalty=args.gate_penalty, gate_signal=args.gate_signal,
         blocks=not args.no_blocks, importance=args.importance,
         importance_batches=args.importance_batches, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
-        distill=args.distill, eval_limit=args.eval_limit, force=args.force, progress=not args.json,
+        distill=args.distill, eval_limit=args.eval_limit, retries=args.retries, force=args.force,
+        progress=not args.json,
     )
+    from latprune.errors import BudgetMissed
     from latprune.report import prune_text
 
-    _print(args, prune(config), prune_text)
+    m = prune(config)
+    _print(args, m, prune_text)
+    if not m["budget_met"]:
+        budget = m["budget"]["ms_beside"] or m["budget"]["ms"]
+        raise BudgetMissed(f"the run directory {args.output} is written, but its model measures "
+                           f"{m['pruned']['latency_ms']['median_ms']:.3f} ms against the budget {budget:.3f} ms "
+                           f"after {len(m['attempts'])} attempt(s): prune again with a tighter --budget or more "
+                           "--retries, or measure it again with `latprune bench` on a quiet machine")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

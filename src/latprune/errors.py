@@ -30,6 +30,12 @@ class BudgetError(LatpruneError):
     """A latency budget cannot be reached by any width configuration."""
 
 
+class BudgetMissed(BudgetError):
+    """A prune finished and wrote its run directory, but the export measures above the budget."""
+
+    exit_code = 3
+
+
 class RunDirError(LatpruneError):
     """A run directory is missing files or holds files that do not fit together."""
 

@@ -96,7 +96,16 @@ def prune_text(m: dict[str, Any]) -> str:
         f"{m['pruned']['onnx_parity_max_abs_diff']:.1e}",
         f"method {m.get('method', 'halp')}; residual blocks removed: "
         f"{', '.join(m['pruned'].get('removed_blocks') or []) or 'none'}",
+        *[_attempt_line(a) for a in m.get("attempts", []) if len(m["attempts"]) > 1],
     ])
+
+
+def _attempt_line(a: dict[str, Any]) -> str:
+    if "error" in a:
+        return f"attempt {a['attempt']}: to {a['budget_ms']:.3f} ms: failed ({a['error']}); the previous one kept"
+    candidate = "—" if a["candidate_ms"] is None else f"{a['candidate_ms']:.3f} ms"
+    return (f"attempt {a['attempt']}: pruned to {a['budget_ms']:.3f} ms, candidate measured {candidate}, "
+            f"fine-tuned export {a['export_ms']:.3f} ms: {'held' if a['budget_met'] else 'missed'}")
 
 
 def bench_text(r: dict[str, Any]) -> str:

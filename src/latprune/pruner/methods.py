@@ -118,6 +118,7 @@ class Decision:
     predicted_ms: float | None
     history: list[dict[str, Any]]     # every candidate measured
     extra: dict[str, Any] = field(default_factory=dict)
+    measured_ms: float | None = None  # the chosen candidate as the method measured it (ms, beside the base)
 
 
 def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
@@ -126,19 +127,20 @@ def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
 
 
 def closed_loop(ctx: Context, solver: Callable[[float], Solution],
-                keep: Callable[[dict[int, int]], dict[int, list[int]]]) -> tuple[Solution, nn.Module, list[dict]]:
+                keep: Callable[[dict[int, int]], dict[int, list[int]]]
+                ) -> tuple[Solution, nn.Module, float, list[dict]]:
     """Solve on the prediction, check on the measurement, until a candidate holds the budget.
 
     Accepts a candidate measuring <= budget·(1 - margin); keeps re-solving
     wider while an accepted one leaves more than ``slack`` unused. Each miss
     rescales the prediction by measured/predicted (``ctx.predictor`` is
     updated in place). Returns the best accepted solution, its slimmed model,
-    and the history of every candidate measured."""
+    its measured latency (ms), and the history of every candidate measured."""
     config, graph = ctx.config, ctx.graph
     target_ms = ctx.target_ms
     history: list[dict[str, Any]] = []
     tried: list[dict[int, int]] = []
-    accepted: tuple[Solution, nn.Module] | None = None
+    accepted: tuple[Solution, nn.Module, float] | None = None
     for iteration in range(1, config.max_iters + 1):
         solution = solver(target_ms)
         if solution.widths in tried:
@@ -154,7 +156,7 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
                         "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
         if fits:
             if accepted is None or solution.value > accepted[0].value:
-                accepted = (solution, slim)
+                accepted = (solution, slim, measured_ms)
             if measured_ms >= target_ms * (1 - config.slack):
                 break  # holds the budget and uses it
         # Rescale the prediction by what the device said and solve again: narrower when the
@@ -167,14 +169,14 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
         raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
                           f"{history[-1]['measured_ms']:.3f} ms against a budget of {ctx.budget_ms:.3f} ms; loosen "
                           "the budget or re-profile (the LUT may not describe this device's current state)")
-    return accepted[0], accepted[1], history
+    return accepted[0], accepted[1], accepted[2], history
 
 
 def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int]],
                        extra: dict[str, Any], values: dict[int, list[float]] | None = None) -> Decision:
-    solution, slim, history = closed_loop(ctx, lambda t: solve(ctx.predictor, options, scores, t, values=values),
-                                          lambda w: keep_top(scores, w))
-    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra)
+    solution, slim, measured_ms, history = closed_loop(
+        ctx, lambda t: solve(ctx.predictor, options, scores, t, values=values), lambda w: keep_top(scores, w))
+    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra, measured_ms)
 
 
 # -- gator ---------------------------------------------------------------------------------------
@@ -318,8 +320,9 @@ def taylor(ctx: Context) -> Decision:
         w = fill(ctx.predictor, options, values, w, target)
         return Solution(w, ctx.predictor.predict(w), kept_value(values, options, w), 1)
 
-    solution, slim, history = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
-    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, {"rescore_rounds": rounds})
+    solution, slim, measured_ms, history = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
+    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history,
+                    {"rescore_rounds": rounds}, measured_ms)
 
 
 # -- baselines ---------------------------------------------------------------------------------------
@@ -380,7 +383,8 @@ def uniform_l1(ctx: Context) -> Decision:
         raise BudgetError(f"uniform-l1: even a keep ratio of {hi:.3f} measures above the budget "
                           f"{ctx.budget_ms:.3f} ms; loosen the budget")
     keep = keep_top(scores, best)
-    return Decision(keep, graph.slim(keep), _predicted_or_none(ctx.predictor, best), history, {"ratio": lo})
+    return Decision(keep, graph.slim(keep), _predicted_or_none(ctx.predictor, best), history, {"ratio": lo},
+                    measured[tuple(sorted(best.items()))])
 
 
 def model_macs(graph: ChannelGraph, widths: dict[int, int]) -> int:
@@ -421,7 +425,7 @@ def flops(ctx: Context) -> Decision:
                 "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
                 "macs_ratio": model_macs(graph, widths) / model_macs(graph, graph.full_widths()),
                 "predicted_ms": _predicted_or_none(ctx.predictor, widths)}]
-    return Decision(keep, slim, _predicted_or_none(ctx.predictor, widths), history, {"macs_target_ratio": ratio})
+    return Decision(keep, slim, _predicted_or_none(ctx.predictor, widths), history, {"macs_target_ratio": ratio}, ms)
 
 
 METHODS: dict[str, Callable[[Context], Decision]] = {
