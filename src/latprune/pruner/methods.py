@@ -106,6 +106,22 @@ class Context:
                                            self.base_ms, self.config.margin)
         return self.base_ms * cand.median_ms / base.median_ms, base.median_ms
 
+    def measure_checked(self, model: nn.Module, target_ms: float) -> tuple[float, float | None, list[float]]:
+        """:meth:`measure`, and once more when the candidate fits ``target_ms``: the mean
+        of the two (ms), the base beside the last, and every measurement.
+
+        A search that keeps what measured under the target keeps lucky
+        measurements: on a noisy VM (ResNet-56, 2026-12-02, one thread) `halp`'s
+        closed loop accepted a candidate that measured 0.282 ms against its
+        prediction of 0.327 ms, over wider ones measured at 0.36–0.40 ms, and its
+        export measured 0.329 ms. A second, independent measurement of every
+        candidate that fits halves that bias and the noise's spread."""
+        first, base_ms = self.measure(model)
+        if first > target_ms:
+            return first, base_ms, [first]
+        second, base_ms = self.measure(model)
+        return (first + second) / 2, base_ms, [first, second]
+
     @property
     def target_ms(self) -> float:
         return self.budget_ms * (1 - self.config.margin)
@@ -131,7 +147,8 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
                 ) -> tuple[Solution, nn.Module, float, list[dict]]:
     """Solve on the prediction, check on the measurement, until a candidate holds the budget.
 
-    Accepts a candidate measuring <= budget·(1 - margin); keeps re-solving
+    Accepts a candidate measuring <= budget·(1 - margin) (the mean of two
+    measurements: :meth:`Context.measure_checked`); keeps re-solving
     wider while an accepted one leaves more than ``slack`` unused. Each miss
     rescales the prediction by measured/predicted (``ctx.predictor`` is
     updated in place). Returns the best accepted solution, its slimmed model,
@@ -147,10 +164,11 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
             break  # the corrected prediction leads back to a configuration already measured
         tried.append(solution.widths)
         slim = graph.slim(keep(solution.widths))
-        measured_ms, base_beside_ms = ctx.measure(slim)
+        measured_ms, base_beside_ms, measurements = ctx.measure_checked(slim, target_ms)
         fits = measured_ms <= target_ms
         history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                        "measured_ms": measured_ms, "base_beside_ms": base_beside_ms, "fits": fits,
+                        "measured_ms": measured_ms, "measurements_ms": measurements,
+                        "base_beside_ms": base_beside_ms, "fits": fits,
                         "kept_importance": solution.value,
                         "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
                         "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
@@ -358,9 +376,9 @@ def uniform_l1(ctx: Context) -> Decision:
         key = tuple(sorted(widths.items()))
         if key not in measured:
             slim = graph.slim(keep_top(scores, widths))
-            measured[key], base_beside_ms = ctx.measure(slim)
+            measured[key], base_beside_ms, measurements = ctx.measure_checked(slim, ctx.target_ms)
             history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
-                            "base_beside_ms": base_beside_ms,
+                            "measurements_ms": measurements, "base_beside_ms": base_beside_ms,
                             "target_ms": ctx.target_ms, "fits": measured[key] <= ctx.target_ms,
                             "predicted_ms": _predicted_or_none(ctx.predictor, widths)})
         return measured[key], widths
