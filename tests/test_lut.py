@@ -188,6 +188,11 @@ def test_calibration_fits_relative_errors_and_drops_a_slow_spell() -> None:
     cal = fit(raw, measured, removed)
     assert (cal.scale, cal.offset_ms, cal.removed_unit_ms) == pytest.approx((0.9, 0.1, 0.01), abs=1e-9)
     assert fit(raw, measured, [0] * len(raw)).removed_unit_ms == 0.0  # no removals: no such term
+    # a block that seems to save more than its units (-0.01 ms each) is not extrapolated: the line
+    # is refitted without the term, as if no block had been removed
+    saving = [0.9 * r + 0.1 - 0.9 * 0.01 * k for r, k in zip(raw, removed)]
+    cal = fit(raw, saving, removed)
+    assert cal.removed_unit_ms == 0.0 and cal == fit(raw, saving, None)
 
 
 def test_a_calibration_fitted_another_way_is_measured_again(tmp_path: Path) -> None:

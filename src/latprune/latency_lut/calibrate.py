@@ -19,7 +19,8 @@ from latprune.latency_lut.predict import Calibration
 # Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
 # "-aligned": fitted on configurations of the grid that aligns every group wider than one
 # block (before, groups of up to two blocks took unaligned widths; see Grid.widths).
-FIT_METHOD = "relative-trimmed-blocks-aligned"
+# "-nonneg": the per-removed-unit term is never negative (see fit).
+FIT_METHOD = "relative-trimmed-blocks-aligned-nonneg"
 OUTLIER_PCT = 8.0   # a point this far (and 3 MADs) off the first fit is dropped from the second
 
 
@@ -38,7 +39,16 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     fit (a slow spell of the machine during one measurement) are dropped and
     the line refitted, keeping at least one point more than the parameters.
     ``residual_pct`` is the median absolute % error over all points, dropped
-    ones included; an offset alone with one point."""
+    ones included; an offset alone with one point.
+
+    The per-removed-unit term is kept only when it comes out ≥ 0; a negative
+    one is dropped and the line refitted without it. A removed block saving
+    more than its units' own time cannot be told from noise on the few
+    calibration points that remove blocks, and a pruner extrapolates it: on
+    ResNet-56 (2026-12-02, 8 points, two removing 2 and 6 units) the term
+    came out −0.0022 ms per unit, and the closed-loop candidates that removed
+    20–36 units were predicted 17.5% too fast on average (up to 40%); without
+    the term, 4.8% (``benchmarks/calibration_terms.py``)."""
     x = np.asarray(raw_ms, dtype=float)
     y = np.asarray(measured_ms, dtype=float)
     n = np.zeros(len(x)) if removed_units is None else np.asarray(removed_units, dtype=float)
@@ -56,6 +66,8 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
         outliers = (err > OUTLIER_PCT) & (err > np.median(err) + 3 * mad)
         if outliers.any() and (~outliers).sum() > design.shape[1]:
             coef = _relative_lstsq(design, y, ~outliers)
+        if len(coef) > 2 and coef[2] < 0:  # a negative per-removed-unit term: refit without it
+            return fit(raw_ms, measured_ms, None)
         if coef[0] <= 0:  # degenerate data: fall back to a pure offset
             coef = np.array([1.0, float(np.mean(y - x)), 0.0])
     scale = float(coef[0])
