@@ -19,8 +19,9 @@ from latprune.latency_lut.predict import Calibration
 # Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
 # "-aligned": fitted on configurations of the grid that aligns every group wider than one
 # block (before, groups of up to two blocks took unaligned widths; see Grid.widths).
-# "-nonneg": the per-removed-unit term is never negative (see fit).
-FIT_METHOD = "relative-trimmed-blocks-aligned-nonneg"
+# "-nonneg": the per-removed-unit term is never negative, and needs MIN_REMOVAL_POINTS points (see fit).
+FIT_METHOD = "relative-trimmed-blocks-aligned-nonneg-min3"
+MIN_REMOVAL_POINTS = 3  # points that remove blocks before the per-removed-unit term is fitted
 OUTLIER_PCT = 8.0   # a point this far (and 3 MADs) off the first fit is dropped from the second
 
 
@@ -29,7 +30,11 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
 
     ``raw_ms`` are the LUT sums of the kept units and ``removed_units`` how
     many units each configuration's removed blocks took away; the per-unit
-    term is fitted only when that count varies among the points.
+    term is fitted only when at least ``MIN_REMOVAL_POINTS`` points remove
+    units (one or two points set it to whatever their noise says: on
+    ResNet-20, 2026-12-02, one point made it +0.034 ms per unit, a block's
+    removal as dear as its units, and `gator` found no configuration under
+    0.38x of the base).
 
     Least squares weighted by 1/measured: the pruner's budgets sit at
     0.3x–0.7x of the full model, and an absolute fit lets the full-width
@@ -54,7 +59,8 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     n = np.zeros(len(x)) if removed_units is None else np.asarray(removed_units, dtype=float)
     if len(x) == 0:
         return Calibration()
-    columns = [x, np.ones(len(x))] + ([n] if np.ptp(n) > 0 and len(x) >= 4 else [])
+    removal_term = int((n > 0).sum()) >= MIN_REMOVAL_POINTS and np.ptp(n) > 0 and len(x) >= 4
+    columns = [x, np.ones(len(x))] + ([n] if removal_term else [])
     design = np.stack(columns, axis=1)
     if len(x) == 1 or np.ptp(x) < 1e-9:
         coef = np.array([1.0, float(np.mean(y - x)), 0.0])
