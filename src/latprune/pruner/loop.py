@@ -164,6 +164,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                 # the narrower budget is out of reach: the previous attempt's run stands, and says it missed
                 attempts.append({"attempt": len(attempts) + 1, "budget_ms": attempt_budget_ms, "error": str(exc)})
                 _say(config, f"attempt {len(attempts)} failed ({exc}); keeping attempt {len(attempts) - 1}'s model")
+                predictor = kept_predictor  # metrics report the calibration that chose the kept model
                 break
             slim = decision.slim
             _add(timings, "method_s", time.time() - t)
@@ -240,9 +241,9 @@ def prune(config: PruneConfig) -> dict[str, Any]:
             _say(config, f"the export measures {export_ms:.3f} ms against the budget {budget_ms:.3f} ms (its "
                          f"candidate measured {candidate_ms:.3f} ms): pruning again from the base to "
                          f"{attempt_budget_ms:.3f} ms (attempt {len(attempts) + 1} of {config.retries + 1})")
-            calibration_now = predictor.calibration
+            kept_predictor = predictor
             graph = ChannelGraph.build(copy.deepcopy(base_model), spec.input_shape)  # methods train in place
-            predictor = Predictor(lut, graph, calibration_now)
+            predictor = Predictor(lut, graph, kept_predictor.calibration)
     final = final_lat.to_dict()
     base_params, base_macs = params_and_macs(base_model, spec.input_shape)
     params, macs = params_and_macs(slim, spec.input_shape)
