@@ -43,6 +43,27 @@ def test_budget_below_reach_says_what_is_reachable(capsys: pytest.CaptureFixture
     assert not out.exists() and not list(tmp_path.glob(".run*"))
 
 
+def test_prune_warns_of_a_calibration_fitted_by_an_older_rule(capsys: pytest.CaptureFixture[str], model_file: str,
+                                                                fake_lut: str, tmp_path: Path) -> None:
+    import shutil
+
+    from latprune.latency_lut.store import Lut
+
+    old = tmp_path / "old.lut"
+    shutil.copy(fake_lut, old)
+    with Lut.open(old, writable=True) as lut:
+        (signature,) = [s for s in lut.calibrations()]
+        lut.set_calibration(signature, lut.calibration(signature) | {"fit": "relative"})
+    argv = ["prune", model_file, "--input", "1x1x28x28", "--lut", str(old), "--budget", "0.0001ms", "--method", "halp",
+            "--importance", "l1", "--epochs", "0", "-o", str(tmp_path / "run"), *FAKE]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fitted by an older rule; `latprune profile" in err and "smallest reachable latency" in err
+    assert main([*argv[:5], fake_lut, *argv[6:]]) == 2
+    err = capsys.readouterr().err
+    assert "smallest reachable latency" in err and "older rule" not in err  # a current calibration: no warning
+
+
 def test_lut_from_another_backend(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
                                   tmp_path: Path) -> None:
     _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.5x",

@@ -184,6 +184,25 @@ def test_random_configs_span_the_range() -> None:
     assert configs == random_configs(options, 40, seed=3)
 
 
+def test_calibration_configs_remove_blocks_at_several_shares() -> None:
+    from latprune.latency_lut.calibrate import MIN_REMOVAL_POINTS, calibration_configs, removal_configs
+
+    # groups 0-5 are the inner groups of removable blocks (0 first), 6 and 7 are not removable
+    options = {g: [0, 8, 16, 24, 32] for g in range(6)} | {6: [16, 32, 48, 64], 7: [8, 16]}
+    configs = calibration_configs(options, 12)
+    assert len(configs) == 12 and all(c[g] in options[g] for c in configs for g in options)
+    assert configs[0] == {g: opts[-1] for g, opts in options.items()}  # full width first
+    removing = configs[4:4 + MIN_REMOVAL_POINTS]
+    counts = [sum(c[g] == 0 for g in range(6)) for c in removing]
+    assert counts == sorted(counts) and len(set(counts)) == MIN_REMOVAL_POINTS and min(counts) >= 1
+    # the kept groups' level does not simply follow the number of removed blocks
+    assert len({c[6] for c in removing}) == MIN_REMOVAL_POINTS and removing[-1][6] != min(c[6] for c in removing)
+    assert all(c[6] > 0 and c[7] > 0 for c in configs)  # a group that cannot be removed never is
+    assert removal_configs({6: [16, 32], 7: [8, 16]}, 3) == []  # nothing removable: nothing to add
+    assert calibration_configs(options, 12, removals=0)[4:] != removing  # the old rule, for comparison
+    assert configs == calibration_configs(options, 12)  # seeded
+
+
 def test_cli_fidelity_and_plots(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
                                 tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")

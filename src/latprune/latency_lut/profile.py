@@ -350,3 +350,11 @@ def load_calibration(lut: Lut, signature: str) -> tuple[Calibration, Grid] | Non
     cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], len(stored.get("points", [])),
                       stored.get("removed_unit_ms", 0.0))
     return cal, _grid_of(stored)
+
+
+def calibration_is_current(lut: Lut, signature: str) -> bool:
+    """Whether the model's stored calibration was fitted by today's rule
+    (:data:`~latprune.latency_lut.calibrate.FIT_METHOD`); the next ``profile``
+    fits one that is not again, from new whole-model measurements."""
+    stored = lut.calibration(signature)
+    return stored is not None and stored.get("fit") == FIT_METHOD

@@ -26,8 +26,8 @@ from latprune.budget import parse_budget
 from latprune.errors import BudgetError, LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import (DEFAULT_LEVELS, grid_keys, load_calibration, measure_beside_anchor,
-                                          measure_settled, open_for_backend, run_calibration)
+from latprune.latency_lut.profile import (DEFAULT_LEVELS, calibration_is_current, grid_keys, load_calibration,
+                                          measure_beside_anchor, measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
 from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, GATE_SIGNALS, IMPORTANCES
 from latprune.pruner.graph import ChannelGraph, Grid
@@ -131,8 +131,12 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                            f"add them with `latprune profile {config.model} -o {config.lut}`")
         if stored:
             predictor.calibration = stored[0]
+            if not calibration_is_current(lut, graph.signature()):
+                _say(config, f"warning: {config.lut}'s calibration for this model was fitted by an older rule; "
+                             f"`latprune profile {config.model} -o {config.lut}` fits it again (whole-model "
+                             "measurements only, the units are kept)")
         else:
-            predictor.calibration, _ = run_calibration(graph, lut, backend, grid, 6, config.progress)
+            predictor.calibration, _ = run_calibration(graph, lut, backend, grid, 8, config.progress)
         calibration = predictor.calibration
         timings["setup_s"] = time.time() - t0
 
