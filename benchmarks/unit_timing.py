@@ -99,7 +99,8 @@ def compare(name: str, backend, passes: int, samples: int) -> dict:  # type: ign
             for mode, lat in lats.items():  # commit as measured: a killed run resumes
                 keep_faster(luts[mode], key, lat, passes=p)
     units_s = time.time() - start
-    cal_configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), 12)
+    # removals=0: the configurations of its documented run (session 7), before the removing ones of session 20
+    cal_configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), 12, removals=0)
     test_configs = random_configs(graph.options(grid), samples, 1234)
     start = time.time()
     paired = measure_paired(graph, backend, cal_configs + test_configs, desc=f"{name} models")

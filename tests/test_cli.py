@@ -58,10 +58,20 @@ def test_prune_warns_of_a_calibration_fitted_by_an_older_rule(capsys: pytest.Cap
             "--importance", "l1", "--epochs", "0", "-o", str(tmp_path / "run"), *FAKE]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "fitted by an older rule; `latprune profile" in err and "smallest reachable latency" in err
+    assert "fitted by an older rule (relative); `latprune profile" in err and "smallest reachable latency" in err
+    assert main([*argv, "--json"]) == 2 and "older rule" in capsys.readouterr().err  # not a progress message
     assert main([*argv[:5], fake_lut, *argv[6:]]) == 2
     err = capsys.readouterr().err
     assert "smallest reachable latency" in err and "older rule" not in err  # a current calibration: no warning
+
+
+def test_profile_warns_of_too_few_calibration_samples_for_block_removal(capsys: pytest.CaptureFixture[str],
+                                                                        model_file: str, tmp_path: Path) -> None:
+    argv = ["profile", model_file, "--input", "1x1x28x28", "--levels", "2", "--passes", "1", *FAKE]
+    assert main([*argv, "-o", str(tmp_path / "a.lut"), "--calibration-samples", "6"]) == 0
+    assert "cannot fit what a removed block costs" in capsys.readouterr().err
+    assert main([*argv, "-o", str(tmp_path / "b.lut"), "--calibration-samples", "7"]) == 0
+    assert "removed block" not in capsys.readouterr().err
 
 
 def test_lut_from_another_backend(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,

@@ -196,6 +196,25 @@ def test_calibration_fits_relative_errors_and_drops_a_slow_spell() -> None:
     # one or two points that remove blocks do not make the term: it would only absorb their noise
     few = [0, 0, 0, 0, 4, 0, 0, 6]
     assert fit(raw, [0.9 * r + 0.1 + 0.9 * 0.01 * k for r, k in zip(raw, few)], few).removed_unit_ms == 0.0
+    # nor when three do, but trimming drops one of them (measured in a slow spell)
+    three = [0, 0, 2, 0, 4, 0, 6, 0]
+    slow = [0.9 * r + 0.1 + 0.9 * 0.01 * k for r, k in zip(raw, three)]
+    assert fit(raw, slow, three).removed_unit_ms == pytest.approx(0.01)
+    slow[4] *= 1.25
+    assert fit(raw, slow, three).removed_unit_ms == 0.0 and fit(raw, slow, three) == fit(raw, slow, None)
+
+
+def test_profile_calibrates_on_configurations_that_remove_blocks(tmp_path: Path) -> None:
+    from latprune.latency_lut.calibrate import MIN_REMOVAL_POINTS
+
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    assert len([g for g, opts in graph.options(Grid(4, 1), blocks=True).items() if opts[0] == 0]) >= 2
+    report = build_lut(graph, tmp_path / "r.lut", get_backend("fake", threads=1), levels=4, progress=False)
+    with Lut.open(tmp_path / "r.lut") as lut:
+        points = lut.calibration(graph.signature())["points"]
+    removing = [p["removed_units"] for p in points if p["removed_units"] > 0]
+    assert len(points) == 12 and len(removing) >= MIN_REMOVAL_POINTS and len(set(removing)) >= 2
+    assert report.calibration["removed_unit_ms"] == pytest.approx(0.0, abs=1e-9)  # the fake backend has no such cost
 
 
 def test_a_calibration_fitted_another_way_is_measured_again(tmp_path: Path) -> None:
@@ -209,6 +228,15 @@ def test_a_calibration_fitted_another_way_is_measured_again(tmp_path: Path) -> N
     report = build_lut(graph, path, backend, levels=4, progress=False)
     assert report.measured == 0 and report.calibration["scale"] == pytest.approx(1.1, rel=1e-6)
     assert report.calibration["fit"] == FIT_METHOD
+
+
+def test_a_model_without_blocks_keeps_its_calibration_from_before_the_removal_rule() -> None:
+    from latprune.latency_lut.profile import fit_is_current
+
+    before = FIT_METHOD.removesuffix("-removals")
+    assert before != FIT_METHOD and fit_is_current(FIT_METHOD, True) and fit_is_current(FIT_METHOD, False)
+    assert fit_is_current(before, has_blocks=False)  # its configurations are the same under both rules
+    assert not fit_is_current(before, has_blocks=True) and not fit_is_current(None, False)
 
 
 def test_missing_measurement_is_an_error_not_a_zero(tmp_path: Path) -> None:

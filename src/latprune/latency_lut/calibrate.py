@@ -32,7 +32,7 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     ``raw_ms`` are the LUT sums of the kept units and ``removed_units`` how
     many units each configuration's removed blocks took away; the per-unit
     term is fitted only when at least ``MIN_REMOVAL_POINTS`` points remove
-    units (one or two points set it to whatever their noise says: on
+    units, after the trimming below (one or two points set it to whatever their noise says: on
     ResNet-20, 2026-12-02, one point made it +0.034 ms per unit, a block's
     removal as dear as its units, and `gator` found no configuration under
     0.38x of the base).
@@ -72,6 +72,8 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
         mad = float(np.median(np.abs(err - np.median(err))))
         outliers = (err > OUTLIER_PCT) & (err > np.median(err) + 3 * mad)
         if outliers.any() and (~outliers).sum() > design.shape[1]:
+            if removal_term and int(((n > 0) & ~outliers).sum()) < MIN_REMOVAL_POINTS:
+                return fit(raw_ms, measured_ms, None)  # the trim left too few removal points for the term
             coef = _relative_lstsq(design, y, ~outliers)
         if len(coef) > 2 and coef[2] < 0:  # a negative per-removed-unit term: refit without it
             return fit(raw_ms, measured_ms, None)
@@ -98,7 +100,9 @@ def calibration_configs(sizes: dict[int, list[int]], samples: int, seed: int = 0
     solutions (see :func:`random_configs`).
 
     ``sizes[g]`` is the sorted list of width options of group ``g`` (0 first where
-    the group's block may be removed)."""
+    the group's block may be removed). Fewer than ``4 + removals`` samples cut the
+    removing configurations short, and with fewer than ``MIN_REMOVAL_POINTS`` of
+    them :func:`fit` leaves the per-removed-unit term out (``profile`` warns)."""
     widths = {g: [w for w in opts if w > 0] for g, opts in sizes.items()}
     configs: list[dict[int, int]] = [{g: opts[-1] for g, opts in widths.items()}]
     for frac in (0.25, 0.5, 0.75):

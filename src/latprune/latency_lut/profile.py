@@ -204,7 +204,8 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,
                                 "align": grid.align, "model": model_name, "note": "shard: calibrate after `latprune lut merge`"}
-        elif stored is None or _grid_of(stored) != grid or stored.get("fit") != FIT_METHOD or recalibrate:
+        elif stored is None or _grid_of(stored) != grid or not fit_is_current(stored.get("fit"), bool(graph.blocks)) \
+                or recalibrate:
             cal, points = run_calibration(graph, lut, backend, grid, calibration_samples, progress)
             stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name,
                       "fit": FIT_METHOD, "points": points}
@@ -325,8 +326,9 @@ def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid,
                     progress: bool = True) -> tuple[Calibration, list[dict[str, float]]]:
     """Measure ``samples`` whole-model width configurations and fit the correction.
 
-    Where the model has removable blocks, the random configurations remove
-    some of them too (the pruner's knapsack may)."""
+    Where the model has removable blocks, three configurations remove a
+    quarter, a half and three quarters of them, and the random ones may too
+    (the pruner's knapsack does; see :func:`~latprune.latency_lut.calibrate.calibration_configs`)."""
     predictor = Predictor(lut, graph)
     configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), samples)
     measured = measure_widths(graph, backend, configs, desc="calibrate", progress=progress)
@@ -352,9 +354,10 @@ def load_calibration(lut: Lut, signature: str) -> tuple[Calibration, Grid] | Non
     return cal, _grid_of(stored)
 
 
-def calibration_is_current(lut: Lut, signature: str) -> bool:
-    """Whether the model's stored calibration was fitted by today's rule
+def fit_is_current(fit_method: str | None, has_blocks: bool) -> bool:
+    """Whether a calibration stored with ``fit_method`` was fitted by today's rule
     (:data:`~latprune.latency_lut.calibrate.FIT_METHOD`); the next ``profile``
-    fits one that is not again, from new whole-model measurements."""
-    stored = lut.calibration(signature)
-    return stored is not None and stored.get("fit") == FIT_METHOD
+    fits one that is not again, from new whole-model measurements. A model
+    without removable blocks measures the same configurations under the rule
+    before ``-removals``, so that one is current for it too."""
+    return fit_method == FIT_METHOD or (not has_blocks and fit_method == FIT_METHOD.removesuffix("-removals"))

@@ -26,7 +26,7 @@ from latprune.budget import parse_budget
 from latprune.errors import BudgetError, LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import (DEFAULT_LEVELS, calibration_is_current, grid_keys, load_calibration,
+from latprune.latency_lut.profile import (DEFAULT_LEVELS, fit_is_current, grid_keys, load_calibration,
                                           measure_beside_anchor, measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
 from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, GATE_SIGNALS, IMPORTANCES
@@ -129,12 +129,13 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         if missing:
             raise LutError(f"the LUT {config.lut} lacks {len(missing)} of this model's unit measurements; "
                            f"add them with `latprune profile {config.model} -o {config.lut}`")
+        calibration_fit = (lut.calibration(graph.signature()) or {}).get("fit") if stored else "prune"
         if stored:
             predictor.calibration = stored[0]
-            if not calibration_is_current(lut, graph.signature()):
-                _say(config, f"warning: {config.lut}'s calibration for this model was fitted by an older rule; "
-                             f"`latprune profile {config.model} -o {config.lut}` fits it again (whole-model "
-                             "measurements only, the units are kept)")
+            if not fit_is_current(calibration_fit, bool(graph.blocks)):  # a warning, with or without --json
+                print(f"latprune: warning: {config.lut}'s calibration for this model was fitted by an older "
+                      f"rule ({calibration_fit or 'unnamed'}); `latprune profile {config.model} -o {config.lut}` "
+                      "fits it again (whole-model measurements only, the units are kept)", file=sys.stderr, flush=True)
         else:
             predictor.calibration, _ = run_calibration(graph, lut, backend, grid, 8, config.progress)
         calibration = predictor.calibration
@@ -269,7 +270,8 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         "budget_met": budget_met,
         "speedup_measured": speedup,
         "macs_ratio": macs / base_macs,
-        "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration),
+        "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration), "fit": calibration_fit,
+                        "fit_current": fit_is_current(calibration_fit, bool(graph.blocks)),
                         "lut_predicted_base_ms": lut_base_ms, "drift_since_profile": drift},
         "closed_loop": decision.history,
         "attempts": attempts,
