@@ -310,19 +310,21 @@ def test_a_relative_budget_is_checked_against_the_base_beside_each_candidate(
     assert widths[0] == widths[1]
 
 
-def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, factor: float) -> list[int]:
-    """The device measures the first fine-tuned export ``factor`` times slower than
+def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, *factors: float) -> list[int]:
+    """The device measures the first fine-tuned export ``factors[0]`` times slower than
     the closed loop measured the same network a moment before (noise the margin did
-    not cover); the base beside it, and everything after, are measured as they are."""
+    not cover), its second measurement ``factors[1]`` times (default: the same), and
+    so on; the base beside it, and everything after, are measured as they are."""
     from latprune.pruner import loop
 
+    factors = factors + (factors[0],) if len(factors) == 1 else factors
     real = loop.measure_beside_anchor
     calls: list[int] = []
 
     def measure(base, candidate, anchor_ms, tolerance, *rest):  # noqa: ANN001, ANN202
         calls.append(1)
-        if len(calls) == 1:
-            steady = candidate
+        if len(calls) <= len(factors):
+            steady, factor = candidate, factors[len(calls) - 1]
 
             def candidate():  # noqa: ANN202
                 lat = steady()
@@ -331,6 +333,25 @@ def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, factor: float) -> list
 
     monkeypatch.setattr(loop, "measure_beside_anchor", measure)
     return calls
+
+
+def test_an_export_measured_slow_once_is_measured_again_and_not_pruned_again(
+        capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing export is measured a second time and judged on the mean of the two,
+    as the closed loop judges a candidate: one slow measurement makes no retry."""
+    calls = _first_export_slowed(monkeypatch, 1.3, 0.7)
+    out = tmp_path / "r"
+    assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
+                 "--method", "uniform-l1", "--data", "digits", "--epochs", "0", *FAKE]) == 0
+    assert "pruning again" not in capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    (only,) = m["attempts"]
+    first, second = only["export_measurements_ms"]
+    assert len(calls) == 2 and first > m["budget"]["ms"] and first / second == pytest.approx(1.3 / 0.7, rel=1e-3)
+    assert only["export_ms"] == pytest.approx((first + second) / 2)
+    assert only["export_ms"] <= m["budget"]["ms"] and m["budget_met"]
+    assert m["speedup_measured"] == pytest.approx(m["base"]["latency_ms"]["median_ms"] / only["export_ms"])
 
 
 @pytest.mark.parametrize("method", ["uniform-l1", "gator"])
@@ -347,7 +368,8 @@ def test_an_export_that_misses_is_pruned_again_narrower(capsys: pytest.CaptureFi
                  "--importance-batches", "2", "--batch-size", "32", *FAKE]) == 0
     assert "pruning again from the base" in capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
-    assert len(calls) == 2 and [a["budget_met"] for a in m["attempts"]] == [False, True] and m["budget_met"]
+    assert len(calls) == 3 and [a["budget_met"] for a in m["attempts"]] == [False, True] and m["budget_met"]
+    assert [len(a["export_measurements_ms"]) for a in m["attempts"]] == [2, 1]  # a miss is measured twice
     first, second = m["attempts"]
     assert first["export_ms"] == pytest.approx(1.15 * first["candidate_ms"], rel=1e-3)
     assert second["budget_ms"] == pytest.approx(first["budget_ms"] * first["candidate_ms"] / first["export_ms"],

@@ -214,26 +214,33 @@ def prune(config: PruneConfig) -> dict[str, Any]:
 
             # The export, and (a relative budget) the base beside it: the budget is a fraction of the base as
             # it runs now.
-            base_beside_ms: float | None = None
-            budget_beside_ms: float | None = None
-            if budget.relative:
-                base_now, final_lat = measure_beside_anchor(
-                    lambda: backend.measure_model(base_model, spec.input_shape), measure_export,
-                    base_latency["median_ms"], config.margin)
-                base_beside_ms, budget_beside_ms = base_now.median_ms, budget.resolve(base_now.median_ms)
-                budget_met = final_lat.median_ms <= budget_beside_ms
-                speedup = base_now.median_ms / final_lat.median_ms
-                # the export on the scale of the base measured at the start, as the closed loop reports candidates
-                export_ms = base_latency["median_ms"] * final_lat.median_ms / base_now.median_ms
-            else:
-                final_lat = measure_settled(measure_export)
-                budget_met = final_lat.median_ms <= budget_ms
-                speedup = base_latency["median_ms"] / final_lat.median_ms
-                export_ms = final_lat.median_ms
+            def measure_final() -> tuple[float, Latency, float | None]:
+                """The export on the scale of the base measured at the start (as the closed loop reports
+                candidates), its latency, and the base measured beside it (a relative budget)."""
+                if not budget.relative:
+                    lat = measure_settled(measure_export)
+                    return lat.median_ms, lat, None
+                base_now, lat = measure_beside_anchor(lambda: backend.measure_model(base_model, spec.input_shape),
+                                                      measure_export, base_latency["median_ms"], config.margin)
+                return base_latency["median_ms"] * lat.median_ms / base_now.median_ms, lat, base_now.median_ms
+
+            export_ms, final_lat, base_beside_ms = measure_final()
+            export_checks = [export_ms]
+            if export_ms > budget_ms and config.method != "flops":
+                # One measurement does not make a miss: measure again and judge the mean, as the closed loop
+                # judges a candidate (ResNet-56, 2026-12-02: two exports measured 25% and 31% above their
+                # candidates, and were pruned again, narrower, at a cost of 0.3 and 1.2 points).
+                second_ms, final_lat, base_beside_ms = measure_final()
+                export_checks.append(second_ms)
+                export_ms = sum(export_checks) / len(export_checks)
+            budget_met = export_ms <= budget_ms
+            speedup = base_latency["median_ms"] / export_ms
+            budget_beside_ms = budget.resolve(base_beside_ms) if base_beside_ms is not None else None
             _add(timings, "export_measure_s", time.time() - t)
             attempts.append({"attempt": len(attempts) + 1, "budget_ms": attempt_budget_ms,
                              "target_ms": ctx.target_ms, "candidate_ms": decision.measured_ms,
-                             "export_ms": export_ms, "export_median_ms": final_lat.median_ms,
+                             "export_ms": export_ms, "export_measurements_ms": export_checks,
+                             "export_median_ms": final_lat.median_ms,
                              "base_beside_ms": base_beside_ms, "budget_met": budget_met, "accuracy": pruned_acc,
                              "predicted_ms": decision.predicted_ms})
             if budget_met or len(attempts) > config.retries or config.method == "flops":
