@@ -62,6 +62,11 @@ def pruner_like_configs(options: dict[int, list[int]], n: int, seed: int = 1234)
     return configs
 
 
+def config_key(widths: dict[int, int]) -> tuple[int, ...]:
+    """A width configuration as a hashable key (widths in group order)."""
+    return tuple(widths[g] for g in sorted(widths))
+
+
 def score(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     err = (predicted / measured - 1) * 100
     return {"median_abs_pct": float(np.median(np.abs(err))), "mean_pct": float(np.mean(err)),
@@ -106,10 +111,10 @@ def main() -> None:
         sets = {"random": calibration_configs(options, args.cal_samples, removals=0),
                 "removals": calibration_configs(options, args.cal_samples),
                 "test": pruner_like_configs(options, args.samples)}
-        unique: dict[tuple[int, ...], dict[int, int]] = {}
+        unique: dict[tuple[int, ...], dict[int, int]] = {}  # configurations shared by the sets are measured once
         for configs in sets.values():
             for w in configs:
-                unique.setdefault(tuple(w[g] for g in sorted(w)), w)
+                unique.setdefault(config_key(w), w)
         keys = list(unique)
         start = time.time()
         pairs = measure_widths_beside(graph, backend, [unique[k] for k in keys], graph.full_widths(),
@@ -123,7 +128,7 @@ def main() -> None:
     def points(name: str) -> list[dict[str, Any]]:
         out = []
         for w in sets[name]:
-            k = tuple(w[g] for g in sorted(w))
+            k = config_key(w)
             out.append({"raw_ms": raw[k], "removed_units": removed[k], "measured_ms": by_key[k][0],
                         "full_beside_ms": by_key[k][1], "removed_blocks": len(graph.removed_blocks(w))})
         return out

@@ -352,6 +352,9 @@ def test_an_export_measured_slow_once_is_measured_again_and_not_pruned_again(
     assert only["export_ms"] == pytest.approx((first + second) / 2)
     assert only["export_ms"] <= m["budget"]["ms"] and m["budget_met"]
     assert m["speedup_measured"] == pytest.approx(m["base"]["latency_ms"]["median_ms"] / only["export_ms"])
+    from latprune.latency_lut.calibrate import FIT_METHOD
+
+    assert m["calibration"]["fit"] == FIT_METHOD and m["calibration"]["fit_current"]  # the fixture's LUT is current
 
 
 @pytest.mark.parametrize("method", ["uniform-l1", "gator"])

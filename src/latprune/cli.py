@@ -182,11 +182,11 @@ def cmd_profile(args: argparse.Namespace) -> None:
     shard = _parse_shard(args.shard)
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
-    from latprune.latency_lut.calibrate import MIN_REMOVAL_POINTS
+    from latprune.latency_lut.calibrate import MIN_SAMPLES_FOR_REMOVALS
 
-    if graph.blocks and args.calibration_samples < 4 + MIN_REMOVAL_POINTS and shard == (1, 1):
+    if graph.blocks and args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
         print(f"latprune: warning: --calibration-samples {args.calibration_samples} leaves out configurations that "
-              f"remove residual blocks; with fewer than {4 + MIN_REMOVAL_POINTS} the calibration cannot fit what a "
+              f"remove residual blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what a "
               "removed block costs (the default is 12)", file=sys.stderr, flush=True)
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name, align=args.align,
                        progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate,

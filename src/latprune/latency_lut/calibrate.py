@@ -24,6 +24,9 @@ from latprune.latency_lut.predict import Calibration
 FIT_METHOD = "relative-trimmed-blocks-aligned-nonneg-min3-removals"
 MIN_REMOVAL_POINTS = 3  # points that remove blocks before the per-removed-unit term is fitted
 OUTLIER_PCT = 8.0   # a point this far (and 3 MADs) off the first fit is dropped from the second
+UNIFORM_LEVELS = (0.25, 0.5, 0.75)  # calibration configurations at one level for every group, after full width
+# the fewest calibration samples that keep every removing configuration (see calibration_configs)
+MIN_SAMPLES_FOR_REMOVALS = 1 + len(UNIFORM_LEVELS) + MIN_REMOVAL_POINTS
 
 
 def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] | None = None) -> Calibration:
@@ -100,12 +103,12 @@ def calibration_configs(sizes: dict[int, list[int]], samples: int, seed: int = 0
     solutions (see :func:`random_configs`).
 
     ``sizes[g]`` is the sorted list of width options of group ``g`` (0 first where
-    the group's block may be removed). Fewer than ``4 + removals`` samples cut the
-    removing configurations short, and with fewer than ``MIN_REMOVAL_POINTS`` of
-    them :func:`fit` leaves the per-removed-unit term out (``profile`` warns)."""
-    widths = {g: [w for w in opts if w > 0] for g, opts in sizes.items()}
+    the group's block may be removed). Fewer than ``MIN_SAMPLES_FOR_REMOVALS`` samples
+    cut the removing configurations short, and with fewer than ``MIN_REMOVAL_POINTS``
+    of them :func:`fit` leaves the per-removed-unit term out (``profile`` warns)."""
+    widths = _kept_options(sizes)
     configs: list[dict[int, int]] = [{g: opts[-1] for g, opts in widths.items()}]
-    for frac in (0.25, 0.5, 0.75):
+    for frac in UNIFORM_LEVELS:
         configs.append({g: opts[min(len(opts) - 1, int(frac * len(opts)))] for g, opts in widths.items()})
     configs += removal_configs(sizes, removals, seed)
     configs += random_configs(sizes, max(0, samples - len(configs)), seed)
@@ -132,15 +135,18 @@ def removal_configs(sizes: dict[int, list[int]], n: int, seed: int = 0) -> list[
     # keeps the others at half width, as the pruner's solutions at 0.3x do (not at a quarter:
     # on ResNet-20 such a point, 12% of the full model, pulled the relative fit's term 7x too high)
     levels = shares[:1] + shares[1:][::-1]
+    kept = _kept_options(sizes)
     configs = []
     for share, level in zip(shares, levels):
         removed = set(rng.sample(removable, max(1, round(share * len(removable)))))
-        widths = {}
-        for g, opts in sizes.items():
-            kept = [w for w in opts if w > 0]
-            widths[g] = 0 if g in removed else kept[min(len(kept) - 1, int(level * len(kept)))]
-        configs.append(widths)
+        configs.append({g: 0 if g in removed else opts[min(len(opts) - 1, int(level * len(opts)))]
+                        for g, opts in kept.items()})
     return configs
+
+
+def _kept_options(sizes: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Each group's width options without the removal (0)."""
+    return {g: [w for w in opts if w > 0] for g, opts in sizes.items()}
 
 
 def random_configs(options: dict[int, list[int]], n: int, seed: int = 1234) -> list[dict[int, int]]:

@@ -25,6 +25,7 @@ import torch
 from latprune.budget import parse_budget
 from latprune.errors import BudgetError, LutError, RunDirError, SpecError
 from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.calibrate import FIT_METHOD
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import (DEFAULT_LEVELS, fit_is_current, grid_keys, load_calibration,
                                           measure_beside_anchor, measure_settled, open_for_backend, run_calibration)
@@ -129,10 +130,12 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         if missing:
             raise LutError(f"the LUT {config.lut} lacks {len(missing)} of this model's unit measurements; "
                            f"add them with `latprune profile {config.model} -o {config.lut}`")
-        calibration_fit = (lut.calibration(graph.signature()) or {}).get("fit") if stored else "prune"
+        # a LUT without a calibration is calibrated here, by today's rule
+        calibration_fit = (lut.calibration(graph.signature()) or {}).get("fit") if stored else FIT_METHOD
+        fit_current = fit_is_current(calibration_fit, bool(graph.blocks))
         if stored:
             predictor.calibration = stored[0]
-            if not fit_is_current(calibration_fit, bool(graph.blocks)):  # a warning, with or without --json
+            if not fit_current:  # a warning, with or without --json
                 print(f"latprune: warning: {config.lut}'s calibration for this model was fitted by an older "
                       f"rule ({calibration_fit or 'unnamed'}); `latprune profile {config.model} -o {config.lut}` "
                       "fits it again (whole-model measurements only, the units are kept)", file=sys.stderr, flush=True)
@@ -278,7 +281,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
         "speedup_measured": speedup,
         "macs_ratio": macs / base_macs,
         "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration), "fit": calibration_fit,
-                        "fit_current": fit_is_current(calibration_fit, bool(graph.blocks)),
+                        "fit_current": fit_current,
                         "lut_predicted_base_ms": lut_base_ms, "drift_since_profile": drift},
         "closed_loop": decision.history,
         "attempts": attempts,
