@@ -45,8 +45,8 @@ def test_run_directory_is_complete_and_meets_budget(fake_run: Path) -> None:
     assert all(len(h["measurements_ms"]) == (2 if h["measurements_ms"][0] <= h["target_ms"] else 1)
                and h["measured_ms"] == pytest.approx(sum(h["measurements_ms"]) / len(h["measurements_ms"]))
                for h in m["closed_loop"])
-    # no --method: the default is halp, the most accurate method of the accuracy benchmark (BENCHMARKS.md)
-    assert m["method"] == "halp" and m["config"]["method"] == "halp" and "rounds" in m["method_details"]
+    # no --method: the default is gator, gates trained with the LUT latency loss (BENCHMARKS.md)
+    assert m["method"] == "gator" and m["config"]["method"] == "gator" and m["method_details"]["gates"]["steps"] > 0
 
 
 def test_a_lucky_measurement_alone_does_not_accept_a_candidate() -> None:

@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, fractions allowed (0: none)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--method", default="halp",
-                   help="halp (default: iterative Taylor + latency knapsack), gator (gates + LUT latency "
-                        "loss + knapsack), taylor, uniform-l1 and flops (baselines)")
+    p.add_argument("--method", default="gator",
+                   help="gator (default: gates trained with the LUT latency loss + knapsack), halp (iterative "
+                        "Taylor + latency knapsack, no gate training), taylor, uniform-l1 and flops (baselines)")
     p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
     p.add_argument("--gate-init", default="open", choices=GATE_INITS,
                    help="gator: start every gate open (default), or start the channels the knapsack on the "
