@@ -86,7 +86,8 @@ def main() -> None:
             "fidelity_seconds": report["seconds"], "slow_probes": report["slow_probes"],
             "probes": len(report["probe_trace"]), "probe_trace": report["probe_trace"],
             "points": report["points"], "plot": str(png.relative_to(HERE)),
-            "fingerprint": report["fingerprint"],
+            "fingerprint": report["fingerprint"], "spread_pct": report["spread_pct"],
+            "profile_warnings": profile.warnings,
         }
         atomic_write_json(results_path, results)
         s, a, r = report["stored"], report["anchored"], report["refit"]
@@ -96,7 +97,8 @@ def main() -> None:
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
               f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; {refit}{beside}"
-              f"slow-machine probes {report['slow_probes']} of {len(report['probe_trace'])}")
+              f"slow-machine probes {report['slow_probes']} of {len(report['probe_trace'])}; "
+              f"measurements' p10-p90 spread {report['spread_pct']:.1f}%")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,68 @@ def test_fidelity_beside_the_full_model_cancels_the_drift(tmp_path: Path) -> Non
     assert "beside (full model measured before each)" in fidelity_text(report.to_dict())
 
 
+class NoisyBackend(FakeBackend):
+    """The fake device on a noisy machine: each configuration comes out 0-60% slow, by a
+    factor fixed per configuration (every pass agrees), and its runs scatter by ±20%."""
+
+    def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+        ms = super().measure_model(model, input_shape).median_ms
+        ms *= 1 + 0.6 * (round(ms * 1e5) % 5) / 4
+        return Latency(ms, 0.8 * ms, 1.2 * ms, 50)
+
+
+def test_a_calibration_measured_on_a_noisy_machine_is_flagged(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A calibration whose points scatter off its fit warns in the profile and in `lut show`
+    (and names the re-profile that measures it again); a quiet one says nothing."""
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    report = build_lut(graph, tmp_path / "n.lut", NoisyBackend(), levels=4, progress=False, passes=1,
+                       model_name="tiny")
+    assert report.calibration["residual_pct"] > 5.0
+    assert len(report.warnings) == 1
+    assert "--recalibrate" in report.warnings[0] and f"-o {tmp_path / 'n.lut'}" in report.warnings[0]
+    assert "spans 40% of its median" in report.warnings[0]
+    with Lut.open(tmp_path / "n.lut") as lut:
+        stored = lut.calibration(graph.signature())
+    assert stored["spread_pct"] == pytest.approx(40.0) and all("p90_ms" in p for p in stored["points"])
+    # profiling again reuses the calibration and still warns
+    assert build_lut(graph, tmp_path / "n.lut", NoisyBackend(), levels=4, progress=False, passes=1).warnings
+    assert main(["lut", "show", str(tmp_path / "n.lut")]) == 0
+    assert "measured on a noisy machine" in capsys.readouterr().out
+
+    quiet = build_lut(graph, tmp_path / "q.lut", FakeBackend(), levels=4, progress=False, passes=1)
+    assert quiet.warnings == [] and quiet.calibration["spread_pct"] == 0.0
+    assert main(["lut", "show", str(tmp_path / "q.lut")]) == 0
+    assert "noisy" not in capsys.readouterr().out
+
+
+def test_fidelity_reports_the_scatter_of_its_measurements(tmp_path: Path) -> None:
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    build_lut(graph, tmp_path / "f.lut", FakeBackend(), levels=4, progress=False, passes=1)
+    with Lut.open(tmp_path / "f.lut") as lut:
+        noisy = fidelity(graph, lut, NoisyBackend(), samples=6, progress=False)
+        quiet = fidelity(graph, lut, FakeBackend(), samples=6, progress=False)
+    assert noisy.spread_pct == pytest.approx(40.0) and quiet.spread_pct == 0.0
+    assert "the measurements themselves scatter" in fidelity_text(noisy.to_dict())
+    assert "scatter" not in fidelity_text(quiet.to_dict())
+
+
+def test_noise_thresholds_leave_a_shard_and_missing_percentiles_alone() -> None:
+    from latprune.latency_lut.calibrate import noise_warning
+    from latprune.latency_lut.predict import Calibration
+    from latprune.latency_lut.profile import points_spread_pct
+    from latprune.latency_lut.timing import median_spread_pct
+
+    assert noise_warning(Calibration(residual_pct=float("nan")), float("nan"), "p") is None  # a shard's placeholder
+    assert noise_warning(Calibration(residual_pct=4.9), 14.9, "p") is None
+    text = noise_warning(Calibration(residual_pct=7.0, points=12), float("nan"), "latprune profile m -o x.lut")
+    assert text is not None and "12 whole-model measurements lie 7.0%" in text and "spans" not in text
+    assert "`latprune profile m -o x.lut --recalibrate`" in text
+    scattered = noise_warning(Calibration(residual_pct=2.0, points=12), 20.0, "p")  # fits, but every point scatters
+    assert scattered is not None and "spans 20% of its median" in scattered and "off its fit" not in scattered
+    assert np.isnan(median_spread_pct([])) and np.isnan(points_spread_pct([{"raw_ms": 1.0, "measured_ms": 1.0}]))
+
+
 def test_refit_predicts_each_point_without_it() -> None:
     raw = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     line = [0.9 * r + 0.1 for r in raw]

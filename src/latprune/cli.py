@@ -191,6 +191,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name, align=args.align,
                        progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate,
                        refine=args.refine)
+    for line in report.warnings:
+        print(f"latprune: warning: {line}", file=sys.stderr, flush=True)
     from latprune.report import profile_text
 
     _print(args, report.to_dict(), profile_text)
@@ -291,8 +293,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from latprune.demo import run_demo
     from latprune.report import demo_text
 
-    _print(args, run_demo(Path(args.out), args.budget, args.epochs, args.threads, progress=not args.json),
-           demo_text)
+    result = run_demo(Path(args.out), args.budget, args.epochs, args.threads, progress=not args.json)
+    for line in result["profile"]["warnings"]:
+        print(f"latprune: warning: {line}", file=sys.stderr, flush=True)
+    _print(args, result, demo_text)
 
 
 def cmd_lut(args: argparse.Namespace) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT
 
 STALE_CALIBRATION_GAP = 0.05  # refit's share within ±10% this much above stored's: advise re-calibrating
 
@@ -149,6 +152,12 @@ def fidelity_text(r: dict[str, Any]) -> str:
                      f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: "
                      f"{100 * r['stored']['within_10_pct']:.0f}%); `latprune profile MODEL -o {r.get('lut', 'LUT')} "
                      "--recalibrate` (with this run's --backend, --threads and --input) fits it again")
+    spread = r.get("spread_pct", float("nan"))
+    if spread > NOISY_SPREAD_PCT:
+        lines.append(f"\nthe measurements themselves scatter: a configuration's p10-p90 spans {spread:.0f}% of its "
+                     f"median (the median over configurations), above the {NOISY_SPREAD_PCT:.0f}% where LUTs have "
+                     "been scored within ±10% (BENCHMARKS.md): these errors are the machine's noise as much as the "
+                     "LUT's; measure again when the machine is quiet")
     if r.get("slow_probes"):
         lines.append(f"\nthe machine ran slower than usual at {r['slow_probes']} of {len(r.get('probe_trace', []))} "
                      "speed probes: those measurements were waited for or repeated")
@@ -170,8 +179,13 @@ def lut_text(r: dict[str, Any]) -> str:
                           for k, v in rules.items() if isinstance(v, dict))
         lines.append(f"fusion rules measured: {found}")
     for sig, c in r["calibrations"].items():
+        spread = c.get("spread_pct", float("nan"))  # calibrations fitted before session 22 lack it
+        noisy = (f", measured on a noisy machine (residual above {NOISY_RESIDUAL_PCT:.0f}% or p10-p90 spread above "
+                 f"{NOISY_SPREAD_PCT:.0f}%): profile it again with --recalibrate when the machine is quiet"
+                 if c["residual_pct"] > NOISY_RESIDUAL_PCT or spread > NOISY_SPREAD_PCT else "")
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
-                     f"residual {c['residual_pct']:.1f}%, {c.get('levels')} levels aligned to {c.get('align', 1)}")
+                     f"residual {c['residual_pct']:.1f}%" + ("" if math.isnan(spread) else f", spread {spread:.0f}%")
+                     + f", {c.get('levels')} levels aligned to {c.get('align', 1)}{noisy}")
     for sig, stairs in (r.get("staircases") or {}).items():
         lines += [f"{sig}: {line}" if i == 0 else line for i, line in enumerate(staircase_lines(stairs))]
     if r["shown"]:

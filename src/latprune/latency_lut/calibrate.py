@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from latprune.latency_lut.predict import Calibration
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT
 
 
 # Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
@@ -163,3 +164,23 @@ def random_configs(options: dict[int, list[int]], n: int, seed: int = 1234) -> l
             widths[g] = opts[min(max(i, 0), len(opts) - 1)]
         configs.append(widths)
     return configs
+
+
+def noise_warning(cal: Calibration, spread_pct: float, command: str) -> str | None:
+    """A warning for a calibration measured on a noisy machine, or None: its median
+    residual is above ``NOISY_RESIDUAL_PCT``, or its points' median p10-p90 spread
+    (``spread_pct``; NaN when unknown) above ``NOISY_SPREAD_PCT``. ``command`` is
+    the profile to run again."""
+    found = []
+    if cal.residual_pct > NOISY_RESIDUAL_PCT:  # NaN (a shard's placeholder) is not
+        found.append(f"lie {cal.residual_pct:.1f}% (median) off its fit, above the {NOISY_RESIDUAL_PCT:.0f}% "
+                     "that a quiet machine stays under")
+    if spread_pct > NOISY_SPREAD_PCT:
+        found.append(f"{'and ' if found else ''}each one's p10-p90 spans {spread_pct:.0f}% of its median, above "
+                     f"the {NOISY_SPREAD_PCT:.0f}% of a quiet machine")
+    if not found:
+        return None
+    return (f"the calibration's {cal.points} whole-model measurements {', '.join(found)}: the machine was busy or "
+            "changing speed while they were measured, and predictions may be off by as much. Measure them again "
+            f"when it is quiet: `{command} --recalibrate`, with the same --backend, --threads and --input (the "
+            "unit measurements are kept)")

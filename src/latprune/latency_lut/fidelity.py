@@ -31,7 +31,11 @@ calibration is stale (the device's small and large models no longer scale as
 they did when it was fitted: MobileNetV2, ort-cpu, 2 threads on this
 project's VM, 2026-11-30: 86% within ±10% as stored, 96% refitted); both
 bad means the unit sums miss something, or the measurements themselves
-scatter by more than the band (a noisy device: see BENCHMARKS.md).
+scatter by more than the band (a noisy device: see BENCHMARKS.md). The
+report carries that scatter (``spread_pct``: each configuration's p10-p90
+in % of its median, the median over configurations) and the text says when
+it is above :data:`~latprune.latency_lut.timing.NOISY_SPREAD_PCT`, where no
+LUT has scored ±10% here.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from latprune.latency_lut.calibrate import fit, random_configs
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths, measure_widths_beside
 from latprune.latency_lut.store import Lut
+from latprune.latency_lut.timing import median_spread_pct
 from latprune.pruner.graph import ChannelGraph
 
 
@@ -81,6 +86,7 @@ class FidelityReport:
     refit: ErrorStats | None = None         # calibration refitted on this run's other points (K-fold); None if < 4
     refit_folds: int = 0
     beside: ErrorStats | None = None        # re-anchored on the full model measured just before each; None if not asked
+    spread_pct: float = float("nan")        # the measurements' median p10-p90 spread, % of their medians
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,4 +192,5 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         guard.trace[probes_before:] if guard is not None else [],
         refit, folds if refit is not None else 0,
         ErrorStats.of([p["beside_ms"] for p in points], measured_ms) if beside else None,
+        median_spread_pct(measured[1:]),
     )

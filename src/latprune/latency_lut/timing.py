@@ -39,6 +39,35 @@ class Latency:
         return cls(median, min(q[0], median), max(q[-1], median), len(xs))
 
 
+# A set of whole-model measurements whose median spread (p10-p90 / median) is above this
+# was taken on a machine too noisy to score a LUT within ±10%. Over the 26 fidelity runs of
+# BENCHMARKS.md (``benchmarks/noise_vs_fidelity.py``): every run with a spread of 13.4% or
+# less put 84-100% of its configurations within ±10%, except two with a stale calibration
+# (48-50%, 100% refitted); every run at 16.9% or more put 20-72% there (42-82% refitted).
+NOISY_SPREAD_PCT = 15.0
+# A calibration whose median residual is above this was measured on a noisy machine: no
+# run of that table with a spread under 15% had a residual above 3.3%; six of the eight
+# above it had 5.7-9.3% (the other two 2.9-3.0%: this flag misses some noisy profiles).
+NOISY_RESIDUAL_PCT = 5.0
+
+
+def median_spread_pct(latencies: list[Latency] | list[dict[str, float]]) -> float:
+    """The median over ``latencies`` of each one's (p90 - p10) / median, in percent
+    (as :class:`Latency` objects or their dicts); NaN for none.
+
+    >>> round(median_spread_pct([Latency(1.0, 0.95, 1.05, 50), Latency(2.0, 1.6, 2.4, 50), {'median_ms': 1.0,
+    ...                          'p10_ms': 1.0, 'p90_ms': 1.1}]), 6)
+    10.0
+    """
+    spreads = []
+    for lat in latencies:
+        median, p10, p90 = ((lat.median_ms, lat.p10_ms, lat.p90_ms) if isinstance(lat, Latency)
+                            else (lat["median_ms"], lat["p10_ms"], lat["p90_ms"]))
+        if median > 0:
+            spreads.append((p90 - p10) / median * 100)
+    return float(statistics.median(spreads)) if spreads else float("nan")
+
+
 @dataclass(frozen=True)
 class TimingConfig:
     warmup: int = 10            # untimed runs first (allocations, caches, thread pools)

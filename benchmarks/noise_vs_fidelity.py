@@ -1,0 +1,66 @@
+"""Benchmark analysis: is a fidelity miss the LUT's, or the machine's noise?
+
+    python benchmarks/noise_vs_fidelity.py
+
+Reads every stored ``benchmarks/results/lut_fidelity*.json`` run (each point
+keeps its measured median, p10 and p90) and tabulates, per model and run, two
+noise figures against the score: the measurements' median p10-p90 spread in
+% of their medians (``spread``, what ``lut fidelity`` now reports) and the
+stored calibration's median residual (what ``profile`` now warns on). It
+measures nothing itself: it is how the thresholds ``NOISY_SPREAD_PCT`` and
+``NOISY_RESIDUAL_PCT`` (``latency_lut/timing.py``) were chosen, rerun when
+a new fidelity run lands. Writes ``benchmarks/results/noise_vs_fidelity.json``
+and prints the table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from latprune._io import atomic_write_json
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, median_spread_pct
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rows() -> list[dict[str, Any]]:
+    """One row per model of every fidelity result file whose points carry their percentiles."""
+    out = []
+    for path in sorted(RESULTS.glob("lut_fidelity*.json")):
+        for name, entry in json.loads(path.read_text()).items():
+            points = entry.get("points") if isinstance(entry, dict) else None
+            if not points or "p10_ms" not in points[0] or "stored" not in entry:
+                continue
+            fp = entry.get("fingerprint", {})
+            refit = entry.get("refit") or {}
+            out.append({
+                "file": path.name, "model": name, "backend": fp.get("backend"), "threads": fp.get("threads"),
+                "device": fp.get("device"), "samples": len(points),
+                "spread_pct": median_spread_pct([{"median_ms": p["measured_ms"], "p10_ms": p["p10_ms"],
+                                                  "p90_ms": p["p90_ms"]} for p in points]),
+                "residual_pct": (entry.get("calibration") or {}).get("residual_pct"),
+                "median_abs_pct": entry["stored"]["median_abs_pct"],
+                "within_10_pct": entry["stored"]["within_10_pct"],
+                "refit_within_10_pct": refit.get("within_10_pct"),
+            })
+    return out
+
+
+def main() -> None:
+    table = sorted(rows(), key=lambda r: r["spread_pct"])
+    atomic_write_json(RESULTS / "noise_vs_fidelity.json",
+                      {"noisy_spread_pct": NOISY_SPREAD_PCT, "noisy_residual_pct": NOISY_RESIDUAL_PCT, "runs": table})
+    print("| result file | model | threads | spread (p10–p90) | calibration residual | median \\|error\\| "
+          "| within ±10% | refit ±10% |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in table:
+        res = "—" if r["residual_pct"] is None else f"{r['residual_pct']:.2f}%"
+        refit = "—" if r["refit_within_10_pct"] is None else f"{100 * r['refit_within_10_pct']:.0f}%"
+        print(f"| {r['file']} | {r['model']} | {r['threads']} | {r['spread_pct']:.1f}% | {res} | "
+              f"{r['median_abs_pct']:.2f}% | {100 * r['within_10_pct']:.0f}% | {refit} |")
+
+
+if __name__ == "__main__":
+    main()
