@@ -2,7 +2,7 @@
 
     python benchmarks/lut_fidelity.py [--models resnet18,mobilenet_v2,efficientnet-lite0]
                                       [--backend ort-cpu] [--threads 2] [--samples 50] [--force]
-                                      [--tag NAME] [--beside]
+                                      [--tag NAME] [--beside] [--recalibrate] [--guard-percentile P]
 
 For each model at 1x3x224x224: profile from an empty LUT on the backend (timed),
 then `lut fidelity` with N random width configurations. Writes
@@ -14,6 +14,8 @@ whose result is already in the JSON is skipped (unless --force), and a killed
 profile resumes from its LUT in benchmarks/luts/. ``--beside`` measures the
 full model right before each configuration and adds the ``beside`` score (the
 prediction re-anchored on that measurement: how ``prune`` uses the LUT).
+``--guard-percentile P`` sets the SpeedGuard's usual speed to the P-quantile
+of its probes (0.02 by default), for experiments with the guard.
 """
 
 from __future__ import annotations
@@ -51,8 +53,15 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="suffix of the results and plots, e.g. the machine's name")
     parser.add_argument("--beside", action="store_true", help="also score the prediction re-anchored on the "
                                                               "full model measured right before each configuration")
+    parser.add_argument("--guard-percentile", type=float, default=None,
+                        help="the SpeedGuard's usual speed as this percentile of its probes (default: the guard's)")
     args = parser.parse_args()
     backend = get_backend(args.backend, args.threads)
+    guard = backend.speed_guard()
+    if args.guard_percentile is not None:
+        if guard is None:
+            parser.error(f"--guard-percentile: {args.backend} on {backend.threads} thread(s) has no SpeedGuard")
+        guard.percentile = args.guard_percentile
     suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
     if args.backend == DEFAULT_BACKEND and backend.threads != DEFAULT_THREADS:
         suffix += f"_{backend.threads}t"
@@ -88,6 +97,7 @@ def main() -> None:
             "points": report["points"], "plot": str(png.relative_to(HERE)),
             "fingerprint": report["fingerprint"], "spread_pct": report["spread_pct"],
             "profile_warnings": profile.warnings,
+            "guard_percentile": guard.percentile if guard is not None else None,
         }
         atomic_write_json(results_path, results)
         s, a, r = report["stored"], report["anchored"], report["refit"]

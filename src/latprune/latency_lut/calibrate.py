@@ -176,11 +176,11 @@ def noise_warning(cal: Calibration, spread_pct: float, command: str) -> str | No
         found.append(f"lie {cal.residual_pct:.1f}% (median) off its fit, above the {NOISY_RESIDUAL_PCT:.0f}% "
                      "that a quiet machine stays under")
     if spread_pct > NOISY_SPREAD_PCT:
-        found.append(f"{'and ' if found else ''}each one's p10-p90 spans {spread_pct:.0f}% of its median, above "
-                     f"the {NOISY_SPREAD_PCT:.0f}% of a quiet machine")
+        found.append(f"scatter, each one's p10-p90 spanning {spread_pct:.0f}% of its median (the median over them), "
+                     f"above the {NOISY_SPREAD_PCT:.0f}% of a quiet machine")
     if not found:
         return None
-    return (f"the calibration's {cal.points} whole-model measurements {', '.join(found)}: the machine was busy or "
+    return (f"the calibration's {cal.points} whole-model measurements {' and '.join(found)}: the machine was busy or "
             "changing speed while they were measured, and predictions may be off by as much. Measure them again "
             f"when it is quiet: `{command} --recalibrate`, with the same --backend, --threads and --input (the "
             "unit measurements are kept)")

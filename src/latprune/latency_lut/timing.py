@@ -40,14 +40,14 @@ class Latency:
 
 
 # A set of whole-model measurements whose median spread (p10-p90 / median) is above this
-# was taken on a machine too noisy to score a LUT within ±10%. Over the 26 fidelity runs of
+# was taken on a machine too noisy to score a LUT within ±10%. Over the 29 fidelity runs of
 # BENCHMARKS.md (``benchmarks/noise_vs_fidelity.py``): every run with a spread of 13.4% or
 # less put 84-100% of its configurations within ±10%, except two with a stale calibration
-# (48-50%, 100% refitted); every run at 16.9% or more put 20-72% there (42-82% refitted).
+# (48-50%, 100% refitted); every run at 16.9% or more put 20-80% there (42-84% refitted).
 NOISY_SPREAD_PCT = 15.0
 # A calibration whose median residual is above this was measured on a noisy machine: no
-# run of that table with a spread under 15% had a residual above 3.3%; six of the eight
-# above it had 5.7-9.3% (the other two 2.9-3.0%: this flag misses some noisy profiles).
+# run of that table with a spread under 15% had a residual above 3.3%; seven of the eleven
+# above it had 5.6-9.3% (the other four 2.9-4.9%: this flag alone misses some noisy profiles).
 NOISY_RESIDUAL_PCT = 5.0
 
 
