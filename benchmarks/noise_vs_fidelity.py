@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from latprune._io import atomic_write_json
-from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, median_spread_pct
+from latprune.latency_lut.calibrate import points_spread_pct
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,8 +39,7 @@ def rows() -> list[dict[str, Any]]:
             out.append({
                 "file": path.name, "model": name, "backend": fp.get("backend"), "threads": fp.get("threads"),
                 "device": fp.get("device"), "samples": len(points),
-                "spread_pct": median_spread_pct([{"median_ms": p["measured_ms"], "p10_ms": p["p10_ms"],
-                                                  "p90_ms": p["p90_ms"]} for p in points]),
+                "spread_pct": points_spread_pct(points),
                 "residual_pct": (entry.get("calibration") or {}).get("residual_pct"),
                 "median_abs_pct": entry["stored"]["median_abs_pct"],
                 "within_10_pct": entry["stored"]["within_10_pct"],

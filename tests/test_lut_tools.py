@@ -183,17 +183,19 @@ def test_fidelity_reports_the_scatter_of_its_measurements(tmp_path: Path) -> Non
 
 
 def test_noise_thresholds_leave_a_shard_and_missing_percentiles_alone() -> None:
-    from latprune.latency_lut.calibrate import noise_warning
-    from latprune.latency_lut.predict import Calibration
-    from latprune.latency_lut.profile import points_spread_pct
+    from latprune.latency_lut.calibrate import noise_warning, points_spread_pct
     from latprune.latency_lut.timing import median_spread_pct
 
-    assert noise_warning(Calibration(residual_pct=float("nan")), float("nan"), "p") is None  # a shard's placeholder
-    assert noise_warning(Calibration(residual_pct=4.9), 14.9, "p") is None
-    text = noise_warning(Calibration(residual_pct=7.0, points=12), float("nan"), "latprune profile m -o x.lut")
+    def points(n: int, spread: float | None) -> list[dict[str, float]]:  # spread None: stored without percentiles
+        pct = {} if spread is None else {"p10_ms": 1.0 - spread / 200, "p90_ms": 1.0 + spread / 200}
+        return [{"raw_ms": 1.0, "measured_ms": 1.0, **pct} for _ in range(n)]
+
+    assert noise_warning({"residual_pct": float("nan")}, "p") is None  # a shard's placeholder
+    assert noise_warning({"residual_pct": 4.9, "points": points(12, 14.9)}, "p") is None
+    text = noise_warning({"residual_pct": 7.0, "points": points(12, None)}, "latprune profile m -o x.lut")
     assert text is not None and "12 whole-model measurements lie 7.0%" in text and "spanning" not in text
     assert "`latprune profile m -o x.lut --recalibrate`" in text
-    scattered = noise_warning(Calibration(residual_pct=2.0, points=12), 20.0, "p")  # fits, but every point scatters
+    scattered = noise_warning({"residual_pct": 2.0, "points": points(12, 20.0)}, "p")  # fits, but every point scatters
     assert scattered is not None and "measurements scatter, each one's p10-p90 spanning 20%" in scattered
     assert "off its fit" not in scattered
     assert np.isnan(median_spread_pct([])) and np.isnan(points_spread_pct([{"raw_ms": 1.0, "measured_ms": 1.0}]))

@@ -165,6 +165,12 @@ def _version() -> str:
     return __version__
 
 
+def _warn(lines: list[str]) -> None:
+    """Each line as ``latprune: warning: …`` on stderr (with or without --json)."""
+    for line in lines:
+        print(f"latprune: warning: {line}", file=sys.stderr, flush=True)
+
+
 def _print(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -> None:
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, default=str))
@@ -185,14 +191,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from latprune.latency_lut.calibrate import MIN_SAMPLES_FOR_REMOVALS
 
     if graph.blocks and args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
-        print(f"latprune: warning: --calibration-samples {args.calibration_samples} leaves out configurations that "
-              f"remove residual blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what a "
-              "removed block costs (the default is 12)", file=sys.stderr, flush=True)
+        _warn([f"--calibration-samples {args.calibration_samples} leaves out configurations that remove residual "
+               f"blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what a removed block "
+               "costs (the default is 12)"])
     report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name, align=args.align,
                        progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate,
                        refine=args.refine)
-    for line in report.warnings:
-        print(f"latprune: warning: {line}", file=sys.stderr, flush=True)
+    _warn(report.warnings)
     from latprune.report import profile_text
 
     _print(args, report.to_dict(), profile_text)
@@ -277,8 +282,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from latprune.run import run_bundle
 
     result = run_bundle(args.bundle, args.input, args.repeat, args.threads)
-    for line in result["warnings"]:
-        print(f"latprune: warning: {line}", file=sys.stderr)
+    _warn(result["warnings"])
     _print(args, result, run_text)
 
 
@@ -294,8 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from latprune.report import demo_text
 
     result = run_demo(Path(args.out), args.budget, args.epochs, args.threads, progress=not args.json)
-    for line in result["profile"]["warnings"]:
-        print(f"latprune: warning: {line}", file=sys.stderr, flush=True)
+    _warn(result["profile"]["warnings"])
     _print(args, result, demo_text)
 
 

@@ -15,13 +15,13 @@ from typing import Any, Callable
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning
+from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning, points_spread_pct
 from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.staircase import Staircase
 from latprune.latency_lut.staircase import refine as refine_grid
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.timing import Latency, fastest_over_passes, median_spread_pct
+from latprune.latency_lut.timing import Latency, fastest_over_passes
 from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph, Grid
 
@@ -215,20 +215,14 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         elif refine:  # same grid as stored: no refit, but this refinement's curves and steps are the current ones
             _store_refinement(stored, grid, staircases)
             lut.set_calibration(signature, stored)
-        warnings = []
-        if count == 1:
-            fitted = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"],
-                                 len(stored.get("points", [])))
-            noisy = noise_warning(fitted, points_spread_pct(stored.get("points", [])),
-                                  f"latprune profile {model_name} -o {path}")
-            warnings += [noisy] if noisy else []
+        noisy = noise_warning(stored, f"latprune profile {model_name} -o {path}") if count == 1 else None
         reused = sum(k.text in complete_before for k in keys)
         report = ProfileReport(str(path), model_name, signature, len(graph.units), len(keys), measurements,
                                reused, round(time.time() - start, 2), levels, grid.align, passes,
                                {k: v for k, v in stored.items() if k not in ("points", "staircases")},
                                lut.fingerprint,
                                {r: {"added": st.added, "steps": st.steps} for r, st in staircases.items()},
-                               warnings)
+                               [noisy] if noisy else [])
     return report
 
 
@@ -346,16 +340,6 @@ def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid,
     cal = fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points],
               [p["removed_units"] for p in points])
     return cal, points
-
-
-def points_spread_pct(points: list[dict[str, float]]) -> float:
-    """The calibration points' median p10-p90 spread in percent of their medians
-    (:func:`~latprune.latency_lut.timing.median_spread_pct`); NaN for points stored
-    without their percentiles (before session 22)."""
-    if not points or any("p10_ms" not in p for p in points):
-        return float("nan")
-    return median_spread_pct([{"median_ms": p["measured_ms"], "p10_ms": p["p10_ms"], "p90_ms": p["p90_ms"]}
-                              for p in points])
 
 
 def _grid_of(stored: dict[str, Any]) -> Grid:

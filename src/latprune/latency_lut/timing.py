@@ -51,20 +51,14 @@ NOISY_SPREAD_PCT = 15.0
 NOISY_RESIDUAL_PCT = 5.0
 
 
-def median_spread_pct(latencies: list[Latency] | list[dict[str, float]]) -> float:
-    """The median over ``latencies`` of each one's (p90 - p10) / median, in percent
-    (as :class:`Latency` objects or their dicts); NaN for none.
+def median_spread_pct(latencies: list[Latency]) -> float:
+    """The median over ``latencies`` of each one's :attr:`Latency.spread`, in percent; NaN for none.
 
-    >>> round(median_spread_pct([Latency(1.0, 0.95, 1.05, 50), Latency(2.0, 1.6, 2.4, 50), {'median_ms': 1.0,
-    ...                          'p10_ms': 1.0, 'p90_ms': 1.1}]), 6)
+    >>> round(median_spread_pct([Latency(1.0, 0.95, 1.05, 50), Latency(2.0, 1.6, 2.4, 50),
+    ...                          Latency(1.0, 1.0, 1.1, 50)]), 6)
     10.0
     """
-    spreads = []
-    for lat in latencies:
-        median, p10, p90 = ((lat.median_ms, lat.p10_ms, lat.p90_ms) if isinstance(lat, Latency)
-                            else (lat["median_ms"], lat["p10_ms"], lat["p90_ms"]))
-        if median > 0:
-            spreads.append((p90 - p10) / median * 100)
+    spreads = [lat.spread * 100 for lat in latencies if lat.median_ms > 0]
     return float(statistics.median(spreads)) if spreads else float("nan")
 
 

@@ -28,8 +28,7 @@ from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.calibrate import FIT_METHOD, noise_warning
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import (DEFAULT_LEVELS, fit_is_current, grid_keys, load_calibration,
-                                          measure_beside_anchor, measure_settled, open_for_backend, points_spread_pct,
-                                          run_calibration)
+                                          measure_beside_anchor, measure_settled, open_for_backend, run_calibration)
 from latprune.latency_lut.timing import Latency
 from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, GATE_SIGNALS, IMPORTANCES
 from latprune.pruner.graph import ChannelGraph, Grid
@@ -140,8 +139,7 @@ def prune(config: PruneConfig) -> dict[str, Any]:
                 print(f"latprune: warning: {config.lut}'s calibration for this model was fitted by an older "
                       f"rule ({calibration_fit or 'unnamed'}); `latprune profile {config.model} -o {config.lut}` "
                       "fits it again (whole-model measurements only, the units are kept)", file=sys.stderr, flush=True)
-            points = (lut.calibration(graph.signature()) or {}).get("points", [])
-            noisy = noise_warning(stored[0], points_spread_pct(points),
+            noisy = noise_warning(lut.calibration(graph.signature()),
                                   f"latprune profile {config.model} -o {config.lut}")
             if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
                 print(f"latprune: warning: {config.lut}: {noisy}", file=sys.stderr, flush=True)
