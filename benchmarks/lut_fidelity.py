@@ -60,7 +60,8 @@ def main() -> None:
     guard = backend.speed_guard()
     if args.guard_percentile is not None:
         if guard is None:
-            parser.error(f"--guard-percentile: {args.backend} on {backend.threads} thread(s) has no SpeedGuard")
+            parser.error(f"--guard-percentile: {args.backend} on {backend.threads} thread(s) has no SpeedGuard; "
+                         "ort-cpu guards its measurements on 2 or more threads (--threads 2)")
         guard.percentile = args.guard_percentile
     suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
     if args.backend == DEFAULT_BACKEND and backend.threads != DEFAULT_THREADS:
