@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from latprune._io import atomic_write_json
-from latprune.latency_lut.calibrate import points_spread_pct
-from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, points_spread_pct
 
 RESULTS = Path(__file__).parent / "results"
 

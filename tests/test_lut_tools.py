@@ -183,7 +183,8 @@ def test_fidelity_reports_the_scatter_of_its_measurements(tmp_path: Path) -> Non
 
 
 def test_noise_thresholds_leave_a_shard_and_missing_percentiles_alone() -> None:
-    from latprune.latency_lut.calibrate import noise_warning, points_spread_pct
+    from latprune.latency_lut.calibrate import noise_warning
+    from latprune.latency_lut.timing import points_spread_pct
     from latprune.latency_lut.timing import median_spread_pct
 
     def points(n: int, spread: float | None) -> list[dict[str, float]]:  # spread None: stored without percentiles

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, noisy_calibration
 
 STALE_CALIBRATION_GAP = 0.05  # refit's share within ±10% this much above stored's: advise re-calibrating
 
@@ -182,7 +182,7 @@ def lut_text(r: dict[str, Any]) -> str:
         spread = c.get("spread_pct", float("nan"))  # calibrations fitted before session 22 lack it
         noisy = (f", measured on a noisy machine (residual above {NOISY_RESIDUAL_PCT:.0f}% or p10-p90 spread above "
                  f"{NOISY_SPREAD_PCT:.0f}%): profile it again with --recalibrate when the machine is quiet"
-                 if c["residual_pct"] > NOISY_RESIDUAL_PCT or spread > NOISY_SPREAD_PCT else "")
+                 if noisy_calibration(c) else "")
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
                      f"residual {c['residual_pct']:.1f}%" + ("" if math.isnan(spread) else f", spread {spread:.0f}%")
                      + f", {c.get('levels')} levels aligned to {c.get('align', 1)}{noisy}")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from latprune.latency_lut.predict import Calibration
-from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, Latency, median_spread_pct
+from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, noisy_calibration
 
 
 # Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
@@ -167,23 +167,16 @@ def random_configs(options: dict[int, list[int]], n: int, seed: int = 1234) -> l
     return configs
 
 
-def points_spread_pct(points: list[dict[str, float]]) -> float:
-    """The median p10-p90 spread of measured points (calibration or fidelity points:
-    ``measured_ms``, ``p10_ms``, ``p90_ms``) in percent of their medians; NaN for
-    points stored without their percentiles (calibrations before session 22)."""
-    if not points or any("p10_ms" not in p for p in points):
-        return float("nan")
-    return median_spread_pct([Latency(p["measured_ms"], p["p10_ms"], p["p90_ms"], 0) for p in points])
-
-
 def noise_warning(stored: dict[str, Any], command: str) -> str | None:
     """A warning for a stored calibration (``residual_pct`` and its ``points``) measured
     on a noisy machine, or None: its median residual is above ``NOISY_RESIDUAL_PCT``,
-    or its points' median p10-p90 spread (:func:`points_spread_pct`; unknown for
-    points without percentiles) above ``NOISY_SPREAD_PCT``. ``command`` is the
-    profile to run again."""
-    points = stored.get("points", [])
-    residual_pct, spread_pct = stored["residual_pct"], points_spread_pct(points)
+    or its points' median p10-p90 spread (unknown for points without percentiles)
+    above ``NOISY_SPREAD_PCT`` (:func:`~latprune.latency_lut.timing.noisy_calibration`).
+    ``command`` is the profile to run again."""
+    noisy = noisy_calibration(stored)
+    if noisy is None:
+        return None
+    residual_pct, spread_pct = noisy
     found = []
     if residual_pct > NOISY_RESIDUAL_PCT:  # NaN (a shard's placeholder) is not
         found.append(f"lie {residual_pct:.1f}% (median) off its fit, above the {NOISY_RESIDUAL_PCT:.0f}% "
@@ -191,9 +184,7 @@ def noise_warning(stored: dict[str, Any], command: str) -> str | None:
     if spread_pct > NOISY_SPREAD_PCT:
         found.append(f"scatter, each one's p10-p90 spanning {spread_pct:.0f}% of its median (the median over them), "
                      f"above the {NOISY_SPREAD_PCT:.0f}% of a quiet machine")
-    if not found:
-        return None
-    return (f"the calibration's {len(points)} whole-model measurements {' and '.join(found)}: the machine was busy or "
-            "changing speed while they were measured, and predictions may be off by as much. Measure them again "
+    return (f"the calibration's {len(stored.get('points', []))} whole-model measurements {' and '.join(found)}: "
+            "the machine was busy or changing speed while they were measured, and predictions may be off by as much. Measure them again "
             f"when it is quiet: `{command} --recalibrate`, with the same --backend, --threads and --input (the "
             "unit measurements are kept)")

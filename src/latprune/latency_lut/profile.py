@@ -15,13 +15,13 @@ from typing import Any, Callable
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning, points_spread_pct
+from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning
 from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.staircase import Staircase
 from latprune.latency_lut.staircase import refine as refine_grid
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.timing import Latency, fastest_over_passes
+from latprune.latency_lut.timing import Latency, fastest_over_passes, points_spread_pct
 from latprune.latency_lut.units import LayerKey
 from latprune.pruner.graph import ChannelGraph, Grid
 

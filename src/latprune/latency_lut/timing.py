@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,26 @@ def median_spread_pct(latencies: list[Latency]) -> float:
     """
     spreads = [lat.spread * 100 for lat in latencies if lat.median_ms > 0]
     return float(statistics.median(spreads)) if spreads else float("nan")
+
+
+def points_spread_pct(points: list[dict[str, float]]) -> float:
+    """The median p10-p90 spread of measured points (calibration or fidelity points:
+    ``measured_ms``, ``p10_ms``, ``p90_ms``) in percent of their medians; NaN for
+    points stored without their percentiles (calibrations before session 22)."""
+    if not points or any("p10_ms" not in p for p in points):
+        return float("nan")
+    return median_spread_pct([Latency(p["measured_ms"], p["p10_ms"], p["p90_ms"], 0) for p in points])
+
+
+def noisy_calibration(stored: dict[str, Any]) -> tuple[float, float] | None:
+    """(median residual %, points' spread %) of a stored calibration measured on a noisy
+    machine (residual above ``NOISY_RESIDUAL_PCT`` or spread above ``NOISY_SPREAD_PCT``),
+    else None. NaN (a shard's placeholder residual; points without percentiles) is
+    never noisy. Torch-free, so ``lut show`` and the profile's warning share it."""
+    residual_pct, spread_pct = stored["residual_pct"], points_spread_pct(stored.get("points", []))
+    if residual_pct > NOISY_RESIDUAL_PCT or spread_pct > NOISY_SPREAD_PCT:
+        return residual_pct, spread_pct
+    return None
 
 
 @dataclass(frozen=True)
