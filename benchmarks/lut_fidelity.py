@@ -15,7 +15,7 @@ profile resumes from its LUT in benchmarks/luts/. ``--beside`` measures the
 full model right before each configuration and adds the ``beside`` score (the
 prediction re-anchored on that measurement: how ``prune`` uses the LUT).
 ``--guard-percentile P`` sets the SpeedGuard's usual speed to the P-quantile
-of its probes (0.02 by default), for experiments with the guard.
+of its probes (0.2 by default since session 23; 0.02 before), for experiments with the guard.
 """
 
 from __future__ import annotations
