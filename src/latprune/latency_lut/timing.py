@@ -134,7 +134,9 @@ class SpeedGuard:
     2nd), MobileNetV2 92% (72%), EfficientNet-Lite0 86% (84%). On the earlier
     VMs, where the fast state held 24-77% of the probes, it is 2-18% above
     the 2nd percentile (2-4% on the VM of session 10 below: its slow state
-    at 1.37x stays just beyond the tolerance, 1.3 x 1.04 = 1.35x). Never a
+    at 1.37x stays just beyond the tolerance, 1.3 x 1.04 = 1.35x); on the
+    Zen 5 VM it called 36-41% of probes slow (session 24; 24-49% with the
+    2nd in sessions 16-20). Never a
     recent window: on 2026-11-30 (session 10) this VM's probe ran at 0.373 ms,
     at 0.51 ms or at 0.69 ms for minutes at a time, and a guard whose usual
     speed was the 10th percentile of the last 100 probes took the slow states
