@@ -99,6 +99,15 @@ def test_fidelity_tells_a_stale_calibration_from_the_units(tmp_path: Path) -> No
     assert report.refit.median_abs_pct == pytest.approx(0.0, abs=1e-6) and report.refit.within_10_pct == 1.0
     text = fidelity_text(report.to_dict())
     assert "refit (5-fold)" in text and "calibration is stale" in text and "--recalibrate" in text
+    # a pure scale is the machine's speed since the calibration: the text says so, and that
+    # relative budgets are unaffected
+    assert "runs 23.1% faster than when it was measured" in text and "re-anchored" in text and "0.5x" in text
+    # errors that re-anchoring leaves (the units' sums fit differently): only the refit's advice
+    other = report.to_dict()
+    other["anchored"] = {**other["anchored"], "within_10_pct": 0.5}
+    text = fidelity_text(other)
+    assert "calibration is stale: fitted on this run's measurements" in text and "--recalibrate" in text
+    assert "re-anchored" not in text
 
 
 class DriftingBackend(FakeBackend):

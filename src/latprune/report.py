@@ -147,11 +147,22 @@ def fidelity_text(r: dict[str, Any]) -> str:
              f"{100 * (r['drift'] - 1):+.1f}%", "",
              table(["prediction", "median |error|", "within ±5%", "within ±10%", "Spearman"], rows)]
     refit = r.get("refit")
-    if refit is not None and refit["within_10_pct"] - r["stored"]["within_10_pct"] >= STALE_CALIBRATION_GAP:
-        lines.append(f"\nthe stored calibration is stale: fitted on this run's measurements, the same units put "
-                     f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: "
-                     f"{100 * r['stored']['within_10_pct']:.0f}%); `latprune profile MODEL -o {r.get('lut', 'LUT')} "
-                     "--recalibrate` (with this run's --backend, --threads and --input) fits it again")
+    stored, anchored = r["stored"]["within_10_pct"], r["anchored"]["within_10_pct"]
+    if refit is not None and refit["within_10_pct"] - stored >= STALE_CALIBRATION_GAP:
+        recalibrate = (f"`latprune profile MODEL -o {r.get('lut', 'LUT')} --recalibrate` (with this run's --backend, "
+                       "--threads and --input) fits it again")
+        if anchored >= refit["within_10_pct"] - STALE_CALIBRATION_GAP:
+            # one factor, the machine's speed since the calibration, explains the errors
+            lines.append(f"\nthe stored calibration is stale: the machine runs {100 * abs(r['drift'] - 1):.1f}% "
+                         f"{'slower' if r['drift'] > 1 else 'faster'} than when it was measured, and re-anchored on the full model measured now, the predictions put "
+                         f"{100 * anchored:.0f}% within ±10% (stored: {100 * stored:.0f}%). Budgets relative to the "
+                         "base (`prune --budget 0.5x`) measure the base beside each candidate and are not affected; "
+                         f"for budgets in ms, {recalibrate}, to the machine's speed of now (a fit is only as right "
+                         "as the machine is steady)")
+        else:
+            lines.append(f"\nthe stored calibration is stale: fitted on this run's measurements, the same units put "
+                         f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: {100 * stored:.0f}%); "
+                         f"{recalibrate}")
     spread = r.get("spread_pct", float("nan"))
     if spread > NOISY_SPREAD_PCT:
         lines.append(f"\nthe measurements themselves scatter: a configuration's p10-p90 spans {spread:.0f}% of its "
