@@ -56,14 +56,19 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_prefix: str | None = None) -> Any:
+def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_prefix: str | None = None,
+                 spinning: bool = True) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation
-    (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given)."""
+    (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given).
+    ``spinning=False`` stops idle intra-op threads spinning (ONNX Runtime spins by
+    default, as deployments run; ``benchmarks/thread_scaling.py`` compares)."""
     ort = _ort()
     opts = ort.SessionOptions()
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
