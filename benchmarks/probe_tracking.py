@@ -47,6 +47,41 @@ SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobile
          "efficientnet-lite0": "efficientnet-lite0"}
 
 
+def add_run_args(parser: argparse.ArgumentParser, models: str, minutes: float) -> None:
+    """The options this benchmark shares with ``thread_scaling.py``."""
+    parser.add_argument("--models", default=models, help=f"comma-separated, of: {', '.join(SPECS)}")
+    parser.add_argument("--minutes", type=float, default=minutes)
+    parser.add_argument("--tag", default=None, help="suffix of the result and plot, e.g. the machine's name")
+
+
+def checked_models(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """``--models`` as a list; a parser error (exit 2) for an unknown name or a non-positive ``--minutes``."""
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; known: {', '.join(SPECS)}")
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    return names
+
+
+def label(ax: Any, title: str, ylabel: str) -> None:
+    """Title, axes and legend of a panel whose x axis is minutes into the run."""
+    ax.set_title(title)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+
+
+def save(fig: Any, path: Path) -> None:
+    """Lay out, write and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def cv_pct(xs: list[float]) -> float:
     """Coefficient of variation in percent (population standard deviation / mean)."""
     return float(100 * np.std(xs) / np.mean(xs)) if len(xs) > 1 else 0.0
@@ -88,28 +123,16 @@ def plot(rounds: list[dict[str, Any]], names: list[str], path: Path) -> None:
     for name in names:
         ms = np.array([r[name] for r in rounds])
         ax.plot(t, 100 * ms / ms.mean(), ".", ms=3, label=name)
-    ax.set_xlabel("minutes")
-    ax.set_ylabel("latency, % of its mean over the run")
-    ax.set_title("SpeedGuard probe vs whole models, no guard")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    label(ax, "SpeedGuard probe vs whole models, no guard", "latency, % of its mean over the run")
+    save(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet18,mobilenet_v2")
-    parser.add_argument("--minutes", type=float, default=10.0)
+    add_run_args(parser, "resnet18,mobilenet_v2", 10.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tag", default=None, help="suffix of the result and plot, e.g. the machine's name")
     args = parser.parse_args()
-    names = args.models.split(",")
-    unknown = [n for n in names if n not in SPECS]
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; known: {', '.join(SPECS)}")
-    if args.minutes <= 0:
-        parser.error("--minutes must be positive")
+    names = checked_models(parser, args)
     backend = get_backend("ort-cpu", args.threads)
     guard = backend.speed_guard()
     if guard is None:

@@ -21,23 +21,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latprune._io import atomic_write_json
-from latprune._progress import bar
-from latprune.exporters.onnx import to_onnx_bytes
-from latprune.latency_lut.backends import get_backend
-from latprune.latency_lut.backends.ort_cpu import make_session, random_feeds
-from latprune.latency_lut.timing import time_callable
-from latprune.models import load_model
+sys.path.insert(0, str(Path(__file__).parent))
+from probe_tracking import SPECS, add_run_args, checked_models, label, save  # noqa: E402
+
+from latprune._io import atomic_write_json  # noqa: E402
+from latprune._progress import bar  # noqa: E402
+from latprune.exporters.onnx import to_onnx_bytes  # noqa: E402
+from latprune.latency_lut.backends import get_backend  # noqa: E402
+from latprune.latency_lut.backends.ort_cpu import make_session, random_feeds  # noqa: E402
+from latprune.latency_lut.timing import time_callable  # noqa: E402
+from latprune.models import load_model  # noqa: E402
 
 HERE = Path(__file__).parent
-SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2",
-         "efficientnet-lite0": "efficientnet-lite0"}
 SETTINGS = {"1 thread": (1, True), "2 threads": (2, True), "2 threads, no spinning": (2, False)}
 
 
@@ -55,27 +57,15 @@ def plot(t_min: list[float], series: dict[str, dict[str, list[float]]], path: Pa
     for ax, (model, by_setting) in zip(axes[0], series.items()):
         for setting, ms in by_setting.items():
             ax.plot(t_min, ms, ".", ms=3, label=setting)
-        ax.set_title(model)
-        ax.set_xlabel("minutes")
-        ax.set_ylabel("median latency of the round, ms")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        label(ax, model, "median latency of the round, ms")
+    save(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="mobilenet_v2,resnet18")
-    parser.add_argument("--minutes", type=float, default=8.0)
-    parser.add_argument("--tag", default=None, help="suffix of the result and plot, e.g. the machine's name")
+    add_run_args(parser, "mobilenet_v2,resnet18", 8.0)
     args = parser.parse_args()
-    names = args.models.split(",")
-    unknown = [n for n in names if n not in SPECS]
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; known: {', '.join(SPECS)}")
-    if args.minutes <= 0:
-        parser.error("--minutes must be positive")
+    names = checked_models(parser, args)
     timing = get_backend("ort-cpu", 2).model_timing
     runs = {}
     for name in names:
