@@ -108,6 +108,13 @@ def test_fidelity_tells_a_stale_calibration_from_the_units(tmp_path: Path) -> No
     text = fidelity_text(other)
     assert "calibration is stale: fitted on this run's measurements" in text and "--recalibrate" in text
     assert "re-anchored" not in text
+    # on scattered measurements that even the refit cannot fit, the scatter is the news, not the calibration
+    other["spread_pct"], other["refit"] = 24.0, {**other["refit"], "within_10_pct": 0.5}
+    other["stored"] = {**other["stored"], "within_10_pct": 0.44}
+    text = fidelity_text(other)
+    assert "the measurements themselves scatter" in text and "stale" not in text
+    other["refit"]["within_10_pct"] = 0.92  # a refit that fits them still says the calibration is stale
+    assert "stale" in fidelity_text(other)
 
 
 class DriftingBackend(FakeBackend):
