@@ -150,26 +150,11 @@ def fidelity_text(r: dict[str, Any]) -> str:
              f"({fp.get('threads')} thread(s)) in {r['seconds']:.0f} s; drift since profiling "
              f"{100 * (r['drift'] - 1):+.1f}%", "",
              table(["prediction", "median |error|", "within ±5%", "within ±10%", "Spearman"], rows)]
-    refit = r.get("refit")
-    stored, anchored = r["stored"]["within_10_pct"], r["anchored"]["within_10_pct"]
     spread = r.get("spread_pct", float("nan"))
     scattered = spread > NOISY_SPREAD_PCT
-    if (refit is not None and refit["within_10_pct"] - stored >= STALE_CALIBRATION_GAP
-            and not (scattered and refit["within_10_pct"] < REFIT_GOOD_SHARE)):
-        recalibrate = (f"`latprune profile MODEL -o {r.get('lut', 'LUT')} --recalibrate` (with this run's --backend, "
-                       "--threads and --input) fits it again")
-        if anchored >= refit["within_10_pct"] - STALE_CALIBRATION_GAP:
-            # one factor, the machine's speed since the calibration, explains the errors
-            lines.append(f"\nthe stored calibration is stale: the machine runs {100 * abs(r['drift'] - 1):.1f}% "
-                         f"{'slower' if r['drift'] > 1 else 'faster'} than when it was measured, and re-anchored on the full model measured now, the predictions put "
-                         f"{100 * anchored:.0f}% within ±10% (stored: {100 * stored:.0f}%). Budgets relative to the "
-                         "base (`prune --budget 0.5x`) measure the base beside each candidate and are not affected; "
-                         f"for budgets in ms, {recalibrate}, to the machine's speed of now (a fit is only as right "
-                         "as the machine is steady)")
-        else:
-            lines.append(f"\nthe stored calibration is stale: fitted on this run's measurements, the same units put "
-                         f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: {100 * stored:.0f}%); "
-                         f"{recalibrate}")
+    stale = _stale_note(r, scattered)
+    if stale:
+        lines.append(f"\n{stale}")
     if scattered:
         lines.append(f"\nthe measurements themselves scatter: a configuration's p10-p90 spans {spread:.0f}% of its "
                      f"median (the median over configurations), above the {NOISY_SPREAD_PCT:.0f}% where LUTs have "
@@ -181,6 +166,30 @@ def fidelity_text(r: dict[str, Any]) -> str:
     if r.get("plot"):
         lines.append(f"\nplot: {r['plot']}")
     return "\n".join(lines)
+
+
+def _stale_note(r: dict[str, Any], scattered: bool) -> str | None:
+    """What ``lut fidelity`` says of a stored calibration that its own run fits better (None:
+    nothing to say). One factor, the machine's speed since the calibration, when re-anchoring
+    on the full model does as well as the refit; nothing when the measurements scatter and
+    even the refit cannot fit them (the scatter note says it)."""
+    refit, stored, anchored = r.get("refit"), r["stored"]["within_10_pct"], r["anchored"]["within_10_pct"]
+    if refit is None or refit["within_10_pct"] - stored < STALE_CALIBRATION_GAP:
+        return None
+    if scattered and refit["within_10_pct"] < REFIT_GOOD_SHARE:
+        return None
+    recalibrate = (f"`latprune profile MODEL -o {r.get('lut', 'LUT')} --recalibrate` (with this run's --backend, "
+                   "--threads and --input) fits it again")
+    if anchored >= refit["within_10_pct"] - STALE_CALIBRATION_GAP:
+        direction = "slower" if r["drift"] > 1 else "faster"
+        return (f"the stored calibration is stale: the machine runs {100 * abs(r['drift'] - 1):.1f}% {direction} "
+                f"than when it was measured, and re-anchored on the full model measured now, the predictions put "
+                f"{100 * anchored:.0f}% within ±10% (stored: {100 * stored:.0f}%). Budgets relative to the base "
+                "(`prune --budget 0.5x`) measure the base beside each candidate and are not affected; for budgets "
+                f"in ms, {recalibrate}, to the machine's speed of now (a fit is only as right as the machine is "
+                "steady)")
+    return (f"the stored calibration is stale: fitted on this run's measurements, the same units put "
+            f"{100 * refit['within_10_pct']:.0f}% within ±10% (stored: {100 * stored:.0f}%); {recalibrate}")
 
 
 def lut_text(r: dict[str, Any]) -> str:
