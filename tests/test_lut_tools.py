@@ -195,6 +195,11 @@ def test_fidelity_reports_the_scatter_of_its_measurements(tmp_path: Path) -> Non
         quiet = fidelity(graph, lut, FakeBackend(), samples=6, progress=False)
     assert noisy.spread_pct == pytest.approx(40.0) and quiet.spread_pct == 0.0
     assert "the measurements themselves scatter" in fidelity_text(noisy.to_dict())
+    on_one, on_two = noisy.to_dict(), noisy.to_dict()
+    on_one["fingerprint"] = {**on_one["fingerprint"], "threads": 1}
+    on_two["fingerprint"] = {**on_two["fingerprint"], "threads": 2}
+    assert "--threads 1" not in fidelity_text(on_one)  # measured on one thread already
+    assert "profile and measure with --threads 1" in fidelity_text(on_two)
     assert "scatter" not in fidelity_text(quiet.to_dict())
 
 

@@ -159,7 +159,10 @@ def fidelity_text(r: dict[str, Any]) -> str:
         lines.append(f"\nthe measurements themselves scatter: a configuration's p10-p90 spans {spread:.0f}% of its "
                      f"median (the median over configurations), above the {NOISY_SPREAD_PCT:.0f}% where LUTs have "
                      "been scored within ±10% (BENCHMARKS.md): these errors are the machine's noise as much as the "
-                     "LUT's; measure again when the machine is quiet")
+                     "LUT's; measure again when the machine is quiet"
+                     + ("; on the 2-vCPU VMs of BENCHMARKS.md one thread scattered far less (the second thread's "
+                        "speedup drifts within minutes): if the deployment can run on one thread, profile and "
+                        "measure with --threads 1" if (fp.get("threads") or 1) > 1 else ""))
     if r.get("slow_probes"):
         lines.append(f"\nthe machine ran slower than usual at {r['slow_probes']} of {len(r.get('probe_trace', []))} "
                      "speed probes: those measurements were waited for or repeated")
