@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from latprune._io import atomic_write_json
-from latprune.latency_lut.fidelity import REFIT_FOLDS, ErrorStats, refit_predictions
+from latprune.latency_lut.fidelity import ErrorStats, refit_predictions
 from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, points_spread_pct
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,8 +59,7 @@ def refit_p10_within_10(points: list[dict[str, Any]]) -> float | None:
     if len(points) < 4 or any("raw_ms" not in p for p in points):
         return None
     p10 = [p["p10_ms"] for p in points]
-    refitted = refit_predictions([p["raw_ms"] for p in points], p10, [p.get("removed_units", 0) for p in points],
-                                 folds=min(REFIT_FOLDS, len(points)))
+    refitted = refit_predictions([p["raw_ms"] for p in points], p10, [p.get("removed_units", 0) for p in points])
     return ErrorStats.of(refitted, p10).within_10_pct
 
 

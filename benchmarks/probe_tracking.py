@@ -28,23 +28,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latprune._io import atomic_write_json
-from latprune._progress import bar
-from latprune.exporters.onnx import to_onnx_bytes
-from latprune.latency_lut.backends import get_backend
-from latprune.latency_lut.backends.ort_cpu import make_session, random_feeds
-from latprune.latency_lut.timing import time_callable
-from latprune.models import load_model
+sys.path.insert(0, str(Path(__file__).parent))
+from lut_fidelity import SPECS  # noqa: E402  (the fidelity benchmark's models)
+
+from latprune._io import atomic_write_json  # noqa: E402
+from latprune._progress import bar  # noqa: E402
+from latprune.exporters.onnx import to_onnx_bytes  # noqa: E402
+from latprune.latency_lut.backends import get_backend  # noqa: E402
+from latprune.latency_lut.backends.ort_cpu import make_session, random_feeds  # noqa: E402
+from latprune.latency_lut.timing import time_callable  # noqa: E402
+from latprune.models import load_model  # noqa: E402
 
 HERE = Path(__file__).parent
-SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2",
-         "efficientnet-lite0": "efficientnet-lite0"}
 
 
 def add_run_args(parser: argparse.ArgumentParser, models: str, minutes: float) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_tracking import SPECS, add_run_args, checked_models, label, save  # noqa: E402
+from probe_tracking import SPECS, add_run_args, checked_models, cv_pct, label, save  # noqa: E402
 
 from latprune._io import atomic_write_json  # noqa: E402
 from latprune._progress import bar  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     add_run_args(parser, "mobilenet_v2,resnet18", 8.0)
     args = parser.parse_args()
     names = checked_models(parser, args)
-    timing = get_backend("ort-cpu", 2).model_timing
+    backend = get_backend("ort-cpu", 2)
     runs = {}
     for name in names:
         spec = load_model(SPECS[name], "1x3x224x224")
@@ -81,17 +81,17 @@ def main() -> None:
         while time.perf_counter() - start < 60 * args.minutes:
             t_s.append(round(time.perf_counter() - start, 3))
             for key, (s, feeds) in runs.items():
-                ms[key].append(time_callable(lambda: s.run(None, feeds), timing).median_ms)
+                ms[key].append(time_callable(lambda: s.run(None, feeds), backend.model_timing).median_ms)
             progress.update(min(progress.total, int(time.perf_counter() - start)) - progress.n)
     models: dict[str, Any] = {}
     for name in names:
         one, two = ms[(name, "1 thread")], ms[(name, "2 threads")]
         speedup = [a / b for a, b in zip(one, two)]
+        rounds = {setting: ms[(name, setting)] for setting in SETTINGS}
         models[name] = {
-            "settings": {setting: {"median_ms": statistics.median(ms[(name, setting)]),
-                                   "min_ms": min(ms[(name, setting)]), "max_ms": max(ms[(name, setting)]),
-                                   "cv_pct": float(100 * np.std(ms[(name, setting)]) / np.mean(ms[(name, setting)]))}
-                         for setting in SETTINGS},
+            "settings": {setting: {"median_ms": statistics.median(xs), "min_ms": min(xs), "max_ms": max(xs),
+                                   "cv_pct": cv_pct(xs)}
+                         for setting, xs in rounds.items()},
             "speedup_p10": pct(speedup, 0.1), "speedup_p50": pct(speedup, 0.5), "speedup_p90": pct(speedup, 0.9),
             "corr_1_2": float(np.corrcoef(one, two)[0, 1]) if len(one) > 2 else float("nan"),
         }
@@ -99,7 +99,7 @@ def main() -> None:
     png = HERE / "results" / f"thread_scaling{suffix}.png"
     plot([t / 60 for t in t_s], {n: {s: ms[(n, s)] for s in SETTINGS} for n in names}, png)
     atomic_write_json(HERE / "results" / f"thread_scaling{suffix}.json", {
-        "minutes": args.minutes, "rounds": len(t_s), "fingerprint": get_backend("ort-cpu", 2).fingerprint(),
+        "minutes": args.minutes, "rounds": len(t_s), "fingerprint": backend.fingerprint(),
         "models": models, "t_s": t_s, "ms": {f"{n} / {s}": v for (n, s), v in ms.items()},
         "plot": str(png.relative_to(HERE))})
     print(f"{len(t_s)} rounds")
