@@ -14,7 +14,9 @@ whose result is already in the JSON is skipped (unless --force), and a killed
 profile resumes from its LUT in benchmarks/luts/. ``--beside`` measures the
 full model right before each configuration and adds the ``beside`` score (the
 prediction re-anchored on that measurement: how ``prune`` uses the LUT).
-``--guard-percentile P`` sets the SpeedGuard's usual speed to the P-quantile
+``--max-passes N`` lets a whole model whose two fastest passes disagree be
+measured up to N times (profile's ``MODEL_MAX_PASSES``, 4), in the calibration
+and the fidelity run alike. ``--guard-percentile P`` sets the SpeedGuard's usual speed to the P-quantile
 of its probes (0.2 by default since session 23; 0.02 before), for experiments with the guard.
 """
 
@@ -29,6 +31,7 @@ from latprune._io import atomic_write_json
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.fidelity import fidelity
 from latprune.latency_lut.plots import plot_fidelity
+from latprune.latency_lut import profile as profile_module
 from latprune.latency_lut.profile import build_lut, open_for_backend
 from latprune.models import load_model
 from latprune.pruner.graph import ChannelGraph
@@ -53,6 +56,9 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="suffix of the results and plots, e.g. the machine's name")
     parser.add_argument("--beside", action="store_true", help="also score the prediction re-anchored on the "
                                                               "full model measured right before each configuration")
+    parser.add_argument("--max-passes", type=int, default=None,
+                        help="passes of a whole model whose two fastest disagree, at most (default: "
+                             "MODEL_MAX_PASSES); for experiments with the measurement rule")
     parser.add_argument("--guard-percentile", type=float, default=None,
                         help="the SpeedGuard's usual speed as this percentile of its probes (default: the guard's)")
     args = parser.parse_args()
@@ -63,6 +69,10 @@ def main() -> None:
             parser.error(f"--guard-percentile: {args.backend} on {backend.threads} thread(s) has no SpeedGuard; "
                          "ort-cpu guards its measurements on 2 or more threads (--threads 2)")
         guard.percentile = args.guard_percentile
+    if args.max_passes is not None:
+        if args.max_passes < 2:
+            parser.error(f"--max-passes must be at least 2 (the rule's two passes), got {args.max_passes}")
+        profile_module.MODEL_MAX_PASSES = args.max_passes  # read at each call: calibration and fidelity both
     suffix = "" if args.backend == DEFAULT_BACKEND else f"_{args.backend}"
     if args.backend == DEFAULT_BACKEND and backend.threads != DEFAULT_THREADS:
         suffix += f"_{backend.threads}t"
@@ -96,20 +106,23 @@ def main() -> None:
             "fidelity_seconds": report["seconds"], "slow_probes": report["slow_probes"],
             "probes": len(report["probe_trace"]), "probe_trace": report["probe_trace"],
             "points": report["points"], "plot": str(png.relative_to(HERE)),
-            "fingerprint": report["fingerprint"], "spread_pct": report["spread_pct"],
+            "fingerprint": report["fingerprint"], "spread_pct": report["spread_pct"], "repeat": report["repeat"],
             "profile_warnings": profile.warnings,
             "guard_percentile": guard.percentile if guard is not None else None,
+            "max_passes": profile_module.MODEL_MAX_PASSES,
         }
         atomic_write_json(results_path, results)
         s, a, r = report["stored"], report["anchored"], report["refit"]
         b = report["beside"]
         refit = f"refit {r['median_abs_pct']:.2f}% / {100 * r['within_10_pct']:.0f}%; " if r is not None else ""
         beside = f"beside {b['median_abs_pct']:.2f}% / {100 * b['within_10_pct']:.0f}%; " if b is not None else ""
+        rep = report["repeat"]
         print(f"{name}: profile {profile_s:.0f} s ({profile.keys} keys); stored median |err| "
               f"{s['median_abs_pct']:.2f}%, within 10% {100 * s['within_10_pct']:.0f}%, Spearman {s['spearman']:.3f}; "
               f"anchored {a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%; {refit}{beside}"
               f"slow-machine probes {report['slow_probes']} of {len(report['probe_trace'])}; "
-              f"measurements' p10-p90 spread {report['spread_pct']:.1f}%")
+              f"measurements' p10-p90 spread {report['spread_pct']:.1f}%; measured again (pass 1 vs 2) "
+              f"{rep['median_abs_pct']:.2f}% / {100 * rep['within_10_pct']:.0f}%")
 
 
 if __name__ == "__main__":

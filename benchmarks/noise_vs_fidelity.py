@@ -13,8 +13,16 @@ within ±10% there, against the medians' refit, tells whether the LUT
 predicts the runs that the machine's slow spells spared (session 23). It
 measures nothing itself: it is how the thresholds ``NOISY_SPREAD_PCT`` and
 ``NOISY_RESIDUAL_PCT`` (``latency_lut/timing.py``) were chosen, rerun when
-a new fidelity run lands. Writes ``benchmarks/results/noise_vs_fidelity.json``
-and prints the table for BENCHMARKS.md.
+a new fidelity run lands.
+
+A second table replays the rule of passes on the runs that keep every pass
+(``pass_ms``, since session 25): the rule is adaptive but each pass decides
+only on the ones before it, so the first k passes of a configuration are what
+a run allowed at most k passes would have measured. Per run and k, the share
+within ±10% of the unit sums refitted to the faster of those k passes; how
+``MODEL_MAX_PASSES`` (``latency_lut/profile.py``) was chosen. Writes
+``benchmarks/results/noise_vs_fidelity.json`` and prints both tables for
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -63,10 +71,34 @@ def refit_p10_within_10(points: list[dict[str, Any]]) -> float | None:
     return ErrorStats.of(refitted, p10).within_10_pct
 
 
+def pass_rows() -> list[dict[str, Any]]:
+    """Per fidelity run whose points keep every pass: the passes it used, and per cap k
+    on the passes the refit's median |error| and share within ±10% of the faster of the
+    first k passes."""
+    out = []
+    for path in sorted(RESULTS.glob("lut_fidelity*.json")):
+        for name, entry in json.loads(path.read_text()).items():
+            points = entry.get("points") if isinstance(entry, dict) else None
+            if not points or any("pass_ms" not in p or "raw_ms" not in p for p in points):
+                continue
+            used = [len(p["pass_ms"]) for p in points]
+            by_cap = {}
+            for k in range(2, max(used) + 1):
+                kept = [min(p["pass_ms"][:k]) for p in points]
+                refit = ErrorStats.of(refit_predictions([p["raw_ms"] for p in points], kept,
+                                                        [p.get("removed_units", 0) for p in points]), kept)
+                by_cap[k] = {"median_abs_pct": refit.median_abs_pct, "within_10_pct": refit.within_10_pct}
+            out.append({"file": path.name, "model": name, "max_passes": entry.get("max_passes"),
+                        "mean_passes": sum(used) / len(used), "by_cap": by_cap})
+    return out
+
+
 def main() -> None:
     table = sorted(rows(), key=lambda r: r["spread_pct"])
+    passes = pass_rows()
     atomic_write_json(RESULTS / "noise_vs_fidelity.json",
-                      {"noisy_spread_pct": NOISY_SPREAD_PCT, "noisy_residual_pct": NOISY_RESIDUAL_PCT, "runs": table})
+                      {"noisy_spread_pct": NOISY_SPREAD_PCT, "noisy_residual_pct": NOISY_RESIDUAL_PCT, "runs": table,
+                       "passes": passes})
     print("| result file | model | threads | spread (p10–p90) | calibration residual | median \\|error\\| "
           "| within ±10% | refit ±10% | p10 refit ±10% |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -76,6 +108,14 @@ def main() -> None:
                       for v in (r["refit_within_10_pct"], r["refit_p10_within_10_pct"]))
         print(f"| {r['file']} | {r['model']} | {r['threads']} | {r['spread_pct']:.1f}% | {res} | "
               f"{r['median_abs_pct']:.2f}% | {100 * r['within_10_pct']:.0f}% | {refit} | {p10} |")
+    caps = sorted({k for r in passes for k in r["by_cap"]})
+    print("\n| result file | model | passes allowed | passes used (mean) | "
+          + " | ".join(f"refit ±10%, at most {k}" for k in caps) + " |")
+    print("|---|---|---|---|" + "---|" * len(caps))
+    for r in passes:
+        cells = [f"{100 * r['by_cap'][k]['within_10_pct']:.0f}%" if k in r["by_cap"] else "—" for k in caps]
+        print(f"| {r['file']} | {r['model']} | {r['max_passes'] or 4} | {r['mean_passes']:.2f} | "
+              + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

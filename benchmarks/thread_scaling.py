@@ -11,7 +11,9 @@ steal time for the guest to see.
 
 This times each model, round after round, on ONNX Runtime with 1 thread,
 2 threads, and 2 threads without spinning (``session.intra_op.allow_spinning``
-0), all in the same minutes. Per setting: median, fastest, slowest round
+0), and 2 threads pinned (the caller on the first CPU, ONNX Runtime's
+worker on the second: ``session.intra_op_thread_affinities``, so the guest
+cannot move them), all in the same minutes. Per setting: median, fastest, slowest round
 and the CV of the rounds' medians; per model: the speedup of two threads
 over one in each round (its 10th, 50th and 90th percentile). Writes
 benchmarks/results/thread_scaling[_<tag>].json and a plot beside it.
@@ -20,6 +22,7 @@ benchmarks/results/thread_scaling[_<tag>].json and a plot beside it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -40,7 +43,9 @@ from latprune.latency_lut.timing import time_callable  # noqa: E402
 from latprune.models import load_model  # noqa: E402
 
 HERE = Path(__file__).parent
-SETTINGS = {"1 thread": (1, True), "2 threads": (2, True), "2 threads, no spinning": (2, False)}
+# setting: (threads, spinning, pinned)
+SETTINGS = {"1 thread": (1, True, False), "2 threads": (2, True, False), "2 threads, no spinning": (2, False, False),
+            "2 threads, pinned": (2, True, True)}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -67,21 +72,26 @@ def main() -> None:
     args = parser.parse_args()
     names = checked_models(parser, args)
     backend = get_backend("ort-cpu", 2)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        parser.error(f"this process may run on {len(cpus)} CPU; the 2-thread settings need two")
     runs = {}
     for name in names:
         spec = load_model(SPECS[name], "1x3x224x224")
         onnx = to_onnx_bytes(spec.model, spec.input_shape)
-        for setting, (threads, spin) in SETTINGS.items():
-            s = make_session(onnx, threads, spinning=spin)
-            runs[(name, setting)] = (s, random_feeds(s))
+        for setting, (threads, spin, pinned) in SETTINGS.items():
+            s = make_session(onnx, threads, spinning=spin, affinities=f"{cpus[1] + 1}" if pinned else None)
+            runs[(name, setting)] = (s, random_feeds(s), pinned)
     t_s: list[float] = []
     ms: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
     start = time.perf_counter()
     with bar(total=int(60 * args.minutes), desc="rounds", unit="s") as progress:
         while time.perf_counter() - start < 60 * args.minutes:
             t_s.append(round(time.perf_counter() - start, 3))
-            for key, (s, feeds) in runs.items():
+            for key, (s, feeds, pinned) in runs.items():
+                os.sched_setaffinity(0, cpus[:1] if pinned else cpus)  # the calling thread: ONNX Runtime's first
                 ms[key].append(time_callable(lambda: s.run(None, feeds), backend.model_timing).median_ms)
+            os.sched_setaffinity(0, cpus)
             progress.update(min(progress.total, int(time.perf_counter() - start)) - progress.n)
     models: dict[str, Any] = {}
     for name in names:

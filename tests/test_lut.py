@@ -291,6 +291,24 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     assert sum(per_run) == pytest.approx(kept_us / 1000.0)
 
 
+def test_ort_cpu_session_options_leave_the_results_alone() -> None:
+    """Without spinning and with the worker thread pinned, a session computes what the
+    default one does; an affinity per thread must match the thread count."""
+    import os
+
+    from latprune.errors import BackendError
+    from latprune.latency_lut.backends.ort_cpu import make_session, random_feeds, unit_onnx
+
+    onnx = unit_onnx(LayerKey("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(14, 14), bn=True, act="relu"))
+    plain = make_session(onnx, 2)
+    cpu = min(os.sched_getaffinity(0)) + 1  # ONNX Runtime numbers logical processors from 1
+    tuned = make_session(onnx, 2, spinning=False, affinities=str(cpu))
+    feeds = random_feeds(plain)
+    np.testing.assert_allclose(tuned.run(None, feeds)[0], plain.run(None, feeds)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(BackendError, match="could not load"):
+        make_session(onnx, 2, affinities=f"{cpu};{cpu}")  # two entries for one thread after the caller's
+
+
 def test_run_kernel_ms_sums_each_run_without_layout_and_aux_nodes() -> None:
     from latprune.latency_lut.backends.ort_cpu import run_kernel_ms
 

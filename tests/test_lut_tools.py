@@ -77,7 +77,20 @@ def test_fidelity_of_an_exact_device_is_perfect(tmp_path: Path) -> None:
     assert report.drift == pytest.approx(1.0)
     assert len(report.points) == 6
     assert report.refit is not None and report.refit.median_abs_pct == pytest.approx(0.0, abs=1e-6)
-    assert "stale" not in fidelity_text(report.to_dict())
+    # every configuration measured in two passes that agree exactly: the machine's ceiling is 100%
+    assert all(len(p["pass_ms"]) == 2 for p in report.points)
+    assert report.repeat is not None and report.repeat.within_10_pct == 1.0
+    assert report.repeat.median_abs_pct == pytest.approx(0.0, abs=1e-6)
+    text = fidelity_text(report.to_dict())
+    assert "stale" not in text and "measured again (pass 1 vs 2)" in text
+
+
+def test_repeat_scores_two_passes_against_each_other() -> None:
+    first, second = [1.0, 2.0, 3.0, 4.0], [1.04, 2.0, 3.6, 4.0]  # 4%, 0%, 20%, 0% apart
+    stats = ErrorStats.repeat(first, second)
+    assert stats.median_abs_pct == pytest.approx(2.0)
+    assert stats.within_5_pct == stats.within_10_pct == 0.75 and stats.spearman == pytest.approx(1.0)
+    assert ErrorStats.repeat(second, first) == stats  # relative to the faster of the two, either way round
 
 
 def test_fidelity_tells_a_stale_calibration_from_the_units(tmp_path: Path) -> None:
@@ -146,6 +159,9 @@ def test_fidelity_beside_the_full_model_cancels_the_drift(tmp_path: Path) -> Non
     assert report.beside is not None and plain.beside is None
     assert report.beside.median_abs_pct == pytest.approx(0.0, abs=1e-6) and report.beside.within_5_pct == 1.0
     assert report.anchored.median_abs_pct > 5.0
+    # the drift also parts each configuration's two passes: the repeat score sees it
+    assert plain.repeat is not None and plain.repeat.median_abs_pct > 5.0
+    assert all(len(p["pass_ms"]) >= 2 for p in plain.points)
     assert all(p["full_beside_ms"] > 0 and "beside_ms" not in q for p, q in zip(report.points, plain.points))
     # one full-model measurement before each configuration measurement
     assert backend.calls % 2 == 0 and backend.calls >= 2 * 2 * (8 + 1)

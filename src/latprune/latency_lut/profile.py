@@ -28,7 +28,7 @@ from latprune.pruner.graph import ChannelGraph, Grid
 DEFAULT_LEVELS = 8
 DEFAULT_PASSES = 2
 MODEL_AGREE = 0.05     # whole models: two passes further apart than this get another pass ...
-MODEL_MAX_PASSES = 4   # ... up to this many in all
+MODEL_MAX_PASSES = 6   # ... up to this many in all (4 until session 25: benchmarks/noise_vs_fidelity.py's passes table)
 ANCHOR_ATTEMPTS = 3    # a candidate beside a base far from its anchor is measured again, up to this many times
 
 
@@ -87,16 +87,15 @@ def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:
 def _measure(lut: Lut, backend: Backend, keys: list[LayerKey], passes: int, progress: bool) -> int:
     """Measure every key with fewer than ``passes`` passes in the LUT, committing each; returns the count.
 
-    Pass p measures what has fewer than p passes; later passes run in reverse
-    order, so a slow spell of the device lands on different keys each time,
-    and keep the faster median (interference only ever slows a measurement down)."""
+    Pass p measures what has fewer than p passes, in the same order each time (a key's
+    passes lie a whole pass apart, :func:`~latprune.latency_lut.timing.fastest_over_passes`),
+    so a slow spell of the device lands on different keys each time, and keeps the
+    faster median (interference only ever slows a measurement down)."""
     unique = {k.text: k for k in keys}  # two units of the same shape share one key
     todo = [k for k in unique.values() if lut.passes(k) < passes]
     measurements = 0
     for p in range(1, passes + 1):
         pending = [k for k in todo if lut.passes(k) < p]
-        if p % 2 == 0:
-            pending.reverse()
         for key in bar(pending, desc=f"profile {backend.name} pass {p}/{passes}", unit="unit",
                        enabled=progress and bool(pending)):
             _time_and_keep_faster(lut, backend, key, passes=p)
@@ -271,22 +270,26 @@ def measure_settled(measure: Callable[[], Latency]) -> Latency:
 
 
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,
-                   desc: str = "measure", progress: bool = True) -> list[Latency]:
+                   desc: str = "measure", progress: bool = True,
+                   every: list[list[float]] | None = None) -> list[Latency]:
     """End-to-end latency of ``graph`` slimmed to each width configuration.
 
-    The same rule as the units: ``passes`` passes at different moments (the
-    second in reverse order), keeping each configuration's faster median, so
+    The same rule as the units: ``passes`` passes at different moments (a
+    whole pass apart), keeping each configuration's faster median, so
     a slow spell of the machine does not land on one configuration alone;
     a configuration whose two fastest medians differ by more than
-    ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times."""
+    ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times.
+    ``every``, when given, receives each configuration's median of every pass,
+    in pass order (one list per configuration)."""
     models = [graph.slim_to_widths(widths) for widths in configs]
     return _models_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
-                               passes, desc, progress)
+                               passes, desc, progress, every)
 
 
 def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]],
                           reference: dict[int, int], passes: int = 2, desc: str = "measure",
-                          progress: bool = True) -> list[tuple[Latency, Latency]]:
+                          progress: bool = True, every: list[list[float]] | None = None
+                          ) -> list[tuple[Latency, Latency]]:
     """:func:`measure_widths`, each measurement of a configuration made right after
     one of the model at the ``reference`` widths (the full model, say).
 
@@ -307,21 +310,31 @@ def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[d
         pairs[i].append((lat, ref))
         return lat
 
-    best = _models_over_passes(measure, len(models), passes, desc, progress)
+    best = _models_over_passes(measure, len(models), passes, desc, progress, every)
     return [(lat, next(ref for m, ref in pairs[i] if m is lat)) for i, lat in enumerate(best)]
 
 
 def _models_over_passes(measure: Callable[[int], Latency], count: int, passes: int, desc: str,
-                        progress: bool) -> list[Latency]:
+                        progress: bool, every: list[list[float]] | None = None) -> list[Latency]:
     """:func:`~latprune.latency_lut.timing.fastest_over_passes` with the whole-model
-    rule (``MODEL_AGREE``, up to ``MODEL_MAX_PASSES``) and a progress bar."""
+    rule (``MODEL_AGREE``, up to ``MODEL_MAX_PASSES``) and a progress bar; ``every``
+    as in :func:`measure_widths`."""
+    if every is not None:
+        every[:] = [[] for _ in range(count)]
+
+    def recorded(i: int) -> Latency:
+        lat = measure(i)
+        if every is not None:
+            every[i].append(lat.median_ms)
+        return lat
+
     with bar(total=count * passes, desc=desc, unit="model", enabled=progress) as done:
         def tick() -> None:
             if done.total is not None and done.n >= done.total:  # an extra pass for a disagreeing configuration
                 done.total += 1
             done.update()
 
-        return fastest_over_passes(measure, count, passes, on_each=tick, agree=MODEL_AGREE,
+        return fastest_over_passes(recorded, count, passes, on_each=tick, agree=MODEL_AGREE,
                                    max_passes=max(passes, MODEL_MAX_PASSES))
 
 

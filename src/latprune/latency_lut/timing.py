@@ -214,10 +214,16 @@ class SpeedGuard:
 def fastest_over_passes(measure: Callable[[int], Latency], count: int, passes: int = 2,
                         on_each: Callable[[], object] | None = None, agree: float | None = None,
                         max_passes: int | None = None) -> list[Latency]:
-    """``measure(i)`` for i in range(count), over ``passes`` interleaved passes (every
-    other one in reverse order), keeping each item's faster median: interference
-    only ever slows a run down, and a slow spell of the machine lands on
-    different items in each pass.
+    """``measure(i)`` for i in range(count), over ``passes`` interleaved passes, keeping
+    each item's faster median: interference only ever slows a run down, and a
+    slow spell of the machine lands on different items in each pass.
+
+    Every pass runs in the same order, so each item's measurements lie a whole
+    pass apart. Until session 25 every other pass ran in reverse, which put the
+    last item's two measurements back to back: one slow spell could take both
+    (MobileNetV2, ort-cpu, 2 threads on the Zen 5 VM, 2026-12-03: the
+    second-to-last of 50 configurations measured 1.28 and 1.26 ms in its two
+    passes; 0.71 and 0.76 ms in a session 16 and a session 25 run).
 
     With ``agree``, an item whose two fastest medians still differ by more than
     that fraction is measured in further passes (of the disagreeing items only)
@@ -230,7 +236,7 @@ def fastest_over_passes(measure: Callable[[int], Latency], count: int, passes: i
     todo = list(range(count))
     p = 0
     while todo:
-        for i in (todo if p % 2 == 0 else reversed(todo)):
+        for i in todo:
             lat = measure(i)
             medians[i].append(lat.median_ms)
             current = best[i]

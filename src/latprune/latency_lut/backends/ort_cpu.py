@@ -57,11 +57,14 @@ def _ort() -> Any:
 
 
 def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_prefix: str | None = None,
-                 spinning: bool = True) -> Any:
+                 spinning: bool = True, affinities: str | None = None) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation
     (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given).
     ``spinning=False`` stops idle intra-op threads spinning (ONNX Runtime spins by
-    default, as deployments run; ``benchmarks/thread_scaling.py`` compares)."""
+    default, as deployments run); ``affinities`` pins the intra-op threads other than
+    the caller's (ONNX Runtime's ``session.intra_op_thread_affinities``: one entry per
+    thread, ``;``-separated, of 1-based logical processors, e.g. ``"2"`` for the second
+    of two threads on the second CPU). ``benchmarks/thread_scaling.py`` compares both."""
     ort = _ort()
     opts = ort.SessionOptions()
     if profile_prefix is not None:
@@ -69,6 +72,8 @@ def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_pr
         opts.profile_file_prefix = profile_prefix
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if affinities is not None:
+        opts.add_session_config_entry("session.intra_op_thread_affinities", affinities)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
