@@ -151,6 +151,25 @@ def test_second_pass_remeasures_and_keeps_the_faster(tmp_path: Path) -> None:
             assert lat.repeats == 1 + 7 and lut.passes(key) == 2
 
 
+def test_each_unit_pass_runs_in_the_same_order(tmp_path: Path) -> None:
+    """A key's two passes lie a whole pass apart: the last key is not measured twice back to back."""
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+
+    class Logged(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.keys: list[str] = []
+
+        def measure_unit(self, key: LayerKey) -> Latency:
+            self.keys.append(key.text)
+            return super().measure_unit(key)
+
+    backend = Logged()
+    build_lut(graph, tmp_path / "o.lut", backend, levels=2, progress=False, passes=2)
+    half = len(backend.keys) // 2
+    assert half == len(grid_keys(graph, Grid(2))) and backend.keys[:half] == backend.keys[half:]
+
+
 def test_calibration_recovers_the_backend_overhead(tmp_path: Path) -> None:
     graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
     backend = get_backend("fake", threads=1)
@@ -345,8 +364,16 @@ def test_disagreeing_passes_are_measured_again_until_two_agree() -> None:
         ms = next(speeds[i])
         return Latency(ms, ms, ms, 10)
 
-    best = fastest_over_passes(measure, 3, passes=2, agree=0.05, max_passes=4)
+    order: list[int] = []
+
+    def logged(i: int) -> Latency:
+        order.append(i)
+        return measure(i)
+
+    best = fastest_over_passes(logged, 3, passes=2, agree=0.05, max_passes=4)
     assert calls == {0: 2, 1: 3, 2: 4}
+    # every pass in the same order: an item's passes lie a whole pass apart, never back to back
+    assert order == [0, 1, 2, 0, 1, 2, 1, 2, 2]
     assert [b.median_ms for b in best] == [10.0, 10.0, 10.0]
     assert [b.median_ms for b in fastest_over_passes(lambda i: Latency(5.0 + i, 5.0, 5.0, 1), 2)] == [5.0, 6.0]
 
