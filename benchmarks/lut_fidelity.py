@@ -15,7 +15,7 @@ profile resumes from its LUT in benchmarks/luts/. ``--beside`` measures the
 full model right before each configuration and adds the ``beside`` score (the
 prediction re-anchored on that measurement: how ``prune`` uses the LUT).
 ``--max-passes N`` lets a whole model whose two fastest passes disagree be
-measured up to N times (profile's ``MODEL_MAX_PASSES``, 4), in the calibration
+measured up to N times (profile's ``MODEL_MAX_PASSES``, 6 since session 25), in the calibration
 and the fidelity run alike. ``--guard-percentile P`` sets the SpeedGuard's usual speed to the P-quantile
 of its probes (0.2 by default since session 23; 0.02 before), for experiments with the guard.
 """

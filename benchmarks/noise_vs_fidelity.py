@@ -79,16 +79,17 @@ def pass_rows() -> list[dict[str, Any]]:
     for path in sorted(RESULTS.glob("lut_fidelity*.json")):
         for name, entry in json.loads(path.read_text()).items():
             points = entry.get("points") if isinstance(entry, dict) else None
-            if not points or any("pass_ms" not in p or "raw_ms" not in p for p in points):
+            if not points or len(points) < 4 or any("pass_ms" not in p or "raw_ms" not in p for p in points):
                 continue
             used = [len(p["pass_ms"]) for p in points]
-            by_cap = {}
+            by_cap: dict[int, dict[str, float]] = {}
             for k in range(2, max(used) + 1):
                 kept = [min(p["pass_ms"][:k]) for p in points]
                 refit = ErrorStats.of(refit_predictions([p["raw_ms"] for p in points], kept,
                                                         [p.get("removed_units", 0) for p in points]), kept)
                 by_cap[k] = {"median_abs_pct": refit.median_abs_pct, "within_10_pct": refit.within_10_pct}
-            out.append({"file": path.name, "model": name, "max_passes": entry.get("max_passes"),
+            # runs written before lut_fidelity.py recorded max_passes (session 25's first) had the cap of 4
+            out.append({"file": path.name, "model": name, "max_passes": entry.get("max_passes") or 4,
                         "mean_passes": sum(used) / len(used), "by_cap": by_cap})
     return out
 
@@ -114,7 +115,7 @@ def main() -> None:
     print("|---|---|---|---|" + "---|" * len(caps))
     for r in passes:
         cells = [f"{100 * r['by_cap'][k]['within_10_pct']:.0f}%" if k in r["by_cap"] else "—" for k in caps]
-        print(f"| {r['file']} | {r['model']} | {r['max_passes'] or 4} | {r['mean_passes']:.2f} | "
+        print(f"| {r['file']} | {r['model']} | {r['max_passes']} | {r['mean_passes']:.2f} | "
               + " | ".join(cells) + " |")
 
 
