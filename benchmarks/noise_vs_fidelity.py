@@ -38,26 +38,38 @@ from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, po
 RESULTS = Path(__file__).parent / "results"
 
 
-def rows() -> list[dict[str, Any]]:
-    """One row per model of every fidelity result file whose points carry their percentiles."""
+Run = tuple[str, str, dict[str, Any], list[dict[str, Any]]]  # file, model, entry, its points
+
+
+def stored_runs() -> list[Run]:
+    """Every model entry with points of every stored fidelity result file, each file read once."""
     out = []
     for path in sorted(RESULTS.glob("lut_fidelity*.json")):
         for name, entry in json.loads(path.read_text()).items():
             points = entry.get("points") if isinstance(entry, dict) else None
-            if not points or "p10_ms" not in points[0] or "stored" not in entry:
-                continue
-            fp = entry.get("fingerprint", {})
-            refit = entry.get("refit") or {}
-            out.append({
-                "file": path.name, "model": name, "backend": fp.get("backend"), "threads": fp.get("threads"),
-                "device": fp.get("device"), "samples": len(points),
-                "spread_pct": points_spread_pct(points),
-                "residual_pct": (entry.get("calibration") or {}).get("residual_pct"),
-                "median_abs_pct": entry["stored"]["median_abs_pct"],
-                "within_10_pct": entry["stored"]["within_10_pct"],
-                "refit_within_10_pct": refit.get("within_10_pct"),
-                "refit_p10_within_10_pct": refit_p10_within_10(points),
-            })
+            if points:
+                out.append((path.name, name, entry, points))
+    return out
+
+
+def rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run whose points carry their percentiles."""
+    out = []
+    for file, name, entry, points in runs:
+        if "p10_ms" not in points[0] or "stored" not in entry:
+            continue
+        fp = entry.get("fingerprint", {})
+        refit = entry.get("refit") or {}
+        out.append({
+            "file": file, "model": name, "backend": fp.get("backend"), "threads": fp.get("threads"),
+            "device": fp.get("device"), "samples": len(points),
+            "spread_pct": points_spread_pct(points),
+            "residual_pct": (entry.get("calibration") or {}).get("residual_pct"),
+            "median_abs_pct": entry["stored"]["median_abs_pct"],
+            "within_10_pct": entry["stored"]["within_10_pct"],
+            "refit_within_10_pct": refit.get("within_10_pct"),
+            "refit_p10_within_10_pct": refit_p10_within_10(points),
+        })
     return out
 
 
@@ -71,32 +83,31 @@ def refit_p10_within_10(points: list[dict[str, Any]]) -> float | None:
     return ErrorStats.of(refitted, p10).within_10_pct
 
 
-def pass_rows() -> list[dict[str, Any]]:
-    """Per fidelity run whose points keep every pass: the passes it used, and per cap k
-    on the passes the refit's median |error| and share within ±10% of the faster of the
-    first k passes."""
+def pass_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per run whose points keep every pass: the passes it used, and per cap k on the
+    passes the refit's median |error| and share within ±10% of the faster of the first
+    k passes."""
     out = []
-    for path in sorted(RESULTS.glob("lut_fidelity*.json")):
-        for name, entry in json.loads(path.read_text()).items():
-            points = entry.get("points") if isinstance(entry, dict) else None
-            if not points or len(points) < 4 or any("pass_ms" not in p or "raw_ms" not in p for p in points):
-                continue
-            used = [len(p["pass_ms"]) for p in points]
-            by_cap: dict[int, dict[str, float]] = {}
-            for k in range(2, max(used) + 1):
-                kept = [min(p["pass_ms"][:k]) for p in points]
-                refit = ErrorStats.of(refit_predictions([p["raw_ms"] for p in points], kept,
-                                                        [p.get("removed_units", 0) for p in points]), kept)
-                by_cap[k] = {"median_abs_pct": refit.median_abs_pct, "within_10_pct": refit.within_10_pct}
-            # runs written before lut_fidelity.py recorded max_passes (session 25's first) had the cap of 4
-            out.append({"file": path.name, "model": name, "max_passes": entry.get("max_passes") or 4,
-                        "mean_passes": sum(used) / len(used), "by_cap": by_cap})
+    for file, name, entry, points in runs:
+        if len(points) < 4 or any("pass_ms" not in p or "raw_ms" not in p for p in points):
+            continue
+        used = [len(p["pass_ms"]) for p in points]
+        by_cap: dict[int, dict[str, float]] = {}
+        for k in range(2, max(used) + 1):
+            kept = [min(p["pass_ms"][:k]) for p in points]
+            refit = ErrorStats.of(refit_predictions([p["raw_ms"] for p in points], kept,
+                                                    [p.get("removed_units", 0) for p in points]), kept)
+            by_cap[k] = {"median_abs_pct": refit.median_abs_pct, "within_10_pct": refit.within_10_pct}
+        # runs written before lut_fidelity.py recorded max_passes (session 25's first) had the cap of 4
+        out.append({"file": file, "model": name, "max_passes": entry.get("max_passes") or 4,
+                    "mean_passes": sum(used) / len(used), "by_cap": by_cap})
     return out
 
 
 def main() -> None:
-    table = sorted(rows(), key=lambda r: r["spread_pct"])
-    passes = pass_rows()
+    runs = stored_runs()
+    table = sorted(rows(runs), key=lambda r: r["spread_pct"])
+    passes = pass_rows(runs)
     atomic_write_json(RESULTS / "noise_vs_fidelity.json",
                       {"noisy_spread_pct": NOISY_SPREAD_PCT, "noisy_residual_pct": NOISY_RESIDUAL_PCT, "runs": table,
                        "passes": passes})

@@ -138,18 +138,13 @@ def demo_text(r: dict[str, Any]) -> str:
 def fidelity_text(r: dict[str, Any]) -> str:
     rows = []
     labels = {"stored": "stored", "anchored": "anchored", "beside": "beside (full model measured before each)",
-              "refit": f"refit ({r.get('refit_folds')}-fold)"}
+              "refit": f"refit ({r.get('refit_folds')}-fold)", "repeat": "measured again (pass 1 vs 2)"}
     for name, label in labels.items():
         e = r.get(name)
         if e is None:
             continue
         rows.append([label, f"{e['median_abs_pct']:.2f}%", f"{100 * e['within_5_pct']:.0f}%",
                      f"{100 * e['within_10_pct']:.0f}%", f"{e['spearman']:.3f}"])
-    repeat = r.get("repeat")
-    if repeat is not None:
-        rows.append(["measured again (pass 1 vs 2)", f"{repeat['median_abs_pct']:.2f}%",
-                     f"{100 * repeat['within_5_pct']:.0f}%", f"{100 * repeat['within_10_pct']:.0f}%",
-                     f"{repeat['spearman']:.3f}"])
     fp = r["fingerprint"]
     lines = [f"{r['model']}: {r['samples']} random width configurations measured on {fp.get('backend')} "
              f"({fp.get('threads')} thread(s)) in {r['seconds']:.0f} s; drift since profiling "

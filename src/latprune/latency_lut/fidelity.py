@@ -76,16 +76,18 @@ class ErrorStats:
     @classmethod
     def of(cls, predicted: list[float], measured: list[float]) -> ErrorStats:
         p, m = np.asarray(predicted), np.asarray(measured)
-        err = np.abs(p - m) / m * 100
-        return cls(float(np.median(err)), float(np.mean(err <= 5)), float(np.mean(err <= 10)), spearman(p, m))
+        return cls._of_errors(np.abs(p - m) / m * 100, spearman(p, m))
 
     @classmethod
     def repeat(cls, first: list[float], second: list[float]) -> ErrorStats:
         """Two measurements of the same configurations scored against each other: the
         difference relative to the faster of the two, and Spearman between them."""
         a, b = np.asarray(first, float), np.asarray(second, float)
-        err = np.abs(a - b) / np.minimum(a, b) * 100
-        return cls(float(np.median(err)), float(np.mean(err <= 5)), float(np.mean(err <= 10)), spearman(a, b))
+        return cls._of_errors(np.abs(a - b) / np.minimum(a, b) * 100, spearman(a, b))
+
+    @classmethod
+    def _of_errors(cls, err_pct: np.ndarray, rank_corr: float) -> ErrorStats:
+        return cls(float(np.median(err_pct)), float(np.mean(err_pct <= 5)), float(np.mean(err_pct <= 10)), rank_corr)
 
 
 @dataclass(frozen=True)

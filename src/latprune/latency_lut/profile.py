@@ -319,23 +319,14 @@ def _models_over_passes(measure: Callable[[int], Latency], count: int, passes: i
     """:func:`~latprune.latency_lut.timing.fastest_over_passes` with the whole-model
     rule (``MODEL_AGREE``, up to ``MODEL_MAX_PASSES``) and a progress bar; ``every``
     as in :func:`measure_widths`."""
-    if every is not None:
-        every[:] = [[] for _ in range(count)]
-
-    def recorded(i: int) -> Latency:
-        lat = measure(i)
-        if every is not None:
-            every[i].append(lat.median_ms)
-        return lat
-
     with bar(total=count * passes, desc=desc, unit="model", enabled=progress) as done:
         def tick() -> None:
             if done.total is not None and done.n >= done.total:  # an extra pass for a disagreeing configuration
                 done.total += 1
             done.update()
 
-        return fastest_over_passes(recorded, count, passes, on_each=tick, agree=MODEL_AGREE,
-                                   max_passes=max(passes, MODEL_MAX_PASSES))
+        return fastest_over_passes(measure, count, passes, on_each=tick, agree=MODEL_AGREE,
+                                   max_passes=max(passes, MODEL_MAX_PASSES), every=every)
 
 
 def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid, samples: int,

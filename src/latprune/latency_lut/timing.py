@@ -213,7 +213,7 @@ class SpeedGuard:
 
 def fastest_over_passes(measure: Callable[[int], Latency], count: int, passes: int = 2,
                         on_each: Callable[[], object] | None = None, agree: float | None = None,
-                        max_passes: int | None = None) -> list[Latency]:
+                        max_passes: int | None = None, every: list[list[float]] | None = None) -> list[Latency]:
     """``measure(i)`` for i in range(count), over ``passes`` interleaved passes, keeping
     each item's faster median: interference only ever slows a run down, and a
     slow spell of the machine lands on different items in each pass.
@@ -230,8 +230,13 @@ def fastest_over_passes(measure: Callable[[int], Latency], count: int, passes: i
     until they agree or it has had ``max_passes``: on a VM that switches
     between a fast and a slow speed every few seconds (2026-11-30: 6.5 and
     10.5 ms for the same model), two passes that disagree say that one of
-    them, at least, was slow."""
+    them, at least, was slow.
+
+    ``every``, when given, is filled with each item's median of every pass, in
+    pass order (one list per item)."""
     medians: list[list[float]] = [[] for _ in range(count)]
+    if every is not None:
+        every[:] = medians
     best: list[Latency | None] = [None] * count
     todo = list(range(count))
     p = 0
