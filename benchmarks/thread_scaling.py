@@ -74,7 +74,8 @@ def main() -> None:
     backend = get_backend("ort-cpu", 2)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
-        parser.error(f"this process may run on {len(cpus)} CPU; the 2-thread settings need two")
+        parser.error(f"this process may run on {len(cpus)} CPU; the 2-thread settings need two: run it "
+                     "without a CPU restriction (taskset, a container's cpuset) on a machine with two or more")
     runs = {}
     for name in names:
         spec = load_model(SPECS[name], "1x3x224x224")
