@@ -156,8 +156,8 @@ def fidelity_text(r: dict[str, Any]) -> str:
     if stale:
         lines.append(f"\n{stale}")
     if scattered:
-        lines.append(f"\nthe measurements themselves scatter: a configuration's p10-p90 spans {spread:.0f}% of its "
-                     f"median (the median over configurations), above the {NOISY_SPREAD_PCT:.0f}% where LUTs have "
+        lines.append(f"\nthe measurements themselves scatter: a configuration's p10-p90 spans {spread:.1f}% of its "
+                     f"median (the median over configurations), above the {NOISY_SPREAD_PCT:g}% where LUTs have "
                      "been scored within ±10% (BENCHMARKS.md): these errors are the machine's noise as much as the "
                      "LUT's; measure again when the machine is quiet"
                      + ("; on the 2-vCPU VMs of BENCHMARKS.md one thread scattered far less (the second thread's "
@@ -210,10 +210,10 @@ def lut_text(r: dict[str, Any]) -> str:
     for sig, c in r["calibrations"].items():
         spread = c.get("spread_pct", float("nan"))  # calibrations fitted before session 22 lack it
         noisy = (f", measured on a noisy machine (residual above {NOISY_RESIDUAL_PCT:.0f}% or p10-p90 spread above "
-                 f"{NOISY_SPREAD_PCT:.0f}%): profile it again with --recalibrate when the machine is quiet"
+                 f"{NOISY_SPREAD_PCT:g}%): profile it again with --recalibrate when the machine is quiet"
                  if noisy_calibration(c) else "")
         lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
-                     f"residual {c['residual_pct']:.1f}%" + ("" if math.isnan(spread) else f", spread {spread:.0f}%")
+                     f"residual {c['residual_pct']:.1f}%" + ("" if math.isnan(spread) else f", spread {spread:.1f}%")
                      + f", {c.get('levels')} levels aligned to {c.get('align', 1)}{noisy}")
     for sig, stairs in (r.get("staircases") or {}).items():
         lines += [f"{sig}: {line}" if i == 0 else line for i, line in enumerate(staircase_lines(stairs))]

@@ -182,8 +182,8 @@ def noise_warning(stored: dict[str, Any], command: str) -> str | None:
         found.append(f"lie {residual_pct:.1f}% (median) off its fit, above the {NOISY_RESIDUAL_PCT:.0f}% "
                      "that a quiet machine stays under")
     if spread_pct > NOISY_SPREAD_PCT:
-        found.append(f"scatter, each one's p10-p90 spanning {spread_pct:.0f}% of its median (the median over them), "
-                     f"above the {NOISY_SPREAD_PCT:.0f}% of a quiet machine")
+        found.append(f"scatter, each one's p10-p90 spanning {spread_pct:.1f}% of its median (the median over them), "
+                     f"above the {NOISY_SPREAD_PCT:g}% of a quiet machine")
     return (f"the calibration's {len(stored.get('points', []))} whole-model measurements {' and '.join(found)}: "
             "the machine was busy or changing speed while they were measured, and predictions may be off by as much. Measure them again "
             f"when it is quiet: `{command} --recalibrate`, with the same --backend, --threads and --input (the "
