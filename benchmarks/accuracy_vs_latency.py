@@ -356,7 +356,7 @@ def main() -> None:
     from latprune.latency_lut.backends import get_backend
     from latprune.latency_lut.profile import build_lut
     from latprune.models import load_model
-    from latprune.pruner.graph import ChannelGraph
+    from latprune.graph.channels import ChannelGraph
     from latprune.pruner.loop import PruneConfig, prune
     from latprune.stats import params_and_macs
     from latprune.train import evaluate

@@ -34,7 +34,7 @@ from latprune.latency_lut.plots import plot_fidelity
 from latprune.latency_lut import profile as profile_module
 from latprune.latency_lut.profile import build_lut, open_for_backend
 from latprune.models import load_model
-from latprune.pruner.graph import ChannelGraph
+from latprune.graph.channels import ChannelGraph
 
 HERE = Path(__file__).parent
 DEFAULT_BACKEND = "ort-cpu"

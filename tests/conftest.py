@@ -114,8 +114,8 @@ def tiny_run(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     without running the pruner."""
     import json
 
-    from latprune.models import load_model
-    from latprune.pruner.graph import ChannelGraph
+    from latprune.graph.channels import ChannelGraph
+    from latprune.specs import load_model
     from latprune.pruner.plan import GroupPlan, PruningPlan
 
     run = tmp_path_factory.mktemp("tinyrun") / "run"

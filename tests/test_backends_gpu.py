@@ -14,8 +14,8 @@ import torch
 
 from latprune.cli import main
 from latprune.errors import BackendError, MissingDependency
+from latprune.graph.channels import ChannelGraph
 from latprune.latency_lut.backends import get_backend
-from latprune.pruner.graph import ChannelGraph
 from tests.conftest import TINY_INPUT, tiny_resnet
 
 HAS_CUDA = torch.cuda.is_available()
@@ -76,7 +76,7 @@ def test_torch_cuda_profile_and_fidelity_cli(capsys: pytest.CaptureFixture[str],
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs a CUDA GPU and tensorrt")
 def test_tensorrt_engine_matches_pytorch_and_times_units() -> None:
     from latprune.exporters.onnx import to_onnx_bytes
-    from latprune.exporters.tensorrt import TrtRunner, build_engine
+    from latprune.runtime.tensorrt import TrtRunner, build_engine
 
     model = tiny_resnet()
     runner = TrtRunner(build_engine(to_onnx_bytes(model, TINY_INPUT)))

@@ -20,8 +20,12 @@ import torch
 
 from latprune.cli import main
 from latprune.exporters.bundle import SCHEMA, SCHEMA_VERSION, load_bundle
-from latprune.pruner.plan import load_run_model
-from tests.conftest import TINY_INPUT, cli_fails as _fails, TINY_RUN_BUDGET_MS as BUDGET_MS, TINY_RUN_PREDICTED_MS as PREDICTED_MS
+from latprune.api import load
+from tests.conftest import tiny_resnet
+from tests.conftest import TINY_INPUT
+from tests.conftest import TINY_RUN_BUDGET_MS as BUDGET_MS
+from tests.conftest import TINY_RUN_PREDICTED_MS as PREDICTED_MS
+from tests.conftest import cli_fails as _fails
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> dict:
@@ -34,16 +38,16 @@ def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.fixture(scope="session")
-def onnx_bundle(tiny_run: Path) -> Path:
+def onnx_bundle(model_file: str, tiny_run: Path) -> Path:
     out = tiny_run.parent / "onnx-bundle"
-    assert main(["export", str(tiny_run), "--format", "onnx", "-o", str(out), "--json"]) == 0
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "onnx", "-o", str(out), "--json"]) == 0
     return out
 
 
 @pytest.fixture(scope="session")
-def aoti_bundle(tiny_run: Path) -> Path:
+def aoti_bundle(model_file: str, tiny_run: Path) -> Path:
     """The file's only AOTInductor compile: default location, dynamic batch."""
-    assert main(["export", str(tiny_run), "--format", "aoti", "--dynamic-batch", "--max-batch", "4",
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "aoti", "--dynamic-batch", "--max-batch", "4",
                  "--json"]) == 0
     return tiny_run / "bundle-aoti"
 
@@ -80,7 +84,7 @@ def test_onnx_bundle_schema_parity_and_files(onnx_bundle: Path, tiny_run: Path) 
 
     sess = ort.InferenceSession(str(onnx_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(*TINY_INPUT)
-    model = load_run_model(tiny_run).model
+    model = load(tiny_run, tiny_resnet()).model
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.max(np.abs(sess.run(None, {"input": x.numpy()})[0] - ref)) <= 1e-4
@@ -95,7 +99,7 @@ def test_aoti_bundle_runs_without_latprune(aoti_bundle: Path, tiny_run: Path, tm
     assert meta["export"]["device"] == "cpu" and meta["export"]["compiled_threads"] == 1
     assert meta["fingerprint"]["backend"] == "aoti-cpu"
     x = torch.randn(3, 1, 28, 28)
-    model = load_run_model(tiny_run).model
+    model = load(tiny_run, tiny_resnet()).model
     with torch.no_grad():
         ref = model(x)
     torch.save(x, tmp_path / "x.pt")
@@ -126,7 +130,7 @@ def test_run_measures_the_bundle_against_its_budget(capsys: pytest.CaptureFixtur
     assert r["budget_ms"] == BUDGET_MS and r["budget_met"] is True
     assert r["fingerprint_mismatch"] == [] and "warning" not in captured.err
     (out,) = r["outputs"]
-    model = load_run_model(tiny_run).model
+    model = load(tiny_run, tiny_resnet()).model
     with torch.no_grad():
         ref = model(torch.from_numpy(x))
     assert out["shape"] == [1, 10] and out["finite"] and out["top1"] == [int(ref.argmax())]
@@ -243,14 +247,14 @@ def test_fingerprint_mismatch_warns(capsys: pytest.CaptureFixture[str], onnx_bun
     assert r["threads"] == 2 and [d["field"] for d in r["fingerprint_mismatch"]] == ["threads"]
 
 
-def test_existing_bundle_needs_force(capsys: pytest.CaptureFixture[str], tiny_run: Path, onnx_bundle: Path,
+def test_existing_bundle_needs_force(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, onnx_bundle: Path,
                                      tmp_path: Path) -> None:
     target = _copy(onnx_bundle, tmp_path)
     before = _snapshot(target)
-    _fails(capsys, ["export", str(tiny_run), "-o", str(target)], "--force")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(target)], "--force")
     assert _snapshot(target) == before
     # --force replaces a bundle (here with a TorchScript-exported, dynamic-batch one) ...
-    assert main(["export", str(tiny_run), "-o", str(target), "--force", "--exporter", "torchscript",
+    assert main(["export", str(tiny_run), "--model", model_file, "-o", str(target), "--force", "--exporter", "torchscript",
                  "--dynamic-batch", "--max-batch", "8", "--json"]) == 0
     r = _json(capsys)
     assert r["export"]["exporter"] == "torchscript" and r["export"]["opset"] == 17
@@ -260,38 +264,38 @@ def test_existing_bundle_needs_force(capsys: pytest.CaptureFixture[str], tiny_ru
     stranger = tmp_path / "photos"
     stranger.mkdir()
     (stranger / "cat.jpg").write_bytes(b"meow")
-    _fails(capsys, ["export", str(tiny_run), "-o", str(stranger), "--force"], "not a latprune bundle")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(stranger), "--force"], "not a latprune bundle")
     assert (stranger / "cat.jpg").read_bytes() == b"meow"
-    _fails(capsys, ["export", str(tiny_run), "-o", str(tiny_run), "--force"], "would replace the run directory")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(tiny_run), "--force"], "would replace the run directory")
 
 
-def test_failed_export_leaves_nothing(capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+def test_failed_export_leaves_nothing(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
-    _fails(capsys, ["export", str(tiny_run), "-o", str(out), "--threads", "0"], "--threads must be at least 1")
-    _fails(capsys, ["export", str(tiny_run), "-o", str(out), "--fp16"], "--fp16 applies to --format tensorrt only")
-    _fails(capsys, ["export", str(tiny_run), "-o", str(out), "--format", "onnx", "--device", "cuda"],
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--threads", "0"], "--threads must be at least 1")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--fp16"], "--fp16 applies to --format tensorrt only")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "onnx", "--device", "cuda"],
            "--device applies to --format aoti only")
-    _fails(capsys, ["export", str(tmp_path / "norun"), "-o", str(out)], "is not a directory")
+    _fails(capsys, ["export", str(tmp_path / "norun"), "-o", str(out)], "is not a run directory")
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_run, damaged, ignore=shutil.ignore_patterns("bundle-*"))
     (damaged / "metrics.json").write_text("{")
-    _fails(capsys, ["export", str(damaged), "-o", str(out)], "metrics.json is not valid JSON")
+    _fails(capsys, ["export", str(damaged), "--model", model_file, "-o", str(out)], "metrics.json is not valid JSON")
     (damaged / "metrics.json").unlink()
     (damaged / "model.pt").write_bytes(b"garbage")
-    _fails(capsys, ["export", str(damaged), "-o", str(out)], "does not fit the plan")
+    _fails(capsys, ["export", str(damaged), "--model", model_file, "-o", str(out)], "is not a readable state_dict")
     if not torch.cuda.is_available():
-        _fails(capsys, ["export", str(tiny_run), "-o", str(out), "--format", "aoti", "--device", "cuda"],
+        _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "aoti", "--device", "cuda"],
                "needs a CUDA GPU")
     assert not out.exists() and not list(tmp_path.glob(".b*"))
 
 
-def test_export_onnx_file_alone(capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+def test_export_onnx_file_alone(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "model.onnx"
-    assert main(["export", str(tiny_run), "-o", str(target), "--exporter", "torchscript", "--json"]) == 0
+    assert main(["export", str(tiny_run), "--model", model_file, "-o", str(target), "--exporter", "torchscript", "--json"]) == 0
     r = _json(capsys)
     assert target.is_file() and r["max_abs_diff"] <= 1e-4 and r["opset"] == 17 and r["exporter"] == "torchscript"
     assert r["input_shape"] == list(TINY_INPUT) and r["output_shape"] == [1, 10]
-    _fails(capsys, ["export", str(tiny_run), "-o", str(target), "--format", "aoti"], "names an .onnx file")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(target), "--format", "aoti"], "names an .onnx file")
 
 
 class _DataDependent(torch.nn.Module):

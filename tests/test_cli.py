@@ -58,7 +58,7 @@ def test_prune_warns_of_a_calibration_fitted_by_an_older_rule(capsys: pytest.Cap
             "--importance", "l1", "--epochs", "0", "-o", str(tmp_path / "run"), *FAKE]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "fitted by an older rule (relative); `latprune profile" in err and "smallest reachable latency" in err
+    assert "fitted by an older rule (relative); profiling this model" in err and "smallest reachable latency" in err
     assert main([*argv, "--json"]) == 2 and "older rule" in capsys.readouterr().err  # not a progress message
     assert main([*argv[:5], fake_lut, *argv[6:]]) == 2
     err = capsys.readouterr().err

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from latprune.cli import main
-from latprune.pruner.plan import PruningPlan, load_run_model
+from latprune.api import load
+from latprune.pruner.plan import PruningPlan
+from tests.conftest import tiny_resnet
 
 FAKE = ["--backend", "fake", "--threads", "1"]
 TINY = ["--input", "1x1x28x28"]
@@ -68,9 +70,9 @@ def test_a_lucky_measurement_alone_does_not_accept_a_candidate() -> None:
 
 
 def test_run_replays_and_matches_its_onnx(fake_run: Path) -> None:
-    from latprune.latency_lut.backends.ort_cpu import make_session
+    from latprune.runtime.ort import make_session
 
-    run = load_run_model(fake_run)
+    run = load(fake_run, tiny_resnet())
     plan = PruningPlan.load(fake_run / "plan.json")
     widths = {g.root: g.width for g in plan.groups}
     assert run.model.get_submodule("stem.0").out_channels == widths["stem.0"]
@@ -82,9 +84,9 @@ def test_run_replays_and_matches_its_onnx(fake_run: Path) -> None:
     assert np.max(np.abs(ref - got)) <= 1e-4
 
 
-def test_bench_reports_measured_and_predicted(capsys: pytest.CaptureFixture[str], fake_run: Path,
+def test_bench_reports_measured_and_predicted(model_file: str, capsys: pytest.CaptureFixture[str], fake_run: Path,
                                               fake_lut: str) -> None:
-    assert main(["bench", str(fake_run), "--lut", fake_lut, *FAKE, "--json"]) == 0
+    assert main(["bench", str(fake_run), "--model", model_file, "--lut", fake_lut, *FAKE, "--json"]) == 0
     r = _json(capsys)
     # the fake device is exactly what its calibrated LUT says
     assert r["predicted_ms"] == pytest.approx(r["latency_ms"]["median_ms"], rel=1e-3)
@@ -94,16 +96,16 @@ def test_bench_reports_measured_and_predicted(capsys: pytest.CaptureFixture[str]
     assert r["budget_spec"] == "0.75x" and r["budget_ms"] == pytest.approx(0.75 * r["base_beside_ms"])
     assert r["base_beside_ms"] == pytest.approx(m["pruned"]["base_beside_ms"], rel=1e-3)
     assert m["budget"]["ms_beside"] == pytest.approx(0.75 * m["pruned"]["base_beside_ms"])
-    main(["bench", str(fake_run), *FAKE])
+    main(["bench", str(fake_run), "--model", model_file, *FAKE])
     assert "0.75x of the base, measured" in capsys.readouterr().out
     from latprune.report import prune_text
 
     assert "budget 0.75x of the base, measured" in prune_text(m)
 
 
-def test_export_rewrites_onnx_with_parity(capsys: pytest.CaptureFixture[str], fake_run: Path, tmp_path: Path) -> None:
+def test_export_rewrites_onnx_with_parity(model_file: str, capsys: pytest.CaptureFixture[str], fake_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "again.onnx"
-    assert main(["export", str(fake_run), "--format", "onnx", "-o", str(target), "--json"]) == 0
+    assert main(["export", str(fake_run), "--model", model_file, "--format", "onnx", "-o", str(target), "--json"]) == 0
     r = _json(capsys)
     assert target.is_file() and r["max_abs_diff"] <= 1e-4 and (r["exporter"], r["opset"]) == ("dynamo", 18)
 
@@ -194,8 +196,10 @@ def test_every_method_prunes_and_replays(capsys: pytest.CaptureFixture[str], mod
                                         tmp_path: Path, method: str, importance: str, extra: list[str]) -> None:
     out = tmp_path / method
     rc = main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
-               "--method", method, "--importance", importance, "--data", "digits", "--epochs", "0.05",
-               "--gate-epochs", "0.3", "--importance-batches", "2", "--batch-size", "32", *FAKE, "--json", *extra])
+               "--method", method, "--data", "digits", "--epochs", "0.05", "--batch-size", "32", *FAKE, "--json",
+               *extra, *([] if method in ("uniform-l1", "flops") else ["--importance", importance,
+                                                                      "--importance-batches", "2"]),
+               *(["--gate-epochs", "0.3"] if method == "gator" else [])])
     m = _json(capsys)
     assert m["method"] == method and PruningPlan.load(out / "plan.json").method == method
     assert rc == (0 if m["budget_met"] else 3)
@@ -205,7 +209,7 @@ def test_every_method_prunes_and_replays(capsys: pytest.CaptureFixture[str], mod
         assert len(m["attempts"]) == 1
     assert m["budget_met"] == (m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms"])
     assert m["pruned"]["macs"] < m["base"]["macs"]
-    run = load_run_model(out)  # the plan (blocks and channels) replays on a fresh base model
+    run = load(out, tiny_resnet())  # the plan (blocks and channels) replays on a fresh base model
     x = torch.randn(2, 1, 28, 28)
     state = torch.load(out / "model.pt", weights_only=True)
     assert run.model.state_dict().keys() == state.keys()
@@ -232,23 +236,22 @@ def test_measured_importance_is_refused_outside_halp(capsys: pytest.CaptureFixtu
                                                      fake_lut: str, tmp_path: Path) -> None:
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.6x", "-o", str(tmp_path / "r"),
                  "--method", "gator", "--importance", "measured", *FAKE]) == 2
-    assert "--importance measured works with --method halp only" in capsys.readouterr().err
+    assert "GatorConfig: unknown importance 'measured'; known: taylor, taylor2, l1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("field", ["importance", "gate_init", "gate_penalty", "gate_signal"])
-def test_the_api_refuses_unknown_option_values(field: str, model_file: str, fake_lut: str, tmp_path: Path) -> None:
-    """``prune()`` called without the CLI (whose argparse choices refuse these
-    first) names the flag and its known values, and writes nothing."""
+def test_the_api_refuses_unknown_option_values(field: str) -> None:
+    """A method config called without the CLI (whose argparse choices refuse these
+    first) names the option and its known values."""
     from latprune.errors import SpecError
-    from latprune.pruner.loop import PruneConfig, prune
+    from latprune.pruner.configs import GatorConfig, method_config
 
-    config = PruneConfig(model=model_file, lut=fake_lut, budget="0.6x", out=str(tmp_path / "r"), input="1x1x28x28",
-                         backend="fake", threads=1, method="gator", **{field: "bogus"})
-    with pytest.raises(SpecError, match=f"unknown --{field.replace('_', '-')} 'bogus'; known: ") as err:
-        prune(config)
+    with pytest.raises(SpecError, match=f"GatorConfig: unknown {field} 'bogus'; known: ") as err:
+        GatorConfig(**{field: "bogus"})
     assert ", " in str(err.value).split("known: ")[1]  # every known value, not one
-    assert not (tmp_path / "r").exists()
+    with pytest.raises(SpecError, match="has no option bogus; its options: max_iters"):
+        method_config("gator", bogus=1)
 
 
 def test_a_slow_spell_does_not_move_the_budget(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
@@ -367,8 +370,8 @@ def test_an_export_that_misses_is_pruned_again_narrower(capsys: pytest.CaptureFi
     calls = _first_export_slowed(monkeypatch, 1.15)
     out = tmp_path / "r"
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
-                 "--method", method, "--data", "digits", "--epochs", "0", "--gate-epochs", "0.2",
-                 "--importance-batches", "2", "--batch-size", "32", *FAKE]) == 0
+                 "--method", method, "--data", "digits", "--epochs", "0", "--batch-size", "32", *FAKE,
+                 *(["--gate-epochs", "0.2", "--importance-batches", "2"] if method == "gator" else [])]) == 0
     assert "pruning again from the base" in capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert len(calls) == 3 and [a["budget_met"] for a in m["attempts"]] == [False, True] and m["budget_met"]
@@ -385,7 +388,7 @@ def test_an_export_that_misses_is_pruned_again_narrower(capsys: pytest.CaptureFi
     assert "attempt 1: pruned to" in text and ": missed" in text and "attempt 2" in text and "HELD" in text
     assert m["pruned"]["latency_ms"]["median_ms"] <= m["budget"]["ms_beside"]
     assert m["pruned"]["macs"] < m["base"]["macs"]
-    run = load_run_model(out)  # the second attempt's plan is the one written, and it replays
+    run = load(out, tiny_resnet())  # the second attempt's plan is the one written, and it replays
     x = torch.randn(2, 1, 28, 28)
     state = torch.load(out / "model.pt", weights_only=True)
     run.model.load_state_dict(state)
@@ -430,5 +433,5 @@ def test_negative_retries_are_refused(capsys: pytest.CaptureFixture[str], model_
                                       tmp_path: Path) -> None:
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(tmp_path / "r"),
                  "--method", "uniform-l1", "--epochs", "0", "--retries", "-1", *FAKE]) == 2
-    assert "--retries must be 0 or more" in capsys.readouterr().err
+    assert "retries must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

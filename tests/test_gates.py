@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from latprune.graph.channels import ChannelGraph, Grid
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
-from latprune.pruner.choices import GATE_SIGNALS
+from latprune.pruner.configs import GATE_SIGNALS
 from latprune.pruner.gates import SIGNALS, GateConfig, Gates, LatencyPenalty, TaylorSignal, latency_penalty
-from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from tests.conftest import MODELS, TINY_INPUT, randomise_bn_
 
@@ -98,9 +98,9 @@ def test_removed_block_equals_zeroed_branch(tiny_model: nn.Module) -> None:
 def test_blocks_called_with_extra_arguments_can_be_removed() -> None:
     """EfficientNet-Lite calls each block as block(x, drop_connect_rate=...)."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    from latprune.models import load_model
+    from latprune.models import registered_model
 
-    spec = load_model("efficientnet-lite0", "1x3x64x64")
+    spec = registered_model("efficientnet-lite0", (1, 3, 64, 64))
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     assert graph.blocks
     widths = {**graph.full_widths(), graph.blocks[-1].group: 0, graph.blocks[0].group: 0}

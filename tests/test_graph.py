@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.units import LayerKey
 from tests.conftest import TINY_INPUT, randomise_bn_, tiny_resnet
 
 

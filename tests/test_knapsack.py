@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from latprune.errors import BudgetError
+from latprune.graph.channels import ChannelGraph, Grid
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
-from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.pruner.importance import Scores
 from latprune.pruner.knapsack import _mck, option_values, solve
 from tests.conftest import MODELS, TINY_INPUT

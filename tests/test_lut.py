@@ -11,16 +11,16 @@ import pytest
 from torch import nn
 
 from latprune.errors import FingerprintMismatch, LutError
+from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
-from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.calibrate import FIT_METHOD
-from latprune.latency_lut.fingerprint import cpu_device
+from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration, open_for_backend
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, TimingConfig
-from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.runtime.fingerprint import cpu_device
 from tests.conftest import TINY_INPUT, tiny_resnet
 
 
@@ -289,7 +289,8 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     convolution, and its add runs fused into the convolution, as inside a whole model."""
     import json
 
-    from latprune.latency_lut.backends.ort_cpu import AUX, LAYOUT_OPS, make_session, run_kernel_ms, unit_onnx
+    from latprune.latency_lut.backends.ort_cpu import AUX, LAYOUT_OPS, run_kernel_ms, unit_onnx
+    from latprune.runtime.ort import make_session
 
     key = LayerKey("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(14, 14), bn=True, add=True, act="relu")
     session = make_session(unit_onnx(key, aux_residual=True), 1, profile_prefix=str(tmp_path / "p"))
@@ -316,7 +317,8 @@ def test_ort_cpu_session_options_leave_the_results_alone() -> None:
     import os
 
     from latprune.errors import BackendError
-    from latprune.latency_lut.backends.ort_cpu import make_session, random_feeds, unit_onnx
+    from latprune.latency_lut.backends.ort_cpu import unit_onnx
+    from latprune.runtime.ort import make_session, random_feeds
 
     onnx = unit_onnx(LayerKey("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(14, 14), bn=True, act="relu"))
     plain = make_session(onnx, 2)

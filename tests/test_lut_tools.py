@@ -11,6 +11,8 @@ from torch import nn
 
 from latprune.cli import main
 from latprune.errors import FingerprintMismatch, LutError
+from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.calibrate import random_configs
@@ -18,8 +20,6 @@ from latprune.latency_lut.fidelity import ErrorStats, fidelity, refit_prediction
 from latprune.latency_lut.profile import build_lut, grid_keys
 from latprune.latency_lut.store import Lut, merge_luts
 from latprune.latency_lut.timing import Latency
-from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph, Grid
 from latprune.report import fidelity_text
 from tests.conftest import TINY_INPUT, tiny_resnet
 
@@ -221,8 +221,7 @@ def test_fidelity_reports_the_scatter_of_its_measurements(tmp_path: Path) -> Non
 
 def test_noise_thresholds_leave_a_shard_and_missing_percentiles_alone() -> None:
     from latprune.latency_lut.calibrate import noise_warning
-    from latprune.latency_lut.timing import points_spread_pct
-    from latprune.latency_lut.timing import median_spread_pct
+    from latprune.latency_lut.timing import median_spread_pct, points_spread_pct
 
     def points(n: int, spread: float | None) -> list[dict[str, float]]:  # spread None: stored without percentiles
         pct = {} if spread is None else {"p10_ms": 1.0 - spread / 200, "p90_ms": 1.0 + spread / 200}

@@ -51,9 +51,10 @@ def test_unknown_data_spec() -> None:
 def test_embedded_default_loads_with_its_recorded_accuracy() -> None:
     import json
 
-    from latprune.models import EMBEDDED_WEIGHTS, load_model
+    from latprune.models import EMBEDDED_WEIGHTS, registered_model
 
-    spec = load_model("default")
+    spec = registered_model("default")
+    assert spec is not None
     assert spec.input_shape == (1, 1, 28, 28)
     with torch.no_grad():
         assert spec.model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -9,7 +9,7 @@ import torch
 
 from latprune.budget import parse_budget
 from latprune.errors import RunDirError, SpecError
-from latprune.pruner.graph import ChannelGraph
+from latprune.graph.channels import ChannelGraph
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from tests.conftest import TINY_INPUT, randomise_bn_, tiny_resnet
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from latprune.cli import main
+from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import fake
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration
 from latprune.latency_lut.staircase import _midpoint, group_keys
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph, Grid
 from tests.conftest import TINY_INPUT, tiny_resnet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

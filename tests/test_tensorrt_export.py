@@ -16,8 +16,10 @@ import torch
 
 from latprune.cli import main
 from latprune.errors import MissingDependency, SpecError
-from latprune.exporters import tensorrt as trt_mod
-from latprune.exporters.tensorrt import EngineConfig, build_engine, calibration_batches, make_calibrator
+from latprune.exporters import tensorrt as bundle_trt
+from latprune.exporters.tensorrt import calibration_batches
+from latprune.runtime import tensorrt as trt_mod
+from latprune.runtime.tensorrt import EngineConfig, build_engine, make_calibrator
 from tests.conftest import TINY_INPUT
 
 HAS_CUDA = torch.cuda.is_available()
@@ -25,21 +27,21 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
-def test_export_without_tensorrt_says_how_to_install(capsys: pytest.CaptureFixture[str], tiny_run: Path,
+def test_export_without_tensorrt_says_how_to_install(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "trt"
     for extra in ([], ["--fp16"], ["--int8", "--data", "digits", "--dynamic-batch"]):
-        assert main(["export", str(tiny_run), "--format", "tensorrt", "-o", str(out), *extra]) == 2
+        assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "-o", str(out), *extra]) == 2
         err = capsys.readouterr().err
         assert "pip install 'latprune[tensorrt]'" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.iterdir())
     assert not (tiny_run / "bundle-tensorrt").exists()
 
 
-def test_int8_needs_calibration_data(capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
-    assert main(["export", str(tiny_run), "--format", "tensorrt", "--int8", "-o", str(tmp_path / "b")]) == 2
+def test_int8_needs_calibration_data(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "--int8", "-o", str(tmp_path / "b")]) == 2
     assert "--int8 needs calibration data: pass --data" in capsys.readouterr().err
-    assert main(["export", str(tiny_run), "--format", "onnx", "--int8", "--data", "digits",
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "onnx", "--int8", "--data", "digits",
                  "-o", str(tmp_path / "b")]) == 2
     assert "apply to --format tensorrt only" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
@@ -154,7 +156,7 @@ def test_runtime_entry_points_say_how_to_install() -> None:
     with pytest.raises(MissingDependency, match=r"pip install 'latprune\[tensorrt\]'"):
         trt_mod.require_tensorrt()
     with pytest.raises(MissingDependency, match="tensorrt"):
-        trt_mod.TrtArtifactRunner("model.engine", "fp32")
+        bundle_trt.TrtArtifactRunner("model.engine", "fp32")
 
 
 # ---------------------------------------------------------------- on a GPU with tensorrt
@@ -162,12 +164,12 @@ def test_runtime_entry_points_say_how_to_install() -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs a GPU and tensorrt")
-def test_tensorrt_bundle_builds_checks_and_runs(capsys: pytest.CaptureFixture[str], tiny_run: Path,
+def test_tensorrt_bundle_builds_checks_and_runs(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
                                                 tmp_path: Path, precision: str) -> None:
     out = tmp_path / f"trt-{precision}"
     extra = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--data", "digits", "--calibration-batches", "4"]}
     cache = tmp_path / "timing.cache"
-    assert main(["export", str(tiny_run), "--format", "tensorrt", "-o", str(out), "--dynamic-batch",
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "-o", str(out), "--dynamic-batch",
                  "--max-batch", "8", "--timing-cache", str(cache), *extra[precision], "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["export"]["precision"] == precision and cache.is_file()
@@ -186,9 +188,9 @@ def test_tensorrt_bundle_builds_checks_and_runs(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_aoti_bundle_for_cuda(capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+def test_aoti_bundle_for_cuda(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "aoti-cuda"
-    assert main(["export", str(tiny_run), "--format", "aoti", "--device", "cuda", "-o", str(out), "--json"]) == 0
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "aoti", "--device", "cuda", "-o", str(out), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["export"]["device"] == "cuda" and meta["fingerprint"]["backend"] == "aoti-cuda"
     assert meta["parity"]["max_abs_diff"] <= 1e-4

@@ -1,7 +1,8 @@
 """latprune: hardware-aware, latency-driven structured pruning for PyTorch.
 
 Importing this package is cheap: no onnxruntime, torchvision or tensorrt.
-The public API is re-exported lazily from its modules.
+The public API (profile, prune, export, load and their objects) is re-exported
+lazily from its modules.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LatpruneError": "latprune.errors",
-    "load_model": "latprune.models",
-    "load_data": "latprune.data",
-    "build_lut": "latprune.latency_lut.profile",
-    "Lut": "latprune.latency_lut.store",
-    "Predictor": "latprune.latency_lut.predict",
-    "get_backend": "latprune.latency_lut.backends",
-    "prune": "latprune.pruner.loop",
-    "PruneConfig": "latprune.pruner.loop",
-    "PruningPlan": "latprune.pruner.plan",
-    "parse_budget": "latprune.budget",
-    "export_onnx": "latprune.exporters.onnx",
-    "export_aoti": "latprune.exporters.aoti",
-    "ExportOptions": "latprune.exporters.bundle",
-    "write_bundle": "latprune.exporters.bundle",
+    "profile": "latprune.api",
+    "prune": "latprune.api",
+    "export": "latprune.api",
+    "load": "latprune.api",
+    "LUT": "latprune.api",
+    "PruneResult": "latprune.api",
+    "Bundle": "latprune.exporters.bundle",
     "load_bundle": "latprune.exporters.bundle",
-    "run_bundle": "latprune.run",
+    "PruningPlan": "latprune.pruner.plan",
+    "FinetuneConfig": "latprune.pruner.loop",
+    "MethodConfig": "latprune.pruner.configs",
+    "GatorConfig": "latprune.pruner.configs",
+    "HalpConfig": "latprune.pruner.configs",
+    "TaylorConfig": "latprune.pruner.configs",
+    "UniformL1Config": "latprune.pruner.configs",
+    "FlopsConfig": "latprune.pruner.configs",
+    "Budget": "latprune.budget",
+    "LatpruneError": "latprune.errors",
+    "LatpruneWarning": "latprune.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

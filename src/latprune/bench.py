@@ -5,19 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from latprune.api import load
 from latprune.budget import Budget
 from latprune.errors import RunDirError, SpecError
 from latprune.latency_lut.backends import Backend, get_backend
+from latprune.models import registered_model
 
 
-def predict_run(run_dir: Path, lut_path: str, backend: Backend) -> dict[str, Any]:
+def predict_run(run_dir: Path, lut_path: str, backend: Backend, base: nn.Module | None = None) -> dict[str, Any]:
     """The LUT's prediction for the slimmed model of ``run_dir`` (calibrated with the base model's fit)."""
+    from latprune.graph.channels import ChannelGraph
     from latprune.latency_lut.predict import Predictor
     from latprune.latency_lut.profile import load_calibration, open_for_backend
-    from latprune.pruner.graph import ChannelGraph
-    from latprune.pruner.plan import load_run_model
 
-    run = load_run_model(run_dir)
+    run = load(run_dir, base)
     graph = ChannelGraph.build(run.model, run.input_shape)
     with open_for_backend(lut_path, backend, writable=False) as lut:
         stored = load_calibration(lut, run.plan.signature)  # the base model's fit
@@ -43,9 +46,10 @@ def _relative_budget(run_dir: Path) -> Budget | None:
 
 
 def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
-          threads: int | None = None) -> dict[str, Any]:
+          threads: int | None = None, base: nn.Module | None = None) -> dict[str, Any]:
     """Measure ``artifact`` (a run directory or an .onnx file) on the backend (passes settled as in
-    :func:`~latprune.latency_lut.profile.measure_settled`)."""
+    :func:`~latprune.latency_lut.profile.measure_settled`). ``base``: the model the run was pruned
+    from, where latprune does not build it by name (see :func:`latprune.load`)."""
     path = Path(artifact)
     run_dir: Path | None = None
     if path.is_dir():
@@ -70,9 +74,7 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
     else:
         if run_dir is None:
             raise RunDirError(f"backend {backend.name!r} times PyTorch models; pass a run directory, not {artifact}")
-        from latprune.pruner.plan import load_run_model
-
-        run = load_run_model(run_dir)
+        run = load(run_dir, base)
 
         def measure() -> Latency:
             return backend.measure_model(run.model, run.input_shape)
@@ -86,10 +88,9 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
     checked: dict[str, Any] = {}  # a relative budget: what it was checked against
     if plan is not None and relative is not None:
         # the run's budget is a fraction of its base: measure the base beside it, as `prune` did
-        from latprune.models import load_model
-
-        base, shape = load_model(plan.model, "x".join(map(str, plan.input_shape))).model, plan.input_shape
-        base_lat, latency = measure_beside([lambda: backend.measure_model(base, shape), measure])
+        shape = plan.input_shape
+        reference = base if base is not None else _registered_base(plan.model, shape, run_dir)
+        base_lat, latency = measure_beside([lambda: backend.measure_model(reference, shape), measure])
         checked = {"budget_spec": str(relative), "base_beside_ms": base_lat.median_ms,
                    "budget_ms": relative.resolve(base_lat.median_ms)}
     else:
@@ -101,6 +102,14 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
     if lut is not None:
         if run_dir is None:
             raise RunDirError("a LUT prediction needs the run directory (plan.json beside the .onnx file)")
-        result.update(predict_run(run_dir, lut, backend))
+        result.update(predict_run(run_dir, lut, backend, base))
         result["error_pct"] = 100 * (result["predicted_ms"] - latency.median_ms) / latency.median_ms
     return result
+
+
+def _registered_base(name: str, shape: tuple[int, ...], run_dir: Path) -> nn.Module:
+    spec = registered_model(name, shape)
+    if spec is None:
+        raise RunDirError(f"{run_dir} was pruned from {name!r}, which latprune does not build by name; its relative "
+                          "budget is checked beside that base: pass the base model")
+    return spec.model

@@ -12,13 +12,66 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from latprune.errors import LatpruneError
-from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, GATE_SIGNALS, IMPORTANCES
+from latprune.errors import LatpruneError, LatpruneWarning, SpecError
+from latprune.pruner.configs import CONFIGS, MethodConfig, field_default, method_config, option_fields
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="ort-cpu", help="latency backend: ort-cpu (default), torch-cpu, fake")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all logical CPUs, max 8)")
+
+
+def _add_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, dest="base",
+                   help="the model the run was pruned from, where it is a 'file.py:factory' (latprune never "
+                        "imports code named inside a run directory)")
+
+
+# Config fields without a flag of their own: the closed loop's settings keep their defaults on the
+# command line, and ``--lr`` is the fine-tuning's flag, passed on to a method that trains.
+SHARED_FLAGS = {"max_iters", "margin", "slack", "lr"}
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per field of the method configs (``gate_epochs`` -> ``--gate-epochs``), saying which
+    methods take it; unset flags are None, so a flag the chosen method does not take is refused."""
+    owners: dict[str, list[str]] = {}
+    specimen: dict[str, Any] = {}
+    for name, cls in CONFIGS.items():
+        for field_name, f in option_fields(cls).items():
+            if field_name in SHARED_FLAGS:
+                continue
+            owners.setdefault(field_name, []).append(name)
+            if field_name not in specimen or len(f.metadata.get("choices") or ()) > len(
+                    specimen[field_name].metadata.get("choices") or ()):
+                specimen[field_name] = f
+    for field_name, f in specimen.items():
+        flag = field_name.replace("_", "-")
+        default = field_default(f)
+        which = ", ".join(owners[field_name])
+        help_text = f"{f.metadata.get('help', '')} (default {default}; {which})"
+        if isinstance(default, bool):
+            p.add_argument(f"--no-{flag}" if default else f"--{flag}", dest=field_name, action="store_const",
+                           const=not default, default=None, help=help_text)
+        else:
+            p.add_argument(f"--{flag}", dest=field_name, type=type(default), default=None,
+                           choices=f.metadata.get("choices"), help=help_text)
+
+
+def _method(args: argparse.Namespace) -> MethodConfig:
+    """The chosen method's config from the flags given; a flag it does not take is an error."""
+    names = {n for cls in CONFIGS.values() for n in option_fields(cls)} - SHARED_FLAGS
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.method not in CONFIGS:
+        return method_config(args.method)  # says which methods there are
+    takes = option_fields(CONFIGS[args.method])
+    if "lr" in takes:
+        given["lr"] = args.lr  # --lr sets the fine-tuning's and the method's own training's
+    foreign = sorted(n for n in given if n not in takes)
+    if foreign:
+        flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
+        raise SpecError(f"{flags} do{'es' if len(foreign) == 1 else ''} not apply to --method {args.method}")
+    return method_config(args.method, **given)
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -56,27 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="'fashion-mnist', 'digits', 'imagefolder:PATH', 'python:mod:fn'")
     p.add_argument("--input", default=None)
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, fractions allowed (0: none)")
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.01,
+                   help="learning rate of fine-tuning and of the method's own training (gates, recovery)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--method", default="gator",
                    help="gator (default: gates trained with the LUT latency loss + knapsack), halp (iterative "
                         "Taylor + latency knapsack, no gate training), taylor, uniform-l1 and flops (baselines)")
-    p.add_argument("--gate-epochs", type=float, default=0.5, help="gator: epochs of gate training (default 0.5)")
-    p.add_argument("--gate-init", default="open", choices=GATE_INITS,
-                   help="gator: start every gate open (default), or start the channels the knapsack on the "
-                        "base's Taylor scores drops undecided")
-    p.add_argument("--gate-penalty", default="hinge", choices=GATE_PENALTIES,
-                   help="gator: latency term λ·max(0, E−budget)/budget (default), or λ·|E−budget|/budget, "
-                        "which holds the expected latency at the budget instead of letting it overshoot")
-    p.add_argument("--gate-signal", default="taylor", choices=GATE_SIGNALS,
-                   help="gator: what holds a gate open against the latency term: its share of the Taylor "
-                        "importance (default), or the straight-through task gradient (before session 15; "
-                        "on ResNet-56 at 0.3x it closes the residual highways and loses ~1 point)")
-    p.add_argument("--no-blocks", action="store_true", help="gator/halp: never remove whole residual blocks")
-    p.add_argument("--importance", default="taylor", choices=IMPORTANCES,
-                   help="taylor (default), taylor2, l1 (no data needed), measured (halp only: knapsack "
-                        "values from losses measured per width option)")
-    p.add_argument("--importance-batches", type=int, default=16)
+    _add_method_options(p)
     p.add_argument("--distill", action="store_true", help="distil from the unpruned model while fine-tuning")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test images")
     p.add_argument("--retries", type=int, default=1,
@@ -94,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle directory (default: RUN_DIR/bundle-FORMAT); a path ending in .onnx writes that "
                         "checked ONNX file alone, without a bundle")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    _add_base(p)
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension, 1..--max-batch")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch of a dynamic-batch artifact (64)")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
@@ -120,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure an artifact's latency, with the LUT's prediction beside it")
     p.add_argument("artifact", help="run directory or .onnx file")
     p.add_argument("--lut", default=None)
+    _add_base(p)
     _add_backend(p)
     _add_json(p)
 
@@ -179,118 +220,154 @@ def _print(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from latprune.latency_lut.backends import get_backend
-    from latprune.latency_lut.profile import build_lut
-    from latprune.models import load_model
-    from latprune.pruner.graph import ChannelGraph
-
-    backend = get_backend(args.backend, args.threads)
-    shard = _parse_shard(args.shard)
-    spec = load_model(args.model, args.input)
-    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    from latprune.api import profile
+    from latprune.graph.channels import ChannelGraph
     from latprune.latency_lut.calibrate import MIN_SAMPLES_FOR_REMOVALS
-
-    if graph.blocks and args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
-        _warn([f"--calibration-samples {args.calibration_samples} leaves out configurations that remove residual "
-               f"blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what a removed block "
-               "costs (the default is 12)"])
-    report = build_lut(graph, args.output, backend, args.levels, args.calibration_samples, spec.name, align=args.align,
-                       progress=not args.json, passes=args.passes, shard=shard, recalibrate=args.recalibrate,
-                       refine=args.refine)
-    _warn(report.warnings)
     from latprune.report import profile_text
+    from latprune.specs import load_model, parse_shard
 
-    _print(args, report.to_dict(), profile_text)
+    shard = parse_shard(args.shard)
+    spec = load_model(args.model, args.input)
+    if args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
+        if ChannelGraph.build(spec.model, spec.input_shape).blocks:
+            _warn([f"--calibration-samples {args.calibration_samples} leaves out configurations that remove "
+                   f"residual blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what "
+                   "a removed block costs (the default is 12)"])
+    lut = profile(spec.model, spec.input_shape, args.backend, args.threads, args.output, levels=args.levels,
+                  align=args.align, calibration_samples=args.calibration_samples, passes=args.passes,
+                  refine=args.refine, recalibrate=args.recalibrate, shard=shard, name=spec.name,
+                  progress=not args.json)
+    assert lut.report is not None  # profile() always reports what it measured
+    _warn(lut.report.warnings)
+    _print(args, lut.report.to_dict(), profile_text)
 
 
-def _parse_shard(text: str | None) -> tuple[int, int]:
-    from latprune.errors import SpecError
+def _loaders(args: argparse.Namespace, data_spec: str | None) -> tuple[Any, Any, str | None]:
+    """Training and evaluation loaders of the ``--data`` spec (None, None without one)."""
+    if data_spec is None:
+        return None, None, None
+    from latprune.data import load_data, loader, subset
 
-    if text is None:
-        return (1, 1)
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise SpecError(f"--shard {text!r} is not of the form i/n, e.g. --shard 2/4") from None
-    if not 1 <= i <= n:
-        raise SpecError(f"--shard {text!r} needs 1 <= i <= n")
-    return (i, n)
+    data = load_data(data_spec)
+    train = loader(data.train, args.batch_size, shuffle=True, seed=0)
+    test = loader(subset(data.test, args.eval_limit), 128, shuffle=False)
+    return train, test, data.name
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from latprune.pruner.loop import PruneConfig, prune
-
-    config = PruneConfig(
-        model=args.model, lut=args.lut, budget=args.budget, out=args.output, data=args.data, input=args.input,
-        backend=args.backend, threads=args.threads, method=args.method, gate_epochs=args.gate_epochs,
-        gate_init=args.gate_init,
-        gate_penalty=args.gate_penalty, gate_signal=args.gate_signal,
-        blocks=not args.no_blocks, importance=args.importance,
-        importance_batches=args.importance_batches, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
-        distill=args.distill, eval_limit=args.eval_limit, retries=args.retries, force=args.force,
-        progress=not args.json,
-    )
+    from latprune.api import LUT, check_run_target, prune
     from latprune.errors import BudgetMissed
+    from latprune.pruner.loop import FinetuneConfig
     from latprune.report import prune_text
+    from latprune.specs import load_model
 
-    m = prune(config)
+    out = Path(args.output)
+    try:
+        check_run_target(out, args.force)  # before any work: a long prune must not end in this
+    except LatpruneError as exc:
+        raise type(exc)(f"{exc} (--force replaces a previous run)") from None
+    method = _method(args)
+    budget = _budget(args.budget)
+    spec = load_model(args.model, args.input)
+    data_spec = args.data or spec.default_data
+    needs_data = method.needs_data or args.epochs > 0
+    if needs_data and data_spec is None:
+        raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
+                        "or prune without data using --method halp --importance l1 --epochs 0")
+    train, test, data_name = _loaders(args, data_spec if needs_data else None)
+    lut = LUT.open(args.lut, args.backend, args.threads)
+    result = prune(spec.model, lut, budget, example_input=spec.input_shape, method=method, train_loader=train,
+                   val_loader=test, finetune=FinetuneConfig(args.epochs, args.lr, args.distill) if train else None,
+                   retries=args.retries, name=spec.name, data_name=data_name, progress=not args.json)
+    result.save(out, overwrite=args.force)
+    m = result.metrics
     _print(args, m, prune_text)
     if not m["budget_met"]:
-        budget = m["budget"]["ms_beside"] or m["budget"]["ms"]
-        raise BudgetMissed(f"the run directory {args.output} is written, but its model measures "
-                           f"{m['pruned']['latency_ms']['median_ms']:.3f} ms against the budget {budget:.3f} ms "
+        budget_ms = m["budget"]["ms_beside"] or m["budget"]["ms"]
+        raise BudgetMissed(f"the run directory {out} is written, but its model measures "
+                           f"{m['pruned']['latency_ms']['median_ms']:.3f} ms against the budget {budget_ms:.3f} ms "
                            f"after {len(m['attempts'])} attempt(s): prune again with a tighter --budget or more "
                            "--retries, or measure it again with `latprune bench` on a quiet machine")
 
 
+def _budget(text: str) -> Any:
+    from latprune.budget import parse_budget
+
+    return parse_budget(text)
+
+
+def _load_run(run_dir: str, base: str | None) -> Any:
+    from latprune.api import load
+    from latprune.specs import base_module
+
+    return load(run_dir, base_module(Path(run_dir), base)) if Path(run_dir).is_dir() else load(run_dir)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
-    from latprune.exporters.bundle import ExportOptions, write_bundle
+    from latprune.api import export
     from latprune.report import bundle_text
 
-    options = ExportOptions(
-        format=args.format, dynamic_batch=args.dynamic_batch, max_batch=args.max_batch, threads=args.threads,
-        exporter=args.exporter, device=args.device, fp16=args.fp16, int8=args.int8, data=args.data,
-        calibration_batches=args.calibration_batches, timing_cache=args.timing_cache,
-    )
+    options = dict(dynamic_batch=args.dynamic_batch, max_batch=args.max_batch, threads=args.threads,
+                   exporter=args.exporter, device=args.device, fp16=args.fp16, int8=args.int8, data=args.data,
+                   calibration_batches=args.calibration_batches, timing_cache=args.timing_cache)
+    from latprune.exporters.bundle import ExportOptions
+
+    ExportOptions(format=args.format, **options)  # bad flags are refused before the run is loaded
+    result = _load_run(args.run_dir, args.base)
     if args.output is not None and args.output.endswith(".onnx"):
-        _export_onnx_file(args, options)
+        _export_onnx_file(args, result)
         return
-    _print(args, write_bundle(args.run_dir, args.output, options, force=args.force), bundle_text)
+    out = args.output or str(Path(args.run_dir) / f"bundle-{args.format}")
+    try:
+        bundle = export(result, args.format, out, overwrite=args.force, **options)
+    except LatpruneError as exc:
+        if "already exists" in str(exc):
+            raise type(exc)(f"{exc} (choose another -o, or --force replaces the bundle)") from None
+        raise
+    _print(args, {**bundle.meta, "path": str(bundle.path)}, bundle_text)
 
 
-def _export_onnx_file(args: argparse.Namespace, options: object) -> None:
-    """``-o FILE.onnx``: the checked ONNX file alone, as before bundles existed."""
+def _export_onnx_file(args: argparse.Namespace, result: Any) -> None:
+    """``-o FILE.onnx``: the checked ONNX file alone, without a bundle."""
     from dataclasses import asdict
 
-    from latprune.errors import SpecError
     from latprune.exporters.onnx import export_onnx
-    from latprune.pruner.plan import load_run_model
 
     if args.format != "onnx":
         raise SpecError(f"-o {args.output} names an .onnx file, but --format is {args.format}; "
                         "give a bundle directory instead")
-    run = load_run_model(args.run_dir)
-    report = export_onnx(run.model, run.input_shape, args.output, threads=args.threads or 1, exporter=args.exporter,
-                         dynamic_batch=args.dynamic_batch, max_batch=args.max_batch)
+    report = export_onnx(result.model, result.input_shape, args.output, threads=args.threads or 1,
+                         exporter=args.exporter, dynamic_batch=args.dynamic_batch, max_batch=args.max_batch)
     _print(args, asdict(report), lambda r: (
         f"wrote {r['path']} ({r['exporter']} exporter, opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB); "
         f"onnx.checker and shape inference passed; ONNX Runtime vs PyTorch max abs diff {r['max_abs_diff']:.2e}"))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from latprune.exporters.bundle import load_bundle
     from latprune.report import run_text
-    from latprune.run import run_bundle
+    from latprune.specs import load_input
 
-    result = run_bundle(args.bundle, args.input, args.repeat, args.threads)
-    _warn(result["warnings"])
+    if args.repeat is not None and args.repeat < 1:
+        raise SpecError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.threads is not None and args.threads < 1:
+        raise SpecError(f"--threads must be at least 1, got {args.threads}")
+    bundle = load_bundle(args.bundle)
+    bundle.format.require(bundle.meta)
+    x = load_input(args.input, bundle) if args.input is not None else None
+    result = bundle.measure(x, args.repeat, args.threads, input_source=args.input)
+    _warn([w.replace(f"threads={args.threads}", f"--threads {args.threads}") for w in result["warnings"]])
     _print(args, result, run_text)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from latprune.bench import bench
     from latprune.report import bench_text
+    from latprune.specs import base_module
 
-    _print(args, bench(args.artifact, args.lut, args.backend, args.threads), bench_text)
+    run_dir = Path(args.artifact) if Path(args.artifact).is_dir() else Path(args.artifact).parent
+    base = base_module(run_dir, args.base) if (run_dir / "plan.json").is_file() else None
+    _print(args, bench(args.artifact, args.lut, args.backend, args.threads, base), bench_text)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -344,12 +421,12 @@ def _lut_merge(args: argparse.Namespace) -> None:
 
 
 def _lut_fidelity(args: argparse.Namespace) -> None:
+    from latprune.graph.channels import ChannelGraph
     from latprune.latency_lut.backends import get_backend
     from latprune.latency_lut.fidelity import fidelity
     from latprune.latency_lut.profile import open_for_backend
-    from latprune.models import load_model
-    from latprune.pruner.graph import ChannelGraph
     from latprune.report import fidelity_text
+    from latprune.specs import load_model
 
     backend = get_backend(args.backend, args.threads)
     spec = load_model(args.model, args.input)
@@ -375,6 +452,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch.*")
+    warnings.simplefilter("always", LatpruneWarning)
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, LatpruneWarning):
+            _warn([str(message)])
+        else:
+            shown(message, category, *rest, **kw)
+
+    warnings.showwarning = show
     try:
         from latprune._progress import log_interval_s
 

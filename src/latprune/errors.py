@@ -56,3 +56,9 @@ class MissingDependency(LatpruneError):
             f"{purpose} needs the '{package}' package; install it with "
             f"`pip install 'latprune[{extra}]'` (or `pip install {package}`)"
         )
+
+
+class LatpruneWarning(UserWarning):
+    """Something the user should know that does not stop the work (a noisy or stale
+    calibration, say); issued with :func:`warnings.warn`, printed by the CLI as
+    ``latprune: warning: …``."""

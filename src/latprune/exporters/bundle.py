@@ -12,8 +12,8 @@ It is staged beside its destination and renamed into place (every file in it
 written atomically), so it appears complete or not at all; an existing bundle
 is replaced only with ``force``, and never a directory that is not a bundle.
 
->>> info = write_bundle("runs/demo/run", options=ExportOptions(format="onnx"))  # doctest: +SKIP
->>> info["parity"]["max_abs_diff"] <= 1e-4, info["measured"]["latency_ms"]["median_ms"] > 0  # doctest: +SKIP
+>>> bundle = write_bundle(latprune.load("runs/demo/run"), "b", ExportOptions(format="onnx"))  # doctest: +SKIP
+>>> bundle.meta["parity"]["max_abs_diff"] <= 1e-4, bundle.measure()["budget_met"]  # doctest: +SKIP
 (True, True)
 """
 
@@ -128,9 +128,9 @@ def _parity(worst: float | None, tol: float | None, batches: tuple[int, ...], re
 
 
 def _require_onnxruntime(_: dict[str, Any]) -> None:
-    from latprune.latency_lut.backends.ort_cpu import _ort
+    from latprune.runtime.ort import onnxruntime
 
-    _ort()
+    onnxruntime()
 
 
 def _build_onnx(run: Any, staging: Path, options: ExportOptions, threads: int, context: dict[str, Any]) -> Built:
@@ -178,7 +178,7 @@ def _open_aoti(bundle_dir: Path, meta: dict[str, Any], threads: int) -> Runner:
 
 
 def _require_tensorrt(_: dict[str, Any]) -> None:
-    from latprune.exporters.tensorrt import require_tensorrt
+    from latprune.runtime.tensorrt import require_tensorrt
 
     require_tensorrt()
 
@@ -188,8 +188,8 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
 
     from latprune._io import atomic_write_bytes
     from latprune.exporters.onnx import PARITY_TOL, export_onnx, max_abs_diff, parity_inputs
-    from latprune.exporters.tensorrt import (EngineConfig, TrtArtifactRunner, build_engine, calibration_batches,
-                                             require_tensorrt, trt)
+    from latprune.exporters.tensorrt import TrtArtifactRunner, calibration_batches
+    from latprune.runtime.tensorrt import EngineConfig, build_engine, require_tensorrt, trt
 
     require_tensorrt()
     onnx_report = export_onnx(run.model, run.input_shape, staging / "model.onnx", threads=threads,
@@ -266,20 +266,28 @@ def get_format(name: str) -> Format:
 # --------------------------------------------------------------------------- writing
 
 
-def default_bundle_dir(run_dir: str | Path, fmt: str) -> Path:
-    """Where ``latprune export RUN_DIR --format FMT`` puts its bundle without ``-o``."""
-    return Path(run_dir) / f"bundle-{fmt}"
+class Pruned(Protocol):
+    """What a bundle is built from (:class:`latprune.PruneResult`): the slimmed model, its plan,
+    the prune's metrics, and its run directory (None when never saved)."""
+
+    model: Any
+    plan: Any
+    metrics: dict[str, Any]
+    path: Path | None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
 
 
-def _check_target(out: Path, run_dir: Path, force: bool) -> None:
-    if out.resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
-        raise RunDirError(f"the bundle directory {out} would replace the run directory {run_dir}; choose another -o")
+def _check_target(out: Path, run_dir: Path | None, force: bool) -> None:
+    if run_dir is not None and out.resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
+        raise RunDirError(f"the bundle directory {out} would replace the run directory {run_dir}; choose another")
     if not out.exists():
         return
     if not force:
-        raise RunDirError(f"{out} already exists; choose another -o or pass --force to replace the bundle")
+        raise RunDirError(f"{out} already exists; choose another bundle directory or replace the bundle")
     if not out.is_dir() or not (out / BUNDLE_FILE).is_file():
-        raise RunDirError(f"{out} is not a latprune bundle (no {BUNDLE_FILE}); --force will not replace it")
+        raise RunDirError(f"{out} is not a latprune bundle (no {BUNDLE_FILE}); it is never replaced")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -341,24 +349,16 @@ def _timing_cache(options: ExportOptions, metrics: dict[str, Any] | None) -> str
     return None
 
 
-def write_bundle(run_dir: str | Path, out: str | Path | None = None, options: ExportOptions = ExportOptions(),
-                 force: bool = False) -> dict[str, Any]:
-    """Export the run's slimmed model in ``options.format``, check parity, measure
-    it on this machine, and write the bundle directory ``out`` (default
-    ``RUN_DIR/bundle-FORMAT``). Returns the contents of ``bundle.json`` plus
-    ``"path"``. Raises before writing anything when ``out`` exists (without
-    ``force``), the runtime is missing, or a check fails."""
-    from latprune.pruner.plan import load_run_model
-
+def write_bundle(result: Pruned, out: str | Path, options: ExportOptions = ExportOptions(),
+                 force: bool = False) -> Bundle:
+    """Export ``result.model`` in ``options.format``, check parity, measure it on this
+    machine, and write the bundle directory ``out``. Raises before writing anything
+    when ``out`` exists (without ``force``), the runtime is missing, or a check fails."""
     fmt = get_format(options.format)
-    run_path = Path(run_dir)
-    if not run_path.is_dir():
-        raise RunDirError(f"{run_path} is not a directory; pass a run directory written by `latprune prune`")
-    target = Path(out) if out is not None else default_bundle_dir(run_path, fmt.name)
-    _check_target(target, run_path, force)
+    target = Path(out)
+    _check_target(target, result.path, force)
     fmt.require({"export": {"device": options.device}})
-    metrics = _read_json(run_path / "metrics.json", "the run directory is damaged, prune again")
-    run = load_run_model(run_path)
+    metrics = result.metrics or None
     threads = options.threads or _default_threads(metrics)
     context = {"timing_cache": _timing_cache(options, metrics) if fmt.name == "tensorrt" else None}
 
@@ -367,18 +367,18 @@ def write_bundle(run_dir: str | Path, out: str | Path | None = None, options: Ex
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        built = fmt.build(run, staging, options, threads, context)
+        built = fmt.build(result, staging, options, threads, context)
         runner = fmt.open(staging, {"artifact": fmt.artifact, "export": built.export}, threads)
-        x = nominal_input(run.input_shape)
+        x = nominal_input(result.input_shape)
         latency = runner.measure(x, BUNDLE_TIMING)
-        meta = _bundle_json(fmt, run, run_path, metrics, options, built, latency, runner, staging)
+        meta = _bundle_json(fmt, result, metrics, options, built, latency, runner, staging)
         atomic_write_json(staging / BUNDLE_FILE, meta)
         atomic_write_text(staging / "README.md", readme_text(meta))
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {**meta, "path": str(target)}
+    return Bundle(target, meta)
 
 
 def nominal_input(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -386,7 +386,7 @@ def nominal_input(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
 
 
-def _bundle_json(fmt: Format, run: Any, run_path: Path, metrics: dict[str, Any] | None, options: ExportOptions,
+def _bundle_json(fmt: Format, run: Pruned, metrics: dict[str, Any] | None, options: ExportOptions,
                  built: Built, latency: Latency, runner: Runner, staging: Path) -> dict[str, Any]:
     m = metrics or {}
     plan = run.plan
@@ -401,7 +401,8 @@ def _bundle_json(fmt: Format, run: Any, run_path: Path, metrics: dict[str, Any] 
         "artifact": fmt.artifact,
         "files": {name: _file_entry(staging / name) for name in built.files},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"run_dir": str(run_path.resolve()), "model": plan.model, "method": plan.method,
+        "source": {"run_dir": str(run.path.resolve()) if run.path is not None else None, "model": plan.model,
+                   "method": plan.method,
                    "plan_signature": plan.signature},
         "input": {"name": "input", "shape": list(built.input_shape), "nominal_shape": list(run.input_shape),
                   "dtype": "float32", "layout": "NCHW" if len(run.input_shape) == 4 else None,
@@ -461,12 +462,13 @@ def readme_text(meta: dict[str, Any]) -> str:
     dynamic = f" (dynamic batch, 1..{inp['max_batch']})" if inp["dynamic_batch"] else ""
     measured = (f"{lat['median_ms']:.3f} ms median (p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}, "
                 f"{lat['repeats']} runs, {meta['measured']['threads']} thread(s))")
+    from_run = f" from `{meta['source']['run_dir']}`" if meta["source"].get("run_dir") else ""
     budget_line = ("no budget recorded" if budget is None else
                    f"{budget:.3f} ms ({meta['budget']['spec'] or 'absolute'}): "
                    f"{'held' if held else 'MISSED'} on the machine below")
     return f"""# {meta['source']['model']} — {fmt.name} bundle (latprune)
 
-Pruned with `{meta['source']['method']}` from `{meta['source']['run_dir']}`; runs on {fmt.runtime}.
+Pruned with `{meta['source']['method']}`{from_run}; runs on {fmt.runtime}.
 
 {files}
 - `bundle.json`: input spec, budget, LUT prediction, measured latency, device fingerprint, versions, parity
@@ -515,6 +517,78 @@ class Bundle:
     def input_shape(self) -> tuple[int, ...]:
         """The shape the bundle was built and timed at."""
         return tuple(int(d) for d in self.meta["input"]["nominal_shape"])
+
+    def open(self, threads: int | None = None) -> Runner:
+        """The artifact loaded on its runtime (which must be installed here)."""
+        if threads is not None and threads < 1:
+            raise SpecError(f"threads must be at least 1, got {threads}")
+        self.format.require(self.meta)
+        return self.format.open(self.path, self.meta, threads or int(self.meta["measured"]["threads"]))
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """The outputs for one float32 input of the bundle's shape, on its runtime."""
+        return self.open()(np.ascontiguousarray(x, dtype=np.float32))
+
+    def measure(self, x: np.ndarray | None = None, repeat: int | None = None, threads: int | None = None,
+                input_source: str | None = None) -> dict[str, Any]:
+        """Run the bundle once on ``x`` (default: a standard-normal input of its shape),
+        summarise the outputs, time it (``repeat`` timed runs after 10 warm-up runs;
+        default: as when it was built), and compare with its budget and build machine.
+        Writes nothing."""
+        if repeat is not None and repeat < 1:
+            raise SpecError(f"repeat must be at least 1, got {repeat}")
+        meta, fmt = self.meta, self.format
+        x = nominal_input(self.input_shape) if x is None else np.ascontiguousarray(x, dtype=np.float32)
+        warnings: list[str] = []
+        compiled = meta["export"].get("compiled_threads")
+        if fmt.name == "aoti" and threads is not None and compiled is not None and threads != compiled:
+            warnings.append(f"threads={threads} ignored: the AOTInductor package's CPU kernels were compiled "
+                            f"for {compiled} thread(s)")
+        runner = self.open(threads)
+        outputs = runner(x)
+        timing = BUNDLE_TIMING if repeat is None else TimingConfig(warmup=10, repeats=repeat, min_time_s=0.0,
+                                                                   max_repeats=repeat)
+        latency = runner.measure(x, timing).to_dict()
+        here = runner.fingerprint()
+        diffs = fingerprint_diffs(meta["fingerprint"], here)
+        if diffs:
+            fields = "; ".join(f"{d['field']}: {d['bundle']!r} in the bundle vs {d['here']!r} here" for d in diffs)
+            warnings.append(f"this device differs from the one the bundle was built and measured on ({fields}); "
+                            "its budget and recorded latency describe that device, not this one")
+        budget_ms = meta["budget"]["ms"]
+        names = [o.get("name", f"output{i}") for i, o in enumerate(meta["outputs"])]
+        names += [f"output{i}" for i in range(len(names), len(outputs))]
+        return {
+            "bundle": str(self.path), "format": fmt.name, "runtime": fmt.runtime,
+            "model": meta["source"].get("model"),
+            "input": {"source": input_source or ("standard normal, seed 0" if x is None else "array"),
+                      "shape": list(x.shape), "dtype": str(x.dtype)},
+            "outputs": [output_summary(n, y) for n, y in zip(names, outputs)],
+            "latency_ms": latency, "threads": runner.threads, "budget_ms": budget_ms,
+            "budget_met": None if budget_ms is None else latency["median_ms"] <= budget_ms,
+            "bundle_latency_ms": meta["measured"]["latency_ms"],
+            "predicted_ms": meta["prediction"].get("predicted_ms"),
+            "parity_max_abs_diff": meta["parity"]["max_abs_diff"],
+            "fingerprint": here, "fingerprint_mismatch": diffs, "warnings": warnings,
+        }
+
+
+def output_summary(name: str, y: np.ndarray) -> dict[str, Any]:
+    """Shape, dtype, range and mean of an output; per-row top-1 for a (batch, classes) output."""
+    summary: dict[str, Any] = {"name": name, "shape": list(y.shape), "dtype": str(y.dtype),
+                               "min": float(np.min(y)), "max": float(np.max(y)), "mean": float(np.mean(y)),
+                               "finite": bool(np.isfinite(y).all())}
+    if y.ndim == 2:
+        summary["top1"] = [int(i) for i in np.argmax(y, axis=1)[:16]]
+    return summary
+
+
+def fingerprint_diffs(built: dict[str, Any], here: dict[str, Any]) -> list[dict[str, Any]]:
+    """The match fields (as for LUTs) on which this machine differs from the bundle's."""
+    from latprune.runtime.fingerprint import MATCH_FIELDS
+
+    return [{"field": k, "bundle": built.get(k), "here": here.get(k)} for k in MATCH_FIELDS
+            if built.get(k) != here.get(k)]
 
 
 # key -> type(s) of every required field; nested dicts are checked one level down.

@@ -17,7 +17,6 @@ import numpy as np
 from latprune.latency_lut.predict import Calibration
 from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, noisy_calibration
 
-
 # Stored with each calibration: a LUT fitted another way is re-calibrated by the next `profile`.
 # "-aligned": fitted on configurations of the grid that aligns every group wider than one
 # block (before, groups of up to two blocks took unaligned widths; see Grid.widths).

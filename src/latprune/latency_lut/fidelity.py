@@ -57,13 +57,13 @@ from typing import Any
 import numpy as np
 
 from latprune.errors import LutError
+from latprune.graph.channels import ChannelGraph
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import fit, random_configs
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import grid_keys, load_calibration, measure_widths, measure_widths_beside
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import median_spread_pct
-from latprune.pruner.graph import ChannelGraph
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.timing import Latency, fastest_over_passes
-from latprune.latency_lut.units import LayerKey
 
 CANONICAL = LayerKey("conv", 64, 64, (1, 1), (1, 1), (0, 0), in_hw=(56, 56))  # cheap compute, real data movement
 PASSES = 3  # each timing is the fastest of this many medians taken at different moments

@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from latprune.errors import LutError
+from latprune.graph.channels import ChannelGraph
+from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.units import LayerKey, Unit
-from latprune.pruner.graph import ChannelGraph
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,13 @@ class Predictor:
         self.calibration = calibration or Calibration()
         self._memo: dict[str, float] = {}
         self._unit_memo: dict[tuple[str, int, int], float] = {}
+
+    def rescaled(self, ratio: float) -> Predictor:
+        """A new predictor whose every prediction is this one's times ``ratio`` (re-anchored on a
+        fresh measurement); it shares the LUT lookups already made, and this one is unchanged."""
+        other = Predictor(self.lut, self.graph, self.calibration.scaled(ratio))
+        other._memo, other._unit_memo = self._memo, self._unit_memo
+        return other
 
     def unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
         """Raw latency of ``unit`` at ``widths`` (the calibration's ``removed_unit_ms``

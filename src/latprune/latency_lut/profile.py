@@ -14,16 +14,16 @@ from typing import Any, Callable
 
 from latprune._progress import bar
 from latprune.errors import LutError
+from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning
-from latprune.latency_lut.fingerprint import check_compatible
 from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.staircase import Staircase
 from latprune.latency_lut.staircase import refine as refine_grid
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, fastest_over_passes, points_spread_pct
-from latprune.latency_lut.units import LayerKey
-from latprune.pruner.graph import ChannelGraph, Grid
+from latprune.runtime.fingerprint import check_compatible
 
 DEFAULT_LEVELS = 8
 DEFAULT_PASSES = 2

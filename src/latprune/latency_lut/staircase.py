@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from latprune.errors import LutError
+from latprune.graph.channels import ChannelGraph, Grid, group_align
+from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
-from latprune.latency_lut.units import LayerKey, Unit
-from latprune.pruner.graph import ChannelGraph, Grid, group_align
 
 JUMP = 0.25   # midpoint off the straight line by more than this share of the segment's rise: a step inside
 NOISE = 0.03  # ... and by more than this share of its own cost (what two timings of one unit can differ by)

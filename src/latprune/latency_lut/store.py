@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from latprune.errors import LutError
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.timing import Latency
-from latprune.latency_lut.units import LayerKey
 
 SCHEMA_VERSION = 2
 
@@ -184,7 +184,7 @@ def merge_luts(out: str | os.PathLike[str], inputs: list[str | os.PathLike[str]]
 
     All inputs must share a compatible fingerprint. A key measured in several
     inputs keeps the faster median (the same rule as profiling passes)."""
-    from latprune.latency_lut.fingerprint import check_compatible
+    from latprune.runtime.fingerprint import check_compatible
 
     if len(inputs) < 1:
         raise LutError("lut merge needs at least one input LUT")

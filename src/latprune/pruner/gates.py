@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latprune.graph.channels import ChannelGraph
 from latprune.latency_lut.predict import SoftLatency
-from latprune.pruner.graph import ChannelGraph
 
 MODES = ("open", "hard", "sample")
 

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 
 from latprune._progress import bar
 from latprune.errors import SpecError
-from latprune.pruner.choices import IMPORTANCES
+from latprune.graph.channels import ChannelGraph
 from latprune.pruner.gates import Gates
-from latprune.pruner.graph import ChannelGraph
 
 
 @dataclass
@@ -172,14 +171,3 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
         if not was_attached:
             gates.detach()
     return increases
-
-
-def importance(method: str, graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
-               num_batches: int, progress: bool = True) -> Scores:
-    if method not in IMPORTANCES:
-        raise SpecError(f"unknown importance {method!r}; known: {', '.join(IMPORTANCES)}")
-    if method == "l1":
-        return l1_importance(graph)
-    if batches is None:
-        raise SpecError(f"importance {method!r} needs data: pass --data, or use --importance l1")
-    return taylor_importance(graph, batches, num_batches, order=2 if method == "taylor2" else 1, progress=progress)

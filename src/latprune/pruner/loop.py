@@ -1,301 +1,337 @@
-"""prune(): measure the base → run the chosen method (see :mod:`methods`) until the
-*measured* latency holds the budget → fine-tune → export → measure again.
+"""The prune, as named stages over one budget in milliseconds.
+
+    calibrated_predictor  the LUT's predictor for this model, with its stored (or a fresh) calibration
+    measure_base          the base model measured on the backend; a relative budget resolves here
+    attempt               the method's decision, fine-tuning, and the export measured
+    prune_model           attempts until the export holds the budget (or the retries run out)
 
 The methods never trust the prediction alone: each candidate is slimmed and
-timed on the backend (see :func:`methods.closed_loop`). The export is timed
-again after fine-tuning; when it misses the budget although its candidate
-held it (the same network: the device's noise), the prune starts again from
-the base to a budget narrower by that gap, up to ``retries`` times
-(``metrics["attempts"]``). The run directory is staged and renamed into
-place, so a killed prune leaves no half-written run.
+timed on the backend (:func:`methods.closed_loop`). The export is timed again
+after fine-tuning; when it misses the budget although its candidate held it
+(the same network: the device's noise), the prune starts again from the base
+to a budget narrower by that gap, up to ``retries`` times. No stage changes a
+predictor it is given; each returns the one it leaves.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+import warnings as _warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from latprune.budget import parse_budget
-from latprune.errors import BudgetError, LutError, RunDirError, SpecError
-from latprune.latency_lut.backends import get_backend
+from latprune.budget import Budget
+from latprune.errors import BudgetError, LatpruneWarning, LutError
+from latprune.graph.channels import ChannelGraph, Grid
+from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, noise_warning
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import (DEFAULT_LEVELS, fit_is_current, grid_keys, load_calibration,
-                                          measure_beside_anchor, measure_settled, open_for_backend, run_calibration)
+from latprune.latency_lut.profile import (
+    DEFAULT_LEVELS,
+    fit_is_current,
+    grid_keys,
+    load_calibration,
+    measure_beside_anchor,
+    measure_settled,
+    run_calibration,
+)
+from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency
-from latprune.pruner.choices import GATE_INITS, GATE_PENALTIES, GATE_SIGNALS, IMPORTANCES
-from latprune.pruner.graph import ChannelGraph, Grid
-from latprune.pruner.methods import LATENCY_BLIND, Context, get_method
+from latprune.pruner.configs import MethodConfig
+from latprune.pruner.methods import Batches, Context, Decision, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
+from latprune.runtime.onnx import OnnxReport, checked_onnx
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    model: str                      # model spec (see latprune.models)
-    lut: str                        # LUT file from `latprune profile`
-    budget: str                     # "0.5x" or "8ms"
-    out: str                        # run directory to write
-    data: str | None = None         # data spec; None: the model's default data
-    input: str | None = None        # input shape override, e.g. "1x3x224x224"
-    backend: str = "ort-cpu"
-    threads: int | None = None
-    method: str = "gator"           # gator | halp | taylor | uniform-l1 | flops (see pruner.methods)
-    importance: str = "taylor"      # taylor | taylor2 | l1 | measured
-    importance_batches: int = 16
-    batch_size: int = 64
-    epochs: float = 1.0             # fine-tuning epochs (fractions allowed; 0 skips)
-    lr: float = 0.01
-    distill: bool = False           # distil from the unpruned model while fine-tuning
-    gate_epochs: float = 0.5        # gator: epochs of gate training (the model trains with the gates)
-    gate_init: str = "open"         # gator: open (every gate open) | plan (the knapsack's drops start undecided)
-    gate_penalty: str = "hinge"     # gator: hinge (max(0, E - budget)) | hold (|E - budget|; see GateConfig)
-    gate_signal: str = "taylor"     # gator: the gates' task signal: taylor | straight-through (see gates.TaylorSignal)
-    blocks: bool = True             # gator/halp: allow removing whole residual blocks
-    steps: int = 3                  # halp: knapsack rounds with budgets shrinking to the target
-    recover_epochs: float = 0.1     # halp/taylor: training of the masked model between rounds, in total
-    eval_limit: int | None = None   # evaluate on at most this many test images
-    max_iters: int = 6              # closed-loop iterations before giving up
-    retries: int = 1                # prunes again, narrower, while the fine-tuned export misses the budget
-    margin: float = 0.03            # accept a candidate at <= budget * (1 - margin): room for timing noise
-    slack: float = 0.05             # re-solve wider while a fitting candidate leaves more than this unused
-    force: bool = False             # replace an existing run directory
-    progress: bool = True
+class FinetuneConfig:
+    """The built-in fine-tuning of the slimmed model on ``train_loader``."""
+
+    epochs: float = 1.0      # fractions allowed; 0 skips fine-tuning
+    lr: float = 0.01         # peak learning rate (one-cycle schedule)
+    distill: bool = False    # distil from the unpruned model while fine-tuning
+
+    def __post_init__(self) -> None:
+        from latprune.errors import SpecError
+
+        if self.epochs < 0 or self.lr <= 0:
+            raise SpecError(f"FinetuneConfig: epochs must be 0 or more and lr positive, not {self.epochs!r} "
+                            f"and {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the prune trains and scores models: the method's training batches, and the
+    fine-tuning and evaluation callables (None: no fine-tuning; no accuracy)."""
+
+    train_loader: Batches | None = None
+    finetune: Callable[[nn.Module], None] | None = None
+    evaluate: Callable[[nn.Module], float] | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    retries: int = 1         # prunes again, narrower, while the fine-tuned export misses the budget
     seed: int = 0
+    progress: bool = True
 
 
-def _add(timings: dict[str, float], key: str, seconds: float) -> None:
-    timings[key] = timings.get(key, 0.0) + seconds
+@dataclass
+class Calibrated:
+    """The LUT's predictor for one model and what its calibration is."""
+
+    predictor: Predictor
+    grid: Grid
+    fit: str | None            # the rule the calibration was fitted by
+    fit_current: bool          # fitted by today's rule
+    warnings: list[str] = field(default_factory=list)
 
 
-def _say(config: PruneConfig, message: str) -> None:
-    if config.progress:
+@dataclass
+class Verified:
+    """A slimmed model's checked ONNX export and its measured latency."""
+
+    onnx: bytes
+    report: OnnxReport
+    export_ms: float                 # on the scale of the base measured at the start (the mean of the checks)
+    latency: Latency                 # the last measurement itself
+    checks_ms: list[float]
+    base_beside_ms: float | None     # a relative budget: the base measured beside the export
+
+
+@dataclass
+class Attempt:
+    decision: Decision
+    verified: Verified
+    accuracy: float | None
+    record: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    """What :func:`prune_model` hands back: the kept attempt, the base, and the record of it all."""
+
+    slim: nn.Module
+    plan: PruningPlan
+    attempt: Attempt
+    attempts: list[dict[str, Any]]
+    base_latency: Latency
+    budget_ms: float
+    base_accuracy: float | None
+    calibrated: Calibrated
+    lut_base_ms: float
+    drift: float
+    final_predictor: Predictor
+    timings_s: dict[str, float]
+
+
+def say(settings: Settings, message: str) -> None:
+    if settings.progress:
         print(f"latprune: {message}", file=sys.stderr, flush=True)
 
 
-def prune(config: PruneConfig) -> dict[str, Any]:
-    """Run the whole prune; returns the metrics written to ``out/metrics.json``."""
-    from latprune._io import atomic_write_json, atomic_write_with
-    from latprune.data import load_data, loader, subset
-    from latprune.exporters.onnx import export_onnx
-    from latprune.models import load_model
-    from latprune.stats import params_and_macs
-    from latprune.train import TrainConfig, evaluate, train
+def calibrated_predictor(graph: ChannelGraph, lut: Lut, backend: Backend, progress: bool) -> Calibrated:
+    """The predictor for ``graph`` with the LUT's stored calibration for it (or one
+    measured now, by today's rule, when none is stored); refuses a LUT that lacks
+    this model's unit measurements."""
+    stored = load_calibration(lut, graph.signature())
+    grid = stored[1] if stored else Grid(DEFAULT_LEVELS, backend.preferred_align)
+    predictor = Predictor(lut, graph)
+    missing = predictor.missing(grid_keys(graph, grid))
+    if missing:
+        raise LutError(f"the LUT {lut.path} lacks {len(missing)} of this model's unit measurements; "
+                       "profile this model into it first (latprune.profile, or `latprune profile`)")
+    if not stored:
+        calibration, _ = run_calibration(graph, lut, backend, grid, 8, progress)
+        return Calibrated(Predictor(lut, graph, calibration), grid, FIT_METHOD, True)
+    fit = (lut.calibration(graph.signature()) or {}).get("fit")
+    current = fit_is_current(fit, bool(graph.blocks))
+    warnings = []
+    if not current:
+        warnings.append(f"{lut.path}'s calibration for this model was fitted by an older rule ({fit or 'unnamed'}); "
+                        "profiling this model into it again fits it anew (whole-model measurements only, the "
+                        "units are kept)")
+    noisy = noise_warning(lut.calibration(graph.signature()), f"latprune profile MODEL -o {lut.path}")
+    if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
+        warnings.append(f"{lut.path}: {noisy}")
+    for message in warnings:
+        _warnings.warn(message, LatpruneWarning, stacklevel=3)
+    return Calibrated(Predictor(lut, graph, stored[0]), grid, fit, current, warnings)
 
-    t0 = time.time()
+
+def measure_base(backend: Backend, base_model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+    """The base model's latency, settled over passes: what a relative budget is a fraction of."""
+    return measure_settled(lambda: backend.measure_model(base_model, input_shape))
+
+
+def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backend, base: nn.Module | None,
+                  base_ms: float, budget_ms: float, margin: float, check_twice: bool) -> Verified:
+    """Export ``slim`` to checked ONNX (in memory) and measure it: the artifact itself
+    on ONNX Runtime, else the model on the backend; beside the base with a relative
+    budget (``base`` set), on the scale of the base measured at the start. A miss is
+    measured once more (``check_twice``) and judged by the mean, as candidates are."""
+    report, onnx = checked_onnx(slim, input_shape, threads=backend.threads or 1)
+
+    def export() -> Latency:
+        return backend.measure_export(onnx) or backend.measure_model(slim, input_shape)
+
+    def once() -> tuple[float, Latency, float | None]:
+        if base is None:
+            lat = measure_settled(export)
+            return lat.median_ms, lat, None
+        base_now, lat = measure_beside_anchor(lambda: backend.measure_model(base, input_shape), export,
+                                              base_ms, margin)
+        return base_ms * lat.median_ms / base_now.median_ms, lat, base_now.median_ms
+
+    export_ms, latency, beside = once()
+    checks = [export_ms]
+    if export_ms > budget_ms and check_twice:
+        second, latency, beside = once()
+        checks.append(second)
+    return Verified(onnx, report, sum(checks) / len(checks), latency, checks, beside)
+
+
+def attempt(ctx: Context, training: Training, budget_ms: float, number: int) -> Attempt:
+    """One attempt: the method's decision at ``ctx.budget_ms``, fine-tuning, evaluation,
+    and the export measured against ``budget_ms``."""
     timings: dict[str, float] = {}
-    budget = parse_budget(config.budget)
-    out = Path(config.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not config.force:
-            raise RunDirError(f"run directory {out} already exists and is not empty; choose another -o or pass --force")
-        if not out.is_dir() or not (out / "plan.json").is_file():
-            # --force replaces a previous run, never an arbitrary directory
-            raise RunDirError(f"{out} is not a latprune run directory (no plan.json); --force will not replace it")
-    if config.retries < 0:
-        raise SpecError(f"--retries must be 0 or more, not {config.retries}")
-    torch.manual_seed(config.seed)
-    method = get_method(config.method)
-    for flag, value, known in (("--importance", config.importance, IMPORTANCES),
-                               ("--gate-init", config.gate_init, GATE_INITS),
-                               ("--gate-penalty", config.gate_penalty, GATE_PENALTIES),
-                               ("--gate-signal", config.gate_signal, GATE_SIGNALS)):
-        if value not in known:
-            raise SpecError(f"unknown {flag} {value!r}; known: {', '.join(known)}")
-    if config.importance == "measured" and config.method != "halp":
-        # gator: losses measured one group at a time around its trained, narrow gates are far from additive
-        # (at 0.3x the knapsack kept 8 of 64 highway channels: 85.7% against 88.6%, BENCHMARKS.md)
-        raise SpecError(f"--importance measured works with --method halp only, not {config.method!r}; "
-                        "use taylor or taylor2 with the other methods")
-    backend = get_backend(config.backend, config.threads)
-    spec = load_model(config.model, config.input)
-    needs_data = config.method == "gator" or (config.method in ("halp", "taylor") and config.importance != "l1") \
-        or config.epochs > 0
-    if needs_data and config.data is None and spec.default_data is None:
-        raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
-                        "or prune without data using --method halp --importance l1 --epochs 0")
-    base_model = copy.deepcopy(spec.model)  # methods may train spec.model in place (gator, recovery)
-    graph = ChannelGraph.build(spec.model, spec.input_shape)
-    with open_for_backend(config.lut, backend, writable=False) as lut:
-        stored = load_calibration(lut, graph.signature())
-        grid = stored[1] if stored else Grid(DEFAULT_LEVELS, backend.preferred_align)
-        predictor = Predictor(lut, graph)
-        missing = predictor.missing(grid_keys(graph, grid))
-        if missing:
-            raise LutError(f"the LUT {config.lut} lacks {len(missing)} of this model's unit measurements; "
-                           f"add them with `latprune profile {config.model} -o {config.lut}`")
-        # a LUT without a calibration is calibrated here, by today's rule
-        calibration_fit = (lut.calibration(graph.signature()) or {}).get("fit") if stored else FIT_METHOD
-        fit_current = fit_is_current(calibration_fit, bool(graph.blocks))
-        if stored:
-            predictor.calibration = stored[0]
-            if not fit_current:  # a warning, with or without --json
-                print(f"latprune: warning: {config.lut}'s calibration for this model was fitted by an older "
-                      f"rule ({calibration_fit or 'unnamed'}); `latprune profile {config.model} -o {config.lut}` "
-                      "fits it again (whole-model measurements only, the units are kept)", file=sys.stderr, flush=True)
-            noisy = noise_warning(lut.calibration(graph.signature()),
-                                  f"latprune profile {config.model} -o {config.lut}")
-            if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
-                print(f"latprune: warning: {config.lut}: {noisy}", file=sys.stderr, flush=True)
-        else:
-            predictor.calibration, _ = run_calibration(graph, lut, backend, grid, 8, config.progress)
-        calibration = predictor.calibration
-        timings["setup_s"] = time.time() - t0
+    t = time.time()
+    decision = get_method(ctx.config)(ctx)
+    timings["method_s"] = time.time() - t
+    t = time.time()
+    if training.finetune is not None:
+        training.finetune(decision.slim)
+    timings["finetune_s"] = time.time() - t
+    t = time.time()
+    accuracy = training.evaluate(decision.slim) if training.evaluate is not None else None
+    timings["eval_s"] = time.time() - t
+    t = time.time()
+    verified = verify_export(decision.slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms,
+                             budget_ms, ctx.config.margin, check_twice=not ctx.config.latency_blind)
+    timings["export_measure_s"] = time.time() - t
+    record = {"attempt": number, "budget_ms": ctx.budget_ms, "target_ms": ctx.target_ms,
+              "candidate_ms": decision.measured_ms, "export_ms": verified.export_ms,
+              "export_measurements_ms": verified.checks_ms, "export_median_ms": verified.latency.median_ms,
+              "base_beside_ms": verified.base_beside_ms, "budget_met": verified.export_ms <= budget_ms,
+              "accuracy": accuracy, "predicted_ms": decision.predicted_ms, "timings_s": timings}
+    return Attempt(decision, verified, accuracy, record)
 
-        # 1. base model: measured latency resolves a relative budget.
-        base_latency = measure_settled(lambda: backend.measure_model(base_model, spec.input_shape)).to_dict()
-        budget_ms = budget.resolve(base_latency["median_ms"])
-        full = graph.full_widths()
-        # Devices drift (frequency, neighbours, thermal state) between profiling and now:
-        # re-anchor the prediction on the base model measured a moment ago.
-        lut_base_ms = predictor.predict(full)
-        drift = base_latency["median_ms"] / lut_base_ms
-        predictor.calibration = predictor.calibration.scaled(drift)
 
-        # 2–5. the method, fine-tuning, export and its measurement; again, narrower, while the export misses.
-        data = load_data(config.data or spec.default_data) if needs_data else None
-        test_set = subset(data.test, config.eval_limit) if data else None
-        base_acc: float | None = None
-        attempts: list[dict[str, Any]] = []
-        attempt_budget_ms = budget_ms
-        while True:
-            t = time.time()
-            ctx = Context(graph, predictor, backend, grid, attempt_budget_ms, base_latency["median_ms"], config,
-                          data, base_model=base_model if budget.relative else None)
-            try:
-                decision = method(ctx)
-            except BudgetError as exc:
-                if not attempts:
-                    raise
-                # the narrower budget is out of reach: the previous attempt's run stands, and says it missed
-                attempts.append({"attempt": len(attempts) + 1, "budget_ms": attempt_budget_ms, "error": str(exc)})
-                _say(config, f"attempt {len(attempts)} failed ({exc}); keeping attempt {len(attempts) - 1}'s model")
-                predictor = kept_predictor  # metrics report the calibration that chose the kept model
-                break
-            slim = decision.slim
-            _add(timings, "method_s", time.time() - t)
+def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budget_ms: float,
+            method: str) -> PruningPlan:
+    """The decision as a replayable plan on the base model."""
+    removed, channels = graph.split_keep(decision.keep)
+    return PruningPlan(
+        model=name, input_shape=graph.input_shape,
+        groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in channels.items()),
+        removed_blocks=tuple(b.name for b in removed),
+        levels=grid.levels, align=grid.align, grid_extra={root: list(ws) for root, ws in grid.extra},
+        budget_ms=budget_ms, predicted_ms=decision.predicted_ms, signature=graph.signature(), method=method)
 
-            # fine-tune.
-            t = time.time()
-            teacher = base_model if config.distill else None
-            if config.epochs > 0 and data is not None:
-                train(slim, data.train, TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                                                    distill_alpha=0.5 if teacher else 0.0, seed=config.seed),
-                      teacher=teacher, desc="fine-tune")
-            _add(timings, "finetune_s", time.time() - t)
-            t = time.time()
-            if base_acc is None and test_set is not None:
-                base_acc = evaluate(base_model, test_set)
-            pruned_acc = evaluate(slim, test_set) if test_set is not None else None
-            _add(timings, "eval_s", time.time() - t)
 
-            # write the run directory (staged, then renamed into place) and measure the export.
-            t = time.time()
-            staging = out.with_name(f".{out.name}.partial")
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir(parents=True)
-            removed, channels = graph.split_keep(decision.keep)
-            plan = PruningPlan(
-                model=spec.name, input_shape=spec.input_shape,
-                groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx))
-                             for g, idx in channels.items()),
-                removed_blocks=tuple(b.name for b in removed),
-                levels=grid.levels, align=grid.align, grid_extra={root: list(ws) for root, ws in grid.extra},
-                budget_ms=budget_ms, predicted_ms=decision.predicted_ms,
-                signature=graph.signature(), method=config.method,
-            )
-            plan.save(staging / "plan.json")
-            atomic_write_with(staging / "model.pt", lambda tmp: torch.save(slim.state_dict(), tmp))
-            report = export_onnx(slim, spec.input_shape, staging / "model.onnx", threads=backend.threads)
+def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, lut: Lut, backend: Backend,
+                budget: Budget, config: MethodConfig, training: Training, settings: Settings) -> Outcome:
+    """The whole prune of ``base_model`` (left unchanged): calibrate, measure the base,
+    then attempts, each from the base, narrower while the export misses."""
+    t0 = time.time()
+    torch.manual_seed(settings.seed)
+    graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
+    calibrated = calibrated_predictor(graph, lut, backend, settings.progress)
+    base_latency = measure_base(backend, base_model, input_shape)
+    base_ms = base_latency.to_dict()["median_ms"]  # as metrics.json records it
+    budget_ms = budget.resolve(base_ms)
+    lut_base_ms = calibrated.predictor.predict(graph.full_widths())
+    # Devices drift (frequency, neighbours, thermal state) between profiling and now:
+    # re-anchor the prediction on the base model measured a moment ago.
+    drift = base_ms / lut_base_ms
+    predictor = calibrated.predictor.rescaled(drift)
+    setup_s = time.time() - t0
+    base_accuracy = training.evaluate(base_model) if training.evaluate is not None else None
 
-            def measure_export() -> Latency:
-                return (backend.measure_artifact(str(staging / "model.onnx")) if backend.name == "ort-cpu"
-                        else backend.measure_model(slim, spec.input_shape))
+    attempts: list[dict[str, Any]] = []
+    kept: tuple[Attempt, ChannelGraph, Predictor] | None = None
+    attempt_budget_ms = budget_ms
+    while True:
+        ctx = Context(graph, predictor, backend, calibrated.grid, attempt_budget_ms, base_ms, config,
+                      training.train_loader, base_model if budget.relative else None, settings.seed,
+                      settings.progress)
+        try:
+            result = attempt(ctx, training, budget_ms, len(attempts) + 1)
+        except BudgetError as exc:
+            if kept is None:
+                raise
+            # the narrower budget is out of reach: the previous attempt's model stands, and says it missed
+            attempts.append({"attempt": len(attempts) + 1, "budget_ms": attempt_budget_ms, "error": str(exc)})
+            say(settings, f"attempt {len(attempts)} failed ({exc}); keeping attempt {len(attempts) - 1}'s model")
+            break
+        attempts.append(result.record)
+        kept = (result, graph, result.decision.predictor or predictor)
+        if result.record["budget_met"] or len(attempts) > settings.retries or config.latency_blind:
+            break  # (a latency-blind baseline's miss is its result)
+        # The export measured slower than its candidate did in the closed loop, though it is the same
+        # network: that gap is the device's noise at this moment. Prune again from the base, to a budget
+        # narrower by the gap, so the next candidate leaves it as margin.
+        export_ms = result.verified.export_ms
+        candidate_ms = result.decision.measured_ms if result.decision.measured_ms is not None else ctx.target_ms
+        attempt_budget_ms *= min(candidate_ms, budget_ms) / export_ms
+        say(settings, f"the export measures {export_ms:.3f} ms against the budget {budget_ms:.3f} ms (its "
+                      f"candidate measured {candidate_ms:.3f} ms): pruning again from the base to "
+                      f"{attempt_budget_ms:.3f} ms (attempt {len(attempts) + 1} of {settings.retries + 1})")
+        graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)
+        predictor = Predictor(lut, graph, kept[2].calibration)
+    best, best_graph, final_predictor = kept
+    plan = plan_of(best_graph, best.decision, calibrated.grid, name, budget_ms, config.name)
+    timings = {"setup_s": setup_s}
+    for record in attempts:
+        for key, seconds in record.pop("timings_s", {}).items():
+            timings[key] = timings.get(key, 0.0) + seconds
+    return Outcome(best.decision.slim, plan, best, attempts, base_latency, budget_ms, base_accuracy, calibrated,
+                   lut_base_ms, drift, final_predictor, timings)
 
-            # The export, and (a relative budget) the base beside it: the budget is a fraction of the base as
-            # it runs now.
-            def measure_final() -> tuple[float, Latency, float | None]:
-                """The export on the scale of the base measured at the start (as the closed loop reports
-                candidates), its latency, and the base measured beside it (a relative budget)."""
-                if not budget.relative:
-                    lat = measure_settled(measure_export)
-                    return lat.median_ms, lat, None
-                base_now, lat = measure_beside_anchor(lambda: backend.measure_model(base_model, spec.input_shape),
-                                                      measure_export, base_latency["median_ms"], config.margin)
-                return base_latency["median_ms"] * lat.median_ms / base_now.median_ms, lat, base_now.median_ms
 
-            export_ms, final_lat, base_beside_ms = measure_final()
-            export_checks = [export_ms]
-            if export_ms > budget_ms and config.method not in LATENCY_BLIND:
-                # One measurement does not make a miss: measure again and judge the mean, as the closed loop
-                # judges a candidate (ResNet-56, 2026-12-02: two exports measured 25% and 31% above their
-                # candidates, and were pruned again, narrower, at a cost of 0.3 and 1.2 points).
-                second_ms, final_lat, base_beside_ms = measure_final()
-                export_checks.append(second_ms)
-                export_ms = sum(export_checks) / len(export_checks)
-            budget_met = export_ms <= budget_ms
-            speedup = base_latency["median_ms"] / export_ms
-            budget_beside_ms = budget.resolve(base_beside_ms) if base_beside_ms is not None else None
-            _add(timings, "export_measure_s", time.time() - t)
-            attempts.append({"attempt": len(attempts) + 1, "budget_ms": attempt_budget_ms,
-                             "target_ms": ctx.target_ms, "candidate_ms": decision.measured_ms,
-                             "export_ms": export_ms, "export_measurements_ms": export_checks,
-                             "export_median_ms": final_lat.median_ms,
-                             "base_beside_ms": base_beside_ms, "budget_met": budget_met, "accuracy": pruned_acc,
-                             "predicted_ms": decision.predicted_ms})
-            if budget_met or len(attempts) > config.retries or config.method in LATENCY_BLIND:
-                break  # (a latency-blind baseline's miss is its result)
-            # The export measured slower than its candidate did in the closed loop, though it is the same
-            # network: that gap is the device's noise at this moment. Prune again from the base, to a budget
-            # narrower by the gap, so the next candidate leaves it as margin.
-            candidate_ms = decision.measured_ms if decision.measured_ms is not None else ctx.target_ms
-            attempt_budget_ms *= min(candidate_ms, budget_ms) / export_ms
-            _say(config, f"the export measures {export_ms:.3f} ms against the budget {budget_ms:.3f} ms (its "
-                         f"candidate measured {candidate_ms:.3f} ms): pruning again from the base to "
-                         f"{attempt_budget_ms:.3f} ms (attempt {len(attempts) + 1} of {config.retries + 1})")
-            kept_predictor = predictor
-            graph = ChannelGraph.build(copy.deepcopy(base_model), spec.input_shape)  # methods train in place
-            predictor = Predictor(lut, graph, kept_predictor.calibration)
-    final = final_lat.to_dict()
-    base_params, base_macs = params_and_macs(base_model, spec.input_shape)
-    params, macs = params_and_macs(slim, spec.input_shape)
-    metrics: dict[str, Any] = {
-        "model": spec.name,
-        "method": config.method,
-        "input_shape": list(spec.input_shape),
-        "data": data.name if data else None,
-        "lut": str(config.lut),
+def metrics_of(outcome: Outcome, base_model: nn.Module, input_shape: tuple[int, ...], budget: Budget,
+               config: MethodConfig, backend: Backend, lut_path: str, settings: Settings,
+               data: str | None) -> dict[str, Any]:
+    """The prune's record (``metrics.json``): measured latencies, budget, accuracy, sizes, calibration,
+    every candidate and attempt, the method's details and config."""
+    from latprune.stats import params_and_macs
+
+    best = outcome.attempt
+    verified = best.verified
+    base_params, base_macs = params_and_macs(base_model, input_shape)
+    params, macs = params_and_macs(outcome.slim, input_shape)
+    beside = verified.base_beside_ms
+    return {
+        "model": outcome.plan.model,
+        "method": config.name,
+        "input_shape": list(input_shape),
+        "data": data,
+        "lut": lut_path,
         "fingerprint": backend.fingerprint(),
-        "budget": {"spec": str(budget), "ms": budget_ms,  # ms: against the base measured at the start
-                   "ms_beside": budget_beside_ms},
-        "base": {"latency_ms": base_latency, "predicted_ms": lut_base_ms, "accuracy": base_acc,
-                 "params": base_params, "macs": base_macs},
-        "pruned": {"latency_ms": final, "base_beside_ms": base_beside_ms,
-                   "predicted_ms": decision.predicted_ms, "accuracy": pruned_acc,
-                   "removed_blocks": list(plan.removed_blocks),
-                   "params": params, "macs": macs, "onnx_parity_max_abs_diff": report.max_abs_diff},
-        "budget_met": budget_met,
-        "speedup_measured": speedup,
+        "budget": {"spec": str(budget), "ms": outcome.budget_ms,  # ms: against the base measured at the start
+                   "ms_beside": budget.resolve(beside) if beside is not None else None},
+        "base": {"latency_ms": outcome.base_latency.to_dict(), "predicted_ms": outcome.lut_base_ms,
+                 "accuracy": outcome.base_accuracy, "params": base_params, "macs": base_macs},
+        "pruned": {"latency_ms": verified.latency.to_dict(), "base_beside_ms": beside,
+                   "predicted_ms": best.decision.predicted_ms, "accuracy": best.accuracy,
+                   "removed_blocks": list(outcome.plan.removed_blocks),
+                   "params": params, "macs": macs, "onnx_parity_max_abs_diff": verified.report.max_abs_diff},
+        "budget_met": best.record["budget_met"],
+        "speedup_measured": outcome.base_latency.to_dict()["median_ms"] / verified.export_ms,
         "macs_ratio": macs / base_macs,
-        "calibration": {"lut": asdict(calibration), "final": asdict(predictor.calibration), "fit": calibration_fit,
-                        "fit_current": fit_current,
-                        "lut_predicted_base_ms": lut_base_ms, "drift_since_profile": drift},
-        "closed_loop": decision.history,
-        "attempts": attempts,
-        "method_details": decision.extra,
-        "config": asdict(config),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "calibration": {"lut": asdict(outcome.calibrated.predictor.calibration),
+                        "final": asdict(outcome.final_predictor.calibration), "fit": outcome.calibrated.fit,
+                        "fit_current": outcome.calibrated.fit_current, "lut_predicted_base_ms": outcome.lut_base_ms,
+                        "drift_since_profile": outcome.drift},
+        "closed_loop": best.decision.history,
+        "attempts": outcome.attempts,
+        "method_details": best.decision.extra,
+        "config": {"method": config.name, **asdict(config), "retries": settings.retries, "seed": settings.seed},
+        "warnings": list(outcome.calibrated.warnings),
+        "timings_s": {k: round(v, 2) for k, v in outcome.timings_s.items()},
     }
-    metrics["timings_s"]["total_s"] = round(time.time() - t0, 2)
-    atomic_write_json(staging / "metrics.json", metrics)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return metrics

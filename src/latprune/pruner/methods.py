@@ -1,12 +1,10 @@
-"""Pruning methods, in a registry (``--method NAME``): each turns a base model into
-a :class:`Decision` (channels to keep per group, blocks to drop, the slimmed
-model) that holds the budget on the *measured* latency.
+"""Pruning methods, in a registry keyed by config type (:mod:`configs`): each turns
+a base model into a :class:`Decision` (channels to keep per group, blocks to drop,
+the slimmed model) that holds the budget on the *measured* latency.
 
 ``gator``       gates trained with the LUT latency loss, Taylor scores on the
-                trained gates, knapsack with block removal, closed loop (default:
-                on the accuracy benchmark's ResNet-56, level with halp at every budget
-                and 2.5 / 1.5 / 0.5 points above uniform-l1 at 0.3x / 0.5x / 0.7x;
-                BENCHMARKS.md);
+                trained gates, knapsack with block removal, closed loop (the default;
+                BENCHMARKS.md, accuracy vs latency);
 ``halp``        iterative Taylor + knapsack (with block removal), no gate training;
 ``taylor``      iterative removal of the lowest Taylor score per millisecond saved
                 (a block's last step removes it);
@@ -16,38 +14,47 @@ model) that holds the budget on the *measured* latency.
                 never looking at latency.
 
 They share the pieces: :mod:`gates`, :mod:`importance`, :mod:`knapsack` and
-:func:`closed_loop`.
+:func:`closed_loop`. A method never changes the predictor it is given: the
+closed loop rescales its own copy and hands the final one back in the decision.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from latprune.errors import BudgetError, LutError, SpecError
+from latprune.graph.channels import ChannelGraph, Grid, group_align
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import measure_beside_anchor, measure_settled
+from latprune.pruner.configs import (
+    FlopsConfig,
+    GatorConfig,
+    HalpConfig,
+    ImportanceConfig,
+    MethodConfig,
+    TaylorConfig,
+    UniformL1Config,
+)
 from latprune.pruner.gates import GateConfig, Gates, latency_penalty
-from latprune.pruner.graph import ChannelGraph, Grid, group_align
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
 
-if TYPE_CHECKING:
-    from latprune.data import DataSpec
-    from latprune.pruner.loop import PruneConfig
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class Context:
     """What every method gets: the base model's graph (``graph.model`` may be
     trained in place), the LUT predictor re-anchored on the measured base,
-    the backend that measures candidates, the width grid and the budget."""
+    the backend that measures candidates, the width grid, the budget (ms),
+    the method's config, and the training batches (None: data-free)."""
 
     graph: ChannelGraph
     predictor: Predictor
@@ -55,36 +62,42 @@ class Context:
     grid: Grid
     budget_ms: float
     base_ms: float
-    config: PruneConfig
-    data: DataSpec | None
+    config: MethodConfig
+    train_loader: Batches | None = None
     base_model: nn.Module | None = None  # set with a relative budget: candidates are measured beside it
+    seed: int = 0
+    progress: bool = True
 
-    def batches(self, seed_offset: int = 0) -> Any:
-        from latprune.data import loader
+    @property
+    def importance_config(self) -> ImportanceConfig:
+        if not isinstance(self.config, ImportanceConfig):
+            raise TypeError(f"{type(self.config).__name__} ranks no channel importance")
+        return self.config
 
-        if self.data is None:
-            raise SpecError(f"method {self.config.method!r} needs data: pass --data")
-        return loader(self.data.train, self.config.batch_size, shuffle=True, seed=self.config.seed + seed_offset)
+    def batches(self) -> Batches:
+        if self.train_loader is None:
+            raise SpecError(f"method {self.config.name!r} needs training data: pass train_loader")
+        return self.train_loader
 
-    def scores(self, gates: Gates | None = None, mode: str = "open", batches: int | None = None,
-               seed_offset: int = 0) -> Scores:
+    def scores(self, gates: Gates | None = None, mode: str = "open", batches: int | None = None) -> Scores:
         """Taylor (or L1, when asked) scores of the current model."""
-        if self.config.importance == "l1":
+        config = self.importance_config
+        if config.importance == "l1":
             return l1_importance(self.graph)
-        return taylor_importance(self.graph, self.batches(seed_offset), batches or self.config.importance_batches,
-                                 order=2 if self.config.importance == "taylor2" else 1,
-                                 progress=self.config.progress, gates=gates, mode=mode)
+        return taylor_importance(self.graph, self.batches(), batches or config.importance_batches,
+                                 order=2 if config.importance == "taylor2" else 1,
+                                 progress=self.progress, gates=gates, mode=mode)
 
-    def values(self, scores: Scores, options: dict[int, list[int]], keep: dict[int, list[int]] | None,
-               seed_offset: int = 0) -> dict[int, list[float]]:
+    def values(self, scores: Scores, options: dict[int, list[int]],
+               keep: dict[int, list[int]] | None) -> dict[int, list[float]]:
         """Knapsack value of every width option: the kept Taylor score, or with
-        ``--importance measured`` (halp only) minus the loss increase measured when
+        importance ``measured`` (halp only) minus the loss increase measured when
         the group alone is cut to the option, the others pruned to ``keep`` (None: unpruned)."""
-        if self.config.importance != "measured":
+        config = self.importance_config
+        if config.importance != "measured":
             return option_values(scores, options)
         losses = option_losses(self.graph, _masked_gates(self, keep), options, scores,
-                               self.batches(seed_offset + 1000), self.config.importance_batches,
-                               progress=self.config.progress)
+                               self.batches(), config.importance_batches, progress=self.progress)
         return {g: [-v for v in losses[g]] for g in options}
 
     def measure(self, model: nn.Module) -> tuple[float, float | None]:
@@ -95,10 +108,9 @@ class Context:
         in interleaved passes beside the base model and reported as
         ``base_ms × candidate / base beside it``: a budget that is a fraction
         of the base is checked against the base as the machine runs *now*, so
-        a slow spell of minutes (this VM: the same ResNet-20 at 2.9 and 3.6 ms
-        half an hour apart) moves both and not their ratio. A pair whose base is
-        more than the timing margin away from the base measured at the start is
-        measured again (:func:`measure_beside_anchor`)."""
+        a slow spell of minutes moves both and not their ratio. A pair whose
+        base is more than the timing margin away from the base measured at the
+        start is measured again (:func:`measure_beside_anchor`)."""
         shape, base_model = self.graph.input_shape, self.base_model
         if base_model is None:
             return measure_settled(lambda: self.backend.measure_model(model, shape)).median_ms, None
@@ -112,11 +124,8 @@ class Context:
         of the two (ms), the base beside the last, and every measurement.
 
         A search that keeps what measured under the target keeps lucky
-        measurements: on a noisy VM (ResNet-56, 2026-12-02, one thread) `halp`'s
-        closed loop accepted a candidate that measured 0.282 ms against its
-        prediction of 0.327 ms, over wider ones measured at 0.36–0.40 ms, and its
-        export measured 0.329 ms. A second, independent measurement of every
-        candidate that fits halves that bias and the noise's spread."""
+        measurements; a second, independent measurement of every candidate
+        that fits halves that bias and the noise's spread."""
         first, base_ms = self.measure(model)
         if first > target_ms:
             return first, base_ms, [first]
@@ -136,6 +145,7 @@ class Decision:
     history: list[dict[str, Any]]     # every candidate measured
     extra: dict[str, Any] = field(default_factory=dict)
     measured_ms: float | None = None  # the chosen candidate as the method measured it (ms, beside the base)
+    predictor: Predictor | None = None  # the predictor as the closed loop left it (rescaled by measurements)
 
 
 def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
@@ -143,24 +153,27 @@ def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
     return {g: sorted(int(i) for i in np.argsort(-scores.channels[g], kind="stable")[:w]) for g, w in widths.items()}
 
 
-def closed_loop(ctx: Context, solver: Callable[[float], Solution],
-                keep: Callable[[dict[int, int]], dict[int, list[int]]]
-                ) -> tuple[Solution, nn.Module, float, list[dict]]:
+Solver = Callable[[Predictor, float], Solution]  # (predictor, target ms) -> widths
+
+
+def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], dict[int, list[int]]]
+                ) -> tuple[Solution, nn.Module, float, list[dict], Predictor]:
     """Solve on the prediction, check on the measurement, until a candidate holds the budget.
 
     Accepts a candidate measuring <= budget·(1 - margin) (the mean of two
     measurements: :meth:`Context.measure_checked`); keeps re-solving
     wider while an accepted one leaves more than ``slack`` unused. Each miss
     rescales the prediction by measured/predicted (``ctx.predictor`` is
-    updated in place). Returns the best accepted solution, its slimmed model,
-    its measured latency (ms), and the history of every candidate measured."""
-    config, graph = ctx.config, ctx.graph
+    rescaled: ``ctx.predictor`` is left as it is). Returns the best accepted
+    solution, its slimmed model, its measured latency (ms), the history of
+    every candidate measured, and the rescaled predictor."""
+    config, graph, predictor = ctx.config, ctx.graph, ctx.predictor
     target_ms = ctx.target_ms
     history: list[dict[str, Any]] = []
     tried: list[dict[int, int]] = []
     accepted: tuple[Solution, nn.Module, float] | None = None
     for iteration in range(1, config.max_iters + 1):
-        solution = solver(target_ms)
+        solution = solver(predictor, target_ms)
         if solution.widths in tried:
             break  # the corrected prediction leads back to a configuration already measured
         tried.append(solution.widths)
@@ -181,21 +194,22 @@ def closed_loop(ctx: Context, solver: Callable[[float], Solution],
         # Rescale the prediction by what the device said and solve again: narrower when the
         # candidate missed, wider when it left more than `slack` of the budget unused.
         ratio = measured_ms / solution.predicted_ms
-        ctx.predictor.calibration = ctx.predictor.calibration.scaled(ratio)
+        predictor = predictor.rescaled(ratio)
         if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
             target_ms *= 0.97
     if accepted is None:
         raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
                           f"{history[-1]['measured_ms']:.3f} ms against a budget of {ctx.budget_ms:.3f} ms; loosen "
                           "the budget or re-profile (the LUT may not describe this device's current state)")
-    return accepted[0], accepted[1], accepted[2], history
+    return accepted[0], accepted[1], accepted[2], history, predictor
 
 
 def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int]],
                        extra: dict[str, Any], values: dict[int, list[float]] | None = None) -> Decision:
-    solution, slim, measured_ms, history = closed_loop(
-        ctx, lambda t: solve(ctx.predictor, options, scores, t, values=values), lambda w: keep_top(scores, w))
-    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra, measured_ms)
+    solution, slim, measured_ms, history, predictor = closed_loop(
+        ctx, lambda pred, t: solve(pred, options, scores, t, values=values), lambda w: keep_top(scores, w))
+    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra, measured_ms,
+                    predictor)
 
 
 # -- gator ---------------------------------------------------------------------------------------
@@ -215,14 +229,16 @@ def gator(ctx: Context) -> Decision:
     from latprune.train import TrainConfig, train
 
     config = ctx.config
-    if ctx.data is None or config.importance == "l1":
-        raise SpecError("method 'gator' trains gates on data: pass --data (or use --method halp --importance l1)")
+    assert isinstance(config, GatorConfig)  # the registry pairs them
+    if ctx.train_loader is None:
+        raise SpecError("method 'gator' trains gates on data: pass train_loader "
+                        "(or prune data-free with HalpConfig(importance='l1'))")
     options = ctx.graph.options(ctx.grid, blocks=config.blocks)
     gate_config = GateConfig(epochs=config.gate_epochs, penalty=config.gate_penalty, signal=config.gate_signal)
     gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
     start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty, "signal": config.gate_signal}
     if config.gate_init == "plan":
-        base_scores = ctx.scores(seed_offset=2)
+        base_scores = ctx.scores()
         plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
         gates.start_from(keep_top(base_scores, plan.widths))
         start.update(predicted_ms=plan.predicted_ms,
@@ -230,10 +246,9 @@ def gator(ctx: Context) -> Decision:
     penalty = latency_penalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
     gates.attach()
     try:
-        train(ctx.graph.model, ctx.data.train,
-              TrainConfig(epochs=gate_config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed),
+        train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=gate_config.epochs, lr=config.lr, seed=ctx.seed),
               desc="gate training", penalty=penalty)
-        scores = ctx.scores(gates, mode="hard", seed_offset=1)
+        scores = ctx.scores(gates, mode="hard")
     finally:
         gates.detach()
     with torch.no_grad():
@@ -251,7 +266,7 @@ def gator(ctx: Context) -> Decision:
 # -- halp ------------------------------------------------------------------------------------------
 def _masked_gates(ctx: Context, keep: dict[int, list[int]] | None) -> Gates:
     """Gates in ``hard`` mode that close every channel (and block) outside ``keep``."""
-    gates = Gates(ctx.graph, init=10.0, blocks=ctx.config.blocks)
+    gates = Gates(ctx.graph, init=10.0, blocks=ctx.importance_config.blocks)
     if keep:
         gates.start_from(keep, dropped=-10.0)
     gates.mode = "hard"
@@ -262,13 +277,13 @@ def _recover(ctx: Context, gates: Gates, epochs: float, seed: int) -> None:
     """Short training of the masked model (closed channels stay closed)."""
     from latprune.train import TrainConfig, train
 
-    if epochs <= 0 or ctx.data is None:
+    if epochs <= 0 or ctx.train_loader is None:
         return
     gates.attach()
     try:
         gates.refresh()
-        train(ctx.graph.model, ctx.data.train, TrainConfig(epochs=epochs, lr=ctx.config.lr,
-              batch_size=ctx.config.batch_size, seed=ctx.config.seed + seed), desc="recover")
+        train(ctx.graph.model, ctx.train_loader, TrainConfig(epochs=epochs, lr=ctx.importance_config.lr,
+              seed=ctx.seed + seed), desc="recover")
     finally:
         gates.detach()
 
@@ -278,6 +293,7 @@ def halp(ctx: Context) -> Decision:
     geometrically to the target, the masked model recovering briefly in
     between; the last round runs in the closed loop."""
     config = ctx.config
+    assert isinstance(config, HalpConfig)  # the registry pairs them
     options = ctx.graph.options(ctx.grid, blocks=config.blocks)
     steps = max(1, config.steps)
     keep: dict[int, list[int]] | None = None
@@ -286,16 +302,15 @@ def halp(ctx: Context) -> Decision:
     for k in range(1, steps):
         budget = ctx.base_ms * (ctx.target_ms / ctx.base_ms) ** (k / steps)
         solution = solve(ctx.predictor, options, scores, budget,
-                         values=ctx.values(scores, options, keep, seed_offset=k))
+                         values=ctx.values(scores, options, keep))
         keep = keep_top(scores, solution.widths)
         options = {g: [w for w in opts if w <= solution.widths[g]] for g, opts in options.items()}
         rounds.append({"budget_ms": budget, "predicted_ms": solution.predicted_ms,
                        "removed_blocks": [b.name for b in ctx.graph.removed_blocks(solution.widths)]})
         gates = _masked_gates(ctx, keep)
         _recover(ctx, gates, config.recover_epochs / max(1, steps - 1), seed=k)
-        scores = ctx.scores(gates, mode="hard", seed_offset=k) if config.importance != "l1" else ctx.scores()
-    return _knapsack_decision(ctx, scores, options, {"rounds": rounds},
-                              ctx.values(scores, options, keep, seed_offset=steps))
+        scores = ctx.scores(gates, mode="hard") if config.importance != "l1" else ctx.scores()
+    return _knapsack_decision(ctx, scores, options, {"rounds": rounds}, ctx.values(scores, options, keep))
 
 
 # -- taylor ------------------------------------------------------------------------------------------
@@ -305,6 +320,7 @@ def taylor(ctx: Context) -> Decision:
     short recovery) every few steps; then the closed loop narrows or widens
     from there by the same ratio."""
     config = ctx.config
+    assert isinstance(config, TaylorConfig)  # the registry pairs them
     options = ctx.graph.options(ctx.grid, blocks=config.blocks)  # a block's last step removes it
     floor_ms = ctx.predictor.predict({g: opts[0] for g, opts in options.items()})
     if floor_ms > ctx.target_ms:
@@ -328,20 +344,20 @@ def taylor(ctx: Context) -> Decision:
         gates = _masked_gates(ctx, keep)
         if rounds <= 8:  # recovery budget: recover_epochs over the first 8 rounds
             _recover(ctx, gates, config.recover_epochs / 8, seed=rounds)
-        scores = ctx.scores(gates, mode="hard", seed_offset=rounds) if config.importance != "l1" else scores
+        scores = ctx.scores(gates, mode="hard") if config.importance != "l1" else scores
         if rounds > 64:
             break
     values = option_values(scores, options)
     start = dict(widths)
 
-    def solver(target: float) -> Solution:
-        w = descend(ctx.predictor, options, values, start, target)
-        w = fill(ctx.predictor, options, values, w, target)
-        return Solution(w, ctx.predictor.predict(w), kept_value(values, options, w), 1)
+    def solver(predictor: Predictor, target: float) -> Solution:
+        w = descend(predictor, options, values, start, target)
+        w = fill(predictor, options, values, w, target)
+        return Solution(w, predictor.predict(w), kept_value(values, options, w), 1)
 
-    solution, slim, measured_ms, history = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
+    solution, slim, measured_ms, history, predictor = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history,
-                    {"rescore_rounds": rounds}, measured_ms)
+                    {"rescore_rounds": rounds}, measured_ms, predictor)
 
 
 # -- baselines ---------------------------------------------------------------------------------------
@@ -447,16 +463,15 @@ def flops(ctx: Context) -> Decision:
     return Decision(keep, slim, _predicted_or_none(ctx.predictor, widths), history, {"macs_target_ratio": ratio}, ms)
 
 
-METHODS: dict[str, Callable[[Context], Decision]] = {
-    "gator": gator, "halp": halp, "taylor": taylor, "uniform-l1": uniform_l1, "flops": flops,
+METHODS: dict[type[MethodConfig], Callable[[Context], Decision]] = {
+    GatorConfig: gator, HalpConfig: halp, TaylorConfig: taylor, UniformL1Config: uniform_l1, FlopsConfig: flops,
 }
-# Methods that never look at latency: a missed budget is their result, so ``prune`` neither measures their
-# export a second time nor prunes them again.
-LATENCY_BLIND: frozenset[str] = frozenset({"flops"})
 
 
-def get_method(name: str) -> Callable[[Context], Decision]:
+def get_method(config: MethodConfig) -> Callable[[Context], Decision]:
+    """The method that runs ``config`` (registered for its exact type)."""
     try:
-        return METHODS[name]
+        return METHODS[type(config)]
     except KeyError:
-        raise SpecError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+        raise SpecError(f"no method is registered for {type(config).__name__}; "
+                        f"known: {', '.join(c.__name__ for c in METHODS)}") from None

@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from latprune._io import atomic_write_text
-from latprune.errors import RunDirError, SpecError
-from latprune.pruner.graph import apply_plan_
+from latprune.errors import RunDirError
+from latprune.graph.channels import apply_plan_
 
 PLAN_VERSION = 2
 READABLE_VERSIONS = (1, 2)   # version 1: no removed_blocks
@@ -98,35 +97,3 @@ class PruningPlan:
         """Slim ``model`` (a fresh base model) in place to this plan's blocks and widths."""
         return apply_plan_(model, self.input_shape, self.removed_blocks, {g.root: g.keep for g in self.groups},
                            {g.root: g.size for g in self.groups})
-
-
-@dataclass
-class RunModel:
-    name: str
-    model: nn.Module
-    input_shape: tuple[int, ...]
-    plan: PruningPlan
-    num_classes: int | None
-    default_data: str | None
-
-
-def load_run_model(run_dir: str | Path) -> RunModel:
-    """The slimmed, fine-tuned model of a run directory: base model + plan + model.pt."""
-    from latprune.models import load_model
-
-    run = Path(run_dir)
-    plan = PruningPlan.load(run / "plan.json")
-    weights = run / "model.pt"
-    if not weights.is_file():
-        raise RunDirError(f"{weights} is missing; the run directory is incomplete, prune again")
-    base = load_model(plan.model, plan.input_shape)
-    model = plan.apply_(base.model)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise RunDirError(f"{weights} does not fit the plan's architecture ({type(exc).__name__}); "
-                          "the run directory is damaged, prune again") from None
-    if not isinstance(model, nn.Module):
-        raise SpecError("the plan did not produce a model")
-    return RunModel(f"{run}", model.eval(), plan.input_shape, plan, base.num_classes, base.default_data)

@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from latprune.errors import BackendError
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.timing import Latency, SpeedGuard, TimingConfig
-from latprune.latency_lut.units import LayerKey
 
 # name -> "module:Class", imported only when asked for (onnxruntime is heavy).
 BACKENDS: dict[str, str] = {
@@ -46,7 +46,7 @@ class Backend(ABC):
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
-        """Device + runtime + settings; see :mod:`latprune.latency_lut.fingerprint`."""
+        """Device + runtime + settings; see :mod:`latprune.runtime.fingerprint`."""
 
     @abstractmethod
     def measure_unit(self, key: LayerKey) -> Latency:
@@ -59,6 +59,11 @@ class Backend(ABC):
     def speed_guard(self) -> SpeedGuard | None:
         """The guard that holds whole-model timings to the machine's usual speed, if
         this backend has one (:class:`~latprune.latency_lut.timing.SpeedGuard`)."""
+        return None
+
+    def measure_export(self, onnx: bytes) -> Latency | None:
+        """End-to-end latency of a model exported to ONNX, where this backend runs ONNX
+        itself; None where it times the PyTorch model instead (:meth:`measure_model`)."""
         return None
 
     def measure_artifact(self, path: str) -> Latency:

@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import nn
 
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.timing import Latency
-from latprune.latency_lut.units import LayerKey
 
 STEP = 4
 LAUNCH_MS = 0.002
@@ -43,7 +43,7 @@ class FakeBackend(Backend):
         return Latency(ms, ms, ms, 1)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
-        from latprune.pruner.graph import ChannelGraph
+        from latprune.graph.channels import ChannelGraph
 
         graph = ChannelGraph.build(model, input_shape)
         ms = 1.1 * sum(fake_unit_ms(u.base) for u in graph.units) + 0.02

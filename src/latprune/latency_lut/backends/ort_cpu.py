@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from latprune.errors import BackendError, MissingDependency
+from latprune.errors import BackendError
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.fingerprint import host_fingerprint
 from latprune.latency_lut.timing import Latency, SpeedGuard, TimingConfig, time_callable
-from latprune.latency_lut.units import LayerKey
+from latprune.runtime.fingerprint import host_fingerprint
+from latprune.runtime.ort import make_session, onnxruntime, random_feeds
 
 OPSET = 17
 AUX = "aux_"  # name prefix of the nodes a unit graph needs but whose time is not the unit's
@@ -46,60 +47,6 @@ UNIT_TIMING = "kernel"
 # Profiled runs per measurement, at most: reading the profiler's JSON trace took more than half of a
 # small unit's measurement at ~1300 runs (ResNet-20 units: 3.2x the time of a wall-clock measurement).
 KERNEL_MAX_RUNS = 300
-
-
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependency("onnxruntime", "onnx", "the ort-cpu backend") from None
-    return onnxruntime
-
-
-def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_prefix: str | None = None,
-                 spinning: bool = True, affinities: str | None = None) -> Any:
-    """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation
-    (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given).
-    ``spinning=False`` stops idle intra-op threads spinning (ONNX Runtime spins by
-    default, as deployments run); ``affinities`` pins the intra-op threads other than
-    the caller's (ONNX Runtime's ``session.intra_op_thread_affinities``: one entry per
-    thread, ``;``-separated, of 1-based logical processors, e.g. ``"2"`` for the second
-    of two threads on the second CPU). ``benchmarks/thread_scaling.py`` compares both."""
-    ort = _ort()
-    opts = ort.SessionOptions()
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if affinities is not None:
-        opts.add_session_config_entry("session.intra_op_thread_affinities", affinities)
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    source = model if isinstance(model, bytes) else os.fspath(model)
-    try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise BackendError(f"ONNX Runtime could not load the model: {exc}") from None
-
-
-def random_feeds(session: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input (fixed shapes required)."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
-    for inp in session.get_inputs():
-        shape = inp.shape
-        if any(not isinstance(d, int) for d in shape):
-            raise BackendError(f"input {inp.name!r} has a dynamic shape {shape}; export with a fixed batch to time it")
-        dtype = dtypes.get(inp.type)
-        if dtype is None:
-            raise BackendError(f"input {inp.name!r} has type {inp.type}, which latprune cannot generate")
-        feeds[inp.name] = rng.standard_normal(shape).astype(dtype) if dtype != np.int64 else np.zeros(shape, np.int64)
-    return feeds
 
 
 def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes:
@@ -291,7 +238,7 @@ class OrtCpuBackend(Backend):
             return 8
 
     def fingerprint(self) -> dict[str, Any]:
-        ort = _ort()
+        ort = onnxruntime()
         return {
             "backend": self.name, "runtime": "onnxruntime", "runtime_version": ort.__version__,
             "threads": self.threads, "precision": "fp32", "device": host_fingerprint()["cpu"],
@@ -334,9 +281,12 @@ class OrtCpuBackend(Backend):
         return kernel_latency(unit_onnx(key, aux_residual=True), self.threads, self.timing)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
-        from latprune.exporters.onnx import to_onnx_bytes
+        from latprune.runtime.onnx import to_onnx_bytes
 
         return self.measure_session(make_session(to_onnx_bytes(model, input_shape), self.threads), self.model_timing)
+
+    def measure_export(self, onnx: bytes) -> Latency:
+        return self.measure_session(make_session(onnx, self.threads), self.model_timing)
 
     def measure_artifact(self, path: str) -> Latency:
         if not str(path).endswith(".onnx"):

@@ -9,12 +9,12 @@ from typing import Any
 from torch import nn
 
 from latprune.errors import BackendError
-from latprune.exporters.tensorrt import EngineConfig, TrtRunner, build_engine, trt
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.backends.ort_cpu import unit_onnx
-from latprune.latency_lut.fingerprint import host_fingerprint
 from latprune.latency_lut.timing import Latency, TimingConfig, time_cuda
-from latprune.latency_lut.units import LayerKey
+from latprune.runtime.fingerprint import host_fingerprint
+from latprune.runtime.tensorrt import EngineConfig, TrtRunner, build_engine, trt
 
 
 class TensorRTBackend(Backend):
@@ -46,9 +46,12 @@ class TensorRTBackend(Backend):
         return self.measure_onnx(unit_onnx(key), self.timing)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
-        from latprune.exporters.onnx import to_onnx_bytes
+        from latprune.runtime.onnx import to_onnx_bytes
 
         return self.measure_onnx(to_onnx_bytes(model, input_shape), self.model_timing)
+
+    def measure_export(self, onnx: bytes) -> Latency:
+        return self.measure_onnx(onnx, self.model_timing)
 
     def measure_artifact(self, path: str) -> Latency:
         if path.endswith(".onnx"):

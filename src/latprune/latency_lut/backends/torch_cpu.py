@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.fingerprint import host_fingerprint
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
-from latprune.latency_lut.units import LayerKey
+from latprune.runtime.fingerprint import host_fingerprint
 
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
          "sigmoid": nn.Sigmoid, "gelu": nn.GELU}

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from latprune.errors import BackendError
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.backends.torch_cpu import _UnitModule
-from latprune.latency_lut.fingerprint import host_fingerprint
 from latprune.latency_lut.timing import Latency, TimingConfig, time_cuda
-from latprune.latency_lut.units import LayerKey
+from latprune.runtime.fingerprint import host_fingerprint
 
 
 class TorchCudaBackend(Backend):

@@ -1,0 +1,301 @@
+"""The library's entry points: a module in, objects out, files only where the caller names a path.
+
+>>> import latprune, torch, torchvision                                    # doctest: +SKIP
+>>> model, x = torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 64, 64)
+>>> lut = latprune.profile(model, x, backend="ort-cpu", threads=1, path="device.lut")
+>>> result = latprune.prune(model, lut, "0.6x", example_input=x, method="halp",
+...                         train_loader=loader, finetune=my_finetune)
+>>> result.model, result.plan, result.metrics["measured_ms"]
+>>> result.save("runs/r1"); same = latprune.load("runs/r1", model)
+>>> bundle = latprune.export(result, "onnx", "bundles/r1"); bundle.run(x.numpy())
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from latprune.budget import Budget, parse_budget
+from latprune.errors import RunDirError, SpecError
+from latprune.exporters.bundle import Bundle, ExportOptions, write_bundle
+from latprune.graph.channels import ChannelGraph
+from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.profile import DEFAULT_LEVELS, ProfileReport, build_lut, open_for_backend
+from latprune.latency_lut.store import Lut
+from latprune.models import registered_model
+from latprune.pruner.configs import MethodConfig, method_config
+from latprune.pruner.loop import FinetuneConfig, Settings, Training, metrics_of, prune_model
+from latprune.pruner.plan import PruningPlan
+
+PathLike = str | Path
+
+
+@dataclass(frozen=True)
+class LUT:
+    """A latency lookup table file and the backend it was measured with.
+
+    ``report`` is what :func:`profile` measured into it (None for a LUT opened from disk)."""
+
+    path: Path
+    backend: str
+    threads: int | None
+    report: ProfileReport | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def open(cls, path: PathLike, backend: str | None = None, threads: int | None = None) -> LUT:
+        """An existing LUT; its backend and thread count come from the file unless given
+        (a given one must match the file's when it is used)."""
+        with Lut.open(path) as lut:
+            fingerprint = lut.fingerprint
+        stored_threads = fingerprint.get("threads")
+        return cls(Path(path), backend or str(fingerprint.get("backend")),
+                   threads if threads is not None else (stored_threads if isinstance(stored_threads, int) else None))
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        with Lut.open(self.path) as lut:
+            return dict(lut.fingerprint)
+
+    def __len__(self) -> int:
+        with Lut.open(self.path) as lut:
+            return len(lut)
+
+
+def _input_shape(example_input: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(example_input, torch.Tensor):
+        return tuple(int(d) for d in example_input.shape)
+    if isinstance(example_input, (tuple, list)) and example_input and all(
+            isinstance(d, int) and d > 0 for d in example_input):
+        return tuple(example_input)
+    raise SpecError(f"example_input must be a tensor (or a shape of positive ints), not {type(example_input).__name__}")
+
+
+def _module(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    return copy.deepcopy(model).eval()  # the caller's module is never changed (not even its train/eval mode)
+
+
+def _name(model: nn.Module, name: str | None) -> str:
+    return name or type(model).__name__
+
+
+def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backend: str = "ort-cpu",
+            threads: int | None = None, path: PathLike | None = None, *, levels: int = DEFAULT_LEVELS,
+            align: int | None = None, calibration_samples: int = 12, passes: int = 2, refine: bool = False,
+            recalibrate: bool = False, shard: tuple[int, int] = (1, 1), name: str | None = None,
+            progress: bool = True) -> LUT:
+    """Measure ``model``'s latency units over their width grid on ``backend`` into the LUT
+    file ``path`` (created, or extended: what it holds is not measured again, so a killed
+    profile resumes), then calibrate against whole-model measurements."""
+    if path is None:
+        raise SpecError("profile needs path=: the LUT file to create or extend, e.g. path='device.lut'")
+    shape = _input_shape(example_input)
+    module = _module(model)
+    runner = get_backend(backend, threads)
+    graph = ChannelGraph.build(module, shape)
+    report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
+                       progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine)
+    return LUT(Path(path), runner.name, runner.threads, report)
+
+
+def _budget(budget: str | float | Budget) -> Budget:
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, str):
+        return parse_budget(budget)
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > 0:
+        return Budget(float(budget), relative=False)
+    raise SpecError(f"budget must be milliseconds (a positive number) or a string like '0.5x' or '8ms', "
+                    f"not {budget!r}")
+
+
+def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | None, val_loader: Iterable | None,
+              finetune: Callable[[nn.Module], None] | FinetuneConfig | None,
+              evaluate: Callable[[nn.Module], float] | None, seed: int) -> Training:
+    """The callables the prune trains and scores with: the user's, or the built-in loops on the loaders."""
+    if config.needs_data and train_loader is None:
+        raise SpecError(f"method {config.name!r} trains or scores on data: pass train_loader= (or prune "
+                        "data-free with method=HalpConfig(importance='l1'))")
+    if finetune is None and train_loader is not None:
+        finetune = FinetuneConfig()
+    if isinstance(finetune, FinetuneConfig):
+        if train_loader is None:
+            raise SpecError("the built-in fine-tuning (FinetuneConfig) trains on train_loader=; pass one")
+        finetune = _builtin_finetune(finetune, train_loader, base, seed)
+    elif finetune is not None and not callable(finetune):
+        raise SpecError(f"finetune must be a callable fn(model) -> None or a FinetuneConfig, not {finetune!r}")
+    if evaluate is None and val_loader is not None:
+        from latprune.train import evaluate as top1
+
+        def evaluate(model: nn.Module) -> float:
+            return top1(model, val_loader)
+    elif evaluate is not None and not callable(evaluate):
+        raise SpecError(f"evaluate must be a callable fn(model) -> float, not {evaluate!r}")
+    return Training(train_loader, finetune, evaluate)
+
+
+def _builtin_finetune(config: FinetuneConfig, loader: Iterable, base: nn.Module,
+                      seed: int) -> Callable[[nn.Module], None] | None:
+    from latprune.train import TrainConfig, train
+
+    if config.epochs <= 0:
+        return None
+    teacher = base if config.distill else None
+
+    def finetune(model: nn.Module) -> None:
+        train(model, loader, TrainConfig(epochs=config.epochs, lr=config.lr, seed=seed,
+                                         distill_alpha=0.5 if teacher is not None else 0.0),
+              teacher=teacher, desc="fine-tune")
+    return finetune
+
+
+def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *,
+          example_input: torch.Tensor | Sequence[int], method: str | MethodConfig = "gator",
+          train_loader: Iterable | None = None, val_loader: Iterable | None = None,
+          finetune: Callable[[nn.Module], None] | FinetuneConfig | None = None,
+          evaluate: Callable[[nn.Module], float] | None = None, retries: int = 1, seed: int = 0,
+          name: str | None = None, data_name: str | None = None, progress: bool = True) -> PruneResult:
+    """Prune ``model`` (unchanged) to ``budget`` — a fraction of its measured latency
+    (``"0.5x"``), or milliseconds (``8.0`` or ``"8ms"``) — against ``lut``.
+
+    ``method`` is a method name or its config (:class:`GatorConfig`, ...). The
+    built-in loops train on ``train_loader`` and score on ``val_loader``; or pass
+    ``finetune(model) -> None`` and ``evaluate(model) -> float`` (higher is better).
+    With neither, the prune is data-free: no fine-tuning, no accuracy. The result's
+    latency is measured on the LUT's backend, never only predicted.
+    """
+    base = _module(model)
+    shape = _input_shape(example_input)
+    target = _budget(budget)
+    config = method_config(method)
+    if not isinstance(retries, int) or retries < 0:
+        raise SpecError(f"retries must be 0 or more, not {retries!r}")
+    table = lut if isinstance(lut, LUT) else LUT.open(lut)
+    training = _training(base, config, train_loader, val_loader, finetune, evaluate, seed)
+    settings = Settings(retries=retries, seed=seed, progress=progress)
+    backend = get_backend(table.backend, table.threads)
+    with open_for_backend(table.path, backend, writable=False) as store:
+        outcome = prune_model(base, shape, _name(model, name), store, backend, target, config, training, settings)
+    metrics = metrics_of(outcome, base, shape, target, config, backend, str(table.path), settings, data_name)
+    metrics["measured_ms"] = metrics["pruned"]["latency_ms"]["median_ms"]
+    return PruneResult(outcome.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
+
+
+@dataclass
+class PruneResult:
+    """A pruned model: the slimmed module, the plan that replays it on the base, and what was measured."""
+
+    model: nn.Module
+    plan: PruningPlan
+    metrics: dict[str, Any]
+    onnx: bytes | None = field(default=None, repr=False)  # the checked export the prune measured
+    path: Path | None = None                              # where it was saved or loaded from
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.plan.input_shape)
+
+    def save(self, path: PathLike, overwrite: bool = False) -> Path:
+        """Write the run directory (plan.json, model.pt as a state_dict, metrics.json, model.onnx),
+        staged beside ``path`` and renamed into place: it appears complete or not at all."""
+        from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with
+
+        out = Path(path)
+        check_run_target(out, overwrite)
+        staging = out.with_name(f".{out.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        try:
+            self.plan.save(staging / "plan.json")
+            atomic_write_with(staging / "model.pt", lambda tmp: torch.save(self.model.state_dict(), tmp))
+            if self.onnx is not None:
+                atomic_write_bytes(staging / "model.onnx", self.onnx)
+            atomic_write_json(staging / "metrics.json", self.metrics)
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.path = out
+        return out
+
+
+def check_run_target(out: Path, overwrite: bool) -> None:
+    """Refuse to write over a directory that is not empty, unless ``overwrite`` and it is a run directory."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise RunDirError(f"run directory {out} already exists and is not empty; save elsewhere, or overwrite "
+                          "the previous run")
+    if not out.is_dir() or not (out / "plan.json").is_file():
+        raise RunDirError(f"{out} is not a latprune run directory (no plan.json); it is never overwritten")
+
+
+def load(path: PathLike, model: nn.Module | None = None) -> PruneResult:
+    """The pruned model of a run directory: its plan replayed on the base ``model`` (unchanged),
+    or, without one, on the base it names when latprune builds it by name (the embedded
+    default, ``torchvision:NAME``); then its weights (``weights_only``). Never imports code
+    named in the run directory."""
+    run = Path(path)
+    if not run.is_dir():
+        raise RunDirError(f"{run} is not a run directory (from PruneResult.save or `latprune prune`)")
+    plan = PruningPlan.load(run / "plan.json")
+    weights = run / "model.pt"
+    if not weights.is_file():
+        raise RunDirError(f"{weights} is missing; the run directory is incomplete, prune again")
+    if model is not None:
+        base = _module(model)
+    else:
+        spec = registered_model(plan.model, plan.input_shape)
+        if spec is None:
+            raise RunDirError(f"{run} was pruned from {plan.model!r}, which latprune does not build by name: pass "
+                              f"the base model, latprune.load({str(run)!r}, model)")
+        base = spec.model
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RunDirError(f"{weights} is not a readable state_dict ({type(exc).__name__}); the run directory is "
+                          "damaged, prune again") from None
+    try:
+        slim = plan.apply_(base)
+        slim.load_state_dict(state)
+    except Exception as exc:
+        raise RunDirError(f"{run}'s plan and weights do not fit the base model ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); pass the model it was pruned from") from None
+    metrics_file = run / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{metrics_file} is not valid JSON ({exc}); the run directory is damaged") from None
+    onnx = (run / "model.onnx").read_bytes() if (run / "model.onnx").is_file() else None
+    return PruneResult(slim.eval(), plan, metrics, onnx, run)
+
+
+def export(result: PruneResult, format: str = "onnx", path: PathLike | None = None, *, overwrite: bool = False,
+           **options: Any) -> Bundle:
+    """A deployment bundle of ``result.model`` in ``format`` (onnx, aoti, tensorrt) at ``path``
+    (default: ``bundle-FORMAT`` inside the result's run directory): the artifact, checked for
+    parity and measured on this machine, with its budget and device in ``bundle.json``.
+    ``options``: the fields of :class:`~latprune.exporters.bundle.ExportOptions`."""
+    if not isinstance(result, PruneResult):
+        raise SpecError(f"export takes a PruneResult (from latprune.prune or latprune.load), not "
+                        f"{type(result).__name__}")
+    if path is None:
+        if result.path is None:
+            raise SpecError("export needs path=: where to write the bundle (the result was never saved)")
+        path = result.path / f"bundle-{format}"
+    try:
+        export_options = ExportOptions(format=format, **options)
+    except TypeError as exc:
+        raise SpecError(f"unknown export option ({exc}); the options are the fields of ExportOptions") from None
+    return write_bundle(result, path, export_options, force=overwrite)

@@ -1,0 +1,395 @@
+"""Coupled channel groups and latency units of a model, over Torch-Pruning's DependencyGraph.
+
+A *group* is a set of channels that must be removed together: a conv's
+output channels with its BatchNorm and the next conv's inputs, or, through
+residual adds, a whole "highway" shared by every block of a stage. Each group
+gets one width in a plan.
+
+>>> from latprune.models import ResNetCifar
+>>> graph = ChannelGraph.build(ResNetCifar(), (1, 1, 28, 28))
+>>> [g.size for g in graph.groups][:4]   # stage-1 highway, then each block's inner width
+[32, 32, 32, 32]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from latprune.errors import SpecError
+from latprune.graph.blocks import Block, SkippedBlock, find_blocks, inside
+from latprune.graph.units import ACTIVATIONS, LayerKey, Unit
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A coupled channel group: ``root`` is the module whose output channels
+    define it (name stable across fresh copies of the base model), ``size`` its
+    full channel count; ``producers`` the modules (BN, or conv/linear without
+    a BN) whose output channel c is zero once the group loses channel c."""
+
+    id: int
+    root: str
+    size: int
+    producers: tuple[str, ...]
+    members: tuple[str, ...] = field(default=())
+    outs: tuple[str, ...] = field(default=())   # modules whose output channels are this group's
+
+
+def _output_layers(dg: tp.DependencyGraph, modules: Sequence[nn.Module]) -> list[nn.Module]:
+    """Conv/linear modules whose output reaches the model output without passing
+    through another conv/linear: their output width is fixed (the classes)."""
+    outputs = []
+    for module in modules:
+        stack, seen, reaches_end = [dg.module2node[module]], set(), False
+        while stack and not reaches_end:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if not node.outputs:
+                reaches_end = True
+            for nxt in node.outputs:
+                if not isinstance(nxt.module, PRUNABLE):
+                    stack.append(nxt)
+        if reaches_end:
+            outputs.append(module)
+    return outputs
+
+
+def _effective_padding(m: nn.Conv2d, in_hw: Sequence[int], out_hw: Sequence[int]) -> tuple[int, int]:
+    """The symmetric padding that gives the observed output size.
+
+    Equal to ``m.padding`` for a plain conv; differs for convs that pad inside
+    ``forward`` (TensorFlow-style "same" padding, as in EfficientNet ports)."""
+    pads = []
+    for axis in range(2):
+        k, s, d = m.kernel_size[axis], m.stride[axis], m.dilation[axis]
+        declared = m.padding[axis] if isinstance(m.padding, tuple) else 0
+        candidates = [declared] + [p for p in range(k + 1) if p != declared]
+        for p in candidates:
+            if (in_hw[axis] + 2 * p - d * (k - 1) - 1) // s + 1 == out_hw[axis]:
+                pads.append(p)
+                break
+        else:
+            raise SpecError(f"cannot model the padding of conv {m}: input {tuple(in_hw)} gives output {tuple(out_hw)}")
+    return pads[0], pads[1]
+
+
+def _grad_fn_name(node: tp.dependency.Node) -> str:
+    fn = getattr(node, "grad_fn", None)
+    return type(fn).__name__ if fn is not None else ""
+
+
+class ChannelGraph:
+    """Groups and units of one model at one input shape. Build with :meth:`build`."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph,
+                 groups: list[Group], units: list[Unit], names: dict[nn.Module, str],
+                 blocks: list[Block] | None = None) -> None:
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.dg = dg
+        self.groups = groups
+        self.units = units
+        self.blocks = blocks or []
+        self._names = names
+        self._block_of_group = {b.group: b for b in self.blocks}
+        self._removed_memo: dict[frozenset[int], frozenset[str]] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+        model.eval()
+        names = {m: n for n, m in model.named_modules()}
+        example = torch.randn(*input_shape)
+        shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        hooks = [
+            m.register_forward_hook(
+                lambda mod, inp, out: shapes.__setitem__(mod, (tuple(inp[0].shape), tuple(out.shape))))
+            for m in model.modules() if isinstance(m, PRUNABLE)
+        ]
+        try:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        except Exception as exc:  # tracing user models can fail in many ways
+            raise SpecError(f"could not trace the model with input {input_shape}: {type(exc).__name__}: {exc}; "
+                            "check --input matches what the model expects") from None
+        finally:
+            for h in hooks:
+                h.remove()
+        layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
+        fixed = _output_layers(dg, layers)
+        # Grouped (non-depthwise) convs keep their widths: their channels cannot be cut freely.
+        for m in layers:
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+                fixed.append(m)
+        groups: list[Group] = []
+        out_group: dict[nn.Module, int] = {}
+        in_group: dict[nn.Module, int] = {}
+        order = {m: i for i, m in enumerate(model.modules())}
+        tp_groups = sorted(dg.get_all_groups(ignored_layers=fixed, root_module_types=PRUNABLE),
+                           key=lambda grp: order[grp[0].dep.target.module])
+        for tp_group in tp_groups:
+            root = tp_group[0].dep.target.module
+            gid = len(groups)
+            producers, members, outs = [], [], []
+            for dep, _ in tp_group:
+                target, handler = dep.target.module, dep.handler
+                if handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
+                               tp.prune_depthwise_conv_out_channels):
+                    out_group[target] = gid
+                    members.append(names[target])
+                    if handler is not tp.prune_depthwise_conv_out_channels:
+                        outs.append(names[target])
+                elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                    in_group[target] = gid
+                    members.append(names[target])
+                elif isinstance(target, nn.modules.batchnorm._BatchNorm):
+                    producers.append(names[target])
+            size = len(tp_group[0].idxs)
+            groups.append(Group(gid, names[root], size, tuple(producers), tuple(dict.fromkeys(members)),
+                                tuple(dict.fromkeys(outs))))
+        units = []
+        for m in layers:
+            unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
+            units.append(unit)
+            # A conv/linear with no BN after it produces its group's channels itself.
+            if bn is None and unit.out_group is not None:
+                g = groups[unit.out_group]
+                groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
+        adds = [i.module for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0" for i in n.inputs]
+        blocks = find_blocks(model, example, adds, names,
+                             [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
+        # A group must be rooted outside every removable block it is not inner to, so that a
+        # plan dropping that block can still name it.
+        for i, g in enumerate(groups):
+            inner = any(b.group == g.id for b in blocks)
+            if not inner and any(inside(g.root, b.name) for b in blocks):
+                free = [o for o in g.outs if not any(inside(o, b.name) for b in blocks)]
+                if free:
+                    groups[i] = replace(g, root=free[0])
+        return cls(model, input_shape, dg, groups, units, names, blocks)
+
+    @staticmethod
+    def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str,
+              shapes: tuple[tuple[int, ...], tuple[int, ...]] | None,
+              gin: int | None, gout: int | None) -> tuple[Unit, nn.Module | None]:
+        if shapes is None:
+            raise SpecError(f"layer {name!r} did not run in the forward pass; latprune cannot time it")
+        in_shape, out_shape = shapes
+        node = dg.module2node[m]
+        bn: nn.Module | None = None
+        add, act = False, ""
+        nxt = node.outputs[0] if len(node.outputs) == 1 else None
+        if nxt is not None and isinstance(nxt.module, nn.modules.batchnorm._BatchNorm):
+            bn = nxt.module
+            nxt = nxt.outputs[0] if len(nxt.outputs) == 1 else None
+        if nxt is not None and _grad_fn_name(nxt) == "AddBackward0" and bn is not None:
+            # Fuse the add into the largest producer feeding it (the main branch).
+            producers = [i for i in nxt.inputs if isinstance(i.module, nn.modules.batchnorm._BatchNorm)]
+            convs = [p.inputs[0].module for p in producers if p.inputs]
+            if convs and max(convs, key=lambda c: c.weight.numel()) is m:
+                add = True
+                nxt = nxt.outputs[0] if len(nxt.outputs) == 1 else None
+            else:
+                nxt = None
+        if nxt is not None:
+            act = ACTIVATIONS.get(_grad_fn_name(nxt), "")
+        if isinstance(m, nn.Conv2d):
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            padding = _effective_padding(m, in_shape[2:], out_shape[2:])
+            key = LayerKey(op="conv", cin=m.in_channels, cout=m.out_channels, kernel=tuple(m.kernel_size),
+                           stride=tuple(m.stride), padding=padding,  # type: ignore[arg-type]
+                           dilation=tuple(m.dilation), groups=m.groups, in_hw=tuple(in_shape[2:]),
+                           batch=in_shape[0], bias=m.bias is not None, bn=bn is not None, add=add, act=act)
+            if depthwise:
+                gin = gout
+            return Unit(name, key, gin, gout, depthwise), bn
+        key = LayerKey(op="linear", cin=m.in_features, cout=m.out_features, in_hw=tuple(in_shape[1:-1]),
+                       batch=in_shape[0], bias=m.bias is not None, bn=bn is not None, act=act)
+        return Unit(name, key, gin, gout), bn
+
+    # -- queries ------------------------------------------------------------------------------
+    def signature(self) -> str:
+        """A short hash of the model's unit structure and input shape (calibrations are per signature)."""
+        text = "|".join(f"{u.name}:{u.base.text}:{u.in_group}:{u.out_group}" for u in self.units)
+        return hashlib.sha256(f"{self.input_shape}|{text}".encode()).hexdigest()[:16]
+
+    def full_widths(self) -> dict[int, int]:
+        return {g.id: g.size for g in self.groups}
+
+    def options(self, grid: Grid, blocks: bool = False) -> dict[int, list[int]]:
+        """Width options of every group on ``grid``; with ``blocks``, a block's
+        inner group also offers width 0: the block removed."""
+        opts = {g.id: grid.widths(g.size, g.root) for g in self.groups}
+        if blocks:
+            for b in self.blocks:
+                opts[b.group] = [0] + opts[b.group]
+        return opts
+
+    def removed_blocks(self, widths: dict[int, int]) -> list[Block]:
+        """Blocks removed by ``widths`` (their inner group at width 0)."""
+        return [b for b in self.blocks if widths.get(b.group) == 0]
+
+    def removed_units(self, widths: dict[int, int]) -> frozenset[str]:
+        """Names of the latency units that ``widths`` removes with their blocks."""
+        zeros = frozenset(g for g, w in widths.items() if w == 0)
+        if zeros not in self._removed_memo:
+            bad = zeros - set(self._block_of_group)
+            if bad:
+                raise SpecError(f"width 0 for group(s) {sorted(bad)}, which are no removable block's inner group")
+            self._removed_memo[zeros] = frozenset(u for g in zeros for u in self._block_of_group[g].units)
+        return self._removed_memo[zeros]
+
+    def slim_to_widths(self, widths: dict[int, int]) -> nn.Module:
+        """A slimmed copy keeping the first ``widths[g]`` channels of each group
+        (for timing: latency does not depend on which channels are kept)."""
+        return self.slim({g: list(range(w)) for g, w in widths.items()})
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    # -- surgery ------------------------------------------------------------------------------
+    def split_keep(self, keep: dict[int, Sequence[int]]) -> tuple[list[Block], dict[int, Sequence[int]]]:
+        """Blocks that ``keep`` removes (an empty keep list for their inner group), and the
+        channel keeps of the groups that survive them."""
+        removed = self.removed_blocks({g: len(idx) for g, idx in keep.items()})
+        def dropped(g: int) -> bool:  # every module of the group goes with a removed block
+            mods = self.groups[g].members + self.groups[g].producers
+            return bool(mods) and all(any(inside(m, b.name) for b in removed) for m in mods)
+
+        return removed, {g: idx for g, idx in keep.items() if not dropped(g)}
+
+    def slim(self, keep: dict[int, Sequence[int]]) -> nn.Module:
+        """A physically slimmed deep copy: group ``g`` keeps channels ``keep[g]``; an
+        empty list for a block's inner group removes the block."""
+        model = copy.deepcopy(self.model)
+        removed, channels = self.split_keep(keep)
+        return apply_plan_(model, self.input_shape, [b.name for b in removed],
+                           {self.groups[g].root: idx for g, idx in channels.items()},
+                           {self.groups[g].root: self.groups[g].size for g in channels})
+
+    def mask(self, keep: dict[int, Sequence[int]]) -> nn.Module:
+        """A deep copy where every removed channel is zeroed at its producers, and
+        every removed block's branch at its last producer (the hard-gated model):
+        it computes the same function as :meth:`slim`."""
+        model = copy.deepcopy(self.model)
+        removed, keep = self.split_keep(keep)
+        with torch.no_grad():
+            for block in removed:
+                end = model.get_submodule(block.branch_end)
+                end.weight.zero_()
+                if getattr(end, "bias", None) is not None:
+                    end.bias.zero_()
+            for gid, idx in keep.items():
+                group = self.groups[gid]
+                drop = sorted(set(range(group.size)) - set(int(i) for i in idx))
+                if not drop:
+                    continue
+                for name in group.producers:
+                    mod = model.get_submodule(name)
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.weight[drop] = 0
+                        mod.bias[drop] = 0
+                    else:
+                        mod.weight[drop] = 0
+                        if mod.bias is not None:
+                            mod.bias[drop] = 0
+        return model
+
+
+def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: Sequence[str],
+                keep_by_root: dict[str, Sequence[int]], sizes: dict[str, int] | None = None) -> nn.Module:
+    """Slim ``model`` in place: replace each of ``removed_blocks`` by :class:`SkippedBlock` (an identity),
+    then keep channels as :func:`apply_keep_` does."""
+    for name in removed_blocks:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise SpecError(f"the model has no block {name!r}; the plan was made for another model") from None
+        model.set_submodule(name, SkippedBlock())
+    return apply_keep_(model, input_shape, keep_by_root, sizes)
+
+
+def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: dict[str, Sequence[int]],
+                sizes: dict[str, int] | None = None) -> nn.Module:
+    """Slim ``model`` in place: the group rooted at module ``root`` keeps channels
+    ``keep_by_root[root]`` (indices into the base model's channels)."""
+    model.eval()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(*input_shape))
+    for root_name, idx in keep_by_root.items():
+        try:
+            root = model.get_submodule(root_name)
+        except AttributeError:
+            raise SpecError(f"the model has no module {root_name!r}; the plan was made for another model") from None
+        size = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        if sizes is not None and sizes.get(root_name, size) != size:
+            raise SpecError(f"module {root_name!r} has {size} channels, the plan expects {sizes[root_name]}")
+        kept = set(int(i) for i in idx)
+        if not kept or max(kept) >= size or min(kept) < 0:
+            raise SpecError(f"plan keeps channels outside 0..{size - 1} of {root_name!r} (or none)")
+        drop = [i for i in range(size) if i not in kept]
+        if not drop:
+            continue
+        handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
+        dg.get_pruning_group(root, handler, idxs=drop).prune()
+    return model
+
+
+def group_align(size: int, align: int) -> int:
+    """The channel multiple a group of ``size`` channels is pruned in: ``align``,
+    or 1 for a group no wider than one block (it cannot be aligned below its size)."""
+    return align if size > align else 1
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The widths a group may take: ``levels`` evenly spaced steps up to its size,
+    each rounded to a multiple of ``align`` (the runtime's vector width: a
+    width between two multiples costs as much as the next one up, and
+    unaligned widths force layout conversions that a unit timed alone does not
+    pay: with MobileNetV2's 16-channel group at 10 channels the whole model
+    measured slower than at 16, and the LUT predicted 14% below it), the full
+    size always included;
+    plus, per group root, the ``extra`` widths that adaptive sampling added
+    where the group's latency jumps (``latency_lut.staircase``). Below one
+    block nothing is offered: on AVX-512 half a 16-channel block measured
+    5–8% cheaper than a whole one, but offering it bought no accuracy at a
+    0.3x budget (BENCHMARKS.md, "Width steps on AVX-512", session 17).
+
+    >>> Grid(8).widths(32)
+    [4, 8, 12, 16, 20, 24, 28, 32]
+    >>> Grid(8, align=8).widths(144)
+    [16, 32, 56, 72, 88, 112, 128, 144]
+    >>> Grid(8, align=8).widths(16)
+    [8, 16]
+    >>> Grid(8, align=8).widths(6)
+    [1, 2, 3, 4, 5, 6]
+    >>> Grid(2, extra=(("conv1", (10, 12)),)).widths(16, "conv1")
+    [8, 10, 12, 16]
+    """
+
+    levels: int = 8
+    align: int = 1
+    extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def widths(self, size: int, root: str | None = None) -> list[int]:
+        align = group_align(size, self.align)
+        raw = (size * i / self.levels for i in range(1, self.levels + 1))
+        widths = {max(align, align * round(w / align)) for w in raw} if align > 1 else {max(1, round(w)) for w in raw}
+        widths |= set(dict(self.extra).get(root, ())) if root is not None else set()
+        return sorted(w for w in widths | {size} if 0 < w <= size)
+
+    def with_extra(self, extra: dict[str, list[int]]) -> Grid:
+        """This grid with ``extra`` widths per group root (sorted, canonical: equal grids compare equal)."""
+        return Grid(self.levels, self.align,
+                    tuple(sorted((root, tuple(sorted(set(ws)))) for root, ws in extra.items() if ws)))
+

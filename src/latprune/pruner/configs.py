@@ -1,0 +1,207 @@
+"""Per-method configs: small frozen dataclasses that validate themselves.
+
+``latprune.prune(..., method=GatorConfig(gate_epochs=1.0))`` or ``method="gator"``
+(the defaults). Each field's ``metadata["help"]`` is what ``latprune prune --help``
+prints for its flag (``gate_epochs`` -> ``--gate-epochs``): the CLI builds its
+options from these classes, so the two cannot drift.
+
+>>> GatorConfig(gate_epochs=1.0).name
+'gator'
+>>> method_config("halp").steps
+3
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+from latprune.errors import SpecError
+
+IMPORTANCES = ("taylor", "taylor2", "l1")          # channel importance (see pruner.importance)
+HALP_IMPORTANCES = IMPORTANCES + ("measured",)     # halp alone: knapsack values from measured losses
+GATE_INITS = ("open", "plan")                      # gator: how the gates start (see methods.gator)
+GATE_PENALTIES = ("hinge", "hold")                 # gator: the latency term (see gates.GateConfig)
+GATE_SIGNALS = ("taylor", "straight-through")      # gator: the gates' task signal (see gates.SIGNALS)
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _check_choice(config: object, name: str, known: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in known:
+        raise SpecError(f"{type(config).__name__}: unknown {name} {value!r}; known: {', '.join(known)}")
+
+
+def _check_positive(config: object, *names: str, zero_ok: bool = False) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 0 or (value == 0 and not zero_ok):
+            raise SpecError(f"{type(config).__name__}: {name} must be {'0 or more' if zero_ok else 'positive'}, "
+                            f"not {value!r}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What every method shares: the closed loop that checks candidates on the device."""
+
+    name: ClassVar[str] = ""
+    latency_blind: ClassVar[bool] = False   # never looks at latency: a missed budget is its result
+
+    max_iters: int = _opt(6, "closed-loop iterations (solve, slim, measure) before giving up")
+    margin: float = _opt(0.03, "accept a candidate at <= budget x (1 - margin): room for timing noise")
+    slack: float = _opt(0.05, "re-solve wider while an accepted candidate leaves more than this unused")
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "max_iters")
+        if not 0 <= self.margin < 0.5 or not 0 <= self.slack < 0.5:
+            raise SpecError(f"{type(self).__name__}: margin and slack are fractions in [0, 0.5), "
+                            f"not {self.margin!r} and {self.slack!r}")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the method trains or scores on the training data."""
+        return False
+
+
+@dataclass(frozen=True)
+class ImportanceConfig(MethodConfig):
+    """Methods that rank channels by importance and train briefly on the data."""
+
+    importance: str = _opt("taylor", "channel importance: taylor, taylor2 or l1 (no data needed)",
+                           IMPORTANCES)
+    importance_batches: int = _opt(16, "training batches the importance is averaged over")
+    lr: float = _opt(0.01, "learning rate of the method's own training (gates, recovery)")
+    blocks: bool = _opt(True, "allow removing whole residual blocks")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice(self, "importance", IMPORTANCES)
+        _check_positive(self, "importance_batches", "lr")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.importance != "l1"
+
+
+@dataclass(frozen=True)
+class GatorConfig(ImportanceConfig):
+    """Gator: gates trained with the LUT's latency loss, then Taylor scores on the
+    trained gates and the knapsack over widths and blocks (the default method)."""
+
+    name: ClassVar[str] = "gator"
+
+    gate_epochs: float = _opt(0.5, "epochs of gate training (the model trains with the gates)")
+    gate_init: str = _opt("open", "open: every gate starts open; plan: the channels a knapsack on the base's "
+                          "Taylor scores drops start undecided", GATE_INITS)
+    gate_penalty: str = _opt("hinge", "hinge: lambda x max(0, E - budget) / budget; hold: lambda x |E - budget| "
+                             "/ budget, which holds the expected latency at the budget", GATE_PENALTIES)
+    gate_signal: str = _opt("taylor", "what holds a gate open against the latency term: its share of the Taylor "
+                            "importance (taylor), or the task gradient through the gates (straight-through)",
+                            GATE_SIGNALS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.importance == "l1":
+            raise SpecError("GatorConfig: gator trains gates on data and scores them by Taylor importance; "
+                            "importance 'l1' is for halp, taylor and the baselines")
+        _check_choice(self, "gate_init", GATE_INITS)
+        _check_choice(self, "gate_penalty", GATE_PENALTIES)
+        _check_choice(self, "gate_signal", GATE_SIGNALS)
+        _check_positive(self, "gate_epochs")
+
+    @property
+    def needs_data(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class HalpConfig(ImportanceConfig):
+    """HALP: rounds of importance + latency knapsack at budgets shrinking to the
+    target, the masked model recovering briefly in between; no gate training."""
+
+    name: ClassVar[str] = "halp"
+
+    importance: str = _opt("taylor", "channel importance: taylor, taylor2, l1 (no data needed) or measured "
+                           "(knapsack values from losses measured per width option)", HALP_IMPORTANCES)
+    steps: int = _opt(3, "knapsack rounds with budgets shrinking to the target")
+    recover_epochs: float = _opt(0.1, "training of the masked model between rounds, in total (epochs)")
+
+    def __post_init__(self) -> None:
+        MethodConfig.__post_init__(self)
+        _check_choice(self, "importance", HALP_IMPORTANCES)
+        _check_positive(self, "importance_batches", "lr", "steps")
+        _check_positive(self, "recover_epochs", zero_ok=True)
+
+
+@dataclass(frozen=True)
+class TaylorConfig(ImportanceConfig):
+    """Iterative removal of the lowest Taylor score per millisecond saved."""
+
+    name: ClassVar[str] = "taylor"
+
+    recover_epochs: float = _opt(0.1, "training of the masked model between rounds, in total (epochs)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "recover_epochs", zero_ok=True)
+
+
+@dataclass(frozen=True)
+class UniformL1Config(MethodConfig):
+    """Baseline: one keep ratio for every group (L1 magnitude), bisected on the measured latency."""
+
+    name: ClassVar[str] = "uniform-l1"
+
+
+@dataclass(frozen=True)
+class FlopsConfig(MethodConfig):
+    """Baseline: global L1 magnitude pruning to MACs = budget ratio x base MACs; never looks at latency."""
+
+    name: ClassVar[str] = "flops"
+    latency_blind: ClassVar[bool] = True
+
+
+CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register(config: type[MethodConfig]) -> type[MethodConfig]:
+    """Add a method's config class under its ``name``; a second class with a taken name is an error."""
+    if not config.name:
+        raise ValueError(f"{config.__name__} has no name")
+    if config.name in CONFIGS and CONFIGS[config.name] is not config:
+        raise ValueError(f"method name {config.name!r} is taken by {CONFIGS[config.name].__name__}")
+    CONFIGS[config.name] = config
+    return config
+
+
+for _config in (GatorConfig, HalpConfig, TaylorConfig, UniformL1Config, FlopsConfig):
+    register(_config)
+
+
+def method_config(method: str | MethodConfig, **options: Any) -> MethodConfig:
+    """``method`` as a config: a config passes through (``options`` then must be empty); a
+    name gives its class built from ``options``, and unknown names and keys are errors."""
+    if isinstance(method, MethodConfig):
+        if options:
+            raise SpecError(f"options {sorted(options)} given beside a {type(method).__name__}; set them on it")
+        return method
+    if not isinstance(method, str) or method not in CONFIGS:
+        raise SpecError(f"unknown method {method!r}; known: {', '.join(CONFIGS)}")
+    cls = CONFIGS[method]
+    unknown = sorted(set(options) - set(option_fields(cls)))
+    if unknown:
+        raise SpecError(f"method {method!r} has no option {', '.join(unknown)}; its options: "
+                        f"{', '.join(option_fields(cls)) or 'none'}")
+    return cls(**options)
+
+
+def option_fields(cls: type[MethodConfig]) -> dict[str, Any]:
+    """Field name -> dataclass field of every option ``cls`` takes."""
+    return {f.name: f for f in fields(cls)}
+
+
+def field_default(f: Any) -> Any:
+    return f.default if f.default is not MISSING else None

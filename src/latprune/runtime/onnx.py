@@ -1,0 +1,208 @@
+"""ONNX bytes from PyTorch: the TorchScript and dynamo exporters, onnx.checker and
+shape inference, and the parity check of ONNX Runtime against PyTorch. Shared by
+the latency backends (a unit or model per measurement) and the exporters (the
+deliverable).
+
+- :func:`to_onnx_bytes`: the fast path for the pruner's closed loop, which
+  exports a model per iteration (TorchScript exporter, fixed shape, no checks);
+- :func:`checked_onnx`: the checked bytes of the deliverable, in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from latprune.errors import BackendError, ExportError, SpecError
+from latprune.runtime.ort import make_session
+
+OPSET = 17           # TorchScript exporter
+DYNAMO_OPSET = 18    # the dynamo exporter's lowest implemented opset (it up-converts anything lower)
+PARITY_TOL = 1e-4
+EXPORTERS = ("auto", "dynamo", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' warnings, log records and progress prints (stdout may
+    carry --json); failures still raise, and are reported by the caller."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line on why an exporter failed: the underlying exception where it wraps one."""
+    cause = exc.__cause__ or exc
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], opset: int = OPSET,
+                  dynamic_batch: bool = False) -> bytes:
+    """Serialise ``model`` to ONNX with the TorchScript-based exporter.
+
+    This is the fast path: ~30x faster than the dynamo exporter (0.1 s vs 4 s
+    for the embedded ResNet-20), which matters when the closed loop exports a
+    model per iteration, and it produces the same graph for these conv nets.
+    ``dynamic_batch`` makes dimension 0 of input and output symbolic (``batch``).
+    """
+    model = model.eval()
+    buf = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with quiet():
+        try:
+            torch.onnx.export(model, (torch.randn(*input_shape),), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                              dynamic_axes=axes)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed: {failure_reason(exc)}") from None
+    return buf.getvalue()
+
+
+def dynamo_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bool = False,
+                      max_batch: int = 64) -> bytes:
+    """Serialise ``model`` with the dynamo-based exporter (``torch.export`` underneath), opset 18."""
+    model = model.eval()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
+    with quiet():
+        try:
+            program = torch.onnx.export(model, (torch.randn(*input_shape),), dynamo=True, opset_version=DYNAMO_OPSET,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=shapes, verbose=False)
+        except Exception as exc:
+            raise ExportError(f"the dynamo ONNX exporter failed: {failure_reason(exc)}") from None
+    if program is None:
+        raise ExportError("the dynamo ONNX exporter returned no program")
+    return program.model_proto.SerializeToString()
+
+
+@dataclass(frozen=True)
+class OnnxReport:
+    """What an ONNX export produced and how it was checked.
+
+    ``max_abs_diff`` is the worst |ONNX Runtime - PyTorch| over the parity
+    samples (fp32); ``exporter`` is ``"dynamo"`` or ``"torchscript"``, and
+    ``fallback_reason`` says why the dynamo exporter was not used when
+    ``exporter="auto"`` fell back."""
+
+    path: str
+    opset: int
+    max_abs_diff: float
+    size_bytes: int
+    exporter: str = "torchscript"
+    dynamic_batch: bool = False
+    fallback_reason: str | None = None
+    input_shape: tuple[Any, ...] = ()     # as in the graph: ints, or "batch" for a dynamic dimension
+    output_shape: tuple[Any, ...] = ()    # from ONNX shape inference
+    parity_batches: tuple[int, ...] = ()  # batch sizes the parity check ran at
+
+
+def _dims(value_info: Any) -> tuple[Any, ...]:
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+
+
+def check_onnx(data: bytes) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...]]:
+    """onnx.checker (full check) and strict shape inference; returns the model with
+    inferred shapes, and the input and output shapes."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"onnx.checker or shape inference rejected the export: {str(exc)[:500]}") from None
+    if len(inferred.graph.input) != 1 or len(inferred.graph.output) < 1:
+        raise ExportError(f"expected one graph input and at least one output, got {len(inferred.graph.input)} "
+                          f"and {len(inferred.graph.output)}")
+    return inferred.SerializeToString(), _dims(inferred.graph.input[0]), _dims(inferred.graph.output[0])
+
+
+def parity_inputs(input_shape: tuple[int, ...], dynamic_batch: bool, max_batch: int,
+                  samples: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    """Random inputs for a parity check: ``samples`` at the nominal shape, and,
+    for a dynamic batch, one more at another batch size."""
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(*input_shape, generator=gen) for _ in range(samples)]
+    if dynamic_batch:
+        other = min(max_batch, input_shape[0] + 2)
+        if other != input_shape[0]:
+            xs.append(torch.randn(other, *input_shape[1:], generator=gen))
+    return xs
+
+
+def max_abs_diff(model: nn.Module, run: Any, inputs: list[torch.Tensor], device: str = "cpu") -> float:
+    """Worst |run(x) - model(x)| over ``inputs``; ``run`` maps a float32 array to the
+    first output array; the reference ``model`` runs on ``device``."""
+    worst = 0.0
+    for x in inputs:
+        with torch.no_grad():
+            ref = model(x.to(device)).cpu().numpy()
+        got = np.asarray(run(x.numpy()))
+        if got.shape != ref.shape:
+            raise ExportError(f"exported model returns shape {got.shape} where PyTorch returns {ref.shape}")
+        worst = max(worst, float(np.max(np.abs(ref - got))))
+    return worst
+
+
+def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 1, tol: float = PARITY_TOL,
+                 samples: int = 3, exporter: str = "torchscript", dynamic_batch: bool = False,
+                 max_batch: int = 64, path: str = "") -> tuple[OnnxReport, bytes]:
+    """Export ``model`` to ONNX bytes, check them, and compare ONNX Runtime with PyTorch.
+
+    ``exporter``: ``"auto"`` (dynamo, falling back to TorchScript when the dynamo
+    exporter fails or its graph fails the checks), ``"dynamo"`` or
+    ``"torchscript"`` (the default: the graph the pruner's closed loop measured).
+    ``dynamic_batch`` exports dimension 0 as symbolic, up to ``max_batch``.
+    Parity runs on ``samples`` random inputs (and one more at another batch
+    size when the batch is dynamic). Raises :class:`ExportError` when a check
+    fails or the max abs diff exceeds ``tol``. ``path`` is only recorded in the report.
+    """
+    if exporter not in EXPORTERS:
+        raise SpecError(f"unknown ONNX exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    if dynamic_batch and max_batch < input_shape[0]:
+        raise SpecError(f"max_batch {max_batch} is below the model's batch {input_shape[0]}")
+    model = model.eval()
+    inputs = parity_inputs(input_shape, dynamic_batch, max_batch, samples)
+
+    def attempt(name: str) -> tuple[OnnxReport, bytes]:
+        raw = (dynamo_onnx_bytes(model, input_shape, dynamic_batch, max_batch) if name == "dynamo"
+               else to_onnx_bytes(model, input_shape, dynamic_batch=dynamic_batch))
+        data, in_shape, out_shape = check_onnx(raw)
+        session = make_session(data, threads)
+        feed = session.get_inputs()[0].name
+        worst = max_abs_diff(model, lambda x: session.run(None, {feed: x})[0], inputs)
+        if not worst <= tol:
+            raise ExportError(f"ONNX Runtime output differs from PyTorch by {worst:.2e} (> {tol:.0e}); "
+                              "the exported graph is not faithful")
+        import onnx
+
+        opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
+        return OnnxReport(path, int(opset), worst, len(data), name, dynamic_batch, None,
+                          in_shape, out_shape, tuple(sorted({int(x.shape[0]) for x in inputs}))), data
+
+    if exporter == "auto":
+        try:
+            return attempt("dynamo")
+        except (ExportError, BackendError) as exc:  # export, checks, ONNX Runtime loading, or parity
+            report, data = attempt("torchscript")
+            return replace(report, fallback_reason=str(exc)), data
+    return attempt(exporter)
