@@ -15,27 +15,27 @@ takes ~6 min on 2 cores for either architecture; cached in the work
 directory per architecture and number of epochs, and checkpointed after
 every epoch: a killed training resumes); ``--base embedded`` takes the
 shipped ResNet-20 weights, which that same script produced for 3 epochs.
-Then, on
-ort-cpu at batch 1:
+Then, on ort-cpu at batch 1, through latprune's public API:
 
-1. profile the model's LUT (resumable, in ``benchmarks/luts/``);
-2. measure the base ONNX once (its accuracy, parameters, MACs);
-3. prune with every (method, budget, seed), the same fine-tuning epochs for all
-   (gator also trains its gates ``--gate-epochs``; halp and taylor recover
-   0.1 epoch between rounds): one result per triple, saved as soon as it is done
-   — a killed benchmark resumes with the missing ones; ``--seeds 0,1,2`` runs
-   each pair once per seed (data order, augmentation, gate noise), and the
-   table gives each seed's row and the mean. Budgets are relative (``0.3x``):
-   each prune measures the base, and every candidate beside it, so a slow
-   spell of the machine moves both and not their ratio (a fixed-ms budget set
-   once at the start decided, on this VM, whether uniform-l1 could afford its
-   next width step);
-4. measure every exported model again, interleaved with the base, fastest of
-   3 passes, up to 6 for a model whose two fastest disagree by more than 5%
-   (a quiet, comparable final measurement); a model holds its budget
-   when it measures ≤ ratio × the base of that same final pass; every pass is
-   kept in ``final_passes``, and each run counts the passes it held in
-   (``held_passes``; the Markdown table shows it when there was more than one);
+1. ``latprune.profile`` the model's LUT (resumable, in ``benchmarks/luts/``);
+2. export the base as an ONNX bundle (``latprune.export``) and measure it
+   (its accuracy, parameters, MACs);
+3. ``latprune.prune`` the trained module with every (method, budget, seed), the
+   same fine-tuning epochs for all (``FinetuneConfig``; gator also trains its
+   gates ``--gate-epochs``; halp and taylor recover 0.1 epoch between
+   rounds): one result per triple, saved as soon as it is done — a killed
+   benchmark resumes with the missing ones; ``--seeds 0,1,2`` runs each pair
+   once per seed (data order, augmentation, gate noise), and the table gives
+   each seed's row and the mean. Budgets are relative (``0.3x``): each prune
+   measures the base, and every candidate beside it, so a slow spell of the
+   machine moves both and not their ratio;
+4. measure every pruned model's ONNX bundle again (``Bundle.measure``),
+   interleaved with the base, fastest of 3 passes, up to 6 for a model whose
+   two fastest disagree by more than 5% (a quiet, comparable final
+   measurement); a model holds its budget when it measures ≤ ratio × the base
+   of that same final pass; every pass is kept in ``final_passes``, and each
+   run counts the passes it held in (``held_passes``; the Markdown table shows
+   it when there was more than one);
 5. write ``benchmarks/results/accuracy_vs_latency.json`` (``_resnet56.json``) and
    ``benchmarks/results/accuracy_vs_latency.png``, and print the table. A run keeps
    the base of the final pass that measured it (``final_base_ms``): when a file holds
@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import textwrap
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,34 +57,49 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "accuracy_vs_latency.json"
 PLOT = HERE / "results" / "accuracy_vs_latency.png"
 WORK = HERE / "work" / "accuracy_vs_latency"
+INPUT = (1, 1, 28, 28)
 # --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
 METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
-# a benchmark-only name for a method with other options: (method, PruneConfig fields). Until session 15
-# gator's gates took the straight-through signal: the runs labelled gator then are gator-st now, and the
-# plan and hold variants keep the signal they were measured with; gator-plan-t is the plan start with the
-# Taylor signal (session 16).
+# benchmark-only names for gator with other options: (method, GatorConfig fields). gator-st takes the
+# straight-through gate signal; gator-plan and gator-hold are gator-st with the plan start and the hold
+# penalty; gator-plan-t is the plan start with the default (Taylor) signal.
 ST = {"gate_signal": "straight-through"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
                                                    "gator-plan": ("gator", {"gate_init": "plan", **ST}),
                                                    "gator-plan-t": ("gator", {"gate_init": "plan"}),
                                                    "gator-hold": ("gator", {"gate_penalty": "hold", **ST})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
-FACTORY = textwrap.dedent('''
-    """The benchmark's base model: {arch} (widths {widths}, {blocks} blocks per stage), trained here."""
-    from pathlib import Path
-
-    import torch
-
-    from latprune.models import ResNetCifar
+FINETUNE_LR = 0.01     # the fine-tuning's peak learning rate, the same for every method
+BATCH_SIZE = 64        # training batches of the prune (gates, recovery, fine-tuning)
+FINAL_PASSES = 3       # the final measurement: interleaved passes, each model's fastest kept ...
+FINAL_MAX_PASSES = 6   # ... and further passes, up to this many, for a model whose two fastest ...
+FINAL_AGREE = 0.05     # ... differ by more than this fraction
 
 
-    def make():
-        model = ResNetCifar({widths!r}, {blocks})
-        model.load_state_dict(torch.load(Path(__file__).with_name("base.pt"), weights_only=True))
-        return model.eval()
-''')
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, atomically: a temporary file beside it, renamed over it."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+
+
+def write_atomically(path: Path, writer: Any) -> None:
+    """``writer(tmp)`` writes a temporary file beside ``path``, which is then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600: give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def arch_work(arch: str) -> Path:
@@ -91,57 +107,102 @@ def arch_work(arch: str) -> Path:
     return WORK if arch == "resnet20" else WORK / arch
 
 
-def base_spec(how: str, threads: int, epochs: float, arch: str = "resnet20") -> tuple[str, dict[str, Any]]:
-    """The model spec to prune, training the base for ``epochs`` first when asked."""
+def base_model(how: str, threads: int, epochs: float, arch: str = "resnet20") -> tuple[Any, str, dict[str, Any]]:
+    """The module to prune (eval mode), its name, and where it came from; trains the
+    base for ``epochs`` first when asked (cached, and resumed from its checkpoint)."""
     from dataclasses import replace
 
     import torch
 
-    from latprune._io import atomic_write_json, atomic_write_text, atomic_write_with
     from latprune.data import fashion_mnist
-    from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar
+    from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar, registered_model
     from latprune.train import EMBEDDED_RECIPE, evaluate, train
 
     if how == "embedded":
+        spec = registered_model("default")
+        assert spec is not None  # the embedded default is always registered
         info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
-        return "default", {"source": "embedded weights (scripts/train_default.py)", **info}
+        return spec.model, spec.name, {"source": "embedded weights (scripts/train_default.py)", **info}
     widths, blocks = ARCHS[arch]
     home = arch_work(arch) / f"base-{epochs:g}ep"
     home.mkdir(parents=True, exist_ok=True)
     weights, meta, ckpt = home / "base.pt", home / "base.json", home / "train.ckpt"
-    if not (weights.is_file() and meta.is_file()):
+    model = ResNetCifar(widths, blocks)
+    if weights.is_file() and meta.is_file():
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    else:
         torch.set_num_threads(threads)
         data = fashion_mnist()
-        model = ResNetCifar(widths, blocks)
         config = replace(EMBEDDED_RECIPE, epochs=epochs)
         start, resumed = time.time(), ckpt.is_file()
         train(model, data.train, config, desc=f"train base {arch} ({epochs:g} epochs)", checkpoint=ckpt)
         acc = evaluate(model, data.test)
-        atomic_write_with(weights, lambda tmp: torch.save(model.state_dict(), tmp))
-        atomic_write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc,
-                                 "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                                 "train_seconds": round(time.time() - start, 1),
-                                 "resumed_from_checkpoint": resumed})
+        write_atomically(weights, lambda tmp: torch.save(model.state_dict(), tmp))
+        write_json(meta, {"source": "trained by this benchmark", "test_accuracy": acc,
+                          "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+                          "train_seconds": round(time.time() - start, 1), "resumed_from_checkpoint": resumed})
         ckpt.unlink(missing_ok=True)
-    atomic_write_text(home / "base_model.py", FACTORY.format(arch=arch, widths=widths, blocks=blocks))
-    return f"{home / 'base_model.py'}:make", json.loads(meta.read_text())
+    return model.eval(), f"{arch}-fmnist-{epochs:g}ep", json.loads(meta.read_text())
 
 
-def final_measurements(runs: dict[str, Path], base_onnx: Path, threads: int) -> dict[str, dict[str, float]]:
-    """Every run's model.onnx and the base, interleaved, fastest of 3 passes; a model whose
-    two fastest medians still differ by more than ``MODEL_AGREE`` (5%) gets further passes,
-    up to 6 (since session 14: two passes in a noisy spell of this VM, the base's p10–p90
-    16–23% wide instead of ~5%, put models up to 21% over budgets they held in quiet passes)."""
-    from latprune.latency_lut.backends import get_backend
-    from latprune.latency_lut.profile import MODEL_AGREE
-    from latprune.latency_lut.timing import fastest_over_passes
+def method_config(method: str, gate_epochs: float) -> Any:
+    """The ``latprune.MethodConfig`` of a benchmark method name (a variant: gator with its options)."""
+    import latprune
 
-    backend = get_backend("ort-cpu", threads)
-    names = ["base", *runs]
-    paths = [base_onnx, *(runs[n] / "model.onnx" for n in runs)]
-    best = fastest_over_passes(lambda i: backend.measure_artifact(str(paths[i])), len(paths), passes=3,
-                               agree=MODEL_AGREE, max_passes=6)
-    return {n: lat.to_dict() for n, lat in zip(names, best)}
+    name, options = VARIANTS.get(method, (method, {}))
+    classes = {"gator": latprune.GatorConfig, "halp": latprune.HalpConfig, "taylor": latprune.TaylorConfig,
+               "uniform-l1": latprune.UniformL1Config, "flops": latprune.FlopsConfig}
+    if name == "gator":
+        options = {"gate_epochs": gate_epochs, **options}
+    return classes[name](**options)
+
+
+def base_bundle(model: Any, out: Path, threads: int) -> Any:
+    """The unpruned ``model`` as an ONNX bundle at ``out`` (a fresh export), to be measured beside the runs."""
+    import latprune
+
+    return latprune.export(model, "onnx", out, overwrite=True, example_input=INPUT, threads=threads)
+
+
+def run_bundle(run_dir: Path, base: Any, threads: int) -> Any:
+    """The ONNX bundle of a run directory (``bundle-onnx`` inside it, exported once)."""
+    import latprune
+
+    out = run_dir / "bundle-onnx"
+    if (out / "bundle.json").is_file():
+        return latprune.load_bundle(out)
+    return latprune.export(latprune.load(run_dir, base), "onnx", out, overwrite=True, threads=threads)
+
+
+def final_measurements(bundles: dict[str, Any], threads: int) -> dict[str, dict[str, float]]:
+    """Every bundle measured in interleaved passes (``Bundle.measure``), each one's fastest
+    median kept over ``FINAL_PASSES`` passes; a model whose two fastest medians still differ
+    by more than ``FINAL_AGREE`` gets further passes, up to ``FINAL_MAX_PASSES``: in a noisy
+    spell of a VM, two passes can put a model well over a budget it holds in quiet ones."""
+    medians: dict[str, list[float]] = {name: [] for name in bundles}
+    best: dict[str, dict[str, float]] = {}
+    todo, done = list(bundles), 0
+    while todo:
+        for name in todo:
+            latency = bundles[name].measure(threads=threads)["latency_ms"]
+            medians[name].append(latency["median_ms"])
+            if name not in best or latency["median_ms"] < best[name]["median_ms"]:
+                best[name] = latency
+        done += 1
+        if done < FINAL_PASSES:
+            continue
+        if done >= FINAL_MAX_PASSES:
+            break
+        todo = [name for name in todo if _two_fastest_spread(medians[name]) > FINAL_AGREE]
+    return best
+
+
+def _two_fastest_spread(medians: list[float]) -> float:
+    """(second fastest − fastest) / fastest; 0 with fewer than two."""
+    if len(medians) < 2:
+        return 0.0
+    a, b = sorted(medians)[:2]
+    return (b - a) / a if a > 0 else 0.0
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -252,8 +313,8 @@ def record_pass(results: dict[str, Any], models_ms: dict[str, float], base_ms: f
 
 def run_base_ms(r: dict[str, Any], results: dict[str, Any]) -> float:
     """The base as measured in the final pass that gave run ``r`` its ``final_ms``
-    (runs added later are measured in a later pass; results files written before
-    session 17 have it only in the run's budget)."""
+    (runs added later are measured in a later pass; older results files have it
+    only in the run's budget)."""
     if "final_base_ms" in r:
         return float(r["final_base_ms"])
     if "final_budget_ms" in r:
@@ -322,9 +383,9 @@ def main() -> None:
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, of {', '.join(METHODS)} (gator-st: gator --gate-signal "
-                             "straight-through; gator-plan and gator-hold: gator-st with --gate-init plan, "
-                             "--gate-penalty hold)")
+                        help=f"comma-separated, of {', '.join(METHODS)} (gator-st: gator with "
+                             "gate_signal='straight-through'; gator-plan and gator-hold: gator-st with "
+                             "gate_init='plan', gate_penalty='hold'; gator-plan-t: gator with gate_init='plan')")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--seeds", default="0", help="seeds per (method, budget), e.g. 0,1,2")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs, the same for every method")
@@ -351,13 +412,8 @@ def main() -> None:
 
     import torch
 
-    from latprune._io import atomic_write_json
-    from latprune.exporters.onnx import export_onnx
-    from latprune.latency_lut.backends import get_backend
-    from latprune.latency_lut.profile import build_lut
-    from latprune.models import load_model
-    from latprune.graph.channels import ChannelGraph
-    from latprune.pruner.loop import PruneConfig, prune
+    import latprune
+    from latprune.data import fashion_mnist, loader
     from latprune.stats import params_and_macs
     from latprune.train import evaluate
 
@@ -370,28 +426,25 @@ def main() -> None:
         raise SystemExit(f"{results_path} holds results for other settings {results.get('settings')}; "
                          "pass --force to start again")
     work.mkdir(parents=True, exist_ok=True)
-    spec_text, base_info = base_spec(args.base, 2, args.base_epochs, args.arch)
-    backend = get_backend("ort-cpu", args.threads)
-    spec = load_model(spec_text, "1x1x28x28")
-    lut = HERE / "luts" / f"{args.arch}-ort-cpu-{args.threads}t.lut"  # latency: the architecture, not its weights
-    lut.parent.mkdir(exist_ok=True)
-    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    model, name, base_info = base_model(args.base, 2, args.base_epochs, args.arch)
+    lut_path = HERE / "luts" / f"{args.arch}-ort-cpu-{args.threads}t.lut"  # latency: the architecture, not its weights
+    lut_path.parent.mkdir(exist_ok=True)
     t = time.time()
-    report = build_lut(graph, lut, backend, 8, 8, spec.name, progress=True)
+    lut = latprune.profile(model, INPUT, "ort-cpu", args.threads, path=lut_path, levels=8, calibration_samples=8,
+                           name=name)
     profile_s = time.time() - t
-    base_onnx = work / "base.onnx"
-    export_onnx(spec.model, spec.input_shape, base_onnx, threads=args.threads)
+    assert lut.report is not None  # profile() always reports what it measured
+    base = base_bundle(model, work / "base-bundle", args.threads)
+    data = fashion_mnist()
 
     if not results:
-        from latprune.data import fashion_mnist
-
-        params, macs = params_and_macs(spec.model, spec.input_shape)
-        base_ms = final_measurements({}, base_onnx, args.threads)["base"]["median_ms"]
-        results = {"settings": settings, "fingerprint": backend.fingerprint(), "base_info": base_info,
-                   "base": {"budget_reference_ms": base_ms, "accuracy": evaluate(spec.model, fashion_mnist().test),
+        params, macs = params_and_macs(model, INPUT)
+        base_ms = final_measurements({"base": base}, args.threads)["base"]["median_ms"]
+        results = {"settings": settings, "fingerprint": base.meta["fingerprint"], "base_info": base_info,
+                   "base": {"budget_reference_ms": base_ms, "accuracy": evaluate(model, data.test),
                             "params": params, "macs": macs},
                    "budgets_ms": {}, "runs": {}, "timings_s": {"profile_s": round(profile_s, 1),
-                                                              "lut_keys_measured": report.measured}}
+                                                              "lut_keys_measured": lut.report.measured}}
     ref_ms = results["base"]["budget_reference_ms"]
     ratios = [float(b) for b in args.budgets.split(",")]
     for ratio in ratios:  # for display until the final pass measures the base again
@@ -410,17 +463,20 @@ def main() -> None:
         print(f"== {key}: budget {ratio}x of the base (~{budget_ms:.3f} ms)", flush=True)
         start = time.time()
         try:
-            name, options = VARIANTS.get(method, (method, {}))
-            m = prune(PruneConfig(model=spec_text, lut=str(lut), budget=f"{ratio}x", out=str(out),
-                                  data="fashion-mnist", input="1x1x28x28", threads=args.threads, method=name,
-                                  epochs=args.epochs, gate_epochs=args.gate_epochs, seed=seed, force=True,
-                                  **options))
+            result = latprune.prune(
+                model, lut, f"{ratio}x", example_input=INPUT, method=method_config(method, args.gate_epochs),
+                train_loader=loader(data.train, BATCH_SIZE, shuffle=True, seed=seed),
+                val_loader=loader(data.test, 128, shuffle=False),
+                finetune=latprune.FinetuneConfig(epochs=args.epochs, lr=FINETUNE_LR), seed=seed, name=name,
+                data_name=data.name)
+            result.save(out, overwrite=True)
         except Exception as exc:  # a method that cannot reach a budget is a result too
             results["runs"][key] = {"method": method, "budget_ratio": ratio, "seed": seed, "budget_ms": budget_ms,
                                     "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - start}
-            atomic_write_json(results_path, results)
+            write_json(results_path, results)
             print(f"   failed: {exc}")
             continue
+        m = result.metrics
         results["runs"][key] = {
             "method": method, "budget_ratio": ratio, "seed": seed, "budget_ms": m["budget"]["ms"], "out": str(out),
             "prune_base_ms": m["base"]["latency_ms"]["median_ms"], "prune_budget_met": m["budget_met"],
@@ -428,13 +484,15 @@ def main() -> None:
             "prune_measured_ms": m["pruned"]["latency_ms"]["median_ms"], "params": m["pruned"]["params"],
             "macs": m["pruned"]["macs"], "macs_ratio": m["macs_ratio"],
             "removed_blocks": m["pruned"]["removed_blocks"], "closed_loop_iterations": len(m["closed_loop"]),
-            "attempts": m["attempts"],  # more than one: the first export missed and prune narrowed (--retries)
+            "attempts": m["attempts"],  # more than one: the first export missed and prune narrowed (retries)
             "timings_s": m["timings_s"], "seconds": round(time.time() - start, 1),
         }
-        atomic_write_json(results_path, results)  # each run lands as soon as it is done
+        write_json(results_path, results)  # each run lands as soon as it is done
 
-    done = {k: Path(r["out"]) for k, r in results["runs"].items() if "out" in r and Path(r["out"], "model.onnx").is_file()}
-    final = final_measurements(done, base_onnx, args.threads)
+    done = {k: Path(r["out"]) for k, r in results["runs"].items()
+            if "out" in r and Path(r["out"], "plan.json").is_file()}
+    bundles = {"base": base, **{k: run_bundle(out, model, args.threads) for k, out in done.items()}}
+    final = final_measurements(bundles, args.threads)
     results["base"]["final_ms"] = final["base"]["median_ms"]
     results["base"]["final_latency"] = final["base"]
     for ratio in results["budgets_ms"]:  # the budgets as the final pass measured the base
@@ -447,7 +505,7 @@ def main() -> None:
         r["final_base_ms"] = final["base"]["median_ms"]
     record_pass(results, {k: final[k]["median_ms"] for k in done}, final["base"]["median_ms"],
                 (final["base"]["p10_ms"], final["base"]["p90_ms"]))
-    atomic_write_json(results_path, results)
+    write_json(results_path, results)
     plot(results, plot_path)
     print(table(results))
     if args.markdown:

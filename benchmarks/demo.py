@@ -1,27 +1,50 @@
 """Benchmark: the demo's end-to-end result (embedded ResNet-20, Fashion-MNIST, ort-cpu).
 
     python benchmarks/demo.py [--threads N] [--budget 0.5x] [--epochs 0.3] [--out runs/demo]
+                              [--results PATH]
 
-Runs profile → prune → export → bench from a fresh LUT, prints what
+Runs ``latprune.demo.run_demo`` (profile → prune → save the run with its ONNX
+export → bench, through the public API) from a fresh LUT, prints what
 ``latprune demo`` prints (the README's demo block), and writes
-benchmarks/results/demo.json: measured latencies (median, p10, p90), the LUT
-prediction, accuracies, parameters, MACs, wall time of each phase, and the
-device fingerprint.
+benchmarks/results/demo.json (or ``--results``): measured latencies (median,
+p10, p90), the LUT prediction, accuracies, parameters, MACs, wall time of each
+phase, and the device fingerprint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from latprune._io import atomic_write_json
 from latprune.demo import run_demo
 from latprune.report import demo_text
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, atomically: a temporary file beside it, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(obj, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600: give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def main() -> None:
@@ -32,6 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="keep the LUT and run directory here, as `latprune demo --out` does "
                              "(default: a temporary directory, removed; an existing LUT there is reused)")
+    parser.add_argument("--results", type=Path, default=RESULTS / "demo.json", help="the result JSON to write")
     args = parser.parse_args()
     work = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="latprune-demo-"))
     try:
@@ -48,8 +72,8 @@ def main() -> None:
             "closed_loop": m["closed_loop"], "timings_s": {**m["timings_s"], "demo_total_s": time.time() - start},
             "fingerprint": m["fingerprint"],
         }
-        atomic_write_json(RESULTS / "demo.json", summary)
-        print(f"wrote {RESULTS / 'demo.json'}: base {m['base']['latency_ms']['median_ms']:.3f} ms -> "
+        write_json(args.results, summary)
+        print(f"wrote {args.results}: base {m['base']['latency_ms']['median_ms']:.3f} ms -> "
               f"pruned {m['pruned']['latency_ms']['median_ms']:.3f} ms (budget {m['budget']['ms']:.3f} ms), "
               f"acc {m['base']['accuracy']:.4f} -> {m['pruned']['accuracy']:.4f}, {time.time() - start:.0f} s")
     finally:

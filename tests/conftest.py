@@ -115,8 +115,8 @@ def tiny_run(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import json
 
     from latprune.graph.channels import ChannelGraph
-    from latprune.specs import load_model
     from latprune.pruner.plan import GroupPlan, PruningPlan
+    from latprune.specs import load_model
 
     run = tmp_path_factory.mktemp("tinyrun") / "run"
     run.mkdir()

@@ -24,7 +24,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")
 def test_torch_cuda_without_gpu_says_what_to_do() -> None:
-    with pytest.raises(BackendError, match="needs a CUDA GPU.*--backend ort-cpu"):
+    with pytest.raises(BackendError, match="needs a CUDA GPU.*the ort-cpu backend"):
         get_backend("torch-cuda")
 
 

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from latprune.api import load
 from latprune.cli import main
 from latprune.exporters.bundle import SCHEMA, SCHEMA_VERSION, load_bundle
-from latprune.api import load
-from tests.conftest import tiny_resnet
-from tests.conftest import TINY_INPUT
+from tests.conftest import TINY_INPUT, tiny_resnet
 from tests.conftest import TINY_RUN_BUDGET_MS as BUDGET_MS
 from tests.conftest import TINY_RUN_PREDICTED_MS as PREDICTED_MS
 from tests.conftest import cli_fails as _fails
@@ -271,10 +270,10 @@ def test_existing_bundle_needs_force(model_file: str, capsys: pytest.CaptureFixt
 
 def test_failed_export_leaves_nothing(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--threads", "0"], "--threads must be at least 1")
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--fp16"], "--fp16 applies to --format tensorrt only")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--threads", "0"], "threads must be at least 1")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--fp16"], "fp16 applies to format tensorrt only")
     _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "onnx", "--device", "cuda"],
-           "--device applies to --format aoti only")
+           "device applies to format aoti only")
     _fails(capsys, ["export", str(tmp_path / "norun"), "-o", str(out)], "is not a run directory")
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_run, damaged, ignore=shutil.ignore_patterns("bundle-*"))

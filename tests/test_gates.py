@@ -16,7 +16,14 @@ from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
 from latprune.pruner.configs import GATE_SIGNALS
-from latprune.pruner.gates import SIGNALS, GateConfig, Gates, LatencyPenalty, TaylorSignal, latency_penalty
+from latprune.pruner.gates import (
+    SIGNALS,
+    GateConfig,
+    Gates,
+    LatencyPenalty,
+    TaylorSignal,
+    latency_penalty,
+)
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from tests.conftest import MODELS, TINY_INPUT, randomise_bn_
 

@@ -17,7 +17,12 @@ from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.calibrate import FIT_METHOD
 from latprune.latency_lut.predict import Predictor
-from latprune.latency_lut.profile import build_lut, grid_keys, load_calibration, open_for_backend
+from latprune.latency_lut.profile import (
+    build_lut,
+    grid_keys,
+    load_calibration,
+    open_for_backend,
+)
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, TimingConfig
 from latprune.runtime.fingerprint import cpu_device
@@ -289,7 +294,12 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     convolution, and its add runs fused into the convolution, as inside a whole model."""
     import json
 
-    from latprune.latency_lut.backends.ort_cpu import AUX, LAYOUT_OPS, run_kernel_ms, unit_onnx
+    from latprune.latency_lut.backends.ort_cpu import (
+        AUX,
+        LAYOUT_OPS,
+        run_kernel_ms,
+        unit_onnx,
+    )
     from latprune.runtime.ort import make_session
 
     key = LayerKey("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(14, 14), bn=True, add=True, act="relu")

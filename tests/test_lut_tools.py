@@ -16,7 +16,12 @@ from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.calibrate import random_configs
-from latprune.latency_lut.fidelity import ErrorStats, fidelity, refit_predictions, spearman
+from latprune.latency_lut.fidelity import (
+    ErrorStats,
+    fidelity,
+    refit_predictions,
+    spearman,
+)
 from latprune.latency_lut.profile import build_lut, grid_keys
 from latprune.latency_lut.store import Lut, merge_luts
 from latprune.latency_lut.timing import Latency
@@ -288,7 +293,11 @@ def test_random_configs_span_the_range() -> None:
 
 
 def test_calibration_configs_remove_blocks_at_several_shares() -> None:
-    from latprune.latency_lut.calibrate import MIN_REMOVAL_POINTS, calibration_configs, removal_configs
+    from latprune.latency_lut.calibrate import (
+        MIN_REMOVAL_POINTS,
+        calibration_configs,
+        removal_configs,
+    )
 
     # groups 0-5 are the inner groups of removable blocks (0 first), 6 and 7 are not removable
     options = {g: [0, 8, 16, 24, 32] for g in range(6)} | {6: [16, 32, 48, 64], 7: [8, 16]}

@@ -16,6 +16,7 @@ _EXPORTS = {
     "prune": "latprune.api",
     "export": "latprune.api",
     "load": "latprune.api",
+    "fidelity": "latprune.api",
     "LUT": "latprune.api",
     "PruneResult": "latprune.api",
     "Bundle": "latprune.exporters.bundle",

@@ -27,6 +27,7 @@ from latprune.errors import RunDirError, SpecError
 from latprune.exporters.bundle import Bundle, ExportOptions, write_bundle
 from latprune.graph.channels import ChannelGraph
 from latprune.latency_lut.backends import get_backend
+from latprune.latency_lut.fidelity import FidelityReport
 from latprune.latency_lut.profile import DEFAULT_LEVELS, ProfileReport, build_lut, open_for_backend
 from latprune.latency_lut.store import Lut
 from latprune.models import registered_model
@@ -104,6 +105,23 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
                        progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine)
     return LUT(Path(path), runner.name, runner.threads, report)
+
+
+def fidelity(model: nn.Module, example_input: torch.Tensor | Sequence[int], lut: LUT | PathLike,
+             samples: int = 50, *, seed: int = 1234, blocks: bool = False, beside: bool = False,
+             name: str | None = None, progress: bool = True) -> FidelityReport:
+    """How well ``lut`` predicts ``model`` (profiled into it): predicted vs measured latency of
+    ``samples`` random width configurations, each slimmed and timed on the LUT's backend
+    (``blocks``: configurations may remove residual blocks; ``beside``: each measured right
+    after the full model and also scored re-anchored on it, as relative budgets use the LUT)."""
+    from latprune.latency_lut.fidelity import fidelity as score
+
+    table = lut if isinstance(lut, LUT) else LUT.open(lut)
+    graph = ChannelGraph.build(_module(model), _input_shape(example_input))
+    backend = get_backend(table.backend, table.threads)
+    with open_for_backend(table.path, backend, writable=False) as store:
+        return score(graph, store, backend, samples, _name(model, name), seed, progress=progress, blocks=blocks,
+                     beside=beside)
 
 
 def _budget(budget: str | float | Budget) -> Budget:
@@ -185,7 +203,6 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     with open_for_backend(table.path, backend, writable=False) as store:
         outcome = prune_model(base, shape, _name(model, name), store, backend, target, config, training, settings)
     metrics = metrics_of(outcome, base, shape, target, config, backend, str(table.path), settings, data_name)
-    metrics["measured_ms"] = metrics["pruned"]["latency_ms"]["median_ms"]
     return PruneResult(outcome.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
 
 
@@ -281,14 +298,22 @@ def load(path: PathLike, model: nn.Module | None = None) -> PruneResult:
     return PruneResult(slim.eval(), plan, metrics, onnx, run)
 
 
-def export(result: PruneResult, format: str = "onnx", path: PathLike | None = None, *, overwrite: bool = False,
+def export(result: PruneResult | nn.Module, format: str = "onnx", path: PathLike | None = None, *,
+           overwrite: bool = False, example_input: torch.Tensor | Sequence[int] | None = None,
            **options: Any) -> Bundle:
     """A deployment bundle of ``result.model`` in ``format`` (onnx, aoti, tensorrt) at ``path``
     (default: ``bundle-FORMAT`` inside the result's run directory): the artifact, checked for
     parity and measured on this machine, with its budget and device in ``bundle.json``.
-    ``options``: the fields of :class:`~latprune.exporters.bundle.ExportOptions`."""
+    ``result`` may also be a plain module (with ``example_input``), e.g. the unpruned base to
+    measure beside a pruned one. ``options``: the fields of :class:`~latprune.exporters.bundle.ExportOptions`."""
+    if isinstance(result, nn.Module):
+        if example_input is None:
+            raise SpecError("exporting a module needs its example_input")
+        shape = _input_shape(example_input)
+        result = PruneResult(_module(result), PruningPlan(model=_name(result, None), input_shape=shape, groups=(),
+                                                          method="none (unpruned)"), {})
     if not isinstance(result, PruneResult):
-        raise SpecError(f"export takes a PruneResult (from latprune.prune or latprune.load), not "
+        raise SpecError(f"export takes a PruneResult (from latprune.prune or latprune.load) or a module, not "
                         f"{type(result).__name__}")
     if path is None:
         if result.path is None:

@@ -66,7 +66,7 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
     backend = get_backend(backend_name, threads)
     if backend.name == "ort-cpu":
         if not onnx_path.is_file():
-            raise RunDirError(f"{onnx_path} is missing; create it with `latprune export {run_dir} --format onnx`")
+            raise RunDirError(f"{onnx_path} is missing; export the run to ONNX (latprune.export, `latprune export`)")
 
         def measure() -> Latency:
             return backend.measure_artifact(str(onnx_path))

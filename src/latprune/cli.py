@@ -17,7 +17,8 @@ from latprune.pruner.configs import CONFIGS, MethodConfig, field_default, method
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="ort-cpu", help="latency backend: ort-cpu (default), torch-cpu, fake")
+    p.add_argument("--backend", default="ort-cpu",
+                   help="latency backend: ort-cpu (default), torch-cpu, torch-cuda, tensorrt, fake (tests)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all logical CPUs, max 8)")
 
 
@@ -421,19 +422,14 @@ def _lut_merge(args: argparse.Namespace) -> None:
 
 
 def _lut_fidelity(args: argparse.Namespace) -> None:
-    from latprune.graph.channels import ChannelGraph
-    from latprune.latency_lut.backends import get_backend
-    from latprune.latency_lut.fidelity import fidelity
-    from latprune.latency_lut.profile import open_for_backend
+    from latprune.api import LUT, fidelity
     from latprune.report import fidelity_text
     from latprune.specs import load_model
 
-    backend = get_backend(args.backend, args.threads)
     spec = load_model(args.model, args.input)
-    graph = ChannelGraph.build(spec.model, spec.input_shape)
-    with open_for_backend(args.lut, backend, writable=False) as lut:
-        result = fidelity(graph, lut, backend, args.samples, spec.name, args.seed, progress=not args.json,
-                          blocks=args.blocks, beside=args.beside).to_dict()
+    result = fidelity(spec.model, spec.input_shape, LUT.open(args.lut, args.backend, args.threads), args.samples,
+                      seed=args.seed, blocks=args.blocks, beside=args.beside, name=spec.name,
+                      progress=not args.json).to_dict()
     if args.plot:
         from latprune.latency_lut.plots import plot_fidelity
 

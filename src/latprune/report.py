@@ -10,7 +10,6 @@ from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, no
 STALE_CALIBRATION_GAP = 0.05  # refit's share within ±10% this much above stored's: advise re-calibrating
 # ... unless the measurements scatter (spread above NOISY_SPREAD_PCT) and even the refit leaves
 # more than this share outside ±10%: then the scatter, not the calibration, is the news
-# (session 24's MobileNetV2: stored 44%, refit 50%, spread 24%)
 REFIT_GOOD_SHARE = 0.9
 
 
@@ -208,7 +207,7 @@ def lut_text(r: dict[str, Any]) -> str:
                           for k, v in rules.items() if isinstance(v, dict))
         lines.append(f"fusion rules measured: {found}")
     for sig, c in r["calibrations"].items():
-        spread = c.get("spread_pct", float("nan"))  # calibrations fitted before session 22 lack it
+        spread = c.get("spread_pct", float("nan"))  # older calibrations lack it
         noisy = (f", measured on a noisy machine (residual above {NOISY_RESIDUAL_PCT:.0f}% or p10-p90 spread above "
                  f"{NOISY_SPREAD_PCT:g}%): profile it again with --recalibrate when the machine is quiet"
                  if noisy_calibration(c) else "")

@@ -58,7 +58,7 @@ def check_device(device: str) -> None:
         raise SpecError(f"unknown device {device!r} for AOTInductor; known: {', '.join(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise BackendError("an AOTInductor package for CUDA needs a CUDA GPU here, and torch.cuda.is_available() "
-                           "is False; build it on the target machine, or use --device cpu")
+                           "is False; build it on the target machine, or for device 'cpu'")
 
 
 def export_aoti(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, device: str = "cpu",
@@ -73,7 +73,7 @@ def export_aoti(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     if threads < 1:
         raise SpecError(f"threads must be at least 1, got {threads}")
     if dynamic_batch and max_batch < input_shape[0]:
-        raise SpecError(f"--max-batch {max_batch} is below the model's batch {input_shape[0]}")
+        raise SpecError(f"max_batch {max_batch} is below the model's batch {input_shape[0]}")
     eager = copy.deepcopy(model).eval().to(device)
     # A dimension of size 1 is specialised by torch.export: trace a dynamic batch at 2.
     example = torch.randn(max(2, input_shape[0]) if dynamic_batch else input_shape[0], *input_shape[1:], device=device)

@@ -80,19 +80,19 @@ class ExportOptions:
         if self.exporter not in EXPORTERS:
             raise SpecError(f"unknown ONNX exporter {self.exporter!r}; known: {', '.join(EXPORTERS)}")
         if self.format != "tensorrt":
-            given = [flag for flag, on in (("--fp16", self.fp16), ("--int8", self.int8), ("--data", self.data),
-                                           ("--timing-cache", self.timing_cache)) if on]
+            given = [flag for flag, on in (("fp16", self.fp16), ("int8", self.int8), ("data", self.data),
+                                           ("timing_cache", self.timing_cache)) if on]
             if given:
-                raise SpecError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --format tensorrt "
+                raise SpecError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to format tensorrt "
                                 f"only, not {self.format}")
         if self.int8 and not self.data:
-            raise SpecError("--int8 needs calibration data: pass --data SPEC (e.g. --data fashion-mnist)")
+            raise SpecError("int8 needs calibration data: a data spec (e.g. data='fashion-mnist')")
         if self.format != "aoti" and self.device != "cpu":
-            raise SpecError(f"--device applies to --format aoti only (an {self.format} bundle's device is fixed)")
+            raise SpecError(f"device applies to format aoti only (an {self.format} bundle's device is fixed)")
         if self.threads is not None and self.threads < 1:
-            raise SpecError(f"--threads must be at least 1, got {self.threads}")
+            raise SpecError(f"threads must be at least 1, got {self.threads}")
         if self.max_batch < 1:
-            raise SpecError(f"--max-batch must be at least 1, got {self.max_batch}")
+            raise SpecError(f"max_batch must be at least 1, got {self.max_batch}")
 
 
 @dataclass
@@ -611,12 +611,13 @@ def load_bundle(path: str | Path) -> Bundle:
     saying what is wrong and what to do."""
     root = Path(path)
     if not root.is_dir():
-        raise RunDirError(f"{root} is not a bundle directory; create one with `latprune export RUN_DIR`")
+        raise RunDirError(f"{root} is not a bundle directory; create one by exporting a run "
+                          "(latprune.export, `latprune export`)")
     file = root / BUNDLE_FILE
     if not file.is_file():
-        raise RunDirError(f"{file} is missing; {root} is not a latprune bundle (create one with `latprune export`)")
-    meta = _read_json(file, "the bundle is damaged; export it again with `latprune export RUN_DIR --force`") or {}
-    damaged = "the bundle is damaged or from another version; export it again with `latprune export RUN_DIR --force`"
+        raise RunDirError(f"{file} is missing; {root} is not a latprune bundle (create one with latprune.export)")
+    meta = _read_json(file, "the bundle is damaged; export the run again over it") or {}
+    damaged = "the bundle is damaged or from another version; export the run again over it"
     if meta.get("schema") != SCHEMA:
         raise RunDirError(f"{file} is not a latprune bundle description (schema {meta.get('schema')!r}); {damaged}")
     if meta.get("schema_version") != SCHEMA_VERSION:

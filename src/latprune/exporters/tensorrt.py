@@ -50,7 +50,7 @@ def calibration_batches(data: str, input_shape: tuple[int, ...], count: int, see
     from latprune.data import load_data, loader
 
     if count < 1:
-        raise SpecError(f"--calibration-batches must be at least 1, got {count}")
+        raise SpecError(f"calibration_batches must be at least 1, got {count}")
     spec = load_data(data)
     batches = []
     for x, *_ in loader(spec.train, input_shape[0], shuffle=True, seed=seed):

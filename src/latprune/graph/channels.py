@@ -121,7 +121,7 @@ class ChannelGraph:
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         except Exception as exc:  # tracing user models can fail in many ways
             raise SpecError(f"could not trace the model with input {input_shape}: {type(exc).__name__}: {exc}; "
-                            "check --input matches what the model expects") from None
+                            "check that the example input has the shape the model expects") from None
         finally:
             for h in hooks:
                 h.remove()
@@ -363,7 +363,8 @@ class Grid:
     where the group's latency jumps (``latency_lut.staircase``). Below one
     block nothing is offered: on AVX-512 half a 16-channel block measured
     5–8% cheaper than a whole one, but offering it bought no accuracy at a
-    0.3x budget (BENCHMARKS.md, "Width steps on AVX-512", session 17).
+    0.3x budget (``benchmarks/results/width_steps_zen5.json``,
+    ``benchmarks/results/accuracy_vs_latency_zen5_halfblock.json``).
 
     >>> Grid(8).widths(32)
     [4, 8, 12, 16, 20, 24, 28, 32]

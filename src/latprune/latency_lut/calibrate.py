@@ -37,9 +37,8 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     many units each configuration's removed blocks took away; the per-unit
     term is fitted only when at least ``MIN_REMOVAL_POINTS`` points remove
     units, after the trimming below (one or two points set it to whatever their noise says: on
-    ResNet-20, 2026-12-02, one point made it +0.034 ms per unit, a block's
-    removal as dear as its units, and `gator` found no configuration under
-    0.38x of the base).
+    ResNet-20 one point made it +0.034 ms per unit, a block's removal as dear
+    as its units, and `gator` found no configuration under 0.38x of the base).
 
     Least squares weighted by 1/measured: the pruner's budgets sit at
     0.3x–0.7x of the full model, and an absolute fit lets the full-width
@@ -55,10 +54,10 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     one is dropped and the line refitted without it. A removed block saving
     more than its units' own time cannot be told from noise on the few
     calibration points that remove blocks, and a pruner extrapolates it: on
-    ResNet-56 (2026-12-02, 8 points, two removing 2 and 6 units) the term
+    ResNet-56 (8 points, two removing 2 and 6 units) the term
     came out −0.0022 ms per unit, and the closed-loop candidates that removed
     20–36 units were predicted 17.5% too fast on average (up to 40%); without
-    the term, 4.8% (``benchmarks/calibration_terms.py``)."""
+    the term, 4.8% (``benchmarks/results/calibration_terms_resnet56_zen5.json``)."""
     x = np.asarray(raw_ms, dtype=float)
     y = np.asarray(measured_ms, dtype=float)
     n = np.zeros(len(x)) if removed_units is None else np.asarray(removed_units, dtype=float)
@@ -184,6 +183,7 @@ def noise_warning(stored: dict[str, Any], command: str) -> str | None:
         found.append(f"scatter, each one's p10-p90 spanning {spread_pct:.1f}% of its median (the median over them), "
                      f"above the {NOISY_SPREAD_PCT:g}% of a quiet machine")
     return (f"the calibration's {len(stored.get('points', []))} whole-model measurements {' and '.join(found)}: "
-            "the machine was busy or changing speed while they were measured, and predictions may be off by as much. Measure them again "
-            f"when it is quiet: `{command} --recalibrate`, with the same --backend, --threads and --input (the "
-            "unit measurements are kept)")
+            "the machine was busy or changing speed while they were measured, and predictions may be off by as much. "
+            "Measure them again "
+            f"when it is quiet: profile again with recalibrate=True (`{command} --recalibrate`, with the same "
+            "--backend, --threads and --input); the unit measurements are kept")

@@ -28,8 +28,8 @@ on this run's other measurements, K-fold, each configuration predicted by a
 fit that did not see it. It is what ``profile --recalibrate`` would reach on
 the device as it is now. ``stored`` far worse than ``refit`` means the
 calibration is stale (the device's small and large models no longer scale as
-they did when it was fitted: MobileNetV2, ort-cpu, 2 threads on this
-project's VM, 2026-11-30: 86% within ±10% as stored, 96% refitted); both
+they did when it was fitted: MobileNetV2, ort-cpu, 2 threads, 86% within
+±10% as stored, 96% refitted); both
 bad means the unit sums miss something, or the measurements themselves
 scatter by more than the band (a noisy device: see BENCHMARKS.md). The
 report carries that scatter (``spread_pct``: each configuration's p10-p90
@@ -42,7 +42,7 @@ scores each configuration's first pass against its second, as if one were a
 prediction of the other (the difference relative to the faster; Spearman
 between the passes), and every pass's median is kept with each point
 (``pass_ms``). It is not a bound on the scores above, which compare with the
-faster pass: on the Zen 5 VM (2026-12-03, 2 threads) the passes of
+faster pass: on a 2-vCPU VM on 2 threads the passes of
 MobileNetV2 and EfficientNet-Lite0 agreed within ±10% for 42% and 36% of the
 configurations while the LUT put 80% and 64% (refit 88% and 90%) there. It
 says how much the rule of the faster pass has to do on this machine.
@@ -160,17 +160,17 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     (with ``blocks``, a removable block's narrowest option is its removal; with
     ``beside``, each one measured right after the full model, scored re-anchored on it)."""
     if samples < 2:
-        raise LutError(f"--samples must be at least 2, got {samples}")
+        raise LutError(f"samples must be at least 2, got {samples}")
     stored = load_calibration(lut, graph.signature())
     if stored is None:
         raise LutError(f"the LUT {lut.path} has no calibration for this model; profile it first: "
-                       f"`latprune profile {model_name} -o {lut.path}`")
+                       "profile this model into it (latprune.profile, `latprune profile`)")
     calibration, grid = stored
     predictor = Predictor(lut, graph, calibration)
     missing = predictor.missing(grid_keys(graph, grid))
     if missing:
         raise LutError(f"the LUT {lut.path} lacks {len(missing)} of this model's units; "
-                       f"`latprune profile {model_name} -o {lut.path}` adds them")
+                       "profiling this model into it adds them")
     start = time.time()
     guard = backend.speed_guard()
     slow_before = guard.slow if guard is not None else 0

@@ -76,7 +76,7 @@ def plot_staircases(staircases: dict[str, dict[str, dict[str, Any]]], path: str,
     plt = _pyplot()
     panels = [(sig, root, st) for sig, stairs in staircases.items() for root, st in stairs.items()][:max_panels]
     if not panels:
-        raise LutError("no staircases to plot; profile with --refine first")
+        raise LutError("no staircases to plot; profile with refine=True (`--refine`) first")
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)

@@ -92,7 +92,7 @@ class Predictor:
                 raise LutError(
                     f"the LUT {self.lut.path} has no measurement for {key.op} {key.cin}->{key.cout} "
                     f"(k={key.kernel[0]}, stride={key.stride[0]}, input {key.in_hw}); profile this model into it "
-                    f"with `latprune profile MODEL -o {self.lut.path}` (same --levels/--align as this prune)"
+                    "first (with the width levels and alignment of this prune)"
                 )
             self._memo[text] = latency.median_ms
         return self._memo[text]

@@ -28,7 +28,7 @@ from latprune.runtime.fingerprint import check_compatible
 DEFAULT_LEVELS = 8
 DEFAULT_PASSES = 2
 MODEL_AGREE = 0.05     # whole models: two passes further apart than this get another pass ...
-MODEL_MAX_PASSES = 6   # ... up to this many in all (4 until session 25: benchmarks/noise_vs_fidelity.py's passes table)
+MODEL_MAX_PASSES = 6   # ... up to this many in all (none improved beyond 6: benchmarks/results/noise_vs_fidelity.json)
 ANCHOR_ATTEMPTS = 3    # a candidate beside a base far from its anchor is measured again, up to this many times
 
 
@@ -165,17 +165,17 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     ``latprune lut merge``, then profile the merged LUT once to calibrate."""
     index, count = shard
     if not 1 <= index <= count:
-        raise LutError(f"--shard {index}/{count} is not of the form i/n with 1 <= i <= n")
+        raise LutError(f"shard {index}/{count} is not of the form i/n with 1 <= i <= n")
     if levels < 1:
-        raise LutError(f"--levels must be at least 1, got {levels}")
+        raise LutError(f"levels must be at least 1, got {levels}")
     if passes < 1:
-        raise LutError(f"--passes must be at least 1, got {passes}")
+        raise LutError(f"passes must be at least 1, got {passes}")
     if refine and count > 1:
-        raise LutError("--refine probes widths that depend on every measurement of a group: profile the shards "
-                       "without it, merge them with `latprune lut merge`, then profile the merged LUT with --refine")
+        raise LutError("refine probes widths that depend on every measurement of a group: profile the shards "
+                       "without it, merge them (`latprune lut merge`), then profile the merged LUT with refine")
     grid = Grid(levels, backend.preferred_align if align is None else align)
     if grid.align < 1:
-        raise LutError(f"--align must be at least 1, got {grid.align}")
+        raise LutError(f"align must be at least 1, got {grid.align}")
     start = time.time()
     path = Path(path)
     lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
@@ -244,9 +244,9 @@ def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], L
     is closest to the anchor kept.
 
     Scaling a candidate by its base beside it assumes a slow spell slows both
-    alike; on 2026-11-30 this VM's base measured 5% slow beside a candidate
-    that was not (ResNet-20, 1 thread: the scaled 1.357 ms passed a 1.419 ms
-    budget, the export measured 1.445 ms). A pair measured in the anchor's
+    alike, and a base can measure 5% slow beside a candidate that was not
+    (ResNet-20, 1 thread: the scaled 1.357 ms passed a 1.419 ms budget, the
+    export measured 1.445 ms). A pair measured in the anchor's
     state needs no such assumption; a slow state that outlasts every attempt
     is still scaled away."""
     best: tuple[float, Latency, Latency] | None = None

@@ -62,7 +62,7 @@ class Lut:
 
         target = Path(path)
         if target.exists():
-            raise LutError(f"{target} already exists; open it to extend it, or choose another -o")
+            raise LutError(f"{target} already exists; open it to extend it, or create another file")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.creating")
         if tmp.exists():
@@ -85,7 +85,8 @@ class Lut:
         """Open an existing LUT, checking that it is one and of this schema version."""
         target = Path(path)
         if not target.is_file():
-            raise LutError(f"LUT file {target} does not exist; create it with `latprune profile MODEL -o {target}`")
+            raise LutError(f"LUT file {target} does not exist; create it by profiling a model into it "
+                           "(latprune.profile, `latprune profile`)")
         uri = f"file:{target.resolve()}?mode={'rw' if writable else 'ro'}"
         try:
             conn = sqlite3.connect(uri, uri=True)
@@ -93,7 +94,7 @@ class Lut:
             conn.execute("SELECT COUNT(*) FROM entries").fetchone()
         except sqlite3.DatabaseError as exc:
             raise LutError(f"{target} is not a readable latprune LUT ({exc}); it may be corrupt or another "
-                           "file: re-profile with `latprune profile`") from None
+                           "file: profile the device again into a new LUT") from None
         try:
             version = json.loads(rows["schema_version"])
             json.loads(rows["fingerprint"])

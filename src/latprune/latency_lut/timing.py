@@ -40,18 +40,13 @@ class Latency:
 
 
 # A set of whole-model measurements whose median spread (p10-p90 / median) is above this
-# was taken on a machine too noisy to score a LUT within ±10%. Over the 53 fidelity runs of
-# BENCHMARKS.md (``benchmarks/noise_vs_fidelity.py``, session 26): every run with a spread of
-# 13.4% or less put 84-100% of its configurations within ±10%, except five with a stale
-# calibration (48-78%; the four refitted, 96-100%); the three at 13.9-14.7% put 38-66% there
-# (56-90% refitted), and those above them 20-84% but for three (90-98%). It was 15% until
-# session 26, which the three at 13.9-14.7% escaped.
+# was taken on a machine too noisy to score a LUT within ±10%: over 53 fidelity runs,
+# every run at 13.4% or less put 84-100% of its configurations within ±10% (but for stale
+# calibrations, 96-100% refitted), the three at 13.9-14.7% put 38-66% there
+# (benchmarks/results/noise_vs_fidelity.json; BENCHMARKS.md, design decisions).
 NOISY_SPREAD_PCT = 13.5
-# A calibration whose median residual is above this was measured on a noisy machine: in
-# session 22's 29 runs none with a spread under 15% had a residual above 3.3%, seven of the
-# eleven above it had 5.6-9.3% (the other four 2.9-4.9%: this flag alone misses some noisy
-# profiles). Quiet runs since have reached 5.8% (session 25), so the points' spread is the
-# stronger of the two flags.
+# A calibration whose median residual is above this was measured on a noisy machine. Quiet
+# runs reach 5.8%, so the points' spread above is the stronger of the two flags.
 NOISY_RESIDUAL_PCT = 5.0
 
 
@@ -69,7 +64,7 @@ def median_spread_pct(latencies: list[Latency]) -> float:
 def points_spread_pct(points: list[dict[str, float]]) -> float:
     """The median p10-p90 spread of measured points (calibration or fidelity points:
     ``measured_ms``, ``p10_ms``, ``p90_ms``) in percent of their medians; NaN for
-    points stored without their percentiles (calibrations before session 22)."""
+    points stored without their percentiles (older calibrations)."""
     if not points or any("p10_ms" not in p for p in points):
         return float("nan")
     return median_spread_pct([Latency(p["measured_ms"], p["p10_ms"], p["p90_ms"], 0) for p in points])
@@ -128,25 +123,12 @@ class SpeedGuard:
     thread count) and returns its median in ms. The machine's usual speed is
     a low percentile (``percentile``, 20%) of every probe so far, learnt first
     from ``warmup_probes`` probes 0.05 s apart (before a measurement trusts
-    it): the speed the machine reaches at least a fifth of the time. Until
-    session 23 it was the 2nd percentile, in effect the fastest probe; on an
-    Intel Xeon VM (session 22) that was a fast state the machine was in for
-    only 13-15% of its probes, so the guard called 84-89% of them slow and
-    waited before most measurements. The 20th percentile there (session 23,
-    ``benchmarks/results/lut_fidelity_emr_p20.json``): fidelity runs 4-5x
-    shorter, and within ±10% after a refit ResNet-18 70% (48% with the
-    2nd), MobileNetV2 92% (72%), EfficientNet-Lite0 86% (84%). On the earlier
-    VMs, where the fast state held 24-77% of the probes, it is 2-18% above
-    the 2nd percentile (2-4% on the VM of session 10 below: its slow state
-    at 1.37x stays just beyond the tolerance, 1.3 x 1.04 = 1.35x); on the
-    Zen 5 VM it called 36-41% of probes slow (session 24; 24-49% with the
-    2nd in sessions 16-20). Never a
-    recent window: on 2026-11-30 (session 10) this VM's probe ran at 0.373 ms,
-    at 0.51 ms or at 0.69 ms for minutes at a time, and a guard whose usual
-    speed was the 10th percentile of the last 100 probes took the slow states
-    for the usual one (MobileNetV2 on 2 threads: 50% of 50 configurations
-    within ±10%, a quarter measured 1.8–2.3x their prediction;
-    ``benchmarks/results/lut_fidelity_window_policy.json``). On such a VM a
+    it): the speed the machine reaches at least a fifth of the time. A
+    lower percentile lands in a fast state some VMs hold for only 13-15% of
+    their probes, and the guard then waits before most measurements; a
+    recent window takes a slow state of minutes for the usual speed
+    (``benchmarks/results/lut_fidelity_emr_p20.json``,
+    ``benchmarks/results/lut_fidelity_window_policy.json``). On a noisy VM a
     measurement that starts or ends in a slow state is repeated:
     :meth:`measure` probes before (and waits, up to ``max_wait_s``, for the
     usual speed) and after, and keeps a measurement whose probes were both
@@ -223,17 +205,14 @@ def fastest_over_passes(measure: Callable[[int], Latency], count: int, passes: i
     slow spell of the machine lands on different items in each pass.
 
     Every pass runs in the same order, so each item's measurements lie a whole
-    pass apart. Until session 25 every other pass ran in reverse, which put the
-    last item's two measurements back to back: one slow spell could take both
-    (MobileNetV2, ort-cpu, 2 threads on the Zen 5 VM, 2026-12-03: the
-    second-to-last of 50 configurations measured 1.28 and 1.26 ms in its two
-    passes; 0.71 and 0.76 ms in a session 16 and a session 25 run).
+    pass apart: passes in alternating order put the last item's measurements
+    back to back, where one slow spell takes both.
 
     With ``agree``, an item whose two fastest medians still differ by more than
     that fraction is measured in further passes (of the disagreeing items only)
     until they agree or it has had ``max_passes``: on a VM that switches
-    between a fast and a slow speed every few seconds (2026-11-30: 6.5 and
-    10.5 ms for the same model), two passes that disagree say that one of
+    between a fast and a slow speed every few seconds (6.5 and 10.5 ms for
+    the same model), two passes that disagree say that one of
     them, at least, was slow.
 
     ``every``, when given, is filled with each item's median of every pass, in

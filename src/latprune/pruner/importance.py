@@ -98,7 +98,8 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
         if not was_attached:  # leave the model as it came: a deepcopy would carry the hooks along
             gates.detach()
     if seen == 0:
-        raise SpecError("no data batch reached the importance estimate; check --data")
+        raise SpecError("no data batch reached the importance estimate; check that the training data yields "
+                        "(inputs, labels) batches")
     return Scores({g: (s / seen).numpy() for g, s in groups.items()},
                   {b.group: float(blocks[i] / seen) for i, b in enumerate(gates.blocks)})
 
@@ -117,7 +118,8 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
     reference (a group that ``gates`` narrowed, widened again)."""
     held = [b for _, b in zip(range(num_batches), batches)]
     if not held:
-        raise SpecError("no data batch reached the option-loss measurement; check --data")
+        raise SpecError("no data batch reached the option-loss measurement; check that the training data yields "
+                        "(inputs, labels) batches")
     was_attached, previous = gates.attached, gates.mode
     saved = [lg.detach().clone() for lg in gates.logits]
     saved_blocks = gates.block_logits.detach().clone()

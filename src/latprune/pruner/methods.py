@@ -258,7 +258,8 @@ def gator(ctx: Context) -> Decision:
         "start": start, "steps": len(penalty.history), "final_lambda": penalty.lam, "expected_ms": expected,
         "open_channels": {ctx.graph.groups[g].root: w for g, w in hard.items()},
         "closed_blocks": gates.closed_blocks(),
-        "expected_ms_trace": [round(h["expected_ms"], 4) for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
+        "expected_ms_trace": [round(h["expected_ms"], 4)
+                              for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
     }}
     return _knapsack_decision(ctx, scores, options, extra)
 

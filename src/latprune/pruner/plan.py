@@ -90,7 +90,8 @@ class PruningPlan:
     def load(cls, path: str | Path) -> PruningPlan:
         p = Path(path)
         if not p.is_file():
-            raise RunDirError(f"{p} is missing; a run directory needs plan.json (from `latprune prune`)")
+            raise RunDirError(f"{p} is missing; a run directory needs plan.json "
+                              "(from PruneResult.save or `latprune prune`)")
         return cls.from_json(p.read_text(encoding="utf-8"), str(p))
 
     def apply_(self, model: nn.Module) -> nn.Module:

@@ -71,6 +71,6 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], what: str)
     if diffs:
         raise FingerprintMismatch(
             f"{what} was measured on another device or setting ({'; '.join(diffs)}); "
-            f"profile this device into a new LUT with `latprune profile MODEL --backend "
-            f"{current.get('backend')} --threads {current.get('threads')} -o NEW.lut`"
+            f"profile this device into a new LUT (backend {current.get('backend')}, "
+            f"{current.get('threads')} thread(s))"
         )

@@ -27,7 +27,7 @@ def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_pr
     default, as deployments run); ``affinities`` pins the intra-op threads other than
     the caller's (ONNX Runtime's ``session.intra_op_thread_affinities``: one entry per
     thread, ``;``-separated, of 1-based logical processors, e.g. ``"2"`` for the second
-    of two threads on the second CPU). ``benchmarks/thread_scaling.py`` compares both."""
+    of two threads on the second CPU). ``benchmarks/results/thread_scaling_zen5_s24.json`` compares both."""
     ort = onnxruntime()
     opts = ort.SessionOptions()
     if profile_prefix is not None:

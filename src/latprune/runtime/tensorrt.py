@@ -107,7 +107,7 @@ def build_engine(onnx_model: bytes, config: EngineConfig = EngineConfig(),
     t = trt()
     cached_scales = bool(config.calibration_cache and os.path.exists(config.calibration_cache))
     if config.int8 and calibration is None and not cached_scales:
-        raise SpecError("an int8 engine needs calibration batches (--data) or an existing calibration cache")
+        raise SpecError("an int8 engine needs calibration batches or an existing calibration cache")
     logger = t.Logger(t.Logger.WARNING)
     builder = t.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10

@@ -37,7 +37,7 @@ class Backend(ABC):
 
     def __init__(self, threads: int | None = None, timing: TimingConfig | None = None) -> None:
         if threads is not None and threads < 1:
-            raise BackendError(f"--threads must be at least 1, got {threads}")
+            raise BackendError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
         self.timing = timing or TimingConfig()
         # Whole models are timed longer: a decision (budget held or not) rests on each one.
@@ -68,7 +68,7 @@ class Backend(ABC):
 
     def measure_artifact(self, path: str) -> Latency:
         """End-to-end latency of an exported artifact (ONNX file, ...)."""
-        raise BackendError(f"backend {self.name!r} cannot time {path!r}; use --backend ort-cpu for ONNX files")
+        raise BackendError(f"backend {self.name!r} cannot time {path!r}; the ort-cpu backend times ONNX files")
 
 
 def default_threads() -> int:

@@ -42,7 +42,7 @@ class TorchCudaBackend(Backend):
                  cuda_graphs: bool = True) -> None:
         if not torch.cuda.is_available():
             raise BackendError("the torch-cuda backend needs a CUDA GPU, and torch.cuda.is_available() is False "
-                               "here; profile on the target machine, or use --backend ort-cpu")
+                               "here; profile on the target machine, or use the ort-cpu backend")
         super().__init__(threads=threads or 1, timing=timing)
         self.cuda_graphs = cuda_graphs
         self.device = torch.device("cuda", torch.cuda.current_device())
