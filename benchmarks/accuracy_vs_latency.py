@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from results_io import write_atomically, write_json
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "accuracy_vs_latency.json"
@@ -76,30 +76,6 @@ BATCH_SIZE = 64        # training batches of the prune (gates, recovery, fine-tu
 FINAL_PASSES = 3       # the final measurement: interleaved passes, each model's fastest kept ...
 FINAL_MAX_PASSES = 6   # ... and further passes, up to this many, for a model whose two fastest ...
 FINAL_AGREE = 0.05     # ... differ by more than this fraction
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``path``, atomically: a temporary file beside it, renamed over it."""
-    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
-
-
-def write_atomically(path: Path, writer: Any) -> None:
-    """``writer(tmp)`` writes a temporary file beside ``path``, which is then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600: give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def arch_work(arch: str) -> Path:

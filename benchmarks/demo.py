@@ -14,37 +14,17 @@ phase, and the device fingerprint.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from results_io import write_json
 
 from latprune.demo import run_demo
 from latprune.report import demo_text
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``path``, atomically: a temporary file beside it, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(obj, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600: give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main() -> None:

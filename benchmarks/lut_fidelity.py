@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from results_io import write_json
 
 HERE = Path(__file__).parent
 DEFAULT_BACKEND = "ort-cpu"
@@ -33,25 +33,6 @@ DEFAULT_THREADS = 2  # issue #3's setting; other thread counts write lut_fidelit
 INPUT = (1, 3, 224, 224)
 SPECS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2",
          "efficientnet-lite0": "efficientnet-lite0"}
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``path``, atomically: a temporary file beside it, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(obj, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600: give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def score_model(model: Any, input_shape: tuple[int, ...], model_name: str, lut_path: Path, png: Path,

@@ -51,6 +51,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         default = field_default(f)
         which = ", ".join(owners[field_name])
         help_text = f"{f.metadata.get('help', '')} (default {default}; {which})"
+        if default is True:
+            help_text = f"do not {f.metadata.get('help', '')} ({which})"
         if isinstance(default, bool):
             p.add_argument(f"--no-{flag}" if default else f"--{flag}", dest=field_name, action="store_const",
                            const=not default, default=None, help=help_text)

@@ -1,0 +1,139 @@
+"""The object API on a tiny ResNet and the fake backend: modules in, objects out, files only
+where the caller names them; the input model untouched; errors in the library's terms."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import latprune
+from latprune.errors import RunDirError, SpecError
+from tests.conftest import TINY_INPUT, tiny_resnet
+
+
+@pytest.fixture(scope="module")
+def lut(tmp_path_factory: pytest.TempPathFactory) -> latprune.LUT:
+    path = tmp_path_factory.mktemp("api") / "fake.lut"
+    return latprune.profile(tiny_resnet(), torch.randn(*TINY_INPUT), backend="fake", threads=1, path=path, levels=4,
+                            progress=False)
+
+
+def _loader(n: int = 64) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, *TINY_INPUT[1:], generator=gen), torch.randint(0, 10, (n,),
+                                    generator=gen)), batch_size=16)
+
+
+def test_profile_returns_a_file_backed_lut(lut: latprune.LUT) -> None:
+    assert lut.path.is_file() and lut.backend == "fake" and lut.threads == 1 and len(lut) > 0
+    assert lut.report is not None and lut.report.measured == 2 * lut.report.keys > 0  # two passes per key
+    reopened = latprune.LUT.open(lut.path)
+    assert (reopened.backend, reopened.threads, reopened.path) == ("fake", 1, lut.path)
+
+
+def test_data_free_prune_leaves_the_model_alone_and_replays(lut: latprune.LUT, tmp_path: Path) -> None:
+    model = tiny_resnet().train()
+    before = copy.deepcopy(model.state_dict())
+    result = latprune.prune(model, lut, "0.7x", example_input=torch.randn(*TINY_INPUT),
+                            method=latprune.HalpConfig(importance="l1"), progress=False)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    m = result.metrics
+    assert m["budget_met"] == (m["measured_ms"] <= m["budget_ms"]) and m["accuracy"] is None
+    assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
+    assert result.plan.method == "halp" and result.path is None and list(tmp_path.iterdir()) == []
+
+    run = result.save(tmp_path / "run")
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.onnx", "model.pt", "plan.json"]
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        result.save(run)
+    with pytest.raises(RunDirError, match="pass the base model"):
+        latprune.load(run)  # a module of the caller's: latprune cannot build it by name
+    same = latprune.load(run, tiny_resnet())
+    x = torch.randn(3, *TINY_INPUT[1:])
+    with torch.no_grad():
+        assert torch.equal(same.model(x), result.model(x))
+    assert same.metrics == result.metrics and same.path == run
+
+
+def test_the_user_finetune_and_evaluate_are_called(lut: latprune.LUT) -> None:
+    tuned: list[int] = []
+
+    def finetune(model: torch.nn.Module) -> None:
+        tuned.append(sum(p.numel() for p in model.parameters()))
+
+    result = latprune.prune(tiny_resnet(), lut, 0.25, example_input=TINY_INPUT, method="uniform-l1",
+                            finetune=finetune, evaluate=lambda model: 0.5, progress=False)
+    assert tuned and result.metrics["accuracy"] == 0.5 and result.metrics["base"]["accuracy"] == 0.5
+    assert result.metrics["budget"]["spec"] == "0.25ms" and result.metrics["budget_ms"] == 0.25
+
+
+def test_the_builtin_loops_train_on_the_loaders(lut: latprune.LUT) -> None:
+    result = latprune.prune(tiny_resnet(), lut, "0.8x", example_input=TINY_INPUT,
+                            method=latprune.GatorConfig(gate_epochs=0.5, importance_batches=2),
+                            train_loader=_loader(), val_loader=_loader(32),
+                            finetune=latprune.FinetuneConfig(epochs=0.5), progress=False)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.metrics["method_details"]["gates"]["steps"] > 0
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (dict(budget="fast"), "budget 'fast' is not understood"),
+    (dict(budget=-1.0), "budget must be milliseconds"),
+    (dict(method="magic"), "unknown method 'magic'; known: gator, halp"),
+    (dict(method="gator"), "method 'gator' trains or scores on data: pass train_loader="),
+    (dict(method="uniform-l1", finetune="yes"), "finetune must be a callable"),
+    (dict(method="uniform-l1", finetune=latprune.FinetuneConfig()), "trains on train_loader="),
+    (dict(method="uniform-l1", retries=-1), "retries must be 0 or more"),
+    (dict(method="uniform-l1", model="resnet"), "model must be a torch.nn.Module"),
+    (dict(method="uniform-l1", example_input="1x1x28x28"), "example_input must be a tensor"),
+])
+def test_bad_input_is_refused_before_any_work(lut: latprune.LUT, call: dict, match: str) -> None:
+    args = {"model": tiny_resnet(), "budget": "0.5x", "example_input": TINY_INPUT, **call}
+    model, budget = args.pop("model"), args.pop("budget")
+    with pytest.raises(SpecError, match=match):
+        latprune.prune(model, lut, budget, progress=False, **args)
+
+
+def test_method_configs_validate_themselves_and_register_once() -> None:
+    from latprune.pruner.configs import CONFIGS, MethodConfig, register
+
+    with pytest.raises(SpecError, match="GatorConfig: gate_epochs must be positive"):
+        latprune.GatorConfig(gate_epochs=0)
+    with pytest.raises(SpecError, match="HalpConfig: unknown importance 'magic'; known: taylor, taylor2, l1, measured"):
+        latprune.HalpConfig(importance="magic")
+    assert latprune.HalpConfig(importance="measured").needs_data and not latprune.HalpConfig(importance="l1").needs_data
+
+    class Impostor(MethodConfig):
+        name = "gator"
+
+    with pytest.raises(ValueError, match="taken by GatorConfig"):
+        register(Impostor)
+    assert CONFIGS["gator"] is latprune.GatorConfig
+
+
+def test_export_of_an_unsaved_result_needs_a_path(lut: latprune.LUT, tmp_path: Path) -> None:
+    result = latprune.prune(tiny_resnet(), lut, "0.8x", example_input=TINY_INPUT, method="uniform-l1",
+                            progress=False)
+    with pytest.raises(SpecError, match="export needs path="):
+        latprune.export(result, "onnx")
+    with pytest.raises(SpecError, match="unknown export option"):
+        latprune.export(result, "onnx", tmp_path / "b", colour="red")
+    bundle = latprune.export(result, "onnx", tmp_path / "b", exporter="torchscript")
+    x = torch.randn(*TINY_INPUT)
+    with torch.no_grad():
+        assert abs(bundle.run(x.numpy())[0] - result.model(x).numpy()).max() <= 1e-4
+    assert bundle.meta["budget"]["ms"] == result.metrics["budget_ms"] and bundle.meta["source"]["run_dir"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_the_cli_refuses_a_flag_the_method_does_not_take(capsys: pytest.CaptureFixture[str], lut: latprune.LUT,
+                                                         model_file: str, tmp_path: Path) -> None:
+    from tests.conftest import cli_fails
+
+    cli_fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", str(lut.path), "--budget", "0.5x",
+                       "-o", str(tmp_path / "r"), "--method", "halp", "--gate-epochs", "1", "--backend", "fake",
+                       "--threads", "1"], "--gate-epochs does not apply to --method halp")
+    assert not (tmp_path / "r").exists()
