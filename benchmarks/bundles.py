@@ -1,10 +1,10 @@
-"""Build ONNX and AOTInductor bundles of existing run directories, run them, print JSON.
+"""Benchmark: ONNX and AOTInductor bundles of existing run directories, built, run and measured.
 
-For the README figures: for each RUN_DIR given, `latprune export` (ONNX, then
-AOTI) into RUN_DIR/bundle-onnx and RUN_DIR/bundle-aoti (replacing earlier
-bundles), then `latprune run` on each; prints one JSON object with parity,
-the latency measured at export and again by `run`, and the budget. Run it when
-the machine is quiet: the numbers are timings.
+For each RUN_DIR given: `latprune.export` (ONNX, then AOTI) into RUN_DIR/bundle-onnx
+and RUN_DIR/bundle-aoti (replacing earlier bundles), then `Bundle.measure` on each;
+prints one JSON object with parity, the latency measured at export and again, and
+the budget (BENCHMARKS.md, deployment bundles). Run it when the machine is quiet:
+the numbers are timings.
 
 Run directories for the Done-when models, data-free (random init where a model
 has no weights; nothing is downloaded):
@@ -12,13 +12,10 @@ has no weights; nothing is downloaded):
     for m in default torchvision:resnet18 torchvision:mobilenet_v2 torchvision:efficientnet_b0; do
         n=$(echo $m | tr ':' '_')
         latprune profile $m -o runs/check/$n.lut --threads 1
-        latprune prune $m --lut runs/check/$n.lut --budget 0.5x --epochs 0 --importance l1 \\
+        latprune prune $m --lut runs/check/$n.lut --budget 0.5x --epochs 0 --method halp --importance l1 \\
             --threads 1 -o runs/check/$n
     done
-    python scripts/bundle_check.py runs/check/* --threads 1 > bundle_check.json
-
-(with the method registry of issue #4, add `--method halp`, or any method that
-prunes without data.)
+    python benchmarks/bundles.py runs/check/* --threads 1 > benchmarks/results/bundles.json
 """
 
 from __future__ import annotations
@@ -33,17 +30,18 @@ from typing import Any
 
 def check(run_dir: Path, formats: list[str], threads: int | None, repeat: int) -> dict[str, Any]:
     """Bundles of one run directory, each built, checked, measured and run."""
-    from latprune.exporters.bundle import ExportOptions, write_bundle
-    from latprune.run import run_bundle
+    import latprune
 
+    run = latprune.load(run_dir)  # runs of models latprune builds by name (the commands above)
     result: dict[str, Any] = {}
     for fmt in formats:
         t0 = time.time()
-        meta = write_bundle(run_dir, None, ExportOptions(format=fmt, threads=threads), force=True)
+        bundle = latprune.export(run, fmt, run_dir / f"bundle-{fmt}", overwrite=True, threads=threads)
         build_s = time.time() - t0
-        ran = run_bundle(meta["path"], repeat=repeat)
+        meta = bundle.meta
+        ran = bundle.measure(repeat=repeat)
         result[fmt] = {
-            "bundle": meta["path"],
+            "bundle": str(bundle.path),
             "export": meta["export"],
             "parity_max_abs_diff": meta["parity"]["max_abs_diff"],
             "parity_passed": meta["parity"]["passed"],
@@ -66,13 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories from `latprune prune`")
     parser.add_argument("--formats", default="onnx,aoti", help="comma-separated formats (default onnx,aoti)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: each run's)")
-    parser.add_argument("--repeat", type=int, default=300, help="timed runs for `latprune run` (default 300)")
+    parser.add_argument("--repeat", type=int, default=300, help="timed runs of the second measurement (default 300)")
     args = parser.parse_args(argv)
-    from latprune.errors import LatpruneError
+    from latprune import LatpruneError
 
     out: dict[str, Any] = {}
     for run_dir in args.run_dirs:
-        print(f"bundle_check: {run_dir}", file=sys.stderr)
+        print(f"bundles: {run_dir}", file=sys.stderr)
         try:
             out[str(run_dir)] = check(run_dir, args.formats.split(","), args.threads, args.repeat)
         except LatpruneError as exc:
