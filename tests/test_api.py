@@ -64,11 +64,17 @@ def test_the_user_finetune_and_evaluate_are_called(lut: latprune.LUT) -> None:
 
     def finetune(model: torch.nn.Module) -> None:
         tuned.append(sum(p.numel() for p in model.parameters()))
+        model.train()  # left in training mode: the prune puts it back in eval mode
 
     result = latprune.prune(tiny_resnet(), lut, 0.25, example_input=TINY_INPUT, method="uniform-l1",
-                            finetune=finetune, evaluate=lambda model: 0.5, progress=False)
+                            finetune=finetune, evaluate=lambda model: torch.tensor(0.5), progress=False)
     assert tuned and result.metrics["accuracy"] == 0.5 and result.metrics["base"]["accuracy"] == 0.5
+    assert type(result.metrics["accuracy"]) is float and not result.model.training
     assert result.metrics["budget"]["spec"] == "0.25ms" and result.metrics["budget_ms"] == 0.25
+    assert result.metrics["config"]["finetune"] == "the caller's" and "total_s" in result.metrics["timings_s"]
+    with pytest.raises(SpecError, match="evaluate must return a number"):
+        latprune.prune(tiny_resnet(), lut, 0.25, example_input=TINY_INPUT, method="uniform-l1",
+                       evaluate=lambda model: "good", progress=False)
 
 
 def test_the_builtin_loops_train_on_the_loaders(lut: latprune.LUT) -> None:
@@ -98,7 +104,8 @@ def test_bad_input_is_refused_before_any_work(lut: latprune.LUT, call: dict, mat
 
 
 def test_method_configs_validate_themselves_and_register_once() -> None:
-    from latprune.pruner.configs import CONFIGS, MethodConfig, register
+    from latprune.pruner.configs import CONFIGS, MethodConfig
+    from latprune.pruner.methods import METHODS, register_method, uniform_l1
 
     with pytest.raises(SpecError, match="GatorConfig: gate_epochs must be positive"):
         latprune.GatorConfig(gate_epochs=0)
@@ -110,8 +117,10 @@ def test_method_configs_validate_themselves_and_register_once() -> None:
         name = "gator"
 
     with pytest.raises(ValueError, match="taken by GatorConfig"):
-        register(Impostor)
-    assert CONFIGS["gator"] is latprune.GatorConfig
+        register_method(Impostor, uniform_l1)
+    with pytest.raises(ValueError, match="GatorConfig already runs gator"):
+        register_method(latprune.GatorConfig, uniform_l1)
+    assert CONFIGS["gator"] is latprune.GatorConfig and Impostor not in METHODS
 
 
 def test_export_of_an_unsaved_result_needs_a_path(lut: latprune.LUT, tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ def onnx_bundle(model_file: str, tiny_run: Path) -> Path:
 @pytest.fixture(scope="session")
 def aoti_bundle(model_file: str, tiny_run: Path) -> Path:
     """The file's only AOTInductor compile: default location, dynamic batch."""
-    assert main(["export", str(tiny_run), "--model", model_file, "--format", "aoti", "--dynamic-batch", "--max-batch", "4",
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "aoti", "--dynamic-batch",
+                 "--max-batch", "4",
                  "--json"]) == 0
     return tiny_run / "bundle-aoti"
 
@@ -246,14 +247,16 @@ def test_fingerprint_mismatch_warns(capsys: pytest.CaptureFixture[str], onnx_bun
     assert r["threads"] == 2 and [d["field"] for d in r["fingerprint_mismatch"]] == ["threads"]
 
 
-def test_existing_bundle_needs_force(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, onnx_bundle: Path,
+def test_existing_bundle_needs_force(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
+                                     onnx_bundle: Path,
                                      tmp_path: Path) -> None:
     target = _copy(onnx_bundle, tmp_path)
     before = _snapshot(target)
     _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(target)], "--force")
     assert _snapshot(target) == before
     # --force replaces a bundle (here with a TorchScript-exported, dynamic-batch one) ...
-    assert main(["export", str(tiny_run), "--model", model_file, "-o", str(target), "--force", "--exporter", "torchscript",
+    assert main(["export", str(tiny_run), "--model", model_file, "-o", str(target), "--force", "--exporter",
+                 "torchscript",
                  "--dynamic-batch", "--max-batch", "8", "--json"]) == 0
     r = _json(capsys)
     assert r["export"]["exporter"] == "torchscript" and r["export"]["opset"] == 17
@@ -263,16 +266,22 @@ def test_existing_bundle_needs_force(model_file: str, capsys: pytest.CaptureFixt
     stranger = tmp_path / "photos"
     stranger.mkdir()
     (stranger / "cat.jpg").write_bytes(b"meow")
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(stranger), "--force"], "not a latprune bundle")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(stranger), "--force"],
+                    "not a latprune bundle")
     assert (stranger / "cat.jpg").read_bytes() == b"meow"
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(tiny_run), "--force"], "would replace the run directory")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(tiny_run), "--force"],
+                    "would replace the run directory")
 
 
-def test_failed_export_leaves_nothing(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+def test_failed_export_leaves_nothing(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
+                                      tmp_path: Path) -> None:
     out = tmp_path / "b"
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--threads", "0"], "threads must be at least 1")
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--fp16"], "fp16 applies to format tensorrt only")
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "onnx", "--device", "cuda"],
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--threads", "0"],
+                    "threads must be at least 1")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--fp16"],
+                    "fp16 applies to format tensorrt only")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "onnx", "--device",
+                    "cuda"],
            "device applies to format aoti only")
     _fails(capsys, ["export", str(tmp_path / "norun"), "-o", str(out)], "is not a run directory")
     damaged = tmp_path / "damaged"
@@ -283,18 +292,22 @@ def test_failed_export_leaves_nothing(model_file: str, capsys: pytest.CaptureFix
     (damaged / "model.pt").write_bytes(b"garbage")
     _fails(capsys, ["export", str(damaged), "--model", model_file, "-o", str(out)], "is not a readable state_dict")
     if not torch.cuda.is_available():
-        _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "aoti", "--device", "cuda"],
+        _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(out), "--format", "aoti",
+                        "--device", "cuda"],
                "needs a CUDA GPU")
     assert not out.exists() and not list(tmp_path.glob(".b*"))
 
 
-def test_export_onnx_file_alone(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+def test_export_onnx_file_alone(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
+                                tmp_path: Path) -> None:
     target = tmp_path / "model.onnx"
-    assert main(["export", str(tiny_run), "--model", model_file, "-o", str(target), "--exporter", "torchscript", "--json"]) == 0
+    assert main(["export", str(tiny_run), "--model", model_file, "-o", str(target), "--exporter", "torchscript",
+                 "--json"]) == 0
     r = _json(capsys)
     assert target.is_file() and r["max_abs_diff"] <= 1e-4 and r["opset"] == 17 and r["exporter"] == "torchscript"
     assert r["input_shape"] == list(TINY_INPUT) and r["output_shape"] == [1, 10]
-    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(target), "--format", "aoti"], "names an .onnx file")
+    _fails(capsys, ["export", str(tiny_run), "--model", model_file, "-o", str(target), "--format", "aoti"],
+                    "names an .onnx file")
 
 
 class _DataDependent(torch.nn.Module):

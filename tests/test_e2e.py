@@ -103,7 +103,8 @@ def test_bench_reports_measured_and_predicted(model_file: str, capsys: pytest.Ca
     assert "budget 0.75x of the base, measured" in prune_text(m)
 
 
-def test_export_rewrites_onnx_with_parity(model_file: str, capsys: pytest.CaptureFixture[str], fake_run: Path, tmp_path: Path) -> None:
+def test_export_rewrites_onnx_with_parity(model_file: str, capsys: pytest.CaptureFixture[str], fake_run: Path,
+                                          tmp_path: Path) -> None:
     target = tmp_path / "again.onnx"
     assert main(["export", str(fake_run), "--model", model_file, "--format", "onnx", "-o", str(target), "--json"]) == 0
     r = _json(capsys)
@@ -435,3 +436,18 @@ def test_negative_retries_are_refused(capsys: pytest.CaptureFixture[str], model_
                  "--method", "uniform-l1", "--epochs", "0", "--retries", "-1", *FAKE]) == 2
     assert "retries must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_pruned_from_a_file_is_loaded_with_its_base_named(capsys: pytest.CaptureFixture[str], fake_run: Path,
+                                                                model_file: str, fake_lut: str,
+                                                                tmp_path: Path) -> None:
+    """latprune never imports code named inside a run directory: a run pruned from a
+    file's model needs ``--model`` to name its base, on every command that loads it."""
+    from tests.conftest import cli_fails
+
+    cli_fails(capsys, ["export", str(fake_run), "-o", str(tmp_path / "b")], "name its base model with --model")
+    cli_fails(capsys, ["bench", str(fake_run), "--lut", fake_lut, *FAKE], "(--model FILE.py:factory)")
+    assert not (tmp_path / "b").exists()
+    assert main(["profile", str(fake_run), "--model", model_file, "--levels", "2", "--passes", "1",
+                 "--calibration-samples", "7", "-o", str(tmp_path / "slim.lut"), *FAKE, "--json"]) == 0
+    assert _json(capsys)["keys"] > 0

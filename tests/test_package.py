@@ -13,7 +13,7 @@ from latprune.errors import SpecError
 
 
 def test_import_is_cheap_and_side_effect_free() -> None:
-    # latprune.cli too: `latprune --help` lists the pruner's choices (pruner.choices) without loading torch
+    # latprune.cli too: `latprune --help` lists the method configs' choices (pruner.configs) without loading torch
     code = ("import sys, latprune, latprune.cli; heavy = [m for m in ('onnxruntime', 'torchvision', 'tensorrt', 'torch', 'onnx') "
             "if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -27,19 +27,23 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
-def test_export_without_tensorrt_says_how_to_install(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
+def test_export_without_tensorrt_says_how_to_install(model_file: str, capsys: pytest.CaptureFixture[str],
+                                                     tiny_run: Path,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "trt"
     for extra in ([], ["--fp16"], ["--int8", "--data", "digits", "--dynamic-batch"]):
-        assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "-o", str(out), *extra]) == 2
+        assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "-o", str(out),
+                     *extra]) == 2
         err = capsys.readouterr().err
         assert "pip install 'latprune[tensorrt]'" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.iterdir())
     assert not (tiny_run / "bundle-tensorrt").exists()
 
 
-def test_int8_needs_calibration_data(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
-    assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "--int8", "-o", str(tmp_path / "b")]) == 2
+def test_int8_needs_calibration_data(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
+                                     tmp_path: Path) -> None:
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "--int8", "-o",
+                 str(tmp_path / "b")]) == 2
     assert "int8 needs calibration data: a data spec" in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--model", model_file, "--format", "onnx", "--int8", "--data", "digits",
                  "-o", str(tmp_path / "b")]) == 2
@@ -169,7 +173,8 @@ def test_tensorrt_bundle_builds_checks_and_runs(model_file: str, capsys: pytest.
     out = tmp_path / f"trt-{precision}"
     extra = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--data", "digits", "--calibration-batches", "4"]}
     cache = tmp_path / "timing.cache"
-    assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "-o", str(out), "--dynamic-batch",
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "tensorrt", "-o", str(out),
+                 "--dynamic-batch",
                  "--max-batch", "8", "--timing-cache", str(cache), *extra[precision], "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["export"]["precision"] == precision and cache.is_file()
@@ -188,9 +193,11 @@ def test_tensorrt_bundle_builds_checks_and_runs(model_file: str, capsys: pytest.
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_aoti_bundle_for_cuda(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path, tmp_path: Path) -> None:
+def test_aoti_bundle_for_cuda(model_file: str, capsys: pytest.CaptureFixture[str], tiny_run: Path,
+                              tmp_path: Path) -> None:
     out = tmp_path / "aoti-cuda"
-    assert main(["export", str(tiny_run), "--model", model_file, "--format", "aoti", "--device", "cuda", "-o", str(out), "--json"]) == 0
+    assert main(["export", str(tiny_run), "--model", model_file, "--format", "aoti", "--device", "cuda", "-o",
+                 str(out), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["export"]["device"] == "cuda" and meta["fingerprint"]["backend"] == "aoti-cuda"
     assert meta["parity"]["max_abs_diff"] <= 1e-4

@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from latprune.budget import Budget, parse_budget
-from latprune.errors import RunDirError, SpecError
+from latprune.errors import LatpruneWarning, RunDirError, SpecError
 from latprune.exporters.bundle import Bundle, ExportOptions, write_bundle
 from latprune.graph.channels import ChannelGraph
 from latprune.latency_lut.backends import get_backend
@@ -104,6 +105,8 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     graph = ChannelGraph.build(module, shape)
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
                        progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine)
+    for message in report.warnings:  # e.g. a calibration measured on a noisy machine
+        warnings.warn(message, LatpruneWarning, stacklevel=2)
     return LUT(Path(path), runner.name, runner.threads, report)
 
 
@@ -142,6 +145,11 @@ def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | No
     if config.needs_data and train_loader is None:
         raise SpecError(f"method {config.name!r} trains or scores on data: pass train_loader= (or prune "
                         "data-free with method=HalpConfig(importance='l1'))")
+    if train_loader is not None:
+        try:
+            len(train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise SpecError("train_loader must have a length (a DataLoader, or a dataset)") from None
     if finetune is None and train_loader is not None:
         finetune = FinetuneConfig()
     if isinstance(finetune, FinetuneConfig):
@@ -203,6 +211,11 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     with open_for_backend(table.path, backend, writable=False) as store:
         outcome = prune_model(base, shape, _name(model, name), store, backend, target, config, training, settings)
     metrics = metrics_of(outcome, base, shape, target, config, backend, str(table.path), settings, data_name)
+    metrics["config"]["finetune"] = (asdict(finetune) if isinstance(finetune, FinetuneConfig) else
+                                     "built-in, FinetuneConfig()" if finetune is None and train_loader is not None else
+                                     None if finetune is None else "the caller's")
+    metrics["config"]["evaluate"] = ("the caller's" if evaluate is not None else
+                                     "top-1 on val_loader" if val_loader is not None else None)
     return PruneResult(outcome.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
 
 
@@ -315,6 +328,7 @@ def export(result: PruneResult | nn.Module, format: str = "onnx", path: PathLike
     if not isinstance(result, PruneResult):
         raise SpecError(f"export takes a PruneResult (from latprune.prune or latprune.load) or a module, not "
                         f"{type(result).__name__}")
+    result = replace(result, model=copy.deepcopy(result.model))  # building moves it (to a GPU, to eval mode)
     if path is None:
         if result.path is None:
             raise SpecError("export needs path=: where to write the bundle (the result was never saved)")

@@ -22,9 +22,9 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all logical CPUs, max 8)")
 
 
-def _add_base(p: argparse.ArgumentParser) -> None:
+def _add_base(p: argparse.ArgumentParser, when: str = "") -> None:
     p.add_argument("--model", default=None, dest="base",
-                   help="the model the run was pruned from, where it is a 'file.py:factory' (latprune never "
+                   help=f"{when}the model the run was pruned from, where it is a 'file.py:factory' (latprune never "
                         "imports code named inside a run directory)")
 
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="'default', 'torchvision:NAME', 'file.py:factory' or a run directory")
     p.add_argument("-o", "--output", required=True, help="LUT file to create or extend (.lut)")
     p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
+    _add_base(p, "when MODEL is a run directory: ")
     p.add_argument("--levels", type=int, default=8, help="width levels per channel group (default 8)")
     p.add_argument("--align", type=int, default=None,
                    help="round widths to multiples of this (default: the backend's, 8 for ort-cpu on AVX2)")
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     p.add_argument("--data", default=None, help="'fashion-mnist', 'digits', 'imagefolder:PATH', 'python:mod:fn'")
     p.add_argument("--input", default=None)
+    _add_base(p, "when MODEL is a run directory: ")
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, fractions allowed (0: none)")
     p.add_argument("--lr", type=float, default=0.01,
                    help="learning rate of fine-tuning and of the method's own training (gates, recovery)")
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model")
     q.add_argument("--lut", required=True)
     q.add_argument("--input", default=None)
+    _add_base(q, "when MODEL is a run directory: ")
     q.add_argument("--samples", type=int, default=50)
     q.add_argument("--seed", type=int, default=1234)
     q.add_argument("--plot", default=None, help="write a PNG scatter of predicted vs measured")
@@ -230,7 +233,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from latprune.specs import load_model, parse_shard
 
     shard = parse_shard(args.shard)
-    spec = load_model(args.model, args.input)
+    spec = load_model(args.model, args.input, args.base)
     if args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
         if ChannelGraph.build(spec.model, spec.input_shape).blocks:
             _warn([f"--calibration-samples {args.calibration_samples} leaves out configurations that remove "
@@ -240,8 +243,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
                   align=args.align, calibration_samples=args.calibration_samples, passes=args.passes,
                   refine=args.refine, recalibrate=args.recalibrate, shard=shard, name=spec.name,
                   progress=not args.json)
-    assert lut.report is not None  # profile() always reports what it measured
-    _warn(lut.report.warnings)
+    assert lut.report is not None  # profile() always reports what it measured (its warnings went to warnings.warn)
     _print(args, lut.report.to_dict(), profile_text)
 
 
@@ -271,7 +273,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise type(exc)(f"{exc} (--force replaces a previous run)") from None
     method = _method(args)
     budget = _budget(args.budget)
-    spec = load_model(args.model, args.input)
+    spec = load_model(args.model, args.input, args.base)
     data_spec = args.data or spec.default_data
     needs_data = method.needs_data or args.epochs > 0
     if needs_data and data_spec is None:
@@ -369,8 +371,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from latprune.specs import base_module
 
     run_dir = Path(args.artifact) if Path(args.artifact).is_dir() else Path(args.artifact).parent
-    base = base_module(run_dir, args.base) if (run_dir / "plan.json").is_file() else None
-    _print(args, bench(args.artifact, args.lut, args.backend, args.threads, base), bench_text)
+    base = base_module(run_dir, args.base) if args.base and (run_dir / "plan.json").is_file() else None
+    try:
+        result = bench(args.artifact, args.lut, args.backend, args.threads, base)
+    except LatpruneError as exc:
+        if "pass the base model" in str(exc):  # a run pruned from the user's own file
+            raise type(exc)(f"{exc} (--model FILE.py:factory)") from None
+        raise
+    _print(args, result, bench_text)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -378,7 +386,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from latprune.report import demo_text
 
     result = run_demo(Path(args.out), args.budget, args.epochs, args.threads, progress=not args.json)
-    _warn(result["profile"]["warnings"])
     _print(args, result, demo_text)
 
 
@@ -428,7 +435,7 @@ def _lut_fidelity(args: argparse.Namespace) -> None:
     from latprune.report import fidelity_text
     from latprune.specs import load_model
 
-    spec = load_model(args.model, args.input)
+    spec = load_model(args.model, args.input, args.base)
     result = fidelity(spec.model, spec.input_shape, LUT.open(args.lut, args.backend, args.threads), args.samples,
                       seed=args.seed, blocks=args.blocks, beside=args.beside, name=spec.name,
                       progress=not args.json).to_dict()
@@ -460,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
             shown(message, category, *rest, **kw)
 
     warnings.showwarning = show
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         from latprune._progress import log_interval_s
 

@@ -35,9 +35,20 @@ TrainData = Union[Dataset, DataLoader, Batches]  # a dataset, or what yields (in
 
 
 def as_batches(data: TrainData, batch_size: int, shuffle: bool, seed: int = 0) -> Any:
-    """``data`` itself when it yields batches (a ``DataLoader``, the user's own), else a loader over the dataset."""
+    """``data`` itself when it yields batches (a ``DataLoader``, the user's own; its shuffling
+    generator, where it has one, set to ``seed``), else a loader over the dataset."""
     if isinstance(data, Dataset):
         return loader(data, batch_size, shuffle=shuffle, seed=seed)
+    return reseeded(data, seed)
+
+
+def reseeded(data: Any, seed: int) -> Any:
+    """``data`` with its shuffling generator (a ``DataLoader``'s, where it has one) set to ``seed``,
+    so that each stage of a prune draws the same batches in every run, whatever the stages
+    before it drew."""
+    generator = getattr(data, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
     return data
 
 

@@ -538,6 +538,7 @@ class Bundle:
         if repeat is not None and repeat < 1:
             raise SpecError(f"repeat must be at least 1, got {repeat}")
         meta, fmt = self.meta, self.format
+        source = input_source or ("standard normal, seed 0" if x is None else "array")
         x = nominal_input(self.input_shape) if x is None else np.ascontiguousarray(x, dtype=np.float32)
         warnings: list[str] = []
         compiled = meta["export"].get("compiled_threads")
@@ -561,7 +562,7 @@ class Bundle:
         return {
             "bundle": str(self.path), "format": fmt.name, "runtime": fmt.runtime,
             "model": meta["source"].get("model"),
-            "input": {"source": input_source or ("standard normal, seed 0" if x is None else "array"),
+            "input": {"source": source,
                       "shape": list(x.shape), "dtype": str(x.dtype)},
             "outputs": [output_summary(n, y) for n, y in zip(names, outputs)],
             "latency_ms": latency, "threads": runner.threads, "budget_ms": budget_ms,

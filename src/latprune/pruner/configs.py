@@ -168,7 +168,8 @@ CONFIGS: dict[str, type[MethodConfig]] = {}
 
 
 def register(config: type[MethodConfig]) -> type[MethodConfig]:
-    """Add a method's config class under its ``name``; a second class with a taken name is an error."""
+    """Add a method's config class under its ``name``; a second class with a taken name is an error.
+    A new method registers with :func:`latprune.pruner.methods.register_method`, which calls this."""
     if not config.name:
         raise ValueError(f"{config.__name__} has no name")
     if config.name in CONFIGS and CONFIGS[config.name] is not config:

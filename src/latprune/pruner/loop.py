@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from latprune.budget import Budget
-from latprune.errors import BudgetError, LatpruneWarning, LutError
+from latprune.errors import BudgetError, LatpruneWarning, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, noise_warning
@@ -57,8 +57,6 @@ class FinetuneConfig:
     distill: bool = False    # distil from the unpruned model while fine-tuning
 
     def __post_init__(self) -> None:
-        from latprune.errors import SpecError
-
         if self.epochs < 0 or self.lr <= 0:
             raise SpecError(f"FinetuneConfig: epochs must be 0 or more and lr positive, not {self.epochs!r} "
                             f"and {self.lr!r}")
@@ -160,8 +158,19 @@ def calibrated_predictor(graph: ChannelGraph, lut: Lut, backend: Backend, progre
     if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
         warnings.append(f"{lut.path}: {noisy}")
     for message in warnings:
-        _warnings.warn(message, LatpruneWarning, stacklevel=3)
+        _warnings.warn(message, LatpruneWarning, stacklevel=4)  # at the caller of latprune.prune
     return Calibrated(Predictor(lut, graph, stored[0]), grid, fit, current, warnings)
+
+
+def score(training: Training, model: nn.Module) -> float | None:
+    """The user's (or the built-in) evaluation of a copy of ``model``, as a float; None without one."""
+    if training.evaluate is None:
+        return None
+    value = training.evaluate(copy.deepcopy(model))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"evaluate must return a number (higher is better), not {type(value).__name__}") from None
 
 
 def measure_base(backend: Backend, base_model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
@@ -206,9 +215,10 @@ def attempt(ctx: Context, training: Training, budget_ms: float, number: int) -> 
     t = time.time()
     if training.finetune is not None:
         training.finetune(decision.slim)
+        decision.slim.cpu().eval()  # the user's loop may leave it on a GPU or in training mode
     timings["finetune_s"] = time.time() - t
     t = time.time()
-    accuracy = training.evaluate(decision.slim) if training.evaluate is not None else None
+    accuracy = score(training, decision.slim)
     timings["eval_s"] = time.time() - t
     t = time.time()
     verified = verify_export(decision.slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms,
@@ -251,7 +261,9 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     drift = base_ms / lut_base_ms
     predictor = calibrated.predictor.rescaled(drift)
     setup_s = time.time() - t0
-    base_accuracy = training.evaluate(base_model) if training.evaluate is not None else None
+    t = time.time()
+    base_accuracy = score(training, base_model)
+    eval_base_s = time.time() - t
 
     attempts: list[dict[str, Any]] = []
     kept: tuple[Attempt, ChannelGraph, Predictor] | None = None
@@ -286,10 +298,11 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
         predictor = Predictor(lut, graph, kept[2].calibration)
     best, best_graph, final_predictor = kept
     plan = plan_of(best_graph, best.decision, calibrated.grid, name, budget_ms, config.name)
-    timings = {"setup_s": setup_s}
+    timings = {"setup_s": setup_s, "eval_s": eval_base_s}
     for record in attempts:
         for key, seconds in record.pop("timings_s", {}).items():
             timings[key] = timings.get(key, 0.0) + seconds
+    timings["total_s"] = time.time() - t0
     return Outcome(best.decision.slim, plan, best, attempts, base_latency, budget_ms, base_accuracy, calibrated,
                    lut_base_ms, drift, final_predictor, timings)
 

@@ -41,6 +41,7 @@ from latprune.pruner.configs import (
     MethodConfig,
     TaylorConfig,
     UniformL1Config,
+    register,
 )
 from latprune.pruner.gates import GateConfig, Gates, latency_penalty
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
@@ -74,22 +75,26 @@ class Context:
             raise TypeError(f"{type(self.config).__name__} ranks no channel importance")
         return self.config
 
-    def batches(self) -> Batches:
+    def batches(self, seed_offset: int = 0) -> Batches:
+        """The training batches, their order seeded by the prune's seed plus ``seed_offset``."""
+        from latprune.train import reseeded
+
         if self.train_loader is None:
             raise SpecError(f"method {self.config.name!r} needs training data: pass train_loader")
-        return self.train_loader
+        return reseeded(self.train_loader, self.seed + seed_offset)
 
-    def scores(self, gates: Gates | None = None, mode: str = "open", batches: int | None = None) -> Scores:
+    def scores(self, gates: Gates | None = None, mode: str = "open", batches: int | None = None,
+               seed_offset: int = 0) -> Scores:
         """Taylor (or L1, when asked) scores of the current model."""
         config = self.importance_config
         if config.importance == "l1":
             return l1_importance(self.graph)
-        return taylor_importance(self.graph, self.batches(), batches or config.importance_batches,
+        return taylor_importance(self.graph, self.batches(seed_offset), batches or config.importance_batches,
                                  order=2 if config.importance == "taylor2" else 1,
                                  progress=self.progress, gates=gates, mode=mode)
 
     def values(self, scores: Scores, options: dict[int, list[int]],
-               keep: dict[int, list[int]] | None) -> dict[int, list[float]]:
+               keep: dict[int, list[int]] | None, seed_offset: int = 0) -> dict[int, list[float]]:
         """Knapsack value of every width option: the kept Taylor score, or with
         importance ``measured`` (halp only) minus the loss increase measured when
         the group alone is cut to the option, the others pruned to ``keep`` (None: unpruned)."""
@@ -97,7 +102,7 @@ class Context:
         if config.importance != "measured":
             return option_values(scores, options)
         losses = option_losses(self.graph, _masked_gates(self, keep), options, scores,
-                               self.batches(), config.importance_batches, progress=self.progress)
+                               self.batches(seed_offset + 1000), config.importance_batches, progress=self.progress)
         return {g: [-v for v in losses[g]] for g in options}
 
     def measure(self, model: nn.Module) -> tuple[float, float | None]:
@@ -238,7 +243,7 @@ def gator(ctx: Context) -> Decision:
     gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
     start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty, "signal": config.gate_signal}
     if config.gate_init == "plan":
-        base_scores = ctx.scores()
+        base_scores = ctx.scores(seed_offset=2)
         plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
         gates.start_from(keep_top(base_scores, plan.widths))
         start.update(predicted_ms=plan.predicted_ms,
@@ -248,7 +253,7 @@ def gator(ctx: Context) -> Decision:
     try:
         train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=gate_config.epochs, lr=config.lr, seed=ctx.seed),
               desc="gate training", penalty=penalty)
-        scores = ctx.scores(gates, mode="hard")
+        scores = ctx.scores(gates, mode="hard", seed_offset=1)
     finally:
         gates.detach()
     with torch.no_grad():
@@ -303,15 +308,16 @@ def halp(ctx: Context) -> Decision:
     for k in range(1, steps):
         budget = ctx.base_ms * (ctx.target_ms / ctx.base_ms) ** (k / steps)
         solution = solve(ctx.predictor, options, scores, budget,
-                         values=ctx.values(scores, options, keep))
+                         values=ctx.values(scores, options, keep, seed_offset=k))
         keep = keep_top(scores, solution.widths)
         options = {g: [w for w in opts if w <= solution.widths[g]] for g, opts in options.items()}
         rounds.append({"budget_ms": budget, "predicted_ms": solution.predicted_ms,
                        "removed_blocks": [b.name for b in ctx.graph.removed_blocks(solution.widths)]})
         gates = _masked_gates(ctx, keep)
         _recover(ctx, gates, config.recover_epochs / max(1, steps - 1), seed=k)
-        scores = ctx.scores(gates, mode="hard") if config.importance != "l1" else ctx.scores()
-    return _knapsack_decision(ctx, scores, options, {"rounds": rounds}, ctx.values(scores, options, keep))
+        scores = ctx.scores(gates, mode="hard", seed_offset=k) if config.importance != "l1" else ctx.scores()
+    return _knapsack_decision(ctx, scores, options, {"rounds": rounds},
+                              ctx.values(scores, options, keep, seed_offset=steps))
 
 
 # -- taylor ------------------------------------------------------------------------------------------
@@ -345,7 +351,7 @@ def taylor(ctx: Context) -> Decision:
         gates = _masked_gates(ctx, keep)
         if rounds <= 8:  # recovery budget: recover_epochs over the first 8 rounds
             _recover(ctx, gates, config.recover_epochs / 8, seed=rounds)
-        scores = ctx.scores(gates, mode="hard") if config.importance != "l1" else scores
+        scores = ctx.scores(gates, mode="hard", seed_offset=rounds) if config.importance != "l1" else scores
         if rounds > 64:
             break
     values = option_values(scores, options)
@@ -467,6 +473,15 @@ def flops(ctx: Context) -> Decision:
 METHODS: dict[type[MethodConfig], Callable[[Context], Decision]] = {
     GatorConfig: gator, HalpConfig: halp, TaylorConfig: taylor, UniformL1Config: uniform_l1, FlopsConfig: flops,
 }
+
+
+def register_method(config: type[MethodConfig], method: Callable[[Context], Decision]) -> None:
+    """Add a method: its config class (under the class's ``name``, :func:`configs.register`) and
+    the function that runs it. A name or a config class taken by another is an error."""
+    if config in METHODS and METHODS[config] is not method:
+        raise ValueError(f"{config.__name__} already runs {METHODS[config].__name__}")
+    register(config)
+    METHODS[config] = method
 
 
 def get_method(config: MethodConfig) -> Callable[[Context], Decision]:

@@ -46,7 +46,7 @@ class PruningPlan:
     groups: tuple[GroupPlan, ...]
     removed_blocks: tuple[str, ...] = ()  # residual blocks replaced by their shortcut
     levels: int = 8                      # width grid the plan was chosen on: levels ...
-    align: int = 1                       # ... and alignment (see pruner.graph.Grid)
+    align: int = 1                       # ... and alignment (see graph.channels.Grid)
     grid_extra: dict[str, list[int]] = field(default_factory=dict)  # ... and widths `profile --refine` added, per root
     budget_ms: float | None = None
     predicted_ms: float | None = None
