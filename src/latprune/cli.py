@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01,
                    help="learning rate of fine-tuning and of the method's own training (gates, recovery)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading processes (default 0: in the main process); imagefolder data wants several")
     p.add_argument("--method", default="gator",
                    help="gator (default: gates trained with the LUT latency loss + knapsack), halp (iterative "
                         "Taylor + latency knapsack, no gate training), taylor, uniform-l1 and flops (baselines)")
@@ -247,15 +249,16 @@ def cmd_profile(args: argparse.Namespace) -> None:
     _print(args, lut.report.to_dict(), profile_text)
 
 
-def _loaders(args: argparse.Namespace, data_spec: str | None) -> tuple[Any, Any, str | None]:
-    """Training and evaluation loaders of the ``--data`` spec (None, None without one)."""
+def _loaders(args: argparse.Namespace, data_spec: str | None,
+             size: tuple[int, int] | None = None) -> tuple[Any, Any, str | None]:
+    """Training and evaluation loaders of the ``--data`` spec (None, None without one), images at ``size``."""
     if data_spec is None:
         return None, None, None
     from latprune.data import load_data, loader, subset
 
-    data = load_data(data_spec)
-    train = loader(data.train, args.batch_size, shuffle=True, seed=0)
-    test = loader(subset(data.test, args.eval_limit), 128, shuffle=False)
+    data = load_data(data_spec, input_size=size)
+    train = loader(data.train, args.batch_size, shuffle=True, seed=0, workers=args.workers)
+    test = loader(subset(data.test, args.eval_limit), 128, shuffle=False, workers=args.workers)
     return train, test, data.name
 
 
@@ -279,7 +282,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if needs_data and data_spec is None:
         raise SpecError(f"model {spec.name!r} has no default data: pass --data (e.g. imagefolder:PATH), "
                         "or prune without data using --method halp --importance l1 --epochs 0")
-    train, test, data_name = _loaders(args, data_spec if needs_data else None)
+    size = tuple(spec.input_shape[-2:]) if len(spec.input_shape) == 4 else None
+    train, test, data_name = _loaders(args, data_spec if needs_data else None, size)
     lut = LUT.open(args.lut, args.backend, args.threads)
     result = prune(spec.model, lut, budget, example_input=spec.input_shape, method=method, train_loader=train,
                    val_loader=test, finetune=FinetuneConfig(args.epochs, args.lr, args.distill) if train else None,

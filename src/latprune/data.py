@@ -6,7 +6,9 @@
   a warning says so;
 - ``digits``: scikit-learn's 8x8 digits, upsampled to 28x28;
 - ``imagefolder:PATH``: ``PATH/train`` and ``PATH/val`` in torchvision's
-  ImageFolder layout;
+  ImageFolder layout, at the model's input size: the standard training
+  augmentation (random resized crop, horizontal flip) and evaluation
+  transform (resize to size / 0.875, centre crop), ImageNet normalisation;
 - ``python:module:fn``: ``fn()`` returns ``(train_dataset, test_dataset)``.
 
 Nothing is downloaded.
@@ -85,8 +87,9 @@ def digits() -> DataSpec:
                     "scikit-learn digits upsampled to 28x28")
 
 
-def load_data(spec: str | None) -> DataSpec:
-    """Resolve a data spec string (see the module docstring)."""
+def load_data(spec: str | None, input_size: tuple[int, int] | None = None) -> DataSpec:
+    """Resolve a data spec string (see the module docstring); ``input_size`` (H, W) sizes the
+    images of ``imagefolder:`` data (default 224×224)."""
     if spec in (None, "fashion-mnist", "default"):
         if fashion_mnist_available():
             return fashion_mnist()
@@ -99,7 +102,7 @@ def load_data(spec: str | None) -> DataSpec:
     if spec == "digits":
         return digits()
     if spec.startswith("imagefolder:"):
-        return _imagefolder(Path(spec.split(":", 1)[1]))
+        return _imagefolder(Path(spec.split(":", 1)[1]), input_size or (224, 224))
     if spec.startswith("python:"):
         return _python_data(spec)
     raise SpecError(
@@ -107,7 +110,12 @@ def load_data(spec: str | None) -> DataSpec:
     )
 
 
-def _imagefolder(root: Path) -> DataSpec:
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _imagefolder(root: Path, size: tuple[int, int]) -> DataSpec:
+    """Training images augmented (random resized crop to ``size``, horizontal flip), evaluation
+    images resized to ``size / 0.875`` and centre-cropped: the usual ImageNet recipe at any size."""
     try:
         from torchvision import datasets, transforms
     except ImportError:
@@ -117,12 +125,20 @@ def _imagefolder(root: Path) -> DataSpec:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise SpecError(f"imagefolder data needs {root / split}/CLASS/*.jpg; it is missing")
-    tf = transforms.Compose([
-        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
-    train = datasets.ImageFolder(str(root / "train"), tf)
-    test = datasets.ImageFolder(str(root / "val"), tf)
+    normalise = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                   *normalise])
+    eval_tf = transforms.Compose([transforms.Resize(tuple(round(s / 0.875) for s in size)),
+                                  transforms.CenterCrop(size), *normalise])
+    try:
+        train = datasets.ImageFolder(str(root / "train"), train_tf)
+        test = datasets.ImageFolder(str(root / "val"), eval_tf)
+    except (FileNotFoundError, OSError) as exc:  # no class folders, or no image in them
+        raise SpecError(f"imagefolder data at {root}: {exc}; it needs {root}/train/CLASS/*.jpg and "
+                        f"{root}/val/CLASS/*.jpg") from None
+    if train.classes != test.classes:
+        raise SpecError(f"imagefolder data at {root}: train has classes {train.classes[:5]}…, val "
+                        f"{test.classes[:5]}…; both need the same class folders")
     return DataSpec(f"imagefolder:{root}", train, test, len(train.classes), f"ImageFolder at {root}")
 
 
@@ -155,6 +171,11 @@ def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     return Subset(dataset, idx.tolist())
 
 
-def loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0) -> DataLoader:
+    """Batches of ``dataset``, shuffled by a generator seeded with ``seed``; ``workers`` processes
+    decode them (pinned memory where CUDA is available, for the copies to a GPU)."""
+    if workers < 0:
+        raise SpecError(f"workers must be 0 or more, not {workers}")
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
+                      pin_memory=workers > 0 and torch.cuda.is_available(), persistent_workers=workers > 0)

@@ -127,7 +127,11 @@ def train(
     losses: list[float] = []
     correct = seen = step = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=False)  # our own file: optimizer states hold Python objects
+        try:
+            state = torch.load(checkpoint, weights_only=True)  # tensors and plain containers, no code
+        except Exception as exc:
+            raise ValueError(f"{checkpoint} is not a training checkpoint latprune can read ({type(exc).__name__}); "
+                             "delete it to start again") from None
         if state["steps"] != steps or state["config"] != repr(config):
             raise ValueError(f"{checkpoint} was saved by another training run ({state['config']}, "
                              f"{state['steps']} steps); delete it to start again")
