@@ -146,3 +146,43 @@ def test_the_cli_refuses_a_flag_the_method_does_not_take(capsys: pytest.CaptureF
                        "-o", str(tmp_path / "r"), "--method", "halp", "--gate-epochs", "1", "--backend", "fake",
                        "--threads", "1"], "--gate-epochs does not apply to --method halp")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("device", "precision", "match"), [
+    ("cpu", "fp64", "unknown precision 'fp64'; known: fp32, bf16, fp16"),
+    ("tpu", "fp32", "device 'tpu' is not a device"),
+    ("cpu", "fp16", "fp16 trains with a gradient scaler on CUDA only; use bf16 on the CPU"),
+    pytest.param("cuda", "fp32", r"torch.cuda.is_available\(\) is False",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+])
+def test_devices_and_precisions_that_cannot_run_here_are_refused(device: str, precision: str, match: str) -> None:
+    from latprune.train import Compute
+
+    with pytest.raises(SpecError, match=match):
+        Compute.resolve(device, precision)
+
+
+def test_bf16_training_on_the_cpu(lut: latprune.LUT) -> None:
+    """Gate training, fine-tuning and evaluation under bf16 autocast; the model comes back in fp32 on the CPU."""
+    result = latprune.prune(tiny_resnet(), lut, "0.8x", example_input=TINY_INPUT,
+                            method=latprune.GatorConfig(gate_epochs=0.5, importance_batches=2),
+                            train_loader=_loader(), val_loader=_loader(32), finetune=latprune.FinetuneConfig(0.5),
+                            device="cpu", precision="bf16", progress=False)
+    assert result.metrics["config"]["compute"] == {"device": "cpu", "precision": "bf16"}
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in result.model.parameters())
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_on_cuda(lut: latprune.LUT, precision: str) -> None:
+    """Gates on the CPU, the model on the GPU: gate training, fine-tuning and evaluation run there,
+    and the slimmed model comes back on the CPU for slimming, export and measurement."""
+    result = latprune.prune(tiny_resnet(), lut, "0.8x", example_input=TINY_INPUT,
+                            method=latprune.GatorConfig(gate_epochs=0.5, importance_batches=2),
+                            train_loader=_loader(), val_loader=_loader(32), finetune=latprune.FinetuneConfig(0.5),
+                            device="cuda", precision=precision, progress=False)
+    assert result.metrics["config"]["compute"]["device"] == "cuda"
+    assert all(p.device.type == "cpu" for p in result.model.parameters())
+    assert result.metrics["method_details"]["gates"]["steps"] > 0

@@ -124,3 +124,12 @@ def test_model_without_default_data_needs_data(capsys: pytest.CaptureFixture[str
                                               fake_lut: str, tmp_path: Path) -> None:
     _fails(capsys, ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.8x",
                     "-o", str(tmp_path / "run"), *FAKE], "--data")
+
+
+def test_training_devices_that_cannot_run_here(capsys: pytest.CaptureFixture[str], model_file: str, fake_lut: str,
+                                               tmp_path: Path) -> None:
+    argv = ["prune", model_file, "--input", "1x1x28x28", "--lut", fake_lut, "--budget", "0.8x", "-o",
+            str(tmp_path / "run"), "--data", "digits", *FAKE]
+    _fails(capsys, [*argv, "--precision", "fp16", "--device", "cpu"], "use bf16 on the CPU")
+    _fails(capsys, [*argv, "--device", "gpu0"], "device 'gpu0' is not a device")
+    assert not (tmp_path / "run").exists()

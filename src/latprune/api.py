@@ -35,6 +35,7 @@ from latprune.models import registered_model
 from latprune.pruner.configs import MethodConfig, method_config
 from latprune.pruner.loop import FinetuneConfig, Settings, Training, metrics_of, prune_model
 from latprune.pruner.plan import PruningPlan
+from latprune.train import Compute
 
 PathLike = str | Path
 
@@ -140,7 +141,7 @@ def _budget(budget: str | float | Budget) -> Budget:
 
 def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | None, val_loader: Iterable | None,
               finetune: Callable[[nn.Module], None] | FinetuneConfig | None,
-              evaluate: Callable[[nn.Module], float] | None, seed: int) -> Training:
+              evaluate: Callable[[nn.Module], float] | None, seed: int, compute: Compute) -> Training:
     """The callables the prune trains and scores with: the user's, or the built-in loops on the loaders."""
     if config.needs_data and train_loader is None:
         raise SpecError(f"method {config.name!r} trains or scores on data: pass train_loader= (or prune "
@@ -155,21 +156,21 @@ def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | No
     if isinstance(finetune, FinetuneConfig):
         if train_loader is None:
             raise SpecError("the built-in fine-tuning (FinetuneConfig) trains on train_loader=; pass one")
-        finetune = _builtin_finetune(finetune, train_loader, base, seed)
+        finetune = _builtin_finetune(finetune, train_loader, base, seed, compute)
     elif finetune is not None and not callable(finetune):
         raise SpecError(f"finetune must be a callable fn(model) -> None or a FinetuneConfig, not {finetune!r}")
     if evaluate is None and val_loader is not None:
         from latprune.train import evaluate as top1
 
         def evaluate(model: nn.Module) -> float:
-            return top1(model, val_loader)
+            return top1(model, val_loader, compute=compute)
     elif evaluate is not None and not callable(evaluate):
         raise SpecError(f"evaluate must be a callable fn(model) -> float, not {evaluate!r}")
-    return Training(train_loader, finetune, evaluate)
+    return Training(train_loader, finetune, evaluate, compute)
 
 
-def _builtin_finetune(config: FinetuneConfig, loader: Iterable, base: nn.Module,
-                      seed: int) -> Callable[[nn.Module], None] | None:
+def _builtin_finetune(config: FinetuneConfig, loader: Iterable, base: nn.Module, seed: int,
+                      compute: Compute) -> Callable[[nn.Module], None] | None:
     from latprune.train import TrainConfig, train
 
     if config.epochs <= 0:
@@ -177,7 +178,7 @@ def _builtin_finetune(config: FinetuneConfig, loader: Iterable, base: nn.Module,
     teacher = base if config.distill else None
 
     def finetune(model: nn.Module) -> None:
-        train(model, loader, TrainConfig(epochs=config.epochs, lr=config.lr, seed=seed,
+        train(model, loader, TrainConfig(epochs=config.epochs, lr=config.lr, seed=seed, compute=compute,
                                          distill_alpha=0.5 if teacher is not None else 0.0),
               teacher=teacher, desc="fine-tune")
     return finetune
@@ -187,16 +188,19 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
           example_input: torch.Tensor | Sequence[int], method: str | MethodConfig = "gator",
           train_loader: Iterable | None = None, val_loader: Iterable | None = None,
           finetune: Callable[[nn.Module], None] | FinetuneConfig | None = None,
-          evaluate: Callable[[nn.Module], float] | None = None, retries: int = 1, seed: int = 0,
-          name: str | None = None, data_name: str | None = None, progress: bool = True) -> PruneResult:
+          evaluate: Callable[[nn.Module], float] | None = None, device: str = "auto", precision: str = "fp32",
+          retries: int = 1, seed: int = 0, name: str | None = None, data_name: str | None = None,
+          progress: bool = True) -> PruneResult:
     """Prune ``model`` (unchanged) to ``budget`` — a fraction of its measured latency
     (``"0.5x"``), or milliseconds (``8.0`` or ``"8ms"``) — against ``lut``.
 
     ``method`` is a method name or its config (:class:`GatorConfig`, ...). The
     built-in loops train on ``train_loader`` and score on ``val_loader``; or pass
     ``finetune(model) -> None`` and ``evaluate(model) -> float`` (higher is better).
-    With neither, the prune is data-free: no fine-tuning, no accuracy. The result's
-    latency is measured on the LUT's backend, never only predicted.
+    With neither, the prune is data-free: no fine-tuning, no accuracy. The built-in loops and
+    the method's own training (gates, recovery) run on ``device`` (auto: CUDA when available)
+    at ``precision`` (fp32, bf16, fp16 on CUDA); the user's callables get the model on the CPU
+    and may move it. The result's latency is measured on the LUT's backend, never only predicted.
     """
     base = _module(model)
     shape = _input_shape(example_input)
@@ -204,8 +208,9 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     config = method_config(method)
     if not isinstance(retries, int) or retries < 0:
         raise SpecError(f"retries must be 0 or more, not {retries!r}")
+    compute = Compute.resolve(device, precision)
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
-    training = _training(base, config, train_loader, val_loader, finetune, evaluate, seed)
+    training = _training(base, config, train_loader, val_loader, finetune, evaluate, seed, compute)
     settings = Settings(retries=retries, seed=seed, progress=progress)
     backend = get_backend(table.backend, table.threads)
     with open_for_backend(table.path, backend, writable=False) as store:
@@ -216,6 +221,7 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
                                      None if finetune is None else "the caller's")
     metrics["config"]["evaluate"] = ("the caller's" if evaluate is not None else
                                      "top-1 on val_loader" if val_loader is not None else None)
+    metrics["config"]["compute"] = asdict(compute)
     return PruneResult(outcome.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
 
 

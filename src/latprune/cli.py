@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latprune.errors import LatpruneError, LatpruneWarning, SpecError
-from latprune.pruner.configs import CONFIGS, MethodConfig, field_default, method_config, option_fields
+from latprune.pruner.configs import (
+    CONFIGS,
+    MethodConfig,
+    field_default,
+    method_config,
+    option_fields,
+)
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
@@ -117,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01,
                    help="learning rate of fine-tuning and of the method's own training (gates, recovery)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto",
+                   help="where training and evaluation run: auto (CUDA when available, default), cpu, cuda, cuda:N "
+                        "(the latency backend is separate: --backend)")
+    p.add_argument("--precision", default="fp32", help="training precision: fp32 (default), bf16, fp16 (CUDA)")
     p.add_argument("--workers", type=int, default=0,
                    help="data-loading processes (default 0: in the main process); imagefolder data wants several")
     p.add_argument("--method", default="gator",
@@ -268,8 +278,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from latprune.pruner.loop import FinetuneConfig
     from latprune.report import prune_text
     from latprune.specs import load_model
+    from latprune.train import Compute
 
     out = Path(args.output)
+    Compute.resolve(args.device, args.precision)  # refused before any work
     try:
         check_run_target(out, args.force)  # before any work: a long prune must not end in this
     except LatpruneError as exc:
@@ -287,7 +299,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     lut = LUT.open(args.lut, args.backend, args.threads)
     result = prune(spec.model, lut, budget, example_input=spec.input_shape, method=method, train_loader=train,
                    val_loader=test, finetune=FinetuneConfig(args.epochs, args.lr, args.distill) if train else None,
-                   retries=args.retries, name=spec.name, data_name=data_name, progress=not args.json)
+                   device=args.device, precision=args.precision, retries=args.retries, name=spec.name,
+                   data_name=data_name, progress=not args.json)
     result.save(out, overwrite=args.force)
     m = result.metrics
     _print(args, m, prune_text)

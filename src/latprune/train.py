@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from latprune._io import atomic_write_with
 from latprune._progress import bar as progress_bar
 from latprune.data import loader
+from latprune.errors import SpecError
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 TrainData = Union[Dataset, DataLoader, Batches]  # a dataset, or what yields (inputs, labels) batches
@@ -52,6 +53,57 @@ def reseeded(data: Any, seed: int) -> Any:
     return data
 
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where training and evaluation run: a device and the autocast precision.
+
+    >>> Compute.resolve("cpu", "bf16")
+    Compute(device='cpu', precision='bf16')
+    """
+
+    device: str = "cpu"        # a torch device: cpu, cuda, cuda:N
+    precision: str = "fp32"    # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, on CUDA only)
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "fp32") -> Compute:
+        """``device="auto"``: CUDA when it is available, else the CPU. Refuses what cannot run here."""
+        if precision not in PRECISIONS:
+            raise SpecError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            kind = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise SpecError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if kind.type not in ("cpu", "cuda"):
+            raise SpecError(f"device {device!r}: latprune trains on cpu or cuda")
+        if kind.type == "cuda":
+            if not torch.cuda.is_available():
+                raise SpecError(f"device {device!r} asked for, but torch.cuda.is_available() is False here; "
+                                "use device 'cpu' (or 'auto')")
+            if kind.index is not None and kind.index >= torch.cuda.device_count():
+                raise SpecError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if precision == "fp16" and kind.type != "cuda":
+            raise SpecError("precision fp16 trains with a gradient scaler on CUDA only; use bf16 on the CPU")
+        return cls(str(kind), precision)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def autocast(self) -> Any:
+        """The autocast context of this precision (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.torch_device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def scaler(self) -> Any:
+        """A gradient scaler, active for fp16 alone."""
+        return torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 1.0          # fractional epochs allowed: 0.25 = a quarter of the train set
@@ -63,6 +115,7 @@ class TrainConfig:
     distill_alpha: float = 0.0   # weight of KL to the teacher's logits (0: no distillation)
     temperature: float = 4.0     # distillation temperature
     seed: int = 0
+    compute: Compute = Compute()  # device and precision
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -101,7 +154,8 @@ def train(
     checkpoint: Path | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``dataset`` (a dataset, or a loader of (inputs, labels)
-    batches used as it is); returns the per-step losses.
+    batches used as it is) on ``config.compute``'s device and precision; returns the
+    per-step losses. The model (and ``teacher``) come back on the CPU, in eval mode.
 
     ``checkpoint``: a file to save the training state to after every full
     pass over the data, and to resume from when it exists (written
@@ -119,7 +173,11 @@ def train(
         raise ValueError("training data must have a length (a Dataset or a DataLoader)") from None
     data_gen = getattr(data, "generator", None)  # replays the data order on resume, where the loader has one
     fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
-    model.to(memory_format=fmt)  # parameters keep their identity: optimizers stay valid
+    device = config.compute.torch_device
+    model.to(device=device, memory_format=fmt)  # before the optimizers: they hold the parameters as moved
+    if teacher is not None:
+        teacher.to(device)
+    scaler = config.compute.scaler()
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
@@ -128,7 +186,7 @@ def train(
     correct = seen = step = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         try:
-            state = torch.load(checkpoint, weights_only=True)  # tensors and plain containers, no code
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and containers
         except Exception as exc:
             raise ValueError(f"{checkpoint} is not a training checkpoint latprune can read ({type(exc).__name__}); "
                              "delete it to start again") from None
@@ -153,28 +211,23 @@ def train(
                 break
             if config.augment:
                 x = _augment(x, gen)
-            x = x.contiguous(memory_format=fmt)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            y = y.to(device, non_blocking=True)
             if penalty is not None:
                 penalty.before_forward()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            logits, loss = _task_loss(model, teacher, x, y, config)
             fields: dict[str, str] = {}
-            if teacher is not None and config.distill_alpha > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                t = config.temperature
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean")
-                loss = (1 - config.distill_alpha) * loss + config.distill_alpha * t * t * kd
             if penalty is not None:
-                term, fields = penalty.loss()
-                loss = loss + term
+                term, fields = penalty.loss()  # on the CPU, where the gates and the LUT tables live
+                loss = loss + term.to(loss.device)
             opt.zero_grad(set_to_none=True)
             if extra_opt is not None:
                 extra_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
             if extra_opt is not None:
-                extra_opt.step()
+                scaler.step(extra_opt)
+            scaler.update()
             sched.step()
             losses.append(float(loss.detach()))
             correct += int((logits.argmax(1) == y).sum())
@@ -191,9 +244,27 @@ def train(
                          "losses": losses, "correct": correct, "seen": seen}
                 atomic_write_with(checkpoint, lambda tmp: torch.save(state, tmp))
     bar.close()
-    model.to(memory_format=torch.contiguous_format)
+    model.to(device="cpu", memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to("cpu")
     model.eval()
     return losses
+
+
+def _task_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+               config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the task loss (cross-entropy, and distillation from ``teacher``) under autocast; the
+    loss in fp32."""
+    with config.compute.autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if teacher is not None and config.distill_alpha > 0:
+            with torch.no_grad():
+                t_logits = teacher(x).float()
+            t = config.temperature
+            kd = F.kl_div(F.log_softmax(logits.float() / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean")
+            loss = (1 - config.distill_alpha) * loss + config.distill_alpha * t * t * kd
+    return logits, loss
 
 
 def channels_last_is_safe(model: nn.Module) -> bool:
@@ -207,11 +278,20 @@ def channels_last_is_safe(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: TrainData, batch_size: int = 128) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (a dataset or a loader of batches; 0..1)."""
+def evaluate(model: nn.Module, dataset: TrainData, batch_size: int = 128, compute: Compute = Compute()) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (a dataset or a loader of batches; 0..1), on
+    ``compute``'s device and precision; the model goes back where it was."""
     model.eval()
+    home = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    device = compute.torch_device
+    model.to(device)
     correct = total = 0
-    for x, y in as_batches(dataset, batch_size, shuffle=False):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
+    try:
+        for x, y in as_batches(dataset, batch_size, shuffle=False):
+            with compute.autocast():
+                predicted = model(x.to(device, non_blocking=True)).argmax(1).cpu()
+            correct += int((predicted == y).sum())
+            total += len(y)
+    finally:
+        model.to(home)
     return correct / max(total, 1)

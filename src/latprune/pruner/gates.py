@@ -140,14 +140,15 @@ class Gates(nn.Module):
         def scale(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
             if not self.current:
                 self.refresh()
-            gate = self.current[gid]
+            # the gates live on the CPU; the model may run on a GPU, at a lower precision
+            gate = self.current[gid].to(out.device, out.dtype)
             shape = [1] * out.dim()
             shape[-1 if isinstance(module, nn.Linear) else 1] = -1
             out = out * gate.view(shape)
             if block is not None:
                 inner = self.current[self.blocks[block].group]
                 alive = (inner.detach().sum() > 0).float()  # every inner channel closed: no branch at all
-                out = out * (self.block_current[block] * alive)
+                out = out * (self.block_current[block] * alive).to(out.device, out.dtype)
             return out
 
         return scale

@@ -46,6 +46,7 @@ from latprune.pruner.configs import MethodConfig
 from latprune.pruner.methods import Batches, Context, Decision, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from latprune.runtime.onnx import OnnxReport, checked_onnx
+from latprune.train import Compute
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Training:
     train_loader: Batches | None = None
     finetune: Callable[[nn.Module], None] | None = None
     evaluate: Callable[[nn.Module], float] | None = None
+    compute: Compute = Compute()  # the device and precision of the method's own training
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,7 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     while True:
         ctx = Context(graph, predictor, backend, calibrated.grid, attempt_budget_ms, base_ms, config,
                       training.train_loader, base_model if budget.relative else None, settings.seed,
-                      settings.progress)
+                      settings.progress, training.compute)
         try:
             result = attempt(ctx, training, budget_ms, len(attempts) + 1)
         except BudgetError as exc:

@@ -46,6 +46,7 @@ from latprune.pruner.configs import (
 from latprune.pruner.gates import GateConfig, Gates, latency_penalty
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
+from latprune.train import Compute
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -68,6 +69,7 @@ class Context:
     base_model: nn.Module | None = None  # set with a relative budget: candidates are measured beside it
     seed: int = 0
     progress: bool = True
+    compute: Compute = Compute()  # where gate training and recovery run
 
     @property
     def importance_config(self) -> ImportanceConfig:
@@ -251,7 +253,8 @@ def gator(ctx: Context) -> Decision:
     penalty = latency_penalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
     gates.attach()
     try:
-        train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=gate_config.epochs, lr=config.lr, seed=ctx.seed),
+        train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=gate_config.epochs, lr=config.lr, seed=ctx.seed,
+                                                          compute=ctx.compute),
               desc="gate training", penalty=penalty)
         scores = ctx.scores(gates, mode="hard", seed_offset=1)
     finally:
@@ -289,7 +292,7 @@ def _recover(ctx: Context, gates: Gates, epochs: float, seed: int) -> None:
     try:
         gates.refresh()
         train(ctx.graph.model, ctx.train_loader, TrainConfig(epochs=epochs, lr=ctx.importance_config.lr,
-              seed=ctx.seed + seed), desc="recover")
+              seed=ctx.seed + seed, compute=ctx.compute), desc="recover")
     finally:
         gates.detach()
 
