@@ -1,13 +1,16 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 Every artifact latprune writes goes through here: the bytes go to a temporary
-file in the same directory, are flushed to disk, then renamed over the target.
+file in the same directory, are flushed to disk, then renamed over the target;
+a directory of them (a run, a bundle) is staged beside its target and moved
+into place whole.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -50,3 +53,21 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[str], Any]
             os.unlink(tmp)
         raise
     return target
+
+
+def move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished staging directory to ``target``; a directory it replaces is
+    moved aside first and deleted only once the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            old.rename(target)
+        raise
+    if old.exists():
+        shutil.rmtree(old)

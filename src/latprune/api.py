@@ -151,8 +151,6 @@ def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | No
             len(train_loader)  # type: ignore[arg-type]
         except TypeError:
             raise SpecError("train_loader must have a length (a DataLoader, or a dataset)") from None
-    if finetune is None and train_loader is not None:
-        finetune = FinetuneConfig()
     if isinstance(finetune, FinetuneConfig):
         if train_loader is None:
             raise SpecError("the built-in fine-tuning (FinetuneConfig) trains on train_loader=; pass one")
@@ -209,6 +207,8 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     if not isinstance(retries, int) or retries < 0:
         raise SpecError(f"retries must be 0 or more, not {retries!r}")
     compute = Compute.resolve(device, precision)
+    if finetune is None and train_loader is not None:
+        finetune = FinetuneConfig()  # the built-in loop on the loader given
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
     training = _training(base, config, train_loader, val_loader, finetune, evaluate, seed, compute)
     settings = Settings(retries=retries, seed=seed, progress=progress)
@@ -217,12 +217,11 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
         outcome = prune_model(base, shape, _name(model, name), store, backend, target, config, training, settings)
     metrics = metrics_of(outcome, base, shape, target, config, backend, str(table.path), settings, data_name)
     metrics["config"]["finetune"] = (asdict(finetune) if isinstance(finetune, FinetuneConfig) else
-                                     "built-in, FinetuneConfig()" if finetune is None and train_loader is not None else
                                      None if finetune is None else "the caller's")
     metrics["config"]["evaluate"] = ("the caller's" if evaluate is not None else
                                      "top-1 on val_loader" if val_loader is not None else None)
     metrics["config"]["compute"] = asdict(compute)
-    return PruneResult(outcome.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
+    return PruneResult(outcome.attempt.decision.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
 
 
 @dataclass
@@ -242,7 +241,7 @@ class PruneResult:
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
         """Write the run directory (plan.json, model.pt as a state_dict, metrics.json, model.onnx),
         staged beside ``path`` and renamed into place: it appears complete or not at all."""
-        from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with
+        from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with, move_into_place
 
         out = Path(path)
         check_run_target(out, overwrite)
@@ -256,9 +255,7 @@ class PruneResult:
             if self.onnx is not None:
                 atomic_write_bytes(staging / "model.onnx", self.onnx)
             atomic_write_json(staging / "metrics.json", self.metrics)
-            if out.exists():
-                shutil.rmtree(out)
-            staging.rename(out)
+            move_into_place(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -272,7 +269,7 @@ def check_run_target(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise RunDirError(f"run directory {out} already exists and is not empty; save elsewhere, or overwrite "
-                          "the previous run")
+                          "the previous run", option="overwrite")
     if not out.is_dir() or not (out / "plan.json").is_file():
         raise RunDirError(f"{out} is not a latprune run directory (no plan.json); it is never overwritten")
 
@@ -295,7 +292,7 @@ def load(path: PathLike, model: nn.Module | None = None) -> PruneResult:
         spec = registered_model(plan.model, plan.input_shape)
         if spec is None:
             raise RunDirError(f"{run} was pruned from {plan.model!r}, which latprune does not build by name: pass "
-                              f"the base model, latprune.load({str(run)!r}, model)")
+                              f"the base model, latprune.load({str(run)!r}, model)", option="model")
         base = spec.model
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -111,5 +111,5 @@ def _registered_base(name: str, shape: tuple[int, ...], run_dir: Path) -> nn.Mod
     spec = registered_model(name, shape)
     if spec is None:
         raise RunDirError(f"{run_dir} was pruned from {name!r}, which latprune does not build by name; its relative "
-                          "budget is checked beside that base: pass the base model")
+                          "budget is checked beside that base: pass the base model", option="model")
     return spec.model

@@ -274,6 +274,7 @@ def _loaders(args: argparse.Namespace, data_spec: str | None,
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from latprune.api import LUT, check_run_target, prune
+    from latprune.budget import parse_budget
     from latprune.errors import BudgetMissed
     from latprune.pruner.loop import FinetuneConfig
     from latprune.report import prune_text
@@ -282,12 +283,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
     out = Path(args.output)
     Compute.resolve(args.device, args.precision)  # refused before any work
-    try:
-        check_run_target(out, args.force)  # before any work: a long prune must not end in this
-    except LatpruneError as exc:
-        raise type(exc)(f"{exc} (--force replaces a previous run)") from None
+    check_run_target(out, args.force)  # before any work: a long prune must not end in this
     method = _method(args)
-    budget = _budget(args.budget)
+    budget = parse_budget(args.budget)
     spec = load_model(args.model, args.input, args.base)
     data_spec = args.data or spec.default_data
     needs_data = method.needs_data or args.epochs > 0
@@ -312,12 +310,6 @@ def cmd_prune(args: argparse.Namespace) -> None:
                            "--retries, or measure it again with `latprune bench` on a quiet machine")
 
 
-def _budget(text: str) -> Any:
-    from latprune.budget import parse_budget
-
-    return parse_budget(text)
-
-
 def _load_run(run_dir: str, base: str | None) -> Any:
     from latprune.api import load
     from latprune.specs import base_module
@@ -340,12 +332,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         _export_onnx_file(args, result)
         return
     out = args.output or str(Path(args.run_dir) / f"bundle-{args.format}")
-    try:
-        bundle = export(result, args.format, out, overwrite=args.force, **options)
-    except LatpruneError as exc:
-        if "already exists" in str(exc):
-            raise type(exc)(f"{exc} (choose another -o, or --force replaces the bundle)") from None
-        raise
+    bundle = export(result, args.format, out, overwrite=args.force, **options)
     _print(args, {**bundle.meta, "path": str(bundle.path)}, bundle_text)
 
 
@@ -389,13 +376,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.artifact) if Path(args.artifact).is_dir() else Path(args.artifact).parent
     base = base_module(run_dir, args.base) if args.base and (run_dir / "plan.json").is_file() else None
-    try:
-        result = bench(args.artifact, args.lut, args.backend, args.threads, base)
-    except LatpruneError as exc:
-        if "pass the base model" in str(exc):  # a run pruned from the user's own file
-            raise type(exc)(f"{exc} (--model FILE.py:factory)") from None
-        raise
-    _print(args, result, bench_text)
+    _print(args, bench(args.artifact, args.lut, args.backend, args.threads, base), bench_text)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -469,6 +450,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 }
 
 
+# The flag that sets an API argument an error names (LatpruneError.option).
+FLAGS = {"overwrite": "--force replaces it", "model": "--model FILE.py:factory"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -497,7 +482,8 @@ def _run(args: argparse.Namespace) -> int:
         log_interval_s()  # a bad LATPRUNE_PROGRESS_INTERVAL is refused before any file is written
         COMMANDS[args.command](args)
     except LatpruneError as exc:
-        print(f"latprune: error: {exc}", file=sys.stderr)
+        flag = FLAGS.get(exc.option or "")
+        print(f"latprune: error: {exc}" + (f" ({flag})" if flag else ""), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("latprune: interrupted", file=sys.stderr)

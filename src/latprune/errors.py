@@ -9,9 +9,15 @@ from __future__ import annotations
 
 
 class LatpruneError(Exception):
-    """Base class of every error latprune raises on bad input or state."""
+    """Base class of every error latprune raises on bad input or state. ``option`` names the
+    argument of the call that resolves it, where one does (``"overwrite"``); the CLI adds
+    the flag that sets it to the message."""
 
     exit_code: int = 2
+
+    def __init__(self, message: str = "", option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class SpecError(LatpruneError):

@@ -282,7 +282,7 @@ def evaluate(model: nn.Module, dataset: TrainData, batch_size: int = 128, comput
     """Top-1 accuracy of ``model`` on ``dataset`` (a dataset or a loader of batches; 0..1), on
     ``compute``'s device and precision; the model goes back where it was."""
     model.eval()
-    home = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    home = next(model.parameters(), torch.empty(0)).device
     device = compute.torch_device
     model.to(device)
     correct = total = 0

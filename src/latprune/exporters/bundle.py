@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from latprune._io import atomic_write_json, atomic_write_text
+from latprune._io import atomic_write_json, atomic_write_text, move_into_place
 from latprune.errors import ExportError, RunDirError, SpecError
 from latprune.latency_lut.timing import Latency, TimingConfig
 
@@ -285,7 +285,8 @@ def _check_target(out: Path, run_dir: Path | None, force: bool) -> None:
     if not out.exists():
         return
     if not force:
-        raise RunDirError(f"{out} already exists; choose another bundle directory or replace the bundle")
+        raise RunDirError(f"{out} already exists; choose another bundle directory or replace the bundle",
+                          option="overwrite")
     if not out.is_dir() or not (out / BUNDLE_FILE).is_file():
         raise RunDirError(f"{out} is not a latprune bundle (no {BUNDLE_FILE}); it is never replaced")
 
@@ -374,7 +375,7 @@ def write_bundle(result: Pruned, out: str | Path, options: ExportOptions = Expor
         meta = _bundle_json(fmt, result, metrics, options, built, latency, runner, staging)
         atomic_write_json(staging / BUNDLE_FILE, meta)
         atomic_write_text(staging / "README.md", readme_text(meta))
-        _move_into_place(staging, target)
+        move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -423,24 +424,6 @@ def _bundle_json(fmt: Format, run: Pruned, metrics: dict[str, Any] | None, optio
         "export": built.export,
         "versions": _versions(fmt.name),
     }
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished staging directory to ``target``; a replaced bundle is
-    moved aside first and deleted only once the new one is in place."""
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    try:
-        staging.rename(target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            old.rename(target)
-        raise
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def readme_text(meta: dict[str, Any]) -> str:

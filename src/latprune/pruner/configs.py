@@ -70,6 +70,8 @@ class MethodConfig:
 class ImportanceConfig(MethodConfig):
     """Methods that rank channels by importance and train briefly on the data."""
 
+    importances: ClassVar[tuple[str, ...]] = IMPORTANCES  # the importances this method can rank by
+
     importance: str = _opt("taylor", "channel importance: taylor, taylor2 or l1 (no data needed)",
                            IMPORTANCES)
     importance_batches: int = _opt(16, "training batches the importance is averaged over")
@@ -78,7 +80,7 @@ class ImportanceConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice(self, "importance", IMPORTANCES)
+        _check_choice(self, "importance", self.importances)
         _check_positive(self, "importance_batches", "lr")
 
     @property
@@ -123,6 +125,7 @@ class HalpConfig(ImportanceConfig):
     target, the masked model recovering briefly in between; no gate training."""
 
     name: ClassVar[str] = "halp"
+    importances: ClassVar[tuple[str, ...]] = HALP_IMPORTANCES
 
     importance: str = _opt("taylor", "channel importance: taylor, taylor2, l1 (no data needed) or measured "
                            "(knapsack values from losses measured per width option)", HALP_IMPORTANCES)
@@ -130,9 +133,8 @@ class HalpConfig(ImportanceConfig):
     recover_epochs: float = _opt(0.1, "training of the masked model between rounds, in total (epochs)")
 
     def __post_init__(self) -> None:
-        MethodConfig.__post_init__(self)
-        _check_choice(self, "importance", HALP_IMPORTANCES)
-        _check_positive(self, "importance_batches", "lr", "steps")
+        super().__post_init__()
+        _check_positive(self, "steps")
         _check_positive(self, "recover_epochs", zero_ok=True)
 
 

@@ -116,7 +116,6 @@ class Attempt:
 class Outcome:
     """What :func:`prune_model` hands back: the kept attempt, the base, and the record of it all."""
 
-    slim: nn.Module
     plan: PruningPlan
     attempt: Attempt
     attempts: list[dict[str, Any]]
@@ -149,14 +148,15 @@ def calibrated_predictor(graph: ChannelGraph, lut: Lut, backend: Backend, progre
     if not stored:
         calibration, _ = run_calibration(graph, lut, backend, grid, 8, progress)
         return Calibrated(Predictor(lut, graph, calibration), grid, FIT_METHOD, True)
-    fit = (lut.calibration(graph.signature()) or {}).get("fit")
+    record = lut.calibration(graph.signature()) or {}  # the stored calibration's fit rule and points
+    fit = record.get("fit")
     current = fit_is_current(fit, bool(graph.blocks))
     warnings = []
     if not current:
         warnings.append(f"{lut.path}'s calibration for this model was fitted by an older rule ({fit or 'unnamed'}); "
                         "profiling this model into it again fits it anew (whole-model measurements only, the "
                         "units are kept)")
-    noisy = noise_warning(lut.calibration(graph.signature()), f"latprune profile MODEL -o {lut.path}")
+    noisy = noise_warning(record, f"latprune profile MODEL -o {lut.path}")
     if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
         warnings.append(f"{lut.path}: {noisy}")
     for message in warnings:
@@ -305,7 +305,7 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
         for key, seconds in record.pop("timings_s", {}).items():
             timings[key] = timings.get(key, 0.0) + seconds
     timings["total_s"] = time.time() - t0
-    return Outcome(best.decision.slim, plan, best, attempts, base_latency, budget_ms, base_accuracy, calibrated,
+    return Outcome(plan, best, attempts, base_latency, budget_ms, base_accuracy, calibrated,
                    lut_base_ms, drift, final_predictor, timings)
 
 
@@ -319,7 +319,7 @@ def metrics_of(outcome: Outcome, base_model: nn.Module, input_shape: tuple[int, 
     best = outcome.attempt
     verified = best.verified
     base_params, base_macs = params_and_macs(base_model, input_shape)
-    params, macs = params_and_macs(outcome.slim, input_shape)
+    params, macs = params_and_macs(best.decision.slim, input_shape)
     beside = verified.base_beside_ms
     base_ms = outcome.base_latency.to_dict()["median_ms"]
     return {

@@ -46,7 +46,7 @@ from latprune.pruner.configs import (
 from latprune.pruner.gates import GateConfig, Gates, latency_penalty
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
-from latprune.train import Compute
+from latprune.train import Compute, reseeded
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -79,8 +79,6 @@ class Context:
 
     def batches(self, seed_offset: int = 0) -> Batches:
         """The training batches, their order seeded by the prune's seed plus ``seed_offset``."""
-        from latprune.train import reseeded
-
         if self.train_loader is None:
             raise SpecError(f"method {self.config.name!r} needs training data: pass train_loader")
         return reseeded(self.train_loader, self.seed + seed_offset)
