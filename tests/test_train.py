@@ -86,3 +86,43 @@ def test_narrow_convolutions_train_in_the_contiguous_format() -> None:
     assert not channels_last_is_safe(rgb)
     losses = train(narrow, _data(), TrainConfig(epochs=2, batch_size=16))
     assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_killed_gate_training_resumes_mid_pass_to_the_same_gates(tmp_path: Path) -> None:
+    """Gate training (the latency penalty with the Taylor signal) killed in the middle of a
+    pass, with a checkpoint after every step, resumes to the weights, gates and λ of an
+    uninterrupted run."""
+    from latprune.graph.channels import ChannelGraph, Grid
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.predict import Predictor, SoftLatency
+    from latprune.latency_lut.profile import build_lut
+    from latprune.latency_lut.store import Lut
+    from latprune.pruner.gates import GateConfig, Gates, latency_penalty
+    from latprune.train import Checkpoint
+
+    config = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=3)
+    shape = (1, 1, 12, 12)
+    build_lut(ChannelGraph.build(_model(), shape), tmp_path / "t.lut", get_backend("fake", threads=1), levels=4,
+              progress=False)
+
+    def run(data: Dataset, checkpoint: Checkpoint | None) -> tuple[nn.Module, object, list[float]]:
+        graph = ChannelGraph.build(_model(), shape)
+        gates = Gates(graph).attach()
+        soft = SoftLatency(Predictor(Lut.open(tmp_path / "t.lut"), graph), graph.options(Grid(4), blocks=True))
+        budget = 0.5 * float(soft(gates.expected_widths(), gates.block_keep()).detach())
+        penalty = latency_penalty(gates, soft, budget, GateConfig(lam=2.0))
+        losses = train(graph.model, data, config, penalty=penalty, checkpoint=checkpoint)
+        return graph.model, penalty, losses
+
+    whole, whole_penalty, whole_losses = run(_data(), None)
+    ckpt = Checkpoint(tmp_path / "gates.ckpt", every_s=0)
+    with pytest.raises(KeyboardInterrupt):
+        run(_DiesAfter(_data(), 16 * 4 + 5), ckpt)  # dies in the fifth of six batches
+    assert torch.load(ckpt.path, weights_only=True)["step"] == 4
+    resumed, resumed_penalty, resumed_losses = run(_data(), ckpt)
+    assert resumed_losses == pytest.approx(whole_losses, rel=1e-5)
+    assert resumed_penalty.lam == pytest.approx(whole_penalty.lam)
+    for a, b in zip(whole_penalty.gates.parameters(), resumed_penalty.gates.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

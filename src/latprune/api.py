@@ -35,6 +35,7 @@ from latprune.models import registered_model
 from latprune.pruner.configs import MethodConfig, method_config
 from latprune.pruner.loop import FinetuneConfig, Settings, Training, metrics_of, prune_model
 from latprune.pruner.plan import PruningPlan
+from latprune.pruner.resume import Journal, weights_digest
 from latprune.train import Compute
 
 PathLike = str | Path
@@ -139,9 +140,9 @@ def _budget(budget: str | float | Budget) -> Budget:
                     f"not {budget!r}")
 
 
-def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | None, val_loader: Iterable | None,
+def _training(config: MethodConfig, train_loader: Iterable | None, val_loader: Iterable | None,
               finetune: Callable[[nn.Module], None] | FinetuneConfig | None,
-              evaluate: Callable[[nn.Module], float] | None, seed: int, compute: Compute) -> Training:
+              evaluate: Callable[[nn.Module], float] | None, compute: Compute) -> Training:
     """The callables the prune trains and scores with: the user's, or the built-in loops on the loaders."""
     if config.needs_data and train_loader is None:
         raise SpecError(f"method {config.name!r} trains or scores on data: pass train_loader= (or prune "
@@ -154,7 +155,6 @@ def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | No
     if isinstance(finetune, FinetuneConfig):
         if train_loader is None:
             raise SpecError("the built-in fine-tuning (FinetuneConfig) trains on train_loader=; pass one")
-        finetune = _builtin_finetune(finetune, train_loader, base, seed, compute)
     elif finetune is not None and not callable(finetune):
         raise SpecError(f"finetune must be a callable fn(model) -> None or a FinetuneConfig, not {finetune!r}")
     if evaluate is None and val_loader is not None:
@@ -167,19 +167,18 @@ def _training(base: nn.Module, config: MethodConfig, train_loader: Iterable | No
     return Training(train_loader, finetune, evaluate, compute)
 
 
-def _builtin_finetune(config: FinetuneConfig, loader: Iterable, base: nn.Module, seed: int,
-                      compute: Compute) -> Callable[[nn.Module], None] | None:
-    from latprune.train import TrainConfig, train
+def _arguments(base: nn.Module, shape: tuple[int, ...], budget: Budget, config: MethodConfig, lut: LUT,
+               training: Training, retries: int, seed: int, name: str) -> dict[str, Any]:
+    """What makes two prunes the same prune (for resuming one from its checkpoints)."""
+    def described(fn: Any) -> Any:
+        return asdict(fn) if isinstance(fn, FinetuneConfig) else getattr(fn, "__qualname__", repr(fn)) if fn else None
 
-    if config.epochs <= 0:
-        return None
-    teacher = base if config.distill else None
-
-    def finetune(model: nn.Module) -> None:
-        train(model, loader, TrainConfig(epochs=config.epochs, lr=config.lr, seed=seed, compute=compute,
-                                         distill_alpha=0.5 if teacher is not None else 0.0),
-              teacher=teacher, desc="fine-tune")
-    return finetune
+    return {"model": name, "weights": weights_digest(base), "input_shape": list(shape), "budget": asdict(budget),
+            "method": {"name": config.name, **asdict(config)}, "lut": str(Path(lut.path).resolve()),
+            "backend": lut.backend, "threads": lut.threads, "finetune": described(training.finetune),
+            "evaluate": described(training.evaluate), "compute": asdict(training.compute),
+            "batches": len(training.train_loader) if training.train_loader is not None else None,  # type: ignore
+            "retries": retries, "seed": seed}
 
 
 def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *,
@@ -188,6 +187,7 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
           finetune: Callable[[nn.Module], None] | FinetuneConfig | None = None,
           evaluate: Callable[[nn.Module], float] | None = None, device: str = "auto", precision: str = "fp32",
           retries: int = 1, seed: int = 0, name: str | None = None, data_name: str | None = None,
+          checkpoints: PathLike | None = None, checkpoint_every_s: float = 300.0,
           progress: bool = True) -> PruneResult:
     """Prune ``model`` (unchanged) to ``budget`` — a fraction of its measured latency
     (``"0.5x"``), or milliseconds (``8.0`` or ``"8ms"``) — against ``lut``.
@@ -199,6 +199,11 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     the method's own training (gates, recovery) run on ``device`` (auto: CUDA when available)
     at ``precision`` (fp32, bf16, fp16 on CUDA); the user's callables get the model on the CPU
     and may move it. The result's latency is measured on the LUT's backend, never only predicted.
+
+    ``checkpoints``: a directory for the prune's checkpoints (:mod:`latprune.pruner.resume`),
+    the training state saved every ``checkpoint_every_s`` seconds. A prune killed at any point
+    and started again with the same arguments and directory resumes from them; one started
+    with other arguments is refused. Delete the directory once the result is saved.
     """
     base = _module(model)
     shape = _input_shape(example_input)
@@ -210,8 +215,12 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     if finetune is None and train_loader is not None:
         finetune = FinetuneConfig()  # the built-in loop on the loader given
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
-    training = _training(base, config, train_loader, val_loader, finetune, evaluate, seed, compute)
-    settings = Settings(retries=retries, seed=seed, progress=progress)
+    training = _training(config, train_loader, val_loader, finetune, evaluate, compute)
+    journal = None
+    if checkpoints is not None:
+        journal = Journal.open(checkpoints, _arguments(base, shape, target, config, table, training, retries, seed,
+                                                       _name(model, name)), checkpoint_every_s)
+    settings = Settings(retries=retries, seed=seed, progress=progress, journal=journal)
     backend = get_backend(table.backend, table.threads)
     with open_for_backend(table.path, backend, writable=False) as store:
         outcome = prune_model(base, shape, _name(model, name), store, backend, target, config, training, settings)
@@ -221,6 +230,8 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     metrics["config"]["evaluate"] = ("the caller's" if evaluate is not None else
                                      "top-1 on val_loader" if val_loader is not None else None)
     metrics["config"]["compute"] = asdict(compute)
+    if journal is not None:
+        metrics["checkpoints"] = {"dir": str(journal.root), "resumed": journal.taken}
     return PruneResult(outcome.attempt.decision.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
 
 

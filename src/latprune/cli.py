@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the fine-tuned export misses the budget, prune again from the base this many times, "
                         "each to a budget narrower by the gap measured (default 1; 0: never)")
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="save the training state this often (default 300); a prune killed and started again with "
+                        "the same arguments resumes from its checkpoints (kept in .OUTPUT.checkpoints beside -o "
+                        "until the run directory is written)")
     _add_backend(p)
     _add_json(p)
 
@@ -284,6 +289,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     out = Path(args.output)
     Compute.resolve(args.device, args.precision)  # refused before any work
     check_run_target(out, args.force)  # before any work: a long prune must not end in this
+    if args.checkpoint_every < 0:
+        raise SpecError(f"--checkpoint-every must be 0 or more seconds, not {args.checkpoint_every}")
     method = _method(args)
     budget = parse_budget(args.budget)
     spec = load_model(args.model, args.input, args.base)
@@ -295,11 +302,19 @@ def cmd_prune(args: argparse.Namespace) -> None:
     size = tuple(spec.input_shape[-2:]) if len(spec.input_shape) == 4 else None
     train, test, data_name = _loaders(args, data_spec if needs_data else None, size)
     lut = LUT.open(args.lut, args.backend, args.threads)
-    result = prune(spec.model, lut, budget, example_input=spec.input_shape, method=method, train_loader=train,
-                   val_loader=test, finetune=FinetuneConfig(args.epochs, args.lr, args.distill) if train else None,
-                   device=args.device, precision=args.precision, retries=args.retries, name=spec.name,
-                   data_name=data_name, progress=not args.json)
+    checkpoints = out.with_name(f".{out.name}.checkpoints")
+    try:
+        result = prune(spec.model, lut, budget, example_input=spec.input_shape, method=method, train_loader=train,
+                       val_loader=test, finetune=FinetuneConfig(args.epochs, args.lr, args.distill) if train else None,
+                       device=args.device, precision=args.precision, retries=args.retries, name=spec.name,
+                       data_name=data_name, checkpoints=checkpoints, checkpoint_every_s=args.checkpoint_every,
+                       progress=not args.json)
+    except LatpruneError as exc:  # refused: nothing to resume (a crash or a kill keeps the checkpoints)
+        if exc.option != "checkpoints":
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
     result.save(out, overwrite=args.force)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run directory holds what they served
     m = result.metrics
     _print(args, m, prune_text)
     if not m["budget_met"]:

@@ -9,15 +9,16 @@ in the usual contiguous format): with torch 2.14.1 on that CPU, the backward
 pass of a channels-last convolution with 2–7 input channels (a 1×1, stride-2
 shortcut cut to 4 channels; an RGB input into a 1×1 stride-2 convolution)
 corrupts the heap and aborts the process, so a narrower model trains in the
-contiguous format. A long run can pass ``checkpoint``: the state is saved at
-the end of every pass over the data, and a run started again with the same
-file resumes after the last saved pass, in the same data order.
+contiguous format. A long run can pass a ``Checkpoint``: the state is saved
+every few minutes and at the end of every pass, and a run started again with
+the same file resumes from the last state saved, on the same batches.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Union
 
@@ -143,6 +144,88 @@ class Penalty(Protocol):
 
     def loss(self) -> tuple[torch.Tensor, dict[str, str]]: ...
 
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where training saves its state, and how often: every ``every_s`` seconds of training
+    (0: after every step), at the end of every pass over the data, and at the end. A run
+    started again with the same file resumes where the file left it, on the same batches."""
+
+    path: Path
+    every_s: float = 300.0
+
+
+@dataclass
+class _Progress:
+    """Where a training run is: its step, running counts, and the pass it is in (the data
+    order's generator state when the pass began, and the step it began at)."""
+
+    step: int = 0
+    correct: int = 0
+    seen: int = 0
+    losses: list[float] = field(default_factory=list)
+    pass_step: int = 0
+    pass_gen: torch.Tensor | None = None
+
+
+class _Trainer:
+    """The state :func:`train` saves and restores: the model, its optimizer and schedule, the
+    penalty's state and optimizer, and every random number generator a step draws from."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, steps: int, data_gen: Any,
+                 penalty: Penalty | None) -> None:
+        self.model, self.config, self.steps, self.data_gen, self.penalty = model, config, steps, data_gen, penalty
+        self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay, nesterov=True)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=steps,
+                                                         pct_start=0.15)
+        self.extra_opt = penalty.optimizer() if penalty is not None else None
+        self.gen = torch.Generator().manual_seed(config.seed)  # the augmentation's draws
+        self.rng: tuple[torch.Tensor, torch.Tensor | None] = (torch.get_rng_state(), None)
+
+    def state(self, progress: _Progress) -> dict[str, Any]:
+        state = {"config": repr(self.config), "steps": self.steps, "model": self.model.state_dict(),
+                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+                 "rng": torch.get_rng_state(), **asdict(progress)}
+        if self.config.compute.torch_device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.config.compute.torch_device)
+        if self.penalty is not None and self.extra_opt is not None:
+            state["penalty"], state["extra_opt"] = self.penalty.state_dict(), self.extra_opt.state_dict()
+        return state
+
+    def resume_rng(self) -> None:
+        """The global generators as they were saved: set again once the batches the interrupted run
+        had trained on are drawn again (their loading may draw from them: random crops)."""
+        cpu, cuda = self.rng
+        torch.set_rng_state(cpu)
+        if cuda is not None and self.config.compute.torch_device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.config.compute.torch_device)
+
+    def restore(self, path: Path) -> _Progress:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and containers
+        except Exception as exc:
+            raise ValueError(f"{path} is not a training checkpoint latprune can read ({type(exc).__name__}); "
+                             "delete it to start again") from None
+        if state.get("steps") != self.steps or state.get("config") != repr(self.config) or \
+                ("penalty" in state) != (self.penalty is not None):
+            raise ValueError(f"{path} was saved by another training run ({state.get('config')}, "
+                             f"{state.get('steps')} steps); delete it to start again")
+        self.model.load_state_dict(state["model"])  # copied into the parameters: their format stays
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        self.rng = state["rng"], state.get("cuda_rng")
+        self.resume_rng()
+        if self.penalty is not None and self.extra_opt is not None:
+            self.penalty.load_state_dict(state["penalty"])
+            self.extra_opt.load_state_dict(state["extra_opt"])
+        return _Progress(**{f.name: state[f.name] for f in fields(_Progress)})
+
 
 def train(
     model: nn.Module,
@@ -151,104 +234,106 @@ def train(
     teacher: nn.Module | None = None,
     desc: str = "train",
     penalty: Penalty | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Checkpoint | Path | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``dataset`` (a dataset, or a loader of (inputs, labels)
     batches used as it is) on ``config.compute``'s device and precision; returns the
     per-step losses. The model (and ``teacher``) come back on the CPU, in eval mode.
 
-    ``checkpoint``: a file to save the training state to after every full
-    pass over the data, and to resume from when it exists (written
-    atomically: a run killed at any point resumes from the last pass it
-    finished). Not with a ``penalty``, whose own state it would not hold.
+    ``checkpoint``: a :class:`Checkpoint` (or its file) to save the training state to,
+    written atomically, and to resume from when it exists: a run killed at any point
+    resumes from the last state saved, mid-pass included (the pass's batches are drawn
+    again up to that step, and skipped), and ends with the weights an uninterrupted run
+    has. The penalty's state (the gates, their optimizer, λ) is saved with the model's.
     """
-    if checkpoint is not None and penalty is not None:
-        raise ValueError("train(checkpoint=...) cannot resume a penalty's state; train without a checkpoint")
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
     data = as_batches(dataset, config.batch_size, shuffle=True, seed=config.seed)
     try:
         steps = max(1, math.ceil(config.epochs * len(data)))
     except TypeError:
         raise ValueError("training data must have a length (a Dataset or a DataLoader)") from None
+    saving = Checkpoint(Path(checkpoint)) if isinstance(checkpoint, (str, Path)) else checkpoint
     data_gen = getattr(data, "generator", None)  # replays the data order on resume, where the loader has one
+    data_gen = data_gen if isinstance(data_gen, torch.Generator) else None
     fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
     device = config.compute.torch_device
     model.to(device=device, memory_format=fmt)  # before the optimizers: they hold the parameters as moved
     if teacher is not None:
-        teacher.to(device)
-    scaler = config.compute.scaler()
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
-    extra_opt = penalty.optimizer() if penalty is not None else None
-    losses: list[float] = []
-    correct = seen = step = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and containers
-        except Exception as exc:
-            raise ValueError(f"{checkpoint} is not a training checkpoint latprune can read ({type(exc).__name__}); "
-                             "delete it to start again") from None
-        if state["steps"] != steps or state["config"] != repr(config):
-            raise ValueError(f"{checkpoint} was saved by another training run ({state['config']}, "
-                             f"{state['steps']} steps); delete it to start again")
-        model.load_state_dict(state["model"])  # copied into the parameters: their format stays
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        if data_gen is not None and state["data_gen"] is not None:
-            data_gen.set_state(state["data_gen"])
-        torch.set_rng_state(state["rng"])
-        losses, correct, seen, step = state["losses"], state["correct"], state["seen"], state["step"]
+        teacher.to(device).eval()
+    trainer = _Trainer(model, config, steps, data_gen, penalty)
+    resumed = saving is not None and saving.path.is_file()
+    progress = trainer.restore(saving.path) if resumed else _Progress()
     model.train()
-    if teacher is not None:
-        teacher.eval()
-    bar = progress_bar(total=steps, initial=step, desc=desc, unit="step", leave=False)
-    while step < steps:
+    bar = progress_bar(total=steps, initial=progress.step, desc=desc, unit="step", leave=False)
+    last_save = time.monotonic()
+    scaler = config.compute.scaler()
+    while progress.step < steps:
+        if resumed and progress.pass_gen is not None and data_gen is not None:
+            data_gen.set_state(progress.pass_gen)  # the interrupted pass, in the same order
+        skip = progress.step - progress.pass_step if resumed else 0
+        resumed = False
+        progress.pass_step = progress.step
+        progress.pass_gen = data_gen.get_state() if data_gen is not None else None
         for x, y in data:
-            if step >= steps:
+            if skip > 0:  # batches the interrupted run had already trained on
+                skip -= 1
+                if skip == 0:
+                    trainer.resume_rng()
+                continue
+            if progress.step >= steps:
                 break
-            if config.augment:
-                x = _augment(x, gen)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-            y = y.to(device, non_blocking=True)
-            if penalty is not None:
-                penalty.before_forward()
-            logits, loss = _task_loss(model, teacher, x, y, config)
-            fields: dict[str, str] = {}
-            if penalty is not None:
-                term, fields = penalty.loss()  # on the CPU, where the gates and the LUT tables live
-                loss = loss + term.to(loss.device)
-            opt.zero_grad(set_to_none=True)
-            if extra_opt is not None:
-                extra_opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            if extra_opt is not None:
-                scaler.step(extra_opt)
-            scaler.update()
-            sched.step()
-            losses.append(float(loss.detach()))
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.3f}", **fields, refresh=False)
-            bar.update(1)
-        else:  # a full pass over the data: the point a killed run resumes from
-            if checkpoint is not None and step < steps:
-                state = {"config": repr(config), "steps": steps, "step": step, "model": model.state_dict(),
-                         "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                         "data_gen": data_gen.get_state() if data_gen is not None else None,
-                         "rng": torch.get_rng_state(),
-                         "losses": losses, "correct": correct, "seen": seen}
-                atomic_write_with(checkpoint, lambda tmp: torch.save(state, tmp))
+            _step(trainer, teacher, x, y, fmt, scaler, progress, bar)
+            if saving is not None and time.monotonic() - last_save >= saving.every_s and progress.step < steps:
+                atomic_write_with(saving.path, lambda tmp: torch.save(trainer.state(progress), tmp))
+                last_save = time.monotonic()
+        else:  # a full pass over the data
+            if saving is not None and progress.step < steps:
+                ended = replace(progress, pass_step=progress.step,
+                                pass_gen=data_gen.get_state() if data_gen is not None else None)
+                atomic_write_with(saving.path, lambda tmp: torch.save(trainer.state(ended), tmp))
+                last_save = time.monotonic()
+    if saving is not None:  # finished: a run started again returns at once
+        atomic_write_with(saving.path, lambda tmp: torch.save(trainer.state(progress), tmp))
     bar.close()
     model.to(device="cpu", memory_format=torch.contiguous_format)
     if teacher is not None:
         teacher.to("cpu")
     model.eval()
-    return losses
+    return progress.losses
+
+
+def _step(trainer: _Trainer, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+          fmt: torch.memory_format, scaler: Any, progress: _Progress, bar: Any) -> None:
+    """One training step on the batch ``(x, y)``."""
+    config, penalty, opt, extra_opt = trainer.config, trainer.penalty, trainer.opt, trainer.extra_opt
+    device = config.compute.torch_device
+    if config.augment:
+        x = _augment(x, trainer.gen)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+    y = y.to(device, non_blocking=True)
+    if penalty is not None:
+        penalty.before_forward()
+    logits, loss = _task_loss(trainer.model, teacher, x, y, config)
+    fields_: dict[str, str] = {}
+    if penalty is not None:
+        term, fields_ = penalty.loss()  # on the CPU, where the gates and the LUT tables live
+        loss = loss + term.to(loss.device)
+    opt.zero_grad(set_to_none=True)
+    if extra_opt is not None:
+        extra_opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    if extra_opt is not None:
+        scaler.step(extra_opt)
+    scaler.update()
+    trainer.sched.step()
+    progress.losses.append(float(loss.detach()))
+    progress.correct += int((logits.argmax(1) == y).sum())
+    progress.seen += len(y)
+    progress.step += 1
+    bar.set_postfix(loss=f"{progress.losses[-1]:.3f}", acc=f"{progress.correct / progress.seen:.3f}", **fields_,
+                    refresh=False)
+    bar.update(1)
 
 
 def _task_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,

@@ -217,6 +217,15 @@ class LatencyPenalty:
             self.lam = min(self.lam * self.config.lam_growth, self.config.lam_max)
         return term, {"E[lat]": f"{value:.3f}ms", "λ": f"{self.lam:.2g}"}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed gate training needs: the gate logits, λ and its history."""
+        return {"gates": self.gates.state_dict(), "lam": self.lam, "reached": self.reached,
+                "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gates.load_state_dict(state["gates"])
+        self.lam, self.reached, self.history = state["lam"], state["reached"], list(state["history"])
+
 
 class TaylorSignal(LatencyPenalty):
     """``--gate-signal taylor``: the latency term as in :class:`LatencyPenalty`, and as the
@@ -250,13 +259,25 @@ class TaylorSignal(LatencyPenalty):
 
     def before_forward(self) -> None:
         g = self.gates
-        if self.drawn is not None:  # fold in the previous step's gradients
-            sq = [t.grad.detach() ** 2 if t.grad is not None else torch.zeros_like(t) for t in self.drawn]
-            self.ema = sq if self.ema is None else [self.beta * e + (1 - self.beta) * q for e, q in zip(self.ema, sq)]
+        self.ema = self._folded()  # the previous step's gradients
         g.mode = "sample"
         g.straight_through = False
         g.refresh()
         self.drawn = [*g.current, g.block_current]
+
+    def _folded(self) -> list[torch.Tensor] | None:
+        """The EMA with the last step's gradients folded in (what the next step starts from)."""
+        if self.drawn is None:
+            return self.ema
+        sq = [t.grad.detach() ** 2 if t.grad is not None else torch.zeros_like(t) for t in self.drawn]
+        return sq if self.ema is None else [self.beta * e + (1 - self.beta) * q for e, q in zip(self.ema, sq)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ema": self._folded(), "kappa": self.kappa}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.ema, self.kappa, self.drawn = state["ema"], state["kappa"], None
 
     def loss(self) -> tuple[torch.Tensor, dict[str, str]]:
         term, fields = super().loss()

@@ -19,7 +19,7 @@ import copy
 import sys
 import time
 import warnings as _warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -30,7 +30,7 @@ from latprune.errors import BudgetError, LatpruneWarning, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, noise_warning
-from latprune.latency_lut.predict import Predictor
+from latprune.latency_lut.predict import Calibration, Predictor
 from latprune.latency_lut.profile import (
     DEFAULT_LEVELS,
     fit_is_current,
@@ -45,8 +45,9 @@ from latprune.latency_lut.timing import Latency
 from latprune.pruner.configs import MethodConfig
 from latprune.pruner.methods import Batches, Context, Decision, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
+from latprune.pruner.resume import Journal
 from latprune.runtime.onnx import OnnxReport, checked_onnx
-from latprune.train import Compute
+from latprune.train import Checkpoint, Compute, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,12 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class Training:
-    """How the prune trains and scores models: the method's training batches, and the
-    fine-tuning and evaluation callables (None: no fine-tuning; no accuracy)."""
+    """How the prune trains and scores models: the method's training batches, the fine-tuning
+    (the user's callable, or :class:`FinetuneConfig` for the built-in loop on ``train_loader``)
+    and the evaluation (None: no fine-tuning; no accuracy)."""
 
     train_loader: Batches | None = None
-    finetune: Callable[[nn.Module], None] | None = None
+    finetune: Callable[[nn.Module], None] | FinetuneConfig | None = None  # the user's loop, or the built-in one
     evaluate: Callable[[nn.Module], float] | None = None
     compute: Compute = Compute()  # the device and precision of the method's own training
 
@@ -79,6 +81,7 @@ class Settings:
     retries: int = 1         # prunes again, narrower, while the fine-tuned export misses the budget
     seed: int = 0
     progress: bool = True
+    journal: Journal | None = None  # checkpoints to resume from and write to (None: none)
 
 
 @dataclass
@@ -207,24 +210,20 @@ def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backen
     return Verified(onnx, report, sum(checks) / len(checks), latency, checks, beside)
 
 
-def attempt(ctx: Context, training: Training, budget_ms: float, number: int) -> Attempt:
-    """One attempt: the method's decision at ``ctx.budget_ms``, fine-tuning, evaluation,
-    and the export measured against ``budget_ms``."""
+def attempt(ctx: Context, training: Training, budget_ms: float, number: int, teacher: nn.Module,
+            journal: Journal | None = None) -> Attempt:
+    """One attempt: the method's decision at ``ctx.budget_ms``, fine-tuning (distilled from
+    ``teacher`` when asked), evaluation, and the export measured against ``budget_ms``; each
+    stage that ``journal`` holds done is taken from it, each one done here is written to it."""
     timings: dict[str, float] = {}
     t = time.time()
-    decision = get_method(ctx.config)(ctx)
+    decision = decide(ctx, journal, number)
     timings["method_s"] = time.time() - t
     t = time.time()
-    if training.finetune is not None:
-        training.finetune(decision.slim)
-        decision.slim.cpu().eval()  # the user's loop may leave it on a GPU or in training mode
-    timings["finetune_s"] = time.time() - t
+    accuracy, timings["eval_s"] = finetuned(ctx, training, decision.slim, teacher, journal, number)
+    timings["finetune_s"] = time.time() - t - timings["eval_s"]
     t = time.time()
-    accuracy = score(training, decision.slim)
-    timings["eval_s"] = time.time() - t
-    t = time.time()
-    verified = verify_export(decision.slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms,
-                             budget_ms, ctx.config.margin, check_twice=not ctx.config.latency_blind)
+    verified = verified_export(ctx, decision.slim, budget_ms, journal, number)
     timings["export_measure_s"] = time.time() - t
     record = {"attempt": number, "budget_ms": ctx.budget_ms, "target_ms": ctx.target_ms,
               "candidate_ms": decision.measured_ms, "export_ms": verified.export_ms,
@@ -232,6 +231,83 @@ def attempt(ctx: Context, training: Training, budget_ms: float, number: int) -> 
               "base_beside_ms": verified.base_beside_ms, "budget_met": verified.export_ms <= budget_ms,
               "accuracy": accuracy, "predicted_ms": decision.predicted_ms, "timings_s": timings}
     return Attempt(decision, verified, accuracy, record)
+
+
+def decide(ctx: Context, journal: Journal | None, number: int) -> Decision:
+    """The method's decision (its gate training resumable), or the one ``journal`` holds."""
+    name = f"attempt{number}-decision"
+    stored = journal.record(name) if journal else None
+    if journal is not None and stored is not None:
+        keep = {int(g): idx for g, idx in stored["keep"].items()}
+        slim = ctx.graph.slim(keep)
+        slim.load_state_dict((journal.tensors(name) or {})["model"])
+        calibration = stored["calibration"]
+        predictor = Predictor(ctx.predictor.lut, ctx.graph, Calibration(**calibration)) if calibration else None
+        return Decision(keep, slim.eval(), stored["predicted_ms"], stored["history"], stored["extra"],
+                        stored["measured_ms"], predictor)
+    if journal is not None:
+        ctx = replace(ctx, checkpoint=lambda stage: journal.checkpoint(f"attempt{number}-{stage}"))
+    decision = get_method(ctx.config)(ctx)
+    if journal is not None:
+        journal.put_tensors(name, {"model": decision.slim.state_dict()})
+        journal.put_record(name, {
+            "keep": decision.keep, "predicted_ms": decision.predicted_ms, "history": decision.history,
+            "extra": decision.extra, "measured_ms": decision.measured_ms,
+            "calibration": asdict(decision.predictor.calibration) if decision.predictor else None})
+    return decision
+
+
+def finetune(training: Training, model: nn.Module, teacher: nn.Module, seed: int,
+             checkpoint: Checkpoint | None) -> None:
+    """Fine-tune ``model`` in place: the built-in loop on the training batches (resumable from
+    ``checkpoint``; distilled from ``teacher`` when asked), or the user's callable."""
+    if isinstance(training.finetune, FinetuneConfig):
+        config = training.finetune
+        if config.epochs > 0:
+            train(model, training.train_loader or [], TrainConfig(
+                epochs=config.epochs, lr=config.lr, seed=seed, compute=training.compute,
+                distill_alpha=0.5 if config.distill else 0.0), teacher=teacher if config.distill else None,
+                desc="fine-tune", checkpoint=checkpoint)
+    elif training.finetune is not None:
+        training.finetune(model)
+        model.cpu().eval()  # the user's loop may leave it on a GPU or in training mode
+
+
+def finetuned(ctx: Context, training: Training, slim: nn.Module, teacher: nn.Module, journal: Journal | None,
+              number: int) -> tuple[float | None, float]:
+    """Fine-tune and score ``slim`` in place (or take both from ``journal``): the accuracy,
+    and the seconds the scoring took."""
+    name = f"attempt{number}-finetuned"
+    stored = journal.tensors(name) if journal else None
+    if stored is not None:
+        slim.load_state_dict(stored["model"])
+        return stored["accuracy"], 0.0
+    finetune(training, slim, teacher, ctx.seed, journal.checkpoint(f"attempt{number}-finetune") if journal else None)
+    t = time.time()
+    accuracy = score(training, slim)
+    if journal is not None:
+        journal.put_tensors(name, {"model": slim.state_dict(), "accuracy": accuracy})
+    return accuracy, time.time() - t
+
+
+def verified_export(ctx: Context, slim: nn.Module, budget_ms: float, journal: Journal | None,
+                    number: int) -> Verified:
+    """:func:`verify_export` of ``slim`` (or the one ``journal`` holds)."""
+    name = f"attempt{number}-export"
+    stored = journal.record(name) if journal else None
+    onnx = journal.blob(f"{name}.onnx") if journal else None
+    if stored is not None and onnx is not None:
+        report = OnnxReport(**{**stored["report"], "input_shape": tuple(stored["report"]["input_shape"])})
+        return Verified(onnx, report, stored["export_ms"], Latency(**stored["latency"]), stored["checks_ms"],
+                        stored["base_beside_ms"])
+    verified = verify_export(slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms, budget_ms,
+                             ctx.config.margin, check_twice=not ctx.config.latency_blind)
+    if journal is not None:
+        journal.put_blob(f"{name}.onnx", verified.onnx)
+        journal.put_record(name, {"report": asdict(verified.report), "export_ms": verified.export_ms,
+                                  "latency": asdict(verified.latency), "checks_ms": verified.checks_ms,
+                                  "base_beside_ms": verified.base_beside_ms})
+    return verified
 
 
 def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budget_ms: float,
@@ -254,7 +330,11 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
     calibrated = calibrated_predictor(graph, lut, backend, settings.progress)
-    base_latency = measure_base(backend, base_model, input_shape)
+    journal = settings.journal
+    stored = journal.record("base") if journal else None
+    if stored is not None:
+        say(settings, f"resuming the prune from its checkpoints in {journal.root}")
+    base_latency = Latency(**stored["latency"]) if stored else measure_base(backend, base_model, input_shape)
     base_ms = base_latency.to_dict()["median_ms"]  # as metrics.json records it
     budget_ms = budget.resolve(base_ms)
     lut_base_ms = calibrated.predictor.predict(graph.full_widths())
@@ -264,8 +344,10 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     predictor = calibrated.predictor.rescaled(drift)
     setup_s = time.time() - t0
     t = time.time()
-    base_accuracy = score(training, base_model)
+    base_accuracy = stored["accuracy"] if stored else score(training, base_model)
     eval_base_s = time.time() - t
+    if journal is not None and stored is None:
+        journal.put_record("base", {"latency": asdict(base_latency), "accuracy": base_accuracy})
 
     attempts: list[dict[str, Any]] = []
     kept: tuple[Attempt, ChannelGraph, Predictor] | None = None
@@ -275,7 +357,7 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
                       training.train_loader, base_model if budget.relative else None, settings.seed,
                       settings.progress, training.compute)
         try:
-            result = attempt(ctx, training, budget_ms, len(attempts) + 1)
+            result = attempt(ctx, training, budget_ms, len(attempts) + 1, base_model, journal)
         except BudgetError as exc:
             if kept is None:
                 raise

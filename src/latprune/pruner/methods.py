@@ -46,7 +46,7 @@ from latprune.pruner.configs import (
 from latprune.pruner.gates import GateConfig, Gates, latency_penalty
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
-from latprune.train import Compute, reseeded
+from latprune.train import Checkpoint, Compute, reseeded
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -70,6 +70,7 @@ class Context:
     seed: int = 0
     progress: bool = True
     compute: Compute = Compute()  # where gate training and recovery run
+    checkpoint: Callable[[str], Checkpoint | None] = lambda stage: None  # where a training stage saves its state
 
     @property
     def importance_config(self) -> ImportanceConfig:
@@ -253,7 +254,7 @@ def gator(ctx: Context) -> Decision:
     try:
         train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=gate_config.epochs, lr=config.lr, seed=ctx.seed,
                                                           compute=ctx.compute),
-              desc="gate training", penalty=penalty)
+              desc="gate training", penalty=penalty, checkpoint=ctx.checkpoint("gates"))
         scores = ctx.scores(gates, mode="hard", seed_offset=1)
     finally:
         gates.detach()
@@ -290,7 +291,7 @@ def _recover(ctx: Context, gates: Gates, epochs: float, seed: int) -> None:
     try:
         gates.refresh()
         train(ctx.graph.model, ctx.train_loader, TrainConfig(epochs=epochs, lr=ctx.importance_config.lr,
-              seed=ctx.seed + seed, compute=ctx.compute), desc="recover")
+              seed=ctx.seed + seed, compute=ctx.compute), desc="recover", checkpoint=ctx.checkpoint(f"recover{seed}"))
     finally:
         gates.detach()
 

@@ -1,0 +1,125 @@
+"""A prune's checkpoints: one directory that a prune started again with the same arguments resumes from.
+
+Each long stage writes what it produced once it is done, and the training
+stages also write their state as they go (:class:`latprune.train.Checkpoint`),
+every file atomically::
+
+    arguments.json           what the prune was started with (a prune with others is refused)
+    base.json                the base model's measured latency and accuracy
+    attemptN-gates.pt        gate training, as it goes (and recovery: attemptN-recoverK.pt)
+    attemptN-decision.json   the method's decision: kept channels, the candidates measured ...
+    attemptN-decision.pt     ... and the slimmed model's weights
+    attemptN-finetune.pt     the built-in fine-tuning, as it goes
+    attemptN-finetuned.pt    the fine-tuned weights and their accuracy
+    attemptN-export.json     the export measured (and attemptN-export.onnx, the export itself)
+
+A stage found done is not run again: the prune resumes with the first stage
+that is not, and ends with the model an uninterrupted prune with the same seed
+has (the latency measurements taken after the resume are new ones). Tensors
+load with ``weights_only=True``; records are JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with
+from latprune.errors import SpecError
+from latprune.train import Checkpoint
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what records hold besides JSON types: numpy and torch scalars, tuples."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+class Journal:
+    """The checkpoint directory of one prune."""
+
+    def __init__(self, root: Path, every_s: float, resumed: bool) -> None:
+        self.root = root
+        self.every_s = every_s
+        self.resumed = resumed  # the directory held this prune's checkpoints already
+        self.taken: list[str] = []  # the stages taken from it, in order
+
+    @classmethod
+    def open(cls, root: str | Path, arguments: dict[str, Any], every_s: float = 300.0) -> Journal:
+        """The checkpoints in ``root`` (created) of the prune started with ``arguments``;
+        refuses a directory that holds another prune's."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise SpecError(f"checkpoint directory {root} is a file; name a directory")
+        text = json.dumps(arguments, sort_keys=True, default=str)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        record = root / "arguments.json"
+        if record.is_file():
+            stored = json.loads(record.read_text(encoding="utf-8"))
+            if stored.get("digest") != digest:
+                differ = sorted(k for k in {**arguments, **stored.get("arguments", {})}
+                                if json.dumps(arguments.get(k), sort_keys=True, default=str)
+                                != json.dumps(stored.get("arguments", {}).get(k), sort_keys=True, default=str))
+                raise SpecError(f"{root} holds the checkpoints of another prune (it differs in: "
+                                f"{', '.join(differ) or 'the arguments'}); resume it with the arguments it was "
+                                "started with, or delete the directory to start afresh", option="checkpoints")
+            return cls(root, every_s, resumed=True)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record, {"digest": digest, "arguments": json.loads(text)})
+        return cls(root, every_s, resumed=False)
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """Where the training stage ``name`` saves its state as it goes."""
+        return Checkpoint(self.root / f"{name}.pt", self.every_s)
+
+    def record(self, name: str) -> Any | None:
+        path = self.root / f"{name}.json"
+        if not path.is_file():
+            return None
+        self.taken.append(name)
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def put_record(self, name: str, value: Any) -> None:
+        atomic_write_json(self.root / f"{name}.json", json.loads(json.dumps(value, default=_plain)))
+
+    def tensors(self, name: str) -> dict[str, Any] | None:
+        path = self.root / f"{name}.pt"
+        if not path.is_file():
+            return None
+        if name not in self.taken:
+            self.taken.append(name)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise SpecError(f"{path} is not a checkpoint latprune can read ({type(exc).__name__}); delete "
+                            f"{self.root} to start the prune afresh") from None
+
+    def put_tensors(self, name: str, value: dict[str, Any]) -> None:
+        atomic_write_with(self.root / f"{name}.pt", lambda tmp: torch.save(value, tmp))
+
+    def blob(self, name: str) -> bytes | None:
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self.root / name, data)
+
+    def clear(self) -> None:
+        """Delete the directory: the prune it served is finished and saved."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of ``model``'s state (its weights and buffers): a prune of other weights is another prune."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
