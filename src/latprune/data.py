@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from latprune import parallel
 from latprune.errors import SpecError
 
 FASHION_MNIST_DIR = Path(os.environ.get("LATPRUNE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -173,9 +174,14 @@ def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
 
 def loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0) -> DataLoader:
     """Batches of ``dataset``, shuffled by a generator seeded with ``seed``; ``workers`` processes
-    decode them (pinned memory where CUDA is available, for the copies to a GPU)."""
+    decode them (pinned memory where CUDA is available, for the copies to a GPU). Under torchrun a
+    shuffled (training) loader gives each rank its own share (a ``DistributedSampler``)."""
     if workers < 0:
         raise SpecError(f"workers must be 0 or more, not {workers}")
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
-                      pin_memory=workers > 0 and torch.cuda.is_available(), persistent_workers=workers > 0)
+    world = parallel.world()
+    sampler = (DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=seed)
+               if shuffle and world.distributed else None)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=gen, num_workers=workers, pin_memory=workers > 0 and torch.cuda.is_available(),
+                      persistent_workers=workers > 0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Union
@@ -25,12 +26,13 @@ from typing import Any, Iterable, Protocol, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from latprune import parallel
 from latprune._io import atomic_write_with
 from latprune._progress import bar as progress_bar
 from latprune.data import loader
-from latprune.errors import SpecError
+from latprune.errors import LatpruneWarning, SpecError
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 TrainData = Union[Dataset, DataLoader, Batches]  # a dataset, or what yields (inputs, labels) batches
@@ -51,6 +53,10 @@ def reseeded(data: Any, seed: int) -> Any:
     generator = getattr(data, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed)
+    sampler = getattr(data, "sampler", None)
+    if isinstance(sampler, DistributedSampler):  # its order: seed + epoch
+        sampler.seed = seed
+        sampler.set_epoch(0)
     return data
 
 
@@ -148,6 +154,8 @@ class Penalty(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def synced(self) -> list[torch.Tensor]: ...  # tensors whose gradients every rank must average
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -170,6 +178,7 @@ class _Progress:
     losses: list[float] = field(default_factory=list)
     pass_step: int = 0
     pass_gen: torch.Tensor | None = None
+    passes: int = 0  # passes begun: a DistributedSampler's epoch
 
 
 class _Trainer:
@@ -179,6 +188,7 @@ class _Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, steps: int, data_gen: Any,
                  penalty: Penalty | None) -> None:
         self.model, self.config, self.steps, self.data_gen, self.penalty = model, config, steps, data_gen, penalty
+        self.net = parallel.wrapped(model, config.compute.torch_device)  # what the steps run: DDP under torchrun
         self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay, nesterov=True)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=steps,
@@ -196,6 +206,18 @@ class _Trainer:
         if self.penalty is not None and self.extra_opt is not None:
             state["penalty"], state["extra_opt"] = self.penalty.state_dict(), self.extra_opt.state_dict()
         return state
+
+    def save(self, path: Path, progress: _Progress) -> None:
+        """The state, written atomically (by rank 0 alone under torchrun: every rank holds it)."""
+        if parallel.world().main:
+            atomic_write_with(path, lambda tmp: torch.save(self.state(progress), tmp))
+
+    def synchronise(self) -> None:
+        """Under torchrun: rank 0's weights, BatchNorm statistics and gates on every rank (the
+        gradients were averaged, but each rank's statistics are of its own batches)."""
+        parallel.broadcast_state(self.model)
+        if self.penalty is not None:
+            parallel.broadcast_tensors(self.penalty.synced())
 
     def resume_rng(self) -> None:
         """The global generators as they were saved: set again once the batches the interrupted run
@@ -253,6 +275,9 @@ def train(
     except TypeError:
         raise ValueError("training data must have a length (a Dataset or a DataLoader)") from None
     saving = Checkpoint(Path(checkpoint)) if isinstance(checkpoint, (str, Path)) else checkpoint
+    if parallel.world().distributed and not isinstance(getattr(data, "sampler", None), DistributedSampler):
+        warnings.warn("under torchrun every rank trains on the same batches of this loader: give it a "
+                      "DistributedSampler, so that each rank trains on its own share", LatpruneWarning, stacklevel=2)
     data_gen = getattr(data, "generator", None)  # replays the data order on resume, where the loader has one
     data_gen = data_gen if isinstance(data_gen, torch.Generator) else None
     fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
@@ -271,9 +296,13 @@ def train(
         if resumed and progress.pass_gen is not None and data_gen is not None:
             data_gen.set_state(progress.pass_gen)  # the interrupted pass, in the same order
         skip = progress.step - progress.pass_step if resumed else 0
+        if not resumed:
+            progress.passes += 1
         resumed = False
         progress.pass_step = progress.step
         progress.pass_gen = data_gen.get_state() if data_gen is not None else None
+        if hasattr(getattr(data, "sampler", None), "set_epoch"):
+            data.sampler.set_epoch(progress.passes - 1)  # a DistributedSampler: another order every pass
         for x, y in data:
             if skip > 0:  # batches the interrupted run had already trained on
                 skip -= 1
@@ -284,18 +313,19 @@ def train(
                 break
             _step(trainer, teacher, x, y, fmt, scaler, progress, bar)
             if saving is not None and time.monotonic() - last_save >= saving.every_s and progress.step < steps:
-                atomic_write_with(saving.path, lambda tmp: torch.save(trainer.state(progress), tmp))
+                trainer.save(saving.path, progress)
                 last_save = time.monotonic()
         else:  # a full pass over the data
             if saving is not None and progress.step < steps:
-                ended = replace(progress, pass_step=progress.step,
-                                pass_gen=data_gen.get_state() if data_gen is not None else None)
-                atomic_write_with(saving.path, lambda tmp: torch.save(trainer.state(ended), tmp))
+                trainer.save(saving.path, replace(progress, pass_step=progress.step, pass_gen=data_gen.get_state()
+                                                  if data_gen is not None else None))
                 last_save = time.monotonic()
     if saving is not None:  # finished: a run started again returns at once
-        atomic_write_with(saving.path, lambda tmp: torch.save(trainer.state(progress), tmp))
+        trainer.save(saving.path, progress)
     bar.close()
-    model.to(device="cpu", memory_format=torch.contiguous_format)
+    model.to(memory_format=torch.contiguous_format)
+    trainer.synchronise()
+    model.to("cpu")
     if teacher is not None:
         teacher.to("cpu")
     model.eval()
@@ -313,7 +343,7 @@ def _step(trainer: _Trainer, teacher: nn.Module | None, x: torch.Tensor, y: torc
     y = y.to(device, non_blocking=True)
     if penalty is not None:
         penalty.before_forward()
-    logits, loss = _task_loss(trainer.model, teacher, x, y, config)
+    logits, loss = _task_loss(trainer.net, teacher, x, y, config)
     fields_: dict[str, str] = {}
     if penalty is not None:
         term, fields_ = penalty.loss()  # on the CPU, where the gates and the LUT tables live
@@ -322,6 +352,8 @@ def _step(trainer: _Trainer, teacher: nn.Module | None, x: torch.Tensor, y: torc
     if extra_opt is not None:
         extra_opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if penalty is not None:
+        parallel.average_gradients(penalty.synced())  # not the DDP model's: averaged here
     scaler.step(opt)
     if extra_opt is not None:
         scaler.step(extra_opt)

@@ -217,6 +217,10 @@ class LatencyPenalty:
             self.lam = min(self.lam * self.config.lam_growth, self.config.lam_max)
         return term, {"E[lat]": f"{value:.3f}ms", "λ": f"{self.lam:.2g}"}
 
+    def synced(self) -> list[torch.Tensor]:
+        """The gate logits: every rank of a torchrun world averages their gradients."""
+        return list(self.gates.parameters())
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed gate training needs: the gate logits, λ and its history."""
         return {"gates": self.gates.state_dict(), "lam": self.lam, "reached": self.reached,
@@ -271,6 +275,10 @@ class TaylorSignal(LatencyPenalty):
             return self.ema
         sq = [t.grad.detach() ** 2 if t.grad is not None else torch.zeros_like(t) for t in self.drawn]
         return sq if self.ema is None else [self.beta * e + (1 - self.beta) * q for e, q in zip(self.ema, sq)]
+
+    def synced(self) -> list[torch.Tensor]:
+        """The logits, and this step's gate samples, whose gradients the EMA folds in."""
+        return super().synced() + list(self.drawn or [])
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ema": self._folded(), "kappa": self.kappa}

@@ -1,0 +1,133 @@
+"""Training on several processes: ``torchrun`` and DistributedDataParallel.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) a prune joins the
+process group (NCCL on CUDA, gloo on the CPU) and splits its work so:
+
+- every rank trains (gate training, fine-tuning) its shard of the data, the
+  model wrapped in DDP, the gates' gradients averaged by hand (they are not
+  the model's parameters); the state is broadcast from rank 0 at the end, so
+  that every rank ends with the same weights, BatchNorm statistics included;
+- rank 0 alone measures (the base, candidates, the export), scores, decides
+  the widths and writes files; the other ranks receive what it decided.
+
+Outside torchrun every function here is the single-process identity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from latprune.errors import SpecError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """This process's place in the process group (rank 0 of 1 outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return World()
+
+
+def join(device_type: str) -> World:
+    """Join the process group torchrun's environment describes (once; NCCL for ``cuda``, else gloo);
+    the single-process world without one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return world()
+    if not dist.is_initialized():
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise SpecError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun")
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return world()
+
+
+def broadcast(value: T) -> T:
+    """Rank 0's ``value`` on every rank (any picklable object)."""
+    if not world().distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank."""
+    if not world().distributed:
+        return [value]
+    values: list[Any] = [None] * world().size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def same_everywhere(what: str, described: dict[str, Any]) -> None:
+    """Refuse a world whose ranks were given different ``described`` arguments, naming them."""
+    values = gather(described)
+    for rank, other in enumerate(values):
+        differ = sorted(k for k in {**described, **other} if values[0].get(k) != other.get(k))
+        if differ:
+            raise SpecError(f"rank {rank} was given other {what} than rank 0 (they differ in: {', '.join(differ)}); "
+                            "give every rank the same command")
+
+
+def broadcast_state(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers into ``module`` on every rank."""
+    if not world().distributed:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank."""
+    if not world().distributed:
+        return
+    with torch.no_grad():
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(tensors: Iterable[torch.Tensor]) -> None:
+    """Average the ``.grad`` of ``tensors`` (not a DDP model's parameters) over the ranks."""
+    w = world()
+    if not w.distributed:
+        return
+    for tensor in tensors:
+        if tensor.grad is None:
+            tensor.grad = torch.zeros_like(tensor)
+        dist.all_reduce(tensor.grad, op=dist.ReduceOp.SUM)
+        tensor.grad /= w.size
+
+
+def wrapped(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DDP when the world has several ranks (itself otherwise)."""
+    if not world().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
