@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from latprune import parallel
 from latprune.budget import Budget, parse_budget
 from latprune.errors import LatpruneWarning, RunDirError, SpecError
 from latprune.exporters.bundle import Bundle, ExportOptions, write_bundle
@@ -167,6 +168,27 @@ def _training(config: MethodConfig, train_loader: Iterable | None, val_loader: I
     return Training(train_loader, finetune, evaluate, compute)
 
 
+def _joined(compute: Compute, base: nn.Module) -> tuple[Compute, parallel.World]:
+    """Under torchrun: the process group joined, each rank on its own GPU (``LOCAL_RANK``) when it
+    trains on CUDA, and rank 0's base weights on every rank."""
+    world = parallel.join(compute.torch_device.type)
+    if world.distributed and compute.torch_device.type == "cuda" and compute.torch_device.index is None:
+        compute = replace(compute, device=f"cuda:{world.local_rank}")
+    parallel.broadcast_state(base)
+    parallel.DIFFERENCES.clear()
+    return compute, world
+
+
+def _world_record(world: parallel.World, model: nn.Module) -> dict[str, Any]:
+    """The torchrun world a prune ran in, and that its ranks ended alike: each rank's weight digest,
+    and how far apart the ranks' trained parameters were before rank 0's were broadcast."""
+    import torch.distributed as dist
+
+    return {"world_size": world.size, "backend": dist.get_backend(),
+            "weights_sha256": parallel.gather(weights_digest(model)),
+            "max_difference_before_sync": dict(parallel.DIFFERENCES)}
+
+
 def _arguments(base: nn.Module, shape: tuple[int, ...], budget: Budget, config: MethodConfig, lut: LUT,
                training: Training, retries: int, seed: int, name: str) -> dict[str, Any]:
     """What makes two prunes the same prune (for resuming one from its checkpoints)."""
@@ -211,15 +233,17 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     config = method_config(method)
     if not isinstance(retries, int) or retries < 0:
         raise SpecError(f"retries must be 0 or more, not {retries!r}")
-    compute = Compute.resolve(device, precision)
+    compute, world = _joined(Compute.resolve(device, precision), base)
     if finetune is None and train_loader is not None:
         finetune = FinetuneConfig()  # the built-in loop on the loader given
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
     training = _training(config, train_loader, val_loader, finetune, evaluate, compute)
     journal = None
-    if checkpoints is not None:
-        journal = Journal.open(checkpoints, _arguments(base, shape, target, config, table, training, retries, seed,
-                                                       _name(model, name)), checkpoint_every_s)
+    if checkpoints is not None or world.distributed:
+        arguments = _arguments(base, shape, target, config, table, training, retries, seed, _name(model, name))
+        parallel.same_everywhere("arguments", arguments)
+        if checkpoints is not None:
+            journal = parallel.on_main(lambda: Journal.open(checkpoints, arguments, checkpoint_every_s))
     settings = Settings(retries=retries, seed=seed, progress=progress, journal=journal)
     backend = get_backend(table.backend, table.threads)
     with open_for_backend(table.path, backend, writable=False) as store:
@@ -232,6 +256,8 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     metrics["config"]["compute"] = asdict(compute)
     if journal is not None:
         metrics["checkpoints"] = {"dir": str(journal.root), "resumed": journal.taken}
+    if world.distributed:
+        metrics["distributed"] = _world_record(world, outcome.attempt.decision.slim)
     return PruneResult(outcome.attempt.decision.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
 
 

@@ -287,6 +287,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from latprune.train import Compute
 
     out = Path(args.output)
+    world = _join(args)
     Compute.resolve(args.device, args.precision)  # refused before any work
     check_run_target(out, args.force)  # before any work: a long prune must not end in this
     if args.checkpoint_every < 0:
@@ -308,21 +309,41 @@ def cmd_prune(args: argparse.Namespace) -> None:
                        val_loader=test, finetune=FinetuneConfig(args.epochs, args.lr, args.distill) if train else None,
                        device=args.device, precision=args.precision, retries=args.retries, name=spec.name,
                        data_name=data_name, checkpoints=checkpoints, checkpoint_every_s=args.checkpoint_every,
-                       progress=not args.json)
+                       progress=not args.json and world.main)
     except LatpruneError as exc:  # refused: nothing to resume (a crash or a kill keeps the checkpoints)
-        if exc.option != "checkpoints":
+        if exc.option != "checkpoints" and world.main:
             shutil.rmtree(checkpoints, ignore_errors=True)
         raise
-    result.save(out, overwrite=args.force)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the run directory holds what they served
     m = result.metrics
-    _print(args, m, prune_text)
+    if world.main:  # under torchrun every rank holds the result; rank 0 writes and reports it
+        result.save(out, overwrite=args.force)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run directory holds what they served
+        _print(args, m, prune_text)
     if not m["budget_met"]:
         budget_ms = m["budget"]["ms_beside"] or m["budget"]["ms"]
         raise BudgetMissed(f"the run directory {out} is written, but its model measures "
                            f"{m['pruned']['latency_ms']['median_ms']:.3f} ms against the budget {budget_ms:.3f} ms "
                            f"after {len(m['attempts'])} attempt(s): prune again with a tighter --budget or more "
                            "--retries, or measure it again with `latprune bench` on a quiet machine")
+
+
+def _join(args: argparse.Namespace) -> Any:
+    """Under torchrun: this process's rank in the world, refusing ranks given other arguments
+    (rank 0 alone reports warnings); the single-process world otherwise."""
+    from latprune import parallel
+
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and _cuda_available())
+    world = parallel.join("cuda" if cuda else "cpu")
+    parallel.same_everywhere("arguments", {k: v for k, v in vars(args).items() if k != "func"})
+    if not world.main:
+        warnings.simplefilter("ignore", LatpruneWarning)
+    return world
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _load_run(run_dir: str, base: str | None) -> Any:

@@ -19,6 +19,15 @@ class LatpruneError(Exception):
         super().__init__(message)
         self.option = option
 
+    def __reduce__(self) -> tuple:  # pickled whole (rank 0's error, raised on every rank under torchrun)
+        return _rebuilt, (type(self), str(self), self.option)
+
+
+def _rebuilt(cls: type[LatpruneError], message: str, option: str | None) -> LatpruneError:
+    error = cls.__new__(cls)
+    LatpruneError.__init__(error, message, option)
+    return error
+
 
 class SpecError(LatpruneError):
     """A model, data, input-shape or budget spec could not be understood."""

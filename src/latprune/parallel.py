@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -65,6 +65,23 @@ def join(device_type: str) -> World:
     return world()
 
 
+def on_main(work: Callable[[], T]) -> T:
+    """``work()`` run by rank 0 alone, its result (or the error it raised) on every rank: the
+    other ranks wait for it, and all raise together rather than wait for a rank that failed."""
+    if not world().distributed:
+        return work()
+    outcome: tuple[bool, Any] = (True, None)
+    if world().main:
+        try:
+            outcome = (True, work())
+        except Exception as exc:  # every rank raises it below
+            outcome = (False, exc)
+    ok, value = broadcast(outcome)
+    if not ok:
+        raise value
+    return value
+
+
 def broadcast(value: T) -> T:
     """Rank 0's ``value`` on every rank (any picklable object)."""
     if not world().distributed:
@@ -95,11 +112,30 @@ def same_everywhere(what: str, described: dict[str, Any]) -> None:
 
 def broadcast_state(module: nn.Module) -> None:
     """Rank 0's parameters and buffers into ``module`` on every rank."""
+    broadcast_tensors(module.state_dict().values())
+
+
+# How far apart the ranks' trained tensors were before each :func:`synchronise` (max |difference|):
+# DDP keeps the parameters and the averaged gates equal, so 0 unless something diverged.
+DIFFERENCES: dict[str, float] = {}
+
+
+def synchronise(name: str, agreed: Iterable[torch.Tensor], module: nn.Module) -> None:
+    """Record (in :data:`DIFFERENCES`) how far apart the ranks' ``agreed`` tensors are, then set
+    ``module``'s state and ``agreed`` to rank 0's on every rank."""
     if not world().distributed:
         return
+    agreed = list(agreed)
+    worst = 0.0
     with torch.no_grad():
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
+        for tensor in agreed:
+            high, low = tensor.detach().clone(), tensor.detach().clone()
+            dist.all_reduce(high, op=dist.ReduceOp.MAX)
+            dist.all_reduce(low, op=dist.ReduceOp.MIN)
+            worst = max(worst, float((high - low).abs().max()) if tensor.numel() else 0.0)
+    DIFFERENCES[name] = max(worst, DIFFERENCES.get(name, 0.0))
+    broadcast_state(module)
+    broadcast_tensors(agreed)
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:

@@ -212,12 +212,11 @@ class _Trainer:
         if parallel.world().main:
             atomic_write_with(path, lambda tmp: torch.save(self.state(progress), tmp))
 
-    def synchronise(self) -> None:
+    def synchronise(self, desc: str) -> None:
         """Under torchrun: rank 0's weights, BatchNorm statistics and gates on every rank (the
         gradients were averaged, but each rank's statistics are of its own batches)."""
-        parallel.broadcast_state(self.model)
-        if self.penalty is not None:
-            parallel.broadcast_tensors(self.penalty.synced())
+        gates = self.penalty.synced() if self.penalty is not None else []
+        parallel.synchronise(desc, [*self.model.parameters(), *gates], self.model)
 
     def resume_rng(self) -> None:
         """The global generators as they were saved: set again once the batches the interrupted run
@@ -324,7 +323,7 @@ def train(
         trainer.save(saving.path, progress)
     bar.close()
     model.to(memory_format=torch.contiguous_format)
-    trainer.synchronise()
+    trainer.synchronise(desc)
     model.to("cpu")
     if teacher is not None:
         teacher.to("cpu")

@@ -60,11 +60,12 @@ def l1_importance(graph: ChannelGraph) -> Scores:
 
 def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                       num_batches: int, order: int = 1, progress: bool = True, gates: Gates | None = None,
-                      mode: str = "open") -> Scores:
+                      mode: str = "open", device: torch.device | str = "cpu") -> Scores:
     """Accumulate Taylor scores of every group and block over ``num_batches`` batches.
 
     ``gates`` (a :class:`~latprune.pruner.gates.Gates`) defaults to fresh open
-    gates; pass trained ones with ``mode="hard"`` to score what the training kept."""
+    gates; pass trained ones with ``mode="hard"`` to score what the training kept.
+    The model runs on ``device`` in fp32 (the gates stay on the CPU) and comes back to the CPU."""
     gates = Gates(graph) if gates is None else gates
     was_attached = gates.attached
     previous = gates.mode
@@ -80,13 +81,14 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
         return first - 0.5 * first**2 if order == 2 else first
 
     seen = 0
+    model.to(device)
     try:
         for x, y in bar(batches, total=num_batches, desc="taylor importance", unit="batch", enabled=progress):
             if seen >= num_batches:
                 break
             gates.refresh()
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)).backward()
             with torch.no_grad():
                 for g, gate in zip(graph.groups, gates.current):
                     groups[g.id] += delta(gate) ** 2
@@ -94,6 +96,7 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
             seen += 1
     finally:
         model.zero_grad(set_to_none=True)
+        model.to("cpu")
         gates.mode = previous
         if not was_attached:  # leave the model as it came: a deepcopy would carry the hooks along
             gates.detach()
@@ -106,17 +109,17 @@ def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor,
 
 def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int]], ranking: Scores,
                   batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_batches: int,
-                  progress: bool = True) -> dict[int, list[float]]:
+                  progress: bool = True, device: torch.device | str = "cpu") -> dict[int, list[float]]:
     """Increase of the mean loss over ``num_batches`` fixed batches when group g alone is cut
     to ``options[g][i]`` (its ``ranking``-best channels; width 0 removes its block).
 
     The other groups stay as ``gates`` has them in ``hard`` mode (fresh gates: the
-    unpruned model). Every option is measured on the same batches, so the
+    unpruned model), on ``device``. Every option is measured on the same batches, so the
     differences are paired and free of sampling noise between options. The
     increases are made monotone (a wider option keeps a superset of channels,
     so measuring it worse is noise); they are negative where an option beats the
     reference (a group that ``gates`` narrowed, widened again)."""
-    held = [b for _, b in zip(range(num_batches), batches)]
+    held = [(x.to(device), y.to(device)) for _, (x, y) in zip(range(num_batches), batches)]
     if not held:
         raise SpecError("no data batch reached the option-loss measurement; check that the training data yields "
                         "(inputs, labels) batches")
@@ -124,7 +127,7 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
     saved = [lg.detach().clone() for lg in gates.logits]
     saved_blocks = gates.block_logits.detach().clone()
     block_index = {b.group: i for i, b in enumerate(gates.blocks)}
-    model = graph.model
+    model = graph.model.to(device)
     model.eval()
     gates.mode = "hard"
     gates.attach()
@@ -165,6 +168,7 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
                 monotone = np.maximum.accumulate(np.asarray(measured)[::-1])[::-1]
                 increases[g] = [float(v) for v in monotone]
     finally:
+        model.to("cpu")
         with torch.no_grad():
             for lg, s in zip(gates.logits, saved):
                 lg.copy_(s)

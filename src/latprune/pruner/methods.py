@@ -92,7 +92,7 @@ class Context:
             return l1_importance(self.graph)
         return taylor_importance(self.graph, self.batches(seed_offset), batches or config.importance_batches,
                                  order=2 if config.importance == "taylor2" else 1,
-                                 progress=self.progress, gates=gates, mode=mode)
+                                 progress=self.progress, gates=gates, mode=mode, device=self.compute.device)
 
     def values(self, scores: Scores, options: dict[int, list[int]],
                keep: dict[int, list[int]] | None, seed_offset: int = 0) -> dict[int, list[float]]:
@@ -103,7 +103,8 @@ class Context:
         if config.importance != "measured":
             return option_values(scores, options)
         losses = option_losses(self.graph, _masked_gates(self, keep), options, scores,
-                               self.batches(seed_offset + 1000), config.importance_batches, progress=self.progress)
+                               self.batches(seed_offset + 1000), config.importance_batches, progress=self.progress,
+                               device=self.compute.device)
         return {g: [-v for v in losses[g]] for g in options}
 
     def measure(self, model: nn.Module) -> tuple[float, float | None]:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from latprune import parallel
 from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with
 from latprune.errors import SpecError
 from latprune.train import Checkpoint
@@ -86,6 +87,8 @@ class Journal:
         return json.loads(path.read_text(encoding="utf-8"))
 
     def put_record(self, name: str, value: Any) -> None:
+        if not parallel.world().main:  # under torchrun rank 0 writes, every rank reads
+            return
         atomic_write_json(self.root / f"{name}.json", json.loads(json.dumps(value, default=_plain)))
 
     def tensors(self, name: str) -> dict[str, Any] | None:
@@ -101,6 +104,8 @@ class Journal:
                             f"{self.root} to start the prune afresh") from None
 
     def put_tensors(self, name: str, value: dict[str, Any]) -> None:
+        if not parallel.world().main:  # under torchrun rank 0 writes, every rank reads
+            return
         atomic_write_with(self.root / f"{name}.pt", lambda tmp: torch.save(value, tmp))
 
     def blob(self, name: str) -> bytes | None:
@@ -108,6 +113,8 @@ class Journal:
         return path.read_bytes() if path.is_file() else None
 
     def put_blob(self, name: str, data: bytes) -> None:
+        if not parallel.world().main:  # under torchrun rank 0 writes, every rank reads
+            return
         atomic_write_bytes(self.root / name, data)
 
     def clear(self) -> None:
