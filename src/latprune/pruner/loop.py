@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from latprune import parallel
 from latprune.budget import Budget
 from latprune.errors import BudgetError, LatpruneWarning, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid
@@ -43,7 +44,7 @@ from latprune.latency_lut.profile import (
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency
 from latprune.pruner.configs import MethodConfig
-from latprune.pruner.methods import Batches, Context, Decision, get_method
+from latprune.pruner.methods import TRAINS_ON_EVERY_RANK, Batches, Context, Decision, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from latprune.pruner.resume import Journal
 from latprune.runtime.onnx import OnnxReport, checked_onnx
@@ -236,25 +237,55 @@ def attempt(ctx: Context, training: Training, budget_ms: float, number: int, tea
 def decide(ctx: Context, journal: Journal | None, number: int) -> Decision:
     """The method's decision (its gate training resumable), or the one ``journal`` holds."""
     name = f"attempt{number}-decision"
-    stored = journal.record(name) if journal else None
-    if journal is not None and stored is not None:
-        keep = {int(g): idx for g, idx in stored["keep"].items()}
-        slim = ctx.graph.slim(keep)
-        slim.load_state_dict((journal.tensors(name) or {})["model"])
-        calibration = stored["calibration"]
-        predictor = Predictor(ctx.predictor.lut, ctx.graph, Calibration(**calibration)) if calibration else None
-        return Decision(keep, slim.eval(), stored["predicted_ms"], stored["history"], stored["extra"],
-                        stored["measured_ms"], predictor)
+    stored = parallel.on_main(lambda: _stored_decision(journal, name))
+    if stored is not None:
+        return _decision_from(ctx, stored)
     if journal is not None:
         ctx = replace(ctx, checkpoint=lambda stage: journal.checkpoint(f"attempt{number}-{stage}"))
-    decision = get_method(ctx.config)(ctx)
+    decision = _decided(ctx)
     if journal is not None:
-        journal.put_tensors(name, {"model": decision.slim.state_dict()})
-        journal.put_record(name, {
-            "keep": decision.keep, "predicted_ms": decision.predicted_ms, "history": decision.history,
-            "extra": decision.extra, "measured_ms": decision.measured_ms,
-            "calibration": asdict(decision.predictor.calibration) if decision.predictor else None})
+        record = _decision_record(decision)
+        journal.put_tensors(name, {"model": record.pop("model")})
+        journal.put_record(name, record)
     return decision
+
+
+def _decided(ctx: Context) -> Decision:
+    """The method's decision. Under torchrun, the training a method does on every rank
+    (:data:`~latprune.pruner.methods.TRAINS_ON_EVERY_RANK`) runs on every rank, and the rest on
+    rank 0 alone; every rank gets rank 0's decision."""
+    method = get_method(ctx.config)
+    if not parallel.world().distributed:
+        return method(ctx)
+    if type(ctx.config) in TRAINS_ON_EVERY_RANK:
+        trains, decides = TRAINS_ON_EVERY_RANK[type(ctx.config)]
+        trained = trains(ctx)
+        return _decision_from(ctx, parallel.on_main(lambda: _decision_record(decides(ctx, trained))))
+    return _decision_from(ctx, parallel.on_main(lambda: _decision_record(method(ctx))))
+
+
+def _decision_record(decision: Decision) -> dict[str, Any]:
+    """A decision as plain data (its slimmed model as a state_dict): to store, or to send to the other ranks."""
+    return {"keep": decision.keep, "predicted_ms": decision.predicted_ms, "history": decision.history,
+            "extra": decision.extra, "measured_ms": decision.measured_ms, "model": decision.slim.state_dict(),
+            "calibration": asdict(decision.predictor.calibration) if decision.predictor else None}
+
+
+def _stored_decision(journal: Journal | None, name: str) -> dict[str, Any] | None:
+    record = journal.record(name) if journal else None
+    if journal is None or record is None:
+        return None
+    return {**record, "model": (journal.tensors(name) or {})["model"]}
+
+
+def _decision_from(ctx: Context, record: dict[str, Any]) -> Decision:
+    keep = {int(g): list(idx) for g, idx in record["keep"].items()}  # JSON keys are strings
+    slim = ctx.graph.slim(keep)
+    slim.load_state_dict(record["model"])
+    calibration = record["calibration"]
+    predictor = Predictor(ctx.predictor.lut, ctx.graph, Calibration(**calibration)) if calibration else None
+    return Decision(keep, slim.eval(), record["predicted_ms"], record["history"], record["extra"],
+                    record["measured_ms"], predictor)
 
 
 def finetune(training: Training, model: nn.Module, teacher: nn.Module, seed: int,
@@ -276,15 +307,15 @@ def finetune(training: Training, model: nn.Module, teacher: nn.Module, seed: int
 def finetuned(ctx: Context, training: Training, slim: nn.Module, teacher: nn.Module, journal: Journal | None,
               number: int) -> tuple[float | None, float]:
     """Fine-tune and score ``slim`` in place (or take both from ``journal``): the accuracy,
-    and the seconds the scoring took."""
+    and the seconds the scoring took. Under torchrun every rank fine-tunes; rank 0 scores."""
     name = f"attempt{number}-finetuned"
-    stored = journal.tensors(name) if journal else None
+    stored = parallel.on_main(lambda: journal.tensors(name) if journal else None)
     if stored is not None:
         slim.load_state_dict(stored["model"])
         return stored["accuracy"], 0.0
     finetune(training, slim, teacher, ctx.seed, journal.checkpoint(f"attempt{number}-finetune") if journal else None)
     t = time.time()
-    accuracy = score(training, slim)
+    accuracy = parallel.on_main(lambda: score(training, slim))
     if journal is not None:
         journal.put_tensors(name, {"model": slim.state_dict(), "accuracy": accuracy})
     return accuracy, time.time() - t
@@ -292,22 +323,26 @@ def finetuned(ctx: Context, training: Training, slim: nn.Module, teacher: nn.Mod
 
 def verified_export(ctx: Context, slim: nn.Module, budget_ms: float, journal: Journal | None,
                     number: int) -> Verified:
-    """:func:`verify_export` of ``slim`` (or the one ``journal`` holds)."""
+    """:func:`verify_export` of ``slim`` (or the one ``journal`` holds), by rank 0 under torchrun."""
     name = f"attempt{number}-export"
-    stored = journal.record(name) if journal else None
-    onnx = journal.blob(f"{name}.onnx") if journal else None
-    if stored is not None and onnx is not None:
-        report = OnnxReport(**{**stored["report"], "input_shape": tuple(stored["report"]["input_shape"])})
-        return Verified(onnx, report, stored["export_ms"], Latency(**stored["latency"]), stored["checks_ms"],
-                        stored["base_beside_ms"])
-    verified = verify_export(slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms, budget_ms,
-                             ctx.config.margin, check_twice=not ctx.config.latency_blind)
-    if journal is not None:
-        journal.put_blob(f"{name}.onnx", verified.onnx)
-        journal.put_record(name, {"report": asdict(verified.report), "export_ms": verified.export_ms,
-                                  "latency": asdict(verified.latency), "checks_ms": verified.checks_ms,
-                                  "base_beside_ms": verified.base_beside_ms})
-    return verified
+
+    def verified() -> Verified:
+        stored = journal.record(name) if journal else None
+        onnx = journal.blob(f"{name}.onnx") if journal else None
+        if stored is not None and onnx is not None:
+            report = OnnxReport(**{**stored["report"], "input_shape": tuple(stored["report"]["input_shape"])})
+            return Verified(onnx, report, stored["export_ms"], Latency(**stored["latency"]), stored["checks_ms"],
+                            stored["base_beside_ms"])
+        result = verify_export(slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms, budget_ms,
+                               ctx.config.margin, check_twice=not ctx.config.latency_blind)
+        if journal is not None:
+            journal.put_blob(f"{name}.onnx", result.onnx)
+            journal.put_record(name, {"report": asdict(result.report), "export_ms": result.export_ms,
+                                      "latency": asdict(result.latency), "checks_ms": result.checks_ms,
+                                      "base_beside_ms": result.base_beside_ms})
+        return result
+
+    return parallel.on_main(verified)
 
 
 def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budget_ms: float,
@@ -322,6 +357,30 @@ def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budg
         budget_ms=budget_ms, predicted_ms=decision.predicted_ms, signature=graph.signature(), method=method)
 
 
+def base_stage(graph: ChannelGraph, lut: Lut, backend: Backend, base_model: nn.Module, training: Training,
+               settings: Settings) -> tuple[Calibrated, Latency, float | None, float]:
+    """The calibrated predictor, the base's latency and accuracy (or those the journal holds), and
+    the seconds the scoring took; under torchrun measured and scored by rank 0 alone."""
+    journal = settings.journal
+
+    def measured() -> tuple[Any, ...]:
+        calibrated = calibrated_predictor(graph, lut, backend, settings.progress)
+        stored = journal.record("base") if journal else None
+        if journal is not None and stored is not None:
+            say(settings, f"resuming the prune from its checkpoints in {journal.root}")
+        latency = (Latency(**stored["latency"]) if stored else
+                   measure_base(backend, base_model, graph.input_shape))
+        t = time.time()
+        accuracy = stored["accuracy"] if stored else score(training, base_model)
+        if journal is not None and stored is None:
+            journal.put_record("base", {"latency": asdict(latency), "accuracy": accuracy})
+        return (calibrated.predictor.calibration, calibrated.grid, calibrated.fit, calibrated.fit_current,
+                calibrated.warnings, latency, accuracy, time.time() - t)
+
+    calibration, grid, fit, current, warnings, latency, accuracy, eval_s = parallel.on_main(measured)
+    return Calibrated(Predictor(lut, graph, calibration), grid, fit, current, warnings), latency, accuracy, eval_s
+
+
 def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, lut: Lut, backend: Backend,
                 budget: Budget, config: MethodConfig, training: Training, settings: Settings) -> Outcome:
     """The whole prune of ``base_model`` (left unchanged): calibrate, measure the base,
@@ -329,12 +388,9 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
-    calibrated = calibrated_predictor(graph, lut, backend, settings.progress)
     journal = settings.journal
-    stored = journal.record("base") if journal else None
-    if stored is not None:
-        say(settings, f"resuming the prune from its checkpoints in {journal.root}")
-    base_latency = Latency(**stored["latency"]) if stored else measure_base(backend, base_model, input_shape)
+    calibrated, base_latency, base_accuracy, eval_base_s = base_stage(graph, lut, backend, base_model, training,
+                                                                      settings)
     base_ms = base_latency.to_dict()["median_ms"]  # as metrics.json records it
     budget_ms = budget.resolve(base_ms)
     lut_base_ms = calibrated.predictor.predict(graph.full_widths())
@@ -342,12 +398,7 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     # re-anchor the prediction on the base model measured a moment ago.
     drift = base_ms / lut_base_ms
     predictor = calibrated.predictor.rescaled(drift)
-    setup_s = time.time() - t0
-    t = time.time()
-    base_accuracy = stored["accuracy"] if stored else score(training, base_model)
-    eval_base_s = time.time() - t
-    if journal is not None and stored is None:
-        journal.put_record("base", {"latency": asdict(base_latency), "accuracy": base_accuracy})
+    setup_s = time.time() - t0 - eval_base_s
 
     attempts: list[dict[str, Any]] = []
     kept: tuple[Attempt, ChannelGraph, Predictor] | None = None
