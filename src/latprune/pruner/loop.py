@@ -2,8 +2,10 @@
 
     calibrated_predictor  the LUT's predictor for this model, with its stored (or a fresh) calibration
     measure_base          the base model measured on the backend; a relative budget resolves here
+    prepare               both, and the predictor re-anchored on the measured base: the Start
     attempt               the method's decision, fine-tuning, and the export measured
-    prune_model           attempts until the export holds the budget (or the retries run out)
+    run_attempts          attempts from a Start until the export holds the budget (or the retries run out)
+    prune_model           prepare, then run_attempts with the config's method
 
 The methods never trust the prediction alone: each candidate is slimmed and
 timed on the backend (:func:`methods.closed_loop`). The export is timed again
@@ -160,7 +162,7 @@ def calibrated_predictor(graph: ChannelGraph, lut: Lut, backend: Backend, progre
     if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
         warnings.append(f"{lut.path}: {noisy}")
     for message in warnings:
-        _warnings.warn(message, LatpruneWarning, stacklevel=4)  # at the caller of latprune.prune
+        _warnings.warn(message, LatpruneWarning, stacklevel=5)  # at the caller of prune or attach_gates
     return Calibrated(Predictor(lut, graph, stored[0]), grid, fit, current, warnings)
 
 
@@ -207,12 +209,14 @@ def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backen
     return Verified(onnx, report, sum(checks) / len(checks), latency, checks, beside)
 
 
-def attempt(ctx: Context, training: Training, budget_ms: float, number: int) -> Attempt:
-    """One attempt: the method's decision at ``ctx.budget_ms``, fine-tuning, evaluation,
-    and the export measured against ``budget_ms``."""
+def attempt(ctx: Context, training: Training, budget_ms: float, number: int,
+            decide: Callable[[Context], Decision]) -> Attempt:
+    """One attempt: ``decide``'s decision at ``ctx.budget_ms`` (the config's method, or gator's
+    decision from gates trained elsewhere), fine-tuning, evaluation, and the export measured
+    against ``budget_ms``."""
     timings: dict[str, float] = {}
     t = time.time()
-    decision = get_method(ctx.config)(ctx)
+    decision = decide(ctx)
     timings["method_s"] = time.time() - t
     t = time.time()
     if training.finetune is not None:
@@ -246,6 +250,42 @@ def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budg
         budget_ms=budget_ms, predicted_ms=decision.predicted_ms, signature=graph.signature(), method=method)
 
 
+@dataclass
+class Start:
+    """Where every attempt starts (:func:`prepare`): the base model measured, the budget in ms,
+    and the LUT's predictor re-anchored on that measurement."""
+
+    base_model: nn.Module      # on the CPU, never changed: candidates are measured beside it
+    name: str
+    budget: Budget
+    budget_ms: float
+    base_latency: Latency
+    calibrated: Calibrated
+    lut_base_ms: float         # the LUT's prediction of the base
+    drift: float               # measured base / lut_base_ms
+    predictor: Predictor       # the calibrated predictor times drift
+    setup_s: float
+
+    @property
+    def base_ms(self) -> float:
+        return self.base_latency.to_dict()["median_ms"]  # as metrics.json records it
+
+
+def prepare(graph: ChannelGraph, base_model: nn.Module, name: str, lut: Lut, backend: Backend, budget: Budget,
+            progress: bool, since: float) -> Start:
+    """Calibrate ``graph`` (of ``base_model``) against ``lut``, measure the base, resolve the budget,
+    and re-anchor the prediction on the measured base (``since``: when the set-up began)."""
+    calibrated = calibrated_predictor(graph, lut, backend, progress)
+    base_latency = measure_base(backend, base_model, graph.input_shape)
+    base_ms = base_latency.to_dict()["median_ms"]
+    lut_base_ms = calibrated.predictor.predict(graph.full_widths())
+    # Devices drift (frequency, neighbours, thermal state) between profiling and now:
+    # re-anchor the prediction on the base model measured a moment ago.
+    drift = base_ms / lut_base_ms
+    return Start(base_model, name, budget, budget.resolve(base_ms), base_latency, calibrated, lut_base_ms, drift,
+                 calibrated.predictor.rescaled(drift), time.time() - since)
+
+
 def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, lut: Lut, backend: Backend,
                 budget: Budget, config: MethodConfig, training: Training, settings: Settings) -> Outcome:
     """The whole prune of ``base_model`` (left unchanged): calibrate, measure the base,
@@ -253,29 +293,33 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
-    calibrated = calibrated_predictor(graph, lut, backend, settings.progress)
-    base_latency = measure_base(backend, base_model, input_shape)
-    base_ms = base_latency.to_dict()["median_ms"]  # as metrics.json records it
-    budget_ms = budget.resolve(base_ms)
-    lut_base_ms = calibrated.predictor.predict(graph.full_widths())
-    # Devices drift (frequency, neighbours, thermal state) between profiling and now:
-    # re-anchor the prediction on the base model measured a moment ago.
-    drift = base_ms / lut_base_ms
-    predictor = calibrated.predictor.rescaled(drift)
-    setup_s = time.time() - t0
-    t = time.time()
+    start = prepare(graph, base_model, name, lut, backend, budget, settings.progress, since=t0)
+
+    def fresh() -> ChannelGraph:  # a retry starts from the base again
+        return ChannelGraph.build(copy.deepcopy(base_model), input_shape)
+
+    return run_attempts(start, graph, fresh, lut, backend, config, training, settings, get_method(config))
+
+
+def run_attempts(start: Start, graph: ChannelGraph, fresh_graph: Callable[[], ChannelGraph], lut: Lut,
+                 backend: Backend, config: MethodConfig, training: Training, settings: Settings,
+                 decide: Callable[[Context], Decision]) -> Outcome:
+    """Attempts of ``decide`` from ``start``: the first on ``graph``, each retry on ``fresh_graph()``
+    at a budget narrower by the gap its predecessor's export missed by."""
+    t0 = time.time()
+    budget_ms, base_model = start.budget_ms, start.base_model
     base_accuracy = score(training, base_model)
-    eval_base_s = time.time() - t
+    eval_base_s = time.time() - t0
 
     attempts: list[dict[str, Any]] = []
     kept: tuple[Attempt, ChannelGraph, Predictor] | None = None
-    attempt_budget_ms = budget_ms
+    attempt_budget_ms, predictor = budget_ms, start.predictor
     while True:
-        ctx = Context(graph, predictor, backend, calibrated.grid, attempt_budget_ms, base_ms, config,
-                      training.train_loader, base_model if budget.relative else None, settings.seed,
+        ctx = Context(graph, predictor, backend, start.calibrated.grid, attempt_budget_ms, start.base_ms, config,
+                      training.train_loader, base_model if start.budget.relative else None, settings.seed,
                       settings.progress, training.compute)
         try:
-            result = attempt(ctx, training, budget_ms, len(attempts) + 1)
+            result = attempt(ctx, training, budget_ms, len(attempts) + 1, decide)
         except BudgetError as exc:
             if kept is None:
                 raise
@@ -296,17 +340,17 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
         say(settings, f"the export measures {export_ms:.3f} ms against the budget {budget_ms:.3f} ms (its "
                       f"candidate measured {candidate_ms:.3f} ms): pruning again from the base to "
                       f"{attempt_budget_ms:.3f} ms (attempt {len(attempts) + 1} of {settings.retries + 1})")
-        graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)
+        graph = fresh_graph()
         predictor = Predictor(lut, graph, kept[2].calibration)
     best, best_graph, final_predictor = kept
-    plan = plan_of(best_graph, best.decision, calibrated.grid, name, budget_ms, config.name)
-    timings = {"setup_s": setup_s, "eval_s": eval_base_s}
+    plan = plan_of(best_graph, best.decision, start.calibrated.grid, start.name, budget_ms, config.name)
+    timings = {"setup_s": start.setup_s, "eval_s": eval_base_s}
     for record in attempts:
         for key, seconds in record.pop("timings_s", {}).items():
             timings[key] = timings.get(key, 0.0) + seconds
-    timings["total_s"] = time.time() - t0
-    return Outcome(plan, best, attempts, base_latency, budget_ms, base_accuracy, calibrated,
-                   lut_base_ms, drift, final_predictor, timings)
+    timings["total_s"] = start.setup_s + time.time() - t0
+    return Outcome(plan, best, attempts, start.base_latency, budget_ms, base_accuracy, start.calibrated,
+                   start.lut_base_ms, start.drift, final_predictor, timings)
 
 
 def metrics_of(outcome: Outcome, base_model: nn.Module, input_shape: tuple[int, ...], budget: Budget,

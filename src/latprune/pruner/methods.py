@@ -43,7 +43,7 @@ from latprune.pruner.configs import (
     UniformL1Config,
     register,
 )
-from latprune.pruner.gates import GateConfig, Gates, latency_penalty
+from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty, latency_penalty
 from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
 from latprune.train import Compute, reseeded
@@ -218,13 +218,64 @@ def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int
 
 
 # -- gator ---------------------------------------------------------------------------------------
+@dataclass
+class GateTraining:
+    """Gator's gates over ``ctx.graph`` and the regulariser that trains them (:func:`gate_training`),
+    with how they started (recorded in the decision)."""
+
+    gates: Gates
+    penalty: LatencyPenalty
+    options: dict[int, list[int]]
+    start: dict[str, Any]
+
+
+def gate_training(ctx: Context) -> GateTraining:
+    """Gates over ``ctx.graph`` (not yet attached) and their latency penalty at ``ctx.target_ms``;
+    with ``gate_init="plan"``, started from a knapsack on the base's Taylor scores (see :func:`gator`)."""
+    config = ctx.config
+    assert isinstance(config, GatorConfig)  # the registry pairs them
+    options = ctx.graph.options(ctx.grid, blocks=config.blocks)
+    gate_config = GateConfig(epochs=config.gate_epochs, penalty=config.gate_penalty, signal=config.gate_signal)
+    gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
+    start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty, "signal": config.gate_signal}
+    if config.gate_init == "plan":
+        base_scores = ctx.scores(seed_offset=2)
+        plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
+        gates.start_from(keep_top(base_scores, plan.widths))
+        start.update(predicted_ms=plan.predicted_ms,
+                     widths={ctx.graph.groups[g].root: w for g, w in sorted(plan.widths.items())})
+    penalty = latency_penalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
+    return GateTraining(gates, penalty, options, start)
+
+
+def gate_decision(ctx: Context, trained: GateTraining, gates: Gates | None = None) -> Decision:
+    """The decision from trained gates: Taylor scores of ``ctx.graph.model`` on the hard gates,
+    then the knapsack with block removal in the closed loop. ``gates``: the trained gates over
+    ``ctx.graph`` when ``trained.gates`` hook another instance of the network."""
+    gates = gates or trained.gates
+    penalty = trained.penalty
+    scores = ctx.scores(gates, mode="hard", seed_offset=1)
+    with torch.no_grad():
+        expected = float(penalty.soft(gates.expected_widths(), gates.block_keep()))
+    hard = gates.hard_widths()
+    extra = {"gates": {
+        "start": trained.start, "steps": len(penalty.history), "final_lambda": penalty.lam, "expected_ms": expected,
+        "open_channels": {ctx.graph.groups[g].root: w for g, w in hard.items()},
+        "closed_blocks": gates.closed_blocks(),
+        "expected_ms_trace": [round(h["expected_ms"], 4)
+                              for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
+    }}
+    return _knapsack_decision(ctx, scores, trained.options, extra)
+
+
 def gator(ctx: Context) -> Decision:
     """Gates trained with ``λ·max(0, E[lat] − budget)/budget`` (the LUT's
     differentiable prediction) against each gate's share of the Taylor
     importance (``--gate-signal taylor``, :class:`~latprune.pruner.gates.TaylorSignal`;
     ``straight-through``: the task loss's gradient through the sampled gates),
     then Taylor scores on the hard gates and the knapsack with block removal,
-    checked in the closed loop.
+    checked in the closed loop (:func:`gate_training`, :func:`gate_decision`;
+    ``latprune.attach_gates`` trains the same gates in the caller's own loop).
 
     ``--gate-init open`` starts every gate open; ``plan`` first solves the
     knapsack on the base's Taylor scores at the budget and starts the
@@ -238,36 +289,15 @@ def gator(ctx: Context) -> Decision:
     if ctx.train_loader is None:
         raise SpecError("method 'gator' trains gates on data: pass train_loader "
                         "(or prune data-free with HalpConfig(importance='l1'))")
-    options = ctx.graph.options(ctx.grid, blocks=config.blocks)
-    gate_config = GateConfig(epochs=config.gate_epochs, penalty=config.gate_penalty, signal=config.gate_signal)
-    gates = Gates(ctx.graph, init=gate_config.init, blocks=config.blocks, temperature=gate_config.temperature)
-    start: dict[str, Any] = {"init": config.gate_init, "penalty": config.gate_penalty, "signal": config.gate_signal}
-    if config.gate_init == "plan":
-        base_scores = ctx.scores(seed_offset=2)
-        plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
-        gates.start_from(keep_top(base_scores, plan.widths))
-        start.update(predicted_ms=plan.predicted_ms,
-                     widths={ctx.graph.groups[g].root: w for g, w in sorted(plan.widths.items())})
-    penalty = latency_penalty(gates, SoftLatency(ctx.predictor, options), ctx.target_ms, gate_config)
-    gates.attach()
+    trained = gate_training(ctx)
+    trained.gates.attach()
     try:
-        train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=gate_config.epochs, lr=config.lr, seed=ctx.seed,
+        train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=config.gate_epochs, lr=config.lr, seed=ctx.seed,
                                                           compute=ctx.compute),
-              desc="gate training", penalty=penalty)
-        scores = ctx.scores(gates, mode="hard", seed_offset=1)
+              desc="gate training", penalty=trained.penalty)
     finally:
-        gates.detach()
-    with torch.no_grad():
-        expected = float(penalty.soft(gates.expected_widths(), gates.block_keep()))
-    hard = gates.hard_widths()
-    extra = {"gates": {
-        "start": start, "steps": len(penalty.history), "final_lambda": penalty.lam, "expected_ms": expected,
-        "open_channels": {ctx.graph.groups[g].root: w for g, w in hard.items()},
-        "closed_blocks": gates.closed_blocks(),
-        "expected_ms_trace": [round(h["expected_ms"], 4)
-                              for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
-    }}
-    return _knapsack_decision(ctx, scores, options, extra)
+        trained.gates.detach()
+    return gate_decision(ctx, trained)
 
 
 # -- halp ------------------------------------------------------------------------------------------
