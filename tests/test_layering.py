@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("latprune.latency_lut",),
     ("latprune.pruner", "latprune.data", "latprune.train"),
     ("latprune.exporters",),
-    ("latprune.api", "latprune.bench"),
+    ("latprune.api", "latprune.gating", "latprune.bench"),
     ("latprune.cli", "latprune.specs", "latprune.report", "latprune.demo", "latprune.__main__"),
 ]
 

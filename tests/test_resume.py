@@ -89,7 +89,7 @@ def test_a_prune_killed_during_fine_tuning_resumes_to_the_same_model(model_file:
         assert torch.equal(ours[name], theirs[name]), name
     metrics = [json.loads((r / "metrics.json").read_text()) for r in (run, whole)]
     assert metrics[0]["accuracy"] == metrics[1]["accuracy"]
-    assert metrics[0]["checkpoints"]["resumed"] == ["base", "attempt1-decision"]
+    assert metrics[0]["checkpoints"]["resumed"] == ["base", "base-score", "attempt1-decision"]
 
 
 def test_a_prune_with_other_arguments_does_not_resume(capsys: pytest.CaptureFixture[str], model_file: str,
@@ -126,7 +126,7 @@ def test_resuming_a_finished_stage_skips_it(model_file: str, fake_lut: str, tmp_
     second = latprune.prune(spec.model, latprune.LUT.open(fake_lut, "fake", 1), "0.75x", **kwargs)
     assert first.plan.groups == second.plan.groups and first.onnx == second.onnx
     assert first.metrics["checkpoints"]["resumed"] == []
-    assert second.metrics["checkpoints"]["resumed"] == ["base", "attempt1-decision", "attempt1-finetuned",
-                                                        "attempt1-export"]  # nothing decided or measured again
+    assert second.metrics["checkpoints"]["resumed"] == [  # nothing decided or measured again
+        "base", "base-score", "attempt1-decision", "attempt1-finetuned", "attempt1-export"]
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
         assert torch.equal(a, b)

@@ -1,8 +1,8 @@
 """latprune: hardware-aware, latency-driven structured pruning for PyTorch.
 
 Importing this package is cheap: no onnxruntime, torchvision or tensorrt.
-The public API (profile, prune, export, load and their objects) is re-exported
-lazily from its modules.
+The public API (profile, prune, export, load, attach_gates and their objects) is
+re-exported lazily from its modules.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ _EXPORTS = {
     "fidelity": "latprune.api",
     "LUT": "latprune.api",
     "PruneResult": "latprune.api",
+    "attach_gates": "latprune.gating",
+    "AttachedGates": "latprune.gating",
     "Bundle": "latprune.exporters.bundle",
     "load_bundle": "latprune.exporters.bundle",
     "PruningPlan": "latprune.pruner.plan",

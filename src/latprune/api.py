@@ -249,16 +249,23 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     with open_for_backend(table.path, backend, writable=False) as store:
         outcome = prune_model(base, shape, _name(model, name), store, backend, target, config, training, settings)
     metrics = metrics_of(outcome, base, shape, target, config, backend, str(table.path), settings, data_name)
-    metrics["config"]["finetune"] = (asdict(finetune) if isinstance(finetune, FinetuneConfig) else
-                                     None if finetune is None else "the caller's")
-    metrics["config"]["evaluate"] = ("the caller's" if evaluate is not None else
-                                     "top-1 on val_loader" if val_loader is not None else None)
-    metrics["config"]["compute"] = asdict(compute)
+    metrics["config"].update(_training_record(finetune, evaluate, val_loader, compute))
     if journal is not None:
         metrics["checkpoints"] = {"dir": str(journal.root), "resumed": journal.taken}
     if world.distributed:
         metrics["distributed"] = _world_record(world, outcome.attempt.decision.slim)
     return PruneResult(outcome.attempt.decision.slim.eval(), outcome.plan, metrics, outcome.attempt.verified.onnx)
+
+
+def _training_record(finetune: Callable[[nn.Module], None] | FinetuneConfig | None,
+                     evaluate: Callable[[nn.Module], float] | None, val_loader: Iterable | None,
+                     compute: Compute) -> dict[str, Any]:
+    """How a prune fine-tuned and evaluated, for ``metrics["config"]``."""
+    return {"finetune": (asdict(finetune) if isinstance(finetune, FinetuneConfig) else
+                         None if finetune is None else "the caller's"),
+            "evaluate": ("the caller's" if evaluate is not None else
+                         "top-1 on val_loader" if val_loader is not None else None),
+            "compute": asdict(compute)}
 
 
 @dataclass

@@ -257,6 +257,14 @@ class ChannelGraph:
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
+    def over(self, model: nn.Module) -> ChannelGraph:
+        """The same groups, units and blocks over ``model``, another instance of this network
+        (e.g. a copy on a GPU, or with other weights): after :meth:`build` the graph finds
+        modules by name alone."""
+        twin = copy.copy(self)
+        twin.model = model
+        return twin
+
     # -- surgery ------------------------------------------------------------------------------
     def split_keep(self, keep: dict[int, Sequence[int]]) -> tuple[list[Block], dict[int, Sequence[int]]]:
         """Blocks that ``keep`` removes (an empty keep list for their inner group), and the

@@ -115,6 +115,13 @@ class Gates(nn.Module):
                 if b.group in keep and not keep[b.group]:
                     self.block_logits[i] = dropped
 
+    def over(self, graph: ChannelGraph) -> Gates:
+        """A copy of these gates (their logits) over ``graph``, another instance of the same
+        network (:meth:`ChannelGraph.over`); not attached."""
+        twin = Gates(graph, blocks=bool(self.blocks), temperature=self.temperature)
+        twin.load_state_dict(self.state_dict())
+        return twin
+
     # -- hooks ------------------------------------------------------------------------------------
     def attach(self) -> Gates:
         """Hook the gates into ``graph.model`` (idempotent)."""

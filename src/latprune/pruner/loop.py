@@ -2,8 +2,10 @@
 
     calibrated_predictor  the LUT's predictor for this model, with its stored (or a fresh) calibration
     measure_base          the base model measured on the backend; a relative budget resolves here
+    prepare               both, and the predictor re-anchored on the measured base: the Start
     attempt               the method's decision, fine-tuning, and the export measured
-    prune_model           attempts until the export holds the budget (or the retries run out)
+    run_attempts          attempts from a Start until the export holds the budget (or the retries run out)
+    prune_model           prepare, then run_attempts with the config's method
 
 The methods never trust the prediction alone: each candidate is slimmed and
 timed on the backend (:func:`methods.closed_loop`). The export is timed again
@@ -164,7 +166,7 @@ def calibrated_predictor(graph: ChannelGraph, lut: Lut, backend: Backend, progre
     if noisy:  # the closed loop measures every candidate, but the knapsack ranks them by this fit
         warnings.append(f"{lut.path}: {noisy}")
     for message in warnings:
-        _warnings.warn(message, LatpruneWarning, stacklevel=4)  # at the caller of latprune.prune
+        _warnings.warn(message, LatpruneWarning, stacklevel=5)  # at the caller of prune or attach_gates
     return Calibrated(Predictor(lut, graph, stored[0]), grid, fit, current, warnings)
 
 
@@ -212,13 +214,14 @@ def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backen
 
 
 def attempt(ctx: Context, training: Training, budget_ms: float, number: int, teacher: nn.Module,
-            journal: Journal | None = None) -> Attempt:
-    """One attempt: the method's decision at ``ctx.budget_ms``, fine-tuning (distilled from
-    ``teacher`` when asked), evaluation, and the export measured against ``budget_ms``; each
-    stage that ``journal`` holds done is taken from it, each one done here is written to it."""
+            method: Callable[[Context], Decision], journal: Journal | None = None) -> Attempt:
+    """One attempt: ``method``'s decision at ``ctx.budget_ms`` (the config's method, or gator's
+    decision from gates trained elsewhere), fine-tuning (distilled from ``teacher`` when asked),
+    evaluation, and the export measured against ``budget_ms``; each stage that ``journal`` holds
+    done is taken from it, each one done here is written to it."""
     timings: dict[str, float] = {}
     t = time.time()
-    decision = decide(ctx, journal, number)
+    decision = decide(ctx, method, journal, number)
     timings["method_s"] = time.time() - t
     t = time.time()
     accuracy, timings["eval_s"] = finetuned(ctx, training, decision.slim, teacher, journal, number)
@@ -234,15 +237,16 @@ def attempt(ctx: Context, training: Training, budget_ms: float, number: int, tea
     return Attempt(decision, verified, accuracy, record)
 
 
-def decide(ctx: Context, journal: Journal | None, number: int) -> Decision:
-    """The method's decision (its gate training resumable), or the one ``journal`` holds."""
+def decide(ctx: Context, method: Callable[[Context], Decision], journal: Journal | None, number: int
+           ) -> Decision:
+    """``method``'s decision (its gate training resumable), or the one ``journal`` holds."""
     name = f"attempt{number}-decision"
     stored = parallel.on_main(lambda: _stored_decision(journal, name))
     if stored is not None:
         return _decision_from(ctx, stored)
     if journal is not None:
         ctx = replace(ctx, checkpoint=lambda stage: journal.checkpoint(f"attempt{number}-{stage}"))
-    decision = _decided(ctx)
+    decision = _decided(ctx, method)
     if journal is not None:
         record = _decision_record(decision)
         journal.put_tensors(name, {"model": record.pop("model")})
@@ -250,14 +254,13 @@ def decide(ctx: Context, journal: Journal | None, number: int) -> Decision:
     return decision
 
 
-def _decided(ctx: Context) -> Decision:
-    """The method's decision. Under torchrun, the training a method does on every rank
+def _decided(ctx: Context, method: Callable[[Context], Decision]) -> Decision:
+    """``method``'s decision. Under torchrun, the training a registered method does on every rank
     (:data:`~latprune.pruner.methods.TRAINS_ON_EVERY_RANK`) runs on every rank, and the rest on
     rank 0 alone; every rank gets rank 0's decision."""
-    method = get_method(ctx.config)
     if not parallel.world().distributed:
         return method(ctx)
-    if type(ctx.config) in TRAINS_ON_EVERY_RANK:
+    if method is get_method(ctx.config) and type(ctx.config) in TRAINS_ON_EVERY_RANK:
         trains, decides = TRAINS_ON_EVERY_RANK[type(ctx.config)]
         trained = trains(ctx)
         return _decision_from(ctx, parallel.on_main(lambda: _decision_record(decides(ctx, trained))))
@@ -357,10 +360,32 @@ def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budg
         budget_ms=budget_ms, predicted_ms=decision.predicted_ms, signature=graph.signature(), method=method)
 
 
-def base_stage(graph: ChannelGraph, lut: Lut, backend: Backend, base_model: nn.Module, training: Training,
-               settings: Settings) -> tuple[Calibrated, Latency, float | None, float]:
-    """The calibrated predictor, the base's latency and accuracy (or those the journal holds), and
-    the seconds the scoring took; under torchrun measured and scored by rank 0 alone."""
+@dataclass
+class Start:
+    """Where every attempt starts (:func:`prepare`): the base model measured, the budget in ms,
+    and the LUT's predictor re-anchored on that measurement."""
+
+    base_model: nn.Module      # on the CPU, never changed: candidates are measured beside it
+    name: str
+    budget: Budget
+    budget_ms: float
+    base_latency: Latency
+    calibrated: Calibrated
+    lut_base_ms: float         # the LUT's prediction of the base
+    drift: float               # measured base / lut_base_ms
+    predictor: Predictor       # the calibrated predictor times drift
+    setup_s: float
+
+    @property
+    def base_ms(self) -> float:
+        return self.base_latency.to_dict()["median_ms"]  # as metrics.json records it
+
+
+def prepare(graph: ChannelGraph, base_model: nn.Module, name: str, lut: Lut, backend: Backend, budget: Budget,
+            settings: Settings, since: float) -> Start:
+    """Calibrate ``graph`` (of ``base_model``) against ``lut``, measure the base (or take it from
+    the journal), resolve the budget, and re-anchor the prediction on the measured base (``since``:
+    when the set-up began). Under torchrun rank 0 alone calibrates and measures."""
     journal = settings.journal
 
     def measured() -> tuple[Any, ...]:
@@ -368,17 +393,35 @@ def base_stage(graph: ChannelGraph, lut: Lut, backend: Backend, base_model: nn.M
         stored = journal.record("base") if journal else None
         if journal is not None and stored is not None:
             say(settings, f"resuming the prune from its checkpoints in {journal.root}")
-        latency = (Latency(**stored["latency"]) if stored else
-                   measure_base(backend, base_model, graph.input_shape))
-        t = time.time()
-        accuracy = stored["accuracy"] if stored else score(training, base_model)
+        latency = Latency(**stored["latency"]) if stored else measure_base(backend, base_model, graph.input_shape)
         if journal is not None and stored is None:
-            journal.put_record("base", {"latency": asdict(latency), "accuracy": accuracy})
+            journal.put_record("base", {"latency": asdict(latency)})
         return (calibrated.predictor.calibration, calibrated.grid, calibrated.fit, calibrated.fit_current,
-                calibrated.warnings, latency, accuracy, time.time() - t)
+                calibrated.warnings, latency)
 
-    calibration, grid, fit, current, warnings, latency, accuracy, eval_s = parallel.on_main(measured)
-    return Calibrated(Predictor(lut, graph, calibration), grid, fit, current, warnings), latency, accuracy, eval_s
+    calibration, grid, fit, current, warnings, base_latency = parallel.on_main(measured)
+    calibrated = Calibrated(Predictor(lut, graph, calibration), grid, fit, current, warnings)
+    base_ms = base_latency.to_dict()["median_ms"]
+    lut_base_ms = calibrated.predictor.predict(graph.full_widths())
+    # Devices drift (frequency, neighbours, thermal state) between profiling and now:
+    # re-anchor the prediction on the base model measured a moment ago.
+    drift = base_ms / lut_base_ms
+    return Start(base_model, name, budget, budget.resolve(base_ms), base_latency, calibrated, lut_base_ms, drift,
+                 calibrated.predictor.rescaled(drift), time.time() - since)
+
+
+def base_score(training: Training, base_model: nn.Module, journal: Journal | None) -> float | None:
+    """The base model's accuracy (or the one the journal holds); rank 0's under torchrun."""
+    def scored() -> float | None:
+        stored = journal.record("base-score") if journal else None
+        if stored is not None:
+            return stored["accuracy"]
+        accuracy = score(training, base_model)
+        if journal is not None:
+            journal.put_record("base-score", {"accuracy": accuracy})
+        return accuracy
+
+    return parallel.on_main(scored)
 
 
 def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, lut: Lut, backend: Backend,
@@ -388,27 +431,33 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
-    journal = settings.journal
-    calibrated, base_latency, base_accuracy, eval_base_s = base_stage(graph, lut, backend, base_model, training,
-                                                                      settings)
-    base_ms = base_latency.to_dict()["median_ms"]  # as metrics.json records it
-    budget_ms = budget.resolve(base_ms)
-    lut_base_ms = calibrated.predictor.predict(graph.full_widths())
-    # Devices drift (frequency, neighbours, thermal state) between profiling and now:
-    # re-anchor the prediction on the base model measured a moment ago.
-    drift = base_ms / lut_base_ms
-    predictor = calibrated.predictor.rescaled(drift)
-    setup_s = time.time() - t0 - eval_base_s
+    start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)
+
+    def fresh() -> ChannelGraph:  # a retry starts from the base again
+        return ChannelGraph.build(copy.deepcopy(base_model), input_shape)
+
+    return run_attempts(start, graph, fresh, lut, backend, config, training, settings, get_method(config))
+
+
+def run_attempts(start: Start, graph: ChannelGraph, fresh_graph: Callable[[], ChannelGraph], lut: Lut,
+                 backend: Backend, config: MethodConfig, training: Training, settings: Settings,
+                 method: Callable[[Context], Decision]) -> Outcome:
+    """Attempts of ``method`` from ``start``: the first on ``graph``, each retry on ``fresh_graph()``
+    at a budget narrower by the gap its predecessor's export missed by."""
+    t0 = time.time()
+    budget_ms, base_model = start.budget_ms, start.base_model
+    base_accuracy = base_score(training, base_model, settings.journal)
+    eval_base_s = time.time() - t0
 
     attempts: list[dict[str, Any]] = []
     kept: tuple[Attempt, ChannelGraph, Predictor] | None = None
-    attempt_budget_ms = budget_ms
+    attempt_budget_ms, predictor = budget_ms, start.predictor
     while True:
-        ctx = Context(graph, predictor, backend, calibrated.grid, attempt_budget_ms, base_ms, config,
-                      training.train_loader, base_model if budget.relative else None, settings.seed,
+        ctx = Context(graph, predictor, backend, start.calibrated.grid, attempt_budget_ms, start.base_ms, config,
+                      training.train_loader, base_model if start.budget.relative else None, settings.seed,
                       settings.progress, training.compute)
         try:
-            result = attempt(ctx, training, budget_ms, len(attempts) + 1, base_model, journal)
+            result = attempt(ctx, training, budget_ms, len(attempts) + 1, base_model, method, settings.journal)
         except BudgetError as exc:
             if kept is None:
                 raise
@@ -429,17 +478,17 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
         say(settings, f"the export measures {export_ms:.3f} ms against the budget {budget_ms:.3f} ms (its "
                       f"candidate measured {candidate_ms:.3f} ms): pruning again from the base to "
                       f"{attempt_budget_ms:.3f} ms (attempt {len(attempts) + 1} of {settings.retries + 1})")
-        graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)
+        graph = fresh_graph()
         predictor = Predictor(lut, graph, kept[2].calibration)
     best, best_graph, final_predictor = kept
-    plan = plan_of(best_graph, best.decision, calibrated.grid, name, budget_ms, config.name)
-    timings = {"setup_s": setup_s, "eval_s": eval_base_s}
+    plan = plan_of(best_graph, best.decision, start.calibrated.grid, start.name, budget_ms, config.name)
+    timings = {"setup_s": start.setup_s, "eval_s": eval_base_s}
     for record in attempts:
         for key, seconds in record.pop("timings_s", {}).items():
             timings[key] = timings.get(key, 0.0) + seconds
-    timings["total_s"] = time.time() - t0
-    return Outcome(plan, best, attempts, base_latency, budget_ms, base_accuracy, calibrated,
-                   lut_base_ms, drift, final_predictor, timings)
+    timings["total_s"] = start.setup_s + time.time() - t0
+    return Outcome(plan, best, attempts, start.base_latency, budget_ms, base_accuracy, start.calibrated,
+                   start.lut_base_ms, start.drift, final_predictor, timings)
 
 
 def metrics_of(outcome: Outcome, base_model: nn.Module, input_shape: tuple[int, ...], budget: Budget,

@@ -277,10 +277,12 @@ def trained_gates(ctx: Context) -> GateTraining:
     return trained
 
 
-def gate_decision(ctx: Context, trained: GateTraining) -> Decision:
+def gate_decision(ctx: Context, trained: GateTraining, gates: Gates | None = None) -> Decision:
     """The decision from trained gates: Taylor scores of ``ctx.graph.model`` on the hard gates,
-    then the knapsack with block removal in the closed loop."""
-    gates, penalty = trained.gates, trained.penalty
+    then the knapsack with block removal in the closed loop. ``gates``: the trained gates over
+    ``ctx.graph`` when ``trained.gates`` hook another instance of the network."""
+    gates = gates or trained.gates
+    penalty = trained.penalty
     scores = ctx.scores(gates, mode="hard", seed_offset=1)
     with torch.no_grad():
         expected = float(penalty.soft(gates.expected_widths(), gates.block_keep()))
@@ -301,7 +303,8 @@ def gator(ctx: Context) -> Decision:
     importance (``--gate-signal taylor``, :class:`~latprune.pruner.gates.TaylorSignal`;
     ``straight-through``: the task loss's gradient through the sampled gates),
     then Taylor scores on the hard gates and the knapsack with block removal,
-    checked in the closed loop (:func:`trained_gates`, :func:`gate_decision`).
+    checked in the closed loop (:func:`trained_gates`, :func:`gate_decision`;
+    ``latprune.attach_gates`` trains the same gates in the caller's own loop).
 
     ``--gate-init open`` starts every gate open; ``plan`` first solves the
     knapsack on the base's Taylor scores at the budget and starts the

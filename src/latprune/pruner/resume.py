@@ -5,7 +5,8 @@ stages also write their state as they go (:class:`latprune.train.Checkpoint`),
 every file atomically::
 
     arguments.json           what the prune was started with (a prune with others is refused)
-    base.json                the base model's measured latency and accuracy
+    base.json                the base model's measured latency
+    base-score.json          its accuracy
     attemptN-gates.pt        gate training, as it goes (and recovery: attemptN-recoverK.pt)
     attemptN-decision.json   the method's decision: kept channels, the candidates measured ...
     attemptN-decision.pt     ... and the slimmed model's weights
