@@ -153,9 +153,7 @@ class AttachedGates:
         if not isinstance(retries, int) or retries < 0:
             raise SpecError(f"retries must be 0 or more, not {retries!r}")
         compute = Compute.resolve("auto")  # where a FinetuneConfig's built-in fine-tuning runs
-        base = self._start.base_model
-        training = _training(base, self.config, train_loader, val_loader, finetune, evaluate, self._settings.seed,
-                             compute)
+        training = _training(self.config, train_loader, val_loader, finetune, evaluate, compute)
         self.detach()
         try:
             result = self._decide(training, replace(self._settings, retries=retries))
