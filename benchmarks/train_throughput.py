@@ -41,9 +41,11 @@ another directory), one row per model, precision, mode, batch and thread
 count, with the host, torch and GPU; resumable: a model/device/precision whose
 rows are in the file is skipped (unless --force). Prints a Markdown table.
 
-``--ddp``: plain torch DDP over 2 gloo ranks (1 thread each) against 1 rank,
-on a ResNet-20 (``ResNetCifar()``, random weights of seed 0), with the same
-weights, data and global batch, for ``--steps`` steps of SGD (no
+``--ddp``: ``latprune.train.train`` over 2 gloo ranks (1 thread each; the
+process group joined as torchrun's would be, so train() runs the model in DDP)
+against 1 rank, on a ResNet-20 (``ResNetCifar()``, random weights of seed 0),
+with the same weights, data and global batch, for ``--steps`` steps of
+train()'s optimizer and schedule (SGD with Nesterov momentum, one-cycle; no
 augmentation, fp32). The 1-rank reference computes the loss of each rank's
 half of the batch and their mean (per-half BatchNorm statistics, as DDP has
 them); the curves must agree within ``DDP_RTOL``. The loss of the whole batch
@@ -316,53 +318,54 @@ def _ddp_model(state: dict[str, Any]) -> Any:
     return model.train()
 
 
-def _sgd(model: Any) -> Any:
-    import torch
+def _ddp_config(steps: int) -> Any:
+    from latprune.train import TrainConfig
 
-    return torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    return TrainConfig(epochs=1.0, batch_size=1, lr=LR, augment=False, seed=0)  # one pass over the given batches
 
 
 def _ddp_rank(rank: int, world: int, port: int, state: dict[str, Any], batches: list[Any], out: str) -> None:
-    """One rank: DDP over gloo, its shard of every global batch; rank 0 writes the mean loss per step."""
+    """One rank: latprune's train() on its shard of every global batch (in DDP: the process group is
+    joined); each rank writes its per-step losses."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel
+
+    from latprune.train import train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = DistributedDataParallel(_ddp_model(state))
-        opt = _sgd(model)
-        losses = []
-        for x, y in batches:
-            loss = F.cross_entropy(model(x.chunk(world)[rank]), y.chunk(world)[rank])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over the ranks
-            opt.step()
-            mean = loss.detach().clone()
-            dist.all_reduce(mean)
-            losses.append(float(mean) / world)
-        if rank == 0:
-            Path(out).write_text(json.dumps(losses))
+        shard = [(x.chunk(world)[rank], y.chunk(world)[rank]) for x, y in batches]
+        losses = train(_ddp_model(state), shard, _ddp_config(len(batches)), desc=f"rank {rank}")
+        Path(f"{out}.{rank}").write_text(json.dumps(losses))
     finally:
         dist.destroy_process_group()
 
 
 def _one_rank(state: dict[str, Any], batches: list[Any], shards: int) -> list[float]:
-    """The same steps in one process: the mean of the loss of each of ``shards`` parts of the batch."""
+    """The same steps in one process, with train()'s optimizer and schedule: the mean of the loss of
+    each of ``shards`` parts of the batch."""
     import torch
     import torch.nn.functional as F
 
+    from latprune.train import channels_last_is_safe
+
+    config = _ddp_config(len(batches))
     model = _ddp_model(state)
-    opt = _sgd(model)
+    fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format  # as train() does
+    model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=len(batches), pct_start=0.15)
     losses = []
     for x, y in batches:
-        loss = torch.stack([F.cross_entropy(model(xs), ys) for xs, ys in zip(x.chunk(shards), y.chunk(shards))]).mean()
+        loss = torch.stack([F.cross_entropy(model(xs.contiguous(memory_format=fmt)), ys)
+                            for xs, ys in zip(x.chunk(shards), y.chunk(shards))]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(float(loss.detach()))
     return losses
 
@@ -390,14 +393,15 @@ def ddp_check(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "losses.json")
         mp.spawn(_ddp_rank, args=(DDP_WORLD, port, state, batches, out), nprocs=DDP_WORLD, join=True)
-        ranks = json.loads(Path(out).read_text())
+        per_rank = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(DDP_WORLD)]
+        ranks = [sum(step) / DDP_WORLD for step in zip(*per_rank)]  # the global batch's mean loss
     ddp_s = time.time() - start
     torch.set_num_threads(1)
     sharded = _one_rank(state, batches, DDP_WORLD)
     whole = _one_rank(state, batches, 1)
     rel = [abs(a - b) / abs(b) for a, b in zip(ranks, sharded)]
     agree = max(rel) <= DDP_RTOL
-    result = {"benchmark": "train_throughput --ddp", "command": " ".join(["python", *sys.argv]),
+    result = {"benchmark": "train_throughput --ddp (latprune.train.train in DDP)", "command": " ".join(["python", *sys.argv]),
               "environment": environment("cpu"), "model": "ResNetCifar() (ResNet-20, 1x28x28, seed 0)",
               "world": DDP_WORLD, "backend": "gloo", "global_batch": batch, "steps": args.steps, "lr": LR,
               "loss_ddp": ranks, "loss_one_rank_sharded": sharded, "loss_one_rank_whole_batch": whole,
