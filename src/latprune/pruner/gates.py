@@ -131,7 +131,13 @@ class Gates(nn.Module):
         for g in self.graph.groups:
             for name in g.producers:
                 module = self.graph.module(name)
-                self._handles.append(module.register_forward_hook(self._hook(g.id, block_of_end.get(name))))
+                block = block_of_end.get(name)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                    fold, restore = self._folded(g.id, block)
+                    self._handles.append(module.register_forward_pre_hook(fold))
+                    self._handles.append(module.register_forward_hook(restore, always_call=True))
+                else:
+                    self._handles.append(module.register_forward_hook(self._hook(g.id, block)))
         return self
 
     @property
@@ -143,22 +149,47 @@ class Gates(nn.Module):
             h.remove()
         self._handles = []
 
+    def _gate(self, gid: int, block: int | None) -> torch.Tensor:
+        """Group ``gid``'s gate vector, times its block's gate when the producer ends a block's branch."""
+        if not self.current:
+            self.refresh()
+        gate = self.current[gid]
+        if block is not None:
+            inner = self.current[self.blocks[block].group]
+            alive = (inner.detach().sum() > 0).float()  # every inner channel closed: no branch at all
+            gate = gate * (self.block_current[block] * alive)
+        return gate
+
     def _hook(self, gid: int, block: int | None) -> Any:
+        """Multiply a producer's output by its gate (a convolution or linear layer without a BatchNorm)."""
         def scale(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-            if not self.current:
-                self.refresh()
             # the gates live on the CPU; the model may run on a GPU, at a lower precision
-            gate = self.current[gid].to(out.device, out.dtype)
+            gate = self._gate(gid, block).to(out.device, out.dtype)
             shape = [1] * out.dim()
             shape[-1 if isinstance(module, nn.Linear) else 1] = -1
-            out = out * gate.view(shape)
-            if block is not None:
-                inner = self.current[self.blocks[block].group]
-                alive = (inner.detach().sum() > 0).float()  # every inner channel closed: no branch at all
-                out = out * (self.block_current[block] * alive).to(out.device, out.dtype)
-            return out
+            return out * gate.view(shape)
 
         return scale
+
+    def _folded(self, gid: int, block: int | None) -> tuple[Any, Any]:
+        """Fold the gate into a BatchNorm's scale and shift for its forward pass, ``BN(x)·g =
+        (g·γ)·x̂ + g·β``: the same output and gradients as multiplying the activation, at the cost
+        of two vector products instead of a pass over the activation and its gradient (gate
+        training's overhead over plain training on ResNet-20: BENCHMARKS.md)."""
+        def fold(module: nn.Module, args: tuple) -> None:
+            params = module._parameters
+            weight, bias = params["weight"], params["bias"]
+            assert weight is not None and bias is not None  # affine
+            gate = self._gate(gid, block).to(weight.device, weight.dtype)
+            module._latprune_params = weight, bias  # type: ignore[assignment]
+            params["weight"], params["bias"] = weight * gate, bias * gate  # type: ignore[assignment]
+
+        def restore(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            saved = module.__dict__.pop("_latprune_params", None)
+            if saved is not None:
+                module._parameters["weight"], module._parameters["bias"] = saved
+
+        return fold, restore
 
 
 @dataclass(frozen=True)
