@@ -234,6 +234,7 @@ def prune(model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget, *
     if not isinstance(retries, int) or retries < 0:
         raise SpecError(f"retries must be 0 or more, not {retries!r}")
     compute, world = _joined(Compute.resolve(device, precision), base)
+    progress = progress and world.main  # under torchrun rank 0 reports
     if finetune is None and train_loader is not None:
         finetune = FinetuneConfig()  # the built-in loop on the loader given
     table = lut if isinstance(lut, LUT) else LUT.open(lut)

@@ -185,9 +185,8 @@ class _Trainer:
     """The state :func:`train` saves and restores: the model, its optimizer and schedule, the
     penalty's state and optimizer, and every random number generator a step draws from."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, steps: int, data_gen: Any,
-                 penalty: Penalty | None) -> None:
-        self.model, self.config, self.steps, self.data_gen, self.penalty = model, config, steps, data_gen, penalty
+    def __init__(self, model: nn.Module, config: TrainConfig, steps: int, penalty: Penalty | None) -> None:
+        self.model, self.config, self.steps, self.penalty = model, config, steps, penalty
         self.net = parallel.wrapped(model, config.compute.torch_device)  # what the steps run: DDP under torchrun
         self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay, nesterov=True)
@@ -284,7 +283,7 @@ def train(
     model.to(device=device, memory_format=fmt)  # before the optimizers: they hold the parameters as moved
     if teacher is not None:
         teacher.to(device).eval()
-    trainer = _Trainer(model, config, steps, data_gen, penalty)
+    trainer = _Trainer(model, config, steps, penalty)
     resumed = saving is not None and saving.path.is_file()
     progress = trainer.restore(saving.path) if resumed else _Progress()
     model.train()
@@ -294,9 +293,9 @@ def train(
     while progress.step < steps:
         if resumed and progress.pass_gen is not None and data_gen is not None:
             data_gen.set_state(progress.pass_gen)  # the interrupted pass, in the same order
-        skip = progress.step - progress.pass_step if resumed else 0
-        if not resumed:
-            progress.passes += 1
+        skip = progress.step - progress.pass_step if resumed else 0  # 0: resumed where a pass ended
+        if skip == 0:
+            progress.passes += 1  # a new pass, not the interrupted one
         resumed = False
         progress.pass_step = progress.step
         progress.pass_gen = data_gen.get_state() if data_gen is not None else None
