@@ -136,3 +136,22 @@ def tiny_run(model_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "latency_ms": {"median_ms": 0.3, "p10_ms": 0.29, "p90_ms": 0.31, "repeats": 100}},
     }))
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_lut(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A LUT of the tiny ResNet from the fake backend, profiled through the API (one per test module)."""
+    import latprune
+
+    path = tmp_path_factory.mktemp("lut") / "fake.lut"
+    return latprune.profile(tiny_resnet(), torch.randn(*TINY_INPUT), backend="fake", threads=1, path=path, levels=4,
+                            progress=False)
+
+
+def tiny_loader(n: int = 64) -> object:
+    """``n`` random images of the tiny models' input with random labels, in batches of 16."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, *TINY_INPUT[1:], generator=gen),
+                                    torch.randint(0, 10, (n,), generator=gen)), batch_size=16)

@@ -8,24 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import latprune
 from latprune.errors import RunDirError, SpecError
-from tests.conftest import TINY_INPUT, tiny_resnet
+from tests.conftest import TINY_INPUT, tiny_loader, tiny_resnet
 
 
 @pytest.fixture(scope="module")
-def lut(tmp_path_factory: pytest.TempPathFactory) -> latprune.LUT:
-    path = tmp_path_factory.mktemp("api") / "fake.lut"
-    return latprune.profile(tiny_resnet(), torch.randn(*TINY_INPUT), backend="fake", threads=1, path=path, levels=4,
-                            progress=False)
+def lut(tiny_lut: latprune.LUT) -> latprune.LUT:
+    return tiny_lut
 
 
 def _loader(n: int = 64) -> DataLoader:
-    gen = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, *TINY_INPUT[1:], generator=gen), torch.randint(0, 10, (n,),
-                                    generator=gen)), batch_size=16)
+    return tiny_loader(n)
 
 
 def test_profile_returns_a_file_backed_lut(lut: latprune.LUT) -> None:

@@ -14,26 +14,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import latprune
 from latprune.errors import BudgetError, LutError, SpecError
-from tests.conftest import TINY_INPUT, tiny_mobilenet, tiny_resnet
+from tests.conftest import TINY_INPUT, tiny_loader, tiny_mobilenet, tiny_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def lut(tmp_path_factory: pytest.TempPathFactory) -> latprune.LUT:
-    path = tmp_path_factory.mktemp("gating") / "fake.lut"
-    return latprune.profile(tiny_resnet(), torch.randn(*TINY_INPUT), backend="fake", threads=1, path=path, levels=4,
-                            progress=False)
+def lut(tiny_lut: latprune.LUT) -> latprune.LUT:
+    return tiny_lut
 
 
 def _loader(n: int = 64) -> DataLoader:
-    gen = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, *TINY_INPUT[1:], generator=gen),
-                                    torch.randint(0, 10, (n,), generator=gen)), batch_size=16)
+    return tiny_loader(n)
 
 
 def _train(model: torch.nn.Module, gates: latprune.AttachedGates, steps: int, lr: float = 0.2) -> None:
