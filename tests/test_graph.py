@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,33 @@ def test_baselines_snap_to_the_grid_alignment(width: float, size: int, align: in
     from latprune.pruner.methods import _snap
 
     assert _snap(width, size, align) == expected
+
+
+def test_grouped_convolutions_and_what_feeds_them_keep_their_width_and_profile(tmp_path: Path) -> None:
+    """A grouped (not depthwise) convolution, as in RegNet and ResNeXt, keeps its width, and so does
+    the group feeding it (cutting its channels would break the grouping); the model profiles on
+    ONNX Runtime, every key a valid convolution, and the profile says what it kept."""
+    import warnings
+
+    import latprune
+    from latprune.errors import LatpruneWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    graph = ChannelGraph.build(model, TINY_INPUT)
+    assert graph.kept_full == {"3": "a grouped convolution", "0": "feeds the grouped convolution 3"}
+    assert [g.root for g in graph.groups] == ["6"]  # the 1x1 after it still prunes
+    for unit in graph.units:
+        for width in graph.options(Grid(4, 1)).get(unit.in_group, [None]):
+            key = unit.key({unit.in_group: width} if width else {})
+            assert key.cin % key.groups == 0 and key.cout % key.groups == 0, (unit.name, key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lut = latprune.profile(model, TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "g.lut", levels=2,
+                               passes=1, calibration_samples=4, progress=False)
+    assert lut.report.kept_full == graph.kept_full
+    messages = [str(w.message) for w in caught if issubclass(w.category, LatpruneWarning)]
+    assert any("2 layers keep their full width" in m and "1 grouped convolutions" in m for m in messages), messages

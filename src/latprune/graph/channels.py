@@ -94,13 +94,14 @@ class ChannelGraph:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph,
                  groups: list[Group], units: list[Unit], names: dict[nn.Module, str],
-                 blocks: list[Block] | None = None) -> None:
+                 blocks: list[Block] | None = None, kept_full: dict[str, str] | None = None) -> None:
         self.model = model
         self.input_shape = tuple(input_shape)
         self.dg = dg
         self.groups = groups
         self.units = units
         self.blocks = blocks or []
+        self.kept_full = dict(kept_full or {})  # layer -> why its channels are not pruned (yet)
         self._names = names
         self._block_of_group = {b.group: b for b in self.blocks}
         self._removed_memo: dict[frozenset[int], frozenset[str]] = {}
@@ -127,10 +128,12 @@ class ChannelGraph:
                 h.remove()
         layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
         fixed = _output_layers(dg, layers)
-        # Grouped (non-depthwise) convs keep their widths: their channels cannot be cut freely.
-        for m in layers:
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
-                fixed.append(m)
+        # Grouped (non-depthwise) convs keep their widths, and so does every group that feeds one:
+        # cutting channels out of a group of a grouped conv breaks the grouping.
+        grouped = {m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1
+                   and not (m.groups == m.in_channels == m.out_channels)}
+        fixed.extend(grouped)
+        kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
         groups: list[Group] = []
         out_group: dict[nn.Module, int] = {}
         in_group: dict[nn.Module, int] = {}
@@ -139,6 +142,13 @@ class ChannelGraph:
                            key=lambda grp: order[grp[0].dep.target.module])
         for tp_group in tp_groups:
             root = tp_group[0].dep.target.module
+            feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in grouped]
+            if feeds:
+                for dep, _ in tp_group:
+                    if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in grouped:
+                        kept_full.setdefault(names[dep.target.module], f"feeds the grouped convolution "
+                                                                       f"{names[feeds[0]]}")
+                continue
             gid = len(groups)
             producers, members, outs = [], [], []
             for dep, _ in tp_group:
@@ -176,7 +186,7 @@ class ChannelGraph:
                 free = [o for o in g.outs if not any(inside(o, b.name) for b in blocks)]
                 if free:
                     groups[i] = replace(g, root=free[0])
-        return cls(model, input_shape, dg, groups, units, names, blocks)
+        return cls(model, input_shape, dg, groups, units, names, blocks, kept_full)
 
     @staticmethod
     def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str,

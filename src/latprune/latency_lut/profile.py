@@ -49,6 +49,7 @@ class ProfileReport:
     fingerprint: dict[str, Any]
     staircases: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # root -> added widths, steps
     warnings: list[str] = field(default_factory=list)  # e.g. a calibration measured on a noisy machine
+    kept_full: dict[str, str] = field(default_factory=dict)  # layer -> why it is never pruned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,8 +222,19 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
                                {k: v for k, v in stored.items() if k not in ("points", "staircases")},
                                lut.fingerprint,
                                {r: {"added": st.added, "steps": st.steps} for r, st in staircases.items()},
-                               [noisy] if noisy else [])
+                               [noisy] if noisy else [], dict(graph.kept_full))
+    if graph.kept_full:
+        report.warnings.append(kept_full_warning(graph.kept_full))
     return report
+
+
+def kept_full_warning(kept: dict[str, str]) -> str:
+    """What a model keeps at full width because latprune cannot prune it yet, in one line."""
+    grouped = sum(reason == "a grouped convolution" for reason in kept.values())
+    first = next(iter(kept))
+    return (f"{len(kept)} layers keep their full width, profiled and timed but never pruned: {grouped} grouped "
+            f"convolutions (not pruned by whole groups yet) and the layers that feed them (e.g. {first}: "
+            f"{kept[first]})")
 
 
 def measure_beside(measures: list[Callable[[], Latency]]) -> list[Latency]:
