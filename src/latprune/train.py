@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Union
+from typing import Any, Callable, Iterable, Protocol, Union
 
 import torch
 import torch.nn.functional as F
@@ -288,9 +288,28 @@ def train(
     progress = trainer.restore(saving.path) if resumed else _Progress()
     model.train()
     bar = progress_bar(total=steps, initial=progress.step, desc=desc, unit="step", leave=False)
-    last_save = time.monotonic()
     scaler = config.compute.scaler()
-    while progress.step < steps:
+    _passes(trainer, data, data_gen, progress, resumed, saving,
+            lambda x, y: _step(trainer, teacher, x, y, fmt, scaler, progress, bar))
+    if saving is not None:  # finished: a run started again returns at once
+        trainer.save(saving.path, progress)
+    bar.close()
+    model.to(memory_format=torch.contiguous_format)
+    trainer.synchronise(desc)
+    model.to("cpu")
+    if teacher is not None:
+        teacher.to("cpu")
+    model.eval()
+    return progress.losses
+
+
+def _passes(trainer: _Trainer, data: Any, data_gen: torch.Generator | None, progress: _Progress, resumed: bool,
+            saving: Checkpoint | None, step: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+    """Passes over ``data``, ``step(x, y)`` on each batch, until ``trainer.steps`` steps, the state saved as
+    ``saving`` asks; a ``resumed`` run first draws again, and skips, the batches its interrupted pass had
+    trained on."""
+    last_save = time.monotonic()
+    while progress.step < trainer.steps:
         if resumed and progress.pass_gen is not None and data_gen is not None:
             data_gen.set_state(progress.pass_gen)  # the interrupted pass, in the same order
         skip = progress.step - progress.pass_step if resumed else 0  # 0: resumed where a pass ended
@@ -307,27 +326,17 @@ def train(
                 if skip == 0:
                     trainer.resume_rng()
                 continue
-            if progress.step >= steps:
+            if progress.step >= trainer.steps:
                 break
-            _step(trainer, teacher, x, y, fmt, scaler, progress, bar)
-            if saving is not None and time.monotonic() - last_save >= saving.every_s and progress.step < steps:
+            step(x, y)
+            if saving is not None and time.monotonic() - last_save >= saving.every_s and progress.step < trainer.steps:
                 trainer.save(saving.path, progress)
                 last_save = time.monotonic()
         else:  # a full pass over the data
-            if saving is not None and progress.step < steps:
+            if saving is not None and progress.step < trainer.steps:
                 trainer.save(saving.path, replace(progress, pass_step=progress.step, pass_gen=data_gen.get_state()
                                                   if data_gen is not None else None))
                 last_save = time.monotonic()
-    if saving is not None:  # finished: a run started again returns at once
-        trainer.save(saving.path, progress)
-    bar.close()
-    model.to(memory_format=torch.contiguous_format)
-    trainer.synchronise(desc)
-    model.to("cpu")
-    if teacher is not None:
-        teacher.to("cpu")
-    model.eval()
-    return progress.losses
 
 
 def _step(trainer: _Trainer, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
