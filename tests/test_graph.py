@@ -143,3 +143,18 @@ def test_grouped_convolutions_and_what_feeds_them_keep_their_width_and_profile(t
     assert lut.report.kept_full == graph.kept_full
     messages = [str(w.message) for w in caught if issubclass(w.category, LatpruneWarning)]
     assert any("2 layers keep their full width" in m and "1 grouped convolutions" in m for m in messages), messages
+
+
+def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_as_such() -> None:
+    """ShuffleNetV2's channel shuffle defeats Torch-Pruning's tracer: the error says latprune cannot
+    prune the structure yet, not that the input is wrong; a wrong input says that."""
+    from torchvision.models import shufflenet_v2_x0_5
+
+    from latprune.errors import SpecError
+
+    with pytest.raises(SpecError, match="cannot prune this model's structure yet: Torch-Pruning's dependency "
+                                        "tracer failed on it \\(ZeroDivisionError in index_mapping.py"):
+        ChannelGraph.build(shufflenet_v2_x0_5(weights=None), (1, 3, 64, 64))
+    with pytest.raises(SpecError, match=r"does not run on an input of shape \(1, 3, 28, 28\).*check that the "
+                                        "example input"):
+        ChannelGraph.build(tiny_resnet(), (1, 3, 28, 28))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import traceback
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -119,10 +121,20 @@ class ChannelGraph:
             for m in model.modules() if isinstance(m, PRUNABLE)
         ]
         try:
+            with torch.no_grad():
+                model(example)
+        except Exception as exc:  # the user's model, at the user's input shape
+            for h in hooks:
+                h.remove()
+            raise SpecError(f"the model does not run on an input of shape {input_shape} ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); check that the example input has the shape the model expects") from None
+        try:
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        except Exception as exc:  # tracing user models can fail in many ways
-            raise SpecError(f"could not trace the model with input {input_shape}: {type(exc).__name__}: {exc}; "
-                            "check that the example input has the shape the model expects") from None
+        except Exception as exc:  # it runs, but its structure defeats the tracer (e.g. a channel shuffle)
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            raise SpecError(f"latprune cannot prune this model's structure yet: Torch-Pruning's dependency tracer "
+                            f"failed on it ({type(exc).__name__} in {Path(where.filename).name}:{where.lineno}; "
+                            "ShuffleNetV2's channel shuffle does this)") from None
         finally:
             for h in hooks:
                 h.remove()
