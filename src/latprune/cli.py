@@ -278,6 +278,17 @@ def _loaders(args: argparse.Namespace, data_spec: str | None,
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
+    from latprune import parallel
+
+    done = False
+    try:
+        _prune(args, _join(args))
+        done = True
+    finally:
+        parallel.leave(done)
+
+
+def _prune(args: argparse.Namespace, world: Any) -> None:
     from latprune.api import LUT, check_run_target, prune
     from latprune.budget import parse_budget
     from latprune.errors import BudgetMissed
@@ -287,7 +298,6 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from latprune.train import Compute
 
     out = Path(args.output)
-    world = _join(args)
     Compute.resolve(args.device, args.precision)  # refused before any work
     check_run_target(out, args.force)  # before any work: a long prune must not end in this
     if args.checkpoint_every < 0:

@@ -62,7 +62,22 @@ def join(device_type: str) -> World:
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        _JOINED.append(True)
     return world()
+
+
+_JOINED: list[bool] = []  # the process group was joined here (not by the caller)
+
+
+def leave(done: bool) -> None:
+    """Leave the process group :func:`join` joined, once every rank is ``done`` (a barrier; an error
+    leaves at once): a process that exits with the group alive can abort in its threads."""
+    if not _JOINED or not dist.is_initialized():
+        return
+    if done:
+        dist.barrier()
+    dist.destroy_process_group()
+    _JOINED.clear()
 
 
 def on_main(work: Callable[[], T]) -> T:

@@ -287,7 +287,8 @@ def train(
     resumed = saving is not None and saving.path.is_file()
     progress = trainer.restore(saving.path) if resumed else _Progress()
     model.train()
-    bar = progress_bar(total=steps, initial=progress.step, desc=desc, unit="step", leave=False)
+    bar = progress_bar(total=steps, initial=progress.step, desc=desc, unit="step", leave=False,
+                       enabled=parallel.world().main)  # under torchrun rank 0 shows it
     scaler = config.compute.scaler()
     _passes(trainer, data, data_gen, progress, resumed, saving,
             lambda x, y: _step(trainer, teacher, x, y, fmt, scaler, progress, bar))
