@@ -295,10 +295,8 @@ def _prune(args: argparse.Namespace, world: Any) -> None:
     from latprune.pruner.loop import FinetuneConfig
     from latprune.report import prune_text
     from latprune.specs import load_model
-    from latprune.train import Compute
 
     out = Path(args.output)
-    Compute.resolve(args.device, args.precision)  # refused before any work
     check_run_target(out, args.force)  # before any work: a long prune must not end in this
     if args.checkpoint_every < 0:
         raise SpecError(f"--checkpoint-every must be 0 or more seconds, not {args.checkpoint_every}")
@@ -338,22 +336,17 @@ def _prune(args: argparse.Namespace, world: Any) -> None:
 
 
 def _join(args: argparse.Namespace) -> Any:
-    """Under torchrun: this process's rank in the world, refusing ranks given other arguments
-    (rank 0 alone reports warnings); the single-process world otherwise."""
+    """The device and precision checked; then, under torchrun, this process's rank in the world,
+    refusing ranks given other arguments (rank 0 alone reports warnings); else the single-process world."""
     from latprune import parallel
+    from latprune.train import Compute
 
-    cuda = args.device.startswith("cuda") or (args.device == "auto" and _cuda_available())
-    world = parallel.join("cuda" if cuda else "cpu")
+    compute = Compute.resolve(args.device, args.precision)  # refused before any work
+    world = parallel.join(compute.torch_device.type)
     parallel.same_everywhere("arguments", {k: v for k, v in vars(args).items() if k != "func"})
     if not world.main:
         warnings.simplefilter("ignore", LatpruneWarning)
     return world
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _load_run(run_dir: str, base: str | None) -> Any:

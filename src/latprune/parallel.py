@@ -135,22 +135,22 @@ def broadcast_state(module: nn.Module) -> None:
 DIFFERENCES: dict[str, float] = {}
 
 
-def synchronise(name: str, agreed: Iterable[torch.Tensor], module: nn.Module) -> None:
-    """Record (in :data:`DIFFERENCES`) how far apart the ranks' ``agreed`` tensors are, then set
-    ``module``'s state and ``agreed`` to rank 0's on every rank."""
+def synchronise(name: str, module: nn.Module, extra: Iterable[torch.Tensor] = ()) -> None:
+    """Record (in :data:`DIFFERENCES`) how far apart the ranks' parameters of ``module`` and
+    ``extra`` tensors are, then set ``module``'s state and ``extra`` to rank 0's on every rank."""
     if not world().distributed:
         return
-    agreed = list(agreed)
+    extra = list(extra)
     worst = 0.0
     with torch.no_grad():
-        for tensor in agreed:
+        for tensor in [*module.parameters(), *extra]:
             high, low = tensor.detach().clone(), tensor.detach().clone()
             dist.all_reduce(high, op=dist.ReduceOp.MAX)
             dist.all_reduce(low, op=dist.ReduceOp.MIN)
             worst = max(worst, float((high - low).abs().max()) if tensor.numel() else 0.0)
     DIFFERENCES[name] = max(worst, DIFFERENCES.get(name, 0.0))
     broadcast_state(module)
-    broadcast_tensors(agreed)
+    broadcast_tensors(extra)
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:

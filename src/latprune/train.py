@@ -214,8 +214,8 @@ class _Trainer:
     def synchronise(self, desc: str) -> None:
         """Under torchrun: rank 0's weights, BatchNorm statistics and gates on every rank (the
         gradients were averaged, but each rank's statistics are of its own batches)."""
-        gates = self.penalty.synced() if self.penalty is not None else []
-        parallel.synchronise(desc, [*self.model.parameters(), *gates], self.model)
+        gates = [p for group in self.extra_opt.param_groups for p in group["params"]] if self.extra_opt else []
+        parallel.synchronise(desc, self.model, gates)
 
     def resume_rng(self) -> None:
         """The global generators as they were saved: set again once the batches the interrupted run

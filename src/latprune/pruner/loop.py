@@ -260,11 +260,12 @@ def _decided(ctx: Context, method: Callable[[Context], Decision]) -> Decision:
     rank 0 alone; every rank gets rank 0's decision."""
     if not parallel.world().distributed:
         return method(ctx)
+    rest: Callable[[], Decision] = lambda: method(ctx)  # what rank 0 alone runs
     if method is get_method(ctx.config) and type(ctx.config) in TRAINS_ON_EVERY_RANK:
         trains, decides = TRAINS_ON_EVERY_RANK[type(ctx.config)]
-        trained = trains(ctx)
-        return _decision_from(ctx, parallel.on_main(lambda: _decision_record(decides(ctx, trained))))
-    return _decision_from(ctx, parallel.on_main(lambda: _decision_record(method(ctx))))
+        trained = trains(ctx)  # on every rank
+        rest = lambda: decides(ctx, trained)  # noqa: E731
+    return _decision_from(ctx, parallel.on_main(lambda: _decision_record(rest())))
 
 
 def _decision_record(decision: Decision) -> dict[str, Any]:
@@ -276,7 +277,7 @@ def _decision_record(decision: Decision) -> dict[str, Any]:
 
 def _stored_decision(journal: Journal | None, name: str) -> dict[str, Any] | None:
     record = journal.record(name) if journal else None
-    if journal is None or record is None:
+    if record is None:
         return None
     return {**record, "model": (journal.tensors(name) or {})["model"]}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,9 @@ def _plain(value: Any) -> Any:
 class Journal:
     """The checkpoint directory of one prune."""
 
-    def __init__(self, root: Path, every_s: float, resumed: bool) -> None:
+    def __init__(self, root: Path, every_s: float) -> None:
         self.root = root
         self.every_s = every_s
-        self.resumed = resumed  # the directory held this prune's checkpoints already
         self.taken: list[str] = []  # the stages taken from it, in order
 
     @classmethod
@@ -65,16 +63,15 @@ class Journal:
         if record.is_file():
             stored = json.loads(record.read_text(encoding="utf-8"))
             if stored.get("digest") != digest:
-                differ = sorted(k for k in {**arguments, **stored.get("arguments", {})}
-                                if json.dumps(arguments.get(k), sort_keys=True, default=str)
-                                != json.dumps(stored.get("arguments", {}).get(k), sort_keys=True, default=str))
+                ours, theirs = json.loads(text), stored.get("arguments", {})  # both as JSON has them
+                differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
                 raise SpecError(f"{root} holds the checkpoints of another prune (it differs in: "
                                 f"{', '.join(differ) or 'the arguments'}); resume it with the arguments it was "
                                 "started with, or delete the directory to start afresh", option="checkpoints")
-            return cls(root, every_s, resumed=True)
+            return cls(root, every_s)
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(record, {"digest": digest, "arguments": json.loads(text)})
-        return cls(root, every_s, resumed=False)
+        return cls(root, every_s)
 
     def checkpoint(self, name: str) -> Checkpoint:
         """Where the training stage ``name`` saves its state as it goes."""
@@ -117,10 +114,6 @@ class Journal:
         if not parallel.world().main:  # under torchrun rank 0 writes, every rank reads
             return
         atomic_write_bytes(self.root / name, data)
-
-    def clear(self) -> None:
-        """Delete the directory: the prune it served is finished and saved."""
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
