@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from latprune.models import ResNetCifar
+from latprune.models import ResNetCifar, ViT
 
 TINY_INPUT = (1, 1, 28, 28)
 
@@ -42,7 +42,21 @@ def tiny_mobilenet() -> nn.Module:
     ).eval()
 
 
-MODELS = {"resnet": tiny_resnet, "mobilenet": tiny_mobilenet}
+def tiny_vit() -> nn.Module:
+    """A vision transformer: heads, MLP widths, the embedding across layers, removable layers.
+    Its class token and LayerNorms are randomised so that no equality holds by accident."""
+    torch.manual_seed(0)
+    model = ViT(image_size=28, patch=7, dim=16, depth=2, heads=2, mlp_dim=24)
+    with torch.no_grad():
+        model.class_token.normal_()
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+MODELS = {"resnet": tiny_resnet, "mobilenet": tiny_mobilenet, "vit": tiny_vit}
 
 
 def cli_fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> str:
@@ -83,7 +97,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("models") / "tiny_model.py"
     path.write_text(textwrap.dedent("""
         import torch
-        from latprune.models import ResNetCifar
+        from latprune.models import ResNetCifar, ViT
 
         def make():
             torch.manual_seed(0)

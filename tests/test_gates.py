@@ -93,9 +93,10 @@ def test_removed_block_equals_zeroed_branch(tiny_model: nn.Module) -> None:
     for block in graph.blocks:
         zeroed = copy.deepcopy(tiny_model)
         with torch.no_grad():
-            end = zeroed.get_submodule(block.branch_end)
-            end.weight.zero_()
-            end.bias.zero_()
+            for name in block.branch_ends:
+                end = zeroed.get_submodule(name)
+                end.weight.zero_()
+                end.bias.zero_()
         removed = graph.slim({block.group: []})
         with torch.no_grad():
             assert torch.allclose(zeroed(x), removed(x), atol=1e-5)
@@ -240,21 +241,21 @@ def test_lambda_stops_growing_once_the_budget_is_reached(predictor: Predictor) -
 
 
 def test_taylor_signal_keeps_the_important_of_equal_cost_gates(predictor: Predictor) -> None:
-    """Half the channels of one group write zeros (their BN scale and shift are 0), so
-    their Taylor importance is 0; every channel of a group costs the same latency. Under
+    """Half the channels of one group write zeros (their BN scale and shift, or their linear
+    layer's rows, are 0), so their Taylor importance is 0; every channel of a group costs the same latency. Under
     ``--gate-signal taylor`` the latency term closes the dead ones and the importance
     term holds the live ones open; the gates are hard samples that take no task gradient."""
     model = copy.deepcopy(predictor.graph.model)
     graph = ChannelGraph.build(model, TINY_INPUT)  # the fixture's structure: the same group ids
-    group = next(g for g in graph.groups if g.size >= 4
-                 and all(isinstance(graph.module(n), nn.BatchNorm2d) for n in g.producers))
+    group = next(g for g in graph.groups if g.size >= 4 and not g.norms
+                 and all(isinstance(graph.module(n), (nn.BatchNorm2d, nn.Linear)) for n in g.producers))
     dead = list(range(0, group.size, 2))
     with torch.no_grad():
         for name in group.producers:
-            bn = graph.module(name)
-            bn.weight[dead] = 0.0
-            bn.bias[dead] = 0.0
-            bn.bias[1::2] = 1.0  # the live ones pass any ReLU that follows
+            producer = graph.module(name)
+            producer.weight[dead] = 0.0
+            producer.bias[dead] = 0.0
+            producer.bias[1::2] = 1.0  # the live ones pass any ReLU that follows
     soft = SoftLatency(predictor, graph.options(Grid(LEVELS), blocks=True))
     gates = Gates(graph, init=3.0)
     start = float(soft(gates.expected_widths(), gates.block_keep()).detach())

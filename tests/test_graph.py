@@ -153,7 +153,7 @@ def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_a
     from latprune.errors import SpecError
 
     with pytest.raises(SpecError, match="cannot prune this model's structure yet: Torch-Pruning's dependency "
-                                        "tracer failed on it \\(ZeroDivisionError in index_mapping.py"):
+                                        "tracer failed on it \\(\\w+Error in index_mapping.py"):
         ChannelGraph.build(shufflenet_v2_x0_5(weights=None), (1, 3, 64, 64))
     with pytest.raises(SpecError, match=r"does not run on an input of shape \(1, 3, 28, 28\).*check that the "
                                         "example input"):

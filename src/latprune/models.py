@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,6 +92,43 @@ class ResNetCifar(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))  # (B, classes)
 
 
+class EncoderLayer(nn.Module):
+    """A pre-norm transformer layer: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class ViT(nn.Module):
+    """A small vision transformer (Dosovitskiy et al. 2021) for 28×28 images: 4×4 patches,
+    a class token, learned position embeddings, ``depth`` pre-norm layers, a linear head."""
+
+    def __init__(self, image_size: int = 28, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4,
+                 mlp_dim: int = 128, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        tokens = (image_size // patch) ** 2
+        self.patch = nn.Conv2d(in_channels, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.layers = nn.Sequential(*(EncoderLayer(dim, heads, mlp_dim) for _ in range(depth)))
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, tokens, dim)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
+        return self.head(self.ln(self.layers(x))[:, 0])
+
+
 @dataclass
 class ModelSpec:
     """A model ready for latprune: the module (eval mode), its input shape
@@ -149,8 +187,21 @@ def _torchvision_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
             f"torchvision has no model {name!r}; known classification models include "
             + ", ".join(k for k in known if k.startswith(("resnet", "mobilenet", "efficientnet")))
         )
-    model = tvm.get_model(name, weights=None).eval()
+    model = tvm.get_model(name, weights=None, **_size_arguments(name, shape)).eval()
     return ModelSpec(spec, model, shape or (1, 3, 224, 224), 1000, None)
+
+
+def _size_arguments(name: str, shape: tuple[int, ...] | None) -> dict[str, Any]:
+    """The build arguments of torchvision models that fix their image size when built
+    (ViT's ``image_size``, MaxViT's ``input_size``), from the input shape."""
+    if shape is None or len(shape) != 4 or not name.startswith(("vit_", "maxvit_")):
+        return {}
+    h, w = shape[2:]
+    if name.startswith("maxvit_"):
+        return {"input_size": (h, w)}
+    if h != w:
+        raise SpecError(f"torchvision's {name} takes square images; --input {'x'.join(map(str, shape))} is not")
+    return {"image_size": h}
 
 
 def _efficientnet_lite0(shape: tuple[int, ...] | None) -> ModelSpec:

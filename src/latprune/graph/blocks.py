@@ -5,11 +5,14 @@ shortcut. Zeroing the branch's last producer (the BatchNorm, or the conv
 without one, whose output enters the add) turns it into ``act(x)``, which is
 ``x`` when ``x`` comes out of the same activation (ReLU after ReLU) or when
 there is no activation after the add (MobileNetV2). Then the block can be
-replaced by ``nn.Identity`` and all its latency units disappear.
+replaced by ``nn.Identity`` and all its latency units disappear. A
+transformer layer has two branches, ``x + attn(x)`` then ``x + mlp(x)``: it is
+an identity once both are zeroed.
 
 Blocks are found by that very test, run on the example input: for every
 producer feeding an add, the smallest enclosing module whose output equals
-its input once the producer is zeroed. No naming convention is assumed.
+its input once every producer feeding an add is zeroed, or else once the
+producer alone is. No naming convention is assumed.
 
 >>> from latprune.models import ResNetCifar
 >>> from latprune.graph.channels import ChannelGraph
@@ -32,13 +35,13 @@ PRODUCERS = (nn.modules.batchnorm._BatchNorm, nn.Conv2d, nn.Linear)
 @dataclass(frozen=True)
 class Block:
     """A removable residual block: ``name`` is the module replaced by
-    ``nn.Identity``; zeroing ``branch_end`` computes the same function.
+    ``nn.Identity``; zeroing its ``branch_ends`` computes the same function.
     ``group`` is its inner channel group: a width of 0 for that group in a
     width configuration means "block removed". ``units`` are the latency units
     (conv/linear names) inside it."""
 
     name: str
-    branch_end: str
+    branch_ends: tuple[str, ...]
     group: int
     units: tuple[str, ...]
 
@@ -48,34 +51,38 @@ def inside(name: str, block: str) -> bool:
     return name == block or name.startswith(block + ".")
 
 
-def _identity_when_zeroed(model: nn.Module, names: dict[nn.Module, str], producer: str,
-                          example: torch.Tensor) -> str | None:
-    """The smallest module enclosing ``producer`` whose output equals its input
-    when ``producer``'s output is zeroed, or None."""
-    parts = producer.split(".")
-    ancestors = [".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+def _identities(model: nn.Module, names: dict[nn.Module, str], producers: Sequence[str],
+                candidates: Sequence[str], example: torch.Tensor) -> set[str]:
+    """Those of ``candidates`` whose output equals their input once every one of ``producers``
+    has its output zeroed (one forward pass)."""
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record(mod: nn.Module, args: tuple, out: object) -> None:
         if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
             seen.setdefault(names[mod], (args[0].detach(), out.detach()))
 
-    hooks = [model.get_submodule(producer).register_forward_hook(lambda m, a, out: torch.zeros_like(out))]
-    hooks += [model.get_submodule(a).register_forward_hook(record) for a in ancestors]
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+             for p in producers]
+    hooks += [model.get_submodule(a).register_forward_hook(record) for a in candidates]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    for name in ancestors:  # innermost first
-        if name in seen:
-            x, y = seen[name]
-            scale = float(x.abs().max()) if x.numel() else 0.0
-            # relative tolerance: activations of randomly initialised nets can be tiny
-            if x.shape == y.shape and scale > 0 and torch.allclose(x, y, atol=1e-5 * scale, rtol=1e-5):
-                return name
-    return None
+    found = set()
+    for name, (x, y) in seen.items():
+        scale = float(x.abs().max()) if x.numel() else 0.0
+        # relative tolerance: activations of randomly initialised nets can be tiny
+        if x.shape == y.shape and scale > 0 and torch.allclose(x, y, atol=1e-5 * scale, rtol=1e-5):
+            found.add(name)
+    return found
+
+
+def _ancestors(name: str) -> list[str]:
+    """The modules enclosing ``name``, innermost first (the model itself left out)."""
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
 
 
 def find_blocks(model: nn.Module, example: torch.Tensor, add_inputs: Sequence[nn.Module],
@@ -86,18 +93,28 @@ def find_blocks(model: nn.Module, example: torch.Tensor, add_inputs: Sequence[nn
     ``add_inputs`` are the modules whose output feeds a residual add;
     ``group_modules`` lists each group's id with every module it touches (a
     block needs an inner group, one that lives entirely inside it, to carry
-    its "removed" option)."""
+    its "removed" option). Every add's producers are zeroed in one forward pass
+    (a block's input is then not the one it sees in the model, but an identity
+    is one on any input); a producer whose block that pass does not show (its
+    input was zero) is tested alone."""
+    ends = [names[m] for m in dict.fromkeys(add_inputs) if isinstance(m, PRODUCERS)]
+    candidates = list(dict.fromkeys(a for e in ends for a in _ancestors(e)))
+    identities = _identities(model, names, ends, candidates, example) if ends else set()
     blocks: dict[str, Block] = {}
-    for producer in dict.fromkeys(m for m in add_inputs if isinstance(m, PRODUCERS)):
-        pname = names[producer]
-        block = _identity_when_zeroed(model, names, pname, example)
+    for pname in ends:
+        ancestors = _ancestors(pname)
+        block = next((a for a in ancestors if a in identities), None)  # the innermost
+        branch_ends = tuple(e for e in ends if block is not None and inside(e, block))
+        if block is None:  # its input may have been zero in that pass (behind a zeroed conv shortcut)
+            found = _identities(model, names, [pname], ancestors, example)
+            block, branch_ends = next((a for a in ancestors if a in found), None), (pname,)
         if block is None or block in blocks:
             continue
         inner = [gid for gid, mods in group_modules if mods and all(inside(m, block) for m in mods)]
         if not inner:
             continue  # nothing inside to gate: the branch writes the highway only
         units = tuple(u for u in unit_names if inside(u, block))
-        blocks[block] = Block(block, pname, min(inner), units)
+        blocks[block] = Block(block, branch_ends, min(inner), units)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(blocks.values(), key=lambda b: order[b.name])
 

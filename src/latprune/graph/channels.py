@@ -13,22 +13,27 @@ gets one width in a plan.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import traceback
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
+from unittest import mock
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from latprune.errors import SpecError
+from latprune.graph.attention import Attention, Heads, customized_pruners, opaque, rewrite_attention_, sync_attributes_
 from latprune.graph.blocks import Block, SkippedBlock, find_blocks, inside
 from latprune.graph.units import ACTIVATIONS, LayerKey, Unit
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
+NORMS = (nn.LayerNorm,)  # normalise over a group's channels: a gate there keeps the kept channels' statistics
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,12 @@ class Group:
     producers: tuple[str, ...]
     members: tuple[str, ...] = field(default=())
     outs: tuple[str, ...] = field(default=())   # modules whose output channels are this group's
+    norms: tuple[str, ...] = field(default=())  # LayerNorms over the group's channels
+    heads: bool = False                         # the heads of the attention ``root``: a width counts heads
+
+    def step(self, align: int) -> int:
+        """The width multiple the group is pruned in: ``align`` channels (:func:`group_align`), or one head."""
+        return 1 if self.heads else group_align(self.size, align)
 
 
 def _output_layers(dg: tp.DependencyGraph, modules: Sequence[nn.Module]) -> list[nn.Module]:
@@ -111,34 +122,17 @@ class ChannelGraph:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+        """The graph of ``model``, which it takes over: its self-attention modules are rewritten
+        in place into :class:`~latprune.graph.attention.Attention` (the same function)."""
         model.eval()
+        left = rewrite_attention_(model)
         names = {m: n for n, m in model.named_modules()}
         example = torch.randn(*input_shape)
-        shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        hooks = [
-            m.register_forward_hook(
-                lambda mod, inp, out: shapes.__setitem__(mod, (tuple(inp[0].shape), tuple(out.shape))))
-            for m in model.modules() if isinstance(m, PRUNABLE)
-        ]
-        try:
-            with torch.no_grad():
-                model(example)
-        except Exception as exc:  # the user's model, at the user's input shape
-            for h in hooks:
-                h.remove()
-            raise SpecError(f"the model does not run on an input of shape {input_shape} ({type(exc).__name__}: "
-                            f"{str(exc)[:200]}); check that the example input has the shape the model expects") from None
-        try:
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        except Exception as exc:  # it runs, but its structure defeats the tracer (e.g. a channel shuffle)
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            raise SpecError(f"latprune cannot prune this model's structure yet: Torch-Pruning's dependency tracer "
-                            f"failed on it ({type(exc).__name__} in {Path(where.filename).name}:{where.lineno}; "
-                            "ShuffleNetV2's channel shuffle does this)") from None
-        finally:
-            for h in hooks:
-                h.remove()
+        shapes = _run_recording_shapes(model, example, input_shape)
+        dg = _traced(model, example)
+        names.update({p: n for p, n in dg._param_to_name.items()})  # unwrapped parameters (ViT's class token)
         layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
+        attentions = [m for m in model.modules() if isinstance(m, Attention) and m in dg.module2node]
         fixed = _output_layers(dg, layers)
         # Grouped (non-depthwise) convs keep their widths, and so does every group that feeds one:
         # cutting channels out of a group of a grouped conv breaks the grouping.
@@ -146,39 +140,9 @@ class ChannelGraph:
                    and not (m.groups == m.in_channels == m.out_channels)}
         fixed.extend(grouped)
         kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
-        groups: list[Group] = []
-        out_group: dict[nn.Module, int] = {}
-        in_group: dict[nn.Module, int] = {}
-        order = {m: i for i, m in enumerate(model.modules())}
-        tp_groups = sorted(dg.get_all_groups(ignored_layers=fixed, root_module_types=PRUNABLE),
-                           key=lambda grp: order[grp[0].dep.target.module])
-        for tp_group in tp_groups:
-            root = tp_group[0].dep.target.module
-            feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in grouped]
-            if feeds:
-                for dep, _ in tp_group:
-                    if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in grouped:
-                        kept_full.setdefault(names[dep.target.module], f"feeds the grouped convolution "
-                                                                       f"{names[feeds[0]]}")
-                continue
-            gid = len(groups)
-            producers, members, outs = [], [], []
-            for dep, _ in tp_group:
-                target, handler = dep.target.module, dep.handler
-                if handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
-                               tp.prune_depthwise_conv_out_channels):
-                    out_group[target] = gid
-                    members.append(names[target])
-                    if handler is not tp.prune_depthwise_conv_out_channels:
-                        outs.append(names[target])
-                elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                    in_group[target] = gid
-                    members.append(names[target])
-                elif isinstance(target, nn.modules.batchnorm._BatchNorm):
-                    producers.append(names[target])
-            size = len(tp_group[0].idxs)
-            groups.append(Group(gid, names[root], size, tuple(producers), tuple(dict.fromkeys(members)),
-                                tuple(dict.fromkeys(outs))))
+        kept_full.update({name: "a multi-head attention with masks, or keys and values of other widths"
+                          for name in left})
+        groups, in_group, out_group = _channel_groups(dg, model, names, fixed, grouped, kept_full)
         units = []
         for m in layers:
             unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
@@ -187,7 +151,14 @@ class ChannelGraph:
             if bn is None and unit.out_group is not None:
                 g = groups[unit.out_group]
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
+        for m in attentions:
+            units.append(_attention_unit(m, names[m], shapes.get(m), in_group.get(m), len(groups)))
+            groups.append(Group(len(groups), names[m], m.num_heads, (f"{names[m]}.heads",), (names[m],), heads=True))
+            if out_group.get(m) is not None:  # its projection writes the embedding
+                g = groups[out_group[m]]
+                groups[g.id] = replace(g, producers=g.producers + (f"{names[m]}.proj",))
         adds = [i.module for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0" for i in n.inputs]
+        adds = [m.proj if isinstance(m, Attention) else m for m in adds]
         blocks = find_blocks(model, example, adds, names,
                              [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
         # A group must be rooted outside every removable block it is not inner to, so that a
@@ -251,7 +222,7 @@ class ChannelGraph:
     def options(self, grid: Grid, blocks: bool = False) -> dict[int, list[int]]:
         """Width options of every group on ``grid``; with ``blocks``, a block's
         inner group also offers width 0: the block removed."""
-        opts = {g.id: grid.widths(g.size, g.root) for g in self.groups}
+        opts = {g.id: grid.widths(g.size, g.root, g.step(grid.align)) for g in self.groups}
         if blocks:
             for b in self.blocks:
                 opts[b.group] = [0] + opts[b.group]
@@ -308,38 +279,217 @@ class ChannelGraph:
                            {self.groups[g].root: self.groups[g].size for g in channels})
 
     def mask(self, keep: dict[int, Sequence[int]]) -> nn.Module:
-        """A deep copy where every removed channel is zeroed at its producers, and
-        every removed block's branch at its last producer (the hard-gated model):
-        it computes the same function as :meth:`slim`."""
+        """A deep copy where every removed channel is zeroed at its producers (and left out of
+        its LayerNorms' statistics), every removed head's values are zeroed, and every removed
+        block's branches at their last producers (the hard-gated model): it computes the same
+        function as :meth:`slim`."""
         model = copy.deepcopy(self.model)
         removed, keep = self.split_keep(keep)
         with torch.no_grad():
             for block in removed:
-                end = model.get_submodule(block.branch_end)
-                end.weight.zero_()
-                if getattr(end, "bias", None) is not None:
-                    end.bias.zero_()
+                for end in block.branch_ends:
+                    zero_channels_(model, end, None)
             for gid, idx in keep.items():
                 group = self.groups[gid]
                 drop = sorted(set(range(group.size)) - set(int(i) for i in idx))
                 if not drop:
                     continue
                 for name in group.producers:
-                    mod = model.get_submodule(name)
-                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                        mod.weight[drop] = 0
-                        mod.bias[drop] = 0
-                    else:
-                        mod.weight[drop] = 0
-                        if mod.bias is not None:
-                            mod.bias[drop] = 0
+                    zero_channels_(model, name, drop)
+                for name in group.norms:
+                    model.set_submodule(name, KeptLayerNorm(model.get_submodule(name), sorted(set(idx))))
         return model
+
+
+
+def parameter_of(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+    """The module owning parameter ``name`` and the parameter's attribute name, where
+    ``name`` names a parameter rather than a module (ViT's ``class_token``)."""
+    owner, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        return None
+    return (module, attr) if isinstance(module._parameters.get(attr), nn.Parameter) else None
+
+
+def zero_channels_(model: nn.Module, producer: str, channels: Sequence[int] | None) -> None:
+    """Zero the output ``channels`` (all with None) of a group's producer: a layer, a
+    BatchNorm, a parameter added into the channels (last dimension), or an attention's heads."""
+    found = parameter_of(model, producer)
+    if found is not None:
+        param = found[0]._parameters[found[1]]
+        assert param is not None
+        param[..., channels if channels is not None else slice(None)] = 0
+        return
+    module = model.get_submodule(producer)
+    if isinstance(module, Heads):
+        attention = model.get_submodule(producer.rpartition(".")[0])
+        attention.zero_heads(channels if channels is not None else range(attention.num_heads))
+        return
+    rows = channels if channels is not None else slice(None)
+    module.weight[rows] = 0
+    if getattr(module, "bias", None) is not None:
+        module.bias[rows] = 0
+
+
+class KeptLayerNorm(nn.Module):
+    """A LayerNorm over the last dimension whose statistics cover ``keep`` alone and whose
+    other channels are zero: what the slimmed LayerNorm computes, at full width."""
+
+    def __init__(self, norm: nn.LayerNorm, keep: Sequence[int]) -> None:
+        super().__init__()
+        self.norm = norm
+        mask = torch.zeros(norm.normalized_shape[-1])
+        mask[list(keep)] = 1
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return masked_layer_norm(self.norm, x, self.mask)
+
+
+def masked_layer_norm(norm: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with its statistics weighted by ``gate`` over the last dimension, and its
+    output multiplied by it: with a 0/1 gate, exactly the LayerNorm of the kept channels."""
+    count = gate.sum().clamp_min(1e-6)
+    mean = (x * gate).sum(-1, keepdim=True) / count
+    var = (((x - mean) ** 2) * gate).sum(-1, keepdim=True) / count
+    y = (x - mean) / torch.sqrt(var + norm.eps)
+    if norm.weight is not None:
+        y = y * norm.weight
+    if norm.bias is not None:
+        y = y + norm.bias
+    return y * gate
+
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model``, with attention modules as leaves, and
+    parameters outside layers (ViT's class token) pruned along their last dimension."""
+    with warnings.catch_warnings(), opaque(), _unknown_not_zero():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                     customized_pruners=customized_pruners())
+
+
+@contextlib.contextmanager
+def _unknown_not_zero() -> Iterator[None]:
+    """Torch-Pruning 1.6 infers 0 input channels behind a reshape it cannot follow (a ViT with
+    every layer removed: patches flattened into tokens, then a class-token slice) and divides
+    by it; 0 there means "unknown", which its reshape mapping already treats as no mapping."""
+    update = tp.dependency.index_mapping.update_reshape_index_mapping
+
+    def update_known(graph: Any, node: Any) -> None:
+        try:
+            update(graph, node)
+        except ZeroDivisionError:
+            pass
+
+    with mock.patch.object(tp.dependency.index_mapping, "update_reshape_index_mapping", update_known):
+        yield
+
+
+def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: tuple[int, ...]
+                          ) -> dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Run ``model`` once, recording each layer's input and output shape; refuse a model that does not run."""
+    shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def record(mod: nn.Module, inp: tuple, out: object) -> None:
+        out = out[0] if isinstance(out, tuple) else out
+        shapes[mod] = (tuple(inp[0].shape), tuple(out.shape))  # type: ignore[union-attr]
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (*PRUNABLE, Attention))]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # the user's model, at the user's input shape
+        raise SpecError(f"the model does not run on an input of shape {input_shape} ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); check that the example input has the shape the model expects") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _traced(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """:func:`dependency_graph`, or a clear refusal where the model's structure defeats the tracer."""
+    try:
+        return dependency_graph(model, example)
+    except Exception as exc:  # it runs, but its structure defeats the tracer (e.g. a channel shuffle)
+        raise _untraceable(exc) from None
+
+
+def _untraceable(exc: Exception) -> SpecError:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return SpecError(f"latprune cannot prune this model's structure yet: Torch-Pruning's dependency tracer "
+                     f"failed on it ({type(exc).__name__} in {Path(where.filename).name}:{where.lineno}; "
+                     "ShuffleNetV2's channel shuffle does this)")
+
+
+def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
+                    grouped: set[nn.Module], kept_full: dict[str, str]
+                    ) -> tuple[list[Group], dict[nn.Module, int], dict[nn.Module, int]]:
+    """The channel groups Torch-Pruning finds, in module order, and which group sets each
+    layer's input and output width; groups feeding a grouped conv are left out (``kept_full``)."""
+    groups: list[Group] = []
+    out_group: dict[nn.Module, int] = {}
+    in_group: dict[nn.Module, int] = {}
+    order = {m: i for i, m in enumerate(model.modules())}
+    try:
+        with _unknown_not_zero():
+            tp_groups = sorted(dg.get_all_groups(ignored_layers=fixed, root_module_types=PRUNABLE),
+                               key=lambda grp: order[grp[0].dep.target.module])
+    except Exception as exc:
+        raise _untraceable(exc) from None
+    outward = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
+    for tp_group in tp_groups:
+        feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in grouped]
+        if feeds:
+            for dep, _ in tp_group:
+                if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in grouped:
+                    kept_full.setdefault(names[dep.target.module], f"feeds the grouped convolution "
+                                                                   f"{names[feeds[0]]}")
+            continue
+        gid = len(groups)
+        producers, members, outs, norms = [], [], [], []
+        for dep, _ in tp_group:
+            target, handler = dep.target.module, dep.handler
+            name = getattr(handler, "__name__", "")
+            if handler in outward or (isinstance(target, Attention) and name == "prune_out_channels"):
+                out_group[target] = gid
+                members.append(names[target])
+                if handler is not tp.prune_depthwise_conv_out_channels and not isinstance(target, Attention):
+                    outs.append(names[target])
+            elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or isinstance(target, Attention):
+                in_group[target] = gid
+                members.append(names[target])
+            elif isinstance(target, nn.modules.batchnorm._BatchNorm):
+                producers.append(names[target])
+            elif isinstance(target, NORMS):
+                norms.append(names[target])
+            elif isinstance(target, nn.Parameter) and target in names:  # added into the channels (a class token)
+                producers.append(names[target])
+        groups.append(Group(gid, names[tp_group[0].dep.target.module], len(tp_group[0].idxs), tuple(producers),
+                            tuple(dict.fromkeys(members)), tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(norms))))
+    return groups, in_group, out_group
+
+
+def _attention_unit(m: Attention, name: str, shapes: tuple[tuple[int, ...], tuple[int, ...]] | None,
+                    gin: int | None, heads_group: int) -> Unit:
+    """One latency unit for a whole attention: qkv projection, attention, output projection.
+    Its key's ``cin`` is the embedding width and its ``cout`` the head count."""
+    if shapes is None:
+        raise SpecError(f"attention {name!r} did not run in the forward pass; latprune cannot time it")
+    in_shape = shapes[0] if getattr(m, "batch_first", True) else (shapes[0][1], shapes[0][0], *shapes[0][2:])
+    key = LayerKey(op="attention", cin=m.qkv.in_features, cout=m.num_heads, in_hw=tuple(in_shape[1:-1]),
+                   batch=in_shape[0], bias=m.qkv.bias is not None, head_dim=m.head_dim)
+    return Unit(name, key, gin, heads_group)
 
 
 def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: Sequence[str],
                 keep_by_root: dict[str, Sequence[int]], sizes: dict[str, int] | None = None) -> nn.Module:
     """Slim ``model`` in place: replace each of ``removed_blocks`` by :class:`SkippedBlock` (an identity),
-    then keep channels as :func:`apply_keep_` does."""
+    then keep channels as :func:`apply_keep_` does. Self-attention is rewritten first, as
+    :meth:`ChannelGraph.build` does."""
+    rewrite_attention_(model)
     for name in removed_blocks:
         try:
             model.get_submodule(name)
@@ -352,15 +502,21 @@ def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: 
 def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: dict[str, Sequence[int]],
                 sizes: dict[str, int] | None = None) -> nn.Module:
     """Slim ``model`` in place: the group rooted at module ``root`` keeps channels
-    ``keep_by_root[root]`` (indices into the base model's channels)."""
+    ``keep_by_root[root]`` (indices into the base model's channels; into its heads where
+    ``root`` is an attention)."""
     model.eval()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(*input_shape))
+    dg = dependency_graph(model, torch.randn(*input_shape))
     for root_name, idx in keep_by_root.items():
         try:
             root = model.get_submodule(root_name)
         except AttributeError:
             raise SpecError(f"the model has no module {root_name!r}; the plan was made for another model") from None
-        size = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        if isinstance(root, Attention):
+            size = root.num_heads
+        elif isinstance(root, PRUNABLE):
+            size = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        else:
+            raise SpecError(f"module {root_name!r} is a {type(root).__name__}, not a layer a plan can slim")
         if sizes is not None and sizes.get(root_name, size) != size:
             raise SpecError(f"module {root_name!r} has {size} channels, the plan expects {sizes[root_name]}")
         kept = set(int(i) for i in idx)
@@ -369,9 +525,13 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
         drop = [i for i in range(size) if i not in kept]
         if not drop:
             continue
+        if isinstance(root, Attention):
+            root.keep_heads(sorted(kept))
+            continue
         handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
-        dg.get_pruning_group(root, handler, idxs=drop).prune()
-    return model
+        with _unknown_not_zero():
+            dg.get_pruning_group(root, handler, idxs=drop).prune()
+    return sync_attributes_(model)
 
 
 def group_align(size: int, align: int) -> int:
@@ -412,8 +572,10 @@ class Grid:
     align: int = 1
     extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
-    def widths(self, size: int, root: str | None = None) -> list[int]:
-        align = group_align(size, self.align)
+    def widths(self, size: int, root: str | None = None, align: int | None = None) -> list[int]:
+        """The widths of a group of ``size`` (rooted at ``root``), in multiples of ``align``
+        (default: the grid's, :func:`group_align`)."""
+        align = group_align(size, self.align) if align is None else align
         raw = (size * i / self.levels for i in range(1, self.levels + 1))
         widths = {max(align, align * round(w / align)) for w in raw} if align > 1 else {max(1, round(w)) for w in raw}
         widths |= set(dict(self.extra).get(root, ())) if root is not None else set()

@@ -31,14 +31,19 @@ ACTIVATIONS = {
 }
 
 
+# Fields added after LUTs were first written: left out of a key's text at their default, so
+# that the keys of convolutions and linear layers read as they always have.
+_OMITTED_AT_DEFAULT = ("head_dim",)
+
+
 @dataclass(frozen=True, order=True)
 class LayerKey:
     """What identifies one measured kernel: the op, its widths and every shape
     parameter that changes its latency. ``text`` is its canonical form in the LUT."""
 
-    op: str                       # "conv" or "linear"
+    op: str                       # "conv", "linear" or "attention"
     cin: int
-    cout: int
+    cout: int                     # output channels; an attention's head count
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
@@ -51,12 +56,15 @@ class LayerKey:
     add: bool = False             # a residual add is fused after the BN
     act: str = ""                 # activation fused at the end ("" for none)
     dtype: str = "float32"
+    head_dim: int = 0             # attention: each head's width (its embedding width is ``cin``)
 
     @property
     def text(self) -> str:
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in _OMITTED_AT_DEFAULT and value == f.default:
+                continue
             if isinstance(value, tuple):
                 value = "x".join(str(v) for v in value)
             elif isinstance(value, bool):
@@ -88,6 +96,12 @@ class LayerKey:
     def macs(self) -> int:
         """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons)."""
         spatial = 1
+        if self.op == "attention":  # qkv and output projections, q·kᵀ and attention·v
+            tokens = 1
+            for d in self.in_hw:
+                tokens *= d
+            inner = self.cout * self.head_dim
+            return self.batch * (4 * tokens * self.cin * inner + 2 * tokens * tokens * inner)
         if self.op == "conv":
             h, w = self.in_hw
             kh, kw = self.kernel

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from latprune.errors import LutError
-from latprune.graph.channels import ChannelGraph, Grid, group_align
+from latprune.graph.channels import ChannelGraph, Grid
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
 
@@ -144,8 +144,8 @@ def refine(graph: ChannelGraph, lut: Lut, grid: Grid, measure: Callable[[list[La
             if progress:
                 progress(group.root)
             continue
-        coarse = grid.widths(group.size, group.root)
-        g_align = group_align(group.size, align)
+        g_align = group.step(align)
+        coarse = grid.widths(group.size, group.root, g_align)
         added, costs = _bisect(coarse, g_align, lambda w, gid=group.id: cost(gid, w))
         found[group.id] = (coarse, added, costs, g_align)
         if progress:

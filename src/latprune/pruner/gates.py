@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latprune.graph.channels import ChannelGraph
+from latprune.graph.channels import ChannelGraph, masked_layer_norm, parameter_of
 from latprune.latency_lut.predict import SoftLatency
 
 MODES = ("open", "hard", "sample")
@@ -127,17 +127,26 @@ class Gates(nn.Module):
         """Hook the gates into ``graph.model`` (idempotent)."""
         if self._handles:
             return self
-        block_of_end = {b.branch_end: i for i, b in enumerate(self.blocks)}
+        block_of_end = {end: i for i, b in enumerate(self.blocks) for end in b.branch_ends}
+        model = self.graph.model
         for g in self.graph.groups:
             for name in g.producers:
-                module = self.graph.module(name)
                 block = block_of_end.get(name)
+                param = parameter_of(model, name)
+                if param is not None:  # a parameter added into the channels: gated where its owner runs
+                    fold, restore = self._folded(g.id, block, (param[1],), last_dim=True)
+                    self._handles.append(param[0].register_forward_pre_hook(fold))
+                    self._handles.append(param[0].register_forward_hook(restore, always_call=True))
+                    continue
+                module = self.graph.module(name)
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-                    fold, restore = self._folded(g.id, block)
+                    fold, restore = self._folded(g.id, block, ("weight", "bias"))
                     self._handles.append(module.register_forward_pre_hook(fold))
                     self._handles.append(module.register_forward_hook(restore, always_call=True))
                 else:
                     self._handles.append(module.register_forward_hook(self._hook(g.id, block)))
+            for name in g.norms:
+                self._handles.append(self.graph.module(name).register_forward_hook(self._norm_hook(g.id)))
         return self
 
     @property
@@ -171,23 +180,38 @@ class Gates(nn.Module):
 
         return scale
 
-    def _folded(self, gid: int, block: int | None) -> tuple[Any, Any]:
-        """Fold the gate into a BatchNorm's scale and shift for its forward pass, ``BN(x)·g =
-        (g·γ)·x̂ + g·β``: the same output and gradients as multiplying the activation, at the cost
-        of two vector products instead of a pass over the activation and its gradient (gate
-        training's overhead over plain training on ResNet-20: BENCHMARKS.md)."""
+    def _norm_hook(self, gid: int) -> Any:
+        """A LayerNorm over the group's channels computes its statistics over the open ones:
+        with hard gates, what the slimmed LayerNorm computes."""
+        def normalise(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            gate = self._gate(gid, None).to(out.device, out.dtype)
+            return masked_layer_norm(module, args[0], gate)
+
+        return normalise
+
+    def _folded(self, gid: int, block: int | None, names: tuple[str, ...], last_dim: bool = False
+                ) -> tuple[Any, Any]:
+        """Fold the gate into a module's parameters ``names`` for its forward pass: a
+        BatchNorm's scale and shift, ``BN(x)·g = (g·γ)·x̂ + g·β``, the same output and gradients
+        as multiplying the activation at the cost of two vector products instead of a pass
+        over the activation and its gradient (gate training's overhead over plain training on
+        ResNet-20: BENCHMARKS.md); or a parameter added into the channels (``last_dim``)."""
         def fold(module: nn.Module, args: tuple) -> None:
             params = module._parameters
-            weight, bias = params["weight"], params["bias"]
-            assert weight is not None and bias is not None  # affine
-            gate = self._gate(gid, block).to(weight.device, weight.dtype)
-            module._latprune_params = weight, bias  # type: ignore[assignment]
-            params["weight"], params["bias"] = weight * gate, bias * gate  # type: ignore[assignment]
+            saved = tuple(params[n] for n in names)
+            first = saved[0]
+            assert first is not None
+            gate = self._gate(gid, block).to(first.device, first.dtype)
+            module.__dict__.setdefault("_latprune_params", {})[names] = saved
+            for n, p in zip(names, saved):
+                assert p is not None
+                params[n] = p * (gate if not last_dim else gate.view(*([1] * (p.dim() - 1)), -1))  # type: ignore[assignment]
 
         def restore(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            saved = module.__dict__.pop("_latprune_params", None)
+            saved = module.__dict__.get("_latprune_params", {}).pop(names, None)
             if saved is not None:
-                module._parameters["weight"], module._parameters["bias"] = saved
+                for n, p in zip(names, saved):
+                    module._parameters[n] = p
 
         return fold, restore
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from latprune._progress import bar
 from latprune.errors import SpecError
-from latprune.graph.channels import ChannelGraph
+from latprune.graph.attention import Heads
+from latprune.graph.channels import ChannelGraph, parameter_of
 from latprune.pruner.gates import Gates
 
 
@@ -53,9 +54,21 @@ def l1_importance(graph: ChannelGraph) -> Scores:
         for g in graph.groups:
             total = torch.zeros(g.size)
             for name in g.producers:
-                total += _per_channel(graph.module(name).weight.abs())
+                total += _magnitude(graph, name).float().cpu()
             scores[g.id] = total.numpy()
     return Scores(scores)
+
+
+def _magnitude(graph: ChannelGraph, producer: str) -> torch.Tensor:
+    """A producer's weight magnitude per output channel (per head for an attention's heads)."""
+    found = parameter_of(graph.model, producer)
+    if found is not None:  # added into the channels along its last dimension
+        param = found[0]._parameters[found[1]]
+        assert param is not None
+        return param.abs().reshape(-1, param.shape[-1]).sum(0)
+    if isinstance(graph.module(producer), Heads):
+        return graph.module(producer.rpartition(".")[0]).head_magnitude()
+    return _per_channel(graph.module(producer).weight.abs())
 
 
 def taylor_importance(graph: ChannelGraph, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

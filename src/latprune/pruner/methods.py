@@ -438,7 +438,7 @@ def uniform_l1(ctx: Context) -> Decision:
     measured: dict[tuple[tuple[int, int], ...], float] = {}
 
     def widths_at(ratio: float) -> dict[int, int]:
-        return {g.id: _snap(ratio * g.size, g.size, align) for g in graph.groups}
+        return {g.id: _snap(ratio * g.size, g.size, g.step(align)) for g in graph.groups}
 
     def measure(ratio: float) -> tuple[float, dict[int, int]]:
         widths = widths_at(ratio)
@@ -495,7 +495,7 @@ def flops(ctx: Context) -> Decision:
         removed = {g.id: 0 for g in graph.groups}
         for _, g, _ in ranked[:k]:
             removed[g] += 1
-        return {g.id: _snap(g.size - removed[g.id], g.size, align) for g in graph.groups}
+        return {g.id: _snap(g.size - removed[g.id], g.size, g.step(align)) for g in graph.groups}
 
     lo, hi = 0, len(ranked)
     while lo < hi:  # smallest k with MACs under the target (MACs fall as k grows)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latprune.graph.attention import attention_unit
 from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
@@ -22,6 +23,8 @@ class _UnitModule(nn.Module):
         if key.op == "conv":
             self.layer: nn.Module = nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding,
                                               key.dilation, key.groups, bias=key.bias)
+        elif key.op == "attention":
+            self.layer = attention_unit(key)
         else:
             self.layer = nn.Linear(key.cin, key.cout, bias=key.bias)
         self.bn = nn.BatchNorm2d(key.cout) if key.bn and key.op == "conv" else nn.Identity()

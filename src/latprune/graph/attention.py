@@ -1,0 +1,228 @@
+"""Multi-head self-attention as latprune prunes it: whole heads, apart from the embedding.
+
+``nn.MultiheadAttention`` ties its inner width to the embedding (``num_heads ×
+head_dim == embed_dim``), so removing a head would remove embedding channels
+too, and Torch-Pruning cannot see heads through its reshapes. latprune
+rewrites each self-attention it can into :class:`Attention` (the same
+function, the same weights): a ``qkv`` projection to ``3 × heads × head_dim``,
+scaled-dot-product attention, and a ``proj`` back to the embedding. Its
+heads are one channel group of their own (a gate per head acts on
+:class:`Heads`, the per-head output), and to Torch-Pruning the module is one
+leaf whose input and output channels are the embedding
+(:class:`AttentionPruner`), so the residual stream stays one group across
+every layer, as a ResNet's highway does.
+
+>>> mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+>>> att = SelfAttention.from_mha(mha).eval()
+>>> x = torch.randn(1, 5, 8)
+>>> torch.allclose(mha(x, x, x, need_weights=False)[0], att(x, x, x, need_weights=False)[0], atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from latprune.graph.units import LayerKey
+
+_OPAQUE = [False]  # set while Torch-Pruning traces: an attention is then one step of the autograd graph
+
+
+class _Opaque(torch.autograd.Function):
+    """``out``, as one autograd step from ``x``: hides an attention's inside from the tracer."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[None, None]:  # type: ignore[override]
+        return None, None
+
+
+@contextlib.contextmanager
+def opaque() -> Iterator[None]:
+    """Within it, each attention's output depends on its input by one autograd step, so
+    Torch-Pruning sees the module as a leaf whose inside (reshapes by heads) it need not map."""
+    _OPAQUE[0] = True
+    try:
+        yield
+    finally:
+        _OPAQUE[0] = False
+
+
+class Heads(nn.Identity):
+    """The per-head attention output, ``(batch, heads, tokens, head_dim)``: where a head's gate acts."""
+
+
+class Attention(nn.Module):
+    """``proj(softmax(q kᵀ / √d) v)`` over ``num_heads`` heads of width ``head_dim``."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
+                 proj_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.qkv = nn.Linear(embed_dim, 3 * num_heads * head_dim, bias=bias)
+        self.heads = Heads()
+        self.proj = nn.Linear(num_heads * head_dim, embed_dim, bias=proj_bias)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        if _OPAQUE[0]:
+            with torch.no_grad():
+                out = self._attend(x)
+            return _Opaque.apply(x, out)
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = self.heads(F.scaled_dot_product_attention(q, k, v))
+        return self.proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)
+
+    # -- heads ------------------------------------------------------------------------------------
+    def _rows(self, heads: Sequence[int]) -> torch.Tensor:
+        """The qkv rows of ``heads`` (in q, then k, then v)."""
+        d, inner = self.head_dim, self.num_heads * self.head_dim
+        return torch.tensor([part * inner + h * d + i for part in range(3) for h in heads for i in range(d)],
+                            dtype=torch.long)
+
+    def _columns(self, heads: Sequence[int]) -> torch.Tensor:
+        d = self.head_dim
+        return torch.tensor([h * d + i for h in heads for i in range(d)], dtype=torch.long)
+
+    def keep_heads(self, heads: Sequence[int]) -> None:
+        """Keep only ``heads`` (indices into the current heads), in place."""
+        heads = sorted(int(h) for h in heads)
+        rows, cols = self._rows(heads), self._columns(heads)
+        qkv, proj = self.qkv, self.proj
+        new_qkv = nn.Linear(qkv.in_features, len(rows), bias=qkv.bias is not None)
+        new_proj = nn.Linear(len(cols), proj.out_features, bias=proj.bias is not None)
+        with torch.no_grad():
+            new_qkv.weight.copy_(qkv.weight[rows])
+            if qkv.bias is not None:
+                new_qkv.bias.copy_(qkv.bias[rows])
+            new_proj.weight.copy_(proj.weight[:, cols])
+            if proj.bias is not None:
+                new_proj.bias.copy_(proj.bias)
+        self.qkv = new_qkv.to(qkv.weight.device, qkv.weight.dtype)
+        self.proj = new_proj.to(proj.weight.device, proj.weight.dtype)
+        self.num_heads = len(heads)
+
+    def zero_heads(self, heads: Sequence[int]) -> None:
+        """Zero the values of ``heads``: their output is then zero, as if removed."""
+        v = self._rows(heads)[2 * len(heads) * self.head_dim:]
+        with torch.no_grad():
+            self.qkv.weight[v] = 0
+            if self.qkv.bias is not None:
+                self.qkv.bias[v] = 0
+
+    def head_magnitude(self) -> torch.Tensor:
+        """Each head's weight magnitude: its qkv rows' and proj columns' L1 (the ``l1`` importance)."""
+        with torch.no_grad():
+            rows = self.qkv.weight.abs().sum(1).reshape(3, self.num_heads, self.head_dim).sum((0, 2))
+            cols = self.proj.weight.abs().sum(0).reshape(self.num_heads, self.head_dim).sum(1)
+        return rows + cols
+
+
+class SelfAttention(Attention):
+    """:class:`Attention` called as ``nn.MultiheadAttention`` is in self-attention
+    (``attn(x, x, x, need_weights=False)`` returning ``(output, None)``), so it
+    replaces one without touching the code that calls it (torchvision's ViT)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
+                 proj_bias: bool = True, batch_first: bool = True) -> None:
+        super().__init__(embed_dim, num_heads, head_dim, bias, proj_bias)
+        self.batch_first = batch_first
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None,  # type: ignore[override]
+                value: torch.Tensor | None = None, need_weights: bool = False,
+                **kwargs: object) -> tuple[torch.Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query) or need_weights \
+                or any(v is not None for v in kwargs.values() if not isinstance(v, bool)):
+            raise NotImplementedError("latprune's SelfAttention computes self-attention without masks or weights")
+        x = query if self.batch_first else query.transpose(0, 1)
+        out = self.attend(x)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+    @staticmethod
+    def convertible(mha: nn.MultiheadAttention) -> bool:
+        return (mha._qkv_same_embed_dim and mha.in_proj_weight is not None and mha.bias_k is None
+                and not mha.add_zero_attn and mha.dropout == 0.0)
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> SelfAttention:
+        e, h = mha.embed_dim, mha.num_heads
+        att = cls(e, h, e // h, bias=mha.in_proj_bias is not None, proj_bias=mha.out_proj.bias is not None,
+                  batch_first=mha.batch_first)
+        with torch.no_grad():
+            att.qkv.weight.copy_(mha.in_proj_weight)
+            if mha.in_proj_bias is not None:
+                att.qkv.bias.copy_(mha.in_proj_bias)
+            att.proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                att.proj.bias.copy_(mha.out_proj.bias)
+        return att.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype).train(mha.training)
+
+
+def rewrite_attention_(model: nn.Module) -> list[str]:
+    """Replace, in place, every ``nn.MultiheadAttention`` that :class:`SelfAttention` can
+    compute; returns the names of those it cannot (left as they are)."""
+    left = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.MultiheadAttention):
+            if SelfAttention.convertible(module):
+                model.set_submodule(name, SelfAttention.from_mha(module))
+            else:
+                left.append(name)
+    return left
+
+
+def sync_attributes_(model: nn.Module) -> nn.Module:
+    """Bring the attributes a model's ``forward`` reads back in line with its slimmed layers
+    (torchvision's ViT reshapes by ``hidden_dim``)."""
+    for module in model.modules():
+        conv_proj = getattr(module, "conv_proj", None)
+        if isinstance(getattr(module, "hidden_dim", None), int) and isinstance(conv_proj, nn.Conv2d):
+            module.hidden_dim = conv_proj.out_channels
+        attention = getattr(module, "self_attention", None)
+        if isinstance(attention, Attention) and isinstance(getattr(module, "num_heads", None), int):
+            module.num_heads = attention.num_heads
+    return model
+
+
+class AttentionPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of :class:`Attention`: one leaf whose input and output
+    channels are the embedding (its heads are latprune's own group)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_out_channels(layer.proj, idxs)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_in_channels(layer.qkv, idxs)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.proj.out_features
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.qkv.in_features
+
+
+def attention_unit(key: LayerKey) -> Attention:
+    """The attention a LUT key of op ``attention`` describes (``cout`` heads), random weights."""
+    return Attention(key.cin, key.cout, key.head_dim, bias=key.bias).eval()
+
+
+def customized_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
+    pruner = AttentionPruner()
+    return {Attention: pruner, SelfAttention: pruner}

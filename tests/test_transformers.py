@@ -1,0 +1,108 @@
+"""Vision transformers: heads, MLP widths, the embedding and whole layers as groups, timed and pruned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import latprune
+from latprune.graph.attention import Attention, SelfAttention
+from latprune.graph.channels import ChannelGraph
+from tests.conftest import TINY_INPUT, tiny_vit
+
+
+def _torchvision_vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=48,
+                             num_classes=10).eval()
+
+
+def test_torchvision_vit_has_heads_mlp_embedding_and_layers_as_groups() -> None:
+    model = _torchvision_vit()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in graph.model.modules())
+    with torch.no_grad():  # rewritten into latprune's attention: the same function
+        assert torch.allclose(graph.model(x), expected, atol=1e-5)
+    heads = [g for g in graph.groups if g.heads]
+    assert [(g.root, g.size) for g in heads] == [(f"encoder.layers.encoder_layer_{i}.self_attention", 4)
+                                               for i in range(2)]
+    embedding = next(g for g in graph.groups if g.root == "conv_proj")
+    assert {"class_token", "encoder.pos_embedding", "conv_proj"} <= set(embedding.producers)
+    assert len(embedding.norms) == 5  # two per layer and the encoder's last
+    assert sorted(g.size for g in graph.groups if not g.heads and g is not embedding) == [48, 48]
+    assert [b.name for b in graph.blocks] == [f"encoder.layers.encoder_layer_{i}" for i in range(2)]
+    assert all(len(b.branch_ends) == 2 for b in graph.blocks)
+    attention = [u for u in graph.units if u.base.op == "attention"]
+    assert [(u.base.cin, u.base.cout, u.base.head_dim, u.base.in_hw) for u in attention] == [(32, 4, 8, (17,))] * 2
+
+
+def test_slimmed_vit_runs_with_its_attributes_updated_and_equals_the_masked_one() -> None:
+    graph = ChannelGraph.build(_torchvision_vit(), (1, 3, 32, 32))
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    keep[graph.blocks[1].group] = []  # the second layer removed
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    assert slim.hidden_dim == slim.conv_proj.out_channels == 16
+    first = slim.encoder.layers.encoder_layer_0
+    assert first.self_attention.num_heads == first.num_heads == 2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+
+
+def test_attention_keeps_and_zeroes_whole_heads() -> None:
+    torch.manual_seed(0)
+    att = SelfAttention.from_mha(nn.MultiheadAttention(12, 3, batch_first=True)).eval()
+    zeroed = SelfAttention.from_mha(nn.MultiheadAttention(12, 3, batch_first=True)).eval()
+    zeroed.load_state_dict(att.state_dict())
+    zeroed.zero_heads([1])
+    att.keep_heads([0, 2])
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        assert torch.allclose(att(x, x, x)[0], zeroed(x, x, x)[0], atol=1e-6)
+    assert (att.num_heads, att.qkv.out_features, att.proj.in_features) == (2, 24, 8)
+    assert att.head_magnitude().shape == (2,)
+    with pytest.raises(NotImplementedError, match="self-attention"):
+        att(x, torch.randn(2, 5, 12), x)
+
+
+def test_a_vit_is_timed_per_attention_on_ort_cpu(tmp_path: Path) -> None:
+    """A real backend measures the attention units (qkv, attention, projection) over head counts."""
+    lut = latprune.profile(tiny_vit(), TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "vit.lut",
+                           levels=2, passes=1, calibration_samples=4, progress=False)
+    from latprune.latency_lut.store import Lut
+
+    with Lut.open(lut.path) as store:
+        attention = {(k.cin, k.cout): v.median_ms for k, v in store.items() if k.op == "attention"}
+    assert {heads for _, heads in attention} == {1, 2} and all(ms > 0 for ms in attention.values())
+    assert lut.report.calibration["residual_pct"] < 50
+
+
+def test_a_vit_prunes_to_budget_and_exports_with_parity(tmp_path: Path) -> None:
+    model = tiny_vit()
+    lut = latprune.profile(model, TINY_INPUT, backend="fake", threads=1, path=tmp_path / "fake.lut", levels=4,
+                           progress=False)
+    result = latprune.prune(model, lut, "0.5x", example_input=TINY_INPUT,
+                            method=latprune.HalpConfig(importance="l1"), progress=False)
+    m = result.metrics
+    assert m["budget_met"] and m["measured_ms"] <= m["budget_ms"]
+    assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
+    heads = {g.root: len(g.keep) for g in result.plan.groups if g.root.endswith(".attention")}
+    remaining = [mod.num_heads for mod in result.model.modules() if isinstance(mod, Attention)]
+    assert sorted(remaining) == sorted(n for root, n in heads.items()
+                                       if not any(root.startswith(b + ".") for b in result.plan.removed_blocks))
+    run = result.save(tmp_path / "run")
+    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
+    x = torch.randn(*TINY_INPUT)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
+    same = latprune.load(run, tiny_vit())
+    with torch.no_grad():
+        assert torch.equal(same.model(x), result.model(x))
