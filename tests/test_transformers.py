@@ -106,3 +106,23 @@ def test_a_vit_prunes_to_budget_and_exports_with_parity(tmp_path: Path) -> None:
     same = latprune.load(run, tiny_vit())
     with torch.no_grad():
         assert torch.equal(same.model(x), result.model(x))
+
+
+def test_timm_vit_builds_at_the_input_size_and_prunes_its_heads() -> None:
+    pytest.importorskip("timm")
+    from latprune.models import registered_model
+
+    spec = registered_model("timm:vit_tiny_patch16_224", (1, 3, 32, 32))
+    assert spec is not None and spec.input_shape == (1, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = spec.model(x)
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(graph.model(x), expected, atol=1e-5)
+    assert [g.size for g in graph.groups if g.heads] == [3] * 12 and len(graph.blocks) == 12
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    keep[graph.blocks[-1].group] = []
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)

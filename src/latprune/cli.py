@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="measure a latency LUT of MODEL's units on this device")
-    p.add_argument("model", help="'default', 'torchvision:NAME', 'file.py:factory' or a run directory")
+    p.add_argument("model", help="'default', 'torchvision:NAME', 'timm:NAME', 'file.py:factory' or a run directory")
     p.add_argument("-o", "--output", required=True, help="LUT file to create or extend (.lut)")
     p.add_argument("--input", default=None, help="input shape BxCxHxW (default: the model's own)")
     _add_base(p, "when MODEL is a run directory: ")

@@ -157,17 +157,19 @@ def embedded_model(pretrained: bool = True) -> nn.Module:
 
 def is_registered(name: str) -> bool:
     """Whether :func:`registered_model` builds ``name`` (without building it)."""
-    return name in ("default", EMBEDDED_NAME, EFFICIENTNET_LITE0) or name.startswith("torchvision:")
+    return name in ("default", EMBEDDED_NAME, EFFICIENTNET_LITE0) or name.startswith(("torchvision:", "timm:"))
 
 
 def registered_model(name: str, input_shape: tuple[int, ...] | None = None) -> ModelSpec | None:
     """The model latprune builds by ``name`` (the names a run's plan records): ``default``
-    (the embedded ResNet-20), ``torchvision:NAME`` (random init), ``efficientnet-lite0``;
-    None for any other name. Never imports code from a path."""
+    (the embedded ResNet-20), ``torchvision:NAME`` and ``timm:NAME`` (random init, nothing
+    downloaded), ``efficientnet-lite0``; None for any other name. Never imports code from a path."""
     if name in ("default", EMBEDDED_NAME):
         return ModelSpec(EMBEDDED_NAME, embedded_model(), input_shape or EMBEDDED_INPUT, 10, "fashion-mnist")
     if name.startswith("torchvision:"):
         return _torchvision_model(name, input_shape)
+    if name.startswith("timm:"):
+        return _timm_model(name, input_shape)
     if name == EFFICIENTNET_LITE0:
         return _efficientnet_lite0(input_shape)
     return None
@@ -189,6 +191,29 @@ def _torchvision_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
         )
     model = tvm.get_model(name, weights=None, **_size_arguments(name, shape)).eval()
     return ModelSpec(spec, model, shape or (1, 3, 224, 224), 1000, None)
+
+
+def _timm_model(spec: str, shape: tuple[int, ...] | None) -> ModelSpec:
+    """A timm model, randomly initialised; a transformer is built at the input's image size
+    (timm's ``img_size``), which its position embedding fixes."""
+    name = spec.split(":", 1)[1]
+    try:
+        import timm
+    except ImportError:
+        from latprune.errors import MissingDependency
+
+        raise MissingDependency("timm", "timm", f"model spec {spec!r}") from None
+    if not timm.is_model(name):
+        raise SpecError(f"timm has no model {name!r}; `timm.list_models('vit_*')` lists its vision transformers")
+    if shape is not None and len(shape) == 4:
+        try:
+            model = timm.create_model(name, pretrained=False, img_size=tuple(shape[2:]))
+        except TypeError:  # a model whose size is not fixed when built (a CNN)
+            model = timm.create_model(name, pretrained=False)
+    else:
+        model = timm.create_model(name, pretrained=False)
+    size = model.pretrained_cfg.get("input_size", (3, 224, 224)) if hasattr(model, "pretrained_cfg") else (3, 224, 224)
+    return ModelSpec(spec, model.eval(), shape or (1, *size), getattr(model, "num_classes", None), None)
 
 
 def _size_arguments(name: str, shape: tuple[int, ...] | None) -> dict[str, Any]:

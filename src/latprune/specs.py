@@ -2,7 +2,7 @@
 
 Model specs:
 
-- ``default``, ``torchvision:NAME``, ``efficientnet-lite0``: built by name (:func:`latprune.models.registered_model`);
+- ``default``, ``torchvision:NAME``, ``timm:NAME``, ``efficientnet-lite0``: built by name (:func:`latprune.models.registered_model`);
 - ``path/to/file.py:factory``: ``factory()`` in that file returns the model (the user's own code,
   imported because the user named it on the command line);
 - a run directory: its slimmed, fine-tuned model (:func:`latprune.load`; a run pruned from a
@@ -58,7 +58,7 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, base
         return registered
     if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
         return file_model(spec, shape)
-    raise SpecError(f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', 'efficientnet-lite0', "
+    raise SpecError(f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', 'timm:NAME', 'efficientnet-lite0', "
                     "'path/to/file.py:factory' or a run directory from `latprune prune`")
 
 

@@ -65,9 +65,9 @@ class Attention(nn.Module):
     """``proj(softmax(q kᵀ / √d) v)`` over ``num_heads`` heads of width ``head_dim``."""
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
-                 proj_bias: bool = True) -> None:
+                 proj_bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
+        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
         self.qkv = nn.Linear(embed_dim, 3 * num_heads * head_dim, bias=bias)
         self.heads = Heads()
         self.proj = nn.Linear(num_heads * head_dim, embed_dim, bias=proj_bias)
@@ -82,10 +82,12 @@ class Attention(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = self.heads(F.scaled_dot_product_attention(q, k, v))
+        out = self.heads(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0))
         return self.proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("latprune's Attention computes self-attention without masks")
         return self.attend(x)
 
     # -- heads ------------------------------------------------------------------------------------
@@ -139,8 +141,8 @@ class SelfAttention(Attention):
     replaces one without touching the code that calls it (torchvision's ViT)."""
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
-                 proj_bias: bool = True, batch_first: bool = True) -> None:
-        super().__init__(embed_dim, num_heads, head_dim, bias, proj_bias)
+                 proj_bias: bool = True, dropout: float = 0.0, batch_first: bool = True) -> None:
+        super().__init__(embed_dim, num_heads, head_dim, bias, proj_bias, dropout)
         self.batch_first = batch_first
 
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None,  # type: ignore[override]
@@ -156,13 +158,13 @@ class SelfAttention(Attention):
     @staticmethod
     def convertible(mha: nn.MultiheadAttention) -> bool:
         return (mha._qkv_same_embed_dim and mha.in_proj_weight is not None and mha.bias_k is None
-                and not mha.add_zero_attn and mha.dropout == 0.0)
+                and not mha.add_zero_attn)
 
     @classmethod
     def from_mha(cls, mha: nn.MultiheadAttention) -> SelfAttention:
         e, h = mha.embed_dim, mha.num_heads
         att = cls(e, h, e // h, bias=mha.in_proj_bias is not None, proj_bias=mha.out_proj.bias is not None,
-                  batch_first=mha.batch_first)
+                  dropout=mha.dropout, batch_first=mha.batch_first)
         with torch.no_grad():
             att.qkv.weight.copy_(mha.in_proj_weight)
             if mha.in_proj_bias is not None:
@@ -173,14 +175,40 @@ class SelfAttention(Attention):
         return att.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype).train(mha.training)
 
 
+def _is_timm_attention(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("timm.") and type(module).__name__ == "Attention"
+
+
+def _timm_convertible(module: nn.Module) -> bool:
+    """timm's plain ``Attention``: no q/k norms, no output norm, no gate."""
+    plain = all(isinstance(getattr(module, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
+    return plain and getattr(module, "gate", None) is None and isinstance(getattr(module, "qkv", None), nn.Linear)
+
+
+def _from_timm(module: nn.Module) -> Attention:
+    qkv, proj = module.qkv, module.proj
+    drop = getattr(module, "attn_drop", None)
+    att = Attention(qkv.in_features, module.num_heads, module.head_dim, bias=qkv.bias is not None,
+                    proj_bias=proj.bias is not None, dropout=float(getattr(drop, "p", 0.0)))
+    att.load_state_dict({f"qkv.{k}": v for k, v in qkv.state_dict().items()}
+                        | {f"proj.{k}": v for k, v in proj.state_dict().items()})
+    return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
+
+
 def rewrite_attention_(model: nn.Module) -> list[str]:
-    """Replace, in place, every ``nn.MultiheadAttention`` that :class:`SelfAttention` can
-    compute; returns the names of those it cannot (left as they are)."""
+    """Replace, in place, every self-attention that :class:`Attention` computes
+    (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``); returns the names
+    of the attentions it cannot compute (left as they are)."""
     left = []
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.MultiheadAttention):
             if SelfAttention.convertible(module):
                 model.set_submodule(name, SelfAttention.from_mha(module))
+            else:
+                left.append(name)
+        elif _is_timm_attention(module):
+            if _timm_convertible(module):
+                model.set_submodule(name, _from_timm(module))
             else:
                 left.append(name)
     return left

@@ -140,7 +140,8 @@ class ChannelGraph:
                    and not (m.groups == m.in_channels == m.out_channels)}
         fixed.extend(grouped)
         kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
-        kept_full.update({name: "a multi-head attention with masks, or keys and values of other widths"
+        kept_full.update({name: "an attention latprune does not rewrite yet (keys and values of their own widths, "
+                                  "q/k norms, a gate)"
                           for name in left})
         groups, in_group, out_group = _channel_groups(dg, model, names, fixed, grouped, kept_full)
         units = []
