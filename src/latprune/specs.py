@@ -58,8 +58,8 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, base
         return registered
     if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
         return file_model(spec, shape)
-    raise SpecError(f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', 'timm:NAME', 'efficientnet-lite0', "
-                    "'path/to/file.py:factory' or a run directory from `latprune prune`")
+    raise SpecError(f"unknown model spec {spec!r}; use 'default', 'torchvision:NAME', 'timm:NAME', "
+                    "'efficientnet-lite0', 'path/to/file.py:factory' or a run directory from `latprune prune`")
 
 
 def run_model(run: Path, shape: tuple[int, ...] | None, base: str | None) -> ModelSpec:
