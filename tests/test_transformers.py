@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import latprune
-from latprune.graph.attention import Attention, SelfAttention
 from latprune.graph.channels import ChannelGraph
+from latprune.graph.transformer import Attention, SelfAttention
 from tests.conftest import TINY_INPUT, tiny_vit
 
 
@@ -126,3 +126,47 @@ def test_timm_vit_builds_at_the_input_size_and_prunes_its_heads() -> None:
     slim, masked = graph.slim(keep), graph.mask(keep)
     with torch.no_grad():
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
+
+
+def _torchvision_swin() -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                            num_classes=10).eval()
+    with torch.no_grad():  # position biases that matter
+        for name, p in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.normal_()
+    return model
+
+
+def test_swin_window_attention_and_patch_merging_are_rewritten_with_their_function() -> None:
+    model = _torchvision_swin()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    with torch.no_grad():
+        assert torch.allclose(graph.model(x), expected, atol=1e-5)
+    assert [(g.root.rsplit(".", 1)[0], g.size) for g in graph.groups if g.heads] == [
+        ("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)]
+    stage2 = next(g for g in graph.groups if g.root == "features.2")  # the merge's reduction writes stage 2
+    assert stage2.size == 32 and "features.2.reduction" in stage2.producers
+    stage1 = next(g for g in graph.groups if g.root == "features.0.0")
+    assert "features.2.norm" in stage1.norms  # over four copies of stage 1's channels
+    assert len(graph.blocks) == 4 and all(len(b.branch_ends) == 2 for b in graph.blocks)
+    merge = next(u for u in graph.units if u.name == "features.2.reduction")
+    assert (merge.in_copies, merge.key({stage1.id: 8}).cin) == (4, 32)
+
+
+def test_slimmed_swin_equals_the_masked_one() -> None:
+    graph = ChannelGraph.build(_torchvision_swin(), (1, 3, 32, 32))
+    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
+    keep[graph.blocks[1].group] = []  # a shifted-window block removed
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    assert [m.relative_position_bias_table.shape[1] for m in slim.modules() if hasattr(m, "relative_position_index")
+            ] == [1, 2, 2]

@@ -11,8 +11,8 @@ an identity once both are zeroed.
 
 Blocks are found by that very test, run on the example input: for every
 producer feeding an add, the smallest enclosing module whose output equals
-its input once every producer feeding an add is zeroed, or else once the
-producer alone is. No naming convention is assumed.
+its input once every producer feeding an add inside it is zeroed. No
+naming convention is assumed.
 
 >>> from latprune.models import ResNetCifar
 >>> from latprune.graph.channels import ChannelGraph
@@ -95,19 +95,25 @@ def find_blocks(model: nn.Module, example: torch.Tensor, add_inputs: Sequence[nn
     block needs an inner group, one that lives entirely inside it, to carry
     its "removed" option). Every add's producers are zeroed in one forward pass
     (a block's input is then not the one it sees in the model, but an identity
-    is one on any input); a producer whose block that pass does not show (its
-    input was zero) is tested alone."""
+    is one on any input); for a producer whose block that pass does not show
+    (its input was zero, behind a zeroed shortcut), each enclosing module is
+    tested with the producers inside it zeroed."""
     ends = [names[m] for m in dict.fromkeys(add_inputs) if isinstance(m, PRODUCERS)]
     candidates = list(dict.fromkeys(a for e in ends for a in _ancestors(e)))
     identities = _identities(model, names, ends, candidates, example) if ends else set()
     blocks: dict[str, Block] = {}
+    tested: dict[str, bool] = {}
     for pname in ends:
         ancestors = _ancestors(pname)
         block = next((a for a in ancestors if a in identities), None)  # the innermost
+        for ancestor in ancestors if block is None else ():  # its input may have been zero in that pass
+            if ancestor not in tested:
+                inner_ends = [e for e in ends if inside(e, ancestor)]
+                tested[ancestor] = ancestor in _identities(model, names, inner_ends, [ancestor], example)
+            if tested[ancestor]:
+                block = ancestor
+                break
         branch_ends = tuple(e for e in ends if block is not None and inside(e, block))
-        if block is None:  # its input may have been zero in that pass (behind a zeroed conv shortcut)
-            found = _identities(model, names, [pname], ancestors, example)
-            block, branch_ends = next((a for a in ancestors if a in found), None), (pname,)
         if block is None or block in blocks:
             continue
         inner = [gid for gid, mods in group_modules if mods and all(inside(m, block) for m in mods)]

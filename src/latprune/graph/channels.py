@@ -28,8 +28,16 @@ import torch_pruning as tp
 from torch import nn
 
 from latprune.errors import SpecError
-from latprune.graph.attention import Attention, Heads, customized_pruners, opaque, rewrite_attention_, sync_attributes_
 from latprune.graph.blocks import Block, SkippedBlock, find_blocks, inside
+from latprune.graph.transformer import (
+    Attention,
+    Heads,
+    PatchMerge,
+    customized_pruners,
+    opaque,
+    rewrite_transformers_,
+    sync_attributes_,
+)
 from latprune.graph.units import ACTIVATIONS, LayerKey, Unit
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -123,9 +131,9 @@ class ChannelGraph:
     @classmethod
     def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
         """The graph of ``model``, which it takes over: its self-attention modules are rewritten
-        in place into :class:`~latprune.graph.attention.Attention` (the same function)."""
+        in place into :class:`~latprune.graph.transformer.Attention` (the same function)."""
         model.eval()
-        left = rewrite_attention_(model)
+        left = rewrite_transformers_(model)
         names = {m: n for n, m in model.named_modules()}
         example = torch.randn(*input_shape)
         shapes = _run_recording_shapes(model, example, input_shape)
@@ -133,6 +141,7 @@ class ChannelGraph:
         names.update({p: n for p, n in dg._param_to_name.items()})  # unwrapped parameters (ViT's class token)
         layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
         attentions = [m for m in model.modules() if isinstance(m, Attention) and m in dg.module2node]
+        merges = [m for m in model.modules() if isinstance(m, PatchMerge) and m in dg.module2node]
         fixed = _output_layers(dg, layers)
         # Grouped (non-depthwise) convs keep their widths, and so does every group that feeds one:
         # cutting channels out of a group of a grouped conv breaks the grouping.
@@ -158,6 +167,14 @@ class ChannelGraph:
             if out_group.get(m) is not None:  # its projection writes the embedding
                 g = groups[out_group[m]]
                 groups[g.id] = replace(g, producers=g.producers + (f"{names[m]}.proj",))
+        for m in merges:
+            units.append(_merge_unit(m, names[m], shapes.get(m), in_group.get(m), out_group.get(m)))
+            if in_group.get(m) is not None:  # its norm covers four copies of the channels it merges
+                g = groups[in_group[m]]
+                groups[g.id] = replace(g, norms=g.norms + (f"{names[m]}.norm",))
+            if out_group.get(m) is not None:
+                g = groups[out_group[m]]
+                groups[g.id] = replace(g, producers=g.producers + (f"{names[m]}.reduction",))
         adds = [i.module for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0" for i in n.inputs]
         adds = [m.proj if isinstance(m, Attention) else m for m in adds]
         blocks = find_blocks(model, example, adds, names,
@@ -298,7 +315,10 @@ class ChannelGraph:
                 for name in group.producers:
                     zero_channels_(model, name, drop)
                 for name in group.norms:
-                    model.set_submodule(name, KeptLayerNorm(model.get_submodule(name), sorted(set(idx))))
+                    norm = model.get_submodule(name)
+                    copies = norm.normalized_shape[-1] // group.size  # Swin's patch merging: four
+                    kept = [i + k * group.size for k in range(copies) for i in sorted(set(idx))]
+                    model.set_submodule(name, KeptLayerNorm(norm, kept))
         return model
 
 
@@ -351,7 +371,10 @@ class KeptLayerNorm(nn.Module):
 
 def masked_layer_norm(norm: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` with its statistics weighted by ``gate`` over the last dimension, and its
-    output multiplied by it: with a 0/1 gate, exactly the LayerNorm of the kept channels."""
+    output multiplied by it: with a 0/1 gate, exactly the LayerNorm of the kept channels. A
+    LayerNorm over several copies of the gated channels takes the gate once per copy."""
+    if gate.numel() != x.shape[-1]:
+        gate = gate.repeat(x.shape[-1] // gate.numel())
     count = gate.sum().clamp_min(1e-6)
     mean = (x * gate).sum(-1, keepdim=True) / count
     var = (((x - mean) ** 2) * gate).sum(-1, keepdim=True) / count
@@ -397,7 +420,8 @@ def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: 
         out = out[0] if isinstance(out, tuple) else out
         shapes[mod] = (tuple(inp[0].shape), tuple(out.shape))  # type: ignore[union-attr]
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (*PRUNABLE, Attention))]
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, (*PRUNABLE, Attention, PatchMerge))]
     try:
         with torch.no_grad():
             model(example)
@@ -454,12 +478,13 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
         for dep, _ in tp_group:
             target, handler = dep.target.module, dep.handler
             name = getattr(handler, "__name__", "")
-            if handler in outward or (isinstance(target, Attention) and name == "prune_out_channels"):
+            leaf = isinstance(target, (Attention, PatchMerge))
+            if handler in outward or (leaf and name == "prune_out_channels"):
                 out_group[target] = gid
                 members.append(names[target])
                 if handler is not tp.prune_depthwise_conv_out_channels and not isinstance(target, Attention):
                     outs.append(names[target])
-            elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or isinstance(target, Attention):
+            elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or leaf:
                 in_group[target] = gid
                 members.append(names[target])
             elif isinstance(target, nn.modules.batchnorm._BatchNorm):
@@ -479,10 +504,21 @@ def _attention_unit(m: Attention, name: str, shapes: tuple[tuple[int, ...], tupl
     Its key's ``cin`` is the embedding width and its ``cout`` the head count."""
     if shapes is None:
         raise SpecError(f"attention {name!r} did not run in the forward pass; latprune cannot time it")
-    in_shape = shapes[0] if getattr(m, "batch_first", True) else (shapes[0][1], shapes[0][0], *shapes[0][2:])
-    key = LayerKey(op="attention", cin=m.qkv.in_features, cout=m.num_heads, in_hw=tuple(in_shape[1:-1]),
-                   batch=in_shape[0], bias=m.qkv.bias is not None, head_dim=m.head_dim)
+    batch, tokens = m.token_shape(shapes[0])
+    key = LayerKey(op="attention", cin=m.qkv.in_features, cout=m.num_heads, in_hw=(tokens,), batch=batch,
+                   bias=m.qkv.bias is not None, head_dim=m.head_dim)
     return Unit(name, key, gin, heads_group)
+
+
+def _merge_unit(m: PatchMerge, name: str, shapes: tuple[tuple[int, ...], tuple[int, ...]] | None,
+                gin: int | None, gout: int | None) -> Unit:
+    """A patch merging's reduction, a linear layer over four copies of its input group."""
+    if shapes is None:
+        raise SpecError(f"patch merging {name!r} did not run in the forward pass; latprune cannot time it")
+    tokens = m.token_shape(shapes[0])
+    key = LayerKey(op="linear", cin=m.reduction.in_features, cout=m.reduction.out_features, in_hw=tokens[1:],
+                   batch=tokens[0], bias=m.reduction.bias is not None)
+    return Unit(f"{name}.reduction", key, gin, gout, in_copies=4)
 
 
 def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: Sequence[str],
@@ -490,7 +526,7 @@ def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: 
     """Slim ``model`` in place: replace each of ``removed_blocks`` by :class:`SkippedBlock` (an identity),
     then keep channels as :func:`apply_keep_` does. Self-attention is rewritten first, as
     :meth:`ChannelGraph.build` does."""
-    rewrite_attention_(model)
+    rewrite_transformers_(model)
     for name in removed_blocks:
         try:
             model.get_submodule(name)
@@ -514,6 +550,8 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
             raise SpecError(f"the model has no module {root_name!r}; the plan was made for another model") from None
         if isinstance(root, Attention):
             size = root.num_heads
+        elif isinstance(root, PatchMerge):
+            size = root.reduction.out_features
         elif isinstance(root, PRUNABLE):
             size = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
         else:
@@ -529,7 +567,9 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
         if isinstance(root, Attention):
             root.keep_heads(sorted(kept))
             continue
-        handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
+        handler = (tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else
+                   dg.get_pruner_of_module(root).prune_out_channels if isinstance(root, PatchMerge) else
+                   tp.prune_linear_out_channels)
         with _unknown_not_zero():
             dg.get_pruning_group(root, handler, idxs=drop).prune()
     return sync_attributes_(model)

@@ -125,10 +125,12 @@ class Unit:
     in_group: int | None
     out_group: int | None
     depthwise: bool = False
+    in_copies: int = 1  # its input holds this many copies of the input group's channels (Swin's patch merging)
 
     def key(self, widths: dict[int, int]) -> LayerKey:
         """The key at the given group widths (missing groups: full width)."""
-        cin = widths.get(self.in_group, self.base.cin) if self.in_group is not None else self.base.cin
+        cin = (widths[self.in_group] * self.in_copies if self.in_group is not None and self.in_group in widths
+               else self.base.cin)
         cout = widths.get(self.out_group, self.base.cout) if self.out_group is not None else self.base.cout
         if self.depthwise:
             return replace(self.base, cin=cout, cout=cout, groups=cout)

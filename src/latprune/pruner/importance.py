@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from latprune._progress import bar
 from latprune.errors import SpecError
-from latprune.graph.attention import Heads
 from latprune.graph.channels import ChannelGraph, parameter_of
+from latprune.graph.transformer import Heads
 from latprune.pruner.gates import Gates
 
 

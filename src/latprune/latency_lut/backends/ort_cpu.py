@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from latprune.errors import BackendError
-from latprune.graph.attention import attention_unit
+from latprune.graph.transformer import attention_unit
 from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.timing import Latency, SpeedGuard, TimingConfig, time_callable

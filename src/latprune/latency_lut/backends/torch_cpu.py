@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latprune.graph.attention import attention_unit
+from latprune.graph.transformer import attention_unit
 from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable

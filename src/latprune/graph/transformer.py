@@ -1,4 +1,5 @@
-"""Multi-head self-attention as latprune prunes it: whole heads, apart from the embedding.
+"""Transformer modules as latprune prunes them: attention by whole heads, apart from the
+embedding; Swin's patch merging as one layer.
 
 ``nn.MultiheadAttention`` ties its inner width to the embedding (``num_heads ×
 head_dim == embed_dim``), so removing a head would remove embedding channels
@@ -10,7 +11,9 @@ heads are one channel group of their own (a gate per head acts on
 :class:`Heads`, the per-head output), and to Torch-Pruning the module is one
 leaf whose input and output channels are the embedding
 (:class:`AttentionPruner`), so the residual stream stays one group across
-every layer, as a ResNet's highway does.
+every layer, as a ResNet's highway does. Swin's patch merging concatenates four
+strided views of a map and normalises over the four copies of its channels;
+as :class:`PatchMerge`, another leaf, its copies lose channels together.
 
 >>> mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
 >>> att = SelfAttention.from_mha(mha).eval()
@@ -22,7 +25,7 @@ True
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,15 @@ class _Opaque(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> tuple[None, None]:  # type: ignore[override]
         return None, None
+
+
+def _leaf(compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``compute(x)``; while Torch-Pruning traces, as one autograd step from ``x``."""
+    if not _OPAQUE[0]:
+        return compute(x)
+    with torch.no_grad():
+        out = compute(x)
+    return _Opaque.apply(x, out)
 
 
 @contextlib.contextmanager
@@ -72,23 +84,24 @@ class Attention(nn.Module):
         self.heads = Heads()
         self.proj = nn.Linear(num_heads * head_dim, embed_dim, bias=proj_bias)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        if _OPAQUE[0]:
-            with torch.no_grad():
-                out = self._attend(x)
-            return _Opaque.apply(x, out)
-        return self._attend(x)
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention over the tokens of ``x`` ``(batch, tokens, embed)``, ``bias`` added to the scores."""
         b, s, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = self.heads(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0))
-        return self.proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(self.heads(out).transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("latprune's Attention computes self-attention without masks")
-        return self.attend(x)
+        return _leaf(self.attend, x)
+
+    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
+        """(batch, tokens) of one attention over an input of ``in_shape`` (its LUT key's)."""
+        tokens = 1
+        for d in in_shape[1:-1]:
+            tokens *= d
+        return in_shape[0], tokens
 
     # -- heads ------------------------------------------------------------------------------------
     def _rows(self, heads: Sequence[int]) -> torch.Tensor:
@@ -118,6 +131,10 @@ class Attention(nn.Module):
         self.qkv = new_qkv.to(qkv.weight.device, qkv.weight.dtype)
         self.proj = new_proj.to(proj.weight.device, proj.weight.dtype)
         self.num_heads = len(heads)
+        self._keep_head_parameters(heads)
+
+    def _keep_head_parameters(self, heads: list[int]) -> None:
+        """Keep the per-head parameters of ``heads`` beside the projections (none here)."""
 
     def zero_heads(self, heads: Sequence[int]) -> None:
         """Zero the values of ``heads``: their output is then zero, as if removed."""
@@ -152,8 +169,11 @@ class SelfAttention(Attention):
                 or any(v is not None for v in kwargs.values() if not isinstance(v, bool)):
             raise NotImplementedError("latprune's SelfAttention computes self-attention without masks or weights")
         x = query if self.batch_first else query.transpose(0, 1)
-        out = self.attend(x)
+        out = _leaf(self.attend, x)
         return (out if self.batch_first else out.transpose(0, 1)), None
+
+    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
+        return super().token_shape(in_shape if self.batch_first else (in_shape[1], in_shape[0], *in_shape[2:]))
 
     @staticmethod
     def convertible(mha: nn.MultiheadAttention) -> bool:
@@ -173,6 +193,129 @@ class SelfAttention(Attention):
             if mha.out_proj.bias is not None:
                 att.proj.bias.copy_(mha.out_proj.bias)
         return att.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype).train(mha.training)
+
+
+
+class WindowAttention(Attention):
+    """Swin's (shifted) window attention (Liu et al. 2021; torchvision's
+    ``ShiftedWindowAttention``): attention inside windows of ``window_size`` tokens of a
+    ``(batch, height, width, embed)`` map, cyclically shifted by ``shift_size``, with a learned
+    relative position bias per head."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, window_size: Sequence[int],
+                 shift_size: Sequence[int], bias: bool = True, proj_bias: bool = True, dropout: float = 0.0,
+                 proj_dropout: float = 0.0) -> None:
+        super().__init__(embed_dim, num_heads, head_dim, bias, proj_bias, dropout)
+        self.window_size, self.shift_size, self.proj_dropout = list(window_size), list(shift_size), proj_dropout
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+        index = (relative[:, :, 0] + wh - 1) * (2 * ww - 1) + relative[:, :, 1] + ww - 1
+        self.register_buffer("relative_position_index", index.flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _leaf(self._windowed, x)
+
+    def _geometry(self, h: int, w: int) -> tuple[int, int, list[int]]:
+        """Padded height and width, and the shift (none where one window covers the map)."""
+        wh, ww = self.window_size
+        ph, pw = h + (wh - h % wh) % wh, w + (ww - w % ww) % ww
+        return ph, pw, [0 if wh >= ph else self.shift_size[0], 0 if ww >= pw else self.shift_size[1]]
+
+    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
+        ph, pw, _ = self._geometry(in_shape[1], in_shape[2])
+        wh, ww = self.window_size
+        return in_shape[0] * (ph // wh) * (pw // ww), wh * ww
+
+    def _windowed(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        (wh, ww), (ph, pw, shift) = self.window_size, self._geometry(h, w)
+        x = F.pad(x, (0, 0, 0, pw - w, 0, ph - h))
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows = x.view(b, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
+        n = wh * ww
+        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
+        bias = bias.unsqueeze(0)  # (1, heads, n, n)
+        if sum(shift) > 0:
+            bias = (bias + self._shift_mask(ph, pw, shift).unsqueeze(1)).repeat(b, 1, 1, 1)
+        out = F.dropout(self.attend(windows, bias), p=self.proj_dropout, training=self.training)
+        out = out.view(b, ph // wh, pw // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, -1)
+        if sum(shift) > 0:
+            out = torch.roll(out, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return out[:, :h, :w, :].contiguous()
+
+    def _shift_mask(self, ph: int, pw: int, shift: list[int]) -> torch.Tensor:
+        """(windows, n, n): -100 between tokens that the cyclic shift brought from different regions."""
+        (wh, ww), region = self.window_size, torch.zeros(ph, pw, device=self.relative_position_index.device)
+        count = 0
+        for hs in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+            for ws in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+                region[hs[0]:hs[1], ws[0]:ws[1]] = count
+                count += 1
+        region = region.view(ph // wh, wh, pw // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+        mask = region.unsqueeze(1) - region.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).to(self.relative_position_bias_table.dtype)
+
+    def _keep_head_parameters(self, heads: list[int]) -> None:
+        self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.detach()[:, heads].clone())
+
+    @classmethod
+    def from_torchvision(cls, module: nn.Module) -> WindowAttention:
+        qkv, proj = module.qkv, module.proj
+        heads = module.num_heads
+        att = cls(qkv.in_features, heads, qkv.in_features // heads, module.window_size, module.shift_size,
+                  bias=qkv.bias is not None, proj_bias=proj.bias is not None, dropout=module.attention_dropout,
+                  proj_dropout=module.dropout)
+        att.load_state_dict(module.state_dict())
+        return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
+
+
+class PatchMerge(nn.Module):
+    """Swin's patch merging (torchvision's ``PatchMerging``): each 2×2 patch's four vectors
+    concatenated, ``(…, H, W, C) → (…, H/2, W/2, 4C)``, normalised, and reduced by ``reduction``."""
+
+    def __init__(self, norm: nn.LayerNorm, reduction: nn.Linear) -> None:
+        super().__init__()
+        self.norm, self.reduction = norm, reduction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _leaf(self._merge, x)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-3:-1]
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
+        return self.reduction(self.norm(x))
+
+    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, ...]:
+        """The reduction's input shape but its channels."""
+        return (in_shape[0], (in_shape[1] + 1) // 2, (in_shape[2] + 1) // 2)
+
+
+class PatchMergePruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of :class:`PatchMerge`: input channel c is c in each of the four copies."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_out_channels(layer.reduction, idxs)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        c = layer.reduction.in_features // 4
+        copies = [i + k * c for k in range(4) for i in idxs]
+        tp.prune_linear_in_channels(layer.reduction, copies)
+        tp.prune_layernorm_out_channels(layer.norm, copies)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.reduction.out_features
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.reduction.in_features // 4
+
+def _is_torchvision(module: nn.Module, name: str) -> bool:
+    return type(module).__name__ == name and type(module).__module__.startswith("torchvision.")
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
@@ -195,9 +338,10 @@ def _from_timm(module: nn.Module) -> Attention:
     return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
 
 
-def rewrite_attention_(model: nn.Module) -> list[str]:
+def rewrite_transformers_(model: nn.Module) -> list[str]:
     """Replace, in place, every self-attention that :class:`Attention` computes
-    (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``); returns the names
+    (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
+    ``ShiftedWindowAttention``), and Swin's ``PatchMerging`` with :class:`PatchMerge`; returns the names
     of the attentions it cannot compute (left as they are)."""
     left = []
     for name, module in list(model.named_modules()):
@@ -206,6 +350,10 @@ def rewrite_attention_(model: nn.Module) -> list[str]:
                 model.set_submodule(name, SelfAttention.from_mha(module))
             else:
                 left.append(name)
+        elif _is_torchvision(module, "ShiftedWindowAttention"):
+            model.set_submodule(name, WindowAttention.from_torchvision(module))
+        elif _is_torchvision(module, "PatchMerging"):
+            model.set_submodule(name, PatchMerge(module.norm, module.reduction))
         elif _is_timm_attention(module):
             if _timm_convertible(module):
                 model.set_submodule(name, _from_timm(module))
@@ -253,4 +401,4 @@ def attention_unit(key: LayerKey) -> Attention:
 
 def customized_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
     pruner = AttentionPruner()
-    return {Attention: pruner, SelfAttention: pruner}
+    return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, PatchMerge: PatchMergePruner()}
