@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from torch import nn
+
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph, Grid
@@ -237,6 +239,35 @@ def kept_full_warning(kept: dict[str, str]) -> str:
             f"{kept[first]})")
 
 
+def model_pass(backend: Backend, model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Latency]:
+    """One pass of ``model``'s whole-model measurement, ``backend.measure_model(model, input_shape)``,
+    to call once per pass. A backend that runs ONNX itself (:meth:`Backend.measure_export`) gets
+    the model exported on the first call and the same bytes on every later one (the model is
+    then let go: the bytes are all a pass needs). Measuring in passes beside a base exported the
+    same network again for every pass, and an export of GoogLeNet at 64×64 takes about as long
+    as a pass of it. Take a new one for a model changed since (trained, slimmed)."""
+    if type(backend).measure_export is Backend.measure_export:  # it times the PyTorch model
+        return lambda: backend.measure_model(model, input_shape)
+    held: dict[str, Any] = {"model": model}
+
+    def once() -> Latency:
+        if "onnx" in held:
+            return backend.measure_export(held["onnx"])  # type: ignore[return-value]
+        if "model" in held and "torch" not in held:
+            from latprune.runtime.onnx import to_onnx_bytes
+
+            onnx = to_onnx_bytes(held["model"], input_shape)
+            latency = backend.measure_export(onnx)
+            if latency is not None:
+                held["onnx"] = onnx
+                del held["model"]
+                return latency
+            held["torch"] = True  # the backend times this model as PyTorch after all
+        return backend.measure_model(held["model"], input_shape)
+
+    return once
+
+
 def measure_beside(measures: list[Callable[[], Latency]]) -> list[Latency]:
     """Whole models (one pass of each: ``measures[i]()``) measured in interleaved
     passes by :func:`measure_widths`' rule: 2 passes, each model's faster median
@@ -293,8 +324,8 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times.
     ``every``, when given, receives each configuration's median of every pass,
     in pass order (one list per configuration)."""
-    models = [graph.slim_to_widths(widths) for widths in configs]
-    return _models_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
+    models = [model_pass(backend, graph.slim_to_widths(widths), graph.input_shape) for widths in configs]
+    return _models_over_passes(lambda i: models[i](), len(models),
                                passes, desc, progress, every)
 
 
@@ -312,13 +343,13 @@ def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[d
     the base for the same reason, by :func:`measure_beside`, which keeps each
     model's own fastest pass; here the configurations keep
     :func:`measure_widths`' rule, and the reference its measurement of that pass)."""
-    models = [graph.slim_to_widths(widths) for widths in configs]
-    ref_model = graph.slim_to_widths(reference)
+    models = [model_pass(backend, graph.slim_to_widths(widths), graph.input_shape) for widths in configs]
+    ref_model = model_pass(backend, graph.slim_to_widths(reference), graph.input_shape)
     pairs: list[list[tuple[Latency, Latency]]] = [[] for _ in models]  # per configuration: (its latency, ref's)
 
     def measure(i: int) -> Latency:
-        ref = backend.measure_model(ref_model, graph.input_shape)
-        lat = backend.measure_model(models[i], graph.input_shape)
+        ref = ref_model()
+        lat = models[i]()
         pairs[i].append((lat, ref))
         return lat
 

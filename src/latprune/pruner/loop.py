@@ -41,6 +41,7 @@ from latprune.latency_lut.profile import (
     load_calibration,
     measure_beside_anchor,
     measure_settled,
+    model_pass,
     run_calibration,
 )
 from latprune.latency_lut.store import Lut
@@ -183,7 +184,7 @@ def score(training: Training, model: nn.Module) -> float | None:
 
 def measure_base(backend: Backend, base_model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
     """The base model's latency, settled over passes: what a relative budget is a fraction of."""
-    return measure_settled(lambda: backend.measure_model(base_model, input_shape))
+    return measure_settled(model_pass(backend, base_model, input_shape))
 
 
 def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backend, base: nn.Module | None,
@@ -197,12 +198,13 @@ def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backen
     def export() -> Latency:
         return backend.measure_export(onnx) or backend.measure_model(slim, input_shape)
 
+    base_pass = model_pass(backend, base, input_shape) if base is not None else None
+
     def once() -> tuple[float, Latency, float | None]:
-        if base is None:
+        if base_pass is None:
             lat = measure_settled(export)
             return lat.median_ms, lat, None
-        base_now, lat = measure_beside_anchor(lambda: backend.measure_model(base, input_shape), export,
-                                              base_ms, margin)
+        base_now, lat = measure_beside_anchor(base_pass, export, base_ms, margin)
         return base_ms * lat.median_ms / base_now.median_ms, lat, base_now.median_ms
 
     export_ms, latency, beside = once()

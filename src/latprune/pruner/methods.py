@@ -33,7 +33,7 @@ from latprune.errors import BudgetError, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid, group_align
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
-from latprune.latency_lut.profile import measure_beside_anchor, measure_settled
+from latprune.latency_lut.profile import measure_beside_anchor, measure_settled, model_pass
 from latprune.pruner.configs import (
     FlopsConfig,
     GatorConfig,
@@ -72,6 +72,7 @@ class Context:
     progress: bool = True
     compute: Compute = Compute()  # where gate training and recovery run
     checkpoint: Callable[[str], Checkpoint | None] = lambda stage: None  # where a training stage saves its state
+    _base_pass: Callable[[], Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def importance_config(self) -> ImportanceConfig:
@@ -120,11 +121,12 @@ class Context:
         base is more than the timing margin away from the base measured at the
         start is measured again (:func:`measure_beside_anchor`)."""
         shape, base_model = self.graph.input_shape, self.base_model
+        candidate = model_pass(self.backend, model, shape)
         if base_model is None:
-            return measure_settled(lambda: self.backend.measure_model(model, shape)).median_ms, None
-        base, cand = measure_beside_anchor(lambda: self.backend.measure_model(base_model, shape),
-                                           lambda: self.backend.measure_model(model, shape),
-                                           self.base_ms, self.config.margin)
+            return measure_settled(candidate).median_ms, None
+        if self._base_pass is None:  # the base never changes: one export serves every candidate
+            self._base_pass = model_pass(self.backend, base_model, shape)
+        base, cand = measure_beside_anchor(self._base_pass, candidate, self.base_ms, self.config.margin)
         return self.base_ms * cand.median_ms / base.median_ms, base.median_ms
 
     def measure_checked(self, model: nn.Module, target_ms: float) -> tuple[float, float | None, list[float]]:
