@@ -59,7 +59,7 @@ def test_a_lucky_measurement_alone_does_not_accept_a_candidate() -> None:
 
     def context(*readings: tuple[float, float]) -> SimpleNamespace:
         it = iter(readings)
-        return SimpleNamespace(measure=lambda model: next(it))
+        return SimpleNamespace(measure=lambda model, on_pass=None: next(it))
 
     # lucky first (0.8), slow second (1.3): the mean 1.05 misses the target 1.0
     assert Context.measure_checked(context((0.8, 1.0), (1.3, 1.1)), None, 1.0) == (1.05, 1.1, [0.8, 1.3])
@@ -325,7 +325,7 @@ def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, *factors: float) -> li
     real = loop.measure_beside_anchor
     calls: list[int] = []
 
-    def measure(base, candidate, anchor_ms, tolerance, *rest):  # noqa: ANN001, ANN202
+    def measure(base, candidate, anchor_ms, tolerance, *rest, **options):  # noqa: ANN001, ANN202
         calls.append(1)
         if len(calls) <= len(factors):
             steady, factor = candidate, factors[len(calls) - 1]
@@ -333,7 +333,7 @@ def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, *factors: float) -> li
             def candidate():  # noqa: ANN202
                 lat = steady()
                 return type(lat)(lat.median_ms * factor, lat.p10_ms * factor, lat.p90_ms * factor, lat.repeats)
-        return real(base, candidate, anchor_ms, tolerance, *rest)
+        return real(base, candidate, anchor_ms, tolerance, *rest, **options)
 
     monkeypatch.setattr(loop, "measure_beside_anchor", measure)
     return calls

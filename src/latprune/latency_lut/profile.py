@@ -268,19 +268,21 @@ def model_pass(backend: Backend, model: nn.Module, input_shape: tuple[int, ...])
     return once
 
 
-def measure_beside(measures: list[Callable[[], Latency]]) -> list[Latency]:
+def measure_beside(measures: list[Callable[[], Latency]], on_each: Callable[[], object] | None = None
+                   ) -> list[Latency]:
     """Whole models (one pass of each: ``measures[i]()``) measured in interleaved
     passes by :func:`measure_widths`' rule: 2 passes, each model's faster median
     kept, and further passes (up to ``MODEL_MAX_PASSES``) for a model whose two
     fastest differ by more than ``MODEL_AGREE``. Measured together, their
     ratios are what a relative budget compares: the machine's speed at the
-    moment cancels out of them."""
-    return fastest_over_passes(lambda i: measures[i](), len(measures), 2,
+    moment cancels out of them. ``on_each`` is called after each pass of each model (a progress bar's tick)."""
+    return fastest_over_passes(lambda i: measures[i](), len(measures), 2, on_each=on_each,
                                agree=MODEL_AGREE, max_passes=MODEL_MAX_PASSES)
 
 
 def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], Latency], anchor_ms: float,
-                          tolerance: float, attempts: int = ANCHOR_ATTEMPTS) -> tuple[Latency, Latency]:
+                          tolerance: float, attempts: int = ANCHOR_ATTEMPTS,
+                          on_each: Callable[[], object] | None = None) -> tuple[Latency, Latency]:
     """``candidate`` measured beside ``base`` (:func:`measure_beside`), again while the base
     beside it is more than ``tolerance`` (relative) away from ``anchor_ms``, the base
     as measured when the budget was set: up to ``attempts`` pairs, the one whose base
@@ -294,7 +296,7 @@ def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], L
     is still scaled away."""
     best: tuple[float, Latency, Latency] | None = None
     for _ in range(max(1, attempts)):
-        base_lat, cand_lat = measure_beside([base, candidate])
+        base_lat, cand_lat = measure_beside([base, candidate], on_each)
         off = abs(base_lat.median_ms / anchor_ms - 1)
         if best is None or off < best[0]:
             best = (off, base_lat, cand_lat)
@@ -304,12 +306,12 @@ def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], L
     return best[1], best[2]
 
 
-def measure_settled(measure: Callable[[], Latency]) -> Latency:
+def measure_settled(measure: Callable[[], Latency], on_each: Callable[[], object] | None = None) -> Latency:
     """One whole model's latency by :func:`measure_beside`'s rule (``measure`` is one
     pass, e.g. ``backend.measure_model``): the pruner's base, candidates and
     exports are all measured this way, so a slow spell of the machine does not
     move a budget or reject a candidate."""
-    return measure_beside([measure])[0]
+    return measure_beside([measure], on_each)[0]
 
 
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,
