@@ -243,9 +243,9 @@ def model_pass(backend: Backend, model: nn.Module, input_shape: tuple[int, ...])
     """One pass of ``model``'s whole-model measurement, ``backend.measure_model(model, input_shape)``,
     to call once per pass. A backend that runs ONNX itself (:meth:`Backend.measure_export`) gets
     the model exported on the first call and the same bytes on every later one (the model is
-    then let go: the bytes are all a pass needs). Measuring in passes beside a base exported the
-    same network again for every pass, and an export of GoogLeNet at 64×64 takes about as long
-    as a pass of it. Take a new one for a model changed since (trained, slimmed)."""
+    then let go: the bytes are all a pass needs): an export of GoogLeNet at 64×64 takes about as
+    long as a pass of it (``benchmarks/results/decision_time_zen4.json``). Take a new one for a
+    model changed since (trained, slimmed)."""
     if type(backend).measure_export is Backend.measure_export:  # it times the PyTorch model
         return lambda: backend.measure_model(model, input_shape)
     held: dict[str, Any] = {"model": model}
