@@ -59,7 +59,7 @@ def test_a_lucky_measurement_alone_does_not_accept_a_candidate() -> None:
 
     def context(*readings: tuple[float, float]) -> SimpleNamespace:
         it = iter(readings)
-        return SimpleNamespace(measure=lambda model: next(it))
+        return SimpleNamespace(measure=lambda model, on_pass=None: next(it))
 
     # lucky first (0.8), slow second (1.3): the mean 1.05 misses the target 1.0
     assert Context.measure_checked(context((0.8, 1.0), (1.3, 1.1)), None, 1.0) == (1.05, 1.1, [0.8, 1.3])
@@ -325,7 +325,7 @@ def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, *factors: float) -> li
     real = loop.measure_beside_anchor
     calls: list[int] = []
 
-    def measure(base, candidate, anchor_ms, tolerance, *rest):  # noqa: ANN001, ANN202
+    def measure(base, candidate, anchor_ms, tolerance, *rest, **options):  # noqa: ANN001, ANN202
         calls.append(1)
         if len(calls) <= len(factors):
             steady, factor = candidate, factors[len(calls) - 1]
@@ -333,7 +333,7 @@ def _first_export_slowed(monkeypatch: pytest.MonkeyPatch, *factors: float) -> li
             def candidate():  # noqa: ANN202
                 lat = steady()
                 return type(lat)(lat.median_ms * factor, lat.p10_ms * factor, lat.p90_ms * factor, lat.repeats)
-        return real(base, candidate, anchor_ms, tolerance, *rest)
+        return real(base, candidate, anchor_ms, tolerance, *rest, **options)
 
     monkeypatch.setattr(loop, "measure_beside_anchor", measure)
     return calls
@@ -348,7 +348,11 @@ def test_an_export_measured_slow_once_is_measured_again_and_not_pruned_again(
     out = tmp_path / "r"
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
                  "--method", "uniform-l1", "--data", "digits", "--epochs", "0", *FAKE]) == 0
-    assert "pruning again" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pruning again" not in err
+    # each phase that measures whole models shows its progress (a log gets plain lines)
+    phases = {line.split(":")[0] for line in err.splitlines()}
+    assert {"measure base", "uniform-l1 bisection", "measure export"} <= phases
     m = json.loads((out / "metrics.json").read_text())
     (only,) = m["attempts"]
     first, second = only["export_measurements_ms"]
@@ -373,7 +377,9 @@ def test_an_export_that_misses_is_pruned_again_narrower(capsys: pytest.CaptureFi
     assert main(["prune", model_file, *TINY, "--lut", fake_lut, "--budget", "0.75x", "-o", str(out),
                  "--method", method, "--data", "digits", "--epochs", "0", "--batch-size", "32", *FAKE,
                  *(["--gate-epochs", "0.2", "--importance-batches", "2"] if method == "gator" else [])]) == 0
-    assert "pruning again from the base" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pruning again from the base" in err
+    assert any(line.startswith("closed loop: ") for line in err.splitlines()) == (method == "gator")
     m = json.loads((out / "metrics.json").read_text())
     assert len(calls) == 3 and [a["budget_met"] for a in m["attempts"]] == [False, True] and m["budget_met"]
     assert [len(a["export_measurements_ms"]) for a in m["attempts"]] == [2, 1]  # a miss is measured twice

@@ -478,3 +478,34 @@ def test_ort_cpu_guards_whole_models_on_two_threads_only() -> None:
 def test_latency_percentiles_bracket_the_median_of_equal_samples() -> None:
     lat = Latency.from_samples([0.007] * 40 + [0.008] * 3)  # kernel times in whole µs
     assert lat.p10_ms <= lat.median_ms <= lat.p90_ms and lat.median_ms == 0.007
+
+
+class OnnxFakeBackend(FakeBackend):
+    """The fake device running ONNX itself, as ort-cpu and tensorrt do: it counts the exports it times."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1)
+        self.timed: list[bytes] = []
+
+    def measure_export(self, onnx: bytes) -> Latency:
+        self.timed.append(onnx)
+        return Latency(1.0, 1.0, 1.0, 1)
+
+
+def test_a_model_measured_in_passes_is_exported_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model_pass exports once for a backend that runs ONNX, and every pass times those bytes;
+    a backend that times the PyTorch model gets the model itself on every pass."""
+    from latprune.latency_lut import profile
+    from latprune.runtime import onnx
+
+    exports: list[int] = []
+    real = onnx.to_onnx_bytes
+    monkeypatch.setattr(onnx, "to_onnx_bytes", lambda *a, **k: exports.append(1) or real(*a, **k))
+    model = tiny_resnet()
+    backend = OnnxFakeBackend()
+    once = profile.model_pass(backend, model, TINY_INPUT)
+    assert [once().median_ms for _ in range(3)] == [1.0, 1.0, 1.0]
+    assert len(exports) == 1 and len(backend.timed) == 3 and len(set(backend.timed)) == 1
+    fake = FakeBackend()
+    direct = fake.measure_model(model, TINY_INPUT)
+    assert profile.model_pass(fake, model, TINY_INPUT)() == direct and len(exports) == 1

@@ -60,7 +60,7 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         run_dir = path.parent if (path.parent / "plan.json").is_file() else None
     else:
         raise RunDirError(f"{artifact} is neither a run directory nor an existing .onnx file")
-    from latprune.latency_lut.profile import measure_beside, measure_settled
+    from latprune.latency_lut.profile import measure_beside, measure_settled, model_pass
     from latprune.latency_lut.timing import Latency
 
     backend = get_backend(backend_name, threads)
@@ -90,7 +90,7 @@ def bench(artifact: str, lut: str | None = None, backend_name: str = "ort-cpu",
         # the run's budget is a fraction of its base: measure the base beside it, as `prune` did
         shape = plan.input_shape
         reference = base if base is not None else _registered_base(plan.model, shape, run_dir)
-        base_lat, latency = measure_beside([lambda: backend.measure_model(reference, shape), measure])
+        base_lat, latency = measure_beside([model_pass(backend, reference, shape), measure])
         checked = {"budget_spec": str(relative), "base_beside_ms": base_lat.median_ms,
                    "budget_ms": relative.resolve(base_lat.median_ms)}
     else:

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from torch import nn
+
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph, Grid
@@ -237,19 +239,50 @@ def kept_full_warning(kept: dict[str, str]) -> str:
             f"{kept[first]})")
 
 
-def measure_beside(measures: list[Callable[[], Latency]]) -> list[Latency]:
+def model_pass(backend: Backend, model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Latency]:
+    """One pass of ``model``'s whole-model measurement, ``backend.measure_model(model, input_shape)``,
+    to call once per pass. A backend that runs ONNX itself (:meth:`Backend.measure_export`) gets
+    the model exported on the first call and the same bytes on every later one (the model is
+    then let go: the bytes are all a pass needs): an export of GoogLeNet at 64×64 takes about as
+    long as a pass of it (``benchmarks/results/decision_time_zen4.json``). Take a new one for a
+    model changed since (trained, slimmed)."""
+    if type(backend).measure_export is Backend.measure_export:  # it times the PyTorch model
+        return lambda: backend.measure_model(model, input_shape)
+    held: dict[str, Any] = {"model": model}
+
+    def once() -> Latency:
+        if "onnx" in held:
+            return backend.measure_export(held["onnx"])  # type: ignore[return-value]
+        if "model" in held and "torch" not in held:
+            from latprune.runtime.onnx import to_onnx_bytes
+
+            onnx = to_onnx_bytes(held["model"], input_shape)
+            latency = backend.measure_export(onnx)
+            if latency is not None:
+                held["onnx"] = onnx
+                del held["model"]
+                return latency
+            held["torch"] = True  # the backend times this model as PyTorch after all
+        return backend.measure_model(held["model"], input_shape)
+
+    return once
+
+
+def measure_beside(measures: list[Callable[[], Latency]], on_each: Callable[[], object] | None = None
+                   ) -> list[Latency]:
     """Whole models (one pass of each: ``measures[i]()``) measured in interleaved
     passes by :func:`measure_widths`' rule: 2 passes, each model's faster median
     kept, and further passes (up to ``MODEL_MAX_PASSES``) for a model whose two
     fastest differ by more than ``MODEL_AGREE``. Measured together, their
     ratios are what a relative budget compares: the machine's speed at the
-    moment cancels out of them."""
-    return fastest_over_passes(lambda i: measures[i](), len(measures), 2,
+    moment cancels out of them. ``on_each`` is called after each pass of each model (a progress bar's tick)."""
+    return fastest_over_passes(lambda i: measures[i](), len(measures), 2, on_each=on_each,
                                agree=MODEL_AGREE, max_passes=MODEL_MAX_PASSES)
 
 
 def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], Latency], anchor_ms: float,
-                          tolerance: float, attempts: int = ANCHOR_ATTEMPTS) -> tuple[Latency, Latency]:
+                          tolerance: float, attempts: int = ANCHOR_ATTEMPTS,
+                          on_each: Callable[[], object] | None = None) -> tuple[Latency, Latency]:
     """``candidate`` measured beside ``base`` (:func:`measure_beside`), again while the base
     beside it is more than ``tolerance`` (relative) away from ``anchor_ms``, the base
     as measured when the budget was set: up to ``attempts`` pairs, the one whose base
@@ -263,7 +296,7 @@ def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], L
     is still scaled away."""
     best: tuple[float, Latency, Latency] | None = None
     for _ in range(max(1, attempts)):
-        base_lat, cand_lat = measure_beside([base, candidate])
+        base_lat, cand_lat = measure_beside([base, candidate], on_each)
         off = abs(base_lat.median_ms / anchor_ms - 1)
         if best is None or off < best[0]:
             best = (off, base_lat, cand_lat)
@@ -273,12 +306,12 @@ def measure_beside_anchor(base: Callable[[], Latency], candidate: Callable[[], L
     return best[1], best[2]
 
 
-def measure_settled(measure: Callable[[], Latency]) -> Latency:
+def measure_settled(measure: Callable[[], Latency], on_each: Callable[[], object] | None = None) -> Latency:
     """One whole model's latency by :func:`measure_beside`'s rule (``measure`` is one
     pass, e.g. ``backend.measure_model``): the pruner's base, candidates and
     exports are all measured this way, so a slow spell of the machine does not
     move a budget or reject a candidate."""
-    return measure_beside([measure])[0]
+    return measure_beside([measure], on_each)[0]
 
 
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,
@@ -293,8 +326,8 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times.
     ``every``, when given, receives each configuration's median of every pass,
     in pass order (one list per configuration)."""
-    models = [graph.slim_to_widths(widths) for widths in configs]
-    return _models_over_passes(lambda i: backend.measure_model(models[i], graph.input_shape), len(models),
+    models = [model_pass(backend, graph.slim_to_widths(widths), graph.input_shape) for widths in configs]
+    return _models_over_passes(lambda i: models[i](), len(models),
                                passes, desc, progress, every)
 
 
@@ -312,13 +345,13 @@ def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[d
     the base for the same reason, by :func:`measure_beside`, which keeps each
     model's own fastest pass; here the configurations keep
     :func:`measure_widths`' rule, and the reference its measurement of that pass)."""
-    models = [graph.slim_to_widths(widths) for widths in configs]
-    ref_model = graph.slim_to_widths(reference)
+    models = [model_pass(backend, graph.slim_to_widths(widths), graph.input_shape) for widths in configs]
+    ref_model = model_pass(backend, graph.slim_to_widths(reference), graph.input_shape)
     pairs: list[list[tuple[Latency, Latency]]] = [[] for _ in models]  # per configuration: (its latency, ref's)
 
     def measure(i: int) -> Latency:
-        ref = backend.measure_model(ref_model, graph.input_shape)
-        lat = backend.measure_model(models[i], graph.input_shape)
+        ref = ref_model()
+        lat = models[i]()
         pairs[i].append((lat, ref))
         return lat
 

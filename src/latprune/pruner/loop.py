@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from latprune import parallel
+from latprune._progress import bar
 from latprune.budget import Budget
 from latprune.errors import BudgetError, LatpruneWarning, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid
@@ -41,6 +42,7 @@ from latprune.latency_lut.profile import (
     load_calibration,
     measure_beside_anchor,
     measure_settled,
+    model_pass,
     run_calibration,
 )
 from latprune.latency_lut.store import Lut
@@ -181,28 +183,33 @@ def score(training: Training, model: nn.Module) -> float | None:
         raise SpecError(f"evaluate must return a number (higher is better), not {type(value).__name__}") from None
 
 
-def measure_base(backend: Backend, base_model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+def measure_base(backend: Backend, base_model: nn.Module, input_shape: tuple[int, ...], progress: bool = False
+                 ) -> Latency:
     """The base model's latency, settled over passes: what a relative budget is a fraction of."""
-    return measure_settled(lambda: backend.measure_model(base_model, input_shape))
+    with bar(desc="measure base", unit="model", enabled=progress) as meter:
+        return measure_settled(model_pass(backend, base_model, input_shape), meter.update)
 
 
 def verify_export(slim: nn.Module, input_shape: tuple[int, ...], backend: Backend, base: nn.Module | None,
-                  base_ms: float, budget_ms: float, margin: float, check_twice: bool) -> Verified:
+                  base_ms: float, budget_ms: float, margin: float, check_twice: bool,
+                  on_pass: Callable[[], object] | None = None) -> Verified:
     """Export ``slim`` to checked ONNX (in memory) and measure it: the artifact itself
     on ONNX Runtime, else the model on the backend; beside the base with a relative
     budget (``base`` set), on the scale of the base measured at the start. A miss is
-    measured once more (``check_twice``) and judged by the mean, as candidates are."""
+    measured once more (``check_twice``) and judged by the mean, as candidates are.
+    ``on_pass`` is called after each pass of either model (a progress bar's tick)."""
     report, onnx = checked_onnx(slim, input_shape, threads=backend.threads or 1)
 
     def export() -> Latency:
         return backend.measure_export(onnx) or backend.measure_model(slim, input_shape)
 
+    base_pass = model_pass(backend, base, input_shape) if base is not None else None
+
     def once() -> tuple[float, Latency, float | None]:
-        if base is None:
-            lat = measure_settled(export)
+        if base_pass is None:
+            lat = measure_settled(export, on_pass)
             return lat.median_ms, lat, None
-        base_now, lat = measure_beside_anchor(lambda: backend.measure_model(base, input_shape), export,
-                                              base_ms, margin)
+        base_now, lat = measure_beside_anchor(base_pass, export, base_ms, margin, on_each=on_pass)
         return base_ms * lat.median_ms / base_now.median_ms, lat, base_now.median_ms
 
     export_ms, latency, beside = once()
@@ -337,8 +344,9 @@ def verified_export(ctx: Context, slim: nn.Module, budget_ms: float, journal: Jo
             report = OnnxReport(**{**stored["report"], "input_shape": tuple(stored["report"]["input_shape"])})
             return Verified(onnx, report, stored["export_ms"], Latency(**stored["latency"]), stored["checks_ms"],
                             stored["base_beside_ms"])
-        result = verify_export(slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms, budget_ms,
-                               ctx.config.margin, check_twice=not ctx.config.latency_blind)
+        with ctx.meter("measure export") as meter:
+            result = verify_export(slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms, budget_ms,
+                                   ctx.config.margin, check_twice=not ctx.config.latency_blind, on_pass=meter.update)
         if journal is not None:
             journal.put_blob(f"{name}.onnx", result.onnx)
             journal.put_record(name, {"report": asdict(result.report), "export_ms": result.export_ms,
@@ -394,7 +402,8 @@ def prepare(graph: ChannelGraph, base_model: nn.Module, name: str, lut: Lut, bac
         stored = journal.record("base") if journal else None
         if journal is not None and stored is not None:
             say(settings, f"resuming the prune from its checkpoints in {journal.root}")
-        latency = Latency(**stored["latency"]) if stored else measure_base(backend, base_model, graph.input_shape)
+        latency = (Latency(**stored["latency"]) if stored
+                   else measure_base(backend, base_model, graph.input_shape, settings.progress))
         if journal is not None and stored is None:
             journal.put_record("base", {"latency": asdict(latency)})
         return (calibrated.predictor.calibration, calibrated.grid, calibrated.fit, calibrated.fit_current,

@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from latprune import parallel
+from latprune._progress import bar
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid, group_align
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
-from latprune.latency_lut.profile import measure_beside_anchor, measure_settled
+from latprune.latency_lut.profile import measure_beside_anchor, measure_settled, model_pass
 from latprune.pruner.configs import (
     FlopsConfig,
     GatorConfig,
@@ -72,6 +73,7 @@ class Context:
     progress: bool = True
     compute: Compute = Compute()  # where gate training and recovery run
     checkpoint: Callable[[str], Checkpoint | None] = lambda stage: None  # where a training stage saves its state
+    _base_pass: Callable[[], Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def importance_config(self) -> ImportanceConfig:
@@ -108,7 +110,7 @@ class Context:
                                device=self.compute.device)
         return {g: [-v for v in losses[g]] for g in options}
 
-    def measure(self, model: nn.Module) -> tuple[float, float | None]:
+    def measure(self, model: nn.Module, on_pass: Callable[[], object] | None = None) -> tuple[float, float | None]:
         """A candidate's measured median (ms), settled over passes (:func:`measure_settled`),
         and the base's median measured beside it (None with an absolute budget).
 
@@ -118,31 +120,40 @@ class Context:
         of the base is checked against the base as the machine runs *now*, so
         a slow spell of minutes moves both and not their ratio. A pair whose
         base is more than the timing margin away from the base measured at the
-        start is measured again (:func:`measure_beside_anchor`)."""
+        start is measured again (:func:`measure_beside_anchor`). ``on_pass`` is called after
+        each pass of either model (a progress bar's tick)."""
         shape, base_model = self.graph.input_shape, self.base_model
+        candidate = model_pass(self.backend, model, shape)
         if base_model is None:
-            return measure_settled(lambda: self.backend.measure_model(model, shape)).median_ms, None
-        base, cand = measure_beside_anchor(lambda: self.backend.measure_model(base_model, shape),
-                                           lambda: self.backend.measure_model(model, shape),
-                                           self.base_ms, self.config.margin)
+            return measure_settled(candidate, on_pass).median_ms, None
+        if self._base_pass is None:  # the base never changes: one export serves every candidate
+            self._base_pass = model_pass(self.backend, base_model, shape)
+        base, cand = measure_beside_anchor(self._base_pass, candidate, self.base_ms, self.config.margin,
+                                           on_each=on_pass)
         return self.base_ms * cand.median_ms / base.median_ms, base.median_ms
 
-    def measure_checked(self, model: nn.Module, target_ms: float) -> tuple[float, float | None, list[float]]:
+    def measure_checked(self, model: nn.Module, target_ms: float, on_pass: Callable[[], object] | None = None
+                        ) -> tuple[float, float | None, list[float]]:
         """:meth:`measure`, and once more when the candidate fits ``target_ms``: the mean
         of the two (ms), the base beside the last, and every measurement.
 
         A search that keeps what measured under the target keeps lucky
         measurements; a second, independent measurement of every candidate
         that fits halves that bias and the noise's spread."""
-        first, base_ms = self.measure(model)
+        first, base_ms = self.measure(model, on_pass)
         if first > target_ms:
             return first, base_ms, [first]
-        second, base_ms = self.measure(model)
+        second, base_ms = self.measure(model, on_pass)
         return (first + second) / 2, base_ms, [first, second]
 
     @property
     def target_ms(self) -> float:
         return self.budget_ms * (1 - self.config.margin)
+
+    def meter(self, desc: str) -> Any:
+        """A progress bar over the passes that measuring candidates takes: one tick per pass of the
+        base or a candidate (half a second or more each), their number unknown ahead (the noise decides)."""
+        return bar(desc=desc, unit="model", enabled=self.progress)
 
 
 @dataclass
@@ -180,31 +191,34 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
     history: list[dict[str, Any]] = []
     tried: list[dict[int, int]] = []
     accepted: tuple[Solution, nn.Module, float] | None = None
-    for iteration in range(1, config.max_iters + 1):
-        solution = solver(predictor, target_ms)
-        if solution.widths in tried:
-            break  # the corrected prediction leads back to a configuration already measured
-        tried.append(solution.widths)
-        slim = graph.slim(keep(solution.widths))
-        measured_ms, base_beside_ms, measurements = ctx.measure_checked(slim, target_ms)
-        fits = measured_ms <= target_ms
-        history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
-                        "measured_ms": measured_ms, "measurements_ms": measurements,
-                        "base_beside_ms": base_beside_ms, "fits": fits,
-                        "kept_importance": solution.value,
-                        "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
-                        "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
-        if fits:
-            if accepted is None or solution.value > accepted[0].value:
-                accepted = (solution, slim, measured_ms)
-            if measured_ms >= target_ms * (1 - config.slack):
-                break  # holds the budget and uses it
-        # Rescale the prediction by what the device said and solve again: narrower when the
-        # candidate missed, wider when it left more than `slack` of the budget unused.
-        ratio = measured_ms / solution.predicted_ms
-        predictor = predictor.rescaled(ratio)
-        if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
-            target_ms *= 0.97
+    with ctx.meter("closed loop") as meter:
+        for iteration in range(1, config.max_iters + 1):
+            solution = solver(predictor, target_ms)
+            if solution.widths in tried:
+                break  # the corrected prediction leads back to a configuration already measured
+            tried.append(solution.widths)
+            slim = graph.slim(keep(solution.widths))
+            meter.set_postfix(candidate=iteration, refresh=False)
+            measured_ms, base_beside_ms, measurements = ctx.measure_checked(slim, target_ms, meter.update)
+            fits = measured_ms <= target_ms
+            meter.set_postfix(candidate=iteration, ms=f"{measured_ms:.3f}", target=f"{target_ms:.3f}", refresh=False)
+            history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
+                            "measured_ms": measured_ms, "measurements_ms": measurements,
+                            "base_beside_ms": base_beside_ms, "fits": fits,
+                            "kept_importance": solution.value,
+                            "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
+                            "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
+            if fits:
+                if accepted is None or solution.value > accepted[0].value:
+                    accepted = (solution, slim, measured_ms)
+                if measured_ms >= target_ms * (1 - config.slack):
+                    break  # holds the budget and uses it
+            # Rescale the prediction by what the device said and solve again: narrower when the
+            # candidate missed, wider when it left more than `slack` of the budget unused.
+            ratio = measured_ms / solution.predicted_ms
+            predictor = predictor.rescaled(ratio)
+            if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
+                target_ms *= 0.97
     if accepted is None:
         raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
                           f"{history[-1]['measured_ms']:.3f} ms against a budget of {ctx.budget_ms:.3f} ms; loosen "
@@ -445,7 +459,7 @@ def uniform_l1(ctx: Context) -> Decision:
         key = tuple(sorted(widths.items()))
         if key not in measured:
             slim = graph.slim(keep_top(scores, widths))
-            measured[key], base_beside_ms, measurements = ctx.measure_checked(slim, ctx.target_ms)
+            measured[key], base_beside_ms, measurements = ctx.measure_checked(slim, ctx.target_ms, meter.update)
             history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
                             "measurements_ms": measurements, "base_beside_ms": base_beside_ms,
                             "target_ms": ctx.target_ms, "fits": measured[key] <= ctx.target_ms,
@@ -454,18 +468,20 @@ def uniform_l1(ctx: Context) -> Decision:
 
     lo, hi = 0.0, 1.0
     best: dict[int, int] | None = None
-    if measure(1.0)[0] <= ctx.target_ms:
-        best = widths_at(1.0)
-    else:
-        for _ in range(ctx.config.max_iters + 4):
-            mid = (lo + hi) / 2
-            ms, widths = measure(mid)
-            if ms <= ctx.target_ms:
-                lo, best = mid, widths
-            else:
-                hi = mid
-            if hi - lo < 1 / 64:
-                break
+    with ctx.meter("uniform-l1 bisection") as meter:
+        if measure(1.0)[0] <= ctx.target_ms:
+            best = widths_at(1.0)
+        else:
+            for _ in range(ctx.config.max_iters + 4):
+                mid = (lo + hi) / 2
+                ms, widths = measure(mid)
+                if ms <= ctx.target_ms:
+                    lo, best = mid, widths
+                else:
+                    hi = mid
+                meter.set_postfix(ratio=f"{lo:.3f}-{hi:.3f}", refresh=False)
+                if hi - lo < 1 / 64:
+                    break
     if best is None:
         raise BudgetError(f"uniform-l1: even a keep ratio of {hi:.3f} measures above the budget "
                           f"{ctx.budget_ms:.3f} ms; loosen the budget")
@@ -507,7 +523,8 @@ def flops(ctx: Context) -> Decision:
     widths = widths_after(lo)
     keep = keep_top(scores, widths)
     slim = graph.slim(keep)
-    ms, base_beside_ms = ctx.measure(slim)
+    with ctx.meter("measure") as meter:
+        ms, base_beside_ms = ctx.measure(slim, meter.update)
     history = [{"iteration": 1, "measured_ms": ms, "base_beside_ms": base_beside_ms,
                 "target_ms": ctx.target_ms, "fits": ms <= ctx.target_ms,
                 "macs_ratio": model_macs(graph, widths) / model_macs(graph, graph.full_widths()),
