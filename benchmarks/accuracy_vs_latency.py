@@ -1,6 +1,6 @@
 """Benchmark: accuracy against *measured* latency, per pruning method and budget (issue #4).
 
-    python benchmarks/accuracy_vs_latency.py [--arch resnet20|resnet56] [--base train|embedded] [--base-epochs 3]
+    python benchmarks/accuracy_vs_latency.py [--arch resnet20|resnet56|vit] [--base train|embedded] [--base-epochs 3]
                                              [--methods gator,halp,...]
                                              [--budgets 0.3,0.5,0.7] [--seeds 0] [--epochs 0.5]
                                              [--gate-epochs 0.3] [--threads 1] [--force] [--report-only]
@@ -8,7 +8,10 @@
 The model is a CIFAR-style ResNet on Fashion-MNIST (Debian package):
 ``--arch resnet20`` (the default: 3 blocks per stage, widths 32/64/128) or
 ``--arch resnet56`` (9 blocks per stage, widths 16/32/64: He et al.'s CIFAR
-ResNet-56, the network Gator, HALP and Torch-Pruning report on).
+ResNet-56, the network Gator, HALP and Torch-Pruning report on), or ``--arch vit``, a
+small vision transformer (``latprune.models.ViT``: 4×4 patches, 50 tokens, 4 layers
+of 4 heads, embedding 64, MLP 128) whose heads, MLP widths, embedding and layers
+are pruned.
 ``--base train`` trains it here with the recipe of
 ``scripts/train_default.py`` for ``--base-epochs`` (3 by default; one epoch
 takes ~6 min on 2 cores for either architecture; cached in the work
@@ -71,6 +74,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
                                                    "gator-plan-t": ("gator", {"gate_init": "plan"}),
                                                    "gator-hold": ("gator", {"gate_penalty": "hold", **ST})}
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
+VIT = {"dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128}  # --arch vit
 FINETUNE_LR = 0.01     # the fine-tuning's peak learning rate, the same for every method
 BATCH_SIZE = 64        # training batches of the prune (gates, recovery, fine-tuning)
 FINAL_PASSES = 3       # the final measurement: interleaved passes, each model's fastest kept ...
@@ -91,7 +95,7 @@ def base_model(how: str, threads: int, epochs: float, arch: str = "resnet20") ->
     import torch
 
     from latprune.data import fashion_mnist
-    from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar, registered_model
+    from latprune.models import EMBEDDED_WEIGHTS, ResNetCifar, ViT, registered_model
     from latprune.train import EMBEDDED_RECIPE, evaluate, train
 
     if how == "embedded":
@@ -99,11 +103,11 @@ def base_model(how: str, threads: int, epochs: float, arch: str = "resnet20") ->
         assert spec is not None  # the embedded default is always registered
         info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
         return spec.model, spec.name, {"source": "embedded weights (scripts/train_default.py)", **info}
-    widths, blocks = ARCHS[arch]
     home = arch_work(arch) / f"base-{epochs:g}ep"
     home.mkdir(parents=True, exist_ok=True)
     weights, meta, ckpt = home / "base.pt", home / "base.json", home / "train.ckpt"
-    model = ResNetCifar(widths, blocks)
+    torch.manual_seed(0)
+    model = ViT(**VIT) if arch == "vit" else ResNetCifar(*ARCHS[arch])
     if weights.is_file() and meta.is_file():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     else:
@@ -354,8 +358,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=list(ARCHS), default="resnet20",
-                        help="resnet20 (32/64/128) or resnet56 (16/32/64); --base embedded is resnet20")
+    parser.add_argument("--arch", choices=[*ARCHS, "vit"], default="resnet20",
+                        help="resnet20 (32/64/128), resnet56 (16/32/64) or vit; --base embedded is resnet20")
     parser.add_argument("--base", choices=["train", "embedded"], default="train")
     parser.add_argument("--base-epochs", type=float, default=3.0, help="epochs to train the base (--base train)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
