@@ -170,3 +170,24 @@ def test_slimmed_swin_equals_the_masked_one() -> None:
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
     assert [m.relative_position_bias_table.shape[1] for m in slim.modules() if hasattr(m, "relative_position_index")
             ] == [1, 2, 2]
+
+
+def test_an_attention_latprune_cannot_rewrite_keeps_its_width_and_is_reported() -> None:
+    """Cross-attention with keys and values of their own width: left as it is, every group it
+    shares channels with kept whole, and said so."""
+
+    class CrossAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.query, self.memory = nn.Linear(8, 16), nn.Linear(8, 8)
+            self.att = nn.MultiheadAttention(16, 2, batch_first=True, kdim=8, vdim=8)
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            memory = self.memory(x)
+            return self.out(self.att(self.query(x), memory, memory, need_weights=False)[0]).mean(1)
+
+    graph = ChannelGraph.build(CrossAttention().eval(), (1, 5, 8))
+    assert isinstance(graph.model.att, nn.MultiheadAttention) and graph.groups == []
+    assert graph.kept_full["att"].startswith("an attention latprune does not rewrite yet")
+    assert graph.kept_full["query"] == graph.kept_full["memory"] == "shares channels with att"

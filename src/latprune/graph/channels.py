@@ -144,15 +144,16 @@ class ChannelGraph:
         merges = [m for m in model.modules() if isinstance(m, PatchMerge) and m in dg.module2node]
         fixed = _output_layers(dg, layers)
         # Grouped (non-depthwise) convs keep their widths, and so does every group that feeds one:
-        # cutting channels out of a group of a grouped conv breaks the grouping.
+        # cutting channels out of a group of a grouped conv breaks the grouping. So do attentions
+        # latprune does not rewrite, and the groups they share channels with.
         grouped = {m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1
                    and not (m.groups == m.in_channels == m.out_channels)}
-        fixed.extend(grouped)
         kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
         kept_full.update({name: "an attention latprune does not rewrite yet (keys and values of their own widths, "
-                                  "q/k norms, a gate)"
-                          for name in left})
-        groups, in_group, out_group = _channel_groups(dg, model, names, fixed, grouped, kept_full)
+                                "q/k norms, a gate)" for name in left})
+        whole = grouped | {model.get_submodule(name) for name in left}
+        fixed.extend(grouped)
+        groups, in_group, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
         units = []
         for m in layers:
             unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
@@ -450,10 +451,11 @@ def _untraceable(exc: Exception) -> SpecError:
 
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
-                    grouped: set[nn.Module], kept_full: dict[str, str]
+                    whole: set[nn.Module], kept_full: dict[str, str]
                     ) -> tuple[list[Group], dict[nn.Module, int], dict[nn.Module, int]]:
     """The channel groups Torch-Pruning finds, in module order, and which group sets each
-    layer's input and output width; groups feeding a grouped conv are left out (``kept_full``)."""
+    layer's input and output width; groups that share channels with a module of ``whole`` (a
+    grouped conv, an attention not rewritten) keep their width and are left out (``kept_full``)."""
     groups: list[Group] = []
     out_group: dict[nn.Module, int] = {}
     in_group: dict[nn.Module, int] = {}
@@ -466,12 +468,12 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
         raise _untraceable(exc) from None
     outward = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
     for tp_group in tp_groups:
-        feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in grouped]
+        feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in whole]
         if feeds:
+            why = ("feeds the grouped convolution" if isinstance(feeds[0], nn.Conv2d) else "shares channels with")
             for dep, _ in tp_group:
-                if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in grouped:
-                    kept_full.setdefault(names[dep.target.module], f"feeds the grouped convolution "
-                                                                   f"{names[feeds[0]]}")
+                if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in whole:
+                    kept_full.setdefault(names[dep.target.module], f"{why} {names[feeds[0]]}")
             continue
         gid = len(groups)
         producers, members, outs, norms = [], [], [], []
