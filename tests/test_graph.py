@@ -158,3 +158,40 @@ def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_a
     with pytest.raises(SpecError, match=r"does not run on an input of shape \(1, 3, 28, 28\).*check that the "
                                         "example input"):
         ChannelGraph.build(tiny_resnet(), (1, 3, 28, 28))
+
+
+def test_convnext_layer_norms_layer_scale_and_blocks_slim_as_gated() -> None:
+    """ConvNeXt: LayerNorm2d over (N, C, H, W), LayerNorms after a permute, a per-channel layer
+    scale parameter, and blocks whose branch is scaled and permuted before the add."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    from latprune.pruner.gates import Gates
+
+    torch.manual_seed(0)
+    model = ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 1)], num_classes=10).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):
+                p.uniform_(0.5, 1.5)
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    assert [b.name for b in graph.blocks] == ["features.1.0", "features.1.1", "features.3.0"]
+    stem = next(g for g in graph.groups if g.root == "features.0.0")
+    assert "features.0.1" in stem.norms and "features.1.0.layer_scale" in stem.producers
+    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
+    keep[graph.blocks[0].group] = []
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    gates = Gates(graph, init=5.0)
+    with torch.no_grad():
+        for g in graph.groups:
+            gates.logits[g.id].fill_(-5.0)
+            gates.logits[g.id][keep[g.id]] = 5.0
+        for i, b in enumerate(gates.blocks):
+            gates.block_logits[i] = 5.0 if keep[b.group] else -5.0
+    gates.mode = "hard"
+    gates.attach()
+    gates.refresh()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+        assert torch.allclose(slim(x), graph.model(x), atol=1e-5)
+    gates.detach()

@@ -105,6 +105,20 @@ def _effective_padding(m: nn.Conv2d, in_hw: Sequence[int], out_hw: Sequence[int]
     return pads[0], pads[1]
 
 
+def _producer_behind(node: tp.dependency.Node, hops: int = 4) -> Any:
+    """The module whose output reaches ``node`` (an add's input) through elementwise steps
+    alone, each with one input besides parameters (ConvNeXt scales its branch by a parameter and
+    permutes it back before the add): the node's own module where it is a layer."""
+    for _ in range(hops):
+        if not isinstance(node.module, tp.ops._ElementWiseOp):
+            return node.module
+        inputs = [i for i in node.inputs if not isinstance(i.module, nn.Parameter)]
+        if len(inputs) != 1:
+            return node.module
+        node = inputs[0]
+    return node.module
+
+
 def _grad_fn_name(node: tp.dependency.Node) -> str:
     fn = getattr(node, "grad_fn", None)
     return type(fn).__name__ if fn is not None else ""
@@ -176,8 +190,9 @@ class ChannelGraph:
             if out_group.get(m) is not None:
                 g = groups[out_group[m]]
                 groups[g.id] = replace(g, producers=g.producers + (f"{names[m]}.reduction",))
-        adds = [i.module for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0" for i in n.inputs]
-        adds = [m.proj if isinstance(m, Attention) else m for m in adds]
+        adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
+                for i in n.inputs]
+        adds = [m.proj if isinstance(m, Attention) else m for m in adds if m is not None]
         blocks = find_blocks(model, example, adds, names,
                              [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
         # A group must be rooted outside every removable block it is not inner to, so that a
@@ -337,12 +352,14 @@ def parameter_of(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
 
 def zero_channels_(model: nn.Module, producer: str, channels: Sequence[int] | None) -> None:
     """Zero the output ``channels`` (all with None) of a group's producer: a layer, a
-    BatchNorm, a parameter added into the channels (last dimension), or an attention's heads."""
+    BatchNorm, a parameter outside layers (:func:`channel_dim`), or an attention's heads."""
     found = parameter_of(model, producer)
     if found is not None:
         param = found[0]._parameters[found[1]]
         assert param is not None
-        param[..., channels if channels is not None else slice(None)] = 0
+        index: list[Any] = [slice(None)] * param.dim()
+        index[channel_dim(param)] = channels if channels is not None else slice(None)
+        param[tuple(index)] = 0
         return
     module = model.get_submodule(producer)
     if isinstance(module, Heads):
@@ -356,8 +373,8 @@ def zero_channels_(model: nn.Module, producer: str, channels: Sequence[int] | No
 
 
 class KeptLayerNorm(nn.Module):
-    """A LayerNorm over the last dimension whose statistics cover ``keep`` alone and whose
-    other channels are zero: what the slimmed LayerNorm computes, at full width."""
+    """A LayerNorm whose statistics cover the channels ``keep`` alone and whose other channels
+    are zero: what the slimmed LayerNorm computes, at full width."""
 
     def __init__(self, norm: nn.LayerNorm, keep: Sequence[int]) -> None:
         super().__init__()
@@ -371,24 +388,36 @@ class KeptLayerNorm(nn.Module):
 
 
 def masked_layer_norm(norm: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` with its statistics weighted by ``gate`` over the last dimension, and its
-    output multiplied by it: with a 0/1 gate, exactly the LayerNorm of the kept channels. A
-    LayerNorm over several copies of the gated channels takes the gate once per copy."""
-    if gate.numel() != x.shape[-1]:
-        gate = gate.repeat(x.shape[-1] // gate.numel())
+    """``norm(x)`` with its statistics weighted by ``gate`` over the channels, and its output
+    multiplied by it: with a 0/1 gate, exactly the LayerNorm of the kept channels. A LayerNorm
+    over several copies of the gated channels takes the gate once per copy. The channels are
+    the last dimension, or the second for a ``LayerNorm2d`` (ConvNeXt's, on ``(N, C, H, W)``)."""
+    dim = 1 if type(norm).__name__ == "LayerNorm2d" else -1
+    width = x.shape[dim]
+    if gate.numel() != width:
+        gate = gate.repeat(width // gate.numel())
+    shape = [1] * x.dim()
+    shape[dim] = width
+    gate = gate.view(shape)
     count = gate.sum().clamp_min(1e-6)
-    mean = (x * gate).sum(-1, keepdim=True) / count
-    var = (((x - mean) ** 2) * gate).sum(-1, keepdim=True) / count
+    mean = (x * gate).sum(dim, keepdim=True) / count
+    var = (((x - mean) ** 2) * gate).sum(dim, keepdim=True) / count
     y = (x - mean) / torch.sqrt(var + norm.eps)
     if norm.weight is not None:
-        y = y * norm.weight
+        y = y * norm.weight.view(shape)
     if norm.bias is not None:
-        y = y + norm.bias
+        y = y + norm.bias.view(shape)
     return y * gate
+
+
+def channel_dim(param: torch.Tensor) -> int:
+    """The dimension of a parameter outside layers that holds channels: its last that is not
+    1, as Torch-Pruning prunes it (a class token ``(1, 1, C)``, ConvNeXt's scale ``(C, 1, 1)``)."""
+    return max((i for i, n in enumerate(param.shape) if n > 1), default=param.dim() - 1)
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model``, with attention modules as leaves, and
-    parameters outside layers (ViT's class token) pruned along their last dimension."""
+    parameters outside layers (ViT's class token) pruned along :func:`channel_dim`."""
     with warnings.catch_warnings(), opaque(), _unknown_not_zero():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latprune.graph.channels import ChannelGraph, masked_layer_norm, parameter_of
+from latprune.graph.channels import ChannelGraph, channel_dim, masked_layer_norm, parameter_of
 from latprune.latency_lut.predict import SoftLatency
 
 MODES = ("open", "hard", "sample")
@@ -133,8 +133,8 @@ class Gates(nn.Module):
             for name in g.producers:
                 block = block_of_end.get(name)
                 param = parameter_of(model, name)
-                if param is not None:  # a parameter added into the channels: gated where its owner runs
-                    fold, restore = self._folded(g.id, block, (param[1],), last_dim=True)
+                if param is not None:  # a parameter outside layers (a class token): gated where its owner runs
+                    fold, restore = self._folded(g.id, block, (param[1],), along_channels=True)
                     self._handles.append(param[0].register_forward_pre_hook(fold))
                     self._handles.append(param[0].register_forward_hook(restore, always_call=True))
                     continue
@@ -189,13 +189,14 @@ class Gates(nn.Module):
 
         return normalise
 
-    def _folded(self, gid: int, block: int | None, names: tuple[str, ...], last_dim: bool = False
+    def _folded(self, gid: int, block: int | None, names: tuple[str, ...], along_channels: bool = False
                 ) -> tuple[Any, Any]:
         """Fold the gate into a module's parameters ``names`` for its forward pass: a
         BatchNorm's scale and shift, ``BN(x)·g = (g·γ)·x̂ + g·β``, the same output and gradients
         as multiplying the activation at the cost of two vector products instead of a pass
         over the activation and its gradient (gate training's overhead over plain training on
-        ResNet-20: BENCHMARKS.md); or a parameter added into the channels (``last_dim``)."""
+        ResNet-20: BENCHMARKS.md); or a parameter outside layers that adds to or scales the
+        channels, along its :func:`~latprune.graph.channels.channel_dim` (``along_channels``)."""
         def fold(module: nn.Module, args: tuple) -> None:
             params = module._parameters
             saved = tuple(params[n] for n in names)
@@ -205,7 +206,9 @@ class Gates(nn.Module):
             module.__dict__.setdefault("_latprune_params", {})[names] = saved
             for n, p in zip(names, saved):
                 assert p is not None
-                params[n] = p * (gate if not last_dim else gate.view(*([1] * (p.dim() - 1)), -1))  # type: ignore[assignment]
+                shape = [1] * p.dim()
+                shape[channel_dim(p) if along_channels else 0] = -1
+                params[n] = p * gate.view(shape)  # type: ignore[assignment]
 
         def restore(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             saved = module.__dict__.get("_latprune_params", {}).pop(names, None)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from latprune._progress import bar
 from latprune.errors import SpecError
-from latprune.graph.channels import ChannelGraph, parameter_of
+from latprune.graph.channels import ChannelGraph, channel_dim, parameter_of
 from latprune.graph.transformer import Heads
 from latprune.pruner.gates import Gates
 
@@ -62,10 +62,10 @@ def l1_importance(graph: ChannelGraph) -> Scores:
 def _magnitude(graph: ChannelGraph, producer: str) -> torch.Tensor:
     """A producer's weight magnitude per output channel (per head for an attention's heads)."""
     found = parameter_of(graph.model, producer)
-    if found is not None:  # added into the channels along its last dimension
+    if found is not None:  # a parameter outside layers, its channels along channel_dim
         param = found[0]._parameters[found[1]]
         assert param is not None
-        return param.abs().reshape(-1, param.shape[-1]).sum(0)
+        return param.abs().movedim(channel_dim(param), 0).reshape(param.shape[channel_dim(param)], -1).sum(1)
     if isinstance(graph.module(producer), Heads):
         return graph.module(producer.rpartition(".")[0]).head_magnitude()
     return _per_channel(graph.module(producer).weight.abs())
