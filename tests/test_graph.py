@@ -145,16 +145,39 @@ def test_grouped_convolutions_and_what_feeds_them_keep_their_width_and_profile(t
     assert any("2 layers keep their full width" in m and "1 grouped convolutions" in m for m in messages), messages
 
 
-def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_as_such() -> None:
-    """ShuffleNetV2's channel shuffle defeats Torch-Pruning's tracer: the error says latprune cannot
-    prune the structure yet, not that the input is wrong; a wrong input says that."""
+def test_shufflenet_prunes_inside_its_units_and_keeps_the_shuffled_channels() -> None:
+    """ShuffleNetV2's channel shuffle defeats Torch-Pruning's tracer (Torch-Pruning #45); latprune
+    rewrites its units so that the shuffle is one step, keeps the channels through it whole and
+    prunes each unit's inner width."""
     from torchvision.models import shufflenet_v2_x0_5
+
+    torch.manual_seed(0)
+    graph = ChannelGraph.build(randomise_bn_(shufflenet_v2_x0_5(weights=None).eval()), (1, 3, 64, 64))
+    assert graph.kept_full["stage2.0.branch2.5"] == "passes through the channel shuffle stage2.0.shuffle"
+    assert len(graph.groups) == 18  # the stem and each unit's inner width
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+
+
+def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_as_such(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A structure that defeats Torch-Pruning's tracer: the error says latprune cannot prune the
+    structure yet, not that the input is wrong; a wrong input says that."""
+    import torch_pruning as tp
 
     from latprune.errors import SpecError
 
-    with pytest.raises(SpecError, match="cannot prune this model's structure yet: Torch-Pruning's dependency "
-                                        "tracer failed on it \\(\\w+Error in index_mapping.py"):
-        ChannelGraph.build(shufflenet_v2_x0_5(weights=None), (1, 3, 64, 64))
+    def fail(*args: object, **kwargs: object) -> None:
+        raise IndexError("list index out of range")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tp.DependencyGraph, "build_dependency", fail)
+        with pytest.raises(SpecError, match="cannot prune this model's structure yet: Torch-Pruning's dependency "
+                                            "tracer failed on it \\(IndexError in test_graph.py"):
+            ChannelGraph.build(tiny_resnet(), TINY_INPUT)
     with pytest.raises(SpecError, match=r"does not run on an input of shape \(1, 3, 28, 28\).*check that the "
                                         "example input"):
         ChannelGraph.build(tiny_resnet(), (1, 3, 28, 28))
@@ -195,3 +218,26 @@ def test_convnext_layer_norms_layer_scale_and_blocks_slim_as_gated() -> None:
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
         assert torch.allclose(slim(x), graph.model(x), atol=1e-5)
     gates.detach()
+
+
+def test_a_structure_the_tracer_misreads_silently_is_refused_before_profiling(tmp_path: Path) -> None:
+    """A channel shuffle written with view and transpose: Torch-Pruning traces it without an error
+    but as if the channels kept their order, so its slimmed model would compute something else."""
+    import latprune
+    from latprune.errors import SpecError
+
+    class HandShuffled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([self.a(x), self.b(x)], 1)
+            b, c, h, w = y.shape
+            y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+            return self.c(y).mean((2, 3))
+
+    torch.manual_seed(0)
+    with pytest.raises(SpecError, match="slimmed, it computes something else than with the same channels zeroed"):
+        latprune.profile(HandShuffled(), (1, 8, 6, 6), backend="fake", path=tmp_path / "s.lut", progress=False)
+    assert not (tmp_path / "s.lut").exists()

@@ -106,6 +106,7 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     module = _module(model)
     runner = get_backend(backend, threads)
     graph = ChannelGraph.build(module, shape)
+    graph.verify()
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
                        progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine)
     for message in report.warnings:  # e.g. a calibration measured on a noisy machine

@@ -31,6 +31,7 @@ from latprune.errors import SpecError
 from latprune.graph.blocks import Block, SkippedBlock, find_blocks, inside
 from latprune.graph.transformer import (
     Attention,
+    ChannelShuffle,
     Heads,
     PatchMerge,
     customized_pruners,
@@ -159,13 +160,14 @@ class ChannelGraph:
         fixed = _output_layers(dg, layers)
         # Grouped (non-depthwise) convs keep their widths, and so does every group that feeds one:
         # cutting channels out of a group of a grouped conv breaks the grouping. So do attentions
-        # latprune does not rewrite, and the groups they share channels with.
+        # latprune does not rewrite, channel shuffles, and the groups they share channels with.
         grouped = {m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1
                    and not (m.groups == m.in_channels == m.out_channels)}
         kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
         kept_full.update({name: "an attention latprune does not rewrite yet (keys and values of their own widths, "
                                 "q/k norms, a gate)" for name in left})
-        whole = grouped | {model.get_submodule(name) for name in left}
+        shuffles = {m for m in model.modules() if isinstance(m, ChannelShuffle)}
+        whole = grouped | shuffles | {model.get_submodule(name) for name in left}
         fixed.extend(grouped)
         groups, in_group, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
         units = []
@@ -283,6 +285,31 @@ class ChannelGraph:
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    def verify(self) -> None:
+        """Check that the groups describe the model: slimmed to every other channel of every
+        group, it must compute what the model with those channels zeroed computes (:meth:`mask`).
+        Torch-Pruning's tracer can misread a structure without failing (a channel shuffle written
+        with ``view`` and ``transpose``); pruning such a model would change what it computes."""
+        keep = {g.id: list(range(0, g.size, 2)) for g in self.groups}
+        if not keep:
+            return
+        example = torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
+        try:
+            slim = self.slim(keep)
+        except Exception as exc:
+            raise SpecError(f"latprune cannot prune this model's structure yet: slimming it failed "
+                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        with torch.no_grad():
+            a, b = slim(example), self.mask(keep)(example)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            scale = float(b.abs().max()) or 1.0
+            if a.shape != b.shape or not torch.allclose(a, b, atol=1e-4 * scale, rtol=1e-3):
+                gap = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+                raise SpecError("latprune cannot prune this model's structure yet: slimmed, it computes something "
+                                f"else than with the same channels zeroed (largest difference {gap:.3g} of "
+                                f"{scale:.3g}); Torch-Pruning's tracer misread it (a channel shuffle written with "
+                                "view and transpose does this)")
 
     def over(self, model: nn.Module) -> ChannelGraph:
         """The same groups, units and blocks over ``model``, another instance of this network
@@ -476,7 +503,7 @@ def _untraceable(exc: Exception) -> SpecError:
     where = traceback.extract_tb(exc.__traceback__)[-1]
     return SpecError(f"latprune cannot prune this model's structure yet: Torch-Pruning's dependency tracer "
                      f"failed on it ({type(exc).__name__} in {Path(where.filename).name}:{where.lineno}; "
-                     "ShuffleNetV2's channel shuffle does this)")
+                     "an operation it does not model, such as a hand-written channel shuffle, does this)")
 
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
@@ -499,7 +526,9 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
     for tp_group in tp_groups:
         feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in whole]
         if feeds:
-            why = ("feeds the grouped convolution" if isinstance(feeds[0], nn.Conv2d) else "shares channels with")
+            why = ("feeds the grouped convolution" if isinstance(feeds[0], nn.Conv2d) else
+                   "passes through the channel shuffle" if isinstance(feeds[0], ChannelShuffle) else
+                   "shares channels with")
             for dep, _ in tp_group:
                 if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in whole:
                     kept_full.setdefault(names[dep.target.module], f"{why} {names[feeds[0]]}")

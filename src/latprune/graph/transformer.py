@@ -1,5 +1,6 @@
 """Transformer modules as latprune prunes them: attention by whole heads, apart from the
-embedding; Swin's patch merging as one layer.
+embedding; Swin's patch merging as one layer; ShuffleNet's channel shuffle as a step
+whose channels keep their width.
 
 ``nn.MultiheadAttention`` ties its inner width to the embedding (``num_heads ×
 head_dim == embed_dim``), so removing a head would remove embedding channels
@@ -314,6 +315,60 @@ class PatchMergePruner(tp.pruner.function.BasePruningFunc):
     def get_in_channels(self, layer: nn.Module) -> int:
         return layer.reduction.in_features // 4
 
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (Zhang et al. 2018): channels interleaved across ``groups``.
+    To Torch-Pruning it is one leaf (:class:`ChannelShufflePruner`), and the channels that pass
+    through it keep their width: a permutation couples every channel of a stage."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.channels = 0  # as last seen (Torch-Pruning asks after tracing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _leaf(self._shuffle, x)
+
+    def _shuffle(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        self.channels = c
+        return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's ShuffleNetV2 unit with its shuffle as a :class:`ChannelShuffle` module: with
+    stride 1, half the channels pass and ``branch2`` transforms the other half; with stride 2,
+    ``branch1`` and ``branch2`` both see the input; then the halves are concatenated and shuffled."""
+
+    def __init__(self, stride: int, branch1: nn.Module, branch2: nn.Module) -> None:
+        super().__init__()
+        self.stride, self.branch1, self.branch2 = stride, branch1, branch2
+        self.shuffle = ChannelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.shuffle(out)
+
+
+class ChannelShufflePruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of :class:`ChannelShuffle`: as many channels out as in. latprune
+    keeps them whole, so it never asks to prune them."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        raise NotImplementedError("the channels through a channel shuffle keep their width")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.channels
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.channels
+
 def _is_torchvision(module: nn.Module, name: str) -> bool:
     return type(module).__name__ == name and type(module).__module__.startswith("torchvision.")
 
@@ -341,7 +396,8 @@ def _from_timm(module: nn.Module) -> Attention:
 def rewrite_transformers_(model: nn.Module) -> list[str]:
     """Replace, in place, every self-attention that :class:`Attention` computes
     (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
-    ``ShiftedWindowAttention``), and Swin's ``PatchMerging`` with :class:`PatchMerge`; returns the names
+    ``ShiftedWindowAttention``), Swin's ``PatchMerging`` with :class:`PatchMerge`, and
+    ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names
     of the attentions it cannot compute (left as they are)."""
     left = []
     for name, module in list(model.named_modules()):
@@ -354,6 +410,8 @@ def rewrite_transformers_(model: nn.Module) -> list[str]:
             model.set_submodule(name, WindowAttention.from_torchvision(module))
         elif _is_torchvision(module, "PatchMerging"):
             model.set_submodule(name, PatchMerge(module.norm, module.reduction))
+        elif _is_torchvision(module, "InvertedResidual") and hasattr(module, "branch2"):  # ShuffleNetV2's
+            model.set_submodule(name, ShuffleUnit(module.stride, module.branch1, module.branch2))
         elif _is_timm_attention(module):
             if _timm_convertible(module):
                 model.set_submodule(name, _from_timm(module))
@@ -401,4 +459,5 @@ def attention_unit(key: LayerKey) -> Attention:
 
 def customized_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
     pruner = AttentionPruner()
-    return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, PatchMerge: PatchMergePruner()}
+    return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, PatchMerge: PatchMergePruner(),
+            ChannelShuffle: ChannelShufflePruner()}

@@ -441,6 +441,7 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
+    graph.verify()
     start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)
 
     def fresh() -> ChannelGraph:  # a retry starts from the base again
