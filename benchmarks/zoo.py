@@ -163,6 +163,8 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
             "groups": len(plan.groups), "groups_pruned": sum(g.width < g.size for g in plan.groups),
             "heads_groups": len(heads), "heads_groups_pruned": sum(g.width < g.size for g in heads),
             "blocks_removed": list(plan.removed_blocks), "predicted_ms": plan.predicted_ms,
+            "closed_loop": [{k: c[k] for k in ("target_ms", "predicted_ms", "measured_ms", "fits")}
+                            for c in m["closed_loop"]],
             "closed_loop_candidates": len(m["closed_loop"]), "prune_timings_s": m["timings_s"],
             "prune_parity_max_abs_diff": m["pruned"]["onnx_parity_max_abs_diff"],
         })
@@ -250,7 +252,7 @@ def run_child(kind: str, name: str, size: int, args: argparse.Namespace, timeout
         return row
     why = f"killed after the {timeout_s:.0f} s limit" if rc is None else (
         f"died on signal {-rc}" if rc < 0 else f"exited with code {rc}")
-    why += f" (see {log.relative_to(HERE)})"
+    why += f" (see {log.relative_to(HERE) if log.is_relative_to(HERE) else log})"
     if kind == "latprune":
         row.setdefault("model", name)
         row["failed"] = {"step": row.pop("running", "start"), "error": why, "latprune_error": False}
