@@ -21,7 +21,8 @@ or time is a row, not the end of the run (Torch-Pruning's tracer needed more tha
 swin_v2 and maxvit). A step that fails ends the model's latprune steps; its row names the
 step and the exception's first line. Rows go to ``benchmarks/results/zoo_ort-cpu_1t.json``
 (``--tag NAME`` appends ``_NAME``), keyed by model, written as each model finishes; a model
-already there is skipped unless ``--force``. Child logs: ``benchmarks/work/zoo/NAME.log``.
+already there is skipped unless ``--force``; a LUT already there is reused, its calibration
+too, unless ``--recalibrate``. Child logs: ``benchmarks/work/zoo/NAME.log``.
 Run it on a quiet machine: the latencies are timings.
 """
 
@@ -142,7 +143,7 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         lut = latprune.profile(spec.model, spec.input_shape, backend=BACKEND, threads=THREADS, path=path,
                                levels=args.levels, passes=1, calibration_samples=args.calibration_samples,
-                               name=spec.name, progress=False)
+                               recalibrate=args.recalibrate, name=spec.name, progress=False)
         state["lut"] = lut
         report = lut.report
         row["profile"] = {"lut": str(path.relative_to(HERE)), "units": report.units, "keys": report.keys,
@@ -237,6 +238,7 @@ def run_child(kind: str, name: str, size: int, args: argparse.Namespace, timeout
         cmd = [sys.executable, __file__, "--child", kind, "--models", name, "--row-file", str(row_file),
                "--size", str(size), "--levels", str(args.levels),
                "--calibration-samples", str(args.calibration_samples), "--memory-gib", str(args.memory_gib)]
+        cmd += ["--recalibrate"] if args.recalibrate else []
         with open(log, "a", encoding="utf-8") as out:
             out.write(f"\n=== {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             out.flush()
@@ -257,7 +259,7 @@ def run_child(kind: str, name: str, size: int, args: argparse.Namespace, timeout
         row.setdefault("model", name)
         row["failed"] = {"step": row.pop("running", "start"), "error": why, "latprune_error": False}
     else:
-        row.update(status="error", error=f"{row.get('stage', 'start')}: {why}")
+        row.update(status="error", error=why, stage=row.get("stage", "start"))
     return row
 
 
@@ -294,7 +296,7 @@ def table(results: dict[str, Any]) -> str:
                                                                               exp.get("budget_met")))
         parity = f"{exp['parity_max_abs_diff']:.1e}" if exp.get("parity_max_abs_diff") is not None else ""
         tpr = row.get("tp") or {}
-        tp_cell = "ok" if tpr.get("status") == "ok" else tpr.get("error", "")
+        tp_cell = "ok" if tpr.get("status") == "ok" else ": ".join(filter(None, (tpr.get("stage"), tpr.get("error"))))
 
         def num(key: str, fmt: str = "{:.3f}") -> str:
             value = row.get(key)
@@ -322,6 +324,8 @@ def main() -> None:
     parser.add_argument("--tp-timeout-s", type=float, default=600.0, help="limit on one Torch-Pruning attempt")
     parser.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning column")
     parser.add_argument("--force", action="store_true", help="run models already in the result file again")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure an existing LUT's calibration again (it is reused otherwise)")
     parser.add_argument("--tag", default=None, help="suffix of the result file, e.g. the machine's name")
     parser.add_argument("--table", action="store_true", help="print the markdown table of the result file")
     parser.add_argument("--child", choices=("latprune", "tp"), help=argparse.SUPPRESS)
