@@ -1,0 +1,53 @@
+"""benchmarks/zoo.py: a model whose child dies or runs past its limit is a row, and every row renders."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", ZOO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_line_keeps_the_type_and_first_line(zoo):
+    assert zoo.one_line(ValueError("bad width\nsecond line")) == "ValueError: bad width"
+    assert zoo.one_line(MemoryError()) == "MemoryError"
+    assert len(zoo.one_line(RuntimeError("x" * 1000), limit=50)) == 50
+
+
+@pytest.mark.parametrize("kind", ["latprune", "tp"])
+def test_a_child_past_its_time_limit_is_a_failed_row(zoo, tmp_path, kind):
+    args = argparse.Namespace(levels=2, calibration_samples=3, memory_gib=8.0, recalibrate=False)
+    row = zoo.run_child(kind, "resnet18", 64, args, timeout_s=1.0, log=tmp_path / "resnet18.log")
+    if kind == "latprune":
+        assert row["model"] == "resnet18" and row["failed"]["latprune_error"] is False
+        assert "killed after the 1 s limit" in row["failed"]["error"]
+    else:
+        assert row["status"] == "error" and row["stage"] in ("start", "build", "trace")
+        assert "killed after the 1 s limit" in row["error"]
+    assert "=== " + kind in (tmp_path / "resnet18.log").read_text()
+
+
+def test_table_has_a_line_per_row_failed_or_not(zoo):
+    ok = {"input": [1, 3, 64, 64], "steps_s": {"build": 0.4, "profile": 36.0, "prune": 15.5, "export": 4.2},
+          "failed": None, "base_ms": 1.0, "budget_ms": 0.6, "measured_ms": 0.58, "budget_met": True,
+          "groups": 25, "groups_pruned": 5, "heads_groups": 0, "heads_groups_pruned": 0, "blocks_removed": [],
+          "kept_full": {}, "export": {"parity_max_abs_diff": 3e-8, "latency_ms": 0.65, "budget_met": False},
+          "tp": {"status": "ok"}}
+    failed = {"input": [1, 3, 64, 64], "steps_s": {"build": 0.5, "profile": 2.0},
+              "failed": {"step": "profile", "error": "SpecError: cannot prune a | b"},
+              "tp": {"status": "error", "stage": "trace", "error": "ZeroDivisionError: integer division"}}
+    lines = zoo.table({"squeezenet1_0": ok, "shufflenet_v2_x0_5": failed}).splitlines()
+    assert len(lines) == 4
+    assert "| 0.650 | met / missed | 5 of 25 |" in lines[2] and lines[2].endswith("| ok |")
+    assert "profile: SpecError: cannot prune a \\| b" in lines[3] and "trace: ZeroDivisionError" in lines[3]
