@@ -29,16 +29,10 @@ from torch import nn
 
 from latprune.errors import SpecError
 from latprune.graph.blocks import Block, SkippedBlock, find_blocks, inside
-from latprune.graph.transformer import (
-    Attention,
-    ChannelShuffle,
-    Heads,
-    PatchMerge,
-    customized_pruners,
-    opaque,
-    rewrite_transformers_,
-    sync_attributes_,
-)
+from latprune.graph.leaf import opaque
+from latprune.graph.rewrite import customized_pruners, rewrite_, sync_attributes_
+from latprune.graph.shuffle import ChannelShuffle
+from latprune.graph.transformer import Attention, Heads, PatchMerge
 from latprune.graph.units import ACTIVATIONS, LayerKey, Unit
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -148,7 +142,7 @@ class ChannelGraph:
         """The graph of ``model``, which it takes over: its self-attention modules are rewritten
         in place into :class:`~latprune.graph.transformer.Attention` (the same function)."""
         model.eval()
-        left = rewrite_transformers_(model)
+        left = rewrite_(model)
         names = {m: n for n, m in model.named_modules()}
         example = torch.randn(*input_shape)
         shapes = _run_recording_shapes(model, example, input_shape)
@@ -586,7 +580,7 @@ def apply_plan_(model: nn.Module, input_shape: tuple[int, ...], removed_blocks: 
     """Slim ``model`` in place: replace each of ``removed_blocks`` by :class:`SkippedBlock` (an identity),
     then keep channels as :func:`apply_keep_` does. Self-attention is rewritten first, as
     :meth:`ChannelGraph.build` does."""
-    rewrite_transformers_(model)
+    rewrite_(model)
     for name in removed_blocks:
         try:
             model.get_submodule(name)

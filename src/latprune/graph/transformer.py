@@ -1,6 +1,5 @@
 """Transformer modules as latprune prunes them: attention by whole heads, apart from the
-embedding; Swin's patch merging as one layer; ShuffleNet's channel shuffle as a step
-whose channels keep their width.
+embedding; Swin's patch merging as one layer.
 
 ``nn.MultiheadAttention`` ties its inner width to the embedding (``num_heads ×
 head_dim == embed_dim``), so removing a head would remove embedding channels
@@ -25,49 +24,15 @@ True
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from latprune.graph.leaf import leaf
 from latprune.graph.units import LayerKey
-
-_OPAQUE = [False]  # set while Torch-Pruning traces: an attention is then one step of the autograd graph
-
-
-class _Opaque(torch.autograd.Function):
-    """``out``, as one autograd step from ``x``: hides an attention's inside from the tracer."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> tuple[None, None]:  # type: ignore[override]
-        return None, None
-
-
-def _leaf(compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``compute(x)``; while Torch-Pruning traces, as one autograd step from ``x``."""
-    if not _OPAQUE[0]:
-        return compute(x)
-    with torch.no_grad():
-        out = compute(x)
-    return _Opaque.apply(x, out)
-
-
-@contextlib.contextmanager
-def opaque() -> Iterator[None]:
-    """Within it, each attention's output depends on its input by one autograd step, so
-    Torch-Pruning sees the module as a leaf whose inside (reshapes by heads) it need not map."""
-    _OPAQUE[0] = True
-    try:
-        yield
-    finally:
-        _OPAQUE[0] = False
 
 
 class Heads(nn.Identity):
@@ -95,7 +60,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("latprune's Attention computes self-attention without masks")
-        return _leaf(self.attend, x)
+        return leaf(self.attend, x)
 
     def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
         """(batch, tokens) of one attention over an input of ``in_shape`` (its LUT key's)."""
@@ -170,7 +135,7 @@ class SelfAttention(Attention):
                 or any(v is not None for v in kwargs.values() if not isinstance(v, bool)):
             raise NotImplementedError("latprune's SelfAttention computes self-attention without masks or weights")
         x = query if self.batch_first else query.transpose(0, 1)
-        out = _leaf(self.attend, x)
+        out = leaf(self.attend, x)
         return (out if self.batch_first else out.transpose(0, 1)), None
 
     def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
@@ -216,7 +181,7 @@ class WindowAttention(Attention):
         self.register_buffer("relative_position_index", index.flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _leaf(self._windowed, x)
+        return leaf(self._windowed, x)
 
     def _geometry(self, h: int, w: int) -> tuple[int, int, list[int]]:
         """Padded height and width, and the shift (none where one window covers the map)."""
@@ -282,7 +247,7 @@ class PatchMerge(nn.Module):
         self.norm, self.reduction = norm, reduction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _leaf(self._merge, x)
+        return leaf(self._merge, x)
 
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-3:-1]
@@ -316,123 +281,6 @@ class PatchMergePruner(tp.pruner.function.BasePruningFunc):
         return layer.reduction.in_features // 4
 
 
-class ChannelShuffle(nn.Module):
-    """ShuffleNet's channel shuffle (Zhang et al. 2018): channels interleaved across ``groups``.
-    To Torch-Pruning it is one leaf (:class:`ChannelShufflePruner`), and the channels that pass
-    through it keep their width: a permutation couples every channel of a stage."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-        self.channels = 0  # as last seen (Torch-Pruning asks after tracing)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _leaf(self._shuffle, x)
-
-    def _shuffle(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        self.channels = c
-        return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-class ShuffleUnit(nn.Module):
-    """torchvision's ShuffleNetV2 unit with its shuffle as a :class:`ChannelShuffle` module: with
-    stride 1, half the channels pass and ``branch2`` transforms the other half; with stride 2,
-    ``branch1`` and ``branch2`` both see the input; then the halves are concatenated and shuffled."""
-
-    def __init__(self, stride: int, branch1: nn.Module, branch2: nn.Module) -> None:
-        super().__init__()
-        self.stride, self.branch1, self.branch2 = stride, branch1, branch2
-        self.shuffle = ChannelShuffle(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1:
-            x1, x2 = x.chunk(2, dim=1)
-            out = torch.cat((x1, self.branch2(x2)), dim=1)
-        else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return self.shuffle(out)
-
-
-class ChannelShufflePruner(tp.pruner.function.BasePruningFunc):
-    """Torch-Pruning's view of :class:`ChannelShuffle`: as many channels out as in. latprune
-    keeps them whole, so it never asks to prune them."""
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        raise NotImplementedError("the channels through a channel shuffle keep their width")
-
-    prune_in_channels = prune_out_channels
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.channels
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.channels
-
-def _is_torchvision(module: nn.Module, name: str) -> bool:
-    return type(module).__name__ == name and type(module).__module__.startswith("torchvision.")
-
-
-def _is_timm_attention(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("timm.") and type(module).__name__ == "Attention"
-
-
-def _timm_convertible(module: nn.Module) -> bool:
-    """timm's plain ``Attention``: no q/k norms, no output norm, no gate."""
-    plain = all(isinstance(getattr(module, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
-    return plain and getattr(module, "gate", None) is None and isinstance(getattr(module, "qkv", None), nn.Linear)
-
-
-def _from_timm(module: nn.Module) -> Attention:
-    qkv, proj = module.qkv, module.proj
-    drop = getattr(module, "attn_drop", None)
-    att = Attention(qkv.in_features, module.num_heads, module.head_dim, bias=qkv.bias is not None,
-                    proj_bias=proj.bias is not None, dropout=float(getattr(drop, "p", 0.0)))
-    att.load_state_dict({f"qkv.{k}": v for k, v in qkv.state_dict().items()}
-                        | {f"proj.{k}": v for k, v in proj.state_dict().items()})
-    return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
-
-
-def rewrite_transformers_(model: nn.Module) -> list[str]:
-    """Replace, in place, every self-attention that :class:`Attention` computes
-    (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
-    ``ShiftedWindowAttention``), Swin's ``PatchMerging`` with :class:`PatchMerge`, and
-    ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names
-    of the attentions it cannot compute (left as they are)."""
-    left = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.MultiheadAttention):
-            if SelfAttention.convertible(module):
-                model.set_submodule(name, SelfAttention.from_mha(module))
-            else:
-                left.append(name)
-        elif _is_torchvision(module, "ShiftedWindowAttention"):
-            model.set_submodule(name, WindowAttention.from_torchvision(module))
-        elif _is_torchvision(module, "PatchMerging"):
-            model.set_submodule(name, PatchMerge(module.norm, module.reduction))
-        elif _is_torchvision(module, "InvertedResidual") and hasattr(module, "branch2"):  # ShuffleNetV2's
-            model.set_submodule(name, ShuffleUnit(module.stride, module.branch1, module.branch2))
-        elif _is_timm_attention(module):
-            if _timm_convertible(module):
-                model.set_submodule(name, _from_timm(module))
-            else:
-                left.append(name)
-    return left
-
-
-def sync_attributes_(model: nn.Module) -> nn.Module:
-    """Bring the attributes a model's ``forward`` reads back in line with its slimmed layers
-    (torchvision's ViT reshapes by ``hidden_dim``)."""
-    for module in model.modules():
-        conv_proj = getattr(module, "conv_proj", None)
-        if isinstance(getattr(module, "hidden_dim", None), int) and isinstance(conv_proj, nn.Conv2d):
-            module.hidden_dim = conv_proj.out_channels
-        attention = getattr(module, "self_attention", None)
-        if isinstance(attention, Attention) and isinstance(getattr(module, "num_heads", None), int):
-            module.num_heads = attention.num_heads
-    return model
-
-
 class AttentionPruner(tp.pruner.function.BasePruningFunc):
     """Torch-Pruning's view of :class:`Attention`: one leaf whose input and output
     channels are the embedding (its heads are latprune's own group)."""
@@ -455,9 +303,3 @@ class AttentionPruner(tp.pruner.function.BasePruningFunc):
 def attention_unit(key: LayerKey) -> Attention:
     """The attention a LUT key of op ``attention`` describes (``cout`` heads), random weights."""
     return Attention(key.cin, key.cout, key.head_dim, bias=key.bias).eval()
-
-
-def customized_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
-    pruner = AttentionPruner()
-    return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, PatchMerge: PatchMergePruner(),
-            ChannelShuffle: ChannelShufflePruner()}
