@@ -139,8 +139,8 @@ class ChannelGraph:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
-        """The graph of ``model``, which it takes over: its self-attention modules are rewritten
-        in place into :class:`~latprune.graph.transformer.Attention` (the same function)."""
+        """The graph of ``model``, which it takes over: :func:`~latprune.graph.rewrite.rewrite_`
+        rewrites its attention, patch merging and shuffle units in place (the same function)."""
         model.eval()
         left = rewrite_(model)
         names = {m: n for n, m in model.named_modules()}
@@ -172,34 +172,13 @@ class ChannelGraph:
             if bn is None and unit.out_group is not None:
                 g = groups[unit.out_group]
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
-        for m in attentions:
-            units.append(_attention_unit(m, names[m], shapes.get(m), in_group.get(m), len(groups)))
-            groups.append(Group(len(groups), names[m], m.num_heads, (f"{names[m]}.heads",), (names[m],), heads=True))
-            if out_group.get(m) is not None:  # its projection writes the embedding
-                g = groups[out_group[m]]
-                groups[g.id] = replace(g, producers=g.producers + (f"{names[m]}.proj",))
-        for m in merges:
-            units.append(_merge_unit(m, names[m], shapes.get(m), in_group.get(m), out_group.get(m)))
-            if in_group.get(m) is not None:  # its norm covers four copies of the channels it merges
-                g = groups[in_group[m]]
-                groups[g.id] = replace(g, norms=g.norms + (f"{names[m]}.norm",))
-            if out_group.get(m) is not None:
-                g = groups[out_group[m]]
-                groups[g.id] = replace(g, producers=g.producers + (f"{names[m]}.reduction",))
+        _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [m.proj if isinstance(m, Attention) else m for m in adds if m is not None]
         blocks = find_blocks(model, example, adds, names,
                              [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
-        # A group must be rooted outside every removable block it is not inner to, so that a
-        # plan dropping that block can still name it.
-        for i, g in enumerate(groups):
-            inner = any(b.group == g.id for b in blocks)
-            if not inner and any(inside(g.root, b.name) for b in blocks):
-                free = [o for o in g.outs if not any(inside(o, b.name) for b in blocks)]
-                if free:
-                    groups[i] = replace(g, root=free[0])
-        return cls(model, input_shape, dg, groups, units, names, blocks, kept_full)
+        return cls(model, input_shape, dg, _rooted_outside(groups, blocks), units, names, blocks, kept_full)
 
     @staticmethod
     def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str,
@@ -435,6 +414,41 @@ def channel_dim(param: torch.Tensor) -> int:
     """The dimension of a parameter outside layers that holds channels: its last that is not
     1, as Torch-Pruning prunes it (a class token ``(1, 1, C)``, ConvNeXt's scale ``(C, 1, 1)``)."""
     return max((i for i, n in enumerate(param.shape) if n > 1), default=param.dim() - 1)
+
+
+def _add_leaves(groups: list[Group], units: list[Unit], attentions: Sequence[Attention], merges: Sequence[PatchMerge],
+                names: dict[Any, str], shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]],
+                in_group: dict[nn.Module, int], out_group: dict[nn.Module, int]) -> None:
+    """Add the units of the leaves Torch-Pruning does not look into, and what they do to groups:
+    an attention's heads become a group of their own and its projection writes its output
+    group; a patch merging's norm covers four copies of its input group, its reduction
+    writes its output group."""
+    def extend(gid: int | None, **fields: tuple[str, ...]) -> None:
+        if gid is not None:
+            g = groups[gid]
+            groups[gid] = replace(g, **{k: getattr(g, k) + v for k, v in fields.items()})
+
+    for m in attentions:
+        units.append(_attention_unit(m, names[m], shapes.get(m), in_group.get(m), len(groups)))
+        groups.append(Group(len(groups), names[m], m.num_heads, (f"{names[m]}.heads",), (names[m],), heads=True))
+        extend(out_group.get(m), producers=(f"{names[m]}.proj",))
+    for m in merges:
+        units.append(_merge_unit(m, names[m], shapes.get(m), in_group.get(m), out_group.get(m)))
+        extend(in_group.get(m), norms=(f"{names[m]}.norm",))
+        extend(out_group.get(m), producers=(f"{names[m]}.reduction",))
+
+
+def _rooted_outside(groups: list[Group], blocks: Sequence[Block]) -> list[Group]:
+    """Each group rooted outside every removable block it is not inner to, so that a plan
+    dropping that block can still name it."""
+    rooted = []
+    for g in groups:
+        inner = any(b.group == g.id for b in blocks)
+        if not inner and any(inside(g.root, b.name) for b in blocks):
+            free = [o for o in g.outs if not any(inside(o, b.name) for b in blocks)]
+            g = replace(g, root=free[0]) if free else g
+        rooted.append(g)
+    return rooted
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model``, with attention modules as leaves, and
