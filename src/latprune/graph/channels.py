@@ -583,7 +583,7 @@ def _merge_unit(m: PatchMerge, name: str, shapes: tuple[tuple[int, ...], tuple[i
     """A patch merging's reduction, a linear layer over four copies of its input group."""
     if shapes is None:
         raise SpecError(f"patch merging {name!r} did not run in the forward pass; latprune cannot time it")
-    tokens = m.token_shape(shapes[0])
+    tokens = m.merged_shape(shapes[0])
     key = LayerKey(op="linear", cin=m.reduction.in_features, cout=m.reduction.out_features, in_hw=tokens[1:],
                    batch=tokens[0], bias=m.reduction.bias is not None)
     return Unit(f"{name}.reduction", key, gin, gout, in_copies=4)
@@ -610,7 +610,14 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
     ``keep_by_root[root]`` (indices into the base model's channels; into its heads where
     ``root`` is an attention)."""
     model.eval()
-    dg = dependency_graph(model, torch.randn(*input_shape))
+    with _unknown_not_zero():
+        _keep_(model, dependency_graph(model, torch.randn(*input_shape)), keep_by_root, sizes)
+    return sync_attributes_(model)
+
+
+def _keep_(model: nn.Module, dg: tp.DependencyGraph, keep_by_root: dict[str, Sequence[int]],
+           sizes: dict[str, int] | None) -> None:
+    """:func:`apply_keep_`'s surgery, group by group, on ``model``'s dependency graph ``dg``."""
     for root_name, idx in keep_by_root.items():
         try:
             root = model.get_submodule(root_name)
@@ -638,9 +645,7 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
         handler = (tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else
                    dg.get_pruner_of_module(root).prune_out_channels if isinstance(root, PatchMerge) else
                    tp.prune_linear_out_channels)
-        with _unknown_not_zero():
-            dg.get_pruning_group(root, handler, idxs=drop).prune()
-    return sync_attributes_(model)
+        dg.get_pruning_group(root, handler, idxs=drop).prune()
 
 
 def group_align(size: int, align: int) -> int:

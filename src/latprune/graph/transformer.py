@@ -255,8 +255,8 @@ class PatchMerge(nn.Module):
         x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
         return self.reduction(self.norm(x))
 
-    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, ...]:
-        """The reduction's input shape but its channels."""
+    def merged_shape(self, in_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape the reduction runs on, channels left out: ``(…, H/2, W/2)``."""
         return (in_shape[0], (in_shape[1] + 1) // 2, (in_shape[2] + 1) // 2)
 
 

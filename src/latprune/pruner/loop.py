@@ -394,7 +394,9 @@ def prepare(graph: ChannelGraph, base_model: nn.Module, name: str, lut: Lut, bac
             settings: Settings, since: float) -> Start:
     """Calibrate ``graph`` (of ``base_model``) against ``lut``, measure the base (or take it from
     the journal), resolve the budget, and re-anchor the prediction on the measured base (``since``:
-    when the set-up began). Under torchrun rank 0 alone calibrates and measures."""
+    when the set-up began). Under torchrun rank 0 alone calibrates and measures. A model whose
+    groups do not describe it is refused first (:meth:`ChannelGraph.verify`)."""
+    graph.verify()
     journal = settings.journal
 
     def measured() -> tuple[Any, ...]:
@@ -441,7 +443,6 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
-    graph.verify()
     start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)
 
     def fresh() -> ChannelGraph:  # a retry starts from the base again
