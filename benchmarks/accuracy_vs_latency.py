@@ -64,7 +64,8 @@ INPUT = (1, 1, 28, 28)
 # --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
-METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "halp", "taylor", "uniform-l1", "flops")
+METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "gator-lowrank", "trp", "halp", "taylor",
+           "uniform-l1", "flops")
 # benchmark-only names for gator with other options: (method, GatorConfig fields). gator-st takes the
 # straight-through gate signal; gator-plan and gator-hold are gator-st with the plan start and the hold
 # penalty; gator-plan-t is the plan start with the default (Taylor) signal.
@@ -72,8 +73,11 @@ ST = {"gate_signal": "straight-through"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
                                                    "gator-plan": ("gator", {"gate_init": "plan", **ST}),
                                                    "gator-plan-t": ("gator", {"gate_init": "plan"}),
-                                                   "gator-hold": ("gator", {"gate_penalty": "hold", **ST})}
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS)
+                                                   "gator-hold": ("gator", {"gate_penalty": "hold", **ST}),
+                                                   "gator-lowrank": ("gator", {"lowrank": True})}
+# methods that weigh ranks beside widths: the LUT is profiled with lowrank when one of them runs
+LOWRANK = ("gator-lowrank", "trp")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS and m != "trp")
 VIT = {"dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128}  # --arch vit
 FINETUNE_LR = 0.01     # the fine-tuning's peak learning rate, the same for every method
 BATCH_SIZE = 64        # training batches of the prune (gates, recovery, fine-tuning)
@@ -131,9 +135,11 @@ def method_config(method: str, gate_epochs: float) -> Any:
 
     name, options = VARIANTS.get(method, (method, {}))
     classes = {"gator": latprune.GatorConfig, "halp": latprune.HalpConfig, "taylor": latprune.TaylorConfig,
-               "uniform-l1": latprune.UniformL1Config, "flops": latprune.FlopsConfig}
+               "trp": latprune.TrpConfig, "uniform-l1": latprune.UniformL1Config, "flops": latprune.FlopsConfig}
     if name == "gator":
         options = {"gate_epochs": gate_epochs, **options}
+    if name == "trp":  # rank training as long as gator's gate training: the same training budget
+        options = {"trp_epochs": gate_epochs, **options}
     return classes[name](**options)
 
 
@@ -411,7 +417,7 @@ def main() -> None:
     lut_path.parent.mkdir(exist_ok=True)
     t = time.time()
     lut = latprune.profile(model, INPUT, "ort-cpu", args.threads, path=lut_path, levels=8, calibration_samples=8,
-                           name=name)
+                           name=name, lowrank=any(m in LOWRANK for m in args.methods.split(",")))
     profile_s = time.time() - t
     assert lut.report is not None  # profile() always reports what it measured
     base = base_bundle(model, work / "base-bundle", args.threads)

@@ -29,6 +29,7 @@ _EXPORTS = {
     "GatorConfig": "latprune.pruner.configs",
     "HalpConfig": "latprune.pruner.configs",
     "TaylorConfig": "latprune.pruner.configs",
+    "TrpConfig": "latprune.pruner.configs",
     "UniformL1Config": "latprune.pruner.configs",
     "FlopsConfig": "latprune.pruner.configs",
     "Budget": "latprune.budget",

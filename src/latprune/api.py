@@ -96,10 +96,11 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
             threads: int | None = None, path: PathLike | None = None, *, levels: int = DEFAULT_LEVELS,
             align: int | None = None, calibration_samples: int = 12, passes: int = 2, refine: bool = False,
             recalibrate: bool = False, shard: tuple[int, int] = (1, 1), name: str | None = None,
-            progress: bool = True) -> LUT:
+            lowrank: bool = False, progress: bool = True) -> LUT:
     """Measure ``model``'s latency units over their width grid on ``backend`` into the LUT
     file ``path`` (created, or extended: what it holds is not measured again, so a killed
-    profile resumes), then calibrate against whole-model measurements."""
+    profile resumes), then calibrate against whole-model measurements. ``lowrank`` also measures
+    every layer's factorised pairs at its rank options, for a prune with ``lowrank``."""
     if path is None:
         raise SpecError("profile needs path=: the LUT file to create or extend, e.g. path='device.lut'")
     shape = _input_shape(example_input)
@@ -108,7 +109,8 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     graph = ChannelGraph.build(module, shape)
     graph.verify()
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
-                       progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine)
+                       progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine,
+                       lowrank=lowrank)
     for message in report.warnings:  # e.g. a calibration measured on a noisy machine
         warnings.warn(message, LatpruneWarning, stacklevel=2)
     return LUT(Path(path), runner.name, runner.threads, report)

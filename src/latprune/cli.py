@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", action="store_true",
                    help="sample each group's latency staircase adaptively: probe midpoints between grid widths and "
                         "add widths where latency jumps, so the pruner can keep the cheap side of each step")
+    p.add_argument("--lowrank", action="store_true",
+                   help="also measure each convolution and linear layer as a factorised pair at a few ranks below "
+                        "its break-even rank, for `prune --lowrank`")
     _add_backend(p)
     _add_json(p)
 
@@ -258,8 +261,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
                    "a removed block costs (the default is 12)"])
     lut = profile(spec.model, spec.input_shape, args.backend, args.threads, args.output, levels=args.levels,
                   align=args.align, calibration_samples=args.calibration_samples, passes=args.passes,
-                  refine=args.refine, recalibrate=args.recalibrate, shard=shard, name=spec.name,
-                  progress=not args.json)
+                  refine=args.refine, lowrank=args.lowrank, recalibrate=args.recalibrate, shard=shard,
+                  name=spec.name, progress=not args.json)
     assert lut.report is not None  # profile() always reports what it measured (its warnings went to warnings.warn)
     _print(args, lut.report.to_dict(), profile_text)
 

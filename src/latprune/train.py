@@ -144,7 +144,7 @@ class Penalty(Protocol):
     its own optimizer, a call before every forward, and the loss term with
     progress-bar fields."""
 
-    def optimizer(self) -> torch.optim.Optimizer: ...
+    def optimizer(self) -> torch.optim.Optimizer | None: ...  # None: it trains nothing of its own
 
     def before_forward(self) -> None: ...
 
@@ -202,8 +202,10 @@ class _Trainer:
                  "rng": torch.get_rng_state(), **asdict(progress)}
         if self.config.compute.torch_device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.config.compute.torch_device)
-        if self.penalty is not None and self.extra_opt is not None:
-            state["penalty"], state["extra_opt"] = self.penalty.state_dict(), self.extra_opt.state_dict()
+        if self.penalty is not None:
+            state["penalty"] = self.penalty.state_dict()
+        if self.extra_opt is not None:
+            state["extra_opt"] = self.extra_opt.state_dict()
         return state
 
     def save(self, path: Path, progress: _Progress) -> None:
@@ -241,8 +243,9 @@ class _Trainer:
         self.gen.set_state(state["gen"])
         self.rng = state["rng"], state.get("cuda_rng")
         self.resume_rng()
-        if self.penalty is not None and self.extra_opt is not None:
+        if self.penalty is not None:
             self.penalty.load_state_dict(state["penalty"])
+        if self.extra_opt is not None:
             self.extra_opt.load_state_dict(state["extra_opt"])
         return _Progress(**{f.name: state[f.name] for f in fields(_Progress)})
 

@@ -93,6 +93,14 @@ class LayerKey:
             raise LutError(f"LUT entry key {text!r} is malformed; the LUT file is damaged, re-profile it") from None
 
     @property
+    def out_hw(self) -> tuple[int, ...]:
+        """The output's spatial size (a convolution's), or its extra token dims (the input's)."""
+        if self.op != "conv":
+            return self.in_hw
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                     zip(self.in_hw, self.kernel, self.stride, self.padding, self.dilation))
+
+    @property
     def macs(self) -> int:
         """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons)."""
         spatial = 1
@@ -103,11 +111,8 @@ class LayerKey:
             inner = self.cout * self.head_dim
             return self.batch * (4 * tokens * self.cin * inner + 2 * tokens * tokens * inner)
         if self.op == "conv":
-            h, w = self.in_hw
-            kh, kw = self.kernel
-            oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-            ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-            spatial = oh * ow * kh * kw
+            oh, ow = self.out_hw
+            spatial = oh * ow * self.kernel[0] * self.kernel[1]
         else:
             for d in self.in_hw:
                 spatial *= d

@@ -12,6 +12,7 @@ import torch
 
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph
+from latprune.graph.lowrank import pair_keys, pays, rank_axis
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
 
@@ -60,7 +61,8 @@ class Predictor:
         self.graph = graph
         self.calibration = calibration or Calibration()
         self._memo: dict[str, float] = {}
-        self._unit_memo: dict[tuple[str, int, int], float] = {}
+        self._unit_memo: dict[tuple[str, int, int, int], float] = {}
+        self._axis = {u.name: rank_axis(i) for i, u in enumerate(graph.units)}
 
     def rescaled(self, ratio: float) -> Predictor:
         """A new predictor whose every prediction is this one's times ``ratio`` (re-anchored on a
@@ -77,11 +79,18 @@ class Predictor:
         return self._kept_unit_ms(unit, widths)
 
     def _kept_unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
+        """The unit's LUT latency at ``widths``; where they give it a rank (its rank axis,
+        :mod:`~latprune.graph.lowrank`) that pays at its widths, its factorised pair's."""
         cin = widths.get(unit.in_group, unit.base.cin) if unit.in_group is not None else unit.base.cin
         cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
-        memo = (unit.name, cin, cout)  # cheap key: the solver asks for the same units many times
+        rank = widths.get(self._axis[unit.name], 0)
+        memo = (unit.name, cin, cout, rank)  # cheap key: the solver asks for the same units many times
         if memo not in self._unit_memo:
-            self._unit_memo[memo] = self.key_ms(unit.key(widths))
+            key = unit.key(widths)
+            if rank and pays(key, rank):
+                self._unit_memo[memo] = sum(self.key_ms(k) for k in pair_keys(key, rank))
+            else:
+                self._unit_memo[memo] = self.key_ms(key)
         return self._unit_memo[memo]
 
     def key_ms(self, key: LayerKey) -> float:

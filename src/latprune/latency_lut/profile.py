@@ -17,6 +17,7 @@ from torch import nn
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.lowrank import pair_keys, pays, rank_axis, rank_options
 from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning
@@ -57,11 +58,14 @@ class ProfileReport:
         return asdict(self)
 
 
-def grid_keys(graph: ChannelGraph, grid: Grid) -> list[LayerKey]:
-    """Every key the pruner can ask for on this width grid (deduplicated, in unit order)."""
+def grid_keys(graph: ChannelGraph, grid: Grid, lowrank: bool = False) -> list[LayerKey]:
+    """Every key the pruner can ask for on this width grid (deduplicated, in unit order); with
+    ``lowrank``, also the keys of every unit's factorised pairs at its rank options
+    (:mod:`~latprune.graph.lowrank`) where they pay."""
     options = graph.options(grid)
+    ranks = rank_options(graph.units, graph.model, grid.align) if lowrank else {}
     keys: dict[str, LayerKey] = {}
-    for unit in graph.units:
+    for i, unit in enumerate(graph.units):
         cins = options[unit.in_group] if unit.in_group is not None and not unit.depthwise else [None]
         couts = options[unit.out_group] if unit.out_group is not None else [None]
         for cin in cins:
@@ -73,6 +77,10 @@ def grid_keys(graph: ChannelGraph, grid: Grid) -> list[LayerKey]:
                     widths[unit.out_group] = cout
                 key = unit.key(widths)  # type: ignore[arg-type]
                 keys.setdefault(key.text, key)
+                for rank in ranks.get(rank_axis(i), [])[:-1]:  # the last option is the layer whole
+                    if pays(key, rank):
+                        for part in pair_keys(key, rank):
+                            keys.setdefault(part.text, part)
     return list(keys.values())
 
 
@@ -156,7 +164,8 @@ def _remeasure(lut: Lut, backend: Backend, keys: list[LayerKey]) -> int:
 def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: int = DEFAULT_LEVELS,
               calibration_samples: int = 12, model_name: str = "model", progress: bool = True,
               passes: int = DEFAULT_PASSES, shard: tuple[int, int] = (1, 1),
-              recalibrate: bool = False, align: int | None = None, refine: bool = False) -> ProfileReport:
+              recalibrate: bool = False, align: int | None = None, refine: bool = False,
+              lowrank: bool = False) -> ProfileReport:
     """Profile ``graph``'s units into the LUT at ``path`` (created if missing) and calibrate.
 
     Each unit is measured ``passes`` times, at different moments, and the
@@ -165,7 +174,8 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     grid stored with the calibration, and a later profile without ``refine``
     keeps them. ``shard=(i, n)`` measures only every n-th key starting
     at the i-th (1-based) and skips calibration: merge the shards with
-    ``latprune lut merge``, then profile the merged LUT once to calibrate."""
+    ``latprune lut merge``, then profile the merged LUT once to calibrate. ``lowrank`` also
+    measures every layer's factorised pairs at its rank options (:mod:`~latprune.graph.lowrank`)."""
     index, count = shard
     if not 1 <= index <= count:
         raise LutError(f"shard {index}/{count} is not of the form i/n with 1 <= i <= n")
@@ -188,7 +198,7 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
 
             lut.set_meta("fusion_rules", discover_fusions(backend))
         complete_before = {k.text for k, _ in lut.items() if lut.passes(k) >= passes}
-        keys = grid_keys(graph, grid)[index - 1 :: count]
+        keys = grid_keys(graph, grid, lowrank)[index - 1 :: count]
         measurements = _measure(lut, backend, keys, passes, progress)
         staircases: dict[str, Staircase] = {}
         signature = graph.signature()
@@ -202,7 +212,7 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
                 grid = previous
                 staircases = {r: Staircase(**v) for r, v in stored.get("staircases", {}).items()}
         if refine or grid.extra:  # the coarse keys and the cross products of the added widths
-            keys = grid_keys(graph, grid)
+            keys = grid_keys(graph, grid, lowrank)
             measurements += _measure(lut, backend, keys, passes, progress)
         if count > 1:
             stored = stored or {"scale": 1.0, "offset_ms": 0.0, "residual_pct": float("nan"), "levels": levels,

@@ -77,6 +77,9 @@ class ImportanceConfig(MethodConfig):
     importance_batches: int = _opt(16, "training batches the importance is averaged over")
     lr: float = _opt(0.01, "learning rate of the method's own training (gates, recovery)")
     blocks: bool = _opt(True, "allow removing whole residual blocks")
+    lowrank: bool = _opt(False, "also offer every convolution and linear layer low ranks (a factorised pair, "
+                         "Trained Rank Pruning's scheme), taken where the LUT prices the pair below the widths; "
+                         "profile with --lowrank first")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +89,11 @@ class ImportanceConfig(MethodConfig):
     @property
     def needs_data(self) -> bool:
         return self.importance != "l1"
+
+    @property
+    def uses_ranks(self) -> bool:
+        """Whether the decision offers layers ranks beside widths (:mod:`latprune.graph.lowrank`)."""
+        return self.lowrank
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,9 @@ class HalpConfig(ImportanceConfig):
         super().__post_init__()
         _check_positive(self, "steps")
         _check_positive(self, "recover_epochs", zero_ok=True)
+        if self.lowrank and self.importance == "measured":
+            raise SpecError("HalpConfig: importance 'measured' measures width options only; with lowrank use "
+                            "taylor, taylor2 or l1")
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,37 @@ class TaylorConfig(ImportanceConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive(self, "recover_epochs", zero_ok=True)
+
+
+@dataclass(frozen=True)
+class TrpConfig(ImportanceConfig):
+    """Trained Rank Pruning: train towards low rank (periodic truncated-SVD projection and a
+    nuclear-norm term), then the knapsack chooses each layer's rank on the LUT; widths stay."""
+
+    name: ClassVar[str] = "trp"
+
+    trp_epochs: float = _opt(1.0, "epochs of rank training (projection and nuclear-norm term) before the ranks "
+                                  "are chosen")
+    trp_period: int = _opt(20, "steps between truncated-SVD projections of every layer (0: none)")
+    nuclear_weight: float = _opt(3e-4, "weight of the nuclear-norm term (sum over layers of ||W||*)")
+    trp_energy: float = _opt(0.98, "each projection keeps this share of a layer's squared singular values")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.importance not in ("taylor", "l1"):
+            raise SpecError(f"TrpConfig: importance {self.importance!r} does not score singular values; "
+                            "use taylor, or l1 (the dropped share of each layer's energy)")
+        _check_positive(self, "trp_epochs", "nuclear_weight", "trp_period", zero_ok=True)
+        if not 0 < self.trp_energy <= 1:
+            raise SpecError(f"TrpConfig: trp_energy is a share in (0, 1], not {self.trp_energy!r}")
+
+    @property
+    def uses_ranks(self) -> bool:
+        return True
+
+    @property
+    def needs_data(self) -> bool:
+        return self.trp_epochs > 0 or self.importance != "l1"
 
 
 @dataclass(frozen=True)
@@ -180,7 +222,7 @@ def register(config: type[MethodConfig]) -> type[MethodConfig]:
     return config
 
 
-for _config in (GatorConfig, HalpConfig, TaylorConfig, UniformL1Config, FlopsConfig):
+for _config in (GatorConfig, HalpConfig, TaylorConfig, TrpConfig, UniformL1Config, FlopsConfig):
     register(_config)
 
 

@@ -31,16 +31,19 @@ import torch.nn.functional as F
 from latprune._progress import bar
 from latprune.errors import SpecError
 from latprune.graph.channels import ChannelGraph, channel_dim, parameter_of
+from latprune.graph.lowrank import RANK_AXIS
 from latprune.graph.transformer import Heads
 from latprune.pruner.gates import Gates
 
 
 @dataclass
 class Scores:
-    """Importance of every channel of every group, and of every removable block (by its inner group)."""
+    """Importance of every channel of every group, of every removable block (by its inner group),
+    and of every singular value of the layers offered a rank (by rank axis, largest value first)."""
 
     channels: dict[int, np.ndarray]
     blocks: dict[int, float] = field(default_factory=dict)
+    ranks: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
@@ -190,3 +193,62 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
         if not was_attached:
             gates.detach()
     return increases
+
+
+# -- singular values ---------------------------------------------------------------------------
+def _svd(graph: ChannelGraph, axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    weight = graph.module(graph.units[axis - RANK_AXIS].name).weight.detach().flatten(1).double().cpu()
+    return torch.linalg.svd(weight, full_matrices=False)
+
+
+def energy_rank_scores(graph: ChannelGraph, axes: Iterable[int], scores: Scores) -> dict[int, np.ndarray]:
+    """Data-free scores of the singular values: each layer's share of its output group's
+    importance, split over its singular values by their energy (σ²). Truncating a layer
+    to rank r then costs the energy it drops, as a fraction of what its channels are worth."""
+    writers: dict[int, int] = {}
+    for unit in graph.units:
+        if unit.out_group is not None:
+            writers[unit.out_group] = writers.get(unit.out_group, 0) + 1
+    out = {}
+    for axis in axes:
+        unit = graph.units[axis - RANK_AXIS]
+        worth = float(scores.channels[unit.out_group].sum()) / writers[unit.out_group] \
+            if unit.out_group is not None else 0.0
+        energy = torch.linalg.svdvals(graph.module(unit.name).weight.detach().flatten(1).double().cpu()) ** 2
+        out[axis] = (worth * energy / energy.sum().clamp_min(1e-30)).numpy()
+    return out
+
+
+def taylor_rank_scores(graph: ChannelGraph, axes: Iterable[int], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                       num_batches: int, progress: bool = True, device: torch.device | str = "cpu"
+                       ) -> dict[int, np.ndarray]:
+    """Taylor scores of the singular values, in the currency of :func:`taylor_importance`: with
+    the layer's weight ``W = U S Vᵀ``, ``∂L/∂σᵢ = uᵢᵀ (∂L/∂W) vᵢ``, and the score is the
+    first-order loss change when σᵢ goes to zero, ``(σᵢ · ∂L/∂σᵢ)²``, averaged over batches."""
+    axes = list(axes)
+    svds = {a: _svd(graph, a) for a in axes}
+    layers = {a: graph.module(graph.units[a - RANK_AXIS].name) for a in axes}
+    sums = {a: torch.zeros(len(svds[a][1]), dtype=torch.float64) for a in axes}
+    model = graph.model
+    model.eval()
+    model.to(device)
+    seen = 0
+    try:
+        for x, y in bar(batches, total=num_batches, desc="rank importance", unit="batch", enabled=progress):
+            if seen >= num_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)).backward()
+            with torch.no_grad():
+                for a in axes:
+                    u, s, vh = svds[a]
+                    grad = layers[a].weight.grad.detach().flatten(1).double().cpu()
+                    sums[a] += (s * ((u.T @ grad) * vh).sum(1)) ** 2
+            seen += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.to("cpu")
+    if seen == 0:
+        raise SpecError("no data batch reached the rank importance estimate; check that the training data yields "
+                        "(inputs, labels) batches")
+    return {a: (t / seen).numpy() for a, t in sums.items()}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latprune.errors import BudgetError
+from latprune.graph.lowrank import is_rank_axis, rank_axis
 from latprune.latency_lut.predict import Predictor
 from latprune.pruner.importance import Scores
 
@@ -36,10 +37,16 @@ class Solution:
 def option_values(scores: Scores, options: dict[int, list[int]]) -> dict[int, list[float]]:
     """value[g][i] = importance kept by the best ``options[g][i]`` channels of group g, normalised
     so that keeping everything is worth 1 in total. Width 0 (a removed block) keeps the group's
-    full value minus the block's own score: the loss change when its whole branch goes."""
+    full value minus the block's own score: the loss change when its whole branch goes. A rank
+    axis's option r is worth minus the scores of the singular values it drops (its last option,
+    the layer whole, drops none)."""
     total = sum(float(s.sum()) for s in scores.channels.values()) or 1.0
     values = {}
     for g, opts in options.items():
+        if is_rank_axis(g):
+            dropped = np.concatenate([np.cumsum(scores.ranks[g][::-1])[::-1], [0.0]])
+            values[g] = [-float(dropped[min(r, len(dropped) - 1)]) / total for r in opts]
+            continue
         ranked = np.sort(scores.channels[g])[::-1]
         cum = np.concatenate([[0.0], np.cumsum(ranked)])
         values[g] = [float(cum[w]) / total for w in opts]
@@ -50,20 +57,19 @@ def option_values(scores: Scores, options: dict[int, list[int]]) -> dict[int, li
 
 def _linearised_costs(predictor: Predictor, options: dict[int, list[int]],
                       current: dict[int, int]) -> tuple[dict[int, list[float]], float]:
-    """cost[g][i] (raw ms) of giving group g its i-th width, other groups at ``current``; and the fixed part."""
+    """cost[g][i] (raw ms) of giving axis g its i-th option, the other axes at ``current``; and the
+    fixed part. A unit's latency is shared evenly among the axes that set it: its input and
+    output groups and, where it is offered one, its rank (:mod:`~latprune.graph.lowrank`)."""
     costs = {g: [0.0] * len(opts) for g, opts in options.items()}
     fixed = 0.0
-    for unit in predictor.graph.units:
-        gin = None if unit.depthwise else unit.in_group
-        gout = unit.out_group
-        if gin is None and gout is None:
+    for i, unit in enumerate(predictor.graph.units):
+        axes = {None if unit.depthwise else unit.in_group, unit.out_group, rank_axis(i)} & options.keys()
+        if not axes:
             fixed += predictor.unit_ms(unit, current)
             continue
-        shared = gin is not None and gout is not None and gin != gout
-        for g in {gin, gout} - {None}:
-            for i, w in enumerate(options[g]):  # type: ignore[index]
-                ms = predictor.unit_ms(unit, {**current, g: w})
-                costs[g][i] += 0.5 * ms if shared else ms  # type: ignore[index]
+        for g in axes:
+            for j, w in enumerate(options[g]):
+                costs[g][j] += predictor.unit_ms(unit, {**current, g: w}) / len(axes)
     return costs, fixed
 
 
@@ -123,7 +129,7 @@ def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
     Raises :class:`BudgetError` (naming the smallest reachable latency) when
     even the narrowest configuration misses the budget."""
     values = option_values(scores, options) if values is None else values
-    narrowest = {g: opts[0] for g, opts in options.items()}
+    narrowest = cheapest(predictor, options)
     floor_ms = predictor.predict(narrowest)
     if floor_ms > budget_ms:
         raise BudgetError(
@@ -147,6 +153,17 @@ def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
     current = descend(predictor, options, values, current, budget_ms)
     current = fill(predictor, options, values, current, budget_ms)
     return Solution(current, predictor.predict(current), kept_value(values, options, current), iterations)
+
+
+def cheapest(predictor: Predictor, options: dict[int, list[int]]) -> dict[int, int]:
+    """The configuration the prediction prices lowest: every group at its narrowest width,
+    and every rank axis at its cheapest option there (its lowest rank need not be: the pair
+    is two kernels)."""
+    widths = {g: opts[0] if not is_rank_axis(g) else opts[-1] for g, opts in options.items()}
+    for g, opts in options.items():
+        if is_rank_axis(g):
+            widths[g] = min(opts, key=lambda r: predictor.predict({**widths, g: r}))
+    return widths
 
 
 def kept_value(values: dict[int, list[float]], options: dict[int, list[int]], widths: dict[int, int]) -> float:

@@ -32,9 +32,10 @@ from latprune import parallel
 from latprune._progress import bar
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid, group_align
+from latprune.graph.lowrank import RANK_AXIS, applicable, factorise_, rank_options, ranks_of, split_ranks
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
-from latprune.latency_lut.profile import measure_beside_anchor, measure_settled, model_pass
+from latprune.latency_lut.profile import grid_keys, measure_beside_anchor, measure_settled, model_pass
 from latprune.pruner.configs import (
     FlopsConfig,
     GatorConfig,
@@ -42,12 +43,21 @@ from latprune.pruner.configs import (
     ImportanceConfig,
     MethodConfig,
     TaylorConfig,
+    TrpConfig,
     UniformL1Config,
     register,
 )
 from latprune.pruner.gates import GateConfig, Gates, LatencyPenalty, latency_penalty
-from latprune.pruner.importance import Scores, l1_importance, option_losses, taylor_importance
+from latprune.pruner.importance import (
+    Scores,
+    energy_rank_scores,
+    l1_importance,
+    option_losses,
+    taylor_importance,
+    taylor_rank_scores,
+)
 from latprune.pruner.knapsack import Solution, descend, fill, kept_value, option_values, solve
+from latprune.pruner.trp import TrpRegulariser
 from latprune.train import Checkpoint, Compute, reseeded
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -74,6 +84,7 @@ class Context:
     compute: Compute = Compute()  # where gate training and recovery run
     checkpoint: Callable[[str], Checkpoint | None] = lambda stage: None  # where a training stage saves its state
     _base_pass: Callable[[], Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _ranks_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def importance_config(self) -> ImportanceConfig:
@@ -92,10 +103,38 @@ class Context:
         """Taylor (or L1, when asked) scores of the current model."""
         config = self.importance_config
         if config.importance == "l1":
-            return l1_importance(self.graph)
-        return taylor_importance(self.graph, self.batches(seed_offset), batches or config.importance_batches,
-                                 order=2 if config.importance == "taylor2" else 1,
-                                 progress=self.progress, gates=gates, mode=mode, device=self.compute.device)
+            scores = l1_importance(self.graph)
+        else:
+            scores = taylor_importance(self.graph, self.batches(seed_offset), batches or config.importance_batches,
+                                       order=2 if config.importance == "taylor2" else 1,
+                                       progress=self.progress, gates=gates, mode=mode, device=self.compute.device)
+        axes = list(self.rank_options())
+        if axes and config.importance == "l1":
+            scores.ranks = energy_rank_scores(self.graph, axes, scores)
+        elif axes:
+            scores.ranks = taylor_rank_scores(self.graph, axes, self.batches(seed_offset + 500),
+                                              batches or config.importance_batches, self.progress,
+                                              self.compute.device)
+        return scores
+
+    def rank_options(self) -> dict[int, list[int]]:
+        """Every layer's rank options by rank axis (:func:`~latprune.graph.lowrank.rank_options`)
+        when the config asks for ``lowrank``, else none."""
+        if not getattr(self.config, "uses_ranks", False):
+            return {}
+        if not self._ranks_checked:
+            missing = self.predictor.missing(grid_keys(self.graph, self.grid, lowrank=True))
+            if missing:
+                raise LutError(f"the LUT {self.predictor.lut.path} lacks {len(missing)} measurements of this "
+                               "model's factorised layers; profile it with lowrank (`latprune profile --lowrank`, "
+                               "latprune.profile(..., lowrank=True)) before pruning with lowrank")
+            self._ranks_checked = True
+        return rank_options(self.graph.units, self.graph.model, self.grid.align)
+
+    def options(self, blocks: bool) -> dict[int, list[int]]:
+        """Width options of every group on the grid (with ``blocks``, a block's inner group offers
+        0: the block removed), and the :meth:`rank_options` beside them."""
+        return {**self.graph.options(self.grid, blocks=blocks), **self.rank_options()}
 
     def values(self, scores: Scores, options: dict[int, list[int]],
                keep: dict[int, list[int]] | None, seed_offset: int = 0) -> dict[int, list[float]]:
@@ -165,11 +204,22 @@ class Decision:
     extra: dict[str, Any] = field(default_factory=dict)
     measured_ms: float | None = None  # the chosen candidate as the method measured it (ms, beside the base)
     predictor: Predictor | None = None  # the predictor as the closed loop left it (rescaled by measurements)
+    ranks: dict[str, int] = field(default_factory=dict)  # layers factorised (graph.lowrank), by name: their rank
 
 
 def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
-    """The ``widths[g]`` highest-scoring channels of each group (sorted indices)."""
-    return {g: sorted(int(i) for i in np.argsort(-scores.channels[g], kind="stable")[:w]) for g, w in widths.items()}
+    """The ``widths[g]`` highest-scoring channels of each group (sorted indices); rank axes
+    (:mod:`~latprune.graph.lowrank`) in ``widths`` are left out."""
+    return {g: sorted(int(i) for i in np.argsort(-scores.channels[g], kind="stable")[:w])
+            for g, w in split_ranks(widths)[0].items()}
+
+
+def slim_factorised(graph: ChannelGraph, keep: dict[int, list[int]], widths: dict[int, int]) -> nn.Module:
+    """``graph.slim(keep)`` with every layer that ``widths`` gives a rank factorised to it,
+    where the rank pays at the layer's slimmed widths (:func:`~latprune.graph.lowrank.applicable`)."""
+    slim = graph.slim(keep)
+    ranks = {graph.units[i].name: r for i, r in split_ranks(widths)[1].items()}
+    return factorise_(slim, applicable(slim, ranks))
 
 
 Solver = Callable[[Predictor, float], Solution]  # (predictor, target ms) -> widths
@@ -197,7 +247,7 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
             if solution.widths in tried:
                 break  # the corrected prediction leads back to a configuration already measured
             tried.append(solution.widths)
-            slim = graph.slim(keep(solution.widths))
+            slim = slim_factorised(graph, keep(solution.widths), solution.widths)
             meter.set_postfix(candidate=iteration, refresh=False)
             measured_ms, base_beside_ms, measurements = ctx.measure_checked(slim, target_ms, meter.update)
             fits = measured_ms <= target_ms
@@ -207,7 +257,9 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
                             "base_beside_ms": base_beside_ms, "fits": fits,
                             "kept_importance": solution.value,
                             "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
-                            "widths": {graph.groups[g].root: solution.widths[g] for g in sorted(solution.widths)}})
+                            "widths": {graph.groups[g].root: w
+                                       for g, w in sorted(split_ranks(solution.widths)[0].items())},
+                            **({"ranks": ranks_of(slim)} if ranks_of(slim) else {})})
             if fits:
                 if accepted is None or solution.value > accepted[0].value:
                     accepted = (solution, slim, measured_ms)
@@ -231,7 +283,7 @@ def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int
     solution, slim, measured_ms, history, predictor = closed_loop(
         ctx, lambda pred, t: solve(pred, options, scores, t, values=values), lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra, measured_ms,
-                    predictor)
+                    predictor, ranks_of(slim))
 
 
 # -- gator ---------------------------------------------------------------------------------------
@@ -308,7 +360,7 @@ def gate_decision(ctx: Context, trained: GateTraining, gates: Gates | None = Non
         "expected_ms_trace": [round(h["expected_ms"], 4)
                               for h in penalty.history[:: max(1, len(penalty.history) // 50)]],
     }}
-    return _knapsack_decision(ctx, scores, trained.options, extra)
+    return _knapsack_decision(ctx, scores, {**trained.options, **ctx.rank_options()}, extra)
 
 
 def gator(ctx: Context) -> Decision:
@@ -359,7 +411,7 @@ def halp(ctx: Context) -> Decision:
     between; the last round runs in the closed loop."""
     config = ctx.config
     assert isinstance(config, HalpConfig)  # the registry pairs them
-    options = ctx.graph.options(ctx.grid, blocks=config.blocks)
+    options = ctx.options(blocks=config.blocks)
     steps = max(1, config.steps)
     keep: dict[int, list[int]] | None = None
     scores = ctx.scores()
@@ -387,7 +439,7 @@ def taylor(ctx: Context) -> Decision:
     from there by the same ratio."""
     config = ctx.config
     assert isinstance(config, TaylorConfig)  # the registry pairs them
-    options = ctx.graph.options(ctx.grid, blocks=config.blocks)  # a block's last step removes it
+    options = ctx.options(blocks=config.blocks)  # a block's last step removes it
     floor_ms = ctx.predictor.predict({g: opts[0] for g, opts in options.items()})
     if floor_ms > ctx.target_ms:
         raise BudgetError(f"budget {ctx.budget_ms:.3f} ms (target {ctx.target_ms:.3f} ms with the timing margin) is "
@@ -424,6 +476,44 @@ def taylor(ctx: Context) -> Decision:
     solution, slim, measured_ms, history, predictor = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history,
                     {"rescore_rounds": rounds}, measured_ms, predictor)
+
+
+# -- trp ---------------------------------------------------------------------------------------------
+def rank_trained(ctx: Context) -> dict[str, Any]:
+    """``ctx.graph.model`` trained towards low rank (:class:`~latprune.pruner.trp.TrpRegulariser`)
+    over every layer offered a rank, on every rank under torchrun; what the training did."""
+    from latprune.train import TrainConfig, train
+
+    config = ctx.config
+    assert isinstance(config, TrpConfig)  # the registry pairs them
+    axes = ctx.rank_options()
+    if not axes:
+        raise SpecError("method 'trp' found no layer that a low rank makes cheaper (convolutions with one group "
+                        "and linear layers, below their break-even rank); prune this model's widths instead")
+    layers = {ctx.graph.units[a - RANK_AXIS].name: ctx.graph.module(ctx.graph.units[a - RANK_AXIS].name)
+              for a in axes}
+    regulariser = TrpRegulariser(layers, config.nuclear_weight, config.trp_period, config.trp_energy)
+    if config.trp_epochs > 0:
+        train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=config.trp_epochs, lr=config.lr, seed=ctx.seed,
+                                                          compute=ctx.compute),
+              desc="rank training", penalty=regulariser, checkpoint=ctx.checkpoint("trp"))
+    return {"layers": len(layers), "steps": regulariser.steps, "projections": regulariser.projections,
+            "rank_share_at_energy": round(regulariser.mean_rank_share(), 4)}
+
+
+def rank_decision(ctx: Context, trained: dict[str, Any]) -> Decision:
+    """The ranks of the rank-trained model: the knapsack over rank options alone (every group
+    at full width), values from its singular values' scores, in the closed loop."""
+    scores = ctx.scores()
+    options = {**{g.id: [g.size] for g in ctx.graph.groups}, **ctx.rank_options()}
+    return _knapsack_decision(ctx, scores, options, {"trp": trained})
+
+
+def trp(ctx: Context) -> Decision:
+    """Trained Rank Pruning: train towards low rank (:mod:`~latprune.pruner.trp`), then factorise
+    the layers, and to the ranks, that the LUT prices within the budget for the least loss
+    (:func:`rank_trained`, :func:`rank_decision`)."""
+    return rank_decision(ctx, rank_trained(ctx))
 
 
 # -- baselines ---------------------------------------------------------------------------------------
@@ -533,7 +623,8 @@ def flops(ctx: Context) -> Decision:
 
 
 METHODS: dict[type[MethodConfig], Callable[[Context], Decision]] = {
-    GatorConfig: gator, HalpConfig: halp, TaylorConfig: taylor, UniformL1Config: uniform_l1, FlopsConfig: flops,
+    GatorConfig: gator, HalpConfig: halp, TaylorConfig: taylor, TrpConfig: trp, UniformL1Config: uniform_l1,
+    FlopsConfig: flops,
 }
 
 
@@ -541,6 +632,7 @@ METHODS: dict[type[MethodConfig], Callable[[Context], Decision]] = {
 # decision (rank 0 alone). Every other method decides on rank 0 alone, its recovery training included.
 TRAINS_ON_EVERY_RANK: dict[type[MethodConfig], tuple[Callable[[Context], Any], Callable[[Context, Any], Decision]]] = {
     GatorConfig: (trained_gates, gate_decision),
+    TrpConfig: (rank_trained, rank_decision),
 }
 
 

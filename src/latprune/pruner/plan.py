@@ -23,9 +23,10 @@ from torch import nn
 from latprune._io import atomic_write_text
 from latprune.errors import RunDirError
 from latprune.graph.channels import apply_plan_
+from latprune.graph.lowrank import factorise_
 
-PLAN_VERSION = 2
-READABLE_VERSIONS = (1, 2)   # version 1: no removed_blocks
+PLAN_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)   # version 1: no removed_blocks; 1 and 2: no ranks
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PruningPlan:
     input_shape: tuple[int, ...]
     groups: tuple[GroupPlan, ...]
     removed_blocks: tuple[str, ...] = ()  # residual blocks replaced by their shortcut
+    ranks: dict[str, int] = field(default_factory=dict)  # layers factorised after slimming (graph.lowrank): rank
     levels: int = 8                      # width grid the plan was chosen on: levels ...
     align: int = 1                       # ... and alignment (see graph.channels.Grid)
     grid_extra: dict[str, list[int]] = field(default_factory=dict)  # ... and widths `profile --refine` added, per root
@@ -78,7 +80,8 @@ class PruningPlan:
             groups = tuple(GroupPlan(g["root"], int(g["size"]), tuple(int(i) for i in g["keep"]))
                            for g in raw["groups"])
             raw = {**raw, "groups": groups, "input_shape": tuple(raw["input_shape"]),
-                   "removed_blocks": tuple(str(b) for b in raw.get("removed_blocks", ())), "version": PLAN_VERSION}
+                   "removed_blocks": tuple(str(b) for b in raw.get("removed_blocks", ())),
+                   "ranks": {str(name): int(r) for name, r in raw.get("ranks", {}).items()}, "version": PLAN_VERSION}
             return cls(**raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise RunDirError(f"{source} is missing or has malformed fields ({exc}); prune again") from None
@@ -95,6 +98,8 @@ class PruningPlan:
         return cls.from_json(p.read_text(encoding="utf-8"), str(p))
 
     def apply_(self, model: nn.Module) -> nn.Module:
-        """Slim ``model`` (a fresh base model) in place to this plan's blocks and widths."""
-        return apply_plan_(model, self.input_shape, self.removed_blocks, {g.root: g.keep for g in self.groups},
+        """Slim ``model`` (a fresh base model) in place to this plan's blocks and widths, then
+        factorise the layers it gives a rank."""
+        slim = apply_plan_(model, self.input_shape, self.removed_blocks, {g.root: g.keep for g in self.groups},
                            {g.root: g.size for g in self.groups})
+        return factorise_(slim, self.ranks)
