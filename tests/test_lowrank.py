@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import latprune
+from latprune.cli import main
 from latprune.errors import LutError, SpecError
 from latprune.graph.channels import ChannelGraph
 from latprune.graph.lowrank import (
@@ -20,11 +21,14 @@ from latprune.graph.lowrank import (
     factorise_,
     max_rank,
     pair_keys,
+    pays,
     project_,
     rank_grid,
     ranks_of,
     singular_values,
 )
+from latprune.latency_lut.plots import rank_curves
+from latprune.latency_lut.store import Lut
 from latprune.models import ResNetCifar
 from latprune.pruner.trp import TrpRegulariser, energy_rank
 from latprune.runtime.onnx import checked_onnx
@@ -182,3 +186,16 @@ def test_trp_refuses_a_model_with_nothing_to_factorise(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="no layer that a low rank makes cheaper"):
         latprune.prune(model, lut, "0.8x", example_input=TINY_INPUT, method=latprune.TrpConfig(),
                        train_loader=tiny_loader(), progress=False)
+
+
+def test_lut_show_plots_rank_beside_width(lowrank_lut: latprune.LUT, tmp_path: Path) -> None:
+    with Lut.open(lowrank_lut.path) as lut:
+        curves = rank_curves(lut)
+    conv = next(c for c in curves if c["key"].op == "conv" and c["key"].kernel == (3, 3) and c["key"].cin == 32)
+    key = conv["key"]
+    assert [r for r, _ in conv["ranks"]] == [r for r in rank_grid(key, lowrank_lut.report.align) if pays(key, r)]
+    assert all(ms < conv["ms"] for _, ms in conv["ranks"][:1])  # the lowest rank costs less than the unit (by MACs)
+    assert max(w for w, _ in conv["widths"]) == key.cout
+    shown = tmp_path / "lut.png"
+    assert main(["lut", "show", str(lowrank_lut.path), "--plot", str(shown)]) in (0, None)
+    assert (tmp_path / "lut-ranks.png").stat().st_size > 1000

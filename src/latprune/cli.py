@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file")
     q.add_argument("--limit", type=int, default=20, help="entries to print (0: all)")
     q.add_argument("--plot", default=None, help="write a PNG of latency vs width per unit shape (and, for a "
-                   "refined LUT, PLOT's name with -staircases: each group's latency vs its width, steps marked)")
+                   "refined LUT, PLOT's name with -staircases: each group's latency vs its width, steps marked; for "
+                   "a LUT profiled with --lowrank, PLOT's name with -ranks: latency vs rank beside latency vs width)")
     _add_json(q)
     q = lsub.add_parser("merge", help="join LUTs (e.g. shards) measured with the same fingerprint")
     q.add_argument("inputs", nargs="+", help="LUT files to join")
@@ -449,16 +450,15 @@ def _lut_show(args: argparse.Namespace) -> None:
             "shown": [{"key": k.text, **lat.to_dict()} for k, lat in shown],
         }
         if args.plot:
-            from latprune.latency_lut.plots import plot_lut
+            from latprune.latency_lut.plots import plot_lut, plot_ranks, plot_staircases, rank_curves
 
+            stem = Path(args.plot)
+            beside = lambda tag: str(stem.with_name(f"{stem.stem}-{tag}{stem.suffix or '.png'}"))  # noqa: E731
             result["plot"] = plot_lut(lut, args.plot)
+            if rank_curves(lut):
+                result["rank_plot"] = plot_ranks(lut, beside("ranks"))
             if result["staircases"]:
-                from latprune.latency_lut.plots import plot_staircases
-
-                stem = Path(args.plot)
-                result["staircase_plot"] = plot_staircases(
-                    result["staircases"], str(stem.with_name(f"{stem.stem}-staircases{stem.suffix or '.png'}")),
-                    lut.path.name)
+                result["staircase_plot"] = plot_staircases(result["staircases"], beside("staircases"), lut.path.name)
     _print(args, result, lut_text)
 
 

@@ -10,6 +10,8 @@ import numpy as np
 
 from latprune._io import atomic_write_with
 from latprune.errors import LutError, MissingDependency
+from latprune.graph.lowrank import pair_keys
+from latprune.graph.units import LayerKey
 from latprune.latency_lut.store import Lut
 
 
@@ -62,6 +64,67 @@ def plot_lut(lut: Lut, path: str, max_panels: int = 16) -> str:
     fp = lut.fingerprint
     fig.suptitle(f"{lut.path.name}: {fp.get('backend')} {fp.get('runtime_version')}, {fp.get('threads')} thread(s), "
                  f"{fp.get('device')}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def rank_curves(lut: Lut) -> list[dict[str, Any]]:
+    """Per unit shape whose factorised pairs the LUT holds (``profile --lowrank``), at its full
+    widths: the unit's latency, its pair's latency at each rank measured, and the unit's latency
+    against its output width (the input at full width): what a rank and a width each cost."""
+    entries = {k: lat.median_ms for k, lat in lut.items()}
+    firsts: dict[LayerKey, list[int]] = {}
+    for key in entries:  # a pair's first layer: nothing fused after it
+        if key.op in ("conv", "linear") and key.groups == 1 and not (key.bias or key.bn or key.add or key.act):
+            firsts.setdefault(replace(key, cout=0), []).append(key.cout)
+    full: dict[LayerKey, LayerKey] = {}
+    for key in entries:
+        if key.op in ("conv", "linear") and key.groups == 1:
+            fam = replace(key, cin=0, cout=0)
+            if fam not in full or (key.cin, key.cout) > (full[fam].cin, full[fam].cout):
+                full[fam] = key
+    curves = []
+    for key in full.values():
+        template = pair_keys(key, 1)[0]
+        ranks = []
+        for r in sorted(firsts.get(replace(template, cout=0), [])):
+            first, second = pair_keys(key, r)
+            if r < key.cout and first in entries and second in entries:
+                ranks.append((r, entries[first] + entries[second]))
+        if ranks:
+            widths = sorted((k.cout, ms) for k, ms in entries.items() if replace(k, cout=0) == replace(key, cout=0))
+            curves.append({"key": key, "ms": entries[key], "ranks": ranks, "widths": widths})
+    return curves
+
+
+def plot_ranks(lut: Lut, path: str, max_panels: int = 16) -> str:
+    """One panel per unit shape with factorised pairs in the LUT: latency against rank (the
+    pair) beside latency against output width (the unit narrowed), the unit whole as a line."""
+    plt = _pyplot()
+    curves = sorted(rank_curves(lut), key=lambda c: -c["ms"])[:max_panels]
+    if not curves:
+        raise LutError(f"{lut.path} holds no factorised pairs; profile with lowrank=True (`--lowrank`) first")
+    cols = min(4, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, c in zip(axes.flat, curves):
+        key = c["key"]
+        ax.plot([w for w, _ in c["widths"]], [ms for _, ms in c["widths"]], marker=".", lw=1, label="width")
+        ax.plot([r for r, _ in c["ranks"]], [ms for _, ms in c["ranks"]], marker="x", lw=1, label="rank (pair)")
+        ax.axhline(c["ms"], color="0.5", lw=0.8, ls="--", label="whole")
+        ax.set_title(f"{key.op} {key.cin}->{key.cout} k{key.kernel[0]} s{key.stride[0]} "
+                     f"{'x'.join(map(str, key.in_hw))}", fontsize=8)
+        ax.set_xlabel("output width, or rank", fontsize=7)
+        ax.set_ylabel("ms", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    fp = lut.fingerprint
+    fig.suptitle(f"{lut.path.name}: rank vs width, {fp.get('backend')} {fp.get('runtime_version')}, "
+                 f"{fp.get('threads')} thread(s)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
