@@ -139,6 +139,12 @@ def test_a_lowrank_prune_factorises_where_the_lut_says_and_replays(lowrank_lut: 
         assert torch.equal(same.model(x), result.model(x))
 
 
+def test_every_knapsack_method_records_the_ranks_it_factorised(lowrank_lut: latprune.LUT) -> None:
+    result = latprune.prune(low_rank_resnet(), lowrank_lut, "0.7x", example_input=torch.randn(*TINY_INPUT),
+                            method=latprune.TaylorConfig(importance="l1", lowrank=True), progress=False)
+    assert result.plan.ranks and result.plan.ranks == ranks_of(result.model)
+
+
 def test_a_lowrank_prune_with_taylor_scores_runs(lowrank_lut: latprune.LUT) -> None:
     result = latprune.prune(resnet(), lowrank_lut, "0.6x", example_input=torch.randn(*TINY_INPUT),
                             method=latprune.HalpConfig(importance="taylor", lowrank=True, steps=1),

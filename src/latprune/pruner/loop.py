@@ -299,7 +299,7 @@ def _decision_from(ctx: Context, record: dict[str, Any]) -> Decision:
     calibration = record["calibration"]
     predictor = Predictor(ctx.predictor.lut, ctx.graph, Calibration(**calibration)) if calibration else None
     return Decision(keep, slim.eval(), record["predicted_ms"], record["history"], record["extra"],
-                    record["measured_ms"], predictor, ranks)
+                    record["measured_ms"], predictor)
 
 
 def finetune(training: Training, model: nn.Module, teacher: nn.Module, seed: int,

@@ -204,7 +204,11 @@ class Decision:
     extra: dict[str, Any] = field(default_factory=dict)
     measured_ms: float | None = None  # the chosen candidate as the method measured it (ms, beside the base)
     predictor: Predictor | None = None  # the predictor as the closed loop left it (rescaled by measurements)
-    ranks: dict[str, int] = field(default_factory=dict)  # layers factorised (graph.lowrank), by name: their rank
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """The layers the slimmed model factorised (:mod:`~latprune.graph.lowrank`), by name: their rank."""
+        return ranks_of(self.slim)
 
 
 def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
@@ -283,7 +287,7 @@ def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int
     solution, slim, measured_ms, history, predictor = closed_loop(
         ctx, lambda pred, t: solve(pred, options, scores, t, values=values), lambda w: keep_top(scores, w))
     return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra, measured_ms,
-                    predictor, ranks_of(slim))
+                    predictor)
 
 
 # -- gator ---------------------------------------------------------------------------------------
