@@ -71,3 +71,24 @@ def test_ranks_given_different_arguments_are_refused(model_file: str, fake_lut: 
         assert len(lines) == 1 and "Traceback" not in err, err
         assert "other arguments than rank 0 (they differ in: budget)" in lines[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_torchrun_rank_training_runs_on_every_rank(model_file: str, tmp_path: Path) -> None:
+    """``--method trp`` trains towards low rank on both ranks (its projections and nuclear-norm
+    term keep them equal), and rank 0 alone decides the ranks."""
+    from latprune.cli import main
+
+    lut = tmp_path / "lowrank.lut"
+    assert main(["profile", model_file, "--input", "1x1x28x28", "--backend", "fake", "--threads", "1", "--levels",
+                 "2", "--calibration-samples", "4", "--lowrank", "-o", str(lut), "--json"]) == 0
+    out = tmp_path / "run"
+    argv = [a for a in _argv(model_file, str(lut), out, budget="50ms") if a not in ("--gate-epochs", "0.25")]
+    done = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "latprune",
+                           *argv, "--method", "trp", "--trp-epochs", "0.25", "--trp-period", "2"], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    world = metrics["distributed"]
+    assert world["weights_sha256"][0] == world["weights_sha256"][1]
+    assert world["max_difference_before_sync"]["rank training"] == 0.0
+    assert metrics["method_details"]["trp"]["projections"] > 0 and metrics["budget_met"]
