@@ -67,6 +67,32 @@ def limit_memory(gib: float) -> None:
 # --------------------------------------------------------------------------- children
 
 
+def run_step(row: dict[str, Any], row_file: Path, label: str, fn: Callable[[], None]) -> bool:
+    """Run one step of a child's ``row`` (it has ``steps_s``, ``failed`` and ``warnings``): the row
+    names the step while it runs, then records its seconds, latprune's warnings and, where it
+    raised, ``failed`` with the step and the exception's first line; written to ``row_file``
+    before and after. Whether the step succeeded."""
+    import latprune
+
+    row["running"] = label
+    write_json(row_file, row)
+    t0 = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", latprune.LatpruneWarning)
+        try:
+            fn()
+        except Exception as exc:  # latprune's own errors and any other: the row says which and where
+            row["failed"] = {"step": label, "error": one_line(exc),
+                             "latprune_error": isinstance(exc, latprune.LatpruneError)}
+            print(traceback.format_exc(), file=sys.stderr)
+    row["warnings"] += [f"{label}: {one_line(w.message, 200)}" for w in caught
+                        if issubclass(w.category, latprune.LatpruneWarning)]
+    row["steps_s"][label] = round(time.time() - t0, 1)
+    row.pop("running")
+    write_json(row_file, row)
+    return row["failed"] is None
+
+
 def fitted_model(name: str, first: int) -> tuple[Any, int, dict[str, str]]:
     """The registry's ``torchvision:NAME`` at the first square size it runs at, from ``first``
     (then NEXT_SIZES above it); the errors of the sizes that failed."""
@@ -110,25 +136,6 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
     row: dict[str, Any] = {"model": name, "steps_s": {}, "failed": None, "warnings": [],
                            "fingerprint": get_backend(BACKEND, THREADS).fingerprint()}
     state: dict[str, Any] = {}
-
-    def step(label: str, fn: Callable[[], None]) -> bool:
-        row["running"] = label
-        write_json(row_file, row)
-        t0 = time.time()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", latprune.LatpruneWarning)
-            try:
-                fn()
-            except Exception as exc:  # latprune's own errors and any other: the row says which and where
-                row["failed"] = {"step": label, "error": one_line(exc),
-                                 "latprune_error": isinstance(exc, latprune.LatpruneError)}
-                print(traceback.format_exc(), file=sys.stderr)
-        row["warnings"] += [f"{label}: {one_line(w.message, 200)}" for w in caught
-                            if issubclass(w.category, latprune.LatpruneWarning)]
-        row["steps_s"][label] = round(time.time() - t0, 1)
-        row.pop("running")
-        write_json(row_file, row)
-        return row["failed"] is None
 
     def build() -> None:
         spec, size, failed = fitted_model(name, args.size)
@@ -183,7 +190,7 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
             raise RuntimeError(f"ONNX parity {parity['max_abs_diff']:.2e} exceeds 1e-4")
 
     for label, fn in (("build", build), ("profile", profile), ("prune", prune), ("export", export)):
-        if not step(label, fn):
+        if not run_step(row, row_file, label, fn):
             break
 
 
@@ -229,6 +236,28 @@ def tp_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
 # --------------------------------------------------------------------------- parent
 
 
+def run_process(cmd: list[str], timeout_s: float, log: Path, title: str) -> int | None:
+    """Run ``cmd`` in a session of its own, its output appended to ``log`` under a ``=== title``
+    line; its exit code, or None where it ran past ``timeout_s`` and was killed with whatever it started."""
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"\n=== {title} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the child and whatever it started
+            proc.wait()
+            return None
+
+
+def how_it_ended(rc: int | None, timeout_s: float, log: Path) -> str:
+    """A child's end in words, from :func:`run_process`'s exit code, with where its log is."""
+    why = f"killed after the {timeout_s:.0f} s limit" if rc is None else (
+        f"died on signal {-rc}" if rc < 0 else f"exited with code {rc}")
+    return why + f" (see {log.relative_to(HERE) if log.is_relative_to(HERE) else log})"
+
+
 def run_child(kind: str, name: str, size: int, args: argparse.Namespace, timeout_s: float,
               log: Path) -> dict[str, Any]:
     """Run one child (``latprune`` or ``tp``) on ``name`` from input ``size``; its row, with how it
@@ -239,22 +268,11 @@ def run_child(kind: str, name: str, size: int, args: argparse.Namespace, timeout
                "--size", str(size), "--levels", str(args.levels),
                "--calibration-samples", str(args.calibration_samples), "--memory-gib", str(args.memory_gib)]
         cmd += ["--recalibrate"] if args.recalibrate else []
-        with open(log, "a", encoding="utf-8") as out:
-            out.write(f"\n=== {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            out.flush()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                rc: int | None = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)  # the child and whatever it started
-                proc.wait()
-                rc = None
+        rc = run_process(cmd, timeout_s, log, kind)
         row = json.loads(row_file.read_text()) if row_file.is_file() else {}
     if rc == 0:
         return row
-    why = f"killed after the {timeout_s:.0f} s limit" if rc is None else (
-        f"died on signal {-rc}" if rc < 0 else f"exited with code {rc}")
-    why += f" (see {log.relative_to(HERE) if log.is_relative_to(HERE) else log})"
+    why = how_it_ended(rc, timeout_s, log)
     if kind == "latprune":
         row.setdefault("model", name)
         row["failed"] = {"step": row.pop("running", "start"), "error": why, "latprune_error": False}

@@ -1,0 +1,82 @@
+"""benchmarks/lut_fidelity.py --zoo: a row per model@size with its scores, resumed, and every row renders."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "lut_fidelity.py"
+
+
+@pytest.fixture(scope="module")
+def fid():
+    spec = importlib.util.spec_from_file_location("lut_fidelity_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def zoo_args(**kw) -> argparse.Namespace:
+    base = dict(backend="fake", threads=1, levels=2, passes=1, samples=4, recalibrate=False, beside=False,
+                memory_gib=8.0, timeout_s=300.0, force=False)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_zoo_scores_a_row_per_model_at_size_and_resumes(fid, tmp_path, capsys):
+    results_path = tmp_path / "results.json"
+    paths = (results_path, tmp_path / "luts", tmp_path / "work")
+    results = fid.run_zoo(["squeezenet1_1"], [32], zoo_args(), *paths)
+
+    assert list(results) == ["squeezenet1_1@32"]
+    row = results["squeezenet1_1@32"]
+    assert row["failed"] is None, row["failed"]
+    assert row["input"] == [1, 3, 32, 32] and row["backend"] == "fake" and row["threads"] == 1
+    assert set(row["steps_s"]) == {"build", "profile", "fidelity"}
+    assert row["units"] > 0 and row["lut_keys"] > 0 and len(row["points"]) == 4
+    for score in ("stored", "anchored", "repeat"):
+        assert set(row[score]) == {"median_abs_pct", "within_5_pct", "within_10_pct", "spearman"}
+        assert 0.0 <= row[score]["within_5_pct"] <= row[score]["within_10_pct"] <= 1.0
+    assert row["repeat"]["median_abs_pct"] == 0.0  # the fake backend measures the same twice
+    assert (tmp_path / "luts" / "squeezenet1_1-32-fake-1t-l2.lut").is_file()
+    assert json.loads(results_path.read_text()) == results
+
+    def no_child(*_a, **_k):
+        raise AssertionError("a row already in the result file ran again")
+
+    capsys.readouterr()
+    fid.zoo_row, zoo_row = no_child, fid.zoo_row
+    try:
+        assert fid.run_zoo(["squeezenet1_1"], [32], zoo_args(), *paths) == results
+    finally:
+        fid.zoo_row = zoo_row
+    assert "squeezenet1_1@32: already in results.json, skipped" in capsys.readouterr().out
+
+
+def test_a_child_past_its_time_limit_is_a_failed_row(fid, tmp_path):
+    paths = (tmp_path / "results.json", tmp_path / "luts", tmp_path / "work")
+    row = fid.run_zoo(["resnet18"], [64], zoo_args(timeout_s=1.0), *paths)["resnet18@64"]
+    assert row["model"] == "resnet18" and row["size"] == 64 and row["failed"]["step"] in ("start", "build", "profile")
+    assert "killed after the 1 s limit" in row["failed"]["error"]
+
+
+def test_table_has_a_line_per_row_failed_or_not(fid):
+    def stats(median: float, w5: float, w10: float) -> dict[str, float]:
+        return {"median_abs_pct": median, "within_5_pct": w5, "within_10_pct": w10, "spearman": 0.99}
+
+    ok = {"input": [1, 3, 96, 96], "units": 21, "profile_seconds": 120.0, "fidelity_seconds": 30.0,
+          "stored": stats(2.1, 0.9, 1.0), "refit": stats(1.5, 0.95, 1.0), "repeat": stats(0.4, 1.0, 1.0),
+          "spread_pct": 1.2, "failed": None}
+    noisy = {**ok, "stored": stats(6.0, 0.4, 0.7), "repeat": stats(5.0, 0.5, 0.8)}
+    missed = {**ok, "stored": stats(6.0, 0.4, 0.7)}
+    failed = {"input": [1, 3, 96, 96], "failed": {"step": "profile", "error": "OrtError: groups | channels"}}
+    lines = fid.table({"resnet18@96": ok, "vgg11@96": noisy, "alexnet@96": missed,
+                       "regnet_x_400mf@96": failed}).splitlines()
+    assert len(lines) == 6
+    assert lines[2].startswith("| resnet18@96 | 96×96 | 21 | 120 / 30 | 2.10% | 90% | 100% | 0.990 |")
+    assert lines[2].endswith("| met |  |")
+    assert "| missed; repeat misses too |" in lines[3] and "| missed |" in lines[4]
+    assert lines[5].endswith("| profile: OrtError: groups \\| channels |")
