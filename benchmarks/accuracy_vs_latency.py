@@ -64,8 +64,8 @@ INPUT = (1, 1, 28, 28)
 # --arch: (widths, blocks per stage); resnet20 is the embedded model's architecture
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
-METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "gator-lowrank", "trp", "halp", "taylor",
-           "uniform-l1", "flops")
+METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "gator-lowrank", "trp", "trp-widths",
+           "halp", "taylor", "uniform-l1", "flops")
 # benchmark-only names for gator with other options: (method, GatorConfig fields). gator-st takes the
 # straight-through gate signal; gator-plan and gator-hold are gator-st with the plan start and the hold
 # penalty; gator-plan-t is the plan start with the default (Taylor) signal.
@@ -74,9 +74,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
                                                    "gator-plan": ("gator", {"gate_init": "plan", **ST}),
                                                    "gator-plan-t": ("gator", {"gate_init": "plan"}),
                                                    "gator-hold": ("gator", {"gate_penalty": "hold", **ST}),
-                                                   "gator-lowrank": ("gator", {"lowrank": True})}
+                                                   "gator-lowrank": ("gator", {"lowrank": True}),
+                                                   "trp-widths": ("trp", {"trp_widths": True})}
 # methods that weigh ranks beside widths: the LUT is profiled with lowrank when one of them runs
-LOWRANK = ("gator-lowrank", "trp")
+LOWRANK = ("gator-lowrank", "trp", "trp-widths")
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS and m != "trp")
 VIT = {"dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128}  # --arch vit
 FINETUNE_LR = 0.01     # the fine-tuning's peak learning rate, the same for every method
@@ -205,7 +206,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     bases = [run_base_ms(r, results) for r in measured] or [1.0]
     relative = max(bases) > 1.001 * min(bases)  # budgets round to 0.1 µs: one pass's bases differ by less
     key = "latency_kept" if relative else "final_ms"
-    markers = dict(zip(METHODS, "oPXh*^sDv", strict=True))
+    markers = dict(zip(METHODS, "oPXh*<>^sDvp", strict=True))
     for method in METHODS:
         runs = [r for r in measured if r["method"] == method]
         if not runs:

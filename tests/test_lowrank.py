@@ -13,7 +13,7 @@ from torch import nn
 
 import latprune
 from latprune.cli import main
-from latprune.errors import LutError, SpecError
+from latprune.errors import BudgetError, LutError, SpecError
 from latprune.graph.channels import ChannelGraph
 from latprune.graph.lowrank import (
     Factorised,
@@ -183,6 +183,15 @@ def test_trp_trains_towards_low_rank_and_factorises(lowrank_lut: latprune.LUT) -
     assert result.metrics["budget_met"] and result.plan.method == "trp" and result.plan.ranks
     assert all(g.width == g.size for g in result.plan.groups)  # trp leaves the widths alone
     assert ranks_of(result.model) == result.plan.ranks
+
+
+def test_trp_with_widths_reaches_below_what_ranks_alone_reach(lowrank_lut: latprune.LUT) -> None:
+    with pytest.raises(BudgetError, match="smallest reachable latency"):
+        latprune.prune(resnet(), lowrank_lut, "0.35x", example_input=TINY_INPUT, progress=False,
+                       method=latprune.TrpConfig(trp_epochs=0, importance="l1"))
+    result = latprune.prune(resnet(), lowrank_lut, "0.35x", example_input=TINY_INPUT, progress=False,
+                            method=latprune.TrpConfig(trp_epochs=0, importance="l1", trp_widths=True))
+    assert result.metrics["budget_met"] and any(g.width < g.size for g in result.plan.groups)
 
 
 def test_trp_refuses_a_model_with_nothing_to_factorise(tmp_path: Path) -> None:

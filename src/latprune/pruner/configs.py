@@ -165,7 +165,8 @@ class TaylorConfig(ImportanceConfig):
 @dataclass(frozen=True)
 class TrpConfig(ImportanceConfig):
     """Trained Rank Pruning: train towards low rank (periodic truncated-SVD projection and a
-    nuclear-norm term), then the knapsack chooses each layer's rank on the LUT; widths stay."""
+    nuclear-norm term), then the knapsack chooses each layer's rank on the LUT; widths stay,
+    unless ``trp_widths``."""
 
     name: ClassVar[str] = "trp"
 
@@ -174,6 +175,7 @@ class TrpConfig(ImportanceConfig):
     trp_period: int = _opt(20, "steps between truncated-SVD projections of every layer (0: none)")
     nuclear_weight: float = _opt(3e-4, "weight of the nuclear-norm term (sum over layers of ||W||*)")
     trp_energy: float = _opt(0.98, "each projection keeps this share of a layer's squared singular values")
+    trp_widths: bool = _opt(False, "also narrow channel groups and drop blocks in the same knapsack as the ranks")
 
     def __post_init__(self) -> None:
         super().__post_init__()

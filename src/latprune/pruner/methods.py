@@ -506,10 +506,14 @@ def rank_trained(ctx: Context) -> dict[str, Any]:
 
 
 def rank_decision(ctx: Context, trained: dict[str, Any]) -> Decision:
-    """The ranks of the rank-trained model: the knapsack over rank options alone (every group
-    at full width), values from its singular values' scores, in the closed loop."""
+    """The ranks of the rank-trained model: the knapsack over rank options (every group at full
+    width, or, with ``trp_widths``, every group's widths and blocks beside them), values from the
+    scores of its singular values and channels, in the closed loop."""
+    config = ctx.config
+    assert isinstance(config, TrpConfig)  # the registry pairs them
     scores = ctx.scores()
-    options = {**{g.id: [g.size] for g in ctx.graph.groups}, **ctx.rank_options()}
+    options = ctx.options(blocks=config.blocks) if config.trp_widths else \
+        {**{g.id: [g.size] for g in ctx.graph.groups}, **ctx.rank_options()}
     return _knapsack_decision(ctx, scores, options, {"trp": trained})
 
 
