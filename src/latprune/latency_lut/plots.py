@@ -31,6 +31,25 @@ def _save(fig: Any, path: str) -> str:
     return path
 
 
+def _label_panel(ax: Any, title: str, xlabel: str) -> None:
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel("ms", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=5)
+
+
+def _finish(plt: Any, fig: Any, axes: Any, used: int, title: str, path: str) -> str:
+    """Blank the panels past ``used``, title the figure, and write it to ``path``."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_lut(lut: Lut, path: str, max_panels: int = 16) -> str:
     """One panel per unit shape (everything but the widths): latency vs output
     width, one line per input width. Staircases show as flat runs and jumps."""
@@ -54,20 +73,10 @@ def plot_lut(lut: Lut, path: str, max_panels: int = 16) -> str:
         for cin in picks:
             pts = sorted(series[cin])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1, label=f"cin {cin}")
-        ax.set_title(name.split("|")[0], fontsize=8)
-        ax.set_xlabel("output channels", fontsize=7)
-        ax.set_ylabel("ms", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.legend(fontsize=5)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
+        _label_panel(ax, name.split("|")[0], "output channels")
     fp = lut.fingerprint
-    fig.suptitle(f"{lut.path.name}: {fp.get('backend')} {fp.get('runtime_version')}, {fp.get('threads')} thread(s), "
-                 f"{fp.get('device')}", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, axes, len(names), f"{lut.path.name}: {fp.get('backend')} {fp.get('runtime_version')}, "
+                   f"{fp.get('threads')} thread(s), {fp.get('device')}", path)
 
 
 def rank_curves(lut: Lut) -> list[dict[str, Any]]:
@@ -114,21 +123,11 @@ def plot_ranks(lut: Lut, path: str, max_panels: int = 16) -> str:
         ax.plot([w for w, _ in c["widths"]], [ms for _, ms in c["widths"]], marker=".", lw=1, label="width")
         ax.plot([r for r, _ in c["ranks"]], [ms for _, ms in c["ranks"]], marker="x", lw=1, label="rank (pair)")
         ax.axhline(c["ms"], color="0.5", lw=0.8, ls="--", label="whole")
-        ax.set_title(f"{key.op} {key.cin}->{key.cout} k{key.kernel[0]} s{key.stride[0]} "
-                     f"{'x'.join(map(str, key.in_hw))}", fontsize=8)
-        ax.set_xlabel("output width, or rank", fontsize=7)
-        ax.set_ylabel("ms", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.legend(fontsize=5)
-    for ax in list(axes.flat)[len(curves):]:
-        ax.axis("off")
+        _label_panel(ax, f"{key.op} {key.cin}->{key.cout} k{key.kernel[0]} s{key.stride[0]} "
+                     f"{'x'.join(map(str, key.in_hw))}", "output width, or rank")
     fp = lut.fingerprint
-    fig.suptitle(f"{lut.path.name}: rank vs width, {fp.get('backend')} {fp.get('runtime_version')}, "
-                 f"{fp.get('threads')} thread(s)", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, axes, len(curves), f"{lut.path.name}: rank vs width, {fp.get('backend')} "
+                   f"{fp.get('runtime_version')}, {fp.get('threads')} thread(s)", path)
 
 
 def plot_staircases(staircases: dict[str, dict[str, dict[str, Any]]], path: str, title: str = "",
