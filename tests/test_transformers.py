@@ -191,3 +191,96 @@ def test_an_attention_latprune_cannot_rewrite_keeps_its_width_and_is_reported() 
     assert isinstance(graph.model.att, nn.MultiheadAttention) and graph.groups == []
     assert graph.kept_full["att"].startswith("an attention latprune does not rewrite yet")
     assert graph.kept_full["query"] == graph.kept_full["memory"] == "shares channels with att"
+
+
+def _torchvision_swin_v2() -> nn.Module:
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                            num_classes=10, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
+    with torch.no_grad():  # post-norm branches that are not zero by accident
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def _torchvision_maxvit() -> nn.Module:
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)  # one stage of two layers: the second keeps its input's width, its MBConv is a block
+    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16], block_layers=[2],
+                  head_dim=8, stochastic_depth_prob=0.0, num_classes=10).eval()
+
+
+# torchvision models whose attention latprune does not rewrite: the model, its attention's type, its
+# removable blocks and its group count (Swin V2: each block's MLP width; MaxViT: the stem's two convs,
+# per layer its MBConv's inner and squeeze widths and two MLP widths, and the classifier's hidden width)
+KEPT_WHOLE = {
+    "swin_v2": (_torchvision_swin_v2, "ShiftedWindowAttentionV2",
+                ["features.1.0", "features.1.1", "features.3.0", "features.3.1"], 4),
+    "maxvit": (_torchvision_maxvit, "RelativePositionalMultiHeadAttention",
+               ["blocks.0.layers.0.layers.window_attention", "blocks.0.layers.0.layers.grid_attention",
+                "blocks.0.layers.1.layers.MBconv", "blocks.0.layers.1.layers.window_attention",
+                "blocks.0.layers.1.layers.grid_attention"], 11),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEPT_WHOLE))
+def test_an_attention_latprune_does_not_rewrite_is_a_whole_leaf_and_the_rest_prunes(name: str) -> None:
+    """Swin V2's and MaxViT's attentions are hidden from Torch-Pruning (whose index mapping
+    through them grows without bound) and keep their width, with the residual stream through
+    them; MLP widths, MaxViT's convolutions and the blocks prune, and gates agree."""
+    from latprune.pruner.gates import Gates
+
+    build, attention, blocks, groups = KEPT_WHOLE[name]
+    graph = ChannelGraph.build(build(), (1, 3, 32, 32))
+    graph.verify()
+    attentions = [n for n, m in graph.model.named_modules() if type(m).__name__ == attention]
+    assert attentions and all(graph.kept_full[n].startswith("an attention latprune does not rewrite yet")
+                              for n in attentions)
+    assert [b.name for b in graph.blocks] == blocks and len(graph.groups) == groups
+    assert not any(g.heads for g in graph.groups)
+    mlps = {g.root.split(".mlp")[0] for g in graph.groups if ".mlp" in g.root}
+    assert mlps == {b for b in blocks if "MBconv" not in b}  # every MLP's hidden width prunes
+    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
+    keep[graph.blocks[-1].group] = []
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    gates = Gates(graph, init=5.0)
+    with torch.no_grad():
+        for g, kept in keep.items():
+            closed = [i for i in range(graph.groups[g].size) if i not in kept]
+            gates.logits[g][closed] = -5.0
+        gates.block_logits[-1] = -5.0
+    gates.mode = "hard"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = slim(x)
+        assert torch.allclose(expected, masked(x), atol=1e-5)
+        gates.attach()
+        try:
+            gates.refresh()
+            assert torch.allclose(expected, graph.model(x), atol=1e-5)  # a block whose ends write no group
+        finally:
+            gates.detach()
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in graph.model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(KEPT_WHOLE))
+def test_a_model_with_attentions_kept_whole_prunes_and_exports_with_parity(name: str, tmp_path: Path) -> None:
+    build, attention, _, _ = KEPT_WHOLE[name]
+    shape = (1, 3, 32, 32)
+    lut = latprune.profile(build(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut", levels=2,
+                           calibration_samples=2, progress=False)
+    assert all(lut.report.kept_full[n].startswith("an attention") for n, m in build().named_modules()
+               if type(m).__name__ == attention)
+    result = latprune.prune(build(), lut, "0.6x", example_input=shape, method=latprune.HalpConfig(importance="l1"),
+                            progress=False)
+    assert result.metrics["budget_met"] and (result.plan.removed_blocks or any(g.width < g.size
+                                                                             for g in result.plan.groups))
+    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)

@@ -2,7 +2,8 @@
 
 A block is a module computing ``act(x + branch(x))`` with an identity
 shortcut. Zeroing the branch's last producer (the BatchNorm, or the conv
-without one, whose output enters the add) turns it into ``act(x)``, which is
+without one, or the LayerNorm of a post-norm branch as in Swin V2, whose output
+enters the add) turns it into ``act(x)``, which is
 ``x`` when ``x`` comes out of the same activation (ReLU after ReLU) or when
 there is no activation after the add (MobileNetV2). Then the block can be
 replaced by ``nn.Identity`` and all its latency units disappear. A
@@ -24,12 +25,12 @@ naming convention is assumed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-PRODUCERS = (nn.modules.batchnorm._BatchNorm, nn.Conv2d, nn.Linear)
+PRODUCERS = (nn.modules.batchnorm._BatchNorm, nn.Conv2d, nn.Linear, nn.LayerNorm)  # with a weight: zeroable
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,19 @@ def inside(name: str, block: str) -> bool:
     return name == block or name.startswith(block + ".")
 
 
+def _zeroed(model: nn.Module, producers: Sequence[str]) -> list[Any]:
+    """Hooks that make each of ``producers`` output zeros (remove them after use)."""
+    return [model.get_submodule(p).register_forward_hook(lambda m, a, out: torch.zeros_like(out)) for p in producers]
+
+
+def _same(x: torch.Tensor, y: object) -> bool:
+    """Whether ``y`` equals ``x``, relative to ``x``'s scale (activations of randomly initialised
+    nets can be tiny); never for an ``x`` of zeros."""
+    scale = float(x.abs().max()) if x.numel() else 0.0
+    return (isinstance(y, torch.Tensor) and x.shape == y.shape and scale > 0
+            and torch.allclose(x, y, atol=1e-5 * scale, rtol=1e-5))
+
+
 def _identities(model: nn.Module, names: dict[nn.Module, str], producers: Sequence[str],
                 candidates: Sequence[str], example: torch.Tensor) -> set[str]:
     """Those of ``candidates`` whose output equals their input once every one of ``producers``
@@ -61,22 +75,47 @@ def _identities(model: nn.Module, names: dict[nn.Module, str], producers: Sequen
         if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
             seen.setdefault(names[mod], (args[0].detach(), out.detach()))
 
-    hooks = [model.get_submodule(p).register_forward_hook(lambda m, a, out: torch.zeros_like(out))
-             for p in producers]
-    hooks += [model.get_submodule(a).register_forward_hook(record) for a in candidates]
+    hooks = _zeroed(model, producers) + [model.get_submodule(a).register_forward_hook(record) for a in candidates]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    found = set()
-    for name, (x, y) in seen.items():
-        scale = float(x.abs().max()) if x.numel() else 0.0
-        # relative tolerance: activations of randomly initialised nets can be tiny
-        if x.shape == y.shape and scale > 0 and torch.allclose(x, y, atol=1e-5 * scale, rtol=1e-5):
-            found.add(name)
-    return found
+    return {name for name, (x, y) in seen.items() if _same(x, y)}
+
+
+def _calls(model: nn.Module, names: dict[nn.Module, str], candidates: Sequence[str],
+           example: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """The arguments each of ``candidates`` called with one tensor gets in one pass of ``model``
+    (its first call), copied."""
+    calls: dict[str, tuple[tuple, dict]] = {}
+
+    def record(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(args) == 1 and isinstance(args[0], torch.Tensor):
+            calls.setdefault(names[mod], ((args[0].detach().clone(),), dict(kwargs)))
+
+    hooks = [model.get_submodule(a).register_forward_pre_hook(record, with_kwargs=True) for a in candidates]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _identity_on(model: nn.Module, name: str, call: tuple[tuple, dict], producers: Sequence[str]) -> bool:
+    """Whether module ``name``, called with ``call`` (its arguments in the model), returns its
+    input once every one of ``producers`` (inside it) has its output zeroed."""
+    hooks = _zeroed(model, producers)
+    try:
+        with torch.no_grad():
+            out = model.get_submodule(name)(*call[0], **call[1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return _same(call[0][0], out)
 
 
 def _ancestors(name: str) -> list[str]:
@@ -97,19 +136,23 @@ def find_blocks(model: nn.Module, example: torch.Tensor, add_inputs: Sequence[nn
     (a block's input is then not the one it sees in the model, but an identity
     is one on any input); for a producer whose block that pass does not show
     (its input was zero, behind a zeroed shortcut), each enclosing module is
-    tested with the producers inside it zeroed."""
-    ends = [names[m] for m in dict.fromkeys(add_inputs) if isinstance(m, PRODUCERS)]
+    tested with the producers inside it zeroed, called alone on the input it gets in the
+    model (a pass of the model each would take MaxViT-T's build from seconds to minutes)."""
+    ends = [names[m] for m in dict.fromkeys(add_inputs)
+            if isinstance(m, PRODUCERS) and getattr(m, "weight", None) is not None]
     candidates = list(dict.fromkeys(a for e in ends for a in _ancestors(e)))
     identities = _identities(model, names, ends, candidates, example) if ends else set()
     blocks: dict[str, Block] = {}
     tested: dict[str, bool] = {}
+    calls: dict[str, tuple[tuple, dict]] | None = None
     for pname in ends:
         ancestors = _ancestors(pname)
         block = next((a for a in ancestors if a in identities), None)  # the innermost
         for ancestor in ancestors if block is None else ():  # its input may have been zero in that pass
             if ancestor not in tested:
+                calls = _calls(model, names, candidates, example) if calls is None else calls
                 inner_ends = [e for e in ends if inside(e, ancestor)]
-                tested[ancestor] = ancestor in _identities(model, names, inner_ends, [ancestor], example)
+                tested[ancestor] = ancestor in calls and _identity_on(model, ancestor, calls[ancestor], inner_ends)
             if tested[ancestor]:
                 block = ancestor
                 break

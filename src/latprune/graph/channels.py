@@ -29,8 +29,15 @@ from torch import nn
 
 from latprune.errors import SpecError
 from latprune.graph.blocks import Block, SkippedBlock, find_blocks, inside
-from latprune.graph.leaf import opaque
-from latprune.graph.rewrite import customized_pruners, rewrite_, sync_attributes_
+from latprune.graph.leaf import hidden, opaque
+from latprune.graph.rewrite import (
+    branch_end,
+    customized_pruners,
+    left_attentions,
+    rewrite_,
+    sync_attributes_,
+    why_left,
+)
 from latprune.graph.shuffle import ChannelShuffle
 from latprune.graph.transformer import Attention, Heads, PatchMerge
 from latprune.graph.units import ACTIVATIONS, LayerKey, Unit
@@ -158,8 +165,8 @@ class ChannelGraph:
         grouped = {m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1
                    and not (m.groups == m.in_channels == m.out_channels)}
         kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
-        kept_full.update({name: "an attention latprune does not rewrite yet (keys and values of their own widths, "
-                                "q/k norms, a gate)" for name in left})
+        kept_full.update({name: f"an attention latprune does not rewrite yet ({why_left(model.get_submodule(name))})"
+                          for name in left})
         shuffles = {m for m in model.modules() if isinstance(m, ChannelShuffle)}
         whole = grouped | shuffles | {model.get_submodule(name) for name in left}
         fixed.extend(grouped)
@@ -175,7 +182,7 @@ class ChannelGraph:
         _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
-        adds = [m.proj if isinstance(m, Attention) else m for m in adds if m is not None]
+        adds = [branch_end(m) for m in adds if m is not None]
         blocks = find_blocks(model, example, adds, names,
                              [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
         return cls(model, input_shape, dg, _rooted_outside(groups, blocks), units, names, blocks, kept_full)
@@ -451,12 +458,15 @@ def _rooted_outside(groups: list[Group], blocks: Sequence[Block]) -> list[Group]
     return rooted
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, with attention modules as leaves, and
-    parameters outside layers (ViT's class token) pruned along :func:`channel_dim`."""
-    with warnings.catch_warnings(), opaque(), _unknown_not_zero():
+    """Torch-Pruning's dependency graph of ``model``, with attention modules as leaves (those
+    latprune does not compute too, kept whole), and parameters outside layers (ViT's class
+    token) pruned along :func:`channel_dim`."""
+    kept = list(left_attentions(model).values())
+    widths: dict[nn.Module, tuple[int, int]] = {}
+    with warnings.catch_warnings(), opaque(), hidden(kept, widths), _unknown_not_zero():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                     customized_pruners=customized_pruners())
+                                                     customized_pruners=customized_pruners(kept, widths))
 
 
 @contextlib.contextmanager

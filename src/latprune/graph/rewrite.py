@@ -6,6 +6,8 @@ the attributes a slimmed model's ``forward`` reads."""
 
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 import torch_pruning as tp
 from torch import nn
 
@@ -48,27 +50,54 @@ def rewrite_(model: nn.Module) -> list[str]:
     """Replace, in place, every self-attention that :class:`Attention` computes
     (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
     ``ShiftedWindowAttention``), Swin's ``PatchMerging`` with :class:`PatchMerge`, and
-    ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names
-    of the attentions it cannot compute (left as they are)."""
-    left = []
+    ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names of the attentions it
+    cannot compute (left as they are, :func:`left_attentions`)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.MultiheadAttention):
-            if SelfAttention.convertible(module):
-                model.set_submodule(name, SelfAttention.from_mha(module))
-            else:
-                left.append(name)
+        if isinstance(module, nn.MultiheadAttention) and SelfAttention.convertible(module):
+            model.set_submodule(name, SelfAttention.from_mha(module))
         elif _is_torchvision(module, "ShiftedWindowAttention"):
             model.set_submodule(name, WindowAttention.from_torchvision(module))
         elif _is_torchvision(module, "PatchMerging"):
             model.set_submodule(name, PatchMerge(module.norm, module.reduction))
         elif _is_torchvision(module, "InvertedResidual") and hasattr(module, "branch2"):  # ShuffleNetV2's
             model.set_submodule(name, ShuffleUnit(module.stride, module.branch1, module.branch2))
-        elif _is_timm_attention(module):
-            if _timm_convertible(module):
-                model.set_submodule(name, _from_timm(module))
-            else:
-                left.append(name)
-    return left
+        elif _is_timm_attention(module) and _timm_convertible(module):
+            model.set_submodule(name, _from_timm(module))
+    return list(left_attentions(model))
+
+
+def why_left(module: nn.Module) -> str | None:
+    """What keeps latprune from computing attention ``module`` (once :func:`rewrite_` has run),
+    or None where ``module`` is no such attention."""
+    if isinstance(module, nn.MultiheadAttention):
+        return "keys and values of their own widths, or a bias or zero attention added to them"
+    if _is_timm_attention(module):
+        return "q/k norms, an output norm or a gate"
+    if _is_torchvision(module, "ShiftedWindowAttentionV2"):
+        return "Swin V2's cosine attention, with per-head scales and a position-bias MLP"
+    if _is_torchvision(module, "RelativePositionalMultiHeadAttention"):
+        return "MaxViT's attention, its heads' width tied to the embedding"
+    return None
+
+
+def branch_end(module: nn.Module) -> nn.Module:
+    """Where a residual branch whose output ``module`` computes ends, for zeroing it: an
+    attention's output projection, where the attention calls it as a module (latprune's
+    ``proj``, MaxViT's ``merge``, timm's ``proj``); any other module itself."""
+    if isinstance(module, Attention):
+        return module.proj
+    if _is_torchvision(module, "RelativePositionalMultiHeadAttention"):
+        return module.merge
+    if _is_timm_attention(module) and isinstance(getattr(module, "proj", None), nn.Linear):
+        return module.proj
+    return module
+
+
+def left_attentions(model: nn.Module) -> dict[str, nn.Module]:
+    """The attentions of ``model`` that latprune does not compute (once :func:`rewrite_` has run),
+    by name: Torch-Pruning sees each as one leaf (:func:`~latprune.graph.leaf.hidden`) whose
+    channels keep their width."""
+    return {name: m for name, m in model.named_modules() if why_left(m) is not None}
 
 
 def sync_attributes_(model: nn.Module) -> nn.Module:
@@ -84,7 +113,31 @@ def sync_attributes_(model: nn.Module) -> nn.Module:
     return model
 
 
-def customized_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
-    pruner = AttentionPruner()
+class KeptWholePruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of an attention latprune does not compute: a leaf whose input and
+    output channels (``widths``, recorded as it ran) keep their width, so it never asks to prune them."""
+
+    def __init__(self, widths: dict[nn.Module, tuple[int, int]]) -> None:
+        super().__init__()
+        self.widths = widths
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        raise NotImplementedError("the channels through an attention latprune does not rewrite keep their width")
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        raise NotImplementedError("the channels through an attention latprune does not rewrite keep their width")
+
+    def get_out_channels(self, layer: nn.Module) -> int | None:
+        return self.widths.get(layer, (None, None))[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int | None:
+        return self.widths.get(layer, (None, None))[0]
+
+
+def customized_pruners(kept: Iterable[nn.Module] = (), widths: dict[nn.Module, tuple[int, int]] | None = None
+                       ) -> dict[type, tp.pruner.function.BasePruningFunc]:
+    """Torch-Pruning's pruners of latprune's leaves, and of the types of the attentions ``kept``
+    whole (:func:`left_attentions`), whose channels ``widths`` records."""
+    pruner, whole = AttentionPruner(), KeptWholePruner(widths if widths is not None else {})
     return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, PatchMerge: PatchMergePruner(),
-            ChannelShuffle: ChannelShufflePruner()}
+            ChannelShuffle: ChannelShufflePruner()} | {type(m): whole for m in kept}

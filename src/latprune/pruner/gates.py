@@ -147,6 +147,10 @@ class Gates(nn.Module):
                     self._handles.append(module.register_forward_hook(self._hook(g.id, block)))
             for name in g.norms:
                 self._handles.append(self.graph.module(name).register_forward_hook(self._norm_hook(g.id)))
+        produced = {name for g in self.graph.groups for name in g.producers}
+        for end, block in block_of_end.items():
+            if end not in produced:  # it writes channels that keep their width: the block's gate alone
+                self._handles.append(self.graph.module(end).register_forward_hook(self._block_hook(block)))
         return self
 
     @property
@@ -163,11 +167,14 @@ class Gates(nn.Module):
         if not self.current:
             self.refresh()
         gate = self.current[gid]
-        if block is not None:
-            inner = self.current[self.blocks[block].group]
-            alive = (inner.detach().sum() > 0).float()  # every inner channel closed: no branch at all
-            gate = gate * (self.block_current[block] * alive)
-        return gate
+        return gate if block is None else gate * self._block_gate(block)
+
+    def _block_gate(self, block: int) -> torch.Tensor:
+        """Block ``block``'s gate: 0 once every channel of its inner group is closed (no branch at all)."""
+        if not self.current:
+            self.refresh()
+        alive = (self.current[self.blocks[block].group].detach().sum() > 0).float()
+        return self.block_current[block] * alive
 
     def _hook(self, gid: int, block: int | None) -> Any:
         """Multiply a producer's output by its gate (a convolution or linear layer without a BatchNorm)."""
@@ -177,6 +184,13 @@ class Gates(nn.Module):
             shape = [1] * out.dim()
             shape[-1 if isinstance(module, nn.Linear) else 1] = -1
             return out * gate.view(shape)
+
+        return scale
+
+    def _block_hook(self, block: int) -> Any:
+        """Multiply a branch end that is no group's producer by its block's gate."""
+        def scale(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            return out * self._block_gate(block).to(out.device, out.dtype)
 
         return scale
 
