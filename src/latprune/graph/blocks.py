@@ -75,13 +75,8 @@ def _identities(model: nn.Module, names: dict[nn.Module, str], producers: Sequen
         if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
             seen.setdefault(names[mod], (args[0].detach(), out.detach()))
 
-    hooks = _zeroed(model, producers) + [model.get_submodule(a).register_forward_hook(record) for a in candidates]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    _pass_with(model, example, _zeroed(model, producers)
+               + [model.get_submodule(a).register_forward_hook(record) for a in candidates])
     return {name for name, (x, y) in seen.items() if _same(x, y)}
 
 
@@ -95,14 +90,19 @@ def _calls(model: nn.Module, names: dict[nn.Module, str], candidates: Sequence[s
         if len(args) == 1 and isinstance(args[0], torch.Tensor):
             calls.setdefault(names[mod], ((args[0].detach().clone(),), dict(kwargs)))
 
-    hooks = [model.get_submodule(a).register_forward_pre_hook(record, with_kwargs=True) for a in candidates]
+    _pass_with(model, example, [model.get_submodule(a).register_forward_pre_hook(record, with_kwargs=True)
+                                for a in candidates])
+    return calls
+
+
+def _pass_with(model: nn.Module, example: torch.Tensor, hooks: Sequence[Any]) -> None:
+    """One forward pass of ``model`` without gradients, then ``hooks`` removed (also when it raises)."""
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    return calls
 
 
 def _identity_on(model: nn.Module, name: str, call: tuple[tuple, dict], producers: Sequence[str]) -> bool:
