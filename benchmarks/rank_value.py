@@ -101,7 +101,7 @@ def measured_increases(graph: Any, options: dict[int, list[int]], held: Batches,
     below the last (the layer whole), that layer alone truncated to it in place and restored,
     with the standard error of that increase over the batches (the paired per-batch
     differences); and whether the forward ran in :func:`stages` (else whole, every time)."""
-    from latprune.graph.lowrank import RANK_AXIS, project_
+    from latprune.graph.lowrank import project_, unit_index
 
     model = graph.model.eval()
     chain = stages(model)
@@ -113,12 +113,12 @@ def measured_increases(graph: Any, options: dict[int, list[int]], held: Batches,
             chain, base = [("", model)], full  # the stages do not reproduce this model's forward: run it whole
     by_stage: dict[int, list[int]] = {}
     for axis in options:
-        by_stage.setdefault(_stage_of(graph.units[axis - RANK_AXIS].name, chain), []).append(axis)
+        by_stage.setdefault(_stage_of(graph.units[unit_index(axis)].name, chain), []).append(axis)
     increases: dict[int, list[tuple[float, float | None]]] = {}
     done, todo = 0, sum(len(o) - 1 for o in options.values())
     for s in range(len(chain)):
         for axis in by_stage.get(s, []):
-            name = graph.units[axis - RANK_AXIS].name
+            name = graph.units[unit_index(axis)].name
             module = graph.module(name)
             saved = module.weight.detach().clone()
             increases[axis] = []
@@ -237,7 +237,7 @@ def rank_value(model: nn.Module, input_shape: tuple[int, ...], held: Batches, ta
     full) of ``model``; and their agreement per value. ``held`` and ``taylor_batches`` are
     lists of (inputs, labels) batches; the model is taken over (its weights come back as they were)."""
     from latprune.graph.channels import ChannelGraph
-    from latprune.graph.lowrank import RANK_AXIS, max_rank, rank_options
+    from latprune.graph.lowrank import max_rank, rank_options, unit_index
 
     graph = ChannelGraph.build(model, input_shape)
     options = rank_options(graph.units, graph.model, align=1)
@@ -251,7 +251,7 @@ def rank_value(model: nn.Module, input_shape: tuple[int, ...], held: Batches, ta
     measure_s = time.time() - start
     points = []
     for axis, ranks in options.items():
-        unit = graph.units[axis - RANK_AXIS]
+        unit = graph.units[unit_index(axis)]
         for i, rank in enumerate(ranks[:-1]):
             points.append({"layer": unit.name, "rank": rank, "max_rank": max_rank(graph.module(unit.name)),
                            "fraction_index": i, "out_group": unit.out_group, "measured": increases[axis][i][0],

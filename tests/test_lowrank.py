@@ -168,7 +168,7 @@ def test_rank_training_concentrates_the_spectrum_and_resumes() -> None:
     assert float(term) == pytest.approx(1e-3 * float(singular_values(conv).sum()), rel=1e-5) and "‖W‖*" in fields
     for _ in range(3):
         regulariser.before_forward()  # the third call projects (every 2 steps)
-    assert regulariser.projections == 1 and energy_rank(conv.weight, 1.0) < 16 and regulariser.mean_rank_share() < 1
+    assert regulariser.projections == 1 and energy_rank(conv, 1.0) < 16 and regulariser.mean_rank_share() < 1
     assert before > 0
     again = TrpRegulariser({"conv": conv}, 1e-3, 2, 0.5)
     again.load_state_dict(regulariser.state_dict())

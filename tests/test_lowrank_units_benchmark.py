@@ -3,26 +3,20 @@ model, and what they imply; a shape already in the file is skipped unless --forc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from latprune.graph.lowrank import pair_keys
+from tests.conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lowrank_units.py"
 SHAPE = "conv3x3_16_28"
 
 
 @pytest.fixture()
 def bench(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("lowrank_units_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
+    module = load_benchmark("lowrank_units")
     monkeypatch.setattr(module, "RESULTS_DIR", tmp_path)
     return module
 

@@ -4,24 +4,17 @@ prediction, the staged forward is the model's, the weights come back, and the ta
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TINY_INPUT, tiny_loader, tiny_resnet
-
-RANK_VALUE = Path(__file__).resolve().parents[1] / "benchmarks" / "rank_value.py"
+from tests.conftest import TINY_INPUT, load_benchmark, tiny_loader, tiny_resnet
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("rank_value_benchmark", RANK_VALUE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("rank_value")
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def zoo():
-    spec = importlib.util.spec_from_file_location("zoo_benchmark", ZOO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("zoo")
 
 
 def test_one_line_keeps_the_type_and_first_line(zoo):

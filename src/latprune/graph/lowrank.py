@@ -69,13 +69,14 @@ def break_even_rank(cin: int, cout: int, kernel: Sequence[int] = (1, 1)) -> floa
     return cout * fan_in / (fan_in + cout)
 
 
-def _matrix(module: nn.Module) -> torch.Tensor:
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as the Cout × (Cin·k·k) matrix its rank is of, in float64, detached."""
     return module.weight.detach().flatten(1).double()
 
 
 def singular_values(module: nn.Module) -> torch.Tensor:
     """The singular values of the layer's weight matrix, largest first."""
-    return torch.linalg.svdvals(_matrix(module)).float()
+    return torch.linalg.svdvals(weight_matrix(module)).float()
 
 
 def _check_rank(module: nn.Module, rank: int, name: str) -> None:
@@ -93,7 +94,7 @@ def factorise(module: nn.Module, rank: int, name: str = "layer") -> Factorised:
     """The rank-``rank`` pair of ``module`` from its truncated SVD (the best rank-``rank``
     approximation in the Frobenius norm; exact where ``rank`` reaches the weight's rank)."""
     _check_rank(module, rank, name)
-    u, s, vh = torch.linalg.svd(_matrix(module), full_matrices=False)
+    u, s, vh = torch.linalg.svd(weight_matrix(module), full_matrices=False)
     root = s[:rank].sqrt()
     left = (u[:, :rank] * root).to(module.weight.dtype)               # Cout × r
     right = (root[:, None] * vh[:rank]).to(module.weight.dtype)       # r × (Cin·k·k)
@@ -129,8 +130,7 @@ def factorise_(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
 
 def project_(module: nn.Module, rank: int) -> None:
     """Replace the layer's weight in place by its best rank-``rank`` approximation (TRP's
-    periodic projection: the layer keeps its shape)."""
-    _check_rank(module, rank, "layer")
+    periodic projection: the layer keeps its shape; :func:`factorise` checks the rank)."""
     with torch.no_grad():
         module.weight.copy_(factorise(module, rank).weight_product())
 
@@ -166,6 +166,11 @@ def is_rank_axis(axis: int) -> bool:
     return axis >= RANK_AXIS
 
 
+def unit_index(axis: int) -> int:
+    """The index in ``ChannelGraph.units`` of the unit a rank axis belongs to."""
+    return axis - RANK_AXIS
+
+
 def pays(key: LayerKey, rank: int) -> bool:
     """Whether the rank-``rank`` pair of the unit ``key`` does fewer multiply-accumulates
     than the unit: factorising is considered there, and nowhere else."""
@@ -186,7 +191,7 @@ def rank_grid(key: LayerKey, align: int = 1, fractions: Sequence[float] = RANK_F
 def split_ranks(widths: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
     """``widths`` as (channel group widths, ranks by unit index)."""
     groups = {g: w for g, w in widths.items() if not is_rank_axis(g)}
-    return groups, {g - RANK_AXIS: w for g, w in widths.items() if is_rank_axis(g)}
+    return groups, {unit_index(g): w for g, w in widths.items() if is_rank_axis(g)}
 
 
 def applicable(model: nn.Module, ranks: dict[str, int]) -> dict[str, int]:

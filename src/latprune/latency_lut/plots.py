@@ -84,10 +84,9 @@ def rank_curves(lut: Lut) -> list[dict[str, Any]]:
     widths: the unit's latency, its pair's latency at each rank measured, and the unit's latency
     against its output width (the input at full width): what a rank and a width each cost."""
     entries = {k: lat.median_ms for k, lat in lut.items()}
-    firsts: dict[LayerKey, list[int]] = {}
-    for key in entries:  # a pair's first layer: nothing fused after it
-        if key.op in ("conv", "linear") and key.groups == 1 and not (key.bias or key.bn or key.add or key.act):
-            firsts.setdefault(replace(key, cout=0), []).append(key.cout)
+    by_cout: dict[LayerKey, list[tuple[int, float]]] = {}  # (cout, ms) of every key, by the key without its cout
+    for key, ms in entries.items():
+        by_cout.setdefault(replace(key, cout=0), []).append((key.cout, ms))
     full: dict[LayerKey, LayerKey] = {}
     for key in entries:
         if key.op in ("conv", "linear") and key.groups == 1:
@@ -96,14 +95,13 @@ def rank_curves(lut: Lut) -> list[dict[str, Any]]:
                 full[fam] = key
     curves = []
     for key in full.values():
-        template = pair_keys(key, 1)[0]
         ranks = []
-        for r in sorted(firsts.get(replace(template, cout=0), [])):
-            first, second = pair_keys(key, r)
-            if r < key.cout and first in entries and second in entries:
-                ranks.append((r, entries[first] + entries[second]))
+        for r, first_ms in sorted(by_cout.get(replace(pair_keys(key, 1)[0], cout=0), [])):  # the pair's first layers
+            second = pair_keys(key, r)[1]
+            if r < key.cout and second in entries:
+                ranks.append((r, first_ms + entries[second]))
         if ranks:
-            widths = sorted((k.cout, ms) for k, ms in entries.items() if replace(k, cout=0) == replace(key, cout=0))
+            widths = sorted(by_cout[replace(key, cout=0)])
             curves.append({"key": key, "ms": entries[key], "ranks": ranks, "widths": widths})
     return curves
 

@@ -32,7 +32,7 @@ from latprune import parallel
 from latprune._progress import bar
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid, group_align
-from latprune.graph.lowrank import RANK_AXIS, applicable, factorise_, rank_options, ranks_of, split_ranks
+from latprune.graph.lowrank import applicable, factorise_, rank_options, ranks_of, split_ranks, unit_index
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import grid_keys, measure_beside_anchor, measure_settled, model_pass
@@ -256,6 +256,7 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
             measured_ms, base_beside_ms, measurements = ctx.measure_checked(slim, target_ms, meter.update)
             fits = measured_ms <= target_ms
             meter.set_postfix(candidate=iteration, ms=f"{measured_ms:.3f}", target=f"{target_ms:.3f}", refresh=False)
+            ranks = ranks_of(slim)
             history.append({"iteration": iteration, "target_ms": target_ms, "predicted_ms": solution.predicted_ms,
                             "measured_ms": measured_ms, "measurements_ms": measurements,
                             "base_beside_ms": base_beside_ms, "fits": fits,
@@ -263,7 +264,7 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
                             "removed_blocks": [b.name for b in graph.removed_blocks(solution.widths)],
                             "widths": {graph.groups[g].root: w
                                        for g, w in sorted(split_ranks(solution.widths)[0].items())},
-                            **({"ranks": ranks_of(slim)} if ranks_of(slim) else {})})
+                            **({"ranks": ranks} if ranks else {})})
             if fits:
                 if accepted is None or solution.value > accepted[0].value:
                     accepted = (solution, slim, measured_ms)
@@ -494,8 +495,8 @@ def rank_trained(ctx: Context) -> dict[str, Any]:
     if not axes:
         raise SpecError("method 'trp' found no layer that a low rank makes cheaper (convolutions with one group "
                         "and linear layers, below their break-even rank); prune this model's widths instead")
-    layers = {ctx.graph.units[a - RANK_AXIS].name: ctx.graph.module(ctx.graph.units[a - RANK_AXIS].name)
-              for a in axes}
+    names = [ctx.graph.units[unit_index(a)].name for a in axes]
+    layers = {name: ctx.graph.module(name) for name in names}
     regulariser = TrpRegulariser(layers, config.nuclear_weight, config.trp_period, config.trp_energy)
     if config.trp_epochs > 0:
         train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=config.trp_epochs, lr=config.lr, seed=ctx.seed,

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from latprune.graph.lowrank import project_
+from latprune.graph.lowrank import max_rank, project_, weight_matrix
 
 
-def energy_rank(weight: torch.Tensor, energy: float) -> int:
-    """The smallest rank keeping ``energy`` of the weight matrix's σ²."""
-    s2 = torch.linalg.svdvals(weight.detach().flatten(1).double()) ** 2
+def energy_rank(layer: nn.Module, energy: float) -> int:
+    """The smallest rank keeping ``energy`` of the layer's weight matrix's σ²."""
+    s2 = torch.linalg.svdvals(weight_matrix(layer)) ** 2
     kept = torch.cumsum(s2, 0) / s2.sum().clamp_min(1e-30)
     return int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype))) + 1
 
@@ -49,8 +49,8 @@ class TrpRegulariser:
     def before_forward(self) -> None:
         if self.period > 0 and self.steps > 0 and self.steps % self.period == 0:
             for layer in self.layers.values():
-                rank = energy_rank(layer.weight, self.energy)
-                if rank < min(layer.weight.flatten(1).shape):
+                rank = energy_rank(layer, self.energy)
+                if rank < max_rank(layer):
                     project_(layer, rank)
             self.projections += 1
         self.steps += 1
@@ -67,7 +67,7 @@ class TrpRegulariser:
 
     def mean_rank_share(self) -> float:
         """The layers' ranks at ``energy`` over their full ranks, averaged: how far training went."""
-        shares = [energy_rank(m.weight, self.energy) / min(m.weight.flatten(1).shape) for m in self.layers.values()]
+        shares = [energy_rank(m, self.energy) / max_rank(m) for m in self.layers.values()]
         return sum(shares) / max(1, len(shares))
 
     def state_dict(self) -> dict[str, Any]:
