@@ -241,3 +241,51 @@ def test_a_structure_the_tracer_misreads_silently_is_refused_before_profiling(tm
     with pytest.raises(SpecError, match="slimmed, it computes something else than with the same channels zeroed"):
         latprune.profile(HandShuffled(), (1, 8, 6, 6), backend="fake", path=tmp_path / "s.lut", progress=False)
     assert not (tmp_path / "s.lut").exists()
+
+
+def test_densenet_concatenations_slim_as_masked_and_as_gated() -> None:
+    """DenseNet: each layer reads the concatenation of every earlier layer's output, through a
+    BatchNorm over that concatenation; the BN holds each feeding group's channels at an offset."""
+    from torchvision.models import DenseNet
+
+    from latprune.pruner.gates import Gates
+
+    torch.manual_seed(0)
+    model = randomise_bn_(DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                                   num_classes=10).eval())
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    second = next(g for g in graph.groups if g.root == "features.denseblock1.denselayer1.conv2")
+    assert second.offset("features.denseblock1.denselayer2.norm1") == 16 and second.offset(second.root) == 0
+    reader = next(u for u in graph.units if u.name == "features.transition1.conv")
+    assert (reader.base.cin, len(reader.in_others)) == (32, 2)
+    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    gates = Gates(graph, init=5.0)
+    with torch.no_grad():
+        for g in graph.groups:
+            gates.logits[g.id].fill_(-5.0)
+            gates.logits[g.id][keep[g.id]] = 5.0
+    gates.mode = "hard"
+    gates.attach()
+    gates.refresh()
+    x = torch.randn(2, 3, 32, 32)
+    try:
+        with torch.no_grad():
+            assert torch.allclose(slim(x), masked(x), atol=1e-5)
+            assert torch.allclose(slim(x), graph.model(x), atol=1e-5)
+    finally:
+        gates.detach()
+    widths = {g: len(k) for g, k in keep.items()}
+    slim_reader = next(u for u in ChannelGraph.build(slim, (1, 3, 32, 32)).units if u.name == reader.name)
+    assert reader.key(widths) == slim_reader.base  # the key at the widths is the slimmed layer's own
+
+
+def test_a_linear_after_a_flatten_is_keyed_with_every_position_of_its_channels() -> None:
+    """A VGG/AlexNet classifier reads each channel of the last feature map once per position."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                          nn.Linear(16 * 9, 10))
+    graph = ChannelGraph.build(model, (1, 3, 12, 12))
+    linear = next(u for u in graph.units if u.name == "4")
+    assert linear.in_copies == 9 and linear.key({linear.in_group: 8}).cin == 72
+    slim = graph.slim({linear.in_group: list(range(8))})
+    assert slim[4].in_features == 72

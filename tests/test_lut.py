@@ -509,3 +509,31 @@ def test_a_model_measured_in_passes_is_exported_once(monkeypatch: pytest.MonkeyP
     fake = FakeBackend()
     direct = fake.measure_model(model, TINY_INPUT)
     assert profile.model_pass(fake, model, TINY_INPUT)() == direct and len(exports) == 1
+
+
+def test_a_unit_a_concatenation_feeds_is_measured_on_one_input_grid_and_interpolated(tmp_path: Path) -> None:
+    """DenseNet's layers read a concatenation of many groups: too many input widths to measure
+    each, so the LUT holds a grid of them and the predictor interpolates along the input width."""
+    import random
+
+    from torchvision.models import DenseNet
+
+    from latprune.latency_lut.backends.fake import fake_unit_ms
+
+    model = DenseNet(growth_rate=16, block_config=(3,), num_init_features=32, bn_size=2, num_classes=10)
+    graph = ChannelGraph.build(model.eval(), (1, 3, 32, 32))
+    reader = next(u for u in graph.units if u.name == "classifier")  # reads all four groups
+    assert reader.concatenated and len(reader.in_others) == 3
+    grid = Grid(levels=4, align=8)
+    cins = {k.cin for k in grid_keys(graph, grid) if k.op == "linear"}
+    assert len(cins) == 4 and max(cins) == reader.base.cin  # one level per option, not every combination
+    build_lut(graph, tmp_path / "dense.lut", FakeBackend(threads=1), levels=4, align=8, calibration_samples=2,
+              progress=False, passes=1)
+    with Lut.open(tmp_path / "dense.lut") as lut:
+        predictor = Predictor(lut, graph)
+        options = graph.options(grid)
+        rng = random.Random(0)
+        for _ in range(10):
+            widths = {g: rng.choice(ws) for g, ws in options.items()}
+            exact = fake_unit_ms(reader.key(widths))
+            assert predictor.unit_ms(reader, widths) == pytest.approx(exact, rel=0.1)

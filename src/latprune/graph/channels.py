@@ -61,6 +61,11 @@ class Group:
     outs: tuple[str, ...] = field(default=())   # modules whose output channels are this group's
     norms: tuple[str, ...] = field(default=())  # LayerNorms over the group's channels
     heads: bool = False                         # the heads of the attention ``root``: a width counts heads
+    offsets: tuple[tuple[str, int], ...] = ()   # producers whose channels start past 0 (BNs over concatenations)
+
+    def offset(self, producer: str) -> int:
+        """Where this group's channels start among ``producer``'s output channels."""
+        return dict(self.offsets).get(producer, 0)
 
     def step(self, align: int) -> int:
         """The width multiple the group is pruned in: ``align`` channels (:func:`group_align`), or one head."""
@@ -170,10 +175,12 @@ class ChannelGraph:
         shuffles = {m for m in model.modules() if isinstance(m, ChannelShuffle)}
         whole = grouped | shuffles | {model.get_submodule(name) for name in left}
         fixed.extend(grouped)
-        groups, in_group, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
+        groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
+        in_group = {m: max(dict.fromkeys(gids), key=lambda g: groups[g].size) for m, gids in ins.items()}
         units = []
         for m in layers:
             unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
+            unit = _input_parts(unit, [(g, groups[g].size) for g in dict.fromkeys(ins.get(m, []))])
             units.append(unit)
             # A conv/linear with no BN after it produces its group's channels itself.
             if bn is None and unit.out_group is not None:
@@ -229,7 +236,7 @@ class ChannelGraph:
     # -- queries ------------------------------------------------------------------------------
     def signature(self) -> str:
         """A short hash of the model's unit structure and input shape (calibrations are per signature)."""
-        text = "|".join(f"{u.name}:{u.base.text}:{u.in_group}:{u.out_group}" for u in self.units)
+        text = "|".join(f"{u.name}:{u.base.text}:{u.in_group}:{u.out_group}{_input_text(u)}" for u in self.units)
         return hashlib.sha256(f"{self.input_shape}|{text}".encode()).hexdigest()[:16]
 
     def full_widths(self) -> dict[int, int]:
@@ -336,7 +343,7 @@ class ChannelGraph:
                 if not drop:
                     continue
                 for name in group.producers:
-                    zero_channels_(model, name, drop)
+                    zero_channels_(model, name, [c + group.offset(name) for c in drop])
                 for name in group.norms:
                     norm = model.get_submodule(name)
                     copies = norm.normalized_shape[-1] // group.size  # Swin's patch merging: four
@@ -526,13 +533,14 @@ def _untraceable(exc: Exception) -> SpecError:
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
                     whole: set[nn.Module], kept_full: dict[str, str]
-                    ) -> tuple[list[Group], dict[nn.Module, int], dict[nn.Module, int]]:
-    """The channel groups Torch-Pruning finds, in module order, and which group sets each
-    layer's input and output width; groups that share channels with a module of ``whole`` (a
+                    ) -> tuple[list[Group], dict[nn.Module, list[int]], dict[nn.Module, int]]:
+    """The channel groups Torch-Pruning finds, in module order, which groups set each
+    layer's input width (more than one where a concatenation feeds it) and which its
+    output width; groups that share channels with a module of ``whole`` (a
     grouped conv, an attention not rewritten) keep their width and are left out (``kept_full``)."""
     groups: list[Group] = []
     out_group: dict[nn.Module, int] = {}
-    in_group: dict[nn.Module, int] = {}
+    in_group: dict[nn.Module, list[int]] = {}
     order = {m: i for i, m in enumerate(model.modules())}
     try:
         with _unknown_not_zero():
@@ -552,8 +560,8 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                     kept_full.setdefault(names[dep.target.module], f"{why} {names[feeds[0]]}")
             continue
         gid = len(groups)
-        producers, members, outs, norms = [], [], [], []
-        for dep, _ in tp_group:
+        producers, members, outs, norms, offsets = [], [], [], [], []
+        for dep, idxs in tp_group:
             target, handler = dep.target.module, dep.handler
             name = getattr(handler, "__name__", "")
             leaf = isinstance(target, (Attention, PatchMerge))
@@ -563,17 +571,46 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                 if handler is not tp.prune_depthwise_conv_out_channels and not isinstance(target, Attention):
                     outs.append(names[target])
             elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or leaf:
-                in_group[target] = gid
+                in_group.setdefault(target, []).append(gid)
                 members.append(names[target])
             elif isinstance(target, nn.modules.batchnorm._BatchNorm):
                 producers.append(names[target])
+                if int(idxs[0]):  # a BN over a concatenation: the group's channels sit past the others'
+                    offsets.append((names[target], int(idxs[0])))
             elif isinstance(target, NORMS):
                 norms.append(names[target])
             elif isinstance(target, nn.Parameter) and target in names:  # added into the channels (a class token)
                 producers.append(names[target])
         groups.append(Group(gid, names[tp_group[0].dep.target.module], len(tp_group[0].idxs), tuple(producers),
-                            tuple(dict.fromkeys(members)), tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(norms))))
+                            tuple(dict.fromkeys(members)), tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(norms)),
+                            offsets=tuple(dict.fromkeys(offsets))))
     return groups, in_group, out_group
+
+
+def _input_text(unit: Unit) -> str:
+    """How a unit's input splits among groups, where it is more than its one input group
+    (empty otherwise: signatures of models without such units stay as they were)."""
+    if unit.in_copies == 1 and not unit.in_others and not unit.in_fixed:
+        return ""
+    return f":{unit.in_copies}:{unit.in_others}:{unit.in_fixed}"
+
+
+def _input_parts(unit: Unit, parts: list[tuple[int, int]]) -> Unit:
+    """``unit`` with its input split among the groups that feed it (``parts``: id and full
+    size, the primary ``unit.in_group`` among them): copies of one group (a Linear after a
+    flatten reads each channel once per position), a concatenation of several, and the
+    channels no group prunes (:class:`~latprune.graph.units.Unit`)."""
+    if unit.in_group is None or unit.depthwise:
+        return unit
+    size = dict(parts)[unit.in_group]
+    others = tuple((g, n) for g, n in parts if g != unit.in_group)
+    rest = unit.base.cin - sum(n for _, n in others)
+    if rest < size:
+        raise SpecError(f"layer {unit.name!r} reads {unit.base.cin} channels, fewer than the groups feeding it "
+                        f"hold ({rest + sum(n for _, n in others)}); latprune cannot tell its input width")
+    if rest % size == 0:
+        return replace(unit, in_copies=rest // size, in_others=others)
+    return replace(unit, in_others=others, in_fixed=rest - size)
 
 
 def _attention_unit(m: Attention, name: str, shapes: tuple[tuple[int, ...], tuple[int, ...]] | None,

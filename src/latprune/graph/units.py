@@ -123,20 +123,41 @@ class LayerKey:
 class Unit:
     """One latency unit of a model: the module that anchors it, its full-width
     key, and the channel groups (ids) that set its input/output widths
-    (``None`` where the width is fixed, e.g. the image channels or the classes)."""
+    (``None`` where the width is fixed, e.g. the image channels or the classes).
+
+    A unit's input is ``in_copies`` copies of ``in_group``'s channels (four after Swin's
+    patch merging; a feature map's positions for a Linear after a flatten), then the
+    channels of the groups concatenated beside it (``in_others``: id and full size, as
+    DenseNet's, GoogLeNet's and SqueezeNet's concatenations give), then ``in_fixed``
+    channels no group prunes."""
 
     name: str
     base: LayerKey
     in_group: int | None
     out_group: int | None
     depthwise: bool = False
-    in_copies: int = 1  # its input holds this many copies of the input group's channels (Swin's patch merging)
+    in_copies: int = 1
+    in_others: tuple[tuple[int, int], ...] = ()
+    in_fixed: int = 0
+
+    @property
+    def concatenated(self) -> bool:
+        """Its input width is set by more than one group: the LUT holds it on a grid of
+        input widths, and a prediction interpolates between them."""
+        return bool(self.in_others)
+
+    def cin(self, widths: dict[int, int]) -> int:
+        """The input width at the given group widths (missing groups: full width)."""
+        if self.in_group is None or self.depthwise:
+            return self.base.cin
+        others = sum(widths.get(g, size) for g, size in self.in_others)
+        if self.in_group not in widths:
+            return self.base.cin - sum(size - widths.get(g, size) for g, size in self.in_others)
+        return widths[self.in_group] * self.in_copies + others + self.in_fixed
 
     def key(self, widths: dict[int, int]) -> LayerKey:
         """The key at the given group widths (missing groups: full width)."""
-        cin = (widths[self.in_group] * self.in_copies if self.in_group is not None and self.in_group in widths
-               else self.base.cin)
         cout = widths.get(self.out_group, self.base.cout) if self.out_group is not None else self.base.cout
         if self.depthwise:
             return replace(self.base, cin=cout, cout=cout, groups=cout)
-        return replace(self.base, cin=cin, cout=cout)
+        return replace(self.base, cin=self.cin(widths), cout=cout)

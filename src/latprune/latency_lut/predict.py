@@ -6,6 +6,7 @@ A unit with no measurement is an error, never a zero.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 
 import torch
@@ -62,13 +63,14 @@ class Predictor:
         self.calibration = calibration or Calibration()
         self._memo: dict[str, float] = {}
         self._unit_memo: dict[tuple[str, int, int, int], float] = {}
+        self._cin_curves: dict[str, list[tuple[int, float]]] | None = None  # kernel -> (cin, ms), built on need
         self._axis = {u.name: rank_axis(i) for i, u in enumerate(graph.units)}
 
     def rescaled(self, ratio: float) -> Predictor:
         """A new predictor whose every prediction is this one's times ``ratio`` (re-anchored on a
         fresh measurement); it shares the LUT lookups already made, and this one is unchanged."""
         other = Predictor(self.lut, self.graph, self.calibration.scaled(ratio))
-        other._memo, other._unit_memo = self._memo, self._unit_memo
+        other._memo, other._unit_memo, other._cin_curves = self._memo, self._unit_memo, self._cin_curves
         return other
 
     def unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
@@ -81,30 +83,48 @@ class Predictor:
     def _kept_unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
         """The unit's LUT latency at ``widths``; where they give it a rank (its rank axis,
         :mod:`~latprune.graph.lowrank`) that pays at its widths, its factorised pair's."""
-        cin = widths.get(unit.in_group, unit.base.cin) if unit.in_group is not None else unit.base.cin
+        cin = unit.cin(widths)
         cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
         rank = widths.get(self._axis[unit.name], 0)
         memo = (unit.name, cin, cout, rank)  # cheap key: the solver asks for the same units many times
         if memo not in self._unit_memo:
             key = unit.key(widths)
-            if rank and pays(key, rank):
-                self._unit_memo[memo] = sum(self.key_ms(k) for k in pair_keys(key, rank))
-            else:
-                self._unit_memo[memo] = self.key_ms(key)
+            keys = pair_keys(key, rank) if rank and pays(key, rank) else [key]
+            self._unit_memo[memo] = sum(self.key_ms(k, along_cin=unit.concatenated) for k in keys)
         return self._unit_memo[memo]
 
-    def key_ms(self, key: LayerKey) -> float:
+    def key_ms(self, key: LayerKey, along_cin: bool = False) -> float:
+        """The LUT's latency of ``key``; with ``along_cin``, where the LUT lacks it, interpolated
+        linearly between the input widths it holds for the same kernel otherwise (how a unit a
+        concatenation feeds is priced: its input width has too many combinations to measure)."""
         text = key.text
         if text not in self._memo:
             latency = self.lut.get(key)
-            if latency is None:
+            ms = latency.median_ms if latency is not None else self._along_cin(key) if along_cin else None
+            if ms is None:
                 raise LutError(
                     f"the LUT {self.lut.path} has no measurement for {key.op} {key.cin}->{key.cout} "
                     f"(k={key.kernel[0]}, stride={key.stride[0]}, input {key.in_hw}); profile this model into it "
                     "first (with the width levels and alignment of this prune)"
                 )
-            self._memo[text] = latency.median_ms
+            self._memo[text] = ms
         return self._memo[text]
+
+    def _along_cin(self, key: LayerKey) -> float | None:
+        """``key``'s latency interpolated (or extrapolated from the nearest two) between the
+        LUT's measurements of the same kernel at other input widths; None under two of them."""
+        if self._cin_curves is None:
+            self._cin_curves = {}
+            for k, latency in self.lut.items():
+                self._cin_curves.setdefault(replace(k, cin=0).text, []).append((k.cin, latency.median_ms))
+            for curve in self._cin_curves.values():
+                curve.sort()
+        curve = self._cin_curves.get(replace(key, cin=0).text, [])
+        if len(curve) < 2:
+            return None
+        i = min(max(bisect.bisect_left(curve, (key.cin,)), 1), len(curve) - 1)
+        (c0, m0), (c1, m1) = curve[i - 1], curve[i]
+        return max(m0 + (m1 - m0) * (key.cin - c0) / (c1 - c0), 0.0)
 
     def raw(self, widths: dict[int, int]) -> float:
         """Σ unit latencies (ms), uncorrected; each removed unit counts ``removed_unit_ms``."""

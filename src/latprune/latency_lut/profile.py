@@ -18,7 +18,7 @@ from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph, Grid
 from latprune.graph.lowrank import pair_keys, pays, rank_axis, rank_options
-from latprune.graph.units import LayerKey
+from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning
 from latprune.latency_lut.predict import Calibration, Predictor
@@ -66,22 +66,33 @@ def grid_keys(graph: ChannelGraph, grid: Grid, lowrank: bool = False) -> list[La
     ranks = rank_options(graph.units, graph.model, grid.align) if lowrank else {}
     keys: dict[str, LayerKey] = {}
     for i, unit in enumerate(graph.units):
-        cins = options[unit.in_group] if unit.in_group is not None and not unit.depthwise else [None]
         couts = options[unit.out_group] if unit.out_group is not None else [None]
-        for cin in cins:
+        for cin_widths in _input_widths(unit, options):
             for cout in couts:
-                widths = {}
-                if cin is not None:
-                    widths[unit.in_group] = cin
+                widths = dict(cin_widths)
                 if cout is not None:
-                    widths[unit.out_group] = cout
-                key = unit.key(widths)  # type: ignore[arg-type]
+                    widths[unit.out_group] = cout  # type: ignore[index]
+                key = unit.key(widths)
                 keys.setdefault(key.text, key)
                 for rank in ranks.get(rank_axis(i), [])[:-1]:  # the last option is the layer whole
                     if pays(key, rank):
                         for part in pair_keys(key, rank):
                             keys.setdefault(part.text, part)
     return list(keys.values())
+
+
+def _input_widths(unit: Unit, options: dict[int, list[int]]) -> list[dict[int, int]]:
+    """The input-group widths a unit is measured at: its input group's options; for a unit a
+    concatenation feeds, every feeding group at the same level of its options (from all at
+    their narrowest to all full), the grid the predictor interpolates on."""
+    if unit.in_group is None or unit.depthwise:
+        return [{}]
+    if not unit.concatenated:
+        return [{unit.in_group: w} for w in options[unit.in_group]]
+    gids = [unit.in_group] + [g for g, _ in unit.in_others]
+    levels = {g: sorted(w for w in options[g] if w > 0) for g in gids}
+    n = max(len(ws) for ws in levels.values())
+    return [{g: ws[round(j * (len(ws) - 1) / max(n - 1, 1))] for g, ws in levels.items()} for j in range(n)]
 
 
 def open_for_backend(path: str | Path, backend: Backend, writable: bool) -> Lut:

@@ -54,7 +54,8 @@ class Staircase:
 
 
 def _touching(graph: ChannelGraph, gid: int) -> list[Unit]:
-    return [u for u in graph.units if u.out_group == gid or (u.in_group == gid and not u.depthwise)]
+    return [u for u in graph.units if u.out_group == gid or (u.in_group == gid and not u.depthwise)
+            or gid in dict(u.in_others)]
 
 
 def group_keys(graph: ChannelGraph, gid: int, width: int) -> list[LayerKey]:

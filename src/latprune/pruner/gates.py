@@ -37,6 +37,7 @@ from latprune.graph.channels import ChannelGraph, channel_dim, masked_layer_norm
 from latprune.latency_lut.predict import SoftLatency
 
 MODES = ("open", "hard", "sample")
+Part = tuple[int, "int | None", int]  # a producer's channels of one group: group id, its block (if it ends one), offset
 
 
 class Gates(nn.Module):
@@ -129,22 +130,21 @@ class Gates(nn.Module):
             return self
         block_of_end = {end: i for i, b in enumerate(self.blocks) for end in b.branch_ends}
         model = self.graph.model
+        for name, parts in self._producer_parts(block_of_end).items():
+            param = parameter_of(model, name)
+            if param is not None:  # a parameter outside layers (a class token): gated where its owner runs
+                fold, restore = self._folded(parts, (param[1],), along_channels=True)
+                self._handles.append(param[0].register_forward_pre_hook(fold))
+                self._handles.append(param[0].register_forward_hook(restore, always_call=True))
+                continue
+            module = self.graph.module(name)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                fold, restore = self._folded(parts, ("weight", "bias"))
+                self._handles.append(module.register_forward_pre_hook(fold))
+                self._handles.append(module.register_forward_hook(restore, always_call=True))
+            else:
+                self._handles.append(module.register_forward_hook(self._hook(parts)))
         for g in self.graph.groups:
-            for name in g.producers:
-                block = block_of_end.get(name)
-                param = parameter_of(model, name)
-                if param is not None:  # a parameter outside layers (a class token): gated where its owner runs
-                    fold, restore = self._folded(g.id, block, (param[1],), along_channels=True)
-                    self._handles.append(param[0].register_forward_pre_hook(fold))
-                    self._handles.append(param[0].register_forward_hook(restore, always_call=True))
-                    continue
-                module = self.graph.module(name)
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-                    fold, restore = self._folded(g.id, block, ("weight", "bias"))
-                    self._handles.append(module.register_forward_pre_hook(fold))
-                    self._handles.append(module.register_forward_hook(restore, always_call=True))
-                else:
-                    self._handles.append(module.register_forward_hook(self._hook(g.id, block)))
             for name in g.norms:
                 self._handles.append(self.graph.module(name).register_forward_hook(self._norm_hook(g.id)))
         produced = {name for g in self.graph.groups for name in g.producers}
@@ -162,6 +162,27 @@ class Gates(nn.Module):
             h.remove()
         self._handles = []
 
+    def _producer_parts(self, block_of_end: dict[str, int]) -> dict[str, list[Part]]:
+        """Each producer's gated channel ranges: one group's at offset 0 almost always; several
+        where the producer runs over a concatenation (a BatchNorm after DenseNet's)."""
+        parts: dict[str, list[Part]] = {}
+        for g in self.graph.groups:
+            for name in g.producers:
+                parts.setdefault(name, []).append((g.id, block_of_end.get(name), g.offset(name)))
+        return parts
+
+    def _gate_over(self, parts: list[Part], channels: int) -> torch.Tensor:
+        """The gate over a producer's ``channels``: each part's group gate at its offset, 1 elsewhere."""
+        if len(parts) == 1 and parts[0][2] == 0 and self.graph.groups[parts[0][0]].size == channels:
+            return self._gate(parts[0][0], parts[0][1])
+        pieces, at = [], 0
+        for gid, block, offset in sorted(parts, key=lambda p: p[2]):
+            gate = self._gate(gid, block)
+            pieces += [torch.ones(offset - at, dtype=gate.dtype), gate]
+            at = offset + len(gate)
+        pieces.append(torch.ones(channels - at, dtype=pieces[-1].dtype))
+        return torch.cat(pieces)
+
     def _gate(self, gid: int, block: int | None) -> torch.Tensor:
         """Group ``gid``'s gate vector, times its block's gate when the producer ends a block's branch."""
         if not self.current:
@@ -176,13 +197,14 @@ class Gates(nn.Module):
         alive = (self.current[self.blocks[block].group].detach().sum() > 0).float()
         return self.block_current[block] * alive
 
-    def _hook(self, gid: int, block: int | None) -> Any:
+    def _hook(self, parts: list[Part]) -> Any:
         """Multiply a producer's output by its gate (a convolution or linear layer without a BatchNorm)."""
         def scale(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            dim = -1 if isinstance(module, nn.Linear) else 1
             # the gates live on the CPU; the model may run on a GPU, at a lower precision
-            gate = self._gate(gid, block).to(out.device, out.dtype)
+            gate = self._gate_over(parts, out.shape[dim]).to(out.device, out.dtype)
             shape = [1] * out.dim()
-            shape[-1 if isinstance(module, nn.Linear) else 1] = -1
+            shape[dim] = -1
             return out * gate.view(shape)
 
         return scale
@@ -203,7 +225,7 @@ class Gates(nn.Module):
 
         return normalise
 
-    def _folded(self, gid: int, block: int | None, names: tuple[str, ...], along_channels: bool = False
+    def _folded(self, parts: list[Part], names: tuple[str, ...], along_channels: bool = False
                 ) -> tuple[Any, Any]:
         """Fold the gate into a module's parameters ``names`` for its forward pass: a
         BatchNorm's scale and shift, ``BN(x)·g = (g·γ)·x̂ + g·β``, the same output and gradients
@@ -216,7 +238,8 @@ class Gates(nn.Module):
             saved = tuple(params[n] for n in names)
             first = saved[0]
             assert first is not None
-            gate = self._gate(gid, block).to(first.device, first.dtype)
+            channels = first.shape[channel_dim(first) if along_channels else 0]
+            gate = self._gate_over(parts, channels).to(first.device, first.dtype)
             module.__dict__.setdefault("_latprune_params", {})[names] = saved
             for n, p in zip(names, saved):
                 assert p is not None

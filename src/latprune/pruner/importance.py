@@ -57,7 +57,8 @@ def l1_importance(graph: ChannelGraph) -> Scores:
         for g in graph.groups:
             total = torch.zeros(g.size)
             for name in g.producers:
-                total += _magnitude(graph, name).float().cpu()
+                start = g.offset(name)
+                total += _magnitude(graph, name)[start:start + g.size].float().cpu()
             scores[g.id] = total.numpy()
     return Scores(scores)
 
