@@ -1,7 +1,8 @@
 """Benchmark: a layer against its low-rank pair, per layer shape, measured: where low rank is faster.
 
     python benchmarks/lowrank_units.py [--backend ort-cpu] [--threads 1] [--shapes conv3x3_64_56,...] [--force]
-    python benchmarks/lowrank_units.py --table
+                                       [--scheme channel|spatial]
+    python benchmarks/lowrank_units.py --table [--scheme spatial]
 
 A rank-r factorisation (Trained Rank Pruning's channel-wise scheme,
 ``latprune.graph.lowrank``) turns a k×k convolution Cin→Cout into a k×k Cin→r and a
@@ -29,6 +30,10 @@ measures on ``--backend`` with ``--threads``:
   the backend's profiler, where it has one: ``profile_graph``) is directly comparable
   with ``sum_ms``, as ``original_model_kernel_ms`` is with the original's. ONNX Runtime's
   profiler counts whole microseconds, so units of a few µs (the 7×7 ones) are coarse.
+
+``--scheme spatial`` measures the spatial scheme instead (k×1 Cin→r, then 1×k r→Cout; its
+maximum rank ``min(Cout, Cin)·k``, its break-even rank depending on the input's width too) on
+the shapes with k×k kernels, k > 1, into the result file with ``_spatial`` before ``.json``.
 
 A shape's ``largest_faster_rank`` is the largest measured rank whose pair (sum) is faster
 than the original, None where it loses at every rank: low rank pays up to it, and the
@@ -104,25 +109,35 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def results_path(backend: str, threads: int, tag: str | None) -> Path:
-    return RESULTS_DIR / f"lowrank_units_{backend}_{threads}t{'_' + tag if tag else ''}.json"
+def results_path(backend: str, threads: int, tag: str | None, scheme: str = "channel") -> Path:
+    suffix = ("_" + tag if tag else "") + ("_spatial" if scheme == "spatial" else "")
+    return RESULTS_DIR / f"lowrank_units_{backend}_{threads}t{suffix}.json"
 
 
-def max_rank(key: LayerKey) -> int:
-    """The rank of the layer's weight matrix at most: ``min(Cout, Cin·k·k)``."""
-    return min(key.cout, key.cin * key.kernel[0] * key.kernel[1])
+def max_rank(key: LayerKey, scheme: str = "channel") -> int:
+    """The rank of the layer's weight matrix at most: ``min(Cout, Cin·k·k)``, or
+    ``min(Cout·kw, Cin·kh)`` in the spatial scheme."""
+    kh, kw = key.kernel
+    if scheme == "spatial":
+        return min(key.cout * kw, key.cin * kh)
+    return min(key.cout, key.cin * kh * kw)
 
 
-def rank_grid(key: LayerKey) -> list[tuple[int, str]]:
+def applies(key: LayerKey, scheme: str) -> bool:
+    """Whether the shape factorises in ``scheme`` (the spatial one needs a k×k kernel, k > 1)."""
+    return scheme == "channel" or (key.op == "conv" and min(key.kernel) > 1)
+
+
+def rank_grid(key: LayerKey, scheme: str = "channel") -> list[tuple[int, str]]:
     """(rank, label) at each of :data:`FRACTIONS` of the maximum rank (rounded, at least 1)
     and at the break-even rank (rounded down), ascending, one label per rank."""
-    from latprune.graph.lowrank import break_even_rank
+    from latprune.graph.lowrank import break_even_of
 
-    top = max_rank(key)
+    top = max_rank(key, scheme)
     labels: dict[int, list[str]] = {}
     for f in FRACTIONS:
         labels.setdefault(max(1, round(f * top)), []).append(str(f))
-    labels.setdefault(max(1, math.floor(break_even_rank(key.cin, key.cout, key.kernel))), []).append("break-even")
+    labels.setdefault(max(1, math.floor(break_even_of(key, scheme))), []).append("break-even")
     return [(r, ", ".join(names)) for r, names in sorted(labels.items())]
 
 
@@ -145,13 +160,13 @@ def original_model(key: LayerKey) -> tuple[Any, tuple[int, ...]]:
     return nn.Sequential(layer, *tail).eval(), shape
 
 
-def pair_model(original: Any, rank: int) -> Any:
+def pair_model(original: Any, rank: int, scheme: str = "channel") -> Any:
     """``original`` with its first layer replaced by its rank-``rank`` pair, flattened."""
     from torch import nn
 
     from latprune.graph.lowrank import factorise
 
-    return nn.Sequential(*factorise(original[0], rank), *list(original)[1:]).eval()
+    return nn.Sequential(*factorise(original[0], rank, scheme=scheme), *list(original)[1:]).eval()
 
 
 def kernel_ms(backend: Any, model: Any, input_shape: tuple[int, ...]) -> float | None:
@@ -169,9 +184,9 @@ def largest_faster(ranks: list[dict[str, Any]], field: str) -> int | None:
     return max(faster) if faster else None
 
 
-def measure_shape(backend: Any, shape: Shape) -> dict[str, Any]:
+def measure_shape(backend: Any, shape: Shape, scheme: str = "channel") -> dict[str, Any]:
     """One shape's row: the original and its pair at every rank of :func:`rank_grid`."""
-    from latprune.graph.lowrank import break_even_rank, pair_keys
+    from latprune.graph.lowrank import break_even_of, pair_keys
 
     t0 = time.time()
     key = shape.key
@@ -179,11 +194,11 @@ def measure_shape(backend: Any, shape: Shape) -> dict[str, Any]:
     model, input_shape = original_model(key)
     original_model_lat = backend.measure_model(model, input_shape)
     ranks = []
-    for rank, label in rank_grid(key):
-        first_key, second_key = pair_keys(key, rank)
+    for rank, label in rank_grid(key, scheme):
+        first_key, second_key = pair_keys(key, rank, scheme)
         first, second = backend.measure_unit(first_key), backend.measure_unit(second_key)
         sum_ms = first.median_ms + second.median_ms
-        pair = pair_model(model, rank)
+        pair = pair_model(model, rank, scheme)
         pair_lat = backend.measure_model(pair, input_shape)
         ranks.append({
             "rank": rank, "fraction": label, "first_key": first_key.text, "second_key": second_key.text,
@@ -196,8 +211,8 @@ def measure_shape(backend: Any, shape: Shape) -> dict[str, Any]:
         })
     return {
         "where": shape.where, "key": key.text, "macs": key.macs,
-        "max_rank": max_rank(key),
-        "break_even_rank": round(break_even_rank(key.cin, key.cout, key.kernel), 2),
+        "scheme": scheme, "max_rank": max_rank(key, scheme),
+        "break_even_rank": round(break_even_of(key, scheme), 2),
         "original": original.to_dict(), "original_model": original_model_lat.to_dict(),
         "original_model_kernel_ms": kernel_ms(backend, model, input_shape),
         "ranks": ranks,
@@ -223,7 +238,9 @@ def table(results: dict[str, Any]) -> str:
     fp = results.get("fingerprint", {})
     dates = sorted({row["date"] for row in results["shapes"].values()})
     when = dates[0] if len(dates) < 2 else f"{dates[0]} to {dates[-1]}"
-    lines = [f"`python benchmarks/lowrank_units.py --backend {results['backend']} --threads {results['threads']}`; "
+    scheme = results.get("scheme", "channel")
+    flag = " --scheme spatial" if scheme == "spatial" else ""
+    lines = [f"`python benchmarks/lowrank_units.py --backend {results['backend']} --threads {results['threads']}{flag}`; "
              f"{fp.get('device', '?')}, {fp.get('runtime', '?')} {fp.get('runtime_version', '')}, "
              f"{results['threads']} thread(s); {when}", "",
              "| shape | where | original ms | break-even rank | faster up to rank (LUT sum) "
@@ -258,21 +275,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="measure shapes already in the result file again")
     parser.add_argument("--tag", default=None, help="suffix of the result file, e.g. the machine's name")
     parser.add_argument("--table", action="store_true", help="print the markdown tables of the result file")
+    parser.add_argument("--scheme", choices=("channel", "spatial"), default="channel",
+                        help="how the layer factorises (spatial: k×1 then 1×k, on k×k convolutions)")
     args = parser.parse_args(argv)
 
     import json
 
-    path = results_path(args.backend, args.threads, args.tag)
+    path = results_path(args.backend, args.threads, args.tag, args.scheme)
     results = json.loads(path.read_text()) if path.is_file() else None
     if args.table:
         if results is None:
             parser.error(f"no result file {path}; run the benchmark first")
         print(table(results))
         return
-    names = args.shapes.split(",") if args.shapes else list(SHAPES)
+    names = args.shapes.split(",") if args.shapes else [n for n, s in SHAPES.items() if applies(s.key, args.scheme)]
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
         parser.error(f"unknown shapes: {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    inapplicable = [n for n in names if not applies(SHAPES[n].key, args.scheme)]
+    if inapplicable:
+        parser.error(f"shapes without a k×k kernel do not factorise in the spatial scheme: {', '.join(inapplicable)}")
     warnings.simplefilter("ignore")
 
     from latprune.errors import FingerprintMismatch
@@ -282,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     backend = get_backend(args.backend, threads=args.threads)
     fingerprint = backend.fingerprint()
     if results is None:
-        results = {"backend": args.backend, "threads": args.threads, "fingerprint": fingerprint,
+        results = {"backend": args.backend, "threads": args.threads, "scheme": args.scheme, "fingerprint": fingerprint,
                    "fractions": [str(f) for f in FRACTIONS], "shapes": {}}
     else:
         try:
@@ -293,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         if name in results["shapes"] and not args.force:
             print(f"[{i}/{len(names)}] {name}: already in {path.name}, skipped (--force measures it again)")
             continue
-        row = measure_shape(backend, SHAPES[name])
+        row = measure_shape(backend, SHAPES[name], args.scheme)
         results["shapes"][name] = row
         write_json(path, results)
         print(f"[{i}/{len(names)}] {name}: original {row['original']['median_ms']:.4f} ms, pair faster up to "

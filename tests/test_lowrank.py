@@ -35,13 +35,18 @@ from latprune.runtime.onnx import checked_onnx
 from tests.conftest import TINY_INPUT, tiny_loader, tiny_resnet
 
 
-@pytest.mark.parametrize("layer", [nn.Conv2d(6, 10, 3, stride=2, padding=1, bias=True), nn.Linear(12, 9)])
-def test_the_pair_computes_its_reconstruction_and_is_exact_at_full_rank(layer: nn.Module) -> None:
+@pytest.mark.parametrize("layer, scheme", [
+    (nn.Conv2d(6, 10, 3, stride=2, padding=1, bias=True), "channel"), (nn.Linear(12, 9), "channel"),
+    (nn.Conv2d(6, 10, 3, stride=2, padding=1, bias=True), "spatial"),
+    (nn.Conv2d(6, 10, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), "spatial"),
+])
+def test_the_pair_computes_its_reconstruction_and_is_exact_at_full_rank(layer: nn.Module, scheme: str) -> None:
     torch.manual_seed(0)
-    x = torch.randn(2, 6, 9, 9) if isinstance(layer, nn.Conv2d) else torch.randn(2, 5, 12)
-    s = singular_values(layer)
-    for rank in (1, 3, max_rank(layer)):
-        pair = factorise(layer, rank)
+    x = torch.randn(2, 6, 9, 11) if isinstance(layer, nn.Conv2d) else torch.randn(2, 5, 12)
+    s = singular_values(layer, scheme)
+    for rank in (1, 3, max_rank(layer, scheme)):
+        pair = factorise(layer, rank, scheme=scheme)
+        assert pair.scheme == scheme
         rebuilt = copy.deepcopy(layer)
         with torch.no_grad():
             rebuilt.weight.copy_(pair.weight_product())
@@ -50,7 +55,8 @@ def test_the_pair_computes_its_reconstruction_and_is_exact_at_full_rank(layer: n
         error = (pair.weight_product() - layer.weight).detach().norm()
         assert float(error) == pytest.approx(float(s[rank:].norm()), rel=1e-4, abs=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(factorise(layer, max_rank(layer))(x), layer(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(factorise(layer, max_rank(layer, scheme), scheme=scheme)(x), layer(x),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_projection_keeps_the_shape_and_lowers_the_rank() -> None:
@@ -71,6 +77,16 @@ def test_projection_keeps_the_shape_and_lowers_the_rank() -> None:
 def test_bad_ranks_are_refused(layer: nn.Module, rank: int, match: str) -> None:
     with pytest.raises(SpecError, match=match):
         factorise(layer, rank, "layer")
+
+
+@pytest.mark.parametrize("layer, rank, match", [
+    (nn.Conv2d(4, 8, 3), 13, r"outside 1..12 \(min of its outputs × kernel width and inputs × kernel height"),
+    (nn.Conv2d(4, 8, 1), 1, "no k×k kernel to split"),
+    (nn.Linear(6, 3), 1, "no k×k kernel to split"),
+])
+def test_bad_spatial_ranks_are_refused(layer: nn.Module, rank: int, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        factorise(layer, rank, "layer", scheme="spatial")
 
 
 def test_a_missing_layer_is_refused() -> None:
@@ -95,11 +111,26 @@ def test_the_lut_keys_the_pair_as_the_units_the_factorised_model_has() -> None:
     assert _unit_keys(factorised, shape)[:4] == expected
 
 
+def test_the_lut_keys_the_spatial_pair_as_the_units_the_factorised_model_has() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()).eval()
+    shape = (1, 3, 16, 20)
+    _, key = (u.base for u in ChannelGraph.build(copy.deepcopy(model), shape).units)
+    assert rank_grid(key, scheme="spatial") and max(rank_grid(key, scheme="spatial")) > max(rank_grid(key))
+    factorised = factorise_(copy.deepcopy(model), {"3": 24}, scheme="spatial")
+    assert ranks_of(factorised) == {"3": 24}
+    assert _unit_keys(factorised, shape)[1:] == [k.text for k in pair_keys(key, 24, "spatial")]
+
+
 def test_a_factorised_model_exports_with_parity() -> None:
     model = factorise_(tiny_resnet(), {"stem.0": 3, "blocks.2.conv1": 5, "fc": 4})
     report, onnx = checked_onnx(model, TINY_INPUT)  # raises beyond the parity tolerance
     convs = [n for n in onnx_lib.load_from_string(onnx).graph.node if n.op_type == "Conv"]
     assert report.max_abs_diff <= 1e-4 and len(convs) == 15 + 2  # the tiny ResNet's 15, and two second halves
+    spatial = factorise_(tiny_resnet(), {"stem.0": 3, "blocks.2.conv1": 5}, scheme="spatial")
+    report, _ = checked_onnx(spatial, TINY_INPUT)
+    assert report.max_abs_diff <= 1e-4
 
 
 def resnet() -> nn.Module:
@@ -183,6 +214,20 @@ def test_trp_trains_towards_low_rank_and_factorises(lowrank_lut: latprune.LUT) -
     assert result.metrics["budget_met"] and result.plan.method == "trp" and result.plan.ranks
     assert all(g.width == g.size for g in result.plan.groups)  # trp leaves the widths alone
     assert ranks_of(result.model) == result.plan.ranks
+
+
+def test_trp_in_the_spatial_scheme_factorises_and_replays(lowrank_lut: latprune.LUT, tmp_path: Path) -> None:
+    result = latprune.prune(resnet(), lowrank_lut, "0.8x", example_input=torch.randn(*TINY_INPUT),
+                            method=latprune.TrpConfig(trp_epochs=0.5, trp_period=2, trp_energy=0.5,
+                                                      nuclear_weight=1e-2, importance="l1", lowrank_scheme="spatial"),
+                            train_loader=tiny_loader(), progress=False)
+    pairs = [m for m in result.model.modules() if isinstance(m, Factorised)]
+    assert result.metrics["budget_met"] and pairs and all(p.scheme == "spatial" for p in pairs)
+    assert result.plan.rank_scheme == "spatial" and result.plan.ranks == ranks_of(result.model)
+    same = latprune.load(result.save(tmp_path / "run"), resnet())
+    x = torch.randn(2, *TINY_INPUT[1:])
+    with torch.no_grad():
+        assert torch.equal(same.model(x), result.model(x))
 
 
 def test_trp_with_widths_reaches_below_what_ranks_alone_reach(lowrank_lut: latprune.LUT) -> None:

@@ -74,7 +74,8 @@ def test_a_shape_in_the_file_is_skipped_unless_forced(bench, monkeypatch, capsys
     bench.main(["--backend", "fake", "--shapes", SHAPE])
     measured = []
     real = bench.measure_shape
-    monkeypatch.setattr(bench, "measure_shape", lambda backend, shape: measured.append(shape) or real(backend, shape))
+    monkeypatch.setattr(bench, "measure_shape",
+                        lambda backend, shape, scheme: measured.append(shape) or real(backend, shape, scheme))
     bench.main(["--backend", "fake", "--shapes", SHAPE])
     assert measured == [] and "skipped" in capsys.readouterr().out
     bench.main(["--backend", "fake", "--shapes", f"{SHAPE},conv3x3_64_7", "--force"])
@@ -108,3 +109,20 @@ def test_unknown_shape_is_a_usage_error(bench, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--backend", "fake", "--shapes", "conv9x9"])
     assert exc.value.code == 2 and "unknown shapes: conv9x9" in capsys.readouterr().err
+
+
+def test_the_spatial_scheme_measures_its_own_pairs_into_its_own_file(bench, capsys):
+    bench.main(["--backend", "fake", "--shapes", SHAPE, "--scheme", "spatial"])
+    results = json.loads(bench.results_path("fake", 1, None, "spatial").read_text())
+    row = results["shapes"][SHAPE]
+    key = bench.SHAPES[SHAPE].key
+    assert results["scheme"] == row["scheme"] == "spatial" and row["max_rank"] == 48
+    assert row["break_even_rank"] == pytest.approx(24.0)  # k·Cin·Cout / (Cin + Cout) at equal widths
+    for r in row["ranks"]:
+        first, second = pair_keys(key, r["rank"], "spatial")
+        assert (r["first_key"], r["second_key"]) == (first.text, second.text)
+        assert first.kernel == (3, 1) and second.kernel == (1, 3)
+    assert not bench.results_path("fake", 1, None).exists()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--backend", "fake", "--shapes", "conv1x1_96to576_14", "--scheme", "spatial"])
+    assert exc.value.code == 2 and "do not factorise in the spatial scheme" in capsys.readouterr().err

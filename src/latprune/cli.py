@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "add widths where latency jumps, so the pruner can keep the cheap side of each step")
     p.add_argument("--lowrank", action="store_true",
                    help="also measure each convolution and linear layer as a factorised pair at a few ranks below "
-                        "its break-even rank, for `prune --lowrank`")
+                        "its break-even rank, in both schemes (channel and spatial), for `prune --lowrank`")
     _add_backend(p)
     _add_json(p)
 

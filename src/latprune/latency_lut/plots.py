@@ -10,7 +10,7 @@ import numpy as np
 
 from latprune._io import atomic_write_with
 from latprune.errors import LutError, MissingDependency
-from latprune.graph.lowrank import pair_keys
+from latprune.graph.lowrank import CHANNEL, SCHEMES, SPATIAL, pair_keys, pays
 from latprune.graph.units import LayerKey
 from latprune.latency_lut.store import Lut
 
@@ -81,8 +81,9 @@ def plot_lut(lut: Lut, path: str, max_panels: int = 16) -> str:
 
 def rank_curves(lut: Lut) -> list[dict[str, Any]]:
     """Per unit shape whose factorised pairs the LUT holds (``profile --lowrank``), at its full
-    widths: the unit's latency, its pair's latency at each rank measured, and the unit's latency
-    against its output width (the input at full width): what a rank and a width each cost."""
+    widths: the unit's latency, its pair's latency at each rank measured (``ranks``: the channel
+    scheme's, ``spatial``: the spatial scheme's), and the unit's latency against its output
+    width (the input at full width): what a rank and a width each cost."""
     entries = {k: lat.median_ms for k, lat in lut.items()}
     by_cout: dict[LayerKey, list[tuple[int, float]]] = {}  # (cout, ms) of every key, by the key without its cout
     for key, ms in entries.items():
@@ -95,15 +96,25 @@ def rank_curves(lut: Lut) -> list[dict[str, Any]]:
                 full[fam] = key
     curves = []
     for key in full.values():
-        ranks = []
-        for r, first_ms in sorted(by_cout.get(replace(pair_keys(key, 1)[0], cout=0), [])):  # the pair's first layers
-            second = pair_keys(key, r)[1]
-            if r < key.cout and second in entries:
-                ranks.append((r, first_ms + entries[second]))
-        if ranks:
+        ranks = {scheme: _pair_curve(key, scheme, entries, by_cout) for scheme in SCHEMES}
+        if any(ranks.values()):
             widths = sorted(by_cout[replace(key, cout=0)])
-            curves.append({"key": key, "ms": entries[key], "ranks": ranks, "widths": widths})
+            curves.append({"key": key, "ms": entries[key], "ranks": ranks[CHANNEL], "spatial": ranks[SPATIAL],
+                           "widths": widths})
     return curves
+
+
+def _pair_curve(key: LayerKey, scheme: str, entries: dict[LayerKey, float],
+                by_cout: dict[LayerKey, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """(rank, the pair's summed ms) of the unit ``key``'s pairs in ``scheme`` that the LUT holds."""
+    if not pays(key, 1, scheme):
+        return []
+    curve = []
+    for r, first_ms in sorted(by_cout.get(replace(pair_keys(key, 1, scheme)[0], cout=0), [])):  # first layers
+        second = pair_keys(key, r, scheme)[1]
+        if pays(key, r, scheme) and second in entries:
+            curve.append((r, first_ms + entries[second]))
+    return curve
 
 
 def plot_ranks(lut: Lut, path: str, max_panels: int = 16) -> str:
@@ -120,6 +131,9 @@ def plot_ranks(lut: Lut, path: str, max_panels: int = 16) -> str:
         key = c["key"]
         ax.plot([w for w, _ in c["widths"]], [ms for _, ms in c["widths"]], marker=".", lw=1, label="width")
         ax.plot([r for r, _ in c["ranks"]], [ms for _, ms in c["ranks"]], marker="x", lw=1, label="rank (pair)")
+        if c["spatial"]:
+            ax.plot([r for r, _ in c["spatial"]], [ms for _, ms in c["spatial"]], marker="+", lw=1,
+                    label="rank (k×1, 1×k)")
         ax.axhline(c["ms"], color="0.5", lw=0.8, ls="--", label="whole")
         _label_panel(ax, f"{key.op} {key.cin}->{key.cout} k{key.kernel[0]} s{key.stride[0]} "
                      f"{'x'.join(map(str, key.in_hw))}", "output width, or rank")

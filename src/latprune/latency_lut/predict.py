@@ -13,7 +13,7 @@ import torch
 
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph
-from latprune.graph.lowrank import pair_keys, pays, rank_axis
+from latprune.graph.lowrank import CHANNEL, pair_keys, pays, rank_axis
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
 
@@ -57,10 +57,12 @@ class Predictor:
     >>> # predictor = Predictor(lut, graph, calibration); predictor.predict(graph.full_widths())
     """
 
-    def __init__(self, lut: Lut, graph: ChannelGraph, calibration: Calibration | None = None) -> None:
+    def __init__(self, lut: Lut, graph: ChannelGraph, calibration: Calibration | None = None,
+                 scheme: str = CHANNEL) -> None:
         self.lut = lut
         self.graph = graph
         self.calibration = calibration or Calibration()
+        self.scheme = scheme  # how a unit given a rank factorises (graph.lowrank.SCHEMES)
         self._memo: dict[str, float] = {}
         self._unit_memo: dict[tuple[str, int, int, int], float] = {}
         self._cin_curves: dict[str, list[tuple[int, float]]] | None = None  # kernel -> (cin, ms), built on need
@@ -69,7 +71,7 @@ class Predictor:
     def rescaled(self, ratio: float) -> Predictor:
         """A new predictor whose every prediction is this one's times ``ratio`` (re-anchored on a
         fresh measurement); it shares the LUT lookups already made, and this one is unchanged."""
-        other = Predictor(self.lut, self.graph, self.calibration.scaled(ratio))
+        other = Predictor(self.lut, self.graph, self.calibration.scaled(ratio), self.scheme)
         other._memo, other._unit_memo, other._cin_curves = self._memo, self._unit_memo, self._cin_curves
         return other
 
@@ -82,14 +84,14 @@ class Predictor:
 
     def _kept_unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
         """The unit's LUT latency at ``widths``; where they give it a rank (its rank axis,
-        :mod:`~latprune.graph.lowrank`) that pays at its widths, its factorised pair's."""
+        :mod:`~latprune.graph.lowrank`) that pays at its widths, its factorised pair's (in ``scheme``)."""
         cin = unit.cin(widths)
         cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
         rank = widths.get(self._axis[unit.name], 0)
         memo = (unit.name, cin, cout, rank)  # cheap key: the solver asks for the same units many times
         if memo not in self._unit_memo:
             key = unit.key(widths)
-            keys = pair_keys(key, rank) if rank and pays(key, rank) else [key]
+            keys = pair_keys(key, rank, self.scheme) if rank and pays(key, rank, self.scheme) else [key]
             self._unit_memo[memo] = sum(self.key_ms(k, along_cin=unit.concatenated) for k in keys)
         return self._unit_memo[memo]
 

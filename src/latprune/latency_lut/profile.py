@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph, Grid
-from latprune.graph.lowrank import pair_keys, pays, rank_axis, rank_options
+from latprune.graph.lowrank import SCHEMES, pair_keys, pays, rank_axis, rank_options
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, calibration_configs, fit, noise_warning
@@ -58,12 +58,13 @@ class ProfileReport:
         return asdict(self)
 
 
-def grid_keys(graph: ChannelGraph, grid: Grid, lowrank: bool = False) -> list[LayerKey]:
+def grid_keys(graph: ChannelGraph, grid: Grid, lowrank: bool = False, schemes: Sequence[str] = SCHEMES
+              ) -> list[LayerKey]:
     """Every key the pruner can ask for on this width grid (deduplicated, in unit order); with
-    ``lowrank``, also the keys of every unit's factorised pairs at its rank options
-    (:mod:`~latprune.graph.lowrank`) where they pay."""
+    ``lowrank``, also the keys of every unit's factorised pairs at its rank options in each of
+    ``schemes`` (:mod:`~latprune.graph.lowrank`) where they pay."""
     options = graph.options(grid)
-    ranks = rank_options(graph.units, graph.model, grid.align) if lowrank else {}
+    ranks = {s: rank_options(graph.units, graph.model, grid.align, s) for s in schemes} if lowrank else {}
     keys: dict[str, LayerKey] = {}
     for i, unit in enumerate(graph.units):
         couts = options[unit.out_group] if unit.out_group is not None else [None]
@@ -74,10 +75,11 @@ def grid_keys(graph: ChannelGraph, grid: Grid, lowrank: bool = False) -> list[La
                     widths[unit.out_group] = cout  # type: ignore[index]
                 key = unit.key(widths)
                 keys.setdefault(key.text, key)
-                for rank in ranks.get(rank_axis(i), [])[:-1]:  # the last option is the layer whole
-                    if pays(key, rank):
-                        for part in pair_keys(key, rank):
-                            keys.setdefault(part.text, part)
+                for scheme, options_of in ranks.items():
+                    for rank in options_of.get(rank_axis(i), [])[:-1]:  # the last option is the layer whole
+                        if pays(key, rank, scheme):
+                            for part in pair_keys(key, rank, scheme):
+                                keys.setdefault(part.text, part)
     return list(keys.values())
 
 
@@ -186,7 +188,8 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
     keeps them. ``shard=(i, n)`` measures only every n-th key starting
     at the i-th (1-based) and skips calibration: merge the shards with
     ``latprune lut merge``, then profile the merged LUT once to calibrate. ``lowrank`` also
-    measures every layer's factorised pairs at its rank options (:mod:`~latprune.graph.lowrank`)."""
+    measures every layer's factorised pairs at its rank options, in both schemes
+    (:mod:`~latprune.graph.lowrank`)."""
     index, count = shard
     if not 1 <= index <= count:
         raise LutError(f"shard {index}/{count} is not of the form i/n with 1 <= i <= n")

@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from latprune.errors import SpecError
+from latprune.graph.lowrank import CHANNEL, SCHEMES
 
 IMPORTANCES = ("taylor", "taylor2", "l1")          # channel importance (see pruner.importance)
 HALP_IMPORTANCES = IMPORTANCES + ("measured",)     # halp alone: knapsack values from measured losses
@@ -80,10 +81,13 @@ class ImportanceConfig(MethodConfig):
     lowrank: bool = _opt(False, "also offer every convolution and linear layer low ranks (a factorised pair, "
                          "Trained Rank Pruning's scheme), taken where the LUT prices the pair below the widths; "
                          "profile with --lowrank first")
+    lowrank_scheme: str = _opt(CHANNEL, "how a layer factorises: channel (k×k to r, then 1×1) or spatial (k×1 "
+                               "to r, then 1×k; convolutions with k×k kernels only)", SCHEMES)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice(self, "importance", self.importances)
+        _check_choice(self, "lowrank_scheme", SCHEMES)
         _check_positive(self, "importance_batches", "lr")
 
     @property

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from latprune._progress import bar
 from latprune.errors import SpecError
 from latprune.graph.channels import ChannelGraph, channel_dim, parameter_of
-from latprune.graph.lowrank import unit_index, weight_matrix
+from latprune.graph.lowrank import CHANNEL, as_matrix, unit_index, weight_matrix
 from latprune.graph.transformer import Heads
 from latprune.pruner.gates import Gates
 
@@ -197,7 +197,8 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
 
 
 # -- singular values ---------------------------------------------------------------------------
-def energy_rank_scores(graph: ChannelGraph, axes: Iterable[int], scores: Scores) -> dict[int, np.ndarray]:
+def energy_rank_scores(graph: ChannelGraph, axes: Iterable[int], scores: Scores, scheme: str = CHANNEL
+                       ) -> dict[int, np.ndarray]:
     """Data-free scores of the singular values: each layer's share of its output group's
     importance, split over its singular values by their energy (σ²). Truncating a layer
     to rank r then costs the energy it drops, as a fraction of what its channels are worth.
@@ -215,20 +216,21 @@ def energy_rank_scores(graph: ChannelGraph, axes: Iterable[int], scores: Scores)
         unit = graph.units[unit_index(axis)]
         worth = float(scores.channels[unit.out_group].sum()) / writers[unit.out_group] \
             if unit.out_group is not None else everything
-        energy = torch.linalg.svdvals(weight_matrix(graph.module(unit.name)).cpu()) ** 2
+        energy = torch.linalg.svdvals(weight_matrix(graph.module(unit.name), scheme).cpu()) ** 2
         out[axis] = (worth * energy / energy.sum().clamp_min(1e-30)).numpy()
     return out
 
 
 def taylor_rank_scores(graph: ChannelGraph, axes: Iterable[int], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                       num_batches: int, progress: bool = True, device: torch.device | str = "cpu"
-                       ) -> dict[int, np.ndarray]:
+                       num_batches: int, progress: bool = True, device: torch.device | str = "cpu",
+                       scheme: str = CHANNEL) -> dict[int, np.ndarray]:
     """Taylor scores of the singular values, in the currency of :func:`taylor_importance`: with
-    the layer's weight ``W = U S Vᵀ``, ``∂L/∂σᵢ = uᵢᵀ (∂L/∂W) vᵢ``, and the score is the
-    first-order loss change when σᵢ goes to zero, ``(σᵢ · ∂L/∂σᵢ)²``, averaged over batches."""
+    the layer's weight matrix in ``scheme`` ``W = U S Vᵀ``, ``∂L/∂σᵢ = uᵢᵀ (∂L/∂W) vᵢ``, and the
+    score is the first-order loss change when σᵢ goes to zero, ``(σᵢ · ∂L/∂σᵢ)²``, averaged
+    over batches."""
     axes = list(axes)
     layers = {a: graph.module(graph.units[unit_index(a)].name) for a in axes}
-    svds = {a: torch.linalg.svd(weight_matrix(layers[a]).cpu(), full_matrices=False) for a in axes}
+    svds = {a: torch.linalg.svd(weight_matrix(layers[a], scheme).cpu(), full_matrices=False) for a in axes}
     sums = {a: torch.zeros(len(svds[a][1]), dtype=torch.float64) for a in axes}
     model = graph.model
     model.eval()
@@ -243,7 +245,7 @@ def taylor_rank_scores(graph: ChannelGraph, axes: Iterable[int], batches: Iterab
             with torch.no_grad():
                 for a in axes:
                     u, s, vh = svds[a]
-                    grad = layers[a].weight.grad.detach().flatten(1).double().cpu()
+                    grad = as_matrix(layers[a].weight.grad.detach().double(), scheme).cpu()
                     sums[a] += (s * ((u.T @ grad) * vh).sum(1)) ** 2
             seen += 1
     finally:

@@ -32,7 +32,7 @@ from latprune._progress import bar
 from latprune.budget import Budget
 from latprune.errors import BudgetError, LatpruneWarning, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid
-from latprune.graph.lowrank import factorise_
+from latprune.graph.lowrank import CHANNEL, factorise_
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, noise_warning
 from latprune.latency_lut.predict import Calibration, Predictor
@@ -278,7 +278,8 @@ def _decided(ctx: Context, method: Callable[[Context], Decision]) -> Decision:
 
 def _decision_record(decision: Decision) -> dict[str, Any]:
     """A decision as plain data (its slimmed model as a state_dict): to store, or to send to the other ranks."""
-    return {"keep": decision.keep, "ranks": decision.ranks, "predicted_ms": decision.predicted_ms,
+    return {"keep": decision.keep, "ranks": decision.ranks, "rank_scheme": decision.rank_scheme,
+            "predicted_ms": decision.predicted_ms,
             "history": decision.history,
             "extra": decision.extra, "measured_ms": decision.measured_ms, "model": decision.slim.state_dict(),
             "calibration": asdict(decision.predictor.calibration) if decision.predictor else None}
@@ -294,10 +295,11 @@ def _stored_decision(journal: Journal | None, name: str) -> dict[str, Any] | Non
 def _decision_from(ctx: Context, record: dict[str, Any]) -> Decision:
     keep = {int(g): list(idx) for g, idx in record["keep"].items()}  # JSON keys are strings
     ranks = {str(name): int(r) for name, r in record.get("ranks", {}).items()}
-    slim = factorise_(ctx.graph.slim(keep), ranks)
+    slim = factorise_(ctx.graph.slim(keep), ranks, record.get("rank_scheme", CHANNEL))
     slim.load_state_dict(record["model"])
     calibration = record["calibration"]
-    predictor = Predictor(ctx.predictor.lut, ctx.graph, Calibration(**calibration)) if calibration else None
+    predictor = Predictor(ctx.predictor.lut, ctx.graph, Calibration(**calibration), ctx.scheme) if calibration \
+        else None
     return Decision(keep, slim.eval(), record["predicted_ms"], record["history"], record["extra"],
                     record["measured_ms"], predictor)
 
@@ -367,7 +369,7 @@ def plan_of(graph: ChannelGraph, decision: Decision, grid: Grid, name: str, budg
     return PruningPlan(
         model=name, input_shape=graph.input_shape,
         groups=tuple(GroupPlan(graph.groups[g].root, graph.groups[g].size, tuple(idx)) for g, idx in channels.items()),
-        removed_blocks=tuple(b.name for b in removed), ranks=dict(decision.ranks),
+        removed_blocks=tuple(b.name for b in removed), ranks=dict(decision.ranks), rank_scheme=decision.rank_scheme,
         levels=grid.levels, align=grid.align, grid_extra={root: list(ws) for root, ws in grid.extra},
         budget_ms=budget_ms, predicted_ms=decision.predicted_ms, signature=graph.signature(), method=method)
 

@@ -32,7 +32,16 @@ from latprune import parallel
 from latprune._progress import bar
 from latprune.errors import BudgetError, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid, group_align
-from latprune.graph.lowrank import applicable, factorise_, rank_options, ranks_of, split_ranks, unit_index
+from latprune.graph.lowrank import (
+    CHANNEL,
+    applicable,
+    factorise_,
+    rank_options,
+    ranks_of,
+    scheme_of,
+    split_ranks,
+    unit_index,
+)
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.predict import Predictor, SoftLatency
 from latprune.latency_lut.profile import grid_keys, measure_beside_anchor, measure_settled, model_pass
@@ -86,6 +95,15 @@ class Context:
     _base_pass: Callable[[], Any] | None = field(default=None, init=False, repr=False, compare=False)
     _ranks_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.predictor.scheme != self.scheme:  # the predictor prices ranks the way this decision factorises
+            self.predictor = Predictor(self.predictor.lut, self.graph, self.predictor.calibration, self.scheme)
+
+    @property
+    def scheme(self) -> str:
+        """How a layer given a rank factorises (:data:`~latprune.graph.lowrank.SCHEMES`)."""
+        return getattr(self.config, "lowrank_scheme", CHANNEL)
+
     @property
     def importance_config(self) -> ImportanceConfig:
         if not isinstance(self.config, ImportanceConfig):
@@ -110,11 +128,11 @@ class Context:
                                        progress=self.progress, gates=gates, mode=mode, device=self.compute.device)
         axes = list(self.rank_options())
         if axes and config.importance == "l1":
-            scores.ranks = energy_rank_scores(self.graph, axes, scores)
+            scores.ranks = energy_rank_scores(self.graph, axes, scores, self.scheme)
         elif axes:
             scores.ranks = taylor_rank_scores(self.graph, axes, self.batches(seed_offset + 500),
                                               batches or config.importance_batches, self.progress,
-                                              self.compute.device)
+                                              self.compute.device, self.scheme)
         return scores
 
     def rank_options(self) -> dict[int, list[int]]:
@@ -123,13 +141,14 @@ class Context:
         if not getattr(self.config, "uses_ranks", False):
             return {}
         if not self._ranks_checked:
-            missing = self.predictor.missing(grid_keys(self.graph, self.grid, lowrank=True))
+            missing = self.predictor.missing(grid_keys(self.graph, self.grid, lowrank=True, schemes=(self.scheme,)))
             if missing:
                 raise LutError(f"the LUT {self.predictor.lut.path} lacks {len(missing)} measurements of this "
-                               "model's factorised layers; profile it with lowrank (`latprune profile --lowrank`, "
-                               "latprune.profile(..., lowrank=True)) before pruning with lowrank")
+                               f"model's layers factorised in the {self.scheme} scheme; profile it with lowrank "
+                               "(`latprune profile --lowrank`, latprune.profile(..., lowrank=True)) before "
+                               "pruning with lowrank")
             self._ranks_checked = True
-        return rank_options(self.graph.units, self.graph.model, self.grid.align)
+        return rank_options(self.graph.units, self.graph.model, self.grid.align, self.scheme)
 
     def options(self, blocks: bool) -> dict[int, list[int]]:
         """Width options of every group on the grid (with ``blocks``, a block's inner group offers
@@ -210,6 +229,11 @@ class Decision:
         """The layers the slimmed model factorised (:mod:`~latprune.graph.lowrank`), by name: their rank."""
         return ranks_of(self.slim)
 
+    @property
+    def rank_scheme(self) -> str:
+        """How they factorised (:data:`~latprune.graph.lowrank.SCHEMES`)."""
+        return scheme_of(self.slim)
+
 
 def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
     """The ``widths[g]`` highest-scoring channels of each group (sorted indices); rank axes
@@ -218,12 +242,16 @@ def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
             for g, w in split_ranks(widths)[0].items()}
 
 
-def slim_factorised(graph: ChannelGraph, keep: dict[int, list[int]], widths: dict[int, int]) -> nn.Module:
-    """``graph.slim(keep)`` with every layer that ``widths`` gives a rank factorised to it,
-    where the rank pays at the layer's slimmed widths (:func:`~latprune.graph.lowrank.applicable`)."""
+def slim_factorised(graph: ChannelGraph, keep: dict[int, list[int]], widths: dict[int, int],
+                    scheme: str = CHANNEL) -> nn.Module:
+    """``graph.slim(keep)`` with every layer that ``widths`` gives a rank factorised to it in
+    ``scheme``, where the rank pays at the layer's slimmed widths
+    (:func:`~latprune.graph.lowrank.applicable`)."""
     slim = graph.slim(keep)
     ranks = {graph.units[i].name: r for i, r in split_ranks(widths)[1].items()}
-    return factorise_(slim, applicable(slim, ranks))
+    if not ranks:
+        return slim
+    return factorise_(slim, applicable(slim, ranks, scheme, graph.input_shape), scheme)
 
 
 Solver = Callable[[Predictor, float], Solution]  # (predictor, target ms) -> widths
@@ -251,7 +279,7 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
             if solution.widths in tried:
                 break  # the corrected prediction leads back to a configuration already measured
             tried.append(solution.widths)
-            slim = slim_factorised(graph, keep(solution.widths), solution.widths)
+            slim = slim_factorised(graph, keep(solution.widths), solution.widths, ctx.scheme)
             meter.set_postfix(candidate=iteration, refresh=False)
             measured_ms, base_beside_ms, measurements = ctx.measure_checked(slim, target_ms, meter.update)
             fits = measured_ms <= target_ms
@@ -497,7 +525,8 @@ def rank_trained(ctx: Context) -> dict[str, Any]:
                         "and linear layers, below their break-even rank); prune this model's widths instead")
     names = [ctx.graph.units[unit_index(a)].name for a in axes]
     layers = {name: ctx.graph.module(name) for name in names}
-    regulariser = TrpRegulariser(layers, config.nuclear_weight, config.trp_period, config.trp_energy)
+    regulariser = TrpRegulariser(layers, config.nuclear_weight, config.trp_period, config.trp_energy,
+                                 config.lowrank_scheme)
     if config.trp_epochs > 0:
         train(ctx.graph.model, ctx.batches(), TrainConfig(epochs=config.trp_epochs, lr=config.lr, seed=ctx.seed,
                                                           compute=ctx.compute),

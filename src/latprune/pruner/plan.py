@@ -23,10 +23,10 @@ from torch import nn
 from latprune._io import atomic_write_text
 from latprune.errors import RunDirError
 from latprune.graph.channels import apply_plan_
-from latprune.graph.lowrank import factorise_
+from latprune.graph.lowrank import CHANNEL, check_scheme, factorise_
 
-PLAN_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)   # version 1: no removed_blocks; 1 and 2: no ranks
+PLAN_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)   # version 1: no removed_blocks; 1 and 2: no ranks; 1 to 3: no rank_scheme
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class PruningPlan:
     groups: tuple[GroupPlan, ...]
     removed_blocks: tuple[str, ...] = ()  # residual blocks replaced by their shortcut
     ranks: dict[str, int] = field(default_factory=dict)  # layers factorised after slimming (graph.lowrank): rank
+    rank_scheme: str = CHANNEL                              # how they factorise (graph.lowrank.SCHEMES)
     levels: int = 8                      # width grid the plan was chosen on: levels ...
     align: int = 1                       # ... and alignment (see graph.channels.Grid)
     grid_extra: dict[str, list[int]] = field(default_factory=dict)  # ... and widths `profile --refine` added, per root
@@ -81,7 +82,8 @@ class PruningPlan:
                            for g in raw["groups"])
             raw = {**raw, "groups": groups, "input_shape": tuple(raw["input_shape"]),
                    "removed_blocks": tuple(str(b) for b in raw.get("removed_blocks", ())),
-                   "ranks": {str(name): int(r) for name, r in raw.get("ranks", {}).items()}, "version": PLAN_VERSION}
+                   "ranks": {str(name): int(r) for name, r in raw.get("ranks", {}).items()},
+                   "rank_scheme": check_scheme(str(raw.get("rank_scheme", CHANNEL))), "version": PLAN_VERSION}
             return cls(**raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise RunDirError(f"{source} is missing or has malformed fields ({exc}); prune again") from None
@@ -102,4 +104,4 @@ class PruningPlan:
         factorise the layers it gives a rank."""
         slim = apply_plan_(model, self.input_shape, self.removed_blocks, {g.root: g.keep for g in self.groups},
                            {g.root: g.size for g in self.groups})
-        return factorise_(slim, self.ranks)
+        return factorise_(slim, self.ranks, self.rank_scheme)
