@@ -165,7 +165,8 @@ class SoftLatency:
     Each unit's LUT latencies on the width grid form a table over its input
     and output group widths (one axis for depthwise units, which follow one
     group); the prediction interpolates it bilinearly at the soft widths, so
-    gradients reach the gates on both sides of a unit. A unit inside a
+    gradients reach the gates on both sides of a unit (for a unit a concatenation feeds, its
+    widest input group's side: the other groups pull through their own units). A unit inside a
     removable block is weighted by the probability that the block stays.
     The calibration is applied as in :meth:`Predictor.predict`.
 
