@@ -305,9 +305,11 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
             if not fits and ratio <= 1.0:  # prediction was right or pessimistic, yet the device missed
                 target_ms *= 0.97
     if accepted is None:
-        raise BudgetError(f"after {len(history)} closed-loop iterations the best candidate still measures "
-                          f"{history[-1]['measured_ms']:.3f} ms against a budget of {ctx.budget_ms:.3f} ms; loosen "
-                          "the budget or re-profile (the LUT may not describe this device's current state)")
+        closest = min(h["measured_ms"] for h in history)
+        raise BudgetError(f"after {len(history)} closed-loop iterations the closest candidate measures {closest:.3f} "
+                          f"ms against a target of {ctx.target_ms:.3f} ms (the budget {ctx.budget_ms:.3f} ms less "
+                          f"its {config.margin:.0%} margin); loosen the budget, lower the margin, or re-profile (the "
+                          "LUT may not describe this device's current state)")
     return accepted[0], accepted[1], accepted[2], history, predictor
 
 
