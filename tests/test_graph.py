@@ -115,34 +115,65 @@ def test_baselines_snap_to_the_grid_alignment(width: float, size: int, align: in
     assert _snap(width, size, align) == expected
 
 
-def test_grouped_convolutions_and_what_feeds_them_keep_their_width_and_profile(tmp_path: Path) -> None:
-    """A grouped (not depthwise) convolution, as in RegNet and ResNeXt, keeps its width, and so does
-    the group feeding it (cutting its channels would break the grouping); the model profiles on
-    ONNX Runtime, every key a valid convolution, and the profile says what it kept."""
-    import warnings
+def test_grouped_convolutions_prune_in_patterns_their_grouping_takes_and_profile(tmp_path: Path) -> None:
+    """A grouped (not depthwise) convolution, as in RegNet and ResNeXt: the group feeding it keeps
+    the same offsets in each of its blocks, the group it writes as many channels of each block,
+    widths in multiples of its groups; every key is a valid convolution on ONNX Runtime."""
+    import numpy as np
 
     import latprune
-    from latprune.errors import LatpruneWarning
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    model = randomise_bn_(nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 24, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+        nn.Conv2d(24, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval())
     graph = ChannelGraph.build(model, TINY_INPUT)
-    assert graph.kept_full == {"3": "a grouped convolution", "0": "feeds the grouped convolution 3"}
-    assert [g.root for g in graph.groups] == ["6"]  # the 1x1 after it still prunes
+    feeds, writes, after = graph.groups
+    assert graph.kept_full == {}
+    assert (feeds.root, feeds.blocks, feeds.same_offsets) == ("0", 4, True)
+    assert (writes.root, writes.blocks, writes.same_offsets) == ("3", 4, False) and after.blocks == 1
+    scores = np.arange(24, dtype=float)[::-1].copy()
+    assert feeds.top(scores[:16], 8) == [0, 1, 4, 5, 8, 9, 12, 13]  # the best offsets over all blocks, in each
+    assert writes.top(scores, 8) == [0, 1, 6, 7, 12, 13, 18, 19]    # each block's best two
+    assert all(w % 4 == 0 for g in (feeds, writes) for w in graph.options(Grid(4, 1))[g.id])
+    keep = {feeds.id: feeds.top(scores[:16], 8), writes.id: writes.top(scores[::-1].copy(), 12),
+            after.id: list(range(0, 16, 2))}
+    x = torch.randn(2, *TINY_INPUT[1:])
+    slim = graph.slim(keep)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), graph.mask(keep)(x), atol=1e-5)
+    assert (slim[3].in_channels, slim[3].out_channels, slim[3].groups) == (8, 12, 4)
     for unit in graph.units:
         for width in graph.options(Grid(4, 1)).get(unit.in_group, [None]):
             key = unit.key({unit.in_group: width} if width else {})
             assert key.cin % key.groups == 0 and key.cout % key.groups == 0, (unit.name, key)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lut = latprune.profile(model, TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "g.lut", levels=2,
-                               passes=1, calibration_samples=4, progress=False)
-    assert lut.report.kept_full == graph.kept_full
-    messages = [str(w.message) for w in caught if issubclass(w.category, LatpruneWarning)]
-    assert any("2 layers keep their full width" in m and "1 grouped convolutions" in m for m in messages), messages
+    lut = latprune.profile(model, TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "g.lut", levels=2,
+                           passes=1, calibration_samples=4, progress=False)
+    assert lut.report.kept_full == {}
+
+
+def test_a_resnext_prunes_its_grouped_convolutions_and_exports_with_parity(tmp_path: Path) -> None:
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    import latprune
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10, groups=4, width_per_group=8).eval()
+
+    shape = (1, 3, 64, 64)
+    lut = latprune.profile(build(), shape, backend="fake", threads=1, path=tmp_path / "f.lut", levels=4,
+                           calibration_samples=2, progress=False)
+    result = latprune.prune(build(), lut, "0.6x", example_input=shape, method=latprune.HalpConfig(importance="l1"),
+                            progress=False)
+    grouped = [m for m in result.model.modules() if isinstance(m, nn.Conv2d) and m.groups == 4]
+    assert result.metrics["budget_met"] and any(m.in_channels < 32 * 2 ** i for i, m in enumerate(grouped))
+    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
 
 
 def test_shufflenet_prunes_inside_its_units_and_keeps_the_shuffled_channels() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import traceback
 import warnings
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from unittest import mock
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -62,14 +64,38 @@ class Group:
     norms: tuple[str, ...] = field(default=())  # LayerNorms over the group's channels
     heads: bool = False                         # the heads of the attention ``root``: a width counts heads
     offsets: tuple[tuple[str, int], ...] = ()   # producers whose channels start past 0 (BNs over concatenations)
+    blocks: int = 1                             # the groups of a grouped convolution its channels split into
+    same_offsets: bool = False                  # it feeds a grouped convolution: each block keeps the same offsets
 
     def offset(self, producer: str) -> int:
         """Where this group's channels start among ``producer``'s output channels."""
         return dict(self.offsets).get(producer, 0)
 
     def step(self, align: int) -> int:
-        """The width multiple the group is pruned in: ``align`` channels (:func:`group_align`), or one head."""
-        return 1 if self.heads else group_align(self.size, align)
+        """The width multiple the group is pruned in: ``align`` channels (:func:`group_align`), or
+        one head; for the channels of a grouped convolution, a multiple of its groups (aligned
+        too where that leaves the group at least two widths)."""
+        if self.heads:
+            return 1
+        aligned = group_align(self.size, align)
+        if self.blocks == 1:
+            return aligned
+        both = math.lcm(aligned, self.blocks)
+        return both if 2 * both <= self.size else self.blocks
+
+    def top(self, scores: np.ndarray, width: int) -> list[int]:
+        """The ``width`` channels to keep by ``scores`` (sorted indices), as the group's grouped
+        convolution can take them: the same offsets of every block where the group feeds it,
+        as many channels of each block where it writes it."""
+        if self.blocks == 1:
+            return sorted(int(i) for i in np.argsort(-scores, kind="stable")[:width])
+        per_block, size = width // self.blocks, self.size // self.blocks
+        by_block = np.asarray(scores).reshape(self.blocks, size)
+        if self.same_offsets:
+            kept = np.argsort(-by_block.sum(0), kind="stable")[:per_block]
+            return sorted(int(b * size + o) for b in range(self.blocks) for o in kept)
+        return sorted(int(b * size + o) for b in range(self.blocks)
+                      for o in np.argsort(-by_block[b], kind="stable")[:per_block])
 
 
 def _output_layers(dg: tp.DependencyGraph, modules: Sequence[nn.Module]) -> list[nn.Module]:
@@ -164,17 +190,13 @@ class ChannelGraph:
         attentions = [m for m in model.modules() if isinstance(m, Attention) and m in dg.module2node]
         merges = [m for m in model.modules() if isinstance(m, PatchMerge) and m in dg.module2node]
         fixed = _output_layers(dg, layers)
-        # Grouped (non-depthwise) convs keep their widths, and so does every group that feeds one:
-        # cutting channels out of a group of a grouped conv breaks the grouping. So do attentions
-        # latprune does not rewrite, channel shuffles, and the groups they share channels with.
-        grouped = {m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1
-                   and not (m.groups == m.in_channels == m.out_channels)}
-        kept_full = {names[m]: "a grouped convolution" for m in layers if m in grouped}
-        kept_full.update({name: f"an attention latprune does not rewrite yet ({why_left(model.get_submodule(name))})"
-                          for name in left})
+        # Attentions latprune does not rewrite and channel shuffles keep their widths, and so do
+        # the groups they share channels with. A grouped (non-depthwise) conv's channels prune in
+        # patterns its grouping can take (Group.blocks, Group.top).
+        kept_full = {name: f"an attention latprune does not rewrite yet ({why_left(model.get_submodule(name))})"
+                     for name in left}
         shuffles = {m for m in model.modules() if isinstance(m, ChannelShuffle)}
-        whole = grouped | shuffles | {model.get_submodule(name) for name in left}
-        fixed.extend(grouped)
+        whole = shuffles | {model.get_submodule(name) for name in left}
         groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
         in_group = {m: max(dict.fromkeys(gids), key=lambda g: groups[g].size) for m, gids in ins.items()}
         units = []
@@ -245,7 +267,8 @@ class ChannelGraph:
     def options(self, grid: Grid, blocks: bool = False) -> dict[int, list[int]]:
         """Width options of every group on ``grid``; with ``blocks``, a block's
         inner group also offers width 0: the block removed."""
-        opts = {g.id: grid.widths(g.size, g.root, g.step(grid.align)) for g in self.groups}
+        opts = {g.id: [w for w in grid.widths(g.size, g.root, g.step(grid.align)) if w % g.blocks == 0]
+                for g in self.groups}
         if blocks:
             for b in self.blocks:
                 opts[b.group] = [0] + opts[b.group]
@@ -536,8 +559,9 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                     ) -> tuple[list[Group], dict[nn.Module, list[int]], dict[nn.Module, int]]:
     """The channel groups Torch-Pruning finds, in module order, which groups set each
     layer's input width (more than one where a concatenation feeds it) and which its
-    output width; groups that share channels with a module of ``whole`` (a
-    grouped conv, an attention not rewritten) keep their width and are left out (``kept_full``)."""
+    output width; groups that share channels with a module of ``whole`` (a channel shuffle,
+    an attention not rewritten) keep their width and are left out (``kept_full``), as are
+    groups between grouped convolutions of different group counts."""
     groups: list[Group] = []
     out_group: dict[nn.Module, int] = {}
     in_group: dict[nn.Module, list[int]] = {}
@@ -552,9 +576,8 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
     for tp_group in tp_groups:
         feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in whole]
         if feeds:
-            why = ("feeds the grouped convolution" if isinstance(feeds[0], nn.Conv2d) else
-                   "passes through the channel shuffle" if isinstance(feeds[0], ChannelShuffle) else
-                   "shares channels with")
+            why = "passes through the channel shuffle" if isinstance(feeds[0], ChannelShuffle) else \
+                "shares channels with"
             for dep, _ in tp_group:
                 if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in whole:
                     kept_full.setdefault(names[dep.target.module], f"{why} {names[feeds[0]]}")
@@ -581,10 +604,40 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                 norms.append(names[target])
             elif isinstance(target, nn.Parameter) and target in names:  # added into the channels (a class token)
                 producers.append(names[target])
-        groups.append(Group(gid, names[tp_group[0].dep.target.module], len(tp_group[0].idxs), tuple(producers),
+        size = len(tp_group[0].idxs)
+        pattern = _grouped_pattern(tp_group, size)
+        if pattern is None:
+            why = "shares channels with grouped convolutions of different group counts"
+            for dep, _ in tp_group:
+                if isinstance(dep.target.module, PRUNABLE):
+                    kept_full.setdefault(names[dep.target.module], why)
+            for target in set(in_group) | set(out_group):  # forget what this group set
+                if in_group.get(target, [None])[-1] == gid:
+                    in_group[target].pop()
+                if out_group.get(target) == gid:
+                    del out_group[target]
+            continue
+        groups.append(Group(gid, names[tp_group[0].dep.target.module], size, tuple(producers),
                             tuple(dict.fromkeys(members)), tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(norms)),
-                            offsets=tuple(dict.fromkeys(offsets))))
-    return groups, in_group, out_group
+                            offsets=tuple(dict.fromkeys(offsets)), blocks=pattern[0], same_offsets=pattern[1]))
+    return groups, {m: g for m, g in in_group.items() if g}, out_group
+
+
+def _grouped_pattern(tp_group: Any, size: int) -> tuple[int, bool] | None:
+    """How a group's channels split among the groups of the grouped (not depthwise) convolutions
+    it touches: (their group count, whether it feeds one, so every block keeps the same offsets);
+    (1, False) for none, None where two of them disagree on the count."""
+    counts, feeds = set(), False
+    for dep, _ in tp_group:
+        m = dep.target.module
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+            counts.add(m.groups)
+            feeds = feeds or getattr(dep.handler, "__name__", "") == "prune_in_channels"
+    if not counts:
+        return 1, False
+    if len(counts) > 1 or size % next(iter(counts)):
+        return None
+    return counts.pop(), feeds
 
 
 def _input_text(unit: Unit) -> str:

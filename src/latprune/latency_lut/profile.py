@@ -256,12 +256,11 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
 
 def kept_full_warning(kept: dict[str, str]) -> str:
     """What a model keeps at full width because latprune cannot prune it yet, in one line."""
-    grouped = sum(reason == "a grouped convolution" for reason in kept.values())
     attentions = sum(reason.startswith("an attention") for reason in kept.values())
     first = next(iter(kept))
-    return (f"{len(kept)} layers keep their full width, never pruned: {grouped} grouped convolutions (not pruned "
-            f"by whole groups yet), {attentions} attentions latprune does not rewrite yet, and the layers that "
-            f"share channels with them or with a channel shuffle (e.g. {first}: {kept[first]})")
+    return (f"{len(kept)} layers keep their full width, never pruned: {attentions} attentions latprune does not "
+            "rewrite yet, and the layers that share channels with them, with a channel shuffle or with grouped "
+            f"convolutions of different group counts (e.g. {first}: {kept[first]})")
 
 
 def model_pass(backend: Backend, model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Latency]:

@@ -163,7 +163,6 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
         todo = sum(len(o) for o in options.values())
         with bar(total=todo, desc="option losses", unit="option", enabled=progress) as done:
             for g, opts in options.items():
-                order = np.argsort(-ranking.channels[g], kind="stable")
                 measured = []
                 for w in opts:
                     with torch.no_grad():
@@ -172,7 +171,7 @@ def option_losses(graph: ChannelGraph, gates: Gates, options: dict[int, list[int
                             logits.copy_(saved[g])
                             gates.block_logits[block_index[g]] = -10.0
                         else:
-                            logits[torch.as_tensor(order[:w].copy(), dtype=torch.long)] = 10.0
+                            logits[graph.groups[g].top(ranking.channels[g], w)] = 10.0
                             if g in block_index:  # a width > 0 keeps the block, even one the gates closed
                                 gates.block_logits[block_index[g]] = 10.0
                         gates.logits[g].copy_(logits)

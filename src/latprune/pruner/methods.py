@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -235,11 +234,11 @@ class Decision:
         return scheme_of(self.slim)
 
 
-def keep_top(scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
-    """The ``widths[g]`` highest-scoring channels of each group (sorted indices); rank axes
+def keep_top(graph: ChannelGraph, scores: Scores, widths: dict[int, int]) -> dict[int, list[int]]:
+    """The ``widths[g]`` highest-scoring channels of each group (sorted indices) that the group
+    can keep (:meth:`~latprune.graph.channels.Group.top`); rank axes
     (:mod:`~latprune.graph.lowrank`) in ``widths`` are left out."""
-    return {g: sorted(int(i) for i in np.argsort(-scores.channels[g], kind="stable")[:w])
-            for g, w in split_ranks(widths)[0].items()}
+    return {g: graph.groups[g].top(scores.channels[g], w) for g, w in split_ranks(widths)[0].items()}
 
 
 def slim_factorised(graph: ChannelGraph, keep: dict[int, list[int]], widths: dict[int, int],
@@ -316,9 +315,10 @@ def closed_loop(ctx: Context, solver: Solver, keep: Callable[[dict[int, int]], d
 def _knapsack_decision(ctx: Context, scores: Scores, options: dict[int, list[int]],
                        extra: dict[str, Any], values: dict[int, list[float]] | None = None) -> Decision:
     solution, slim, measured_ms, history, predictor = closed_loop(
-        ctx, lambda pred, t: solve(pred, options, scores, t, values=values), lambda w: keep_top(scores, w))
-    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history, extra, measured_ms,
-                    predictor)
+        ctx, lambda pred, t: solve(pred, options, scores, t, values=values),
+        lambda w: keep_top(ctx.graph, scores, w))
+    return Decision(keep_top(ctx.graph, scores, solution.widths), slim, solution.predicted_ms, history, extra,
+                    measured_ms, predictor)
 
 
 # -- gator ---------------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ def gate_training(ctx: Context) -> GateTraining:
         def planned() -> tuple[dict[int, list[int]], dict[str, Any]]:
             base_scores = ctx.scores(seed_offset=2)
             plan = solve(ctx.predictor, options, base_scores, ctx.target_ms)
-            return keep_top(base_scores, plan.widths), {
+            return keep_top(ctx.graph, base_scores, plan.widths), {
                 "predicted_ms": plan.predicted_ms,
                 "widths": {ctx.graph.groups[g].root: w for g, w in sorted(plan.widths.items())}}
 
@@ -455,7 +455,7 @@ def halp(ctx: Context) -> Decision:
         budget = ctx.base_ms * (ctx.target_ms / ctx.base_ms) ** (k / steps)
         solution = solve(ctx.predictor, options, scores, budget,
                          values=ctx.values(scores, options, keep, seed_offset=k))
-        keep = keep_top(scores, solution.widths)
+        keep = keep_top(ctx.graph, scores, solution.widths)
         options = {g: [w for w in opts if w <= solution.widths[g]] for g, opts in options.items()}
         rounds.append({"budget_ms": budget, "predicted_ms": solution.predicted_ms,
                        "removed_blocks": [b.name for b in ctx.graph.removed_blocks(solution.widths)]})
@@ -493,7 +493,7 @@ def taylor(ctx: Context) -> Decision:
         if ctx.predictor.predict(widths) <= ctx.target_ms:
             break
         rounds += 1
-        keep = keep_top(scores, widths)
+        keep = keep_top(ctx.graph, scores, widths)
         gates = _masked_gates(ctx, keep)
         if rounds <= 8:  # recovery budget: recover_epochs over the first 8 rounds
             _recover(ctx, gates, config.recover_epochs / 8, seed=rounds)
@@ -508,8 +508,9 @@ def taylor(ctx: Context) -> Decision:
         w = fill(predictor, options, values, w, target)
         return Solution(w, predictor.predict(w), kept_value(values, options, w), 1)
 
-    solution, slim, measured_ms, history, predictor = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
-    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history,
+    solution, slim, measured_ms, history, predictor = closed_loop(ctx, solver,
+                                                                  lambda w: keep_top(ctx.graph, scores, w))
+    return Decision(keep_top(ctx.graph, scores, solution.widths), slim, solution.predicted_ms, history,
                     {"rescore_rounds": rounds}, measured_ms, predictor)
 
 
@@ -588,7 +589,7 @@ def uniform_l1(ctx: Context) -> Decision:
         widths = widths_at(ratio)
         key = tuple(sorted(widths.items()))
         if key not in measured:
-            slim = graph.slim(keep_top(scores, widths))
+            slim = graph.slim(keep_top(ctx.graph, scores, widths))
             measured[key], base_beside_ms, measurements = ctx.measure_checked(slim, ctx.target_ms, meter.update)
             history.append({"iteration": len(history) + 1, "ratio": ratio, "measured_ms": measured[key],
                             "measurements_ms": measurements, "base_beside_ms": base_beside_ms,
@@ -615,7 +616,7 @@ def uniform_l1(ctx: Context) -> Decision:
     if best is None:
         raise BudgetError(f"uniform-l1: even a keep ratio of {hi:.3f} measures above the budget "
                           f"{ctx.budget_ms:.3f} ms; loosen the budget")
-    keep = keep_top(scores, best)
+    keep = keep_top(ctx.graph, scores, best)
     return Decision(keep, graph.slim(keep), _predicted_or_none(ctx.predictor, best), history, {"ratio": lo},
                     measured[tuple(sorted(best.items()))])
 
@@ -651,7 +652,7 @@ def flops(ctx: Context) -> Decision:
         else:
             lo = mid + 1
     widths = widths_after(lo)
-    keep = keep_top(scores, widths)
+    keep = keep_top(ctx.graph, scores, widths)
     slim = graph.slim(keep)
     with ctx.meter("measure") as meter:
         ms, base_beside_ms = ctx.measure(slim, meter.update)
