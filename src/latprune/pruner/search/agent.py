@@ -5,7 +5,8 @@ GCN's, at full width) and the latency spent so far: the LUT's prediction with th
 up to g at their choices and g and every later group at their narrowest, as a share of the
 target, and how far through the groups the episode is. Each of g's options is scored by an MLP
 over the state and the option (its width share and the latency it adds); options that would put
-the prediction over the target are masked, so every episode ends within the budget. The reward is
+the prediction over the target are masked, so every episode ends within the budget; the budget it
+leaves is then spent by :meth:`Space.project`, as the evolution's candidates are. The reward is
 the candidate's score (the accuracy of its generated weights); the update is REINFORCE with a
 moving-average baseline, the advantage scaled by a moving estimate of the rewards' spread.
 """
@@ -37,7 +38,8 @@ class Policy(nn.Module):
 
 def episode(policy: Policy, space: Space, embeddings: torch.Tensor, gen: torch.Generator
             ) -> tuple[Widths, torch.Tensor]:
-    """One width vector drawn from ``policy`` within the target, and the sum of its log-probabilities."""
+    """One width vector drawn from ``policy`` within the target (then projected onto it), and the
+    sum of its log-probabilities."""
     groups = sorted(space.options)
     widths = space.narrowest()  # the groups not yet decided sit at their narrowest
     log_prob = torch.zeros(())
@@ -51,7 +53,7 @@ def episode(policy: Policy, space: Space, embeddings: torch.Tensor, gen: torch.G
         choice = int(torch.multinomial(logp.detach().exp(), 1, generator=gen))
         log_prob = log_prob + logp[choice]
         widths[g] = opts[choice]
-    return widths, log_prob
+    return space.project(widths), log_prob
 
 
 def reinforce(space: Space, embeddings: torch.Tensor, reward: Callable[[Widths], float], episodes: int,

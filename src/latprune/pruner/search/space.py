@@ -1,9 +1,10 @@
 """Width vectors on the LUT grid under a predicted-latency target: what both searches move in.
 
 A width vector gives every group one of its options (:meth:`Context.options`: the grid's widths,
-and 0 for a removable block's inner group where blocks may go). Over the target, a vector is
-projected onto it by the knapsack's :func:`~latprune.pruner.knapsack.descend`: the group that
-loses the least importance per millisecond saved narrows first, one step at a time.
+and 0 for a removable block's inner group where blocks may go). A vector is projected onto the
+target by the knapsack's :func:`~latprune.pruner.knapsack.descend` (the group that loses the least
+importance per millisecond saved narrows first, one step at a time) and then
+:func:`~latprune.pruner.knapsack.fill` (the budget left is spent the same way).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from latprune.errors import BudgetError
 from latprune.latency_lut.predict import Predictor
-from latprune.pruner.knapsack import descend
+from latprune.pruner.knapsack import descend, fill
 
 Widths = dict[int, int]
 
@@ -50,8 +51,11 @@ class Space:
         return self.predictor.predict(widths) <= self.target_ms
 
     def project(self, widths: Widths) -> Widths:
-        """``widths`` narrowed onto the target (unchanged where it fits)."""
-        return descend(self.predictor, self.options, self.values, widths, self.target_ms)
+        """``widths`` moved onto the target: narrowed while over it, then widened while the budget
+        holds (the group that gains the most importance per millisecond first): a candidate
+        leaving budget unused would lose to the same candidate using it for nothing but that."""
+        narrowed = descend(self.predictor, self.options, self.values, widths, self.target_ms)
+        return fill(self.predictor, self.options, self.values, narrowed, self.target_ms)
 
     def sample(self, gen: torch.Generator) -> Widths:
         """A width vector around a random overall share ``s ~ U(0, 1)`` (not projected): group g
