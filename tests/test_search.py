@@ -135,6 +135,30 @@ def test_the_pruningnet_generates_other_weights_for_other_widths(predictor: Pred
     assert 0.0 <= first <= 1.0 and scorer(narrow) == first and scorer.evaluated == 1
 
 
+@pytest.mark.parametrize("which", ["narrowest", "projected"])
+def test_generated_weights_fold_into_the_slimmed_network(predictor: Predictor, which: str) -> None:
+    torch.manual_seed(0)
+    graph = predictor.graph.over(randomise_bn_(tiny_resnet()))
+    space = _space(predictor)
+    net = PruningNet(Topology.of(graph, predictor, space.options))
+    scores = l1_importance(graph)
+    gates = WidthGates(graph, scores.channels)
+    train_pruningnet(graph, net, gates, space.sample, tiny_loader(64), epochs=1.0, lr=0.01, seed=0)
+    widths = space.narrowest() if which == "narrowest" else space.project(space.widest())
+    held = take(tiny_loader(32), 2)
+    twin = Scorer(graph, net, gates, held[:1], held[1:]).generated(widths)
+    x = held[0][0]
+    gates.attach()
+    try:
+        with torch.no_grad():
+            gated = graph.model.eval()(x)
+    finally:
+        gates.detach()
+    slim = twin.slim(keep_top(scores, widths)).eval()
+    with torch.no_grad():
+        assert torch.allclose(slim(x), gated, atol=1e-4)
+
+
 # -- the searches, on a toy problem with a known optimum -----------------------------------------
 class ChannelCount:
     """A predictor whose latency is the channel count: 1 ms per channel."""
@@ -207,7 +231,7 @@ def test_the_cli_maps_the_search_flags() -> None:
     latprune.GraphRlConfig(search_epochs=1.0, search_candidates=8, importance_batches=2, score_batches=1,
                            calib_batches=1),
     latprune.EvolutionConfig(search_epochs=1.0, search_candidates=8, population=4, importance_batches=2,
-                             score_batches=1, calib_batches=1),
+                             score_batches=1, calib_batches=1, weights="pruningnet"),
 ], ids=["graph-rl", "evolution"])
 def test_the_search_methods_prune_within_the_budget(tiny_lut: latprune.LUT, config: object) -> None:
     model = tiny_resnet()

@@ -23,6 +23,7 @@ HALP_IMPORTANCES = IMPORTANCES + ("measured",)     # halp alone: knapsack values
 GATE_INITS = ("open", "plan")                      # gator: how the gates start (see methods.gator)
 GATE_PENALTIES = ("hinge", "hold")                 # gator: the latency term (see gates.GateConfig)
 GATE_SIGNALS = ("taylor", "straight-through")      # gator: the gates' task signal (see gates.SIGNALS)
+SEARCH_WEIGHTS = ("base", "pruningnet")            # graph-rl, evolution: the slimmed model's weights
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -207,6 +208,9 @@ class SearchConfig(ImportanceConfig):
     score_batches: int = _opt(4, "held-out training batches a candidate's accuracy is measured on")
     calib_batches: int = _opt(4, "training batches a candidate's BatchNorm statistics are recalibrated on")
     gcn_layers: int = _opt(2, "graph convolution layers of the PruningNet's GCN")
+    weights: str = _opt("base", "what the slimmed model starts fine-tuning from: the base model's weights (base), "
+                        "or the chosen candidate's generated weights, the shared weights with the PruningNet's "
+                        "modulations folded in and BatchNorm statistics recalibrated (pruningnet)", SEARCH_WEIGHTS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -215,6 +219,7 @@ class SearchConfig(ImportanceConfig):
                             "halp and taylor")
         _check_positive(self, "search_epochs", "search_candidates", "score_batches", "calib_batches",
                         "gcn_layers")
+        _check_choice(self, "weights", SEARCH_WEIGHTS)
 
     @property
     def needs_data(self) -> bool:

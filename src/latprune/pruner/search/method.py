@@ -92,7 +92,10 @@ def searched(ctx: Context, search: Search) -> Decision:
         return Solution(widths, predictor.predict(widths), scorer(widths), 1)
 
     solution, slim, measured_ms, history, predictor = closed_loop(ctx, solver, lambda w: keep_top(scores, w))
-    return Decision(keep_top(scores, solution.widths), slim, solution.predicted_ms, history,
+    keep = keep_top(scores, solution.widths)
+    if config.weights == "pruningnet":  # the same network as measured, with the generated weights
+        slim = scorer.generated(solution.widths).slim(keep)
+    return Decision(keep, slim, solution.predicted_ms, history,
                     {"search": _record(ctx, training.steps, scorer, result, solution)}, measured_ms, predictor)
 
 

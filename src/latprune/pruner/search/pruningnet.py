@@ -15,6 +15,7 @@ recalibrated on a few training batches, top-1 on held-out batches.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any, Callable, Iterable
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from latprune.graph.channels import ChannelGraph
+from latprune.errors import SpecError
+from latprune.graph.channels import ChannelGraph, parameter_of
 from latprune.pruner.gates import Gates
 from latprune.pruner.search.space import Widths, key_of
 from latprune.pruner.search.topology import GCN, STATIC_FEATURES, Topology
@@ -194,3 +196,35 @@ class Scorer:
                 model.cpu()
             self.memo[key] = correct / max(1, total)
         return self.memo[key]
+
+    @torch.no_grad()
+    def generated(self, widths: Widths) -> ChannelGraph:
+        """A copy of the network carrying ``widths``' generated weights: its BatchNorm statistics
+        recalibrated, every group's gate values (mask × modulation) folded into its producers
+        (:func:`fold_`). Slimmed to ``widths``, it computes what the gated network does."""
+        self.memo.pop(key_of(widths), None)
+        self(widths)  # sets the gates and recalibrates the statistics
+        twin = self.graph.over(copy.deepcopy(self.graph.model))
+        fold_(twin, self.gates.current)
+        return twin
+
+
+@torch.no_grad()
+def fold_(graph: ChannelGraph, gate_values: list[torch.Tensor]) -> None:
+    """Multiply each group's gate values into its producers in place: a BatchNorm's γ and β, or a
+    convolution's or linear layer's output channels (weight and bias). Other producers (an
+    attention's heads, a parameter outside layers) are refused."""
+    for g in graph.groups:
+        gate = gate_values[g.id].detach()
+        for name in g.producers:
+            module = graph.module(name) if parameter_of(graph.model, name) is None else None
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                module.weight.mul_(gate)
+                module.bias.mul_(gate)
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.mul_(gate.view(-1, *[1] * (module.weight.dim() - 1)))
+                if module.bias is not None:
+                    module.bias.mul_(gate)
+            else:
+                raise SpecError(f"the PruningNet's weights cannot be folded into {name!r} (not a BatchNorm, "
+                                "convolution or linear layer); slim from the base weights (weights='base')")
