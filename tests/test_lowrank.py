@@ -89,6 +89,13 @@ def test_bad_spatial_ranks_are_refused(layer: nn.Module, rank: int, match: str) 
         factorise(layer, rank, "layer", scheme="spatial")
 
 
+def test_the_configs_offer_the_schemes_lowrank_has() -> None:
+    from latprune.graph.lowrank import SCHEMES
+    from latprune.pruner.configs import LOWRANK_SCHEMES
+
+    assert LOWRANK_SCHEMES == SCHEMES
+
+
 def test_a_missing_layer_is_refused() -> None:
     with pytest.raises(SpecError, match="no layer 'nope'"):
         factorise_(nn.Sequential(nn.Linear(2, 2)), {"nope": 1})

@@ -30,6 +30,8 @@ _EXPORTS = {
     "HalpConfig": "latprune.pruner.configs",
     "TaylorConfig": "latprune.pruner.configs",
     "TrpConfig": "latprune.pruner.configs",
+    "GraphRlConfig": "latprune.pruner.configs",
+    "EvolutionConfig": "latprune.pruner.configs",
     "UniformL1Config": "latprune.pruner.configs",
     "FlopsConfig": "latprune.pruner.configs",
     "Budget": "latprune.budget",

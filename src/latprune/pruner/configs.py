@@ -17,13 +17,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from latprune.errors import SpecError
-from latprune.graph.lowrank import CHANNEL, SCHEMES
 
+LOWRANK_SCHEMES = ("channel", "spatial")  # graph.lowrank.SCHEMES, spelled here: configs load without torch
 IMPORTANCES = ("taylor", "taylor2", "l1")          # channel importance (see pruner.importance)
 HALP_IMPORTANCES = IMPORTANCES + ("measured",)     # halp alone: knapsack values from measured losses
 GATE_INITS = ("open", "plan")                      # gator: how the gates start (see methods.gator)
 GATE_PENALTIES = ("hinge", "hold")                 # gator: the latency term (see gates.GateConfig)
 GATE_SIGNALS = ("taylor", "straight-through")      # gator: the gates' task signal (see gates.SIGNALS)
+SEARCH_WEIGHTS = ("base", "pruningnet")            # graph-rl, evolution: the slimmed model's weights
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -81,13 +82,13 @@ class ImportanceConfig(MethodConfig):
     lowrank: bool = _opt(False, "also offer every convolution and linear layer low ranks (a factorised pair, "
                          "Trained Rank Pruning's scheme), taken where the LUT prices the pair below the widths; "
                          "profile with --lowrank first")
-    lowrank_scheme: str = _opt(CHANNEL, "how a layer factorises: channel (k×k to r, then 1×1) or spatial (k×1 "
-                               "to r, then 1×k; convolutions with k×k kernels only)", SCHEMES)
+    lowrank_scheme: str = _opt("channel", "how a layer factorises: channel (k×k to r, then 1×1) or spatial (k×1 "
+                               "to r, then 1×k; convolutions with k×k kernels only)", LOWRANK_SCHEMES)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice(self, "importance", self.importances)
-        _check_choice(self, "lowrank_scheme", SCHEMES)
+        _check_choice(self, "lowrank_scheme", LOWRANK_SCHEMES)
         _check_positive(self, "importance_batches", "lr")
 
     @property
@@ -200,6 +201,66 @@ class TrpConfig(ImportanceConfig):
 
 
 @dataclass(frozen=True)
+class SearchConfig(ImportanceConfig):
+    """What ``graph-rl`` and ``evolution`` share: a PruningNet trained with the network on random
+    width vectors, then a search scoring each candidate by the accuracy of its generated weights
+    (:mod:`latprune.pruner.search`). The importance orders the channels a width keeps."""
+
+    search_epochs: float = _opt(1.0, "epochs of PruningNet training (the network's shared weights and the "
+                                     "PruningNet together, a random width vector per step)")
+    search_candidates: int = _opt(64, "candidates the search scores (agent episodes; distinct evolved vectors)")
+    score_batches: int = _opt(4, "held-out training batches a candidate's accuracy is measured on")
+    calib_batches: int = _opt(4, "training batches a candidate's BatchNorm statistics are recalibrated on")
+    gcn_layers: int = _opt(2, "graph convolution layers of the PruningNet's GCN")
+    weights: str = _opt("base", "what the slimmed model starts fine-tuning from: the base model's weights (base), "
+                        "or the chosen candidate's generated weights, the shared weights with the PruningNet's "
+                        "modulations folded in and BatchNorm statistics recalibrated (pruningnet)", SEARCH_WEIGHTS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lowrank:
+            raise SpecError(f"{type(self).__name__}: the search chooses widths and blocks; lowrank is for gator, "
+                            "halp and taylor")
+        _check_positive(self, "search_epochs", "search_candidates", "score_batches", "calib_batches",
+                        "gcn_layers")
+        _check_choice(self, "weights", SEARCH_WEIGHTS)
+
+    @property
+    def needs_data(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class GraphRlConfig(SearchConfig):
+    """Graph PruningNet + RL: a REINFORCE agent over per-group widths, its state the trained GCN's
+    node embeddings and the predicted latency spent so far, its reward the candidate's accuracy."""
+
+    name: ClassVar[str] = "graph-rl"
+
+    agent_lr: float = _opt(0.01, "learning rate (Adam) of the agent's policy")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "agent_lr")
+
+
+@dataclass(frozen=True)
+class EvolutionConfig(SearchConfig):
+    """Evolutionary search over the same PruningNet: the baseline ``graph-rl`` must beat."""
+
+    name: ClassVar[str] = "evolution"
+
+    population: int = _opt(16, "evolution: candidates per generation")
+    mutation: float = _opt(0.1, "evolution: probability that a child's group takes a random width")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "population")
+        if not 0 <= self.mutation <= 1:
+            raise SpecError(f"EvolutionConfig: mutation is a probability in [0, 1], not {self.mutation!r}")
+
+
+@dataclass(frozen=True)
 class UniformL1Config(MethodConfig):
     """Baseline: one keep ratio for every group (L1 magnitude), bisected on the measured latency."""
 
@@ -228,7 +289,8 @@ def register(config: type[MethodConfig]) -> type[MethodConfig]:
     return config
 
 
-for _config in (GatorConfig, HalpConfig, TaylorConfig, TrpConfig, UniformL1Config, FlopsConfig):
+for _config in (GatorConfig, HalpConfig, TaylorConfig, TrpConfig, GraphRlConfig, EvolutionConfig, UniformL1Config,
+                FlopsConfig):
     register(_config)
 
 

@@ -52,6 +52,7 @@ from latprune.pruner.configs import MethodConfig
 from latprune.pruner.methods import TRAINS_ON_EVERY_RANK, Batches, Context, Decision, get_method
 from latprune.pruner.plan import GroupPlan, PruningPlan
 from latprune.pruner.resume import Journal
+from latprune.pruner.search import method as _search  # noqa: F401  registers graph-rl and evolution
 from latprune.runtime.onnx import OnnxReport, checked_onnx
 from latprune.train import Checkpoint, Compute, TrainConfig, train
 

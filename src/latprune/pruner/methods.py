@@ -11,7 +11,10 @@ the slimmed model) that holds the budget on the *measured* latency.
 ``uniform-l1``  baseline: Torch-Pruning-style L1 magnitude, one ratio for every
                 group, bisected on the measured latency;
 ``flops``       baseline: global L1 magnitude pruning to MACs = budget ratio × base MACs,
-                never looking at latency.
+                never looking at latency;
+``graph-rl``,   a PruningNet trained with the network, then a REINFORCE agent or an
+``evolution``   evolution searching widths by its generated weights' accuracy
+                (:mod:`latprune.pruner.search`, which registers them).
 
 They share the pieces: :mod:`gates`, :mod:`importance`, :mod:`knapsack` and
 :func:`closed_loop`. A method never changes the predictor it is given: the

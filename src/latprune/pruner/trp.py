@@ -61,7 +61,8 @@ class TrpRegulariser:
     def loss(self) -> tuple[torch.Tensor, dict[str, str]]:
         if self.nuclear_weight == 0:
             return torch.zeros(()), {}
-        norms = [torch.linalg.matrix_norm(as_matrix(layer.weight, self.scheme), "nuc") for layer in self.layers.values()]
+        norms = [torch.linalg.matrix_norm(as_matrix(layer.weight, self.scheme), "nuc")
+                 for layer in self.layers.values()]
         term = self.nuclear_weight * torch.stack(norms).sum()
         return term, {"‖W‖*": f"{float(term.detach()) / self.nuclear_weight:.3g}"}
 

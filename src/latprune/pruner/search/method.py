@@ -1,0 +1,115 @@
+"""``graph-rl`` and ``evolution`` as latprune methods (registered on import).
+
+Both: the channels ranked by importance (:meth:`Context.scores`); a copy of the network trained
+with its PruningNet on random width vectors (:mod:`~latprune.pruner.search.pruningnet`); the
+search over width vectors within the target, each scored by the accuracy of its generated
+weights; then the closed loop, which measures the best candidate that the (rescaled) prediction
+fits, slimmed from the base model's weights, and falls back to the next one where it misses.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+
+from latprune._progress import bar
+from latprune.latency_lut.predict import Predictor
+from latprune.pruner.configs import EvolutionConfig, GraphRlConfig, SearchConfig
+from latprune.pruner.knapsack import Solution, descend, option_values
+from latprune.pruner.methods import Context, Decision, closed_loop, keep_top, register_method
+from latprune.pruner.search.agent import reinforce
+from latprune.pruner.search.evolution import evolve
+from latprune.pruner.search.pruningnet import PruningNet, Scorer, WidthGates, take, train_pruningnet
+from latprune.pruner.search.space import SearchResult, Space
+from latprune.pruner.search.topology import Topology
+
+Tick = Callable[[float, float], object]  # (this candidate's score, the best so far)
+Search = Callable[[Context, Space, PruningNet, Scorer, Tick], SearchResult]
+
+HELD_OUT_SEED = 7000  # the seed offset of the batches candidates are scored on
+
+
+def graph_rl(ctx: Context) -> Decision:
+    """The REINFORCE agent (:func:`~latprune.pruner.search.agent.reinforce`), its state the trained
+    GCN's node embeddings at full width, one episode per candidate."""
+    def search(ctx: Context, space: Space, net: PruningNet, scorer: Scorer, tick: Tick) -> SearchResult:
+        config = ctx.config
+        assert isinstance(config, GraphRlConfig)  # the registry pairs them
+        with torch.no_grad():
+            embeddings = net.embeddings(space.widest())
+        return reinforce(space, embeddings, scorer, config.search_candidates, config.agent_lr, ctx.seed,
+                         on_episode=tick)
+
+    return searched(ctx, search)
+
+
+def evolution(ctx: Context) -> Decision:
+    """The evolutionary search (:func:`~latprune.pruner.search.evolution.evolve`) on the same PruningNet."""
+    def search(ctx: Context, space: Space, net: PruningNet, scorer: Scorer, tick: Tick) -> SearchResult:
+        config = ctx.config
+        assert isinstance(config, EvolutionConfig)  # the registry pairs them
+        return evolve(space, scorer, config.search_candidates, config.population,
+                      parents=max(2, config.population // 4), mutation=config.mutation, seed=ctx.seed,
+                      on_candidate=tick)
+
+    return searched(ctx, search)
+
+
+def searched(ctx: Context, search: Search) -> Decision:
+    """The PruningNet trained, ``search`` over it, the closed loop over what it found."""
+    config = ctx.config
+    assert isinstance(config, SearchConfig)  # the registry pairs them
+    scores = ctx.scores()
+    options = ctx.options(blocks=config.blocks)
+    space = Space(ctx.predictor, options, option_values(scores, options), ctx.target_ms)
+    # the shared weights train on a copy: the slimmed model takes the base's
+    supernet = ctx.graph.over(copy.deepcopy(ctx.graph.model))
+    net = PruningNet(Topology.of(ctx.graph, ctx.predictor, options), layers=config.gcn_layers)
+    gates = WidthGates(supernet, scores.channels, blocks=config.blocks)
+    training = train_pruningnet(supernet, net, gates, space.sample, ctx.batches(seed_offset=1), config.search_epochs,
+                                config.lr, ctx.seed, ctx.compute, ctx.checkpoint("pruningnet"))
+    held = take(ctx.batches(seed_offset=HELD_OUT_SEED), config.calib_batches + config.score_batches)
+    scorer = Scorer(supernet, net, gates, held[:config.calib_batches], held[config.calib_batches:],
+                    ctx.compute.device)
+    with bar(total=config.search_candidates, desc=f"{config.name} search", unit="candidate",
+             enabled=ctx.progress) as meter:
+        def tick(score: float, best: float) -> None:
+            meter.set_postfix(reward=f"{score:.3f}", best=f"{best:.3f}", refresh=False)
+            meter.update(1)
+
+        result = search(ctx, space, net, scorer, tick)
+    ranked = result.ranked()
+
+    def solver(predictor: Predictor, target_ms: float) -> Solution:
+        """The best-scoring candidate the prediction fits; else the best one narrowed onto it."""
+        for score, widths in ranked:
+            predicted_ms = predictor.predict(widths)
+            if predicted_ms <= target_ms:
+                return Solution(widths, predicted_ms, score, 1)
+        widths = descend(predictor, options, space.values, ranked[0][1], target_ms)
+        return Solution(widths, predictor.predict(widths), scorer(widths), 1)
+
+    solution, slim, measured_ms, history, predictor = closed_loop(ctx, solver,
+                                                                  lambda w: keep_top(ctx.graph, scores, w))
+    keep = keep_top(ctx.graph, scores, solution.widths)
+    if config.weights == "pruningnet":  # the same network as measured, with the generated weights
+        slim = scorer.generated(solution.widths).slim(keep)
+    return Decision(keep, slim, solution.predicted_ms, history,
+                    {"search": _record(ctx, training.steps, scorer, result, solution)}, measured_ms, predictor)
+
+
+def _record(ctx: Context, steps: int, scorer: Scorer, result: SearchResult, chosen: Solution) -> dict[str, Any]:
+    """What the search did, for ``metrics["method_details"]``."""
+    roots = {g.id: g.root for g in ctx.graph.groups}
+    every = max(1, len(result.trace) // 50)
+    return {"pruningnet_steps": steps, "candidates_scored": scorer.evaluated, "best_score": result.best[0],
+            "chosen_score": chosen.value,
+            "chosen_widths": {roots[g]: w for g, w in sorted(chosen.widths.items())},
+            "scores": [round(s, 4) for s, _ in result.scored],
+            "trace": [{k: round(v, 4) for k, v in t.items()} for t in result.trace[::every]]}
+
+
+register_method(GraphRlConfig, graph_rl)
+register_method(EvolutionConfig, evolution)
