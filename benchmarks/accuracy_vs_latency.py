@@ -65,7 +65,7 @@ INPUT = (1, 1, 28, 28)
 ARCHS: dict[str, tuple[tuple[int, int, int], int]] = {"resnet20": ((32, 64, 128), 3),
                                                       "resnet56": ((16, 32, 64), 9)}
 METHODS = ("gator", "gator-st", "gator-plan", "gator-plan-t", "gator-hold", "gator-lowrank", "trp", "trp-widths",
-           "halp", "taylor", "uniform-l1", "flops")
+           "trp-spatial", "halp", "taylor", "uniform-l1", "flops", "graph-rl", "evolution")
 # benchmark-only names for gator with other options: (method, GatorConfig fields). gator-st takes the
 # straight-through gate signal; gator-plan and gator-hold are gator-st with the plan start and the hold
 # penalty; gator-plan-t is the plan start with the default (Taylor) signal.
@@ -75,10 +75,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gator-st": ("gator", ST),
                                                    "gator-plan-t": ("gator", {"gate_init": "plan"}),
                                                    "gator-hold": ("gator", {"gate_penalty": "hold", **ST}),
                                                    "gator-lowrank": ("gator", {"lowrank": True}),
-                                                   "trp-widths": ("trp", {"trp_widths": True})}
+                                                   "trp-widths": ("trp", {"trp_widths": True}),
+                                                   "trp-spatial": ("trp", {"trp_widths": True,
+                                                                           "lowrank_scheme": "spatial"})}
 # methods that weigh ranks beside widths: the LUT is profiled with lowrank when one of them runs
-LOWRANK = ("gator-lowrank", "trp", "trp-widths")
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS and m != "trp")
+LOWRANK = ("gator-lowrank", "trp", "trp-widths", "trp-spatial")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in VARIANTS and m not in ("trp", "graph-rl", "evolution"))
 VIT = {"dim": 64, "depth": 4, "heads": 4, "mlp_dim": 128}  # --arch vit
 FINETUNE_LR = 0.01     # the fine-tuning's peak learning rate, the same for every method
 BATCH_SIZE = 64        # training batches of the prune (gates, recovery, fine-tuning)
@@ -136,11 +138,14 @@ def method_config(method: str, gate_epochs: float) -> Any:
 
     name, options = VARIANTS.get(method, (method, {}))
     classes = {"gator": latprune.GatorConfig, "halp": latprune.HalpConfig, "taylor": latprune.TaylorConfig,
-               "trp": latprune.TrpConfig, "uniform-l1": latprune.UniformL1Config, "flops": latprune.FlopsConfig}
+               "trp": latprune.TrpConfig, "uniform-l1": latprune.UniformL1Config, "flops": latprune.FlopsConfig,
+               "graph-rl": latprune.GraphRlConfig, "evolution": latprune.EvolutionConfig}
     if name == "gator":
         options = {"gate_epochs": gate_epochs, **options}
     if name == "trp":  # rank training as long as gator's gate training: the same training budget
         options = {"trp_epochs": gate_epochs, **options}
+    if name in ("graph-rl", "evolution"):  # PruningNet training as long as gator's gate training
+        options = {"search_epochs": gate_epochs, **options}
     return classes[name](**options)
 
 
