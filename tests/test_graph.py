@@ -11,6 +11,7 @@ from torch import nn
 
 from latprune.graph.channels import ChannelGraph, Grid
 from latprune.graph.units import LayerKey
+from latprune.pruner.gates import Gates
 from tests.conftest import TINY_INPUT, randomise_bn_, tiny_resnet
 
 
@@ -214,12 +215,25 @@ def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_a
         ChannelGraph.build(tiny_resnet(), (1, 3, 28, 28))
 
 
+def _hard_gates(graph: ChannelGraph, keep: dict[int, list[int]]) -> Gates:
+    """Gates in hard mode open on ``keep`` (and on every block whose group keeps a channel), attached."""
+    gates = Gates(graph, init=5.0)
+    with torch.no_grad():
+        for g in graph.groups:
+            gates.logits[g.id].fill_(-5.0)
+            gates.logits[g.id][keep[g.id]] = 5.0
+        for i, b in enumerate(gates.blocks):
+            gates.block_logits[i] = 5.0 if keep[b.group] else -5.0
+    gates.mode = "hard"
+    gates.attach()
+    gates.refresh()
+    return gates
+
+
 def test_convnext_layer_norms_layer_scale_and_blocks_slim_as_gated() -> None:
     """ConvNeXt: LayerNorm2d over (N, C, H, W), LayerNorms after a permute, a per-channel layer
     scale parameter, and blocks whose branch is scaled and permuted before the add."""
     from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-
-    from latprune.pruner.gates import Gates
 
     torch.manual_seed(0)
     model = ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 1)], num_classes=10).eval()
@@ -234,16 +248,7 @@ def test_convnext_layer_norms_layer_scale_and_blocks_slim_as_gated() -> None:
     keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
     keep[graph.blocks[0].group] = []
     slim, masked = graph.slim(keep), graph.mask(keep)
-    gates = Gates(graph, init=5.0)
-    with torch.no_grad():
-        for g in graph.groups:
-            gates.logits[g.id].fill_(-5.0)
-            gates.logits[g.id][keep[g.id]] = 5.0
-        for i, b in enumerate(gates.blocks):
-            gates.block_logits[i] = 5.0 if keep[b.group] else -5.0
-    gates.mode = "hard"
-    gates.attach()
-    gates.refresh()
+    gates = _hard_gates(graph, keep)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
@@ -279,8 +284,6 @@ def test_densenet_concatenations_slim_as_masked_and_as_gated() -> None:
     BatchNorm over that concatenation; the BN holds each feeding group's channels at an offset."""
     from torchvision.models import DenseNet
 
-    from latprune.pruner.gates import Gates
-
     torch.manual_seed(0)
     model = randomise_bn_(DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
                                    num_classes=10).eval())
@@ -291,14 +294,7 @@ def test_densenet_concatenations_slim_as_masked_and_as_gated() -> None:
     assert (reader.base.cin, len(reader.in_others)) == (32, 2)
     keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
     slim, masked = graph.slim(keep), graph.mask(keep)
-    gates = Gates(graph, init=5.0)
-    with torch.no_grad():
-        for g in graph.groups:
-            gates.logits[g.id].fill_(-5.0)
-            gates.logits[g.id][keep[g.id]] = 5.0
-    gates.mode = "hard"
-    gates.attach()
-    gates.refresh()
+    gates = _hard_gates(graph, keep)
     x = torch.randn(2, 3, 32, 32)
     try:
         with torch.no_grad():

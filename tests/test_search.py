@@ -5,6 +5,7 @@ and both methods end to end on the tiny ResNet and the fake backend."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_width_gates_compute_the_masked_network(predictor: Predictor) -> None:
     assert torch.allclose(gated, expected, atol=1e-5)
 
 
-def test_the_pruningnet_generates_other_weights_for_other_widths(predictor: Predictor) -> None:
+def test_the_pruningnet_generates_other_weights_for_other_widths(predictor: Predictor, tmp_path: Path) -> None:
     torch.manual_seed(0)
     graph = predictor.graph.over(randomise_bn_(tiny_resnet()))
     space = _space(predictor)
@@ -130,9 +131,15 @@ def test_the_pruningnet_generates_other_weights_for_other_widths(predictor: Pred
         finally:
             gates.detach()
     assert outputs[0].shape == outputs[1].shape == (16, 10) and not torch.allclose(outputs[0], outputs[1])
-    scorer = Scorer(graph, net, gates, held[:1], held[1:])
+    store = tmp_path / "scores.json"
+    scorer = Scorer(graph, net, gates, held[:1], held[1:], store=store)
     first = scorer(narrow)
     assert 0.0 <= first <= 1.0 and scorer(narrow) == first and scorer.evaluated == 1
+    # a search started again reads what the killed one scored, and scores only what it had not
+    again = Scorer(graph, net, gates, held[:1], held[1:], store=store)
+    assert again.stored == 1 and again(narrow) == first
+    assert again(space.project(wide)) >= 0.0 and again.evaluated == 2
+    assert Scorer(graph, net, gates, held[:1], held[1:], store=store).stored == 2
 
 
 @pytest.mark.parametrize("which", ["narrowest", "projected"])

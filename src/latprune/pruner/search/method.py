@@ -71,8 +71,9 @@ def searched(ctx: Context, search: Search) -> Decision:
     training = train_pruningnet(supernet, net, gates, space.sample, ctx.batches(seed_offset=1), config.search_epochs,
                                 config.lr, ctx.seed, ctx.compute, ctx.checkpoint("pruningnet"))
     held = take(ctx.batches(seed_offset=HELD_OUT_SEED), config.calib_batches + config.score_batches)
+    scores_at = ctx.checkpoint("search-scores")
     scorer = Scorer(supernet, net, gates, held[:config.calib_batches], held[config.calib_batches:],
-                    ctx.compute.device)
+                    ctx.compute.device, scores_at.path.with_suffix(".json") if scores_at else None)
     with bar(total=config.search_candidates, desc=f"{config.name} search", unit="candidate",
              enabled=ctx.progress) as meter:
         def tick(score: float, best: float) -> None:
@@ -104,7 +105,8 @@ def _record(ctx: Context, steps: int, scorer: Scorer, result: SearchResult, chos
     """What the search did, for ``metrics["method_details"]``."""
     roots = {g.id: g.root for g in ctx.graph.groups}
     every = max(1, len(result.trace) // 50)
-    return {"pruningnet_steps": steps, "candidates_scored": scorer.evaluated, "best_score": result.best[0],
+    return {"pruningnet_steps": steps, "candidates_scored": scorer.evaluated, "scores_resumed": scorer.stored,
+            "best_score": result.best[0],
             "chosen_score": chosen.value,
             "chosen_widths": {roots[g]: w for g, w in sorted(chosen.widths.items())},
             "scores": [round(s, 4) for s, _ in result.scored],

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from latprune._io import atomic_write_json
 from latprune.errors import SpecError
 from latprune.graph.channels import ChannelGraph, parameter_of
 from latprune.pruner.gates import Gates
@@ -171,14 +174,22 @@ def recalibrate_bn_(model: nn.Module, batches: list[Batch], device: torch.device
 
 class Scorer:
     """A width vector's score: top-1 (0..1) of its generated weights on ``held`` batches, the
-    BatchNorm statistics recalibrated on ``calibration`` batches first; memoised per vector."""
+    BatchNorm statistics recalibrated on ``calibration`` batches first; memoised per vector, and
+    in ``store`` (a JSON file, rewritten after each new score) where given: a search killed and
+    started again on the same trained PruningNet replays its candidates from it, scoring only
+    the ones it had not reached."""
 
     def __init__(self, graph: ChannelGraph, net: PruningNet, gates: WidthGates, calibration: list[Batch],
-                 held: list[Batch], device: str = "cpu") -> None:
+                 held: list[Batch], device: str = "cpu", store: Path | None = None) -> None:
         self.graph, self.net, self.gates = graph, net, gates
         self.calibration, self.held = calibration, held
         self.device = torch.device(device)
+        self.store = store
         self.memo: dict[tuple[tuple[int, int], ...], float] = {}
+        if store is not None and store.is_file():
+            self.memo = {tuple((int(g), int(w)) for g, w in key): float(score)
+                         for key, score in json.loads(store.read_text(encoding="utf-8"))}
+        self.stored = len(self.memo)  # scores read from ``store``: what a resumed search did not score again
 
     @property
     def evaluated(self) -> int:
@@ -201,6 +212,8 @@ class Scorer:
                 self.gates.detach()
                 model.cpu()
             self.memo[key] = correct / max(1, total)
+            if self.store is not None:
+                atomic_write_json(self.store, [[list(map(list, k)), v] for k, v in self.memo.items()])
         return self.memo[key]
 
     @torch.no_grad()
