@@ -251,3 +251,27 @@ def test_the_search_methods_prune_within_the_budget(tiny_lut: latprune.LUT, conf
     assert search["pruningnet_steps"] == 4 and 1 <= search["candidates_scored"] <= 8
     assert len(search["scores"]) == 8 and search["best_score"] == max(search["scores"])
     assert any(h["fits"] and h["widths"] == search["chosen_widths"] for h in m["closed_loop"])
+
+
+def test_graph_rl_prunes_a_mobilenet_within_the_budget(tmp_path: Path) -> None:
+    """Depthwise convolutions follow their group, inverted residuals are blocks: the graph and the
+    PruningNet take a MobileNetV2 as they take a ResNet."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision.models import mobilenet_v2
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return mobilenet_v2(num_classes=10, width_mult=0.5).eval()
+
+    shape = (1, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(64, *shape[1:], generator=gen), torch.randint(0, 10, (64,),
+                                                                                             generator=gen)),
+                      batch_size=16)
+    lut = latprune.profile(build(), shape, backend="fake", threads=1, path=tmp_path / "m.lut", levels=4,
+                           calibration_samples=2, progress=False)
+    config = latprune.GraphRlConfig(search_epochs=0.5, search_candidates=6, importance_batches=1, score_batches=1,
+                                    calib_batches=1)
+    result = latprune.prune(build(), lut, "0.7x", example_input=shape, method=config, train_loader=data,
+                            progress=False)
+    assert result.metrics["budget_met"] and any(g.width < g.size for g in result.plan.groups)
