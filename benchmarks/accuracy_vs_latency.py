@@ -211,7 +211,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     bases = [run_base_ms(r, results) for r in measured] or [1.0]
     relative = max(bases) > 1.001 * min(bases)  # budgets round to 0.1 µs: one pass's bases differ by less
     key = "latency_kept" if relative else "final_ms"
-    markers = dict(zip(METHODS, "oPXh*<>^sDvp", strict=True))
+    markers = dict(zip(METHODS, "oPXh*<>^sDvpd8H", strict=True))
     for method in METHODS:
         runs = [r for r in measured if r["method"] == method]
         if not runs:
