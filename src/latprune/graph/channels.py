@@ -582,6 +582,14 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                 if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in whole:
                     kept_full.setdefault(names[dep.target.module], f"{why} {names[feeds[0]]}")
             continue
+        size = len(tp_group[0].idxs)
+        pattern = _grouped_pattern(tp_group, size)
+        if pattern is None:
+            for dep, _ in tp_group:
+                if isinstance(dep.target.module, PRUNABLE):
+                    kept_full.setdefault(names[dep.target.module],
+                                         "shares channels with grouped convolutions of different group counts")
+            continue
         gid = len(groups)
         producers, members, outs, norms, offsets = [], [], [], [], []
         for dep, idxs in tp_group:
@@ -604,23 +612,10 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                 norms.append(names[target])
             elif isinstance(target, nn.Parameter) and target in names:  # added into the channels (a class token)
                 producers.append(names[target])
-        size = len(tp_group[0].idxs)
-        pattern = _grouped_pattern(tp_group, size)
-        if pattern is None:
-            why = "shares channels with grouped convolutions of different group counts"
-            for dep, _ in tp_group:
-                if isinstance(dep.target.module, PRUNABLE):
-                    kept_full.setdefault(names[dep.target.module], why)
-            for target in set(in_group) | set(out_group):  # forget what this group set
-                if in_group.get(target, [None])[-1] == gid:
-                    in_group[target].pop()
-                if out_group.get(target) == gid:
-                    del out_group[target]
-            continue
         groups.append(Group(gid, names[tp_group[0].dep.target.module], size, tuple(producers),
                             tuple(dict.fromkeys(members)), tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(norms)),
                             offsets=tuple(dict.fromkeys(offsets)), blocks=pattern[0], same_offsets=pattern[1]))
-    return groups, {m: g for m, g in in_group.items() if g}, out_group
+    return groups, in_group, out_group
 
 
 def _grouped_pattern(tp_group: Any, size: int) -> tuple[int, bool] | None:

@@ -111,8 +111,13 @@ def break_even_rank(cin: int, cout: int, kernel: Sequence[int] = (1, 1), scheme:
 
 def break_even_of(key: LayerKey, scheme: str = CHANNEL) -> float:
     """:func:`break_even_rank` of the unit ``key``."""
-    widths = (key.in_hw[-1], key.out_hw[-1]) if key.op == "conv" and key.in_hw else (1, 1)
+    widths = _widths_of(key) if key.op == "conv" and key.in_hw else (1, 1)
     return break_even_rank(key.cin, key.cout, key.kernel, scheme, widths)
+
+
+def _widths_of(key: LayerKey) -> tuple[int, int]:
+    """A convolution key's input and output width (its last spatial dimension)."""
+    return key.in_hw[-1], key.out_hw[-1]
 
 
 def as_matrix(weight: torch.Tensor, scheme: str = CHANNEL) -> torch.Tensor:
@@ -280,11 +285,12 @@ def split_ranks(widths: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]
 
 
 def applicable(model: nn.Module, ranks: dict[str, int], scheme: str = CHANNEL,
-               input_shape: tuple[int, ...] | None = None) -> dict[str, int]:
+               columns: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
     """The entries of ``ranks`` that ``model`` (slimmed) can take and that pay there: the layer
     exists (its block was not removed) and the rank is below its break-even rank (the spatial
-    scheme's at the layer's input and output widths, from a pass at ``input_shape``)."""
-    columns = _columns(model, input_shape) if scheme == SPATIAL else {}
+    scheme's at the layer's input and output widths, ``columns``: :func:`unit_columns`)."""
+    if scheme == SPATIAL and columns is None:
+        raise SpecError("the spatial scheme's break-even rank needs each convolution's input and output width")
     kept = {}
     for name, rank in ranks.items():
         try:
@@ -295,7 +301,7 @@ def applicable(model: nn.Module, ranks: dict[str, int], scheme: str = CHANNEL,
             continue
         if isinstance(module, nn.Conv2d):
             even = break_even_rank(module.in_channels, module.out_channels, module.kernel_size, scheme,
-                                   columns.get(name, (1, 1)))
+                                   (columns or {}).get(name, (1, 1)))
         else:
             even = break_even_rank(module.in_features, module.out_features)
         if 0 < rank < even:
@@ -303,22 +309,9 @@ def applicable(model: nn.Module, ranks: dict[str, int], scheme: str = CHANNEL,
     return kept
 
 
-def _columns(model: nn.Module, input_shape: tuple[int, ...] | None) -> dict[str, tuple[int, int]]:
-    """Each convolution's input and output width in a forward pass at ``input_shape``."""
-    if input_shape is None:
-        raise SpecError("the spatial scheme's break-even rank needs the model's input shape")
-    seen: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, (a[0].shape[-1], out.shape[-1])))
-             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(*input_shape, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return seen
+def unit_columns(units: Sequence[Unit]) -> dict[str, tuple[int, int]]:
+    """Each convolution unit's input and output width (slimming changes neither), by name."""
+    return {u.name: _widths_of(u.base) for u in units if u.base.op == "conv" and u.base.in_hw}
 
 
 def rank_options(units: Sequence[Unit], model: nn.Module, align: int = 1, scheme: str = CHANNEL

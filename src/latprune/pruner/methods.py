@@ -42,6 +42,7 @@ from latprune.graph.lowrank import (
     ranks_of,
     scheme_of,
     split_ranks,
+    unit_columns,
     unit_index,
 )
 from latprune.latency_lut.backends import Backend
@@ -253,7 +254,7 @@ def slim_factorised(graph: ChannelGraph, keep: dict[int, list[int]], widths: dic
     ranks = {graph.units[i].name: r for i, r in split_ranks(widths)[1].items()}
     if not ranks:
         return slim
-    return factorise_(slim, applicable(slim, ranks, scheme, graph.input_shape), scheme)
+    return factorise_(slim, applicable(slim, ranks, scheme, unit_columns(graph.units)), scheme)
 
 
 Solver = Callable[[Predictor, float], Solution]  # (predictor, target ms) -> widths
