@@ -194,6 +194,41 @@ def test_shufflenet_prunes_inside_its_units_and_keeps_the_shuffled_channels() ->
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
 
 
+
+class _ReadsASlice(nn.Module):
+    """A conv that reads half its input's channels: a slice (``x[:, :8]``) or a chunk (CSP, GhostNet)."""
+
+    def __init__(self, chunk: bool) -> None:
+        super().__init__()
+        self.chunk = chunk
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = x.chunk(2, dim=1)[0] if self.chunk else x[:, :8]
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_a_layer_that_reads_a_slice_keeps_its_input_whole_and_prunes_its_output(chunk: bool) -> None:
+    """Which channels a slice or chunk reads is not traced: the groups feeding the layer keep
+    their width and say why; the layer's own output still prunes."""
+    model = randomise_bn_(_ReadsASlice(chunk).eval())
+    graph = ChannelGraph.build(model, (1, 3, 16, 16))
+    assert graph.kept_full["c2"] == ("its input stays whole: it reads 8 of the 16 channels feeding it "
+                                     "(a slice or chunk that latprune does not follow)")
+    assert graph.kept_full["c1"] == "shares channels with c2"
+    assert [g.root for g in graph.groups] == ["c2"]
+    keep = {graph.groups[0].id: [0, 3, 5, 9, 12]}
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    assert slim.c2.out_channels == 5 and slim.c1.out_channels == 16
+
 def test_a_model_the_tracer_cannot_follow_is_refused_as_such_and_a_wrong_input_as_such(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A structure that defeats Torch-Pruning's tracer: the error says latprune cannot prune the

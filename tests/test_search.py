@@ -22,7 +22,7 @@ from latprune.pruner.knapsack import option_values
 from latprune.pruner.methods import keep_top
 from latprune.pruner.search.agent import reinforce
 from latprune.pruner.search.evolution import evolve
-from latprune.pruner.search.pruningnet import PruningNet, Scorer, WidthGates, take, train_pruningnet
+from latprune.pruner.search.pruningnet import PruningNet, Scorer, WidthGates, hold_out, take, train_pruningnet
 from latprune.pruner.search.space import Space, key_of
 from latprune.pruner.search.topology import GCN, STATIC_FEATURES, Topology, normalised_adjacency
 from tests.conftest import TINY_INPUT, randomise_bn_, tiny_loader, tiny_resnet
@@ -142,6 +142,34 @@ def test_the_pruningnet_generates_other_weights_for_other_widths(predictor: Pred
     assert Scorer(graph, net, gates, held[:1], held[1:], store=store).stored == 2
 
 
+def test_candidates_are_scored_on_samples_the_pruningnet_never_trains_on() -> None:
+    loader = tiny_loader(64)
+    trained_on, held, how = hold_out(loader, 1, seed=3)
+    assert how == "16 training samples held out" and len(held) == 1 and len(trained_on) == 3
+    seen = {tuple(x.flatten()[:4].tolist()) for x, _ in
+            (sample for batch in trained_on for sample in zip(*batch))}  # type: ignore[attr-defined]
+    scored = {tuple(x.flatten()[:4].tolist()) for x, _ in zip(*held[0])}
+    assert len(seen) == 48 and len(scored) == 16 and not seen & scored
+    assert hold_out(loader, 1, seed=3)[1][0][1].tolist() == held[0][1].tolist()  # the seed draws them
+    batches = list(loader)
+    trained_on, held, how = hold_out(batches, 1, seed=0)
+    assert trained_on == batches[:3] and held == batches[3:] and how == "the last 1 of 4 training batches held out"
+
+    class Stream:  # a sized iterable of batches that is neither a list nor a DataLoader
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+    stream = Stream()
+    trained_on, held, how = hold_out(stream, 1, seed=0)
+    assert trained_on is stream and held[0] is batches[0]
+    assert how.startswith("training batches (the loader cannot be split")
+    with pytest.raises(SpecError, match="holds out 4 batches of 16 samples.*holds 64; lower --score-batches"):
+        hold_out(loader, 4, seed=0)
+
+
 @pytest.mark.parametrize("which", ["narrowest", "projected"])
 def test_generated_weights_fold_into_the_slimmed_network(predictor: Predictor, which: str) -> None:
     torch.manual_seed(0)
@@ -248,7 +276,9 @@ def test_the_search_methods_prune_within_the_budget(tiny_lut: latprune.LUT, conf
     assert m["budget_met"] and m["measured_ms"] <= m["budget_ms"] and result.plan.method == config.name
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
     search = m["method_details"]["search"]
-    assert search["pruningnet_steps"] == 4 and 1 <= search["candidates_scored"] <= 8
+    # one batch's samples held out of the 64 to score on: the PruningNet trains on 3 batches of 16
+    assert search["pruningnet_steps"] == 3 and 1 <= search["candidates_scored"] <= 8
+    assert search["scored_on"] == "16 training samples held out"
     assert len(search["scores"]) == 8 and search["best_score"] == max(search["scores"])
     assert any(h["fits"] and h["widths"] == search["chosen_widths"] for h in m["closed_loop"])
 

@@ -198,6 +198,15 @@ class ChannelGraph:
         shuffles = {m for m in model.modules() if isinstance(m, ChannelShuffle)}
         whole = shuffles | {model.get_submodule(name) for name in left}
         groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
+        # A layer that reads a slice or a chunk of its input's channels keeps the groups feeding it
+        # whole: which of their channels it reads is not traced.
+        sliced = [m for m in layers if _reads_part(m, [groups[g].size for g in dict.fromkeys(ins.get(m, []))])]
+        if sliced:
+            for m in sliced:
+                kept_full[names[m]] = (f"its input stays whole: it reads {_in_width(m)} of the "
+                                       f"{sum(groups[g].size for g in set(ins[m]))} channels feeding it (a slice "
+                                       "or chunk that latprune does not follow)")
+            groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, set(sliced))
         in_group = {m: max(dict.fromkeys(gids), key=lambda g: groups[g].size) for m, gids in ins.items()}
         units = []
         for m in layers:
@@ -555,13 +564,14 @@ def _untraceable(exc: Exception) -> SpecError:
 
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
-                    whole: set[nn.Module], kept_full: dict[str, str]
+                    whole: set[nn.Module], kept_full: dict[str, str], sliced: frozenset[nn.Module] | set = frozenset()
                     ) -> tuple[list[Group], dict[nn.Module, list[int]], dict[nn.Module, int]]:
     """The channel groups Torch-Pruning finds, in module order, which groups set each
     layer's input width (more than one where a concatenation feeds it) and which its
     output width; groups that share channels with a module of ``whole`` (a channel shuffle,
-    an attention not rewritten) keep their width and are left out (``kept_full``), as are
-    groups between grouped convolutions of different group counts."""
+    an attention not rewritten) or feed a layer of ``sliced`` (one that reads a slice of
+    them) keep their width and are left out (``kept_full``), as are groups between grouped
+    convolutions of different group counts."""
     groups: list[Group] = []
     out_group: dict[nn.Module, int] = {}
     in_group: dict[nn.Module, list[int]] = {}
@@ -573,8 +583,10 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
     except Exception as exc:
         raise _untraceable(exc) from None
     outward = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
+    inward = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
     for tp_group in tp_groups:
-        feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in whole]
+        feeds = [dep.target.module for dep, _ in tp_group if dep.target.module in whole
+                 or (dep.target.module in sliced and dep.handler in inward)]
         if feeds:
             why = "passes through the channel shuffle" if isinstance(feeds[0], ChannelShuffle) else \
                 "shares channels with"
@@ -601,7 +613,7 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
                 members.append(names[target])
                 if handler is not tp.prune_depthwise_conv_out_channels and not isinstance(target, Attention):
                     outs.append(names[target])
-            elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or leaf:
+            elif handler in inward or leaf:
                 in_group.setdefault(target, []).append(gid)
                 members.append(names[target])
             elif isinstance(target, nn.modules.batchnorm._BatchNorm):
@@ -635,6 +647,19 @@ def _grouped_pattern(tp_group: Any, size: int) -> tuple[int, bool] | None:
     return counts.pop(), feeds
 
 
+def _in_width(m: nn.Module) -> int:
+    """The input channels of a conv or linear."""
+    return m.in_features if isinstance(m, nn.Linear) else m.in_channels  # type: ignore[return-value]
+
+
+def _reads_part(m: nn.Module, sizes: list[int]) -> bool:
+    """Whether ``m`` (not depthwise) reads fewer channels than the groups feeding it hold (``sizes``):
+    a slice or chunk of them, where :func:`_input_parts` could not tell which."""
+    if not sizes or (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels):
+        return False
+    return _in_width(m) < sum(sizes)
+
+
 def _input_text(unit: Unit) -> str:
     """How a unit's input splits among groups, where it is more than its one input group
     (empty otherwise: signatures of models without such units stay as they were)."""
@@ -653,9 +678,7 @@ def _input_parts(unit: Unit, parts: list[tuple[int, int]]) -> Unit:
     size = dict(parts)[unit.in_group]
     others = tuple((g, n) for g, n in parts if g != unit.in_group)
     rest = unit.base.cin - sum(n for _, n in others)
-    if rest < size:
-        raise SpecError(f"layer {unit.name!r} reads {unit.base.cin} channels, fewer than the groups feeding it "
-                        f"hold ({rest + sum(n for _, n in others)}); latprune cannot tell its input width")
+    assert rest >= size, f"{unit.name} reads a slice of its input: ChannelGraph.build keeps such groups whole"
     if rest % size == 0:
         return replace(unit, in_copies=rest // size, in_others=others)
     return replace(unit, in_others=others, in_fixed=rest - size)

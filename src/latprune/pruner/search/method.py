@@ -21,14 +21,15 @@ from latprune.pruner.knapsack import Solution, descend, option_values
 from latprune.pruner.methods import Context, Decision, closed_loop, keep_top, register_method
 from latprune.pruner.search.agent import reinforce
 from latprune.pruner.search.evolution import evolve
-from latprune.pruner.search.pruningnet import PruningNet, Scorer, WidthGates, take, train_pruningnet
+from latprune.pruner.search.pruningnet import PruningNet, Scorer, WidthGates, hold_out, take, train_pruningnet
 from latprune.pruner.search.space import SearchResult, Space
 from latprune.pruner.search.topology import Topology
+from latprune.train import reseeded
 
 Tick = Callable[[float, float], object]  # (this candidate's score, the best so far)
 Search = Callable[[Context, Space, PruningNet, Scorer, Tick], SearchResult]
 
-HELD_OUT_SEED = 7000  # the seed offset of the batches candidates are scored on
+HELD_OUT_SEED = 7000  # the seed offset of the samples held out to score candidates on, and of BN recalibration
 
 
 def graph_rl(ctx: Context) -> Decision:
@@ -68,11 +69,12 @@ def searched(ctx: Context, search: Search) -> Decision:
     supernet = ctx.graph.over(copy.deepcopy(ctx.graph.model))
     net = PruningNet(Topology.of(ctx.graph, ctx.predictor, options), layers=config.gcn_layers)
     gates = WidthGates(supernet, scores.channels, blocks=config.blocks)
-    training = train_pruningnet(supernet, net, gates, space.sample, ctx.batches(seed_offset=1), config.search_epochs,
+    trained_on, held, scored_on = hold_out(ctx.batches(seed_offset=1), config.score_batches, ctx.seed + HELD_OUT_SEED)
+    training = train_pruningnet(supernet, net, gates, space.sample, trained_on, config.search_epochs,
                                 config.lr, ctx.seed, ctx.compute, ctx.checkpoint("pruningnet"))
-    held = take(ctx.batches(seed_offset=HELD_OUT_SEED), config.calib_batches + config.score_batches)
+    calibration = take(reseeded(trained_on, ctx.seed + HELD_OUT_SEED), config.calib_batches)
     scores_at = ctx.checkpoint("search-scores")
-    scorer = Scorer(supernet, net, gates, held[:config.calib_batches], held[config.calib_batches:],
+    scorer = Scorer(supernet, net, gates, calibration, held,
                     ctx.compute.device, scores_at.path.with_suffix(".json") if scores_at else None)
     with bar(total=config.search_candidates, desc=f"{config.name} search", unit="candidate",
              enabled=ctx.progress) as meter:
@@ -98,7 +100,8 @@ def searched(ctx: Context, search: Search) -> Decision:
     if config.weights == "pruningnet":  # the same network as measured, with the generated weights
         slim = scorer.generated(solution.widths).slim(keep)
     return Decision(keep, slim, solution.predicted_ms, history,
-                    {"search": _record(ctx, training.steps, scorer, result, solution)}, measured_ms, predictor)
+                    {"search": {**_record(ctx, training.steps, scorer, result, solution), "scored_on": scored_on}},
+                    measured_ms, predictor)
 
 
 def _record(ctx: Context, steps: int, scorer: Scorer, result: SearchResult, chosen: Solution) -> dict[str, Any]:

@@ -10,7 +10,7 @@ the GCN's over the topology at those widths; the gates carry it (at a BatchNorm 
 the channel's generated weights). Heads start at zero, so every modulation starts at 1 (the base
 weights). :func:`train_pruningnet` trains the network's weights and the PruningNet together on
 random width vectors; :class:`Scorer` scores a candidate: its generated weights, BatchNorm statistics
-recalibrated on a few training batches, top-1 on held-out batches.
+recalibrated on a few training batches, top-1 on batches held out of that training (:func:`hold_out`).
 """
 
 from __future__ import annotations
@@ -150,6 +150,32 @@ def take(batches: Iterable[Batch], n: int) -> list[Batch]:
         if len(out) == before:
             raise ValueError("the training batches are empty")
     return out
+
+
+def hold_out(loader: Iterable[Batch], n: int, seed: int) -> tuple[Iterable[Batch], list[Batch], str]:
+    """``loader`` split for a search: the batches the PruningNet trains on, ``n`` held-out batches
+    its candidates are scored on (never trained on), and how they were held out. A ``DataLoader``
+    over a dataset with a length holds out ``n`` batches' worth of samples drawn by ``seed`` and
+    trains on the rest, shuffled as before; a list of batches holds out its last ``n``; any other
+    iterable cannot be split, and its first ``n`` batches are scored on while it trains on them all."""
+    from torch.utils.data import DataLoader, Dataset, Subset
+
+    dataset = getattr(loader, "dataset", None)
+    size = getattr(loader, "batch_size", None)
+    if isinstance(loader, DataLoader) and isinstance(dataset, Dataset) and hasattr(dataset, "__len__") and size:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()  # type: ignore
+        held_count = n * size
+        if held_count >= len(order):
+            raise SpecError(f"the search holds out {n} batches of {size} samples to score its candidates on, "
+                            f"but the training set holds {len(order)}; lower --score-batches")
+        common = {"batch_size": size, "collate_fn": loader.collate_fn, "num_workers": loader.num_workers}
+        train_part = DataLoader(Subset(dataset, order[held_count:]), shuffle=True, drop_last=loader.drop_last,
+                                generator=torch.Generator().manual_seed(seed), **common)
+        held = list(DataLoader(Subset(dataset, order[:held_count]), shuffle=False, **common))
+        return train_part, held, f"{held_count} training samples held out"
+    if isinstance(loader, list) and len(loader) > n:
+        return loader[:-n], loader[-n:], f"the last {n} of {len(loader)} training batches held out"
+    return loader, take(loader, n), "training batches (the loader cannot be split: scored on batches it trains on)"
 
 
 @torch.no_grad()
