@@ -1,14 +1,17 @@
 """Benchmark: a latency unit's kernel time alone against its kernels' time inside the whole model.
 
-    python benchmarks/units_in_model.py [--model torchvision:vit_b_16] [--input 1x3x64x64] [--runs 30]
+    python benchmarks/units_in_model.py [--model torchvision:vit_b_16] [--input 1x3x64x64] [--runs 30] [--cold 8]
 
 On ort-cpu (1 thread): the model is exported to ONNX and run ``--runs`` times under ONNX
 Runtime's profiler; each node's kernel time is attributed to the latency unit whose
 module it belongs to (by the node's name, which carries the module path), and compared
-with that unit timed alone the way the LUT times it (``OrtCpuBackend.measure_unit``).
+with that unit timed alone the way the LUT times it (``OrtCpuBackend.measure_unit``), and
+with ``--cold K`` as ``K`` copies run in turn, its weights out of the caches (:func:`copies`).
 A ratio above 1 is context the LUT key does not hold: weights that stream from memory
 inside a large model but stay in cache when a unit is timed alone, layouts, fusions.
-Writes ``benchmarks/results/units_in_model_<model>.json`` with the device fingerprint.
+The kernels no unit owns are summed by op type beside them (``outside_units_ms``): what the
+calibration has to carry. Writes ``benchmarks/results/units_in_model_<model>.json`` (``_<size>``
+after it where ``--input`` is not 64×64) with the device fingerprint.
 """
 
 from __future__ import annotations
@@ -29,17 +32,23 @@ HERE = Path(__file__).parent
 
 def scope(module: str) -> str:
     """The prefix of the ONNX node names of ``module`` as the TorchScript exporter writes them:
-    ``layers.0.mlp.0`` → ``/layers/layers.0/mlp/mlp.0/`` (a numbered child carries its parent's name)."""
-    parts = module.split(".")
-    return "/" + "/".join(f"{parts[i - 1]}.{p}" if p.isdigit() and i else p for i, p in enumerate(parts)) + "/"
+    ``features.1.0.block.0`` → ``/features/features.1/features.1.0/block/block.0/`` (a numbered
+    child carries the dotted name from its nearest named ancestor down)."""
+    levels, run = [], ""
+    for part in module.split("."):
+        run = f"{run}.{part}" if part.isdigit() and run else part
+        levels.append(run)
+    return "/" + "/".join(levels) + "/"
 
 
 WARMUP = 5  # runs left out: the first runs of a session allocate and pack weights
 
 
-def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int) -> tuple[dict[str, float], float]:
+def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
+                    outside: dict[str, float] | None = None) -> tuple[dict[str, float], float]:
     """Mean kernel ms per run of each unit's nodes inside the model, and of every node, over
-    ``runs`` runs after :data:`WARMUP` runs."""
+    ``runs`` runs after :data:`WARMUP` runs; ``outside``, when given, receives the kernel ms of
+    the nodes no unit owns, by op type (pooling, an excitation's multiply, layout conversions)."""
     from latprune.runtime.ort import make_session, random_feeds
 
     paths = {name: scope(name) for name in unit_names}
@@ -63,7 +72,53 @@ def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int) -> tuple[dict
         owner = max((u for u, p in paths.items() if p in node + "/"), key=len, default=None)
         if owner is not None:
             per_unit[owner] += ms
+        elif outside is not None:
+            op = e.get("args", {}).get("op_name", "?")
+            outside[op] = outside.get(op, 0.0) + ms
     return dict(per_unit), total
+
+
+def weight_bytes(key: Any) -> int:
+    """The fp32 bytes of a conv or linear unit's weight."""
+    kernel = key.kernel[0] * key.kernel[1] if key.op == "conv" else 1
+    return 4 * key.cin * key.cout * kernel // max(1, key.groups)
+
+
+def copies(unit: bytes, k: int) -> bytes:
+    """``k`` copies of a one-unit ONNX graph side by side, each with its own weights, all reading
+    the same inputs: run in turn, each copy's weights have left the caches when it runs again
+    (where ``k`` times the unit's weights exceed them), as a layer's do inside a model whose
+    weights exceed them."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(unit)
+    graph = model.graph
+    shared = {i.name for i in graph.input}
+    nodes, inits, outputs = [], [], []
+    for c in range(k):
+        def renamed(name: str) -> str:
+            return name if name in shared or not name else f"c{c}_{name}"
+
+        for init in graph.initializer:
+            array = numpy_helper.to_array(init)
+            inits.append(numpy_helper.from_array(array * (1 + 1e-3 * c) if array.dtype.kind == "f" else array,
+                                                 renamed(init.name)))
+        for i, node in enumerate(graph.node):
+            copy = helper.make_node(node.op_type, [renamed(i) for i in node.input], [renamed(o) for o in node.output],
+                                    name=("aux_" if node.name.startswith("aux_") else "") + f"c{c}_{i}_{node.op_type}",
+                                    domain=node.domain)
+            copy.attribute.extend(node.attribute)
+            nodes.append(copy)
+        for out in graph.output:
+            value = onnx.ValueInfoProto()
+            value.CopyFrom(out)
+            value.name = renamed(out.name)
+            outputs.append(value)
+    merged = helper.make_model(helper.make_graph(nodes, "copies", list(graph.input), outputs, inits),
+                               opset_imports=model.opset_import, producer_name="latprune")
+    merged.ir_version = model.ir_version
+    return merged.SerializeToString()
 
 
 def main() -> None:
@@ -71,39 +126,51 @@ def main() -> None:
     parser.add_argument("--model", default="torchvision:vit_b_16")
     parser.add_argument("--input", default="1x3x64x64")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--cold", type=int, default=0, metavar="K",
+                        help="also time each unit as K copies run in turn, its weights cold (cold_ms)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     from latprune.graph.channels import ChannelGraph
     from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.backends.ort_cpu import kernel_latency, unit_onnx
     from latprune.runtime.onnx import to_onnx_bytes
     from latprune.specs import load_model
 
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     backend = get_backend("ort-cpu", threads=1)
+    outside: dict[str, float] = {}
     inside, total = node_ms_by_unit(to_onnx_bytes(graph.model, spec.input_shape), [u.name for u in graph.units],
-                                    args.runs)
+                                    args.runs, outside)
     rows: list[dict[str, Any]] = []
     for unit in graph.units:
         alone = backend.measure_unit(unit.base).median_ms
-        rows.append({"unit": unit.name, "op": unit.base.op, "key": unit.base.text, "alone_ms": round(alone, 4),
-                     "in_model_ms": round(inside.get(unit.name, 0.0), 4),
-                     "ratio": round(inside.get(unit.name, 0.0) / alone, 2) if alone > 0 else None})
+        row = {"unit": unit.name, "op": unit.base.op, "key": unit.base.text, "alone_ms": round(alone, 4),
+               "in_model_ms": round(inside.get(unit.name, 0.0), 4),
+               "ratio": round(inside.get(unit.name, 0.0) / alone, 2) if alone > 0 else None}
+        if args.cold and unit.base.op != "attention":
+            cold = kernel_latency(copies(unit_onnx(unit.base, aux_residual=True), args.cold), 1,
+                                  backend.timing).median_ms / args.cold
+            row.update(cold_ms=round(cold, 4), weight_mib=round(weight_bytes(unit.base) / 2**20, 3),
+                       cold_ratio=round(inside.get(unit.name, 0.0) / cold, 2) if cold > 0 else None)
+        rows.append(row)
     by_op: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"alone_ms": 0.0, "in_model_ms": 0.0})
     for r in rows:
         by_op[r["op"]]["alone_ms"] += r["alone_ms"]
         by_op[r["op"]]["in_model_ms"] += r["in_model_ms"]
     params_mb = sum(p.numel() * p.element_size() for p in graph.model.parameters()) / 2**20
-    result = {"model": args.model, "input": list(spec.input_shape), "runs": args.runs,
+    result = {"model": args.model, "input": list(spec.input_shape), "runs": args.runs, "cold_copies": args.cold,
               "parameters_mib": round(params_mb, 1), "model_kernels_ms": round(total, 3),
               "by_op": {op: {**{k: round(v, 3) for k, v in d.items()},
                              "ratio": round(d["in_model_ms"] / d["alone_ms"], 2)}
                         for op, d in by_op.items() if d["alone_ms"] > 0},
+              "outside_units_ms": {op: round(ms, 4) for op, ms in sorted(outside.items(), key=lambda kv: -kv[1])},
               "units": rows, "fingerprint": backend.fingerprint()}
-    name = args.model.replace(":", "_")
+    name = args.model.replace(":", "_") + ("" if spec.input_shape[-2:] == (64, 64) else f"_{spec.input_shape[-1]}")
     write_json(HERE / "results" / f"units_in_model_{name}.json", result)
-    print(json.dumps({k: result[k] for k in ("model", "parameters_mib", "model_kernels_ms", "by_op")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("model", "parameters_mib", "model_kernels_ms", "by_op",
+                                             "outside_units_ms")}, indent=1))
 
 
 if __name__ == "__main__":

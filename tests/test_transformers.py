@@ -215,12 +215,73 @@ def _torchvision_maxvit() -> nn.Module:
                   head_dim=8, stochastic_depth_prob=0.0, num_classes=10).eval()
 
 
+def test_swin_v2_cosine_attention_and_patch_merging_are_rewritten_with_their_function() -> None:
+    """Swin V2: cosine attention with per-head logit scales, a position-bias MLP with one output
+    per head, keys without a bias, and a patch merging that normalises after its reduction."""
+    from latprune.graph.transformer import PatchMerge, WindowAttentionV2
+
+    model = _torchvision_swin_v2()
+    with torch.no_grad():  # per-head scales and key biases that matter (the keys' is ignored)
+        for m in model.modules():
+            if type(m).__name__ == "ShiftedWindowAttentionV2":
+                m.logit_scale.uniform_(1.0, 3.0)
+                m.qkv.bias.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    with torch.no_grad():
+        assert torch.allclose(graph.model(x), expected, atol=1e-5)
+    assert sum(isinstance(m, WindowAttentionV2) for m in graph.model.modules()) == 4
+    assert [m.norm_after for m in graph.model.modules() if isinstance(m, PatchMerge)] == [True]
+    assert [(g.root.rsplit(".", 1)[0], g.size) for g in graph.groups if g.heads] == [
+        ("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)]
+    stage2 = next(g for g in graph.groups if g.root == "features.2")  # the merge's reduction and norm write it
+    assert "features.2.reduction" in stage2.producers and "features.2.norm" in stage2.norms
+    assert graph.kept_full == {}
+
+
+def test_slimmed_swin_v2_equals_the_masked_one_and_keeps_each_heads_parameters() -> None:
+    graph = ChannelGraph.build(_torchvision_swin_v2(), (1, 3, 32, 32))
+    with torch.no_grad():
+        for m in graph.model.modules():
+            if hasattr(m, "logit_scale"):
+                m.logit_scale.uniform_(1.0, 3.0)
+    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
+    keep[graph.blocks[1].group] = []  # a shifted-window block removed
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    kept = [m for m in slim.modules() if hasattr(m, "logit_scale")]
+    assert [(m.num_heads, m.logit_scale.shape[0], m.cpb_mlp[2].out_features) for m in kept] == [
+        (1, 1, 1), (2, 2, 2), (2, 2, 2)]
+
+
+def test_swin_v2_prunes_to_budget_and_exports_with_parity_its_heads_cut_too(tmp_path: Path) -> None:
+    from latprune.runtime.onnx import checked_onnx
+
+    shape = (1, 3, 32, 32)
+    graph = ChannelGraph.build(_torchvision_swin_v2(), shape)
+    heads = {g.id: [0] for g in graph.groups if g.heads}  # one head left in every layer
+    report, _ = checked_onnx(graph.slim(heads), shape)  # raises unless ONNX Runtime agrees within 1e-4
+    assert report.max_abs_diff <= 1e-4
+    lut = latprune.profile(_torchvision_swin_v2(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut",
+                           levels=2, calibration_samples=2, progress=False)
+    assert lut.report.kept_full == {}
+    result = latprune.prune(_torchvision_swin_v2(), lut, "0.5x", example_input=shape,
+                            method=latprune.HalpConfig(importance="l1"), progress=False)
+    assert result.metrics["budget_met"]
+    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
+
+
 # torchvision models whose attention latprune does not rewrite: the model, its attention's type, its
-# removable blocks and its group count (Swin V2: each block's MLP width; MaxViT: the stem's two convs,
-# per layer its MBConv's inner and squeeze widths and two MLP widths, and the classifier's hidden width)
+# removable blocks and its group count (MaxViT: the stem's two convs, per layer its MBConv's inner and
+# squeeze widths and two MLP widths, and the classifier's hidden width)
 KEPT_WHOLE = {
-    "swin_v2": (_torchvision_swin_v2, "ShiftedWindowAttentionV2",
-                ["features.1.0", "features.1.1", "features.3.0", "features.3.1"], 4),
     "maxvit": (_torchvision_maxvit, "RelativePositionalMultiHeadAttention",
                ["blocks.0.layers.0.layers.window_attention", "blocks.0.layers.0.layers.grid_attention",
                 "blocks.0.layers.1.layers.MBconv", "blocks.0.layers.1.layers.window_attention",
@@ -230,9 +291,9 @@ KEPT_WHOLE = {
 
 @pytest.mark.parametrize("name", sorted(KEPT_WHOLE))
 def test_an_attention_latprune_does_not_rewrite_is_a_whole_leaf_and_the_rest_prunes(name: str) -> None:
-    """Swin V2's and MaxViT's attentions are hidden from Torch-Pruning (whose index mapping
-    through them grows without bound) and keep their width, with the residual stream through
-    them; MLP widths, MaxViT's convolutions and the blocks prune, and gates agree."""
+    """MaxViT's attentions are hidden from Torch-Pruning (whose index mapping through them grows
+    without bound) and keep their width, with the residual stream through them; MLP widths,
+    MaxViT's convolutions and the blocks prune, and gates agree."""
     from latprune.pruner.gates import Gates
 
     build, attention, blocks, groups = KEPT_WHOLE[name]

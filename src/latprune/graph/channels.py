@@ -467,8 +467,8 @@ def _add_leaves(groups: list[Group], units: list[Unit], attentions: Sequence[Att
                 in_group: dict[nn.Module, int], out_group: dict[nn.Module, int]) -> None:
     """Add the units of the leaves Torch-Pruning does not look into, and what they do to groups:
     an attention's heads become a group of their own and its projection writes its output
-    group; a patch merging's norm covers four copies of its input group, its reduction
-    writes its output group."""
+    group; a patch merging's reduction writes its output group, and its norm covers four
+    copies of its input group (or, Swin V2's, the output group)."""
     def extend(gid: int | None, **fields: tuple[str, ...]) -> None:
         if gid is not None:
             g = groups[gid]
@@ -480,7 +480,7 @@ def _add_leaves(groups: list[Group], units: list[Unit], attentions: Sequence[Att
         extend(out_group.get(m), producers=(f"{names[m]}.proj",))
     for m in merges:
         units.append(_merge_unit(m, names[m], shapes.get(m), in_group.get(m), out_group.get(m)))
-        extend(in_group.get(m), norms=(f"{names[m]}.norm",))
+        extend(out_group.get(m) if m.norm_after else in_group.get(m), norms=(f"{names[m]}.norm",))
         extend(out_group.get(m), producers=(f"{names[m]}.reduction",))
 
 

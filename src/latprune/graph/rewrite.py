@@ -19,6 +19,7 @@ from latprune.graph.transformer import (
     PatchMergePruner,
     SelfAttention,
     WindowAttention,
+    WindowAttentionV2,
 )
 
 
@@ -49,7 +50,8 @@ def _from_timm(module: nn.Module) -> Attention:
 def rewrite_(model: nn.Module) -> list[str]:
     """Replace, in place, every self-attention that :class:`Attention` computes
     (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
-    ``ShiftedWindowAttention``), Swin's ``PatchMerging`` with :class:`PatchMerge`, and
+    ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2``), Swin's ``PatchMerging`` and
+    ``PatchMergingV2`` with :class:`PatchMerge`, and
     ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names of the attentions it
     cannot compute (left as they are, :func:`left_attentions`)."""
     for name, module in list(model.named_modules()):
@@ -57,8 +59,12 @@ def rewrite_(model: nn.Module) -> list[str]:
             model.set_submodule(name, SelfAttention.from_mha(module))
         elif _is_torchvision(module, "ShiftedWindowAttention"):
             model.set_submodule(name, WindowAttention.from_torchvision(module))
+        elif _is_torchvision(module, "ShiftedWindowAttentionV2"):
+            model.set_submodule(name, WindowAttentionV2.from_torchvision(module))
         elif _is_torchvision(module, "PatchMerging"):
             model.set_submodule(name, PatchMerge(module.norm, module.reduction))
+        elif _is_torchvision(module, "PatchMergingV2"):
+            model.set_submodule(name, PatchMerge(module.norm, module.reduction, norm_after=True))
         elif _is_torchvision(module, "InvertedResidual") and hasattr(module, "branch2"):  # ShuffleNetV2's
             model.set_submodule(name, ShuffleUnit(module.stride, module.branch1, module.branch2))
         elif _is_timm_attention(module) and _timm_convertible(module):
@@ -73,8 +79,6 @@ def why_left(module: nn.Module) -> str | None:
         return "keys and values of their own widths, or a bias or zero attention added to them"
     if _is_timm_attention(module):
         return "q/k norms, an output norm or a gate"
-    if _is_torchvision(module, "ShiftedWindowAttentionV2"):
-        return "Swin V2's cosine attention, with per-head scales and a position-bias MLP"
     if _is_torchvision(module, "RelativePositionalMultiHeadAttention"):
         return "MaxViT's attention, its heads' width tied to the embedding"
     return None
@@ -139,5 +143,5 @@ def customized_pruners(kept: Iterable[nn.Module] = (), widths: dict[nn.Module, t
     """Torch-Pruning's pruners of latprune's leaves, and of the types of the attentions ``kept``
     whole (:func:`left_attentions`), whose channels ``widths`` records."""
     pruner, whole = AttentionPruner(), KeptWholePruner(widths if widths is not None else {})
-    return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, PatchMerge: PatchMergePruner(),
-            ChannelShuffle: ChannelShufflePruner()} | {type(m): whole for m in kept}
+    return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, WindowAttentionV2: pruner,
+            PatchMerge: PatchMergePruner(), ChannelShuffle: ChannelShufflePruner()} | {type(m): whole for m in kept}

@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -53,9 +54,19 @@ class Attention(nn.Module):
     def attend(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention over the tokens of ``x`` ``(batch, tokens, embed)``, ``bias`` added to the scores."""
         b, s, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = self._project(x).reshape(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, scale = self._query_key(q, k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
+                                             scale=scale)
         return self.proj(self.heads(out).transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values of every head, ``(batch, tokens, 3 × heads × head_dim)``."""
+        return self.qkv(x)
+
+    def _query_key(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Queries and keys as the scores take them, and the scores' scale (None: 1/√head_dim)."""
+        return q, k, None
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
@@ -174,11 +185,25 @@ class WindowAttention(Attention):
         super().__init__(embed_dim, num_heads, head_dim, bias, proj_bias, dropout)
         self.window_size, self.shift_size, self.proj_dropout = list(window_size), list(shift_size), proj_dropout
         wh, ww = self.window_size
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
         coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
         index = (relative[:, :, 0] + wh - 1) * (2 * ww - 1) + relative[:, :, 1] + ww - 1
         self.register_buffer("relative_position_index", index.flatten())
+        self._position_parameters()
+
+    def _position_parameters(self) -> None:
+        """The learned relative position bias: a table of one value per relative offset and head."""
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), self.num_heads))
+
+    def _position_table(self) -> torch.Tensor:
+        """The bias of each relative offset and head, ``(offsets, heads)``."""
+        return self.relative_position_bias_table
+
+    def _position_bias(self) -> torch.Tensor:
+        """The bias added to each head's scores in a window, ``(1, heads, n, n)`` for ``n`` tokens."""
+        n = self.window_size[0] * self.window_size[1]
+        return self._position_table()[self.relative_position_index].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return leaf(self._windowed, x)
@@ -201,9 +226,7 @@ class WindowAttention(Attention):
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
         windows = x.view(b, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
-        n = wh * ww
-        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
-        bias = bias.unsqueeze(0)  # (1, heads, n, n)
+        bias = self._position_bias()  # (1, heads, n, n)
         if sum(shift) > 0:
             bias = (bias + self._shift_mask(ph, pw, shift).unsqueeze(1)).repeat(b, 1, 1, 1)
         out = F.dropout(self.attend(windows, bias), p=self.proj_dropout, training=self.training)
@@ -222,13 +245,15 @@ class WindowAttention(Attention):
                 count += 1
         region = region.view(ph // wh, wh, pw // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
         mask = region.unsqueeze(1) - region.unsqueeze(2)
-        return mask.masked_fill(mask != 0, -100.0).to(self.relative_position_bias_table.dtype)
+        return mask.masked_fill(mask != 0, -100.0).to(self.qkv.weight.dtype)
 
     def _keep_head_parameters(self, heads: list[int]) -> None:
         self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.detach()[:, heads].clone())
 
     @classmethod
     def from_torchvision(cls, module: nn.Module) -> WindowAttention:
+        """The same attention as torchvision's ``ShiftedWindowAttention`` (``ShiftedWindowAttentionV2``
+        for :class:`WindowAttentionV2`), its weights taken over."""
         qkv, proj = module.qkv, module.proj
         heads = module.num_heads
         att = cls(qkv.in_features, heads, qkv.in_features // heads, module.window_size, module.shift_size,
@@ -238,13 +263,56 @@ class WindowAttention(Attention):
         return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
 
 
+class WindowAttentionV2(WindowAttention):
+    """Swin V2's window attention (Liu et al. 2022; torchvision's ``ShiftedWindowAttentionV2``):
+    cosine attention, each head's scores scaled by its learned ``logit_scale``, keys without a
+    bias, and a relative position bias that a small MLP (``cpb_mlp``, one output per head)
+    computes from log-spaced offsets, squashed to (0, 16)."""
+
+    def _position_parameters(self) -> None:
+        wh, ww = self.window_size
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones((self.num_heads, 1, 1))))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True),
+                                     nn.Linear(512, self.num_heads, bias=False))
+        rows = torch.arange(-(wh - 1), wh, dtype=torch.float32) / max(wh - 1, 1)
+        cols = torch.arange(-(ww - 1), ww, dtype=torch.float32) / max(ww - 1, 1)
+        table = torch.stack(torch.meshgrid([rows, cols], indexing="ij")).permute(1, 2, 0).unsqueeze(0) * 8
+        self.register_buffer("relative_coords_table", torch.sign(table) * torch.log2(table.abs() + 1.0) / 3.0)
+
+    def _position_table(self) -> torch.Tensor:
+        return self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+
+    def _position_bias(self) -> torch.Tensor:
+        return 16 * torch.sigmoid(super()._position_bias())
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.qkv.bias
+        if bias is not None:  # the keys' bias is held at zero
+            third = bias.numel() // 3
+            bias = torch.cat([bias[:third], torch.zeros_like(bias[third:2 * third]), bias[2 * third:]])
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _query_key(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), 1.0
+
+    def _keep_head_parameters(self, heads: list[int]) -> None:
+        self.logit_scale = nn.Parameter(self.logit_scale.detach()[heads].clone())
+        last = self.cpb_mlp[2]
+        kept = nn.Linear(last.in_features, len(heads), bias=False).to(last.weight.device, last.weight.dtype)
+        with torch.no_grad():
+            kept.weight.copy_(last.weight[heads])
+        self.cpb_mlp[2] = kept
+
+
 class PatchMerge(nn.Module):
     """Swin's patch merging (torchvision's ``PatchMerging``): each 2×2 patch's four vectors
-    concatenated, ``(…, H, W, C) → (…, H/2, W/2, 4C)``, normalised, and reduced by ``reduction``."""
+    concatenated, ``(…, H, W, C) → (…, H/2, W/2, 4C)``, normalised, and reduced by ``reduction``;
+    with ``norm_after`` (Swin V2's ``PatchMergingV2``) reduced, then normalised."""
 
-    def __init__(self, norm: nn.LayerNorm, reduction: nn.Linear) -> None:
+    def __init__(self, norm: nn.LayerNorm, reduction: nn.Linear, norm_after: bool = False) -> None:
         super().__init__()
-        self.norm, self.reduction = norm, reduction
+        self.norm, self.reduction, self.norm_after = norm, reduction, norm_after
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return leaf(self._merge, x)
@@ -253,7 +321,7 @@ class PatchMerge(nn.Module):
         h, w = x.shape[-3:-1]
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
-        return self.reduction(self.norm(x))
+        return self.norm(self.reduction(x)) if self.norm_after else self.reduction(self.norm(x))
 
     def merged_shape(self, in_shape: Sequence[int]) -> tuple[int, ...]:
         """The shape the reduction runs on, channels left out: ``(…, H/2, W/2)``."""
@@ -265,13 +333,16 @@ class PatchMergePruner(tp.pruner.function.BasePruningFunc):
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         tp.prune_linear_out_channels(layer.reduction, idxs)
+        if layer.norm_after:
+            tp.prune_layernorm_out_channels(layer.norm, idxs)
         return layer
 
     def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         c = layer.reduction.in_features // 4
         copies = [i + k * c for k in range(4) for i in idxs]
         tp.prune_linear_in_channels(layer.reduction, copies)
-        tp.prune_layernorm_out_channels(layer.norm, copies)
+        if not layer.norm_after:
+            tp.prune_layernorm_out_channels(layer.norm, copies)
         return layer
 
     def get_out_channels(self, layer: nn.Module) -> int:
