@@ -141,16 +141,23 @@ def _torchvision_swin() -> nn.Module:
     return model
 
 
-def test_swin_window_attention_and_patch_merging_are_rewritten_with_their_function() -> None:
-    model = _torchvision_swin()
+SWIN_HEADS = [("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)]
+
+
+def _graph_computing_what_it_did(model: nn.Module) -> ChannelGraph:
+    """The graph of ``model`` (a 32×32 Swin), its rewritten model checked to compute what ``model`` did."""
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
     graph = ChannelGraph.build(model, (1, 3, 32, 32))
     with torch.no_grad():
         assert torch.allclose(graph.model(x), expected, atol=1e-5)
-    assert [(g.root.rsplit(".", 1)[0], g.size) for g in graph.groups if g.heads] == [
-        ("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)]
+    return graph
+
+
+def test_swin_window_attention_and_patch_merging_are_rewritten_with_their_function() -> None:
+    graph = _graph_computing_what_it_did(_torchvision_swin())
+    assert [(g.root.rsplit(".", 1)[0], g.size) for g in graph.groups if g.heads] == SWIN_HEADS
     stage2 = next(g for g in graph.groups if g.root == "features.2")  # the merge's reduction writes stage 2
     assert stage2.size == 32 and "features.2.reduction" in stage2.producers
     stage1 = next(g for g in graph.groups if g.root == "features.0.0")
@@ -160,14 +167,20 @@ def test_swin_window_attention_and_patch_merging_are_rewritten_with_their_functi
     assert (merge.in_copies, merge.key({stage1.id: 8}).cin) == (4, 32)
 
 
-def test_slimmed_swin_equals_the_masked_one() -> None:
-    graph = ChannelGraph.build(_torchvision_swin(), (1, 3, 32, 32))
+def _slim_equal_to_masked(graph: ChannelGraph) -> nn.Module:
+    """A 32×32 Swin's graph slimmed to every other channel and head, its second block removed,
+    checked to compute what the masked model computes."""
     keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
     keep[graph.blocks[1].group] = []  # a shifted-window block removed
     slim, masked = graph.slim(keep), graph.mask(keep)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    return slim
+
+
+def test_slimmed_swin_equals_the_masked_one() -> None:
+    slim = _slim_equal_to_masked(ChannelGraph.build(_torchvision_swin(), (1, 3, 32, 32)))
     assert [m.relative_position_bias_table.shape[1] for m in slim.modules() if hasattr(m, "relative_position_index")
             ] == [1, 2, 2]
 
@@ -226,16 +239,10 @@ def test_swin_v2_cosine_attention_and_patch_merging_are_rewritten_with_their_fun
             if type(m).__name__ == "ShiftedWindowAttentionV2":
                 m.logit_scale.uniform_(1.0, 3.0)
                 m.qkv.bias.normal_()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(x)
-    graph = ChannelGraph.build(model, (1, 3, 32, 32))
-    with torch.no_grad():
-        assert torch.allclose(graph.model(x), expected, atol=1e-5)
+    graph = _graph_computing_what_it_did(model)
     assert sum(isinstance(m, WindowAttentionV2) for m in graph.model.modules()) == 4
     assert [m.norm_after for m in graph.model.modules() if isinstance(m, PatchMerge)] == [True]
-    assert [(g.root.rsplit(".", 1)[0], g.size) for g in graph.groups if g.heads] == [
-        ("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)]
+    assert [(g.root.rsplit(".", 1)[0], g.size) for g in graph.groups if g.heads] == SWIN_HEADS
     stage2 = next(g for g in graph.groups if g.root == "features.2")  # the merge's reduction and norm write it
     assert "features.2.reduction" in stage2.producers and "features.2.norm" in stage2.norms
     assert graph.kept_full == {}
@@ -247,12 +254,7 @@ def test_slimmed_swin_v2_equals_the_masked_one_and_keeps_each_heads_parameters()
         for m in graph.model.modules():
             if hasattr(m, "logit_scale"):
                 m.logit_scale.uniform_(1.0, 3.0)
-    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
-    keep[graph.blocks[1].group] = []  # a shifted-window block removed
-    slim, masked = graph.slim(keep), graph.mask(keep)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    slim = _slim_equal_to_masked(graph)
     kept = [m for m in slim.modules() if hasattr(m, "logit_scale")]
     assert [(m.num_heads, m.logit_scale.shape[0], m.cpb_mlp[2].out_features) for m in kept] == [
         (1, 1, 1), (2, 2, 2), (2, 2, 2)]
