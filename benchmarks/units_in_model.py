@@ -104,10 +104,10 @@ def copies(unit: bytes, k: int) -> bytes:
             array = numpy_helper.to_array(init)
             inits.append(numpy_helper.from_array(array * (1 + 1e-3 * c) if array.dtype.kind == "f" else array,
                                                  renamed(init.name)))
-        for i, node in enumerate(graph.node):
-            copy = helper.make_node(node.op_type, [renamed(i) for i in node.input], [renamed(o) for o in node.output],
-                                    name=("aux_" if node.name.startswith("aux_") else "") + f"c{c}_{i}_{node.op_type}",
-                                    domain=node.domain)
+        for index, node in enumerate(graph.node):
+            prefix = "aux_" if node.name.startswith("aux_") else ""  # left out of the kernel time, as alone
+            copy = helper.make_node(node.op_type, [renamed(n) for n in node.input], [renamed(n) for n in node.output],
+                                    name=f"{prefix}c{c}_{index}_{node.op_type}", domain=node.domain)
             copy.attribute.extend(node.attribute)
             nodes.append(copy)
         for out in graph.output:

@@ -200,13 +200,13 @@ class ChannelGraph:
         groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
         # A layer that reads a slice or a chunk of its input's channels keeps the groups feeding it
         # whole: which of their channels it reads is not traced.
-        sliced = [m for m in layers if _reads_part(m, [groups[g].size for g in dict.fromkeys(ins.get(m, []))])]
+        feeding = {m: sum(groups[g].size for g in set(ins.get(m, []))) for m in layers}
+        sliced = [m for m in layers if _reads_part(m, feeding[m])]
         if sliced:
             for m in sliced:
-                kept_full[names[m]] = (f"its input stays whole: it reads {_in_width(m)} of the "
-                                       f"{sum(groups[g].size for g in set(ins[m]))} channels feeding it (a slice "
-                                       "or chunk that latprune does not follow)")
-            groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, set(sliced))
+                kept_full[names[m]] = (f"its input stays whole: it reads {_in_width(m)} of the {feeding[m]} "
+                                       "channels feeding it (a slice or chunk that latprune does not follow)")
+            groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, frozenset(sliced))
         in_group = {m: max(dict.fromkeys(gids), key=lambda g: groups[g].size) for m, gids in ins.items()}
         units = []
         for m in layers:
@@ -564,7 +564,7 @@ def _untraceable(exc: Exception) -> SpecError:
 
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
-                    whole: set[nn.Module], kept_full: dict[str, str], sliced: frozenset[nn.Module] | set = frozenset()
+                    whole: set[nn.Module], kept_full: dict[str, str], sliced: frozenset[nn.Module] = frozenset()
                     ) -> tuple[list[Group], dict[nn.Module, list[int]], dict[nn.Module, int]]:
     """The channel groups Torch-Pruning finds, in module order, which groups set each
     layer's input width (more than one where a concatenation feeds it) and which its
@@ -652,12 +652,11 @@ def _in_width(m: nn.Module) -> int:
     return m.in_features if isinstance(m, nn.Linear) else m.in_channels  # type: ignore[return-value]
 
 
-def _reads_part(m: nn.Module, sizes: list[int]) -> bool:
-    """Whether ``m`` (not depthwise) reads fewer channels than the groups feeding it hold (``sizes``):
-    a slice or chunk of them, where :func:`_input_parts` could not tell which."""
-    if not sizes or (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels):
-        return False
-    return _in_width(m) < sum(sizes)
+def _reads_part(m: nn.Module, feeding: int) -> bool:
+    """Whether ``m`` (not depthwise) reads fewer channels than the groups feeding it hold (``feeding``,
+    0 for none): a slice or chunk of them, where :func:`_input_parts` could not tell which."""
+    depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    return not depthwise and 0 < feeding and _in_width(m) < feeding
 
 
 def _input_text(unit: Unit) -> str:

@@ -209,7 +209,8 @@ class SearchConfig(ImportanceConfig):
     search_epochs: float = _opt(1.0, "epochs of PruningNet training (the network's shared weights and the "
                                      "PruningNet together, a random width vector per step)")
     search_candidates: int = _opt(64, "candidates the search scores (agent episodes; distinct evolved vectors)")
-    score_batches: int = _opt(4, "batches of training samples held out of the search's training, a candidate scored on them")
+    score_batches: int = _opt(4, "batches of training samples, held out of the PruningNet's training, "
+                                   "that candidates are scored on")
     calib_batches: int = _opt(4, "training batches a candidate's BatchNorm statistics are recalibrated on")
     gcn_layers: int = _opt(2, "graph convolution layers of the PruningNet's GCN")
     weights: str = _opt("base", "what the slimmed model starts fine-tuning from: the base model's weights (base), "
