@@ -78,12 +78,6 @@ def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
     return dict(per_unit), total
 
 
-def weight_bytes(key: Any) -> int:
-    """The fp32 bytes of a conv or linear unit's weight."""
-    kernel = key.kernel[0] * key.kernel[1] if key.op == "conv" else 1
-    return 4 * key.cin * key.cout * kernel // max(1, key.groups)
-
-
 def copies(unit: bytes, k: int) -> bytes:
     """``k`` copies of a one-unit ONNX graph side by side, each with its own weights, all reading
     the same inputs: run in turn, each copy's weights have left the caches when it runs again
@@ -152,7 +146,7 @@ def main() -> None:
         if args.cold and unit.base.op != "attention":
             cold = kernel_latency(copies(unit_onnx(unit.base, aux_residual=True), args.cold), 1,
                                   backend.timing).median_ms / args.cold
-            row.update(cold_ms=round(cold, 4), weight_mib=round(weight_bytes(unit.base) / 2**20, 3),
+            row.update(cold_ms=round(cold, 4), weight_mib=round(4 * unit.base.weights / 2**20, 3),
                        cold_ratio=round(inside.get(unit.name, 0.0) / cold, 2) if cold > 0 else None)
         rows.append(row)
     by_op: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"alone_ms": 0.0, "in_model_ms": 0.0})

@@ -167,15 +167,30 @@ def test_swin_window_attention_and_patch_merging_are_rewritten_with_their_functi
     assert (merge.in_copies, merge.key({stage1.id: 8}).cin) == (4, 32)
 
 
-def _slim_equal_to_masked(graph: ChannelGraph) -> nn.Module:
-    """A 32×32 Swin's graph slimmed to every other channel and head, its second block removed,
-    checked to compute what the masked model computes."""
+def _slim_equal_to_masked(graph: ChannelGraph, block: int = 1) -> nn.Module:
+    """A 32×32 model's graph slimmed to every other channel and head, its block ``block`` removed,
+    checked to compute what the masked model computes, and what its hard gates compute."""
+    from latprune.pruner.gates import Gates
+
     keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
-    keep[graph.blocks[1].group] = []  # a shifted-window block removed
+    keep[graph.blocks[block].group] = []
     slim, masked = graph.slim(keep), graph.mask(keep)
+    gates = Gates(graph, init=5.0)
+    with torch.no_grad():
+        for g, kept in keep.items():
+            gates.logits[g][[i for i in range(graph.groups[g].size) if i not in kept]] = -5.0
+        gates.block_logits[block] = -5.0
+    gates.mode = "hard"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+        expected = slim(x)
+        assert torch.allclose(expected, masked(x), atol=1e-5)
+        gates.attach()
+        try:
+            gates.refresh()
+            assert torch.allclose(expected, graph.model(x), atol=1e-5)
+        finally:
+            gates.detach()
     return slim
 
 
@@ -280,24 +295,74 @@ def test_swin_v2_prunes_to_budget_and_exports_with_parity_its_heads_cut_too(tmp_
         assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
 
 
-# torchvision models whose attention latprune does not rewrite: the model, its attention's type, its
-# removable blocks and its group count (MaxViT: the stem's two convs, per layer its MBConv's inner and
-# squeeze widths and two MLP widths, and the classifier's hidden width)
+MAXVIT_HEADS = [(f"blocks.0.layers.{i}.layers.{kind}_attention.attn_layer.1", 2) for i in (0, 1)
+                for kind in ("window", "grid")]
+
+
+def _maxvit_with_position_bias() -> nn.Module:
+    """The tiny MaxViT, its relative position biases large enough to matter."""
+    model = _torchvision_maxvit()
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "RelativePositionalMultiHeadAttention":
+                m.relative_position_bias_table.normal_()
+    return model
+
+
+def test_maxvit_attention_is_rewritten_with_its_function_and_prunes_by_heads() -> None:
+    """MaxViT's attention over block and grid partitions, scaled by the embedding's width,
+    with a relative position bias per head."""
+    from latprune.graph.transformer import GridAttention
+
+    graph = _graph_computing_what_it_did(_maxvit_with_position_bias())
+    assert sum(isinstance(m, GridAttention) for m in graph.model.modules()) == 4
+    assert [(g.root, g.size) for g in graph.groups if g.heads] == MAXVIT_HEADS
+    assert graph.kept_full == {}
+    stream = [g for g in graph.groups if any(p.endswith(".attn_layer.1.proj") for p in g.producers)]
+    assert [len(g.producers) for g in stream] == [len(g.producers) for g in stream[:1]] and stream[0].size == 16
+
+
+def test_slimmed_maxvit_equals_the_masked_one_and_keeps_each_heads_bias() -> None:
+    graph = ChannelGraph.build(_maxvit_with_position_bias(), (1, 3, 32, 32))
+    graph.verify()
+    slim = _slim_equal_to_masked(graph)
+    assert [(m.num_heads, m.relative_position_bias_table.shape[1], m.scale) for m in slim.modules()
+            if hasattr(m, "relative_position_index")] == [(1, 1, 16 ** -0.5)] * 3  # one attention went with its block
+
+
+def test_maxvit_prunes_to_budget_and_exports_with_parity(tmp_path: Path) -> None:
+    shape = (1, 3, 32, 32)
+    lut = latprune.profile(_torchvision_maxvit(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut",
+                           levels=2, calibration_samples=2, progress=False)
+    assert lut.report.kept_full == {}
+    result = latprune.prune(_torchvision_maxvit(), lut, "0.5x", example_input=shape,
+                            method=latprune.HalpConfig(importance="l1"), progress=False)
+    assert result.metrics["budget_met"]
+    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
+
+
+def _timm_vit_with_qk_norm() -> nn.Module:
+    timm = pytest.importorskip("timm")
+
+    torch.manual_seed(0)
+    return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=4, num_heads=2, qk_norm=True,
+                                         num_classes=10).eval()
+
+
+# models whose attention latprune does not rewrite: the model, its attention's type, its removable
+# blocks and its group count (timm's ViT with q/k norms: each layer's MLP width)
 KEPT_WHOLE = {
-    "maxvit": (_torchvision_maxvit, "RelativePositionalMultiHeadAttention",
-               ["blocks.0.layers.0.layers.window_attention", "blocks.0.layers.0.layers.grid_attention",
-                "blocks.0.layers.1.layers.MBconv", "blocks.0.layers.1.layers.window_attention",
-                "blocks.0.layers.1.layers.grid_attention"], 11),
+    "timm-qk-norm": (_timm_vit_with_qk_norm, "Attention", [f"blocks.{i}" for i in range(4)], 4),
 }
 
 
 @pytest.mark.parametrize("name", sorted(KEPT_WHOLE))
 def test_an_attention_latprune_does_not_rewrite_is_a_whole_leaf_and_the_rest_prunes(name: str) -> None:
-    """MaxViT's attentions are hidden from Torch-Pruning (whose index mapping through them grows
-    without bound) and keep their width, with the residual stream through them; MLP widths,
-    MaxViT's convolutions and the blocks prune, and gates agree."""
-    from latprune.pruner.gates import Gates
-
+    """Attentions latprune does not rewrite are hidden from Torch-Pruning and keep their width,
+    with the residual stream through them; MLP widths and the blocks prune, and gates agree."""
     build, attention, blocks, groups = KEPT_WHOLE[name]
     graph = ChannelGraph.build(build(), (1, 3, 32, 32))
     graph.verify()
@@ -307,27 +372,8 @@ def test_an_attention_latprune_does_not_rewrite_is_a_whole_leaf_and_the_rest_pru
     assert [b.name for b in graph.blocks] == blocks and len(graph.groups) == groups
     assert not any(g.heads for g in graph.groups)
     mlps = {g.root.split(".mlp")[0] for g in graph.groups if ".mlp" in g.root}
-    assert mlps == {b for b in blocks if "MBconv" not in b}  # every MLP's hidden width prunes
-    keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
-    keep[graph.blocks[-1].group] = []
-    slim, masked = graph.slim(keep), graph.mask(keep)
-    gates = Gates(graph, init=5.0)
-    with torch.no_grad():
-        for g, kept in keep.items():
-            closed = [i for i in range(graph.groups[g].size) if i not in kept]
-            gates.logits[g][closed] = -5.0
-        gates.block_logits[-1] = -5.0
-    gates.mode = "hard"
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = slim(x)
-        assert torch.allclose(expected, masked(x), atol=1e-5)
-        gates.attach()
-        try:
-            gates.refresh()
-            assert torch.allclose(expected, graph.model(x), atol=1e-5)  # a block whose ends write no group
-        finally:
-            gates.detach()
+    assert mlps == set(blocks)  # every MLP's hidden width prunes
+    slim = _slim_equal_to_masked(graph, block=-1)  # a block whose ends write no group
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in graph.model.parameters())
 
 

@@ -15,6 +15,7 @@ from latprune.graph.shuffle import ChannelShuffle, ChannelShufflePruner, Shuffle
 from latprune.graph.transformer import (
     Attention,
     AttentionPruner,
+    GridAttention,
     PatchMerge,
     PatchMergePruner,
     SelfAttention,
@@ -50,7 +51,8 @@ def _from_timm(module: nn.Module) -> Attention:
 def rewrite_(model: nn.Module) -> list[str]:
     """Replace, in place, every self-attention that :class:`Attention` computes
     (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
-    ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2``), Swin's ``PatchMerging`` and
+    ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2``, MaxViT's
+    ``RelativePositionalMultiHeadAttention``), Swin's ``PatchMerging`` and
     ``PatchMergingV2`` with :class:`PatchMerge`, and
     ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names of the attentions it
     cannot compute (left as they are, :func:`left_attentions`)."""
@@ -61,6 +63,8 @@ def rewrite_(model: nn.Module) -> list[str]:
             model.set_submodule(name, WindowAttention.from_torchvision(module))
         elif _is_torchvision(module, "ShiftedWindowAttentionV2"):
             model.set_submodule(name, WindowAttentionV2.from_torchvision(module))
+        elif _is_torchvision(module, "RelativePositionalMultiHeadAttention"):  # MaxViT's
+            model.set_submodule(name, GridAttention.from_torchvision(module))
         elif _is_torchvision(module, "PatchMerging"):
             model.set_submodule(name, PatchMerge(module.norm, module.reduction))
         elif _is_torchvision(module, "PatchMergingV2"):
@@ -79,19 +83,15 @@ def why_left(module: nn.Module) -> str | None:
         return "keys and values of their own widths, or a bias or zero attention added to them"
     if _is_timm_attention(module):
         return "q/k norms, an output norm or a gate"
-    if _is_torchvision(module, "RelativePositionalMultiHeadAttention"):
-        return "MaxViT's attention, its heads' width tied to the embedding"
     return None
 
 
 def branch_end(module: nn.Module) -> nn.Module:
     """Where a residual branch whose output ``module`` computes ends, for zeroing it: an
     attention's output projection, where the attention calls it as a module (latprune's
-    ``proj``, MaxViT's ``merge``, timm's ``proj``); any other module itself."""
+    ``proj``, timm's ``proj``); any other module itself."""
     if isinstance(module, Attention):
         return module.proj
-    if _is_torchvision(module, "RelativePositionalMultiHeadAttention"):
-        return module.merge
     if _is_timm_attention(module) and isinstance(getattr(module, "proj", None), nn.Linear):
         return module.proj
     return module
@@ -144,4 +144,5 @@ def customized_pruners(kept: Iterable[nn.Module] = (), widths: dict[nn.Module, t
     whole (:func:`left_attentions`), whose channels ``widths`` records."""
     pruner, whole = AttentionPruner(), KeptWholePruner(widths if widths is not None else {})
     return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, WindowAttentionV2: pruner,
+            GridAttention: pruner,
             PatchMerge: PatchMergePruner(), ChannelShuffle: ChannelShufflePruner()} | {type(m): whole for m in kept}

@@ -305,6 +305,45 @@ class WindowAttentionV2(WindowAttention):
         self.cpb_mlp[2] = kept
 
 
+class GridAttention(WindowAttention):
+    """MaxViT's attention (Tu et al. 2022; torchvision's ``RelativePositionalMultiHeadAttention``):
+    attention inside each of ``G`` partitions of ``P`` tokens, a ``(batch, G, P, embed)`` map that
+    MaxViT's block and grid partitioning have already cut, with a learned relative position bias
+    per head (Swin's, over a square window of ``P`` tokens). Its scores are scaled by the
+    embedding's width (``1/√embed``), not the heads', and keep that scale when heads go."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, size: int, bias: bool = True,
+                 proj_bias: bool = True) -> None:
+        super().__init__(embed_dim, num_heads, head_dim, (size, size), (0, 0), bias, proj_bias)
+        self.scale = embed_dim ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return leaf(self._partitioned, x)
+
+    def _partitioned(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p, c = x.shape
+        return self.attend(x.reshape(b * g, p, c), self._position_bias()).reshape(b, g, p, -1)
+
+    def _query_key(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        return q, k, self.scale
+
+    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
+        return in_shape[0] * in_shape[1], in_shape[2]
+
+    @classmethod
+    def from_torchvision(cls, module: nn.Module) -> GridAttention:  # type: ignore[override]
+        """The same attention as torchvision's ``RelativePositionalMultiHeadAttention``, its weights taken over."""
+        qkv, merge = module.to_qkv, module.merge
+        att = cls(merge.out_features, module.n_heads, module.head_dim, module.size,
+                  bias=qkv.bias is not None, proj_bias=merge.bias is not None)
+        att.qkv.load_state_dict(qkv.state_dict())
+        att.proj.load_state_dict(merge.state_dict())
+        with torch.no_grad():
+            att.relative_position_bias_table.copy_(module.relative_position_bias_table)
+        att.scale = module.scale_factor
+        return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
+
+
 class PatchMerge(nn.Module):
     """Swin's patch merging (torchvision's ``PatchMerging``): each 2×2 patch's four vectors
     concatenated, ``(…, H, W, C) → (…, H/2, W/2, 4C)``, normalised, and reduced by ``reduction``;

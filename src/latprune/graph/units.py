@@ -101,6 +101,19 @@ class LayerKey:
                      zip(self.in_hw, self.kernel, self.stride, self.padding, self.dilation))
 
     @property
+    def weights(self) -> int:
+        """Weight elements of the kernel (biases and folded norms left out): what it streams from
+        memory where the model's weights exceed the caches.
+
+        >>> LayerKey(op="conv", cin=32, cout=64, kernel=(3, 3), in_hw=(8, 8)).weights
+        18432
+        """
+        if self.op == "attention":  # qkv and output projections
+            return 4 * self.cin * self.cout * self.head_dim
+        kernel = self.kernel[0] * self.kernel[1] if self.op == "conv" else 1
+        return self.cout * (self.cin // self.groups) * kernel
+
+    @property
     def macs(self) -> int:
         """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons)."""
         spatial = 1
