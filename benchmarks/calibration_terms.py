@@ -35,14 +35,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from results_io import write_json
 
-HERE = Path(__file__).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_json  # noqa: E402
+from zoo import fitted_model  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
 FALLBACK_CACHE_BYTES = 32 * 2**20
 
 
@@ -120,8 +124,6 @@ def per_kind_sums(graph: Any, lut_path: Path, configs: list[dict[int, int]]) -> 
 
 def score_row(row: dict[str, Any], cache_bytes: int) -> dict[str, Any]:
     """Every form's leave-one-out score on one fidelity row (see the module docstring)."""
-    from zoo import fitted_model
-
     from latprune.graph.channels import ChannelGraph
 
     spec, _, _ = fitted_model(row["model"], row["input"][-1], exportable=False)

@@ -4,8 +4,8 @@
                                       [--backend ort-cpu] [--threads 2] [--samples 50] [--force]
                                       [--tag NAME] [--beside] [--recalibrate]
     python benchmarks/lut_fidelity.py --zoo [--models resnet18,vgg11] [--sizes 96,160] [--threads 1]
-                                      [--samples 20] [--force] [--tag NAME]
-    python benchmarks/lut_fidelity.py --table [--tag NAME]
+                                      [--samples 20] [--batch 32] [--force] [--tag NAME]
+    python benchmarks/lut_fidelity.py --table [--batch 32] [--tag NAME]
 
 Three models (issue #3's targets), the default: for each model at 1x3x224x224,
 ``latprune.profile`` from an empty LUT on the backend (timed), then
@@ -23,13 +23,15 @@ The zoo (``--zoo``, issue #36): the LUT on models it was not tuned on. One or tw
 members of every torchvision CNN family and two transformers (:data:`ZOO`, or
 ``--models``), each at every size of ``--sizes`` (96 and 160; a model that does not
 run at a size takes the next of 128 and 224 above it that runs), on 1 thread with 20
-configurations unless told otherwise, profiled at latprune's defaults as a user would.
+configurations unless told otherwise (``--batch N`` images per inference: on a GPU, batch 1
+is bound by kernel launches and batch 32 is where widths matter), profiled at latprune's
+defaults as a user would.
 Each model@size runs in a child process with an address-space limit (``--memory-gib``)
 and a time limit (``--timeout-s``): build, profile, fidelity; a step that fails or a
 child that dies is a row naming the step and the error's first line, and the run goes
 on. A row holds the scores above, the repeat score among them (each configuration's
 pass 1 against its pass 2: the machine's own floor), and goes to
-benchmarks/results/lut_fidelity_zoo_<backend>_<n>t[_<tag>].json, keyed ``model@size``,
+benchmarks/results/lut_fidelity_zoo_<backend>_<n>t[_b<N>][_<tag>].json, keyed ``model@size``,
 as it finishes; a row already there is skipped unless ``--force`` (``--force --models
 vgg11 --sizes 160`` runs that one row again). LUTs are kept in
 benchmarks/luts/zoo_fidelity/ (a killed profile resumes), child logs in
@@ -47,6 +49,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +171,9 @@ def run_three(args: argparse.Namespace) -> None:
 
 
 def zoo_results_path(args: argparse.Namespace) -> Path:
+    batch = f"_b{args.batch}" if args.batch != 1 else ""
     tag = f"_{args.tag}" if args.tag else ""
-    return HERE / "results" / f"lut_fidelity_zoo_{args.backend}_{args.threads}t{tag}.json"
+    return HERE / "results" / f"lut_fidelity_zoo_{args.backend}_{args.threads}t{batch}{tag}.json"
 
 
 def zoo_child(name: str, size: int, args: argparse.Namespace, row_file: Path, lut_dir: Path) -> None:
@@ -183,12 +187,14 @@ def zoo_child(name: str, size: int, args: argparse.Namespace, row_file: Path, lu
 
     def build() -> None:
         spec, _, failed = fitted_model(name, size)
+        spec = replace(spec, input_shape=(args.batch, *spec.input_shape[1:]))
         state["spec"] = spec
         row.update(input=list(spec.input_shape), sizes_failed=failed)
 
     def profile() -> None:
         spec = state["spec"]
-        lut_path = lut_dir / f"{name}-{spec.input_shape[-1]}-{args.backend}-{args.threads}t-l{args.levels}.lut"
+        batch = f"-b{args.batch}" if args.batch != 1 else ""
+        lut_path = lut_dir / f"{name}-{spec.input_shape[-1]}{batch}-{args.backend}-{args.threads}t-l{args.levels}.lut"
         lut_path.parent.mkdir(parents=True, exist_ok=True)
         lut, profile_s = profile_lut(spec.model, spec.input_shape, spec.name, lut_path, args, progress=False)
         state["lut"] = lut
@@ -214,7 +220,7 @@ def zoo_row(name: str, size: int, args: argparse.Namespace, lut_dir: Path, log: 
         cmd = [sys.executable, __file__, "--child", "--models", name, "--sizes", str(size),
                "--row-file", str(row_file), "--lut-dir", str(lut_dir), "--backend", args.backend,
                "--threads", str(args.threads), "--levels", str(args.levels), "--passes", str(args.passes),
-               "--samples", str(args.samples), "--memory-gib", str(args.memory_gib)]
+               "--samples", str(args.samples), "--memory-gib", str(args.memory_gib), "--batch", str(args.batch)]
         cmd += ["--recalibrate"] if args.recalibrate else []
         cmd += ["--beside"] if args.beside else []
         rc = run_process(cmd, args.timeout_s, log, f"{name}@{size}")
@@ -313,6 +319,9 @@ def parse_args() -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     group = parser.add_argument_group("the zoo")
     group.add_argument("--zoo", action="store_true",
                        help="score torchvision's families at --sizes, a row per model@size")
+    # batch 1 on an H100 is bound by kernel launches; batch 32 is where widths matter
+    group.add_argument("--batch", type=int, default=1, help="images per inference (default %(default)s; the result "
+                                                             "file and LUTs get _b<N> otherwise)")
     group.add_argument("--sizes", default=",".join(map(str, ZOO_SIZES)),
                        help="input heights and widths tried first (default %(default)s)")
     # a profile's calibration and a fidelity run hold every configuration's slimmed copy at once:
@@ -331,6 +340,8 @@ def parse_args() -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     args.samples = args.samples if args.samples is not None else (ZOO_SAMPLES if zoo_mode else DEFAULT_SAMPLES)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
     return args, parser
 
 

@@ -17,7 +17,7 @@ def fid():
 
 def zoo_args(**kw) -> argparse.Namespace:
     base = dict(backend="fake", threads=1, levels=2, passes=1, samples=4, recalibrate=False, beside=False,
-                memory_gib=8.0, timeout_s=300.0, force=False)
+                memory_gib=8.0, timeout_s=300.0, force=False, batch=1)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -75,3 +75,19 @@ def test_table_has_a_line_per_row_failed_or_not(fid):
     assert lines[2].endswith("| met |  |")
     assert "| missed; repeat misses too |" in lines[3] and "| missed |" in lines[4]
     assert lines[5].endswith("| profile: OrtError: groups \\| channels |")
+
+
+def test_a_zoo_row_at_a_batch_keeps_its_own_lut_and_scores_every_calibration_form(fid, tmp_path):
+    """A batch of two images per inference, and calibration_terms.py's forms on its row: the fake
+    backend's model latency is exactly linear in the unit sum, so the linear form predicts every
+    configuration left out of its fit; the squeeze-and-excitation term joins on MobileNetV3."""
+    terms = load_benchmark("calibration_terms")
+    paths = (tmp_path / "results.json", tmp_path / "luts", tmp_path / "work")
+    row = fid.run_zoo(["mobilenet_v3_small"], [32], zoo_args(batch=2, samples=5), *paths)["mobilenet_v3_small@32"]
+    assert row["failed"] is None, row["failed"]
+    assert row["input"] == [2, 3, 32, 32]
+    assert (tmp_path / "luts" / "mobilenet_v3_small-32-b2-fake-1t-l2.lut").is_file()
+    scored = terms.score_row(row, terms.last_level_cache_bytes())
+    assert set(scored["forms"]) == {"linear", "weights", "weights_over_cache", "excitation", "per_kind"}
+    assert scored["forms"]["linear"]["median_abs_pct"] < 1e-6 and scored["forms"]["linear"]["within_5_pct"] == 1.0
+    assert 0 < scored["weights_mib"][0] <= scored["weights_mib"][1]
