@@ -23,7 +23,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from results_io import write_json
 
@@ -44,14 +44,52 @@ def scope(module: str) -> str:
 WARMUP = 5  # runs left out: the first runs of a session allocate and pack weights
 
 
+# Ops that ONNX Runtime fuses into the kernel before them and names after themselves: an
+# activation, or a convolution named after the activation (or add) fused at its end.
+FUSED_NAMED_AFTER_TAIL = {"Conv", "FusedConv", "QuickGelu", "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip",
+                          "Gelu", "FastGelu", "FusedMatMul", "MatMul", "Gemm"}
+HOPS = 4  # producers walked back from a fused node's named tail to the unit it belongs to
+
+
+def unit_of_node(paths: dict[str, str], graph: Any) -> Callable[[str, str], str | None]:
+    """The unit a profiled node belongs to: the unit whose module path holds the node's name, or,
+    for a node ONNX Runtime fused and named after its tail (a convolution named
+    ``…/relu/Relu_output_0_nchwc``, a ``…/act/Mul/QuickGeluFusion/``), the unit of the first
+    producer within :data:`HOPS` steps up the exported graph's first inputs that one holds."""
+    by_name = {n.name: n for n in graph.node}
+    by_output = {o: n for n in graph.node for o in n.output}
+
+    def owner(name: str) -> str | None:
+        return max((u for u, p in paths.items() if p in name + "/"), key=len, default=None)
+
+    def find(name: str, op: str) -> str | None:
+        unit = owner(name)
+        if unit is not None or op not in FUSED_NAMED_AFTER_TAIL:
+            return unit
+        tail = name.split("/QuickGeluFusion")[0].removesuffix("_nchwc")
+        node = by_name.get(tail) or by_output.get(tail)
+        for _ in range(HOPS):
+            if node is None or not node.input:
+                return None
+            node = by_output.get(node.input[0])
+            if node is not None and owner(node.name) is not None:
+                return owner(node.name)
+        return None
+
+    return find
+
+
 def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
                     outside: dict[str, float] | None = None) -> tuple[dict[str, float], float]:
     """Mean kernel ms per run of each unit's nodes inside the model, and of every node, over
-    ``runs`` runs after :data:`WARMUP` runs; ``outside``, when given, receives the kernel ms of
-    the nodes no unit owns, by op type (pooling, an excitation's multiply, layout conversions)."""
+    ``runs`` runs after :data:`WARMUP` runs (nodes attributed by :func:`unit_of_node`);
+    ``outside``, when given, receives the kernel ms of the nodes no unit owns, by op type
+    (pooling, an excitation's multiply, layout conversions)."""
+    import onnx as onnx_lib
+
     from latprune.runtime.ort import make_session, random_feeds
 
-    paths = {name: scope(name) for name in unit_names}
+    find = unit_of_node({name: scope(name) for name in unit_names}, onnx_lib.load_from_string(onnx).graph)
     with tempfile.TemporaryDirectory() as tmp:
         session = make_session(onnx, 1, profile_prefix=os.path.join(tmp, "model"))
         feeds = random_feeds(session)
@@ -68,12 +106,11 @@ def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
             continue
         ms = e["dur"] / 1000 / runs
         total += ms
-        node = "/" + e["name"][: -len("_kernel_time")]
-        owner = max((u for u, p in paths.items() if p in node + "/"), key=len, default=None)
+        op = e.get("args", {}).get("op_name", "?")
+        owner = find("/" + e["name"][: -len("_kernel_time")].lstrip("/"), op)
         if owner is not None:
             per_unit[owner] += ms
         elif outside is not None:
-            op = e.get("args", {}).get("op_name", "?")
             outside[op] = outside.get(op, 0.0) + ms
     return dict(per_unit), total
 

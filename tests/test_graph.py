@@ -314,6 +314,40 @@ def test_a_structure_the_tracer_misreads_silently_is_refused_before_profiling(tm
     assert not (tmp_path / "s.lut").exists()
 
 
+def test_a_model_whose_code_reads_a_width_of_its_own_is_refused_before_profiling(tmp_path: Path) -> None:
+    """A forward that reshapes by a width it stored when built: slimmed as the channel groups say,
+    the model no longer runs, and profile says so in one line, before any work."""
+    import latprune
+    from latprune.errors import SpecError
+
+    class FixedWidth(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.conv, self.head, self.width = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4), 16
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv(torch.relu(self.bn(self.stem(x))))
+            return self.head(x.reshape(x.shape[0], self.width, -1).mean(-1))
+
+    with pytest.raises(SpecError, match="slimming it as its channel groups say failed .RuntimeError: mat1"):
+        latprune.profile(FixedWidth().eval(), (1, 3, 8, 8), backend="fake", path=tmp_path / "f.lut", progress=False)
+    assert not (tmp_path / "f.lut").exists()
+
+
+def test_timm_mobilenetv3_fuses_each_residual_add_into_its_last_convolution() -> None:
+    """timm's BatchNormAct2d runs the batch norm itself, so Torch-Pruning sees an elementwise op,
+    not a convolution, behind some norms feeding a residual add."""
+    pytest.importorskip("timm")
+    from latprune.models import registered_model
+
+    spec = registered_model("timm:mobilenetv3_large_100", (1, 3, 32, 32))
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    graph.verify()
+    adds = [u.name for u in graph.units if u.base.add]
+    assert adds and all(name.endswith(("conv_pw", "conv_pwl")) for name in adds)  # each block's last conv
+
+
 def test_densenet_concatenations_slim_as_masked_and_as_gated() -> None:
     """DenseNet: each layer reads the concatenation of every earlier layer's output, through a
     BatchNorm over that concatenation; the BN holds each feeding group's channels at an offset."""

@@ -352,10 +352,20 @@ def _timm_vit_with_qk_norm() -> nn.Module:
                                          num_classes=10).eval()
 
 
+def _timm_beit() -> nn.Module:
+    timm = pytest.importorskip("timm")
+
+    torch.manual_seed(0)
+    return timm.models.beit.Beit(img_size=32, patch_size=8, embed_dim=16, depth=4, num_heads=2, num_classes=10,
+                                 use_rel_pos_bias=True).eval()
+
+
 # models whose attention latprune does not rewrite: the model, its attention's type, its removable
-# blocks and its group count (timm's ViT with q/k norms: each layer's MLP width)
+# blocks and its group count (each layer's MLP width). timm's ViT with q/k norms; BEiT, whose
+# attention holds q and v biases and a relative position bias of its own.
 KEPT_WHOLE = {
     "timm-qk-norm": (_timm_vit_with_qk_norm, "Attention", [f"blocks.{i}" for i in range(4)], 4),
+    "timm-beit": (_timm_beit, "Attention", [f"blocks.{i}" for i in range(4)], 4),
 }
 
 

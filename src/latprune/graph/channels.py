@@ -21,7 +21,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from unittest import mock
 
 import numpy as np
@@ -242,7 +242,7 @@ class ChannelGraph:
         if nxt is not None and _grad_fn_name(nxt) == "AddBackward0" and bn is not None:
             # Fuse the add into the largest producer feeding it (the main branch).
             producers = [i for i in nxt.inputs if isinstance(i.module, nn.modules.batchnorm._BatchNorm)]
-            convs = [p.inputs[0].module for p in producers if p.inputs]
+            convs = [p.inputs[0].module for p in producers if p.inputs and isinstance(p.inputs[0].module, PRUNABLE)]
             if convs and max(convs, key=lambda c: c.weight.numel()) is m:
                 add = True
                 nxt = nxt.outputs[0] if len(nxt.outputs) == 1 else None
@@ -314,13 +314,8 @@ class ChannelGraph:
         if not keep:
             return
         example = torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
-        try:
-            slim = self.slim(keep)
-        except Exception as exc:
-            raise SpecError(f"latprune cannot prune this model's structure yet: slimming it failed "
-                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
-        with torch.no_grad():
-            a, b = slim(example), self.mask(keep)(example)
+        a, b = self._run_pruned(lambda: self.slim(keep), example, "slimming it"), \
+            self._run_pruned(lambda: self.mask(keep), example, "zeroing its channels")
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             scale = float(b.abs().max()) or 1.0
             if a.shape != b.shape or not torch.allclose(a, b, atol=1e-4 * scale, rtol=1e-3):
@@ -329,6 +324,18 @@ class ChannelGraph:
                                 f"else than with the same channels zeroed (largest difference {gap:.3g} of "
                                 f"{scale:.3g}); Torch-Pruning's tracer misread it (a channel shuffle written with "
                                 "view and transpose does this)")
+
+    @staticmethod
+    def _run_pruned(make: Callable[[], nn.Module], example: torch.Tensor, what: str) -> Any:
+        """``make()``'s output on ``example``; a clear refusal where either step fails (Torch-Pruning's
+        groups that the model's own code contradicts: a slice of a concatenation, a split by a fixed size)."""
+        try:
+            model = make()
+            with torch.no_grad():
+                return model(example)
+        except Exception as exc:  # the user's model, its layers changed as the groups say
+            raise SpecError(f"latprune cannot prune this model's structure yet: {what} as its channel groups "
+                            f"say failed ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def over(self, model: nn.Module) -> ChannelGraph:
         """The same groups, units and blocks over ``model``, another instance of this network

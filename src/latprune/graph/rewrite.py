@@ -33,9 +33,13 @@ def _is_timm_attention(module: nn.Module) -> bool:
 
 
 def _timm_convertible(module: nn.Module) -> bool:
-    """timm's plain ``Attention``: no q/k norms, no output norm, no gate."""
+    """timm's plain ``Attention``: a qkv and an output projection over whole heads, no q/k norms, no
+    output norm, no gate, and no parameters of its own (BEiT's separate q/v biases and position bias)."""
     plain = all(isinstance(getattr(module, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
-    return plain and getattr(module, "gate", None) is None and isinstance(getattr(module, "qkv", None), nn.Linear)
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return (plain and getattr(module, "gate", None) is None and not own
+            and isinstance(getattr(module, "head_dim", None), int)
+            and all(isinstance(getattr(module, n, None), nn.Linear) for n in ("qkv", "proj")))
 
 
 def _from_timm(module: nn.Module) -> Attention:
@@ -82,7 +86,7 @@ def why_left(module: nn.Module) -> str | None:
     if isinstance(module, nn.MultiheadAttention):
         return "keys and values of their own widths, or a bias or zero attention added to them"
     if _is_timm_attention(module):
-        return "q/k norms, an output norm or a gate"
+        return "q/k norms, an output norm, a gate, or biases of its own"
     return None
 
 
