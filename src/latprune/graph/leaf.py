@@ -55,8 +55,7 @@ def hidden(modules: Sequence[nn.Module], widths: dict[nn.Module, tuple[int, int]
     rewrite) returns its output as one autograd step from its tensor inputs, as :func:`leaf`
     makes latprune's own modules do; ``widths`` records each one's input and output channels
     (last dimensions) for its pruner. Torch-Pruning then never maps channels through its
-    inside: through torchvision's MaxViT attention, before latprune rewrote it, its index mapping
-    grew without bound."""
+    inside, where an attention's reshapes can make its index mapping grow without bound."""
     def step(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         first = out[0] if isinstance(out, tuple) else out
         inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
