@@ -44,10 +44,11 @@ def scope(module: str) -> str:
 WARMUP = 5  # runs left out: the first runs of a session allocate and pack weights
 
 
-# Ops that ONNX Runtime fuses into the kernel before them and names after themselves: an
-# activation, or a convolution named after the activation (or add) fused at its end.
-FUSED_NAMED_AFTER_TAIL = {"Conv", "FusedConv", "QuickGelu", "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip",
-                          "Gelu", "FastGelu", "FusedMatMul", "MatMul", "Gemm"}
+# Activations, which ONNX Runtime runs as a kernel of their own right after their unit's (named
+# after themselves, or ``Gelu_token_N`` where a fusion made them), and the ops it fuses and names
+# after the activation (or add) at their end (a convolution named ``…/relu/Relu_output_0_nchwc``).
+ACTIVATIONS = {"QuickGelu", "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Gelu", "FastGelu"}
+FUSED_NAMED_AFTER_TAIL = ACTIVATIONS | {"Conv", "FusedConv", "FusedMatMul", "MatMul", "Gemm"}
 HOPS = 4  # producers walked back from a fused node's named tail to the unit it belongs to
 
 
@@ -55,7 +56,8 @@ def unit_of_node(paths: dict[str, str], graph: Any) -> Callable[[str, str], str 
     """The unit a profiled node belongs to: the unit whose module path holds the node's name, or,
     for a node ONNX Runtime fused and named after its tail (a convolution named
     ``…/relu/Relu_output_0_nchwc``, a ``…/act/Mul/QuickGeluFusion/``), the unit of the first
-    producer within :data:`HOPS` steps up the exported graph's first inputs that one holds."""
+    producer within :data:`HOPS` steps up the exported graph's first inputs that one holds;
+    None where neither finds one."""
     by_name = {n.name: n for n in graph.node}
     by_output = {o: n for n in graph.node for o in n.output}
 
@@ -82,7 +84,8 @@ def unit_of_node(paths: dict[str, str], graph: Any) -> Callable[[str, str], str 
 def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
                     outside: dict[str, float] | None = None) -> tuple[dict[str, float], float]:
     """Mean kernel ms per run of each unit's nodes inside the model, and of every node, over
-    ``runs`` runs after :data:`WARMUP` runs (nodes attributed by :func:`unit_of_node`);
+    ``runs`` runs after :data:`WARMUP` runs (nodes attributed by :func:`unit_of_node`, an
+    activation it cannot place to the unit whose kernel ran just before it);
     ``outside``, when given, receives the kernel ms of the nodes no unit owns, by op type
     (pooling, an excitation's multiply, layout conversions)."""
     import onnx as onnx_lib
@@ -99,20 +102,39 @@ def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
             events = json.load(fh)
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     measured_from = starts[WARMUP]
+    kernels = sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                      and e["ts"] >= measured_from), key=lambda e: e["ts"])
+    ops = [e.get("args", {}).get("op_name", "?") for e in kernels]
+    names = [e["name"][: -len("_kernel_time")].lstrip("/") for e in kernels]
+    owners = [find("/" + name, op) for name, op in zip(names, ops)]
+    beside = _owners_beside(owners)
     per_unit: dict[str, float] = collections.defaultdict(float)
     total = 0.0
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < measured_from:
-            continue
+    for e, op, name, owner, (before, after) in zip(kernels, ops, names, owners, beside):
         ms = e["dur"] / 1000 / runs
         total += ms
-        op = e.get("args", {}).get("op_name", "?")
-        owner = find("/" + e["name"][: -len("_kernel_time")].lstrip("/"), op)
+        if owner is None and (op in ACTIVATIONS or name.startswith("gemm_output_reshape")):
+            owner = before  # named by a fusion alone: it finishes the unit that ran before it
+        elif owner is None and name.startswith("gemm_input_reshape"):
+            owner = after   # the reshape ONNX Runtime puts before a Gemm over tokens
         if owner is not None:
             per_unit[owner] += ms
         elif outside is not None:
             outside[op] = outside.get(op, 0.0) + ms
     return dict(per_unit), total
+
+
+def _owners_beside(owners: list[str | None]) -> list[tuple[str | None, str | None]]:
+    """For each kernel, the owner of the nearest owned kernel before it and after it."""
+    before, last = [], None
+    for owner in owners:
+        before.append(last)
+        last = owner if owner is not None else last
+    after, following = [], None
+    for owner in reversed(owners):
+        after.append(following)
+        following = owner if owner is not None else following
+    return list(zip(before, reversed(after)))
 
 
 def copies(unit: bytes, k: int) -> bytes:
