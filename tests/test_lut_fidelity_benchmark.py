@@ -77,17 +77,35 @@ def test_table_has_a_line_per_row_failed_or_not(fid):
     assert lines[5].endswith("| profile: OrtError: groups \\| channels |")
 
 
-def test_a_zoo_row_at_a_batch_keeps_its_own_lut_and_scores_every_calibration_form(fid, tmp_path):
-    """A batch of two images per inference, and calibration_terms.py's forms on its row: the fake
-    backend's model latency is exactly linear in the unit sum, so the linear form predicts every
-    configuration left out of its fit; the squeeze-and-excitation term joins on MobileNetV3."""
-    terms = load_benchmark("calibration_terms")
+def test_a_zoo_row_at_a_batch_keeps_its_own_lut(fid, tmp_path):
     paths = (tmp_path / "results.json", tmp_path / "luts", tmp_path / "work")
-    row = fid.run_zoo(["mobilenet_v3_small"], [32], zoo_args(batch=2, samples=5), *paths)["mobilenet_v3_small@32"]
+    row = fid.run_zoo(["squeezenet1_1"], [32], zoo_args(batch=2, samples=3), *paths)["squeezenet1_1@32"]
     assert row["failed"] is None, row["failed"]
     assert row["input"] == [2, 3, 32, 32]
-    assert (tmp_path / "luts" / "mobilenet_v3_small-32-b2-fake-1t-l2.lut").is_file()
+    assert (tmp_path / "luts" / "squeezenet1_1-32-b2-fake-1t-l2.lut").is_file()
+    assert fid.zoo_results_path(zoo_args(batch=2, tag=None)).name == "lut_fidelity_zoo_fake_1t_b2.json"
+
+
+def test_calibration_terms_fit_each_form_leaving_one_configuration_out():
+    """calibration_terms.py on a row whose measurements are exactly linear in the unit sum: the
+    linear form predicts every configuration left out of its fit; the squeeze-and-excitation
+    term joins on MobileNetV3, and the weights follow the widths."""
+    import numpy as np
+
+    from latprune.graph.channels import ChannelGraph
+
+    terms = load_benchmark("calibration_terms")
+    spec, _, _ = terms.fitted_model("mobilenet_v3_small", 32, exportable=False)
+    graph = ChannelGraph.build(spec.model, spec.input_shape)
+    rng = np.random.default_rng(0)
+    points = []
+    for raw in (0.5, 0.8, 1.0, 1.3, 1.7, 2.0):
+        widths = [int(rng.integers(1, g.size + 1)) for g in graph.groups]
+        points.append({"widths": widths, "raw_ms": raw, "measured_ms": 1.1 * raw + 0.02})
+    row = {"model": "mobilenet_v3_small", "size": 32, "input": [1, 3, 32, 32], "points": points,
+           "repeat": {"median_abs_pct": 0.0, "within_5_pct": 1.0, "within_10_pct": 1.0, "spearman": 1.0},
+           "spread_pct": 0.0}
     scored = terms.score_row(row, terms.last_level_cache_bytes())
-    assert set(scored["forms"]) == {"linear", "weights", "weights_over_cache", "excitation", "per_kind"}
+    assert set(scored["forms"]) == {"linear", "weights", "weights_over_cache", "excitation"}  # no LUT on disk
     assert scored["forms"]["linear"]["median_abs_pct"] < 1e-6 and scored["forms"]["linear"]["within_5_pct"] == 1.0
-    assert 0 < scored["weights_mib"][0] <= scored["weights_mib"][1]
+    assert 0 < scored["weights_mib"][0] < scored["weights_mib"][1]
