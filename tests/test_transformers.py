@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -275,6 +276,22 @@ def test_slimmed_swin_v2_equals_the_masked_one_and_keeps_each_heads_parameters()
         (1, 1, 1), (2, 2, 2), (2, 2, 2)]
 
 
+def _pruned_and_exported(build: Callable[[], nn.Module], tmp_path: Path, budget: str = "0.5x") -> tuple[Any, Any]:
+    """``build()``'s 32×32 model profiled on the fake backend and pruned to ``budget`` within it; its
+    ONNX bundle computes what the pruned model computes. The LUT and the result."""
+    shape = (1, 3, 32, 32)
+    lut = latprune.profile(build(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut", levels=2,
+                           calibration_samples=2, progress=False)
+    result = latprune.prune(build(), lut, budget, example_input=shape, method=latprune.HalpConfig(importance="l1"),
+                            progress=False)
+    assert result.metrics["budget_met"]
+    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
+    return lut, result
+
+
 def test_swin_v2_prunes_to_budget_and_exports_with_parity_its_heads_cut_too(tmp_path: Path) -> None:
     from latprune.runtime.onnx import checked_onnx
 
@@ -283,16 +300,8 @@ def test_swin_v2_prunes_to_budget_and_exports_with_parity_its_heads_cut_too(tmp_
     heads = {g.id: [0] for g in graph.groups if g.heads}  # one head left in every layer
     report, _ = checked_onnx(graph.slim(heads), shape)  # raises unless ONNX Runtime agrees within 1e-4
     assert report.max_abs_diff <= 1e-4
-    lut = latprune.profile(_torchvision_swin_v2(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut",
-                           levels=2, calibration_samples=2, progress=False)
+    lut, _ = _pruned_and_exported(_torchvision_swin_v2, tmp_path)
     assert lut.report.kept_full == {}
-    result = latprune.prune(_torchvision_swin_v2(), lut, "0.5x", example_input=shape,
-                            method=latprune.HalpConfig(importance="l1"), progress=False)
-    assert result.metrics["budget_met"]
-    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
-    x = torch.randn(*shape)
-    with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
 
 
 MAXVIT_HEADS = [(f"blocks.0.layers.{i}.layers.{kind}_attention.attn_layer.1", 2) for i in (0, 1)
@@ -331,17 +340,9 @@ def test_slimmed_maxvit_equals_the_masked_one_and_keeps_each_heads_bias() -> Non
 
 
 def test_maxvit_prunes_to_budget_and_exports_with_parity(tmp_path: Path) -> None:
-    shape = (1, 3, 32, 32)
-    lut = latprune.profile(_torchvision_maxvit(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut",
-                           levels=2, calibration_samples=2, progress=False)
+    lut, result = _pruned_and_exported(_torchvision_maxvit, tmp_path)
     assert lut.report.kept_full == {}
-    result = latprune.prune(_torchvision_maxvit(), lut, "0.5x", example_input=shape,
-                            method=latprune.HalpConfig(importance="l1"), progress=False)
-    assert result.metrics["budget_met"]
-    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
-    x = torch.randn(*shape)
-    with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
+    assert any(g.width < g.size for g in result.plan.groups)
 
 
 def _timm_vit_with_qk_norm() -> nn.Module:
@@ -390,16 +391,7 @@ def test_an_attention_latprune_does_not_rewrite_is_a_whole_leaf_and_the_rest_pru
 @pytest.mark.parametrize("name", sorted(KEPT_WHOLE))
 def test_a_model_with_attentions_kept_whole_prunes_and_exports_with_parity(name: str, tmp_path: Path) -> None:
     build, attention, _, _ = KEPT_WHOLE[name]
-    shape = (1, 3, 32, 32)
-    lut = latprune.profile(build(), shape, backend="fake", threads=1, path=tmp_path / "fake.lut", levels=2,
-                           calibration_samples=2, progress=False)
+    lut, result = _pruned_and_exported(build, tmp_path, "0.6x")
     assert all(lut.report.kept_full[n].startswith("an attention") for n, m in build().named_modules()
                if type(m).__name__ == attention)
-    result = latprune.prune(build(), lut, "0.6x", example_input=shape, method=latprune.HalpConfig(importance="l1"),
-                            progress=False)
-    assert result.metrics["budget_met"] and (result.plan.removed_blocks or any(g.width < g.size
-                                                                             for g in result.plan.groups))
-    bundle = latprune.export(result, "onnx", tmp_path / "bundle", exporter="torchscript")
-    x = torch.randn(*shape)
-    with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(bundle.run(x.numpy())[0]), result.model(x), atol=1e-4)
+    assert result.plan.removed_blocks or any(g.width < g.size for g in result.plan.groups)
