@@ -168,19 +168,21 @@ def test_swin_window_attention_and_patch_merging_are_rewritten_with_their_functi
     assert (merge.in_copies, merge.key({stage1.id: 8}).cin) == (4, 32)
 
 
-def _slim_equal_to_masked(graph: ChannelGraph, block: int = 1) -> nn.Module:
-    """A 32×32 model's graph slimmed to every other channel and head, its block ``block`` removed,
-    checked to compute what the masked model computes, and what its hard gates compute."""
+def _slim_equal_to_masked(graph: ChannelGraph, block: int | None = 1) -> nn.Module:
+    """A 32×32 model's graph slimmed to every other channel and head, its block ``block`` removed
+    (None: no block), checked to compute what the masked model computes, and what its hard gates compute."""
     from latprune.pruner.gates import Gates
 
     keep = {g.id: list(range(1, g.size, 2)) for g in graph.groups}
-    keep[graph.blocks[block].group] = []
+    if block is not None:
+        keep[graph.blocks[block].group] = []
     slim, masked = graph.slim(keep), graph.mask(keep)
     gates = Gates(graph, init=5.0)
     with torch.no_grad():
         for g, kept in keep.items():
             gates.logits[g][[i for i in range(graph.groups[g].size) if i not in kept]] = -5.0
-        gates.block_logits[block] = -5.0
+        if block is not None:
+            gates.block_logits[block] = -5.0
     gates.mode = "hard"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -343,6 +345,35 @@ def test_maxvit_prunes_to_budget_and_exports_with_parity(tmp_path: Path) -> None
     lut, result = _pruned_and_exported(_torchvision_maxvit, tmp_path)
     assert lut.report.kept_full == {}
     assert any(g.width < g.size for g in result.plan.groups)
+
+
+def _timm_swin() -> nn.Module:
+    timm = pytest.importorskip("timm")
+
+    torch.manual_seed(0)
+    model = timm.models.swin_transformer.SwinTransformer(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2),
+                                                         num_heads=(2, 4), window_size=4, num_classes=10).eval()
+    with torch.no_grad():  # position biases large enough to matter
+        for m in model.modules():
+            if hasattr(m, "relative_position_bias_table"):
+                m.relative_position_bias_table.normal_()
+    return model
+
+
+def test_timm_swin_is_rewritten_with_its_function_prunes_by_heads_and_exports() -> None:
+    """timm's Swin: its window attention takes windows already cut and the shift's mask as an
+    argument; its patch merging concatenates the same four copies as torchvision's."""
+    from latprune.graph.transformer import PartitionedWindowAttention, PatchMerge
+    from latprune.runtime.onnx import checked_onnx
+
+    graph = _graph_computing_what_it_did(_timm_swin())
+    assert sum(isinstance(m, PartitionedWindowAttention) for m in graph.model.modules()) == 4
+    assert sum(isinstance(m, PatchMerge) for m in graph.model.modules()) == 1
+    assert [g.size for g in graph.groups if g.heads] == [2, 2, 4, 4] and graph.kept_full == {}
+    slim = _slim_equal_to_masked(graph, block=None)
+    assert [m.num_heads for m in slim.modules() if isinstance(m, PartitionedWindowAttention)] == [1, 1, 2, 2]
+    report, _ = checked_onnx(slim, (1, 3, 32, 32))  # raises unless ONNX Runtime agrees within 1e-4
+    assert report.max_abs_diff <= 1e-4
 
 
 def _timm_vit_with_qk_norm() -> nn.Module:

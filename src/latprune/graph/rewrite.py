@@ -16,6 +16,7 @@ from latprune.graph.transformer import (
     Attention,
     AttentionPruner,
     GridAttention,
+    PartitionedWindowAttention,
     PatchMerge,
     PatchMergePruner,
     SelfAttention,
@@ -26,6 +27,10 @@ from latprune.graph.transformer import (
 
 def _is_torchvision(module: nn.Module, name: str) -> bool:
     return type(module).__name__ == name and type(module).__module__.startswith("torchvision.")
+
+
+def _is_timm_swin(module: nn.Module, name: str) -> bool:
+    return type(module).__name__ == name and type(module).__module__ == "timm.models.swin_transformer"
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
@@ -56,8 +61,8 @@ def rewrite_(model: nn.Module) -> list[str]:
     """Replace, in place, every self-attention that :class:`Attention` computes
     (``nn.MultiheadAttention`` in self-attention, timm's ``Attention``, torchvision's Swin
     ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2``, MaxViT's
-    ``RelativePositionalMultiHeadAttention``), Swin's ``PatchMerging`` and
-    ``PatchMergingV2`` with :class:`PatchMerge`, and
+    ``RelativePositionalMultiHeadAttention``, timm's Swin ``WindowAttention``), Swin's
+    ``PatchMerging`` (torchvision's and timm's) and ``PatchMergingV2`` with :class:`PatchMerge`, and
     ShuffleNetV2's units with :class:`ShuffleUnit`; returns the names of the attentions it
     cannot compute (left as they are, :func:`left_attentions`)."""
     for name, module in list(model.named_modules()):
@@ -75,6 +80,10 @@ def rewrite_(model: nn.Module) -> list[str]:
             model.set_submodule(name, PatchMerge(module.norm, module.reduction, norm_after=True))
         elif _is_torchvision(module, "InvertedResidual") and hasattr(module, "branch2"):  # ShuffleNetV2's
             model.set_submodule(name, ShuffleUnit(module.stride, module.branch1, module.branch2))
+        elif _is_timm_swin(module, "WindowAttention"):
+            model.set_submodule(name, PartitionedWindowAttention.from_timm(module))
+        elif _is_timm_swin(module, "PatchMerging"):  # the same four copies, in the same order
+            model.set_submodule(name, PatchMerge(module.norm, module.reduction))
         elif _is_timm_attention(module) and _timm_convertible(module):
             model.set_submodule(name, _from_timm(module))
     return list(left_attentions(model))
@@ -148,5 +157,5 @@ def customized_pruners(kept: Iterable[nn.Module] = (), widths: dict[nn.Module, t
     whole (:func:`left_attentions`), whose channels ``widths`` records."""
     pruner, whole = AttentionPruner(), KeptWholePruner(widths if widths is not None else {})
     return {Attention: pruner, SelfAttention: pruner, WindowAttention: pruner, WindowAttentionV2: pruner,
-            GridAttention: pruner,
+            GridAttention: pruner, PartitionedWindowAttention: pruner,
             PatchMerge: PatchMergePruner(), ChannelShuffle: ChannelShufflePruner()} | {type(m): whole for m in kept}

@@ -263,6 +263,38 @@ class WindowAttention(Attention):
         return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
 
 
+class PartitionedWindowAttention(WindowAttention):
+    """Swin's window attention over windows already cut, ``(batch × windows, tokens, embed)``, with
+    the shifted windows' mask ``(windows, tokens, tokens)`` passed in (timm's ``WindowAttention``,
+    called by its Swin block)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return leaf(lambda windows: self._masked(windows, mask), x)
+
+    def _masked(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        bias = self._position_bias()  # (1, heads, n, n)
+        if mask is not None:  # windows batch-major: window i of the batch takes mask i % windows
+            bias = (bias + mask.unsqueeze(1).to(bias.dtype)).repeat(x.shape[0] // mask.shape[0], 1, 1, 1)
+        return self.attend(x, bias)
+
+    def token_shape(self, in_shape: Sequence[int]) -> tuple[int, int]:
+        return in_shape[0], in_shape[1]
+
+    @classmethod
+    def from_timm(cls, module: nn.Module) -> PartitionedWindowAttention:
+        """The same attention as timm's ``WindowAttention``, its weights taken over."""
+        qkv, proj = module.qkv, module.proj
+        heads = module.num_heads
+        att = cls(proj.out_features, heads, qkv.out_features // 3 // heads, module.window_size, (0, 0),
+                  bias=qkv.bias is not None, proj_bias=proj.bias is not None, dropout=float(module.attn_drop.p),
+                  proj_dropout=float(module.proj_drop.p))
+        att.qkv.load_state_dict(qkv.state_dict())
+        att.proj.load_state_dict(proj.state_dict())
+        with torch.no_grad():
+            att.relative_position_bias_table.copy_(module.relative_position_bias_table)
+        return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
+
+
 class WindowAttentionV2(WindowAttention):
     """Swin V2's window attention (Liu et al. 2022; torchvision's ``ShiftedWindowAttentionV2``):
     cosine attention, each head's scores scaled by its learned ``logit_scale``, keys without a
