@@ -122,6 +122,12 @@ def per_kind_sums(graph: Any, lut_path: Path, configs: list[dict[int, int]]) -> 
             for k in kinds]
 
 
+def weight_bytes(graph: Any, widths: dict[int, int]) -> int:
+    """The fp32 bytes of the weights of ``graph``'s units kept at ``widths``."""
+    removed = graph.removed_units(widths)
+    return sum(4 * u.key(widths).weights for u in graph.units if u.name not in removed)
+
+
 def score_row(row: dict[str, Any], cache_bytes: int) -> dict[str, Any]:
     """Every form's leave-one-out score on one fidelity row (see the module docstring)."""
     from latprune.graph.channels import ChannelGraph
@@ -133,8 +139,7 @@ def score_row(row: dict[str, Any], cache_bytes: int) -> dict[str, Any]:
     configs = [dict(zip(ids, p["widths"])) for p in points]
     measured = np.array([p["measured_ms"] for p in points])
     raw, one = np.array([p["raw_ms"] for p in points]), np.ones(len(points))
-    weights = np.array([sum(4 * u.key(w).weights for u in graph.units if u.name not in graph.removed_units(w))
-                        for w in configs])
+    weights = np.array([weight_bytes(graph, w) for w in configs])
     forms = {"linear": [raw, one], "weights": [raw, weights / 2**20, one],
              "weights_over_cache": [raw, np.maximum(weights - cache_bytes, 0) / 2**20, one]}
     volume = excitation_volumes(graph)

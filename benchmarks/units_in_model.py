@@ -74,8 +74,8 @@ def unit_of_node(paths: dict[str, str], graph: Any) -> Callable[[str, str], str 
             if node is None or not node.input:
                 return None
             node = by_output.get(node.input[0])
-            if node is not None and owner(node.name) is not None:
-                return owner(node.name)
+            if node is not None and (unit := owner(node.name)) is not None:
+                return unit
         return None
 
     return find

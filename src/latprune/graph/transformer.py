@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +172,8 @@ class SelfAttention(Attention):
         return att.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype).train(mha.training)
 
 
+_W = TypeVar("_W", bound="WindowAttention")
+
 
 class WindowAttention(Attention):
     """Swin's (shifted) window attention (Liu et al. 2021; torchvision's
@@ -250,6 +252,14 @@ class WindowAttention(Attention):
     def _keep_head_parameters(self, heads: list[int]) -> None:
         self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.detach()[:, heads].clone())
 
+    def _taken_over(self: _W, qkv: nn.Linear, proj: nn.Linear, table: torch.Tensor, training: bool) -> _W:
+        """This attention with another's projections and relative position bias table, on their device."""
+        self.qkv.load_state_dict(qkv.state_dict())
+        self.proj.load_state_dict(proj.state_dict())
+        with torch.no_grad():
+            self.relative_position_bias_table.copy_(table)
+        return self.to(qkv.weight.device, qkv.weight.dtype).train(training)
+
     @classmethod
     def from_torchvision(cls, module: nn.Module) -> WindowAttention:
         """The same attention as torchvision's ``ShiftedWindowAttention`` (``ShiftedWindowAttentionV2``
@@ -288,11 +298,7 @@ class PartitionedWindowAttention(WindowAttention):
         att = cls(proj.out_features, heads, qkv.out_features // 3 // heads, module.window_size, (0, 0),
                   bias=qkv.bias is not None, proj_bias=proj.bias is not None, dropout=float(module.attn_drop.p),
                   proj_dropout=float(module.proj_drop.p))
-        att.qkv.load_state_dict(qkv.state_dict())
-        att.proj.load_state_dict(proj.state_dict())
-        with torch.no_grad():
-            att.relative_position_bias_table.copy_(module.relative_position_bias_table)
-        return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
+        return att._taken_over(qkv, proj, module.relative_position_bias_table, module.training)
 
 
 class WindowAttentionV2(WindowAttention):
@@ -368,12 +374,8 @@ class GridAttention(WindowAttention):
         qkv, merge = module.to_qkv, module.merge
         att = cls(merge.out_features, module.n_heads, module.head_dim, module.size,
                   bias=qkv.bias is not None, proj_bias=merge.bias is not None)
-        att.qkv.load_state_dict(qkv.state_dict())
-        att.proj.load_state_dict(merge.state_dict())
-        with torch.no_grad():
-            att.relative_position_bias_table.copy_(module.relative_position_bias_table)
         att.scale = module.scale_factor
-        return att.to(qkv.weight.device, qkv.weight.dtype).train(module.training)
+        return att._taken_over(qkv, merge, module.relative_position_bias_table, module.training)
 
 
 class PatchMerge(nn.Module):
