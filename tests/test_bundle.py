@@ -336,3 +336,48 @@ def test_auto_exporter_falls_back_to_torchscript_and_says_why(tmp_path: Path) ->
     with pytest.raises(ExportError, match="dynamo ONNX exporter failed"):
         export_onnx(model, (1, 1, 8, 8), tmp_path / "n.onnx", exporter="dynamo")
     assert not (tmp_path / "n.onnx").exists()
+
+
+@pytest.fixture
+def external_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model's weights exported as external data, as a model past protobuf's 2 GiB is."""
+    monkeypatch.setattr("latprune.runtime.large_onnx.INLINE_LIMIT_BYTES", 1024)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_weights_past_the_protobuf_limit_go_beside_the_graph(external_weights: None, exporter: str,
+                                                              tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from latprune.exporters.onnx import export_onnx
+    from latprune.latency_lut.backends import get_backend
+    from latprune.runtime.large_onnx import DATA_LOCATION, ExternalOnnx
+    from latprune.runtime.onnx import to_onnx_bytes
+
+    model = tiny_resnet().eval()
+    report = export_onnx(model, TINY_INPUT, tmp_path / "model.onnx", exporter=exporter)
+    assert report.external_data == DATA_LOCATION and report.max_abs_diff <= 1e-4
+    graph, data = tmp_path / "model.onnx", tmp_path / DATA_LOCATION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", DATA_LOCATION]
+    assert graph.stat().st_size < data.stat().st_size and report.size_bytes == graph.stat().st_size + data.stat().st_size
+    x = torch.randn(*TINY_INPUT)
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])  # reads the data beside it
+    with torch.no_grad():
+        assert np.max(np.abs(sess.run(None, {"input": x.numpy()})[0] - model(x).numpy())) <= 1e-4
+    in_memory = to_onnx_bytes(model, TINY_INPUT)  # what the profiler and the closed loop time
+    assert isinstance(in_memory, ExternalOnnx) and len(in_memory.data) > len(in_memory)
+    assert get_backend("ort-cpu", 1).measure_export(in_memory).median_ms > 0
+
+
+def test_a_bundle_carries_its_external_weights(external_weights: None, model_file: str, tiny_run: Path,
+                                               tmp_path: Path) -> None:
+    import latprune
+
+    out = tmp_path / "bundle"
+    bundle = latprune.export(load(tiny_run, tiny_resnet()), "onnx", out)
+    assert sorted(bundle.meta["files"]) == ["model.onnx", "model.onnx.data"]
+    assert bundle.meta["parity"]["passed"] is True
+    assert load_bundle(out).measure(repeat=3)["outputs"][0]["shape"] == [1, 10]  # checksums, then it runs
+    (out / "model.onnx.data").write_bytes(b"damaged")
+    with pytest.raises(Exception, match="model.onnx.data"):
+        load_bundle(out)

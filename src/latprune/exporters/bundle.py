@@ -142,7 +142,7 @@ def _build_onnx(run: Any, staging: Path, options: ExportOptions, threads: int, c
               "onnx_checker": "passed (full_check)", "shape_inference": "passed (strict)", "simplified": False,
               "size_bytes": r.size_bytes}
     return Built(export, _parity(r.max_abs_diff, PARITY_TOL, r.parity_batches, "PyTorch eager fp32 (cpu)"),
-                 r.input_shape, r.output_shape, ("model.onnx",))
+                 r.input_shape, r.output_shape, ("model.onnx", *filter(None, [r.external_data])))
 
 
 def _open_onnx(bundle_dir: Path, meta: dict[str, Any], threads: int) -> Runner:
@@ -189,12 +189,14 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
     from latprune._io import atomic_write_bytes
     from latprune.exporters.onnx import PARITY_TOL, export_onnx, max_abs_diff, parity_inputs
     from latprune.exporters.tensorrt import TrtArtifactRunner, calibration_batches
+    from latprune.runtime.large_onnx import ExternalOnnx
     from latprune.runtime.tensorrt import EngineConfig, build_engine, require_tensorrt, trt
 
     require_tensorrt()
     onnx_report = export_onnx(run.model, run.input_shape, staging / "model.onnx", threads=threads,
                               exporter=options.exporter, dynamic_batch=options.dynamic_batch,
                               max_batch=options.max_batch)
+    onnx_files = ("model.onnx", *filter(None, [onnx_report.external_data]))
     batch = run.input_shape[0]
     config = EngineConfig(fp16=options.fp16, int8=options.int8, tf32=not (options.fp16 or options.int8),
                           timing_cache=context.get("timing_cache"),
@@ -202,7 +204,10 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
                           dynamic_batch=(1, batch, options.max_batch) if options.dynamic_batch else None)
     calibration = (calibration_batches(options.data, run.input_shape, options.calibration_batches)
                    if options.int8 and options.data else None)
-    engine = build_engine((staging / "model.onnx").read_bytes(), config, calibration)
+    graph = (staging / "model.onnx").read_bytes()
+    if onnx_report.external_data:
+        graph = ExternalOnnx(graph, (staging / onnx_report.external_data).read_bytes(), onnx_report.external_data)
+    engine = build_engine(graph, config, calibration)
     atomic_write_bytes(staging / "model.engine", engine)
     runner = TrtArtifactRunner(staging / "model.engine", config.precision)
     inputs = parity_inputs(run.input_shape, options.dynamic_batch, options.max_batch)
@@ -221,7 +226,7 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
               "optimisation_profile": list(config.dynamic_batch) if config.dynamic_batch else None,
               "calibration": {"data": options.data, "batches": len(calibration or [])} if options.int8 else None,
               "size_bytes": len(engine)}
-    files = ("model.engine", "model.onnx")
+    files = ("model.engine", *onnx_files)
     if (staging / "calibration.cache").exists():
         files += ("calibration.cache",)
     reference = "PyTorch eager fp32 (cuda)" + ("" if strict else f"; {config.precision} engine: reported, not enforced")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from latprune._io import atomic_write_bytes
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
+from latprune.runtime.large_onnx import write_onnx
 from latprune.runtime.onnx import (  # noqa: F401
     EXPORTERS,
     PARITY_TOL,
@@ -34,10 +34,11 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
                 tol: float = PARITY_TOL, samples: int = 3, exporter: str = "torchscript",
                 dynamic_batch: bool = False, max_batch: int = 64) -> OnnxReport:
     """:func:`~latprune.runtime.onnx.checked_onnx`, then write ``path`` atomically
-    (nothing is written when a check fails)."""
+    (nothing is written when a check fails), and its weights beside it
+    (``report.external_data``) for a model past protobuf's 2 GiB."""
     report, data = checked_onnx(model, input_shape, threads, tol, samples, exporter, dynamic_batch, max_batch,
                                 str(path))
-    atomic_write_bytes(path, data)
+    write_onnx(path, data)
     return report
 
 

@@ -6,6 +6,9 @@ deliverable).
 - :func:`to_onnx_bytes`: the fast path for the pruner's closed loop, which
   exports a model per iteration (TorchScript exporter, fixed shape, no checks);
 - :func:`checked_onnx`: the checked bytes of the deliverable, in memory.
+
+A model whose weights pass protobuf's 2 GiB limit is exported with external data
+(:mod:`latprune.runtime.large_onnx`): the bytes are its graph, its weights beside them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from latprune.errors import BackendError, ExportError, SpecError
+from latprune.runtime.large_onnx import ExternalOnnx, check_external, exported_external, needs_external_data, with_graph
 from latprune.runtime.ort import make_session
 
 OPSET = 17           # TorchScript exporter
@@ -62,15 +66,22 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], opset: int = O
     for the embedded ResNet-20), which matters when the closed loop exports a
     model per iteration, and it produces the same graph for these conv nets.
     ``dynamic_batch`` makes dimension 0 of input and output symbolic (``batch``).
+    A model whose weights pass protobuf's limit comes back as :class:`ExternalOnnx`.
     """
     model = model.eval()
-    buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+
+    def export_to(f: str | io.BytesIO) -> None:
+        torch.onnx.export(model, (torch.randn(*input_shape),), f, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                          dynamic_axes=axes)
+
     with quiet():
         try:
-            torch.onnx.export(model, (torch.randn(*input_shape),), buf, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                              dynamic_axes=axes)
+            if needs_external_data(model):
+                return exported_external(export_to)
+            buf = io.BytesIO()
+            export_to(buf)
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed: {failure_reason(exc)}") from None
     return buf.getvalue()
@@ -90,6 +101,8 @@ def dynamo_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_ba
             raise ExportError(f"the dynamo ONNX exporter failed: {failure_reason(exc)}") from None
     if program is None:
         raise ExportError("the dynamo ONNX exporter returned no program")
+    if needs_external_data(model):
+        return exported_external(lambda path: program.save(path, external_data=True))
     return program.model_proto.SerializeToString()
 
 
@@ -112,6 +125,7 @@ class OnnxReport:
     input_shape: tuple[Any, ...] = ()     # as in the graph: ints, or "batch" for a dynamic dimension
     output_shape: tuple[Any, ...] = ()    # from ONNX shape inference
     parity_batches: tuple[int, ...] = ()  # batch sizes the parity check ran at
+    external_data: str | None = None      # the weights' file beside the graph (a model past 2 GiB)
 
 
 def _dims(value_info: Any) -> tuple[Any, ...]:
@@ -121,19 +135,23 @@ def _dims(value_info: Any) -> tuple[Any, ...]:
 
 def check_onnx(data: bytes) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...]]:
     """onnx.checker (full check) and strict shape inference; returns the model with
-    inferred shapes, and the input and output shapes."""
+    inferred shapes (with its external data, :class:`ExternalOnnx`), and the input and output shapes."""
     import onnx
 
     try:
         model = onnx.load_from_string(data)
-        onnx.checker.check_model(model, full_check=True)
+        if isinstance(data, ExternalOnnx):
+            check_external(data)
+        else:
+            onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
         raise ExportError(f"onnx.checker or shape inference rejected the export: {str(exc)[:500]}") from None
     if len(inferred.graph.input) != 1 or len(inferred.graph.output) < 1:
         raise ExportError(f"expected one graph input and at least one output, got {len(inferred.graph.input)} "
                           f"and {len(inferred.graph.output)}")
-    return inferred.SerializeToString(), _dims(inferred.graph.input[0]), _dims(inferred.graph.output[0])
+    graph = with_graph(data, inferred.SerializeToString())
+    return graph, _dims(inferred.graph.input[0]), _dims(inferred.graph.output[0])
 
 
 def parity_inputs(input_shape: tuple[int, ...], dynamic_batch: bool, max_batch: int,
@@ -196,8 +214,10 @@ def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 
         import onnx
 
         opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
-        return OnnxReport(path, int(opset), worst, len(data), name, dynamic_batch, None,
-                          in_shape, out_shape, tuple(sorted({int(x.shape[0]) for x in inputs}))), data
+        size = data.total_bytes if isinstance(data, ExternalOnnx) else len(data)
+        external = data.location if isinstance(data, ExternalOnnx) else None
+        return OnnxReport(path, int(opset), worst, size, name, dynamic_batch, None,
+                          in_shape, out_shape, tuple(sorted({int(x.shape[0]) for x in inputs})), external), data
 
     if exporter == "auto":
         try:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from latprune.errors import BackendError, MissingDependency
+from latprune.runtime.large_onnx import ExternalOnnx
 
 
 def onnxruntime() -> Any:
@@ -22,7 +23,8 @@ def onnxruntime() -> Any:
 def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_prefix: str | None = None,
                  spinning: bool = True, affinities: str | None = None) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation
-    (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given).
+    (and ONNX Runtime's profiler on, writing to ``profile_prefix``, when given); ``model``
+    is a file, ONNX bytes, or :class:`~latprune.runtime.large_onnx.ExternalOnnx` with its weights.
     ``spinning=False`` stops idle intra-op threads spinning (ONNX Runtime spins by
     default, as deployments run); ``affinities`` pins the intra-op threads other than
     the caller's (ONNX Runtime's ``session.intra_op_thread_affinities``: one entry per
@@ -42,6 +44,8 @@ def make_session(model: bytes | str | os.PathLike[str], threads: int, profile_pr
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if isinstance(model, ExternalOnnx):  # the graph's initializers point into this file, held in memory
+        opts.add_external_initializers_from_files_in_memory([model.location], [model.data], [len(model.data)])
     source = model if isinstance(model, bytes) else os.fspath(model)
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])

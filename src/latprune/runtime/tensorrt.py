@@ -13,12 +13,14 @@ so no other CUDA bindings are needed.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from latprune._io import atomic_write_bytes
 from latprune.errors import BackendError, ExportError, MissingDependency, SpecError
+from latprune.runtime.large_onnx import ExternalOnnx, write_onnx
 
 
 def trt() -> Any:
@@ -100,6 +102,16 @@ def make_calibrator(batches: Iterable[Any], cache_path: str | None = None, devic
     return _Calibrator()
 
 
+def _parse(parser: Any, onnx_model: bytes) -> bool:
+    """``parser.parse`` of the ONNX bytes; of a model with external data, given the path of
+    the graph written beside its data, from which the parser reads the weights."""
+    if not isinstance(onnx_model, ExternalOnnx):
+        return bool(parser.parse(onnx_model))
+    with tempfile.TemporaryDirectory(prefix="latprune-trt-") as tmp:
+        graph = write_onnx(Path(tmp) / "model.onnx", onnx_model)[0]
+        return bool(parser.parse(onnx_model, str(graph)))
+
+
 def build_engine(onnx_model: bytes, config: EngineConfig = EngineConfig(),
                  calibration: Iterable[Any] | None = None) -> bytes:
     """Parse ONNX, build and return the serialised engine. ``calibration``: the
@@ -112,7 +124,7 @@ def build_engine(onnx_model: bytes, config: EngineConfig = EngineConfig(),
     builder = t.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = t.OnnxParser(network, logger)
-    if not parser.parse(onnx_model):
+    if not _parse(parser, onnx_model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT's ONNX parser rejected the model: {errors}")
     cfg = builder.create_builder_config()
