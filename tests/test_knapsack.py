@@ -133,3 +133,52 @@ def test_multiple_choice_knapsack_with_negative_costs() -> None:
     assert _mck(costs, values, capacity=4.0, bins=100) == {0: 1, 1: 0}     # 3 + 1 <= 4
     assert _mck(costs, values, capacity=3.5, bins=100) == {0: 0, 1: 1}     # -2 + 2 <= 3.5; 3 + 1 does not fit
     assert _mck(costs, values, capacity=-1.5, bins=100) is None            # even -2 + 1 = -1 misses
+
+
+class _Scaled:
+    """A predictor that is one scale: what the closed loop rescales."""
+
+    scheme = "channel"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def rescaled(self, ratio: float) -> _Scaled:
+        return _Scaled(self.scale * ratio)
+
+
+@pytest.mark.parametrize("over", [0.0, 0.02, 0.04])
+def test_the_closed_loop_converges_when_every_candidate_measures_over_its_prediction(over: float) -> None:
+    """The knapsack leans on the LUT's errors: each candidate it picks measures ``over`` above
+    its prediction, corrected or not. The loop still finds one that holds the target."""
+    import contextlib
+
+    from latprune.pruner.configs import HalpConfig
+    from latprune.pruner.knapsack import Solution
+    from latprune.pruner.methods import Context, closed_loop
+    from tests.conftest import tiny_resnet
+
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    full = {g.id: list(range(g.size)) for g in graph.groups}
+    per_unit = 1.0 / 1000  # a configuration is w/1000 of the base: fine steps, as a deep model's knapsack has
+
+    class Biased(Context):
+        def measure_checked(self, model, target_ms, on_pass=None):  # type: ignore[no-untyped-def]
+            return measured[-1], None, [measured[-1]]
+
+        def meter(self, desc: str):  # type: ignore[no-untyped-def]
+            return contextlib.nullcontext(type("Meter", (), {"set_postfix": lambda *a, **k: None,
+                                                             "update": lambda *a: None})())
+
+    measured: list[float] = []
+
+    def solver(pred: _Scaled, target: float) -> Solution:
+        w = int(target / (pred.scale * per_unit * 10.0))  # the widest configuration predicted under the target
+        predicted = pred.scale * w * per_unit * 10.0
+        measured.append(predicted * (1 + over))
+        return Solution({graph.groups[0].id: w}, predicted, w / 1000, 1)
+
+    ctx = Biased(graph, _Scaled(), None, None, 6.0, 10.0, HalpConfig())  # type: ignore[arg-type]
+    solution, _, measured_ms, history, _ = closed_loop(ctx, solver, lambda widths: full)
+    assert measured_ms <= ctx.target_ms and history[-1]["fits"]
+    assert len(history) <= 4 and measured_ms >= ctx.target_ms * (1 - 0.05)  # and it uses the budget
