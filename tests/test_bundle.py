@@ -351,7 +351,7 @@ def test_weights_past_the_protobuf_limit_go_beside_the_graph(external_weights: N
 
     from latprune.exporters.onnx import export_onnx
     from latprune.latency_lut.backends import get_backend
-    from latprune.runtime.large_onnx import DATA_LOCATION, ExternalOnnx
+    from latprune.runtime.large_onnx import DATA_LOCATION, ExternalOnnx, read_onnx, write_onnx
     from latprune.runtime.onnx import to_onnx_bytes
 
     model = tiny_resnet().eval()
@@ -367,14 +367,31 @@ def test_weights_past_the_protobuf_limit_go_beside_the_graph(external_weights: N
     in_memory = to_onnx_bytes(model, TINY_INPUT)  # what the profiler and the closed loop time
     assert isinstance(in_memory, ExternalOnnx) and len(in_memory.data) > len(in_memory)
     assert get_backend("ort-cpu", 1).measure_export(in_memory).median_ms > 0
+    # under another name (a journal's attemptN-export.onnx), the data file follows it, and so does the graph
+    written = write_onnx(tmp_path / "other.onnx", in_memory)
+    assert [p.name for p in written] == ["other.onnx", "other.onnx.data"]
+    again = read_onnx(tmp_path / "other.onnx")
+    assert isinstance(again, ExternalOnnx) and again.data == in_memory.data and again.location == "other.onnx.data"
+    sess = ort.InferenceSession(str(tmp_path / "other.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.max(np.abs(sess.run(None, {"input": x.numpy()})[0] - model(x).numpy())) <= 1e-4
 
 
 def test_a_bundle_carries_its_external_weights(external_weights: None, model_file: str, tiny_run: Path,
                                                tmp_path: Path) -> None:
     import latprune
 
+    from latprune.runtime.large_onnx import ExternalOnnx
+    from latprune.runtime.onnx import to_onnx_bytes
+
+    result = load(tiny_run, tiny_resnet())
+    result.onnx = to_onnx_bytes(result.model, TINY_INPUT)  # as a prune of such a model holds it
+    saved = result.save(tmp_path / "run")
+    assert sorted(p.name for p in saved.iterdir()) == ["metrics.json", "model.onnx", "model.onnx.data", "model.pt",
+                                                        "plan.json"]
+    assert isinstance(load(saved, tiny_resnet()).onnx, ExternalOnnx)
     out = tmp_path / "bundle"
-    bundle = latprune.export(load(tiny_run, tiny_resnet()), "onnx", out)
+    bundle = latprune.export(result, "onnx", out)
     assert sorted(bundle.meta["files"]) == ["model.onnx", "model.onnx.data"]
     assert bundle.meta["parity"]["passed"] is True
     assert load_bundle(out).measure(repeat=3)["outputs"][0]["shape"] == [1, 10]  # checksums, then it runs

@@ -37,6 +37,7 @@ from latprune.pruner.configs import MethodConfig, method_config
 from latprune.pruner.loop import FinetuneConfig, Settings, Training, metrics_of, prune_model
 from latprune.pruner.plan import PruningPlan
 from latprune.pruner.resume import Journal, weights_digest
+from latprune.runtime.large_onnx import read_onnx, write_onnx
 from latprune.train import Compute
 
 PathLike = str | Path
@@ -289,7 +290,7 @@ class PruneResult:
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
         """Write the run directory (plan.json, model.pt as a state_dict, metrics.json, model.onnx),
         staged beside ``path`` and renamed into place: it appears complete or not at all."""
-        from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with, move_into_place
+        from latprune._io import atomic_write_json, atomic_write_with, move_into_place
 
         out = Path(path)
         check_run_target(out, overwrite)
@@ -301,7 +302,7 @@ class PruneResult:
             self.plan.save(staging / "plan.json")
             atomic_write_with(staging / "model.pt", lambda tmp: torch.save(self.model.state_dict(), tmp))
             if self.onnx is not None:
-                atomic_write_bytes(staging / "model.onnx", self.onnx)
+                write_onnx(staging / "model.onnx", self.onnx)
             atomic_write_json(staging / "metrics.json", self.metrics)
             move_into_place(staging, out)
         except BaseException:
@@ -358,7 +359,7 @@ def load(path: PathLike, model: nn.Module | None = None) -> PruneResult:
         metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunDirError(f"{metrics_file} is not valid JSON ({exc}); the run directory is damaged") from None
-    onnx = (run / "model.onnx").read_bytes() if (run / "model.onnx").is_file() else None
+    onnx = read_onnx(run / "model.onnx") if (run / "model.onnx").is_file() else None
     return PruneResult(slim.eval(), plan, metrics, onnx, run)
 
 

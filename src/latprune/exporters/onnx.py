@@ -10,6 +10,7 @@ already folds what it removes), so it is not a dependency.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     (``report.external_data``) for a model past protobuf's 2 GiB."""
     report, data = checked_onnx(model, input_shape, threads, tol, samples, exporter, dynamic_batch, max_batch,
                                 str(path))
-    write_onnx(path, data)
-    return report
+    written = write_onnx(path, data)
+    return replace(report, external_data=written[1].name) if len(written) > 1 else report
 
 
 class OnnxRunner:

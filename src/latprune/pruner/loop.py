@@ -345,7 +345,7 @@ def verified_export(ctx: Context, slim: nn.Module, budget_ms: float, journal: Jo
 
     def verified() -> Verified:
         stored = journal.record(name) if journal else None
-        onnx = journal.blob(f"{name}.onnx") if journal else None
+        onnx = journal.onnx(f"{name}.onnx") if journal else None
         if stored is not None and onnx is not None:
             report = OnnxReport(**{**stored["report"], "input_shape": tuple(stored["report"]["input_shape"])})
             return Verified(onnx, report, stored["export_ms"], Latency(**stored["latency"]), stored["checks_ms"],
@@ -354,7 +354,7 @@ def verified_export(ctx: Context, slim: nn.Module, budget_ms: float, journal: Jo
             result = verify_export(slim, ctx.graph.input_shape, ctx.backend, ctx.base_model, ctx.base_ms, budget_ms,
                                    ctx.config.margin, check_twice=not ctx.config.latency_blind, on_pass=meter.update)
         if journal is not None:
-            journal.put_blob(f"{name}.onnx", result.onnx)
+            journal.put_onnx(f"{name}.onnx", result.onnx)
             journal.put_record(name, {"report": asdict(result.report), "export_ms": result.export_ms,
                                       "latency": asdict(result.latency), "checks_ms": result.checks_ms,
                                       "base_beside_ms": result.base_beside_ms})

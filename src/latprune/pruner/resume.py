@@ -12,7 +12,8 @@ every file atomically::
     attemptN-decision.pt     ... and the slimmed model's weights
     attemptN-finetune.pt     the built-in fine-tuning, as it goes
     attemptN-finetuned.pt    the fine-tuned weights and their accuracy
-    attemptN-export.json     the export measured (and attemptN-export.onnx, the export itself)
+    attemptN-export.json     the export measured (and attemptN-export.onnx, the export itself,
+                             with attemptN-export.onnx.data for a model past 2 GiB)
 
 A stage found done is not run again: the prune resumes with the first stage
 that is not, and ends with the model an uninterrupted prune with the same seed
@@ -30,8 +31,9 @@ from typing import Any
 import torch
 
 from latprune import parallel
-from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_with
+from latprune._io import atomic_write_json, atomic_write_with
 from latprune.errors import SpecError
+from latprune.runtime.large_onnx import read_onnx, write_onnx
 from latprune.train import Checkpoint
 
 
@@ -106,14 +108,14 @@ class Journal:
             return
         atomic_write_with(self.root / f"{name}.pt", lambda tmp: torch.save(value, tmp))
 
-    def blob(self, name: str) -> bytes | None:
+    def onnx(self, name: str) -> bytes | None:
+        """The ONNX model stored as ``name`` (with its external data, :mod:`latprune.runtime.large_onnx`)."""
         path = self.root / name
-        return path.read_bytes() if path.is_file() else None
+        return read_onnx(path) if path.is_file() else None
 
-    def put_blob(self, name: str, data: bytes) -> None:
-        if not parallel.world().main:  # under torchrun rank 0 writes, every rank reads
-            return
-        atomic_write_bytes(self.root / name, data)
+    def put_onnx(self, name: str, data: bytes) -> None:
+        if parallel.world().main:
+            write_onnx(self.root / name, data)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

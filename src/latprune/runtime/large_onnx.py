@@ -6,7 +6,7 @@ data file. latprune carries such a model as :class:`ExternalOnnx`: ``bytes`` (th
 is what every consumer of ONNX bytes passes on) with the data file's content and name beside
 it. ONNX Runtime loads it from memory (``add_external_initializers_from_files_in_memory``);
 :func:`write_onnx` writes the graph and its data file, the pair ONNX's own tools and every
-runtime read (``model.onnx`` beside ``model.onnx.data``).
+runtime read (``model.onnx`` beside ``model.onnx.data``), and :func:`read_onnx` reads them back.
 """
 
 from __future__ import annotations
@@ -76,13 +76,42 @@ def with_graph(model: bytes, graph: bytes) -> bytes:
     return ExternalOnnx(graph, model.data, model.location) if isinstance(model, ExternalOnnx) else graph
 
 
-def write_onnx(path: str | os.PathLike[str], model: bytes) -> list[Path]:
-    """Write ``model`` to ``path``, and its external data file beside it where it has one,
-    each atomically and the data first, so a graph on disk always has its weights: the files
-    written, the graph first."""
+def relocated(model: ExternalOnnx, location: str) -> ExternalOnnx:
+    """``model`` with its initializers pointing into a data file named ``location``."""
+    if model.location == location:
+        return model
+    import onnx
+
+    proto = onnx.load_from_string(bytes(model))
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    return ExternalOnnx(proto.SerializeToString(), model.data, location)
+
+
+def data_path(path: str | os.PathLike[str]) -> Path:
+    """Where the external data of the ONNX file ``path`` goes: ``NAME.onnx.data`` beside it."""
     target = Path(path)
-    data = [atomic_write_bytes(target.parent / model.location, model.data)] if isinstance(model, ExternalOnnx) else []
-    return [atomic_write_bytes(target, model), *data]
+    return target.with_name(f"{target.name}.data")
+
+
+def write_onnx(path: str | os.PathLike[str], model: bytes) -> list[Path]:
+    """Write ``model`` to ``path``, and its external data beside it (:func:`data_path`) where
+    it has some, each atomically and the data first, so a graph on disk always has its
+    weights: the files written, the graph first."""
+    if not isinstance(model, ExternalOnnx):
+        return [atomic_write_bytes(path, model)]
+    data = data_path(path)
+    model = relocated(model, data.name)
+    atomic_write_bytes(data, model.data)
+    return [atomic_write_bytes(path, model), data]
+
+
+def read_onnx(path: str | os.PathLike[str]) -> bytes:
+    """The ONNX file ``path``, with the external data :func:`write_onnx` wrote beside it, if any."""
+    graph, data = Path(path).read_bytes(), data_path(path)
+    return ExternalOnnx(graph, data.read_bytes(), data.name) if data.is_file() else graph
 
 
 def check_external(model: ExternalOnnx) -> None:
