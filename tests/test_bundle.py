@@ -380,7 +380,6 @@ def test_weights_past_the_protobuf_limit_go_beside_the_graph(external_weights: N
 def test_a_bundle_carries_its_external_weights(external_weights: None, model_file: str, tiny_run: Path,
                                                tmp_path: Path) -> None:
     import latprune
-
     from latprune.runtime.large_onnx import ExternalOnnx
     from latprune.runtime.onnx import to_onnx_bytes
 

@@ -335,6 +335,39 @@ def test_a_model_whose_code_reads_a_width_of_its_own_is_refused_before_profiling
     assert not (tmp_path / "f.lut").exists()
 
 
+def test_slices_concatenated_back_with_a_partial_residual_are_refused_at_once() -> None:
+    """ReXNet adds each block's input to the first channels of its output and concatenates the rest
+    back (``cat([x[:, :k] + shortcut, x[:, k:]])``). Torch-Pruning's grouping runs for many minutes
+    on a stack of them; latprune refuses it in one line instead. A space-to-depth (slices of the
+    height and width concatenated along the channels) is not such a structure."""
+    import time
+
+    from latprune.errors import SpecError
+
+    class PartialResidual(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.cin, self.conv, self.bn = cin, nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.bn(self.conv(x))
+            return torch.cat([y[:, :self.cin] + x, y[:, self.cin:]], dim=1)
+
+    class SpaceToDepth(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], dim=1)
+
+    rexnet_like = nn.Sequential(nn.Conv2d(3, 8, 3), *(PartialResidual(8 + 4 * i, 12 + 4 * i) for i in range(12)),
+                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(56, 4))
+    t0 = time.time()
+    with pytest.raises(SpecError, match=r"slices of 1\.bn are concatenated back together .* as in ReXNet"):
+        ChannelGraph.build(rexnet_like, (1, 3, 8, 8))
+    assert time.time() - t0 < 30
+    focus = nn.Sequential(SpaceToDepth(), nn.Conv2d(12, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    assert len(ChannelGraph.build(focus, (1, 3, 16, 16)).groups) == 2
+
+
 def test_timm_mobilenetv3_fuses_each_residual_add_into_its_last_convolution() -> None:
     """timm's BatchNormAct2d runs the batch norm itself, so Torch-Pruning sees an elementwise op,
     not a convolution, behind some norms feeding a residual add."""

@@ -558,9 +558,44 @@ def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: 
 def _traced(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     """:func:`dependency_graph`, or a clear refusal where the model's structure defeats the tracer."""
     try:
-        return dependency_graph(model, example)
+        dg = dependency_graph(model, example)
     except Exception as exc:  # it runs, but its structure defeats the tracer (e.g. a channel shuffle)
         raise _untraceable(exc) from None
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    rejoined = min(_rejoined_slices(dg), key=lambda name: order.get(name, len(order)), default=None)
+    if rejoined is not None:
+        raise SpecError(f"latprune cannot prune this model's structure yet: slices of {rejoined} are concatenated "
+                        "back together along the axis they were cut from (a residual added to part of the "
+                        "channels, as in ReXNet), which Torch-Pruning's grouping cannot follow in reasonable time")
+    return dg
+
+
+def _slice_sources(node: Any, hops: int = 3) -> set[Any]:
+    """The tensors (Torch-Pruning nodes) that ``node`` is a slice of, looking back through up to
+    ``hops`` element-wise operations (a slice with a residual added to it): ``(source, slice dim)``."""
+    if node.type == tp.ops.OPTYPE.SLICE:
+        return {(src, node.module.dim) for src in node.inputs}
+    if hops == 0 or node.type != tp.ops.OPTYPE.ELEMENTWISE:
+        return set()
+    return set().union(*(_slice_sources(i, hops - 1) for i in node.inputs))
+
+
+def _rejoined_slices(dg: tp.DependencyGraph) -> list[str]:
+    """The tensors (their producers' names) of which a concatenation joins two slices along the
+    axis they were cut from, each perhaps with something added to it first. ReXNet's blocks do
+    this (``cat([x[:, :k] + shortcut, x[:, k:]])``): Torch-Pruning's grouping follows every set
+    of indices through each such pair, block after block, and runs for many minutes."""
+    found = []
+    for node in dg.module2node.values():
+        dim = getattr(getattr(node, "grad_fn", None), "_saved_dim", None)
+        if node.type != tp.ops.OPTYPE.CONCAT or dim is None:
+            continue
+        seen: set[Any] = set()
+        for inp in node.inputs:
+            cut = {src for src, d in _slice_sources(inp) if d == dim}
+            found += [src._name for src in cut & seen]
+            seen |= cut
+    return found
 
 
 def _untraceable(exc: Exception) -> SpecError:
