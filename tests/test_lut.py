@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ from latprune.latency_lut.profile import (
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, TimingConfig
 from latprune.runtime.fingerprint import cpu_device
-from tests.conftest import TINY_INPUT, tiny_resnet
+from tests.conftest import MODELS, TINY_INPUT, tiny_resnet
 
 
 def test_lut_round_trips_through_its_file(tmp_path: Path) -> None:
@@ -537,3 +538,33 @@ def test_a_unit_a_concatenation_feeds_is_measured_on_one_input_grid_and_interpol
             widths = {g: rng.choice(ws) for g, ws in options.items()}
             exact = fake_unit_ms(reader.key(widths))
             assert predictor.unit_ms(reader, widths) == pytest.approx(exact, rel=0.1)
+
+
+def test_a_large_export_waits_on_disk_between_passes_and_is_removed_with_its_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ViT-H/14's export is 2.5 GB: the calibration's configurations, measured in interleaved
+    passes, each wait in a temporary file, and each is slimmed only when its first pass comes."""
+    import gc
+    import glob
+    import tempfile
+
+    from latprune.latency_lut import profile as prof
+
+    monkeypatch.setattr(prof, "SPILL_BYTES", 0)
+    backend = get_backend("ort-cpu", 1)
+    built: list[int] = []
+
+    def make() -> nn.Module:
+        built.append(1)
+        return MODELS["resnet"]().eval()
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/latprune-pass-*"))
+    once = prof.model_pass(backend, None, TINY_INPUT, make=make)
+    assert not built  # nothing slimmed or exported until its first pass
+    first, second = once(), once()
+    assert len(built) == 1 and first.median_ms > 0 and second.median_ms > 0
+    spilled = set(glob.glob(f"{tempfile.gettempdir()}/latprune-pass-*")) - before
+    assert len(spilled) == 1 and os.listdir(next(iter(spilled))) == ["model.onnx"]
+    del once
+    gc.collect()
+    assert not any(os.path.exists(d) for d in spilled)

@@ -7,6 +7,7 @@ again. Extending a LUT with another model measures only its new keys.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from latprune.latency_lut.timing import Latency, fastest_over_passes, points_spr
 from latprune.runtime.fingerprint import check_compatible
 
 DEFAULT_LEVELS = 8
+SPILL_BYTES = 256 << 20  # a whole model's export larger than this waits on disk between passes
 DEFAULT_PASSES = 2
 MODEL_AGREE = 0.05     # whole models: two passes further apart than this get another pass ...
 MODEL_MAX_PASSES = 6   # ... up to this many in all (none improved beyond 6: benchmarks/results/noise_vs_fidelity.json)
@@ -263,33 +265,70 @@ def kept_full_warning(kept: dict[str, str]) -> str:
             f"convolutions of different group counts (e.g. {first}: {kept[first]})")
 
 
-def model_pass(backend: Backend, model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Latency]:
+def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int, ...],
+               make: Callable[[], nn.Module] | None = None) -> Callable[[], Latency]:
     """One pass of ``model``'s whole-model measurement, ``backend.measure_model(model, input_shape)``,
-    to call once per pass. A backend that runs ONNX itself (:meth:`Backend.measure_export`) gets
-    the model exported on the first call and the same bytes on every later one (the model is
-    then let go: the bytes are all a pass needs): an export of GoogLeNet at 64×64 takes about as
-    long as a pass of it (``benchmarks/results/decision_time_zen4.json``). Take a new one for a
-    model changed since (trained, slimmed)."""
+    to call once per pass; ``make`` instead of ``model`` builds it at the first pass (a slimmed copy,
+    so that measuring many configurations in turn holds one model at a time). A backend that runs
+    ONNX itself (:meth:`Backend.measure_export`) gets the model exported on the first call and the
+    same bytes on every later one (the model is then let go: the bytes are all a pass needs): an
+    export of GoogLeNet at 64×64 takes about as long as a pass of it
+    (``benchmarks/results/decision_time_zen4.json``). An export past :data:`SPILL_BYTES` waits
+    between passes in a temporary file, removed with the pass. Take a new one for a model changed
+    since (trained, slimmed)."""
+    if (model is None) == (make is None):
+        raise ValueError("model_pass takes a model or a maker of one")
+    build: Callable[[], nn.Module] = make if make is not None else (lambda: model)  # type: ignore[assignment,return-value]
+    held: dict[str, Any] = {}
     if type(backend).measure_export is Backend.measure_export:  # it times the PyTorch model
-        return lambda: backend.measure_model(model, input_shape)
-    held: dict[str, Any] = {"model": model}
+        def torch_pass() -> Latency:
+            if "torch" not in held:
+                held["torch"] = build()
+            return backend.measure_model(held["torch"], input_shape)
+        return torch_pass
 
     def once() -> Latency:
         if "onnx" in held:
             return backend.measure_export(held["onnx"])  # type: ignore[return-value]
-        if "model" in held and "torch" not in held:
-            from latprune.runtime.onnx import to_onnx_bytes
+        if "file" in held:
+            return backend.measure_artifact(held["file"])
+        if "torch" in held:
+            return backend.measure_model(held["torch"], input_shape)
+        from latprune.runtime.onnx import to_onnx_bytes
 
-            onnx = to_onnx_bytes(held["model"], input_shape)
-            latency = backend.measure_export(onnx)
-            if latency is not None:
-                held["onnx"] = onnx
-                del held["model"]
-                return latency
-            held["torch"] = True  # the backend times this model as PyTorch after all
-        return backend.measure_model(held["model"], input_shape)
+        slim = build()
+        onnx = to_onnx_bytes(slim, input_shape)
+        latency = backend.measure_export(onnx)
+        if latency is None:  # the backend times this model as PyTorch after all
+            held["torch"] = slim
+            return backend.measure_model(slim, input_shape)
+        if onnx_bytes(onnx) > SPILL_BYTES:
+            held["file"] = _spilled(once, onnx)
+        else:
+            held["onnx"] = onnx
+        return latency
 
     return once
+
+
+def onnx_bytes(onnx: bytes) -> int:
+    """An ONNX model's size in memory, its external data included."""
+    from latprune.runtime.large_onnx import ExternalOnnx
+
+    return onnx.total_bytes if isinstance(onnx, ExternalOnnx) else len(onnx)
+
+
+def _spilled(owner: Callable[[], Latency], onnx: bytes) -> str:
+    """``onnx`` written to a temporary directory that lives as long as ``owner``: its graph's path."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from latprune.runtime.large_onnx import write_onnx
+
+    tmp = tempfile.mkdtemp(prefix="latprune-pass-")
+    weakref.finalize(owner, shutil.rmtree, tmp, True)
+    return str(write_onnx(os.path.join(tmp, "model.onnx"), onnx)[0])
 
 
 def measure_beside(measures: list[Callable[[], Latency]], on_each: Callable[[], object] | None = None
@@ -338,6 +377,11 @@ def measure_settled(measure: Callable[[], Latency], on_each: Callable[[], object
     return measure_beside([measure], on_each)[0]
 
 
+def slimmed_pass(graph: ChannelGraph, backend: Backend, widths: dict[int, int]) -> Callable[[], Latency]:
+    """:func:`model_pass` of ``graph`` slimmed to ``widths``, slimmed at its first pass."""
+    return model_pass(backend, None, graph.input_shape, make=lambda: graph.slim_to_widths(widths))
+
+
 def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int, int]], passes: int = 2,
                    desc: str = "measure", progress: bool = True,
                    every: list[list[float]] | None = None) -> list[Latency]:
@@ -350,7 +394,7 @@ def measure_widths(graph: ChannelGraph, backend: Backend, configs: list[dict[int
     ``MODEL_AGREE`` is measured again, up to ``MODEL_MAX_PASSES`` times.
     ``every``, when given, receives each configuration's median of every pass,
     in pass order (one list per configuration)."""
-    models = [model_pass(backend, graph.slim_to_widths(widths), graph.input_shape) for widths in configs]
+    models = [slimmed_pass(graph, backend, widths) for widths in configs]
     return _models_over_passes(lambda i: models[i](), len(models),
                                passes, desc, progress, every)
 
@@ -369,8 +413,8 @@ def measure_widths_beside(graph: ChannelGraph, backend: Backend, configs: list[d
     the base for the same reason, by :func:`measure_beside`, which keeps each
     model's own fastest pass; here the configurations keep
     :func:`measure_widths`' rule, and the reference its measurement of that pass)."""
-    models = [model_pass(backend, graph.slim_to_widths(widths), graph.input_shape) for widths in configs]
-    ref_model = model_pass(backend, graph.slim_to_widths(reference), graph.input_shape)
+    models = [slimmed_pass(graph, backend, widths) for widths in configs]
+    ref_model = slimmed_pass(graph, backend, reference)
     pairs: list[list[tuple[Latency, Latency]]] = [[] for _ in models]  # per configuration: (its latency, ref's)
 
     def measure(i: int) -> Latency:
