@@ -408,7 +408,6 @@ def main() -> None:
         parser.error(f"not torchvision classifiers: {', '.join(unknown)}")
     work = HERE / "work" / "zoo"
     work.mkdir(parents=True, exist_ok=True)
-    env = versions()
     for i, name in enumerate(names, 1):
         if name in results and not args.force:
             print(f"[{i}/{len(names)}] {name}: already in {results_path.name}, skipped (--force runs it again)")
@@ -419,7 +418,7 @@ def main() -> None:
         row = run_child("latprune", name, args.size, args, args.timeout_s, log)
         if not args.no_tp:  # at the size latprune ran at
             row["tp"] = run_child("tp", name, row.get("input", [args.size])[-1], args, args.tp_timeout_s, log)
-        row.update(versions=env, date=time.strftime("%Y-%m-%d"), budget=BUDGET, levels=args.levels,
+        row.update(versions=versions(), date=time.strftime("%Y-%m-%d"), budget=BUDGET, levels=args.levels,
                    calibration_samples=args.calibration_samples, wall_s=round(time.time() - t0, 1))
         results[name] = row
         write_json(results_path, results)
