@@ -47,20 +47,6 @@ from results_io import write_json  # noqa: E402
 from zoo import fitted_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FALLBACK_CACHE_BYTES = 32 * 2**20
-
-
-def last_level_cache_bytes() -> int:
-    """The largest CPU cache Linux reports for CPU 0, in bytes (32 MiB where it reports none)."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KMG")) * unit)
-    return max(sizes, default=FALLBACK_CACHE_BYTES)
 
 
 def leave_one_out(columns: list[np.ndarray], measured: np.ndarray) -> dict[str, float]:
@@ -173,6 +159,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "lut_fidelity_zoo_ort-cpu_1t.json")
     args = parser.parse_args()
     rows = json.loads(args.results.read_text())
+    from latprune.runtime.fingerprint import last_level_cache_bytes
+
     cache_bytes = last_level_cache_bytes()
     result: dict[str, Any] = {"source": args.results.name, "cache_mib": cache_bytes / 2**20, "rows": {}}
     with warnings.catch_warnings():

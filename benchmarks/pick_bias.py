@@ -18,7 +18,8 @@ random configuration (of 40 drawn as the calibration draws them) whose predictio
 nearest. All are measured beside the full model (ort-cpu, 1 thread; each one right after
 it, :func:`~latprune.latency_lut.profile.measure_widths_beside`) and predicted re-anchored
 on it, as a relative budget uses the LUT. A pick's ``ratio`` is measured / predicted.
-Writes ``benchmarks/results/pick_bias_ort-cpu_1t.json``, one row per model as it finishes.
+Writes ``benchmarks/results/pick_bias_ort-cpu_1t.json`` (``_TAG`` before ``.json`` with ``--tag``), one
+row per model as it finishes.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def run_model(name: str, size: int, fractions: list[float], levels: int, samples
     latprune.profile(registered_model(f"torchvision:{name}", shape).model, shape, backend=backend_name, threads=1,
                      path=path, levels=levels, passes=1, calibration_samples=samples, progress=False)
     spec = registered_model(f"torchvision:{name}", shape)
+    backend = get_backend(backend_name, 1)
     graph = ChannelGraph.build(spec.model, shape)
+    graph.mark_cold(backend.cold_units(graph))  # as profile and prune key it
     lut = Lut.open(path)
     stored = load_calibration(lut, graph.signature())
     assert stored is not None, f"{path} holds no calibration for {name}"
@@ -96,7 +99,6 @@ def run_model(name: str, size: int, fractions: list[float], levels: int, samples
     configs = picks_and_twins(graph, predictor, grid, fractions)
     full = graph.full_widths()
     base = predictor.predict(full)
-    backend = get_backend(backend_name, 1)
     t0 = time.time()
     pairs = measure_widths_beside(graph, backend, [w for _, w in configs], full, desc=name, progress=False)
     rows = []
@@ -109,7 +111,7 @@ def run_model(name: str, size: int, fractions: list[float], levels: int, samples
                      "groups_narrowed": sum(w < full[g] for g, w in widths.items())})
     return {"model": name, "input": list(shape), "lut": str(path), "fractions": fractions,
             "calibration": {"scale": calibration.scale, "offset_ms": calibration.offset_ms},
-            "rows": rows, "summary": summary(rows), "measure_s": round(time.time() - t0, 1),
+            "cold_units": sum(u.base.cold for u in graph.units), "rows": rows, "summary": summary(rows), "measure_s": round(time.time() - t0, 1),
             "fingerprint": backend.fingerprint(), "date": time.strftime("%Y-%m-%d")}
 
 
@@ -141,18 +143,20 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=6, help="as zoo.py profiles, where no LUT exists")
     parser.add_argument("--force", action="store_true", help="measure models already in the result file again")
     parser.add_argument("--table", action="store_true", help="print the markdown table of the result file")
+    parser.add_argument("--tag", help="suffix of the result file, e.g. the code's state")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    path = RESULTS.with_name(f"{RESULTS.stem}_{args.tag}.json") if args.tag else RESULTS
+    results = json.loads(path.read_text()) if path.is_file() else {}
     if args.table:
         print(table(results))
         return
     fractions = [float(f) for f in args.fractions.split(",")]
     for name in args.models.split(","):
         if name in results and not args.force:
-            print(f"{name}: already in {RESULTS.name} (--force measures it again)")
+            print(f"{name}: already in {path.name} (--force measures it again)")
             continue
         results[name] = run_model(name, args.size, fractions, args.levels, args.calibration_samples)
-        write_json(RESULTS, results)
+        write_json(path, results)
         s = results[name]["summary"]
         print(f"{name}: picks {s['pick_median_ratio']:.3f}, random twins {s['random_median_ratio']:.3f} "
               "(measured / predicted, medians)", flush=True)

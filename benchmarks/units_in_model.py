@@ -6,7 +6,7 @@ On ort-cpu (1 thread): the model is exported to ONNX and run ``--runs`` times un
 Runtime's profiler; each node's kernel time is attributed to the latency unit whose
 module it belongs to (by the node's name, which carries the module path), and compared
 with that unit timed alone the way the LUT times it (``OrtCpuBackend.measure_unit``), and
-with ``--cold K`` as ``K`` copies run in turn, its weights out of the caches (:func:`copies`).
+with ``--cold K`` as ``K`` copies run in turn, its weights out of the caches (:func:`latprune.latency_lut.backends.ort_cpu.copies`).
 A ratio above 1 is context the LUT key does not hold: weights that stream from memory
 inside a large model but stay in cache when a unit is timed alone, layouts, fusions.
 The kernels no unit owns are summed by op type beside them (``outside_units_ms``): what the
@@ -137,43 +137,6 @@ def _owners_beside(owners: list[str | None]) -> list[tuple[str | None, str | Non
     return list(zip(before, reversed(after)))
 
 
-def copies(unit: bytes, k: int) -> bytes:
-    """``k`` copies of a one-unit ONNX graph side by side, each with its own weights, all reading
-    the same inputs: run in turn, each copy's weights have left the caches when it runs again
-    (where ``k`` times the unit's weights exceed them), as a layer's do inside a model whose
-    weights exceed them."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load_from_string(unit)
-    graph = model.graph
-    shared = {i.name for i in graph.input}
-    nodes, inits, outputs = [], [], []
-    for c in range(k):
-        def renamed(name: str) -> str:
-            return name if name in shared or not name else f"c{c}_{name}"
-
-        for init in graph.initializer:
-            array = numpy_helper.to_array(init)
-            inits.append(numpy_helper.from_array(array * (1 + 1e-3 * c) if array.dtype.kind == "f" else array,
-                                                 renamed(init.name)))
-        for index, node in enumerate(graph.node):
-            prefix = "aux_" if node.name.startswith("aux_") else ""  # left out of the kernel time, as alone
-            copy = helper.make_node(node.op_type, [renamed(n) for n in node.input], [renamed(n) for n in node.output],
-                                    name=f"{prefix}c{c}_{index}_{node.op_type}", domain=node.domain)
-            copy.attribute.extend(node.attribute)
-            nodes.append(copy)
-        for out in graph.output:
-            value = onnx.ValueInfoProto()
-            value.CopyFrom(out)
-            value.name = renamed(out.name)
-            outputs.append(value)
-    merged = helper.make_model(helper.make_graph(nodes, "copies", list(graph.input), outputs, inits),
-                               opset_imports=model.opset_import, producer_name="latprune")
-    merged.ir_version = model.ir_version
-    return merged.SerializeToString()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="torchvision:vit_b_16")
@@ -186,7 +149,7 @@ def main() -> None:
 
     from latprune.graph.channels import ChannelGraph
     from latprune.latency_lut.backends import get_backend
-    from latprune.latency_lut.backends.ort_cpu import kernel_latency, unit_onnx
+    from latprune.latency_lut.backends.ort_cpu import copies, kernel_latency, unit_onnx
     from latprune.runtime.onnx import to_onnx_bytes
     from latprune.specs import load_model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -568,3 +569,35 @@ def test_a_large_export_waits_on_disk_between_passes_and_is_removed_with_its_pas
     del once
     gc.collect()
     assert not any(os.path.exists(d) for d in spilled)
+
+
+def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_cold(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Inside a model whose weights overflow the last-level cache, each layer's weights stream from
+    memory on every run; timed alone, a unit keeps them cached. The heavy units are keyed ``cold``,
+    timed as copies with weights of their own run in turn, and the prune predicts with those keys."""
+    import latprune
+    from latprune.latency_lut.backends import ort_cpu
+
+    backend = get_backend("ort-cpu", 1)
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    assert backend.cold_units(graph) == frozenset()  # a few kilobytes of weights: cached, timed warm
+    monkeypatch.setattr(ort_cpu, "last_level_cache_bytes", lambda: 16 * 1024)  # as if the cache held 16 KiB
+    cold = backend.cold_units(graph)
+    heavy = {u.name for u in graph.units if 4 * u.base.weights >= 1024}
+    assert cold == heavy and cold and len(cold) < len(graph.units)
+    key = next(u.base for u in graph.units if u.name in cold)
+    assert ort_cpu.copies_to_evict(4 * key.weights, 16 * 1024) >= 2
+    assert LayerKey.parse(replace(key, cold=True).text).cold and "cold" not in key.text  # old keys read as before
+
+    lut = latprune.profile(tiny_resnet(), TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "c.lut",
+                           levels=1, passes=1, calibration_samples=2, progress=False)
+    graph.mark_cold(cold)
+    with Lut.open(lut.path) as store:
+        keys = [k for k, _ in store.items()]
+        assert any(k.cold for k in keys) and any(not k.cold for k in keys)
+        assert all(store.get(k).median_ms > 0 for k in keys if k.cold)
+        assert store.calibrations()[graph.signature()]["cold_units"] == sorted(cold)
+        calibration, grid = load_calibration(store, graph.signature())  # what a prune of the model finds
+        predictor = Predictor(store, graph, calibration)
+        assert not predictor.missing(grid_keys(graph, grid)) and predictor.predict(graph.full_widths()) > 0

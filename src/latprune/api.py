@@ -109,6 +109,7 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     runner = get_backend(backend, threads)
     graph = ChannelGraph.build(module, shape)
     graph.verify()
+    graph.mark_cold(runner.cold_units(graph))
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
                        progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine,
                        lowrank=lowrank)
@@ -127,8 +128,9 @@ def fidelity(model: nn.Module, example_input: torch.Tensor | Sequence[int], lut:
     from latprune.latency_lut.fidelity import fidelity as score
 
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
-    graph = ChannelGraph.build(_module(model), _input_shape(example_input))
     backend = get_backend(table.backend, table.threads)
+    graph = ChannelGraph.build(_module(model), _input_shape(example_input))
+    graph.mark_cold(backend.cold_units(graph))
     with open_for_backend(table.path, backend, writable=False) as store:
         return score(graph, store, backend, samples, _name(model, name), seed, progress=progress, blocks=blocks,
                      beside=beside)

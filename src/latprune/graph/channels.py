@@ -270,6 +270,12 @@ class ChannelGraph:
         text = "|".join(f"{u.name}:{u.base.text}:{u.in_group}:{u.out_group}{_input_text(u)}" for u in self.units)
         return hashlib.sha256(f"{self.input_shape}|{text}".encode()).hexdigest()[:16]
 
+    def mark_cold(self, names: frozenset[str]) -> ChannelGraph:
+        """Key the units ``names`` as timed with their weights out of the caches
+        (:attr:`LayerKey.cold`, what :meth:`Backend.cold_units` finds); this graph, changed."""
+        self.units = [replace(u, base=replace(u.base, cold=True)) if u.name in names else u for u in self.units]
+        return self
+
     def full_widths(self) -> dict[int, int]:
         return {g.id: g.size for g in self.groups}
 

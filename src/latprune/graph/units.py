@@ -33,7 +33,7 @@ ACTIVATIONS = {
 
 # Fields added after LUTs were first written: left out of a key's text at their default, so
 # that the keys of convolutions and linear layers read as they always have.
-_OMITTED_AT_DEFAULT = ("head_dim",)
+_OMITTED_AT_DEFAULT = ("head_dim", "cold")
 
 
 @dataclass(frozen=True, order=True)
@@ -57,6 +57,7 @@ class LayerKey:
     act: str = ""                 # activation fused at the end ("" for none)
     dtype: str = "float32"
     head_dim: int = 0             # attention: each head's width (its embedding width is ``cin``)
+    cold: bool = False            # timed with its weights out of the caches, as in a model they overflow
 
     @property
     def text(self) -> str:

@@ -237,7 +237,8 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
                 or recalibrate:
             cal, points = run_calibration(graph, lut, backend, grid, calibration_samples, progress)
             stored = {**asdict(cal), "levels": grid.levels, "align": grid.align, "model": model_name,
-                      "fit": FIT_METHOD, "points": points, "spread_pct": points_spread_pct(points)}
+                      "fit": FIT_METHOD, "points": points, "spread_pct": points_spread_pct(points),
+                      "cold_units": sorted(u.name for u in graph.units if u.base.cold)}
             _store_refinement(stored, grid, staircases)
             lut.set_calibration(signature, stored)
         elif refine:  # same grid as stored: no refit, but this refinement's curves and steps are the current ones

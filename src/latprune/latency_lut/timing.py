@@ -29,6 +29,10 @@ class Latency:
     def to_dict(self) -> dict[str, float | int]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
+    def scaled(self, factor: float) -> Latency:
+        """Every time multiplied by ``factor`` (one of ``k`` copies timed together: ``1 / k``)."""
+        return Latency(self.median_ms * factor, self.p10_ms * factor, self.p90_ms * factor, self.repeats)
+
     @classmethod
     def from_samples(cls, samples_ms: list[float]) -> Latency:
         xs = sorted(samples_ms)

@@ -449,10 +449,12 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
+    cold = backend.cold_units(graph)
+    graph.mark_cold(cold)
     start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)
 
     def fresh() -> ChannelGraph:  # a retry starts from the base again
-        return ChannelGraph.build(copy.deepcopy(base_model), input_shape)
+        return ChannelGraph.build(copy.deepcopy(base_model), input_shape).mark_cold(cold)
 
     return run_attempts(start, graph, fresh, lut, backend, config, training, settings, get_method(config))
 

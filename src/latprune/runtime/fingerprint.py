@@ -50,6 +50,21 @@ def cpu_device(info: dict[str, str] | None = None) -> str:
     return f"{name} ({details})" if details else name
 
 
+def last_level_cache_bytes(fallback: int = 32 * 2**20) -> int:
+    """The largest CPU cache Linux reports for CPU 0, in bytes (``fallback`` where it reports none)."""
+    from pathlib import Path
+
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * unit)
+    return max(sizes, default=fallback)
+
+
 def host_fingerprint() -> dict[str, Any]:
     """The parts every backend shares: CPU model, core count, OS, Python."""
     return {

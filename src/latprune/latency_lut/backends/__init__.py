@@ -56,6 +56,12 @@ class Backend(ABC):
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         """End-to-end latency of a whole model as this runtime executes it."""
 
+    def cold_units(self, graph: Any) -> frozenset[str]:
+        """The units of ``graph`` (a :class:`~latprune.graph.channels.ChannelGraph`) whose weights
+        this device streams from memory on every run of the whole model, to be keyed and timed
+        ``cold`` (:attr:`~latprune.graph.units.LayerKey.cold`); none unless the backend says."""
+        return frozenset()
+
     def speed_guard(self) -> SpeedGuard | None:
         """The guard that holds whole-model timings to the machine's usual speed, if
         this backend has one (:class:`~latprune.latency_lut.timing.SpeedGuard`)."""
