@@ -7,8 +7,8 @@ For each model of ``torchvision.models.list_models(module=torchvision.models)`` 
 init, nothing downloaded), or those of ``--models``:
 
 1. build: ``torchvision:NAME`` from latprune's registry at 1x3xSxS, S = ``--size`` (64), or
-   the next of 96, 128, 224 where a forward pass at S fails (inception_v3 needs 75) or the
-   ONNX export of the base model does for want of size (AlexNet's adaptive pooling to 6×6
+   the next of 70, 96, 128, 224 where a forward pass at S fails (inception_v3 needs 75, ViT-H/14 a
+   multiple of 14) or the ONNX export of the base model does for want of size (AlexNet's adaptive pooling to 6×6
    exports only where 6 divides its feature map: 224); the row says which sizes failed and why;
 2. profile: ``latprune.profile`` on ort-cpu, 1 thread, ``--levels`` width levels, 1 pass,
    ``--calibration-samples`` (6), into ``benchmarks/luts/zoo/`` (a killed profile resumes);
@@ -50,7 +50,8 @@ from results_io import write_json  # noqa: E402
 HERE = Path(__file__).resolve().parent
 BACKEND, THREADS = "ort-cpu", 1
 BUDGET = "0.6x"
-NEXT_SIZES = (96, 128, 224)  # tried in turn where the model does not run, or not export, at --size
+NEXT_SIZES = (70, 96, 128, 224)  # tried in turn where the model does not run, or not export, at --size
+# (70: the smallest multiple of ViT-H/14's patch above 64; 224 gives it 257 tokens)
 SIZE_BOUND_EXPORT = ("not factor of input size",)  # ONNX export failures that a larger input can cure
 TP_RATIO = 0.4               # Torch-Pruning's channel ratio removed: about a 0.6x model
 

@@ -28,10 +28,10 @@ class ExternalOnnx(bytes):
     """A serialised ONNX graph (these bytes) whose initializers live in one external data file:
     ``data`` is that file's content, ``location`` its name beside the graph."""
 
-    data: bytes
+    data: bytes | bytearray
     location: str
 
-    def __new__(cls, graph: bytes, data: bytes, location: str = DATA_LOCATION) -> ExternalOnnx:
+    def __new__(cls, graph: bytes, data: bytes | bytearray, location: str = DATA_LOCATION) -> ExternalOnnx:
         obj = super().__new__(cls, graph)
         obj.data, obj.location = data, location
         return obj
@@ -53,21 +53,51 @@ def needs_external_data(model: nn.Module) -> bool:
 
 
 def exported_external(export_to: Callable[[str], None]) -> ExternalOnnx:
-    """The :class:`ExternalOnnx` of a model that ``export_to(path)`` exports to an ONNX file
-    (an exporter may spread the weights over a file per tensor beside it): loaded and saved again
-    with every initializer in one data file, in a temporary directory removed afterwards."""
+    """The :class:`ExternalOnnx` of a model that ``export_to(path)`` exports to an ONNX file (an
+    exporter may spread the weights over a file per tensor beside it, or keep them inline): the
+    graph loaded without its external weights, and every weight of 1 KiB or more copied, tensor by
+    tensor, into one block, in a temporary directory removed afterwards. The weights are never
+    held twice: ViT-H/14's 2.4 GiB went past a 22 GiB address-space limit when the model was
+    loaded whole and saved again."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="latprune-onnx-") as tmp:
-        first = os.path.join(tmp, "export", "model.onnx")
-        os.makedirs(os.path.dirname(first))
-        export_to(first)
-        proto = onnx.load(first, load_external_data=True)
-        one = os.path.join(tmp, "model.onnx")
-        onnx.save_model(proto, one, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=DATA_LOCATION, size_threshold=1024)
-        del proto
-        return ExternalOnnx(Path(one).read_bytes(), Path(tmp, DATA_LOCATION).read_bytes())
+        path = os.path.join(tmp, "model.onnx")
+        export_to(path)
+        proto = onnx.load(path, load_external_data=False)
+        moved = [(t, _weight_place(t, tmp)) for t in proto.graph.initializer]
+        moved = [(t, place) for t, place in moved if place is not None]
+        data = bytearray(sum(size for _, (_, _, size) in moved))
+        offset = 0
+        for tensor, (file, start, size) in moved:
+            if file is None:
+                data[offset:offset + size] = tensor.raw_data
+                tensor.ClearField("raw_data")
+            else:
+                with open(file, "rb") as fh:
+                    fh.seek(start)
+                    fh.readinto(memoryview(data)[offset:offset + size])
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", DATA_LOCATION), ("offset", str(offset)), ("length", str(size))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += size
+        return ExternalOnnx(proto.SerializeToString(), data)
+
+
+def _weight_place(tensor: object, folder: str) -> tuple[str | None, int, int] | None:
+    """Where an initializer's bytes are: (its external file, offset, length), (None, 0, length)
+    for inline raw data of 1 KiB or more, or None for a small one, left inline."""
+    import onnx
+
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:  # type: ignore[attr-defined]
+        place = {e.key: e.value for e in tensor.external_data}  # type: ignore[attr-defined]
+        file = os.path.join(folder, place["location"])
+        size = int(place["length"]) if "length" in place else os.path.getsize(file) - int(place.get("offset", 0))
+        return file, int(place.get("offset", 0)), size
+    size = len(tensor.raw_data)  # type: ignore[attr-defined]
+    return (None, 0, size) if size >= 1024 else None
 
 
 def with_graph(model: bytes, graph: bytes) -> bytes:
