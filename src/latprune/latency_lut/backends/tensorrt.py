@@ -54,9 +54,10 @@ class TensorRTBackend(Backend):
         return self.measure_onnx(onnx, self.model_timing)
 
     def measure_artifact(self, path: str) -> Latency:
-        if path.endswith(".onnx"):
-            with open(path, "rb") as fh:
-                return self.measure_onnx(fh.read(), self.model_timing)
+        if path.endswith(".onnx"):  # with its external data, where it has some
+            from latprune.runtime.large_onnx import read_onnx
+
+            return self.measure_onnx(read_onnx(path), self.model_timing)
         with open(path, "rb") as fh:  # a serialised engine
             return time_cuda(TrtRunner(fh.read()).enqueue, self.model_timing)
 
