@@ -42,10 +42,13 @@ def test_table_has_a_line_per_row_failed_or_not(zoo):
     failed = {"input": [1, 3, 64, 64], "steps_s": {"build": 0.5, "profile": 2.0},
               "failed": {"step": "profile", "error": "SpecError: cannot prune a | b"},
               "tp": {"status": "error", "stage": "trace", "error": "ZeroDivisionError: integer division"}}
-    lines = zoo.table({"squeezenet1_0": ok, "shufflenet_v2_x0_5": failed}).splitlines()
-    assert len(lines) == 4
+    beside = {**ok, "export": {**ok["export"], "beside_base": {"base_ms": 1.1, "bundle_ms": 0.62, "ratio": 0.564,
+                                                               "budget_met": True}}}
+    lines = zoo.table({"squeezenet1_0": ok, "shufflenet_v2_x0_5": failed, "squeezenet1_1": beside}).splitlines()
+    assert len(lines) == 5
     assert "| 0.650 | met / missed | 5 of 25 |" in lines[2] and lines[2].endswith("| ok |")
     assert "profile: SpecError: cannot prune a \\| b" in lines[3] and "trace: ZeroDivisionError" in lines[3]
+    assert "| met / missed (0.56x beside the base: met) |" in lines[4]  # alone over, beside the base under
 
 
 def test_an_export_that_fails_for_want_of_size_is_told_apart(zoo):
