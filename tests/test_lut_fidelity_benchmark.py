@@ -105,7 +105,9 @@ def test_calibration_terms_fit_each_form_leaving_one_configuration_out():
     row = {"model": "mobilenet_v3_small", "size": 32, "input": [1, 3, 32, 32], "points": points,
            "repeat": {"median_abs_pct": 0.0, "within_5_pct": 1.0, "within_10_pct": 1.0, "spearman": 1.0},
            "spread_pct": 0.0}
-    scored = terms.score_row(row, terms.last_level_cache_bytes())
+    from latprune.runtime.fingerprint import last_level_cache_bytes
+
+    scored = terms.score_row(row, last_level_cache_bytes())
     assert set(scored["forms"]) == {"linear", "weights", "weights_over_cache", "excitation"}  # no LUT on disk
     assert scored["forms"]["linear"]["median_abs_pct"] < 1e-6 and scored["forms"]["linear"]["within_5_pct"] == 1.0
     assert 0 < scored["weights_mib"][0] < scored["weights_mib"][1]
