@@ -154,6 +154,7 @@ def bundle_beside_base(artifact: Path, spec: Any) -> dict[str, float | bool]:
     """The bundle's ONNX file measured in passes interleaved with the base model, as the prune
     measures its candidates: their ratio, which a relative budget bounds, does not move with the
     machine's speed at the moment. The bundle's own figure (``latency_ms``) is one measurement alone."""
+    from latprune.budget import parse_budget
     from latprune.latency_lut.backends import get_backend
     from latprune.latency_lut.profile import measure_beside, model_pass
 
@@ -162,7 +163,7 @@ def bundle_beside_base(artifact: Path, spec: Any) -> dict[str, float | bool]:
                                    lambda: backend.measure_artifact(str(artifact))])
     ratio = pruned.median_ms / base.median_ms
     return {"base_ms": base.median_ms, "bundle_ms": pruned.median_ms, "ratio": ratio,
-            "budget_met": ratio <= float(BUDGET.rstrip("x"))}
+            "budget_met": ratio <= parse_budget(BUDGET).value}
 
 
 def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:

@@ -24,7 +24,8 @@ def predict_run(run_dir: Path, lut_path: str, backend: Backend, base: nn.Module 
     graph = ChannelGraph.build(run.model, run.input_shape)
     with open_for_backend(lut_path, backend, writable=False) as lut:
         stored = load_calibration(lut, run.plan.signature)  # the base model's fit
-        graph.mark_cold(frozenset(lut.calibration(run.plan.signature).get("cold_units", [])) if stored else frozenset())
+        record = lut.calibration(run.plan.signature) or {}
+        graph.mark_cold(frozenset(record.get("cold_units", [])))  # the units its prune keyed cold
         predictor = Predictor(lut, graph, stored[0] if stored else None)
         ms = predictor.predict(graph.full_widths())
     return {"predicted_ms": ms, "calibrated": stored is not None}

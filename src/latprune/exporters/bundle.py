@@ -189,7 +189,7 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
     from latprune._io import atomic_write_bytes
     from latprune.exporters.onnx import PARITY_TOL, export_onnx, max_abs_diff, parity_inputs
     from latprune.exporters.tensorrt import TrtArtifactRunner, calibration_batches
-    from latprune.runtime.large_onnx import ExternalOnnx
+    from latprune.runtime.large_onnx import read_onnx
     from latprune.runtime.tensorrt import EngineConfig, build_engine, require_tensorrt, trt
 
     require_tensorrt()
@@ -204,10 +204,7 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
                           dynamic_batch=(1, batch, options.max_batch) if options.dynamic_batch else None)
     calibration = (calibration_batches(options.data, run.input_shape, options.calibration_batches)
                    if options.int8 and options.data else None)
-    graph = (staging / "model.onnx").read_bytes()
-    if onnx_report.external_data:
-        graph = ExternalOnnx(graph, (staging / onnx_report.external_data).read_bytes(), onnx_report.external_data)
-    engine = build_engine(graph, config, calibration)
+    engine = build_engine(read_onnx(staging / "model.onnx"), config, calibration)
     atomic_write_bytes(staging / "model.engine", engine)
     runner = TrtArtifactRunner(staging / "model.engine", config.precision)
     inputs = parity_inputs(run.input_shape, options.dynamic_batch, options.max_batch)

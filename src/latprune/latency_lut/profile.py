@@ -28,6 +28,7 @@ from latprune.latency_lut.staircase import refine as refine_grid
 from latprune.latency_lut.store import Lut
 from latprune.latency_lut.timing import Latency, fastest_over_passes, points_spread_pct
 from latprune.runtime.fingerprint import check_compatible
+from latprune.runtime.large_onnx import onnx_size
 
 DEFAULT_LEVELS = 8
 SPILL_BYTES = 256 << 20  # a whole model's export larger than this waits on disk between passes
@@ -279,12 +280,15 @@ def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int
     since (trained, slimmed)."""
     if (model is None) == (make is None):
         raise ValueError("model_pass takes a model or a maker of one")
-    build: Callable[[], nn.Module] = make if make is not None else (lambda: model)  # type: ignore[assignment,return-value]
-    held: dict[str, Any] = {}
+    held: dict[str, Any] = {} if model is None else {"model": model}
+
+    def model_now() -> nn.Module:  # the model given, or built from its maker
+        return held["model"] if "model" in held else make()  # type: ignore[misc]
+
     if type(backend).measure_export is Backend.measure_export:  # it times the PyTorch model
         def torch_pass() -> Latency:
             if "torch" not in held:
-                held["torch"] = build()
+                held["torch"] = model_now()
             return backend.measure_model(held["torch"], input_shape)
         return torch_pass
 
@@ -297,26 +301,20 @@ def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int
             return backend.measure_model(held["torch"], input_shape)
         from latprune.runtime.onnx import to_onnx_bytes
 
-        slim = build()
+        slim = model_now()
         onnx = to_onnx_bytes(slim, input_shape)
+        held.pop("model", None)  # exported: the bytes are all a pass needs
         latency = backend.measure_export(onnx)
         if latency is None:  # the backend times this model as PyTorch after all
             held["torch"] = slim
             return backend.measure_model(slim, input_shape)
-        if onnx_bytes(onnx) > SPILL_BYTES:
+        if onnx_size(onnx) > SPILL_BYTES:
             held["file"] = _spilled(once, onnx)
         else:
             held["onnx"] = onnx
         return latency
 
     return once
-
-
-def onnx_bytes(onnx: bytes) -> int:
-    """An ONNX model's size in memory, its external data included."""
-    from latprune.runtime.large_onnx import ExternalOnnx
-
-    return onnx.total_bytes if isinstance(onnx, ExternalOnnx) else len(onnx)
 
 
 def _spilled(owner: Callable[[], Latency], onnx: bytes) -> str:

@@ -41,6 +41,11 @@ class ExternalOnnx(bytes):
         return len(self) + len(self.data)
 
 
+def onnx_size(model: bytes) -> int:
+    """An ONNX model's size in bytes, its external data included."""
+    return model.total_bytes if isinstance(model, ExternalOnnx) else len(model)
+
+
 def weight_bytes(model: nn.Module) -> int:
     """What ``model``'s parameters and buffers weigh in memory, in bytes."""
     tensors = [*model.parameters(), *model.buffers()]
@@ -57,8 +62,8 @@ def exported_external(export_to: Callable[[str], None]) -> ExternalOnnx:
     exporter may spread the weights over a file per tensor beside it, or keep them inline): the
     graph loaded without its external weights, and every weight of 1 KiB or more copied, tensor by
     tensor, into one block, in a temporary directory removed afterwards. The weights are never
-    held twice: ViT-H/14's 2.4 GiB went past a 22 GiB address-space limit when the model was
-    loaded whole and saved again."""
+    held twice: loading the model whole and saving it again holds ViT-H/14's 2.4 GiB several
+    times over, past a 22 GiB address-space limit."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="latprune-onnx-") as tmp:

@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from latprune.errors import BackendError, ExportError, SpecError
-from latprune.runtime.large_onnx import ExternalOnnx, check_external, exported_external, needs_external_data, with_graph
+from latprune.runtime.large_onnx import (
+    ExternalOnnx,
+    check_external,
+    exported_external,
+    needs_external_data,
+    onnx_size,
+    with_graph,
+)
 from latprune.runtime.ort import make_session
 
 OPSET = 17           # TorchScript exporter
@@ -214,9 +221,8 @@ def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 
         import onnx
 
         opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
-        size = data.total_bytes if isinstance(data, ExternalOnnx) else len(data)
         external = data.location if isinstance(data, ExternalOnnx) else None
-        return OnnxReport(path, int(opset), worst, size, name, dynamic_batch, None,
+        return OnnxReport(path, int(opset), worst, onnx_size(data), name, dynamic_batch, None,
                           in_shape, out_shape, tuple(sorted({int(x.shape[0]) for x in inputs})), external), data
 
     if exporter == "auto":

@@ -28,7 +28,7 @@ each copy's weights have left the cache when it runs again
 (:func:`copies`). Timed warm, a knapsack keeps the heavy layers it thinks
 cheap and its picks measured 9% over their prediction on ResNet-101 at
 64×64, against −2% for random configurations of the same prediction
-(``benchmarks/results/pick_bias_ort-cpu_1t.json``).
+(``benchmarks/results/pick_bias_ort-cpu_1t_warm.json``; ``_cold.json`` after).
 """
 
 from __future__ import annotations
