@@ -397,3 +397,22 @@ def test_a_bundle_carries_its_external_weights(external_weights: None, model_fil
     (out / "model.onnx.data").write_bytes(b"damaged")
     with pytest.raises(Exception, match="model.onnx.data"):
         load_bundle(out)
+
+
+def test_parity_scales_with_the_outputs_and_still_refuses_a_real_difference(tmp_path: Path) -> None:
+    """A random-init Inception-v3's logits reach 1e9, where fp32 rounding alone differs by 1e3: the
+    bound grows with the largest output; an offset of 2e-3 on outputs of order one is still refused."""
+    from latprune.exporters.onnx import export_onnx, parity, parity_inputs
+
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    large = torch.nn.Sequential(model, torch.nn.Linear(10, 10)).eval()
+    with torch.no_grad():
+        large[1].weight.mul_(1e9)
+    report = export_onnx(large, TINY_INPUT, tmp_path / "large.onnx", exporter="torchscript")
+    assert report.max_abs_ref > 1e8 and report.max_abs_diff <= 1e-4 + 1e-5 * report.max_abs_ref
+    inputs = parity_inputs(TINY_INPUT, False, 1)
+    with torch.no_grad():
+        offset = parity(model, lambda x: model(torch.from_numpy(x)).numpy() + 2e-3, inputs)
+        same = parity(model, lambda x: model(torch.from_numpy(x)).numpy(), inputs)
+    assert not offset.within() and "2.00e-03" in offset.describe() and same.within()

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "latprune"
 # Bottom to top; a module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, ...]] = [
     ("latprune", "latprune.errors", "latprune._io", "latprune._progress", "latprune.budget", "latprune.stats",
-     "latprune.parallel"),
+     "latprune.parallel", "latprune.parity"),
     ("latprune.graph", "latprune.runtime", "latprune.models"),
     ("latprune.latency_lut",),
     ("latprune.pruner", "latprune.data", "latprune.train"),

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, noisy_calibration
+from latprune.parity import tolerance_text
 
 STALE_CALIBRATION_GAP = 0.05  # refit's share within ±10% this much above stored's: advise re-calibrating
 # ... unless the measurements scatter (spread above NOISY_SPREAD_PCT) and even the refit leaves
@@ -239,7 +240,8 @@ def bundle_text(r: dict[str, Any]) -> str:
         how += f", opset {exp['opset']}"
     if exp.get("fallback_reason"):
         how += f" (dynamo exporter failed: {exp['fallback_reason'][:120]})"
-    tol = (f" (≤ {par['tol']:.0e}: {'passed' if par['passed'] else 'FAILED'})" if par["tol"] is not None
+    tol = (f" (≤ {tolerance_text(par['tol'], par.get('rtol'))}: {'passed' if par['passed'] else 'FAILED'})"
+           if par["tol"] is not None
            else " (reported, not enforced)")
     lines = [
         f"wrote {r['format']} bundle {r['path']}: {', '.join(r['files'])}, bundle.json, README.md",

@@ -32,6 +32,7 @@ import numpy as np
 from latprune._io import atomic_write_json, atomic_write_text, move_into_place
 from latprune.errors import ExportError, RunDirError, SpecError
 from latprune.latency_lut.timing import Latency, TimingConfig
+from latprune.parity import PARITY_RTOL, Parity, tolerance_text
 
 SCHEMA = "latprune-bundle"
 SCHEMA_VERSION = 1
@@ -122,9 +123,13 @@ class Format:
 # --------------------------------------------------------------------------- formats
 
 
-def _parity(worst: float | None, tol: float | None, batches: tuple[int, ...], reference: str) -> dict[str, Any]:
-    return {"max_abs_diff": worst, "tol": tol, "passed": None if tol is None or worst is None else worst <= tol,
-            "reference": reference, "inputs": "standard normal, seed 0", "batches": list(batches)}
+def _parity(found: Parity, tol: float | None, batches: tuple[int, ...], reference: str) -> dict[str, Any]:
+    """bundle.json's parity: faithful when ``max_abs_diff <= tol + rtol * max_abs_ref``;
+    no ``tol`` (a reduced-precision engine) reports without a verdict."""
+    return {"max_abs_diff": found.max_abs_diff, "max_abs_ref": found.max_abs_ref, "tol": tol,
+            "rtol": None if tol is None else PARITY_RTOL,
+            "passed": None if tol is None else found.within(tol), "reference": reference,
+            "inputs": "standard normal, seed 0", "batches": list(batches)}
 
 
 def _require_onnxruntime(_: dict[str, Any]) -> None:
@@ -141,7 +146,8 @@ def _build_onnx(run: Any, staging: Path, options: ExportOptions, threads: int, c
     export = {"exporter": r.exporter, "opset": r.opset, "fallback_reason": r.fallback_reason,
               "onnx_checker": "passed (full_check)", "shape_inference": "passed (strict)", "simplified": False,
               "size_bytes": r.size_bytes}
-    return Built(export, _parity(r.max_abs_diff, PARITY_TOL, r.parity_batches, "PyTorch eager fp32 (cpu)"),
+    return Built(export, _parity(Parity(r.max_abs_diff, r.max_abs_ref), PARITY_TOL, r.parity_batches,
+                                 "PyTorch eager fp32 (cpu)"),
                  r.input_shape, r.output_shape, ("model.onnx", *filter(None, [r.external_data])))
 
 
@@ -165,7 +171,8 @@ def _build_aoti(run: Any, staging: Path, options: ExportOptions, threads: int, c
                     dynamic_batch=options.dynamic_batch, max_batch=options.max_batch)
     export = {"exporter": "torch.export + AOTInductor", "device": r.device, "compiled_threads": r.threads,
               "compile_s": r.compile_s, "torch_version": r.torch_version, "size_bytes": r.size_bytes}
-    return Built(export, _parity(r.max_abs_diff, PARITY_TOL, r.parity_batches, f"PyTorch eager fp32 ({r.device})"),
+    return Built(export, _parity(Parity(r.max_abs_diff, r.max_abs_ref), PARITY_TOL, r.parity_batches,
+                                 f"PyTorch eager fp32 ({r.device})"),
                  r.input_shape, r.output_shape, ("model.pt2",))
 
 
@@ -187,7 +194,7 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
     import torch
 
     from latprune._io import atomic_write_bytes
-    from latprune.exporters.onnx import PARITY_TOL, export_onnx, max_abs_diff, parity_inputs
+    from latprune.exporters.onnx import PARITY_TOL, export_onnx, parity, parity_inputs
     from latprune.exporters.tensorrt import TrtArtifactRunner, calibration_batches
     from latprune.runtime.large_onnx import read_onnx
     from latprune.runtime.tensorrt import EngineConfig, build_engine, require_tensorrt, trt
@@ -210,13 +217,12 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
     inputs = parity_inputs(run.input_shape, options.dynamic_batch, options.max_batch)
     model = run.model.to("cuda")
     try:
-        worst = max_abs_diff(model, lambda x: runner(x)[0], inputs, "cuda")
+        found = parity(model, lambda x: runner(x)[0], inputs, "cuda")
     finally:
         run.model.to("cpu")
     strict = config.precision == "fp32"
-    if strict and not worst <= PARITY_TOL:
-        raise ExportError(f"the TensorRT engine differs from PyTorch by {worst:.2e} (> {PARITY_TOL:.0e}); "
-                          "nothing was written")
+    if strict and not found.within():
+        raise ExportError(f"the TensorRT engine differs from PyTorch by {found.describe()}; nothing was written")
     export = {"exporter": f"ONNX ({onnx_report.exporter}, opset {onnx_report.opset}) → TensorRT ONNX parser",
               "precision": config.precision, "tf32": config.tf32, "tensorrt_version": trt().__version__,
               "gpu": torch.cuda.get_device_name(), "timing_cache": config.timing_cache,
@@ -228,7 +234,7 @@ def _build_tensorrt(run: Any, staging: Path, options: ExportOptions, threads: in
         files += ("calibration.cache",)
     reference = "PyTorch eager fp32 (cuda)" + ("" if strict else f"; {config.precision} engine: reported, not enforced")
     batches = tuple(sorted({int(x.shape[0]) for x in inputs}))
-    return Built(export, _parity(worst, PARITY_TOL if strict else None, batches, reference),
+    return Built(export, _parity(found, PARITY_TOL if strict else None, batches, reference),
                  onnx_report.input_shape, onnx_report.output_shape, files)
 
 
@@ -439,7 +445,7 @@ def readme_text(meta: dict[str, Any]) -> str:
     held = meta["measured"]["budget_met"]
     parity = meta["parity"]
     parity_line = (f"{parity['max_abs_diff']:.2e} max abs diff vs {parity['reference']}"
-                   + (f" (tolerance {parity['tol']:.0e})" if parity["tol"] is not None else ""))
+                   + (f" (tolerance {tolerance_text(parity['tol'], parity.get('rtol'))})" if parity["tol"] is not None else ""))
     snippet = fmt.run_snippet.format(threads=meta["measured"]["threads"], shape=shape,
                                      device=meta["export"].get("device", "cuda"))
     files = "\n".join(f"- `{name}` ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…)"

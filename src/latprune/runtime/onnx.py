@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from latprune.errors import BackendError, ExportError, SpecError
+from latprune.parity import PARITY_RTOL, PARITY_TOL, Parity  # noqa: F401
 from latprune.runtime.large_onnx import (
     ExternalOnnx,
     check_external,
@@ -38,7 +39,6 @@ from latprune.runtime.ort import make_session
 
 OPSET = 17           # TorchScript exporter
 DYNAMO_OPSET = 18    # the dynamo exporter's lowest implemented opset (it up-converts anything lower)
-PARITY_TOL = 1e-4
 EXPORTERS = ("auto", "dynamo", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
@@ -118,7 +118,7 @@ class OnnxReport:
     """What an ONNX export produced and how it was checked.
 
     ``max_abs_diff`` is the worst |ONNX Runtime - PyTorch| over the parity
-    samples (fp32); ``exporter`` is ``"dynamo"`` or ``"torchscript"``, and
+    samples (fp32), ``max_abs_ref`` the largest |PyTorch output| (:class:`~latprune.parity.Parity`); ``exporter`` is ``"dynamo"`` or ``"torchscript"``, and
     ``fallback_reason`` says why the dynamo exporter was not used when
     ``exporter="auto"`` fell back."""
 
@@ -133,6 +133,7 @@ class OnnxReport:
     output_shape: tuple[Any, ...] = ()    # from ONNX shape inference
     parity_batches: tuple[int, ...] = ()  # batch sizes the parity check ran at
     external_data: str | None = None      # the weights' file beside the graph (a model past 2 GiB)
+    max_abs_ref: float = 0.0              # the largest |PyTorch output|, which scales the tolerance
 
 
 def _dims(value_info: Any) -> tuple[Any, ...]:
@@ -174,10 +175,10 @@ def parity_inputs(input_shape: tuple[int, ...], dynamic_batch: bool, max_batch: 
     return xs
 
 
-def max_abs_diff(model: nn.Module, run: Any, inputs: list[torch.Tensor], device: str = "cpu") -> float:
-    """Worst |run(x) - model(x)| over ``inputs``; ``run`` maps a float32 array to the
+def parity(model: nn.Module, run: Any, inputs: list[torch.Tensor], device: str = "cpu") -> Parity:
+    """Compare ``run`` with ``model`` over ``inputs``; ``run`` maps a float32 array to the
     first output array; the reference ``model`` runs on ``device``."""
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     for x in inputs:
         with torch.no_grad():
             ref = model(x.to(device)).cpu().numpy()
@@ -185,7 +186,8 @@ def max_abs_diff(model: nn.Module, run: Any, inputs: list[torch.Tensor], device:
         if got.shape != ref.shape:
             raise ExportError(f"exported model returns shape {got.shape} where PyTorch returns {ref.shape}")
         worst = max(worst, float(np.max(np.abs(ref - got))))
-    return worst
+        scale = max(scale, float(np.max(np.abs(ref))))
+    return Parity(worst, scale)
 
 
 def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 1, tol: float = PARITY_TOL,
@@ -199,7 +201,8 @@ def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 
     ``dynamic_batch`` exports dimension 0 as symbolic, up to ``max_batch``.
     Parity runs on ``samples`` random inputs (and one more at another batch
     size when the batch is dynamic). Raises :class:`ExportError` when a check
-    fails or the max abs diff exceeds ``tol``. ``path`` is only recorded in the report.
+    fails or the max abs diff exceeds ``tol`` plus :data:`PARITY_RTOL` of the largest
+    output (:class:`~latprune.parity.Parity`). ``path`` is only recorded in the report.
     """
     if exporter not in EXPORTERS:
         raise SpecError(f"unknown ONNX exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
@@ -214,16 +217,17 @@ def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 
         data, in_shape, out_shape = check_onnx(raw)
         session = make_session(data, threads)
         feed = session.get_inputs()[0].name
-        worst = max_abs_diff(model, lambda x: session.run(None, {feed: x})[0], inputs)
-        if not worst <= tol:
-            raise ExportError(f"ONNX Runtime output differs from PyTorch by {worst:.2e} (> {tol:.0e}); "
+        found = parity(model, lambda x: session.run(None, {feed: x})[0], inputs)
+        if not found.within(tol):
+            raise ExportError(f"ONNX Runtime output differs from PyTorch by {found.describe(tol)}; "
                               "the exported graph is not faithful")
         import onnx
 
         opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
         external = data.location if isinstance(data, ExternalOnnx) else None
-        return OnnxReport(path, int(opset), worst, onnx_size(data), name, dynamic_batch, None,
-                          in_shape, out_shape, tuple(sorted({int(x.shape[0]) for x in inputs})), external), data
+        return OnnxReport(path, int(opset), found.max_abs_diff, onnx_size(data), name, dynamic_batch, None,
+                          in_shape, out_shape, tuple(sorted({int(x.shape[0]) for x in inputs})), external,
+                          found.max_abs_ref), data
 
     if exporter == "auto":
         try:
