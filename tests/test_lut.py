@@ -583,6 +583,7 @@ def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_col
     graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
     assert backend.cold_units(graph) == frozenset()  # a few kilobytes of weights: cached, timed warm
     monkeypatch.setattr(ort_cpu, "last_level_cache_bytes", lambda: 16 * 1024)  # as if the cache held 16 KiB
+    monkeypatch.setattr(ort_cpu, "MAX_COPIES", 32)  # and at most 32 copies: units of 1 KiB or more evict it
     cold = backend.cold_units(graph)
     heavy = {u.name for u in graph.units if 4 * u.base.weights >= 1024}
     assert cold == heavy and cold and len(cold) < len(graph.units)
@@ -601,3 +602,12 @@ def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_col
         calibration, grid = load_calibration(store, graph.signature())  # what a prune of the model finds
         predictor = Predictor(store, graph, calibration)
         assert not predictor.missing(grid_keys(graph, grid)) and predictor.predict(graph.full_widths()) > 0
+    # Light units too, where enough copies evict the cache: their cold keys are measured, and the
+    # calibration is fitted again (the cold keys are part of the signature it is stored under).
+    monkeypatch.setattr(ort_cpu, "MAX_COPIES", 512)
+    again = latprune.profile(tiny_resnet(), TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "c.lut",
+                             levels=1, passes=1, calibration_samples=2, progress=False)
+    everything = backend.cold_units(graph)
+    assert everything > cold and again.report.measured > 0
+    with Lut.open(lut.path) as store:
+        assert store.calibrations()[graph.mark_cold(everything).signature()]["cold_units"] == sorted(everything)

@@ -59,8 +59,10 @@ UNIT_TIMING = "kernel"
 # Profiled runs per measurement, at most: reading the profiler's JSON trace took more than half of a
 # small unit's measurement at ~1300 runs (ResNet-20 units: 3.2x the time of a wall-clock measurement).
 KERNEL_MAX_RUNS = 300
-COLD_UNIT_SHARE = 16  # in a model whose weights overflow the cache, units with a 16th of it or more are timed cold
-MAX_COPIES = 32       # copies of a cold unit per run, at most (each run then counts as that many samples)
+# Copies of a cold unit per run, at most (each run then counts as that many samples): in a model whose
+# weights overflow the cache, the units whose weights this many copies can evict it with are timed cold
+# (a 32 MiB cache: 128 KiB of weights or more).
+MAX_COPIES = 512
 
 
 def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes:
@@ -136,6 +138,11 @@ def copies_to_evict(weight_bytes: int, cache_bytes: int) -> int:
     """How many copies of a unit with ``weight_bytes`` of weights, run in turn, hold twice the
     cache: 2 to ``MAX_COPIES``."""
     return max(2, min(MAX_COPIES, -(-2 * cache_bytes // max(weight_bytes, 1))))
+
+
+def evicts(weight_bytes: int, cache_bytes: int) -> bool:
+    """Whether ``MAX_COPIES`` copies of a unit with ``weight_bytes`` of weights hold twice the cache."""
+    return MAX_COPIES * weight_bytes >= 2 * cache_bytes
 
 
 def copies(unit: bytes, k: int) -> bytes:
@@ -345,17 +352,18 @@ class OrtCpuBackend(Backend):
         if not key.cold:
             return kernel_latency(unit, self.threads, self.timing)
         k = copies_to_evict(4 * key.weights, last_level_cache_bytes())
-        timing = replace(self.timing, repeats=max(5, self.timing.repeats // k), min_time_s=0.0)
+        timing = replace(self.timing, warmup=max(2, self.timing.warmup // k), repeats=max(5, self.timing.repeats // k),
+                         min_time_s=0.0)
         return kernel_latency(copies(unit, k), self.threads, timing).scaled(1 / k)
 
     def cold_units(self, graph: Any) -> frozenset[str]:
-        """Where the model's weights (fp32) overflow the last-level cache, its units holding a
-        ``COLD_UNIT_SHARE``-th of the cache or more; none otherwise."""
+        """Where the model's weights (fp32) overflow the last-level cache, its units whose weights
+        ``MAX_COPIES`` copies evict it with (:func:`evicts`); none otherwise."""
         cache = last_level_cache_bytes()
         weights = {u.name: 4 * u.base.weights for u in graph.units}
         if sum(weights.values()) <= cache:
             return frozenset()
-        return frozenset(name for name, size in weights.items() if size >= cache // COLD_UNIT_SHARE)
+        return frozenset(name for name, size in weights.items() if evicts(size, cache))
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         from latprune.runtime.onnx import to_onnx_bytes
