@@ -565,10 +565,29 @@ def test_a_large_export_waits_on_disk_between_passes_and_is_removed_with_its_pas
     first, second = once(), once()
     assert len(built) == 1 and first.median_ms > 0 and second.median_ms > 0
     spilled = set(glob.glob(f"{tempfile.gettempdir()}/latprune-pass-*")) - before
-    assert len(spilled) == 1 and os.listdir(next(iter(spilled))) == ["model.onnx"]
+    assert len(spilled) == 1 and sorted(os.listdir(next(iter(spilled)))) == ["model.onnx", "owner.pid"]
     del once
     gc.collect()
     assert not any(os.path.exists(d) for d in spilled)
+
+
+def test_exports_spilled_by_a_killed_process_are_swept(tmp_path: Path) -> None:
+    """A process killed mid-measurement leaves its spilled exports behind; the next spill removes
+    them, and leaves those of processes still running."""
+    import subprocess
+    import sys
+
+    from latprune.latency_lut.profile import SPILL_OWNER, SPILL_PREFIX, sweep_spills
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dirs = {who: tmp_path / f"{SPILL_PREFIX}{who}" for who in ("dead", "live", "unowned")}
+    for who, pid in (("dead", gone.stdout.strip()), ("live", str(os.getpid())), ("unowned", None)):
+        dirs[who].mkdir()
+        (dirs[who] / "model.onnx").write_bytes(b"\0" * 16)
+        if pid is not None:
+            (dirs[who] / SPILL_OWNER).write_text(pid)
+    assert sweep_spills(str(tmp_path)) == [str(dirs["dead"])]
+    assert not dirs["dead"].exists() and dirs["live"].exists() and dirs["unowned"].exists()
 
 
 def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_cold(

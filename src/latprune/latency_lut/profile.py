@@ -317,17 +317,51 @@ def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int
     return once
 
 
+SPILL_PREFIX = "latprune-pass-"
+SPILL_OWNER = "owner.pid"  # the process whose pass a spilled export is
+
+
 def _spilled(owner: Callable[[], Latency], onnx: bytes) -> str:
-    """``onnx`` written to a temporary directory that lives as long as ``owner``: its graph's path."""
+    """``onnx`` written to a temporary directory that lives as long as ``owner``: its graph's path.
+    Those a killed process left (:func:`sweep_spills`) go first."""
     import shutil
     import tempfile
     import weakref
 
     from latprune.runtime.large_onnx import write_onnx
 
-    tmp = tempfile.mkdtemp(prefix="latprune-pass-")
+    sweep_spills(tempfile.gettempdir())
+    tmp = tempfile.mkdtemp(prefix=SPILL_PREFIX)
     weakref.finalize(owner, shutil.rmtree, tmp, True)
+    Path(tmp, SPILL_OWNER).write_text(str(os.getpid()))
     return str(write_onnx(os.path.join(tmp, "model.onnx"), onnx)[0])
+
+
+def sweep_spills(root: str) -> list[str]:
+    """Remove the spilled exports under ``root`` whose process has gone (killed before it could
+    remove them: a ViT-H/14's is 2.4 GB); those of live processes stay. Returns the removed."""
+    import shutil
+
+    removed = []
+    for entry in Path(root).glob(f"{SPILL_PREFIX}*"):
+        try:
+            pid = int((entry / SPILL_OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # being written, or not ours
+        if not _alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(str(entry))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def measure_beside(measures: list[Callable[[], Latency]], on_each: Callable[[], object] | None = None
