@@ -6,7 +6,9 @@ On ort-cpu (1 thread): the model is exported to ONNX and run ``--runs`` times un
 Runtime's profiler; each node's kernel time is attributed to the latency unit whose
 module it belongs to (by the node's name, which carries the module path), and compared
 with that unit timed alone the way the LUT times it (``OrtCpuBackend.measure_unit``), and
-with ``--cold K`` as ``K`` copies run in turn, its weights out of the caches (:func:`latprune.latency_lut.backends.ort_cpu.copies`).
+with ``--cold K`` as ``K`` copies run in turn, its weights out of the caches (:func:`copies`), and
+with ``--flush`` as the LUT times a cold unit, after twice the cache is written and read
+(:func:`latprune.latency_lut.backends.ort_cpu.flushed`).
 A ratio above 1 is context the LUT key does not hold: weights that stream from memory
 inside a large model but stay in cache when a unit is timed alone, layouts, fusions.
 The kernels no unit owns are summed by op type beside them (``outside_units_ms``): what the
@@ -22,6 +24,7 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +42,43 @@ def scope(module: str) -> str:
         run = f"{run}.{part}" if part.isdigit() and run else part
         levels.append(run)
     return "/" + "/".join(levels) + "/"
+
+
+def copies(unit: bytes, k: int) -> bytes:
+    """``k`` copies of a one-unit ONNX graph side by side, each with weights of its own, all
+    reading the same inputs: run in turn, each copy's weights have left the caches when it
+    runs again (where ``k`` times the unit's weights exceed them), as a layer's do inside a
+    model whose weights exceed them. Auxiliary nodes keep their prefix (their time is left out)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(unit)
+    graph = model.graph
+    shared = {i.name for i in graph.input}
+    nodes, inits, outputs = [], [], []
+    for c in range(k):
+        def renamed(name: str) -> str:
+            return name if name in shared or not name else f"c{c}_{name}"
+
+        for init in graph.initializer:
+            array = numpy_helper.to_array(init)
+            inits.append(numpy_helper.from_array(array * (1 + 1e-3 * c) if array.dtype.kind == "f" else array,
+                                                 renamed(init.name)))
+        for index, node in enumerate(graph.node):
+            prefix = "aux_" if node.name.startswith("aux_") else ""
+            copy = helper.make_node(node.op_type, [renamed(n) for n in node.input], [renamed(n) for n in node.output],
+                                    name=f"{prefix}c{c}_{index}_{node.op_type}", domain=node.domain)
+            copy.attribute.extend(node.attribute)
+            nodes.append(copy)
+        for out in graph.output:
+            value = onnx.ValueInfoProto()
+            value.CopyFrom(out)
+            value.name = renamed(out.name)
+            outputs.append(value)
+    merged = helper.make_model(helper.make_graph(nodes, "copies", list(graph.input), outputs, inits),
+                               opset_imports=model.opset_import, producer_name="latprune")
+    merged.ir_version = model.ir_version
+    return merged.SerializeToString()
 
 
 WARMUP = 5  # runs left out: the first runs of a session allocate and pack weights
@@ -144,12 +184,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--cold", type=int, default=0, metavar="K",
                         help="also time each unit as K copies run in turn, its weights cold (cold_ms)")
+    parser.add_argument("--flush", action="store_true",
+                        help="also time each unit as the LUT times a cold one, the caches flushed (flush_ms)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     from latprune.graph.channels import ChannelGraph
     from latprune.latency_lut.backends import get_backend
-    from latprune.latency_lut.backends.ort_cpu import copies, kernel_latency, unit_onnx
+    from latprune.latency_lut.backends.ort_cpu import kernel_latency, unit_onnx
     from latprune.runtime.onnx import to_onnx_bytes
     from latprune.specs import load_model
 
@@ -170,13 +212,17 @@ def main() -> None:
                                   backend.timing).median_ms / args.cold
             row.update(cold_ms=round(cold, 4), weight_mib=round(4 * unit.base.weights / 2**20, 3),
                        cold_ratio=round(inside.get(unit.name, 0.0) / cold, 2) if cold > 0 else None)
+        if args.flush and unit.base.op != "attention":
+            flushed = backend.measure_unit(replace(unit.base, cold=True)).median_ms
+            row.update(flush_ms=round(flushed, 4), weight_mib=round(4 * unit.base.weights / 2**20, 3),
+                       flush_ratio=round(inside.get(unit.name, 0.0) / flushed, 2) if flushed > 0 else None)
         rows.append(row)
     by_op: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"alone_ms": 0.0, "in_model_ms": 0.0})
     for r in rows:
         by_op[r["op"]]["alone_ms"] += r["alone_ms"]
         by_op[r["op"]]["in_model_ms"] += r["in_model_ms"]
     params_mb = sum(p.numel() * p.element_size() for p in graph.model.parameters()) / 2**20
-    result = {"model": args.model, "input": list(spec.input_shape), "runs": args.runs, "cold_copies": args.cold,
+    result = {"model": args.model, "input": list(spec.input_shape), "runs": args.runs, "cold_copies": args.cold, "flush": args.flush,
               "parameters_mib": round(params_mb, 1), "model_kernels_ms": round(total, 3),
               "by_op": {op: {**{k: round(v, 3) for k, v in d.items()},
                              "ratio": round(d["in_model_ms"] / d["alone_ms"], 2)}

@@ -590,11 +590,20 @@ def test_exports_spilled_by_a_killed_process_are_swept(tmp_path: Path) -> None:
     assert not dirs["dead"].exists() and dirs["live"].exists() and dirs["unowned"].exists()
 
 
+def test_a_cold_unit_is_timed_without_the_flush_before_it() -> None:
+    """The flush writes and reads twice the last-level cache before each run (milliseconds); the unit's
+    time is its own kernels', its weights streamed from memory: no faster than warm, far below the flush."""
+    backend = get_backend("ort-cpu", 1)
+    key = LayerKey("conv", 256, 256, (3, 3), padding=(1, 1), in_hw=(4, 4))  # 2.25 MiB of weights
+    warm, cold = backend.measure_unit(key).median_ms, backend.measure_unit(replace(key, cold=True)).median_ms
+    assert 0.9 * warm <= cold < 2.0  # ms; the flush alone takes several
+
+
 def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_cold(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Inside a model whose weights overflow the last-level cache, each layer's weights stream from
     memory on every run; timed alone, a unit keeps them cached. The heavy units are keyed ``cold``,
-    timed as copies with weights of their own run in turn, and the prune predicts with those keys."""
+    timed after a flush of the caches, and the prune predicts with those keys."""
     import latprune
     from latprune.latency_lut.backends import ort_cpu
 
@@ -602,12 +611,13 @@ def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_col
     graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
     assert backend.cold_units(graph) == frozenset()  # a few kilobytes of weights: cached, timed warm
     monkeypatch.setattr(ort_cpu, "last_level_cache_bytes", lambda: 16 * 1024)  # as if the cache held 16 KiB
-    monkeypatch.setattr(ort_cpu, "MAX_COPIES", 32)  # and at most 32 copies: units of 1 KiB or more evict it
+    monkeypatch.setattr(ort_cpu, "COLD_UNIT_SHARE", 16)  # and units of a 16th of it, 1 KiB, or more timed cold
     cold = backend.cold_units(graph)
     heavy = {u.name for u in graph.units if 4 * u.base.weights >= 1024}
     assert cold == heavy and cold and len(cold) < len(graph.units)
     key = next(u.base for u in graph.units if u.name in cold)
-    assert ort_cpu.copies_to_evict(4 * key.weights, 16 * 1024) >= 2
+    flushed = ort_cpu.flushed(ort_cpu.unit_onnx(key, aux_residual=True), 16 * 1024)
+    assert b"aux_write" in flushed and b"aux_fresh" in flushed  # the flush's nodes, left out of the unit's time
     assert LayerKey.parse(replace(key, cold=True).text).cold and "cold" not in key.text  # old keys read as before
 
     lut = latprune.profile(tiny_resnet(), TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "c.lut",
@@ -621,9 +631,9 @@ def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_col
         calibration, grid = load_calibration(store, graph.signature())  # what a prune of the model finds
         predictor = Predictor(store, graph, calibration)
         assert not predictor.missing(grid_keys(graph, grid)) and predictor.predict(graph.full_widths()) > 0
-    # Light units too, where enough copies evict the cache: their cold keys are measured, and the
-    # calibration is fitted again (the cold keys are part of the signature it is stored under).
-    monkeypatch.setattr(ort_cpu, "MAX_COPIES", 512)
+    # Lighter units too: their cold keys are measured, and the calibration is fitted again
+    # (the cold keys are part of the signature it is stored under).
+    monkeypatch.setattr(ort_cpu, "COLD_UNIT_SHARE", 256)
     again = latprune.profile(tiny_resnet(), TINY_INPUT, backend="ort-cpu", threads=1, path=tmp_path / "c.lut",
                              levels=1, passes=1, calibration_samples=2, progress=False)
     everything = backend.cold_units(graph)

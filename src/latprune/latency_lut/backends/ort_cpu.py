@@ -22,10 +22,9 @@ whose time is left out.
 
 A model whose weights overflow the last-level cache streams each layer's
 weights from memory on every run, while a unit timed alone keeps its
-weights cached. Its heavy units (:meth:`OrtCpuBackend.cold_units`) are keyed
-``cold`` and timed as copies with weights of their own, run in turn, so
-each copy's weights have left the cache when it runs again
-(:func:`copies`). Timed warm, a knapsack keeps the heavy layers it thinks
+weights cached. Its units that hold more than a few hundred kilobytes
+(:meth:`OrtCpuBackend.cold_units`) are keyed ``cold`` and timed after twice
+the cache has been written and read (:func:`flushed`). Timed warm, a knapsack keeps the heavy layers it thinks
 cheap and its picks measured 9% over their prediction on ResNet-101 at
 64×64, against −2% for random configurations of the same prediction
 (``benchmarks/results/pick_bias_ort-cpu_1t_warm.json``; ``_cold.json`` after).
@@ -59,10 +58,11 @@ UNIT_TIMING = "kernel"
 # Profiled runs per measurement, at most: reading the profiler's JSON trace took more than half of a
 # small unit's measurement at ~1300 runs (ResNet-20 units: 3.2x the time of a wall-clock measurement).
 KERNEL_MAX_RUNS = 300
-# Copies of a cold unit per run, at most (each run then counts as that many samples): in a model whose
-# weights overflow the cache, the units whose weights this many copies can evict it with are timed cold
-# (a 32 MiB cache: 128 KiB of weights or more).
-MAX_COPIES = 512
+# In a model whose weights overflow the cache, units holding a 256th of it or more (128 KiB of 32 MiB) are timed
+# cold. Lighter ones' weights cost little to stream: timed cold, they mostly pay what the flush leaves behind.
+COLD_UNIT_SHARE = 256
+# Runs of a cold unit: each one writes and reads twice the cache first (~8 ms with 32 MiB).
+COLD_WARMUP, COLD_REPEATS = 3, 20
 
 
 def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes:
@@ -134,52 +134,36 @@ def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes
     return model.SerializeToString()
 
 
-def copies_to_evict(weight_bytes: int, cache_bytes: int) -> int:
-    """How many copies of a unit with ``weight_bytes`` of weights, run in turn, hold twice the
-    cache: 2 to ``MAX_COPIES``."""
-    return max(2, min(MAX_COPIES, -(-2 * cache_bytes // max(weight_bytes, 1))))
-
-
-def evicts(weight_bytes: int, cache_bytes: int) -> bool:
-    """Whether ``MAX_COPIES`` copies of a unit with ``weight_bytes`` of weights hold twice the cache."""
-    return MAX_COPIES * weight_bytes >= 2 * cache_bytes
-
-
-def copies(unit: bytes, k: int) -> bytes:
-    """``k`` copies of a one-unit ONNX graph side by side, each with weights of its own, all
-    reading the same inputs: run in turn, each copy's weights have left the caches when it
-    runs again (where ``k`` times the unit's weights exceed them), as a layer's do inside a
-    model whose weights exceed them. Auxiliary nodes keep their prefix (their time is left out)."""
+def flushed(unit: bytes, cache_bytes: int) -> bytes:
+    """The one-unit graph with twice the cache written and read back before the unit runs, by
+    auxiliary nodes (their time is left out): the unit finds its weights out of the caches, as
+    a layer does inside a model whose weights exceed them, and its input freshly written, as a
+    layer finds the output of the one before it. Nothing is constant, so nothing is folded away:
+    the flush is an expansion of a sum of the input."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper
 
     model = onnx.load_from_string(unit)
     graph = model.graph
-    shared = {i.name for i in graph.input}
-    nodes, inits, outputs = [], [], []
-    for c in range(k):
-        def renamed(name: str) -> str:
-            return name if name in shared or not name else f"c{c}_{name}"
-
-        for init in graph.initializer:
-            array = numpy_helper.to_array(init)
-            inits.append(numpy_helper.from_array(array * (1 + 1e-3 * c) if array.dtype.kind == "f" else array,
-                                                 renamed(init.name)))
-        for index, node in enumerate(graph.node):
-            prefix = AUX if node.name.startswith(AUX) else ""
-            copy = helper.make_node(node.op_type, [renamed(n) for n in node.input], [renamed(n) for n in node.output],
-                                    name=f"{prefix}c{c}_{index}_{node.op_type}", domain=node.domain)
-            copy.attribute.extend(node.attribute)
-            nodes.append(copy)
-        for out in graph.output:
-            value = onnx.ValueInfoProto()
-            value.CopyFrom(out)
-            value.name = renamed(out.name)
-            outputs.append(value)
-    merged = helper.make_model(helper.make_graph(nodes, "copies", list(graph.input), outputs, inits),
-                               opset_imports=model.opset_import, producer_name="latprune")
-    merged.ir_version = model.ir_version
-    return merged.SerializeToString()
+    x = graph.input[0].name
+    fresh = f"{AUX}x"
+    for node in graph.node:
+        node.input[:] = [fresh if name == x else name for name in node.input]
+    n = max(1, 2 * cache_bytes // 4)
+    zero = helper.make_tensor(f"{AUX}zero", TensorProto.FLOAT, [], [0.0])
+    size = helper.make_tensor(f"{AUX}size", TensorProto.INT64, [1], [n])
+    flush = [
+        helper.make_node("ReduceSum", [x], [f"{AUX}s"], name=f"{AUX}seed", keepdims=0),
+        helper.make_node("Expand", [f"{AUX}s", f"{AUX}size"], [f"{AUX}big"], name=f"{AUX}write"),
+        helper.make_node("ReduceSum", [f"{AUX}big"], [f"{AUX}f"], name=f"{AUX}read", keepdims=0),
+        helper.make_node("Mul", [f"{AUX}f", f"{AUX}zero"], [f"{AUX}z"], name=f"{AUX}nothing"),
+        helper.make_node("Add", [x, f"{AUX}z"], [fresh], name=f"{AUX}fresh"),
+    ]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(flush + nodes)
+    graph.initializer.extend([zero, size])
+    return model.SerializeToString()
 
 
 def _aux_residual_conv(key: LayerKey, out_shape: list[int], init: Any, rng: np.random.Generator) -> Any:
@@ -347,23 +331,21 @@ class OrtCpuBackend(Backend):
 
     def measure_unit(self, key: LayerKey) -> Latency:
         """The unit's kernel time inside ONNX Runtime (see the module docstring); a ``cold`` key's
-        as :func:`copies` of it run in turn, each run's time divided among them."""
+        with the caches flushed before each run (:func:`flushed`)."""
         unit = unit_onnx(key, aux_residual=True)
         if not key.cold:
             return kernel_latency(unit, self.threads, self.timing)
-        k = copies_to_evict(4 * key.weights, last_level_cache_bytes())
-        timing = replace(self.timing, warmup=max(2, self.timing.warmup // k), repeats=max(5, self.timing.repeats // k),
-                         min_time_s=0.0)
-        return kernel_latency(copies(unit, k), self.threads, timing).scaled(1 / k)
+        timing = replace(self.timing, warmup=COLD_WARMUP, repeats=COLD_REPEATS, min_time_s=0.0)
+        return kernel_latency(flushed(unit, last_level_cache_bytes()), self.threads, timing)
 
     def cold_units(self, graph: Any) -> frozenset[str]:
-        """Where the model's weights (fp32) overflow the last-level cache, its units whose weights
-        ``MAX_COPIES`` copies evict it with (:func:`evicts`); none otherwise."""
+        """Where the model's weights (fp32) overflow the last-level cache, its units holding a
+        ``COLD_UNIT_SHARE``-th of the cache or more; none otherwise."""
         cache = last_level_cache_bytes()
         weights = {u.name: 4 * u.base.weights for u in graph.units}
         if sum(weights.values()) <= cache:
             return frozenset()
-        return frozenset(name for name, size in weights.items() if evicts(size, cache))
+        return frozenset(name for name, size in weights.items() if size >= cache // COLD_UNIT_SHARE)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         from latprune.runtime.onnx import to_onnx_bytes
