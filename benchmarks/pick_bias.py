@@ -90,7 +90,7 @@ def run_model(name: str, size: int, fractions: list[float], levels: int, samples
     spec = registered_model(f"torchvision:{name}", shape)
     backend = get_backend(backend_name, 1)
     graph = ChannelGraph.build(spec.model, shape)
-    graph.mark_cold(backend.cold_units(graph))  # as profile and prune key it
+    backend.keyed(graph)  # as profile and prune key it
     lut = Lut.open(path)
     stored = load_calibration(lut, graph.signature())
     assert stored is not None, f"{path} holds no calibration for {name}"

@@ -109,7 +109,7 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     runner = get_backend(backend, threads)
     graph = ChannelGraph.build(module, shape)
     graph.verify()
-    graph.mark_cold(runner.cold_units(graph))
+    runner.keyed(graph)
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
                        progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine,
                        lowrank=lowrank)
@@ -129,8 +129,7 @@ def fidelity(model: nn.Module, example_input: torch.Tensor | Sequence[int], lut:
 
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
     backend = get_backend(table.backend, table.threads)
-    graph = ChannelGraph.build(_module(model), _input_shape(example_input))
-    graph.mark_cold(backend.cold_units(graph))
+    graph = backend.keyed(ChannelGraph.build(_module(model), _input_shape(example_input)))
     with open_for_backend(table.path, backend, writable=False) as store:
         return score(graph, store, backend, samples, _name(model, name), seed, progress=progress, blocks=blocks,
                      beside=beside)

@@ -74,8 +74,7 @@ class AttachedGates:
         self._backend = get_backend(self._table.backend, self._table.threads)
         self._settings = Settings(seed=seed, progress=progress)
         base = _module(model).cpu()  # the model as it is now: what the budget is a fraction of
-        self._graph = ChannelGraph.build(copy.deepcopy(base), shape)
-        self._graph.mark_cold(self._backend.cold_units(self._graph))
+        self._graph = self._backend.keyed(ChannelGraph.build(copy.deepcopy(base), shape))
         with open_for_backend(self._table.path, self._backend, writable=False) as store:
             self._start = prepare(self._graph, base, _name(model, name), store, self._backend, target,
                                   self._settings, since=t0)

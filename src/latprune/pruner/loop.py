@@ -448,9 +448,8 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     then attempts, each from the base, narrower while the export misses."""
     t0 = time.time()
     torch.manual_seed(settings.seed)
-    graph = ChannelGraph.build(copy.deepcopy(base_model), input_shape)  # methods train graph.model in place
-    cold = backend.cold_units(graph)
-    graph.mark_cold(cold)
+    graph = backend.keyed(ChannelGraph.build(copy.deepcopy(base_model), input_shape))  # trained in place
+    cold = frozenset(u.name for u in graph.units if u.base.cold)
     start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)
 
     def fresh() -> ChannelGraph:  # a retry starts from the base again

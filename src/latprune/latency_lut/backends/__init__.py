@@ -62,6 +62,11 @@ class Backend(ABC):
         ``cold`` (:attr:`~latprune.graph.units.LayerKey.cold`); none unless the backend says."""
         return frozenset()
 
+    def keyed(self, graph: Any) -> Any:
+        """``graph`` with its units keyed as this backend times them (:meth:`cold_units`): the
+        graph, changed. Every graph that meets a LUT of this backend is keyed so."""
+        return graph.mark_cold(self.cold_units(graph))
+
     def speed_guard(self) -> SpeedGuard | None:
         """The guard that holds whole-model timings to the machine's usual speed, if
         this backend has one (:class:`~latprune.latency_lut.timing.SpeedGuard`)."""
