@@ -52,6 +52,8 @@ def copies(unit: bytes, k: int) -> bytes:
     import onnx
     from onnx import helper, numpy_helper
 
+    from latprune.latency_lut.backends.ort_cpu import AUX
+
     model = onnx.load_from_string(unit)
     graph = model.graph
     shared = {i.name for i in graph.input}
@@ -65,7 +67,7 @@ def copies(unit: bytes, k: int) -> bytes:
             inits.append(numpy_helper.from_array(array * (1 + 1e-3 * c) if array.dtype.kind == "f" else array,
                                                  renamed(init.name)))
         for index, node in enumerate(graph.node):
-            prefix = "aux_" if node.name.startswith("aux_") else ""
+            prefix = AUX if node.name.startswith(AUX) else ""
             copy = helper.make_node(node.op_type, [renamed(n) for n in node.input], [renamed(n) for n in node.output],
                                     name=f"{prefix}c{c}_{index}_{node.op_type}", domain=node.domain)
             copy.attribute.extend(node.attribute)
@@ -222,7 +224,8 @@ def main() -> None:
         by_op[r["op"]]["alone_ms"] += r["alone_ms"]
         by_op[r["op"]]["in_model_ms"] += r["in_model_ms"]
     params_mb = sum(p.numel() * p.element_size() for p in graph.model.parameters()) / 2**20
-    result = {"model": args.model, "input": list(spec.input_shape), "runs": args.runs, "cold_copies": args.cold, "flush": args.flush,
+    result = {"model": args.model, "input": list(spec.input_shape), "runs": args.runs, "cold_copies": args.cold,
+              "flush": args.flush,
               "parameters_mib": round(params_mb, 1), "model_kernels_ms": round(total, 3),
               "by_op": {op: {**{k: round(v, 3) for k, v in d.items()},
                              "ratio": round(d["in_model_ms"] / d["alone_ms"], 2)}

@@ -228,8 +228,10 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
                          "latency_ms": meta["measured"]["latency_ms"]["median_ms"],
                          "budget_met": meta["measured"]["budget_met"], "beside_base": beside}
         if parity["passed"] is not True:
-            raise RuntimeError(f"ONNX parity {parity['max_abs_diff']:.2e} exceeds "
-                               f"{parity['tol']:.0e} + {parity['rtol']:.0e} x {parity['max_abs_ref']:.2e}")
+            from latprune.parity import Parity
+
+            found = Parity(parity["max_abs_diff"], parity["max_abs_ref"])
+            raise RuntimeError(f"ONNX parity {found.describe(parity['tol'], parity['rtol'])}")
 
     for label, fn in (("build", build), ("profile", profile), ("prune", prune), ("export", export)):
         if not run_step(row, row_file, label, fn):

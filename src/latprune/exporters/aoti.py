@@ -38,7 +38,7 @@ DEVICES = ("cpu", "cuda")
 class AotiReport:
     """What an AOTInductor export produced; ``max_abs_diff`` is the worst
     |package - eager PyTorch| over the parity inputs (fp32), ``max_abs_ref`` the
-    largest |eager output| (:class:`~latprune.runtime.onnx.Parity`)."""
+    largest |eager output| (:class:`~latprune.parity.Parity`)."""
 
     path: str
     device: str
@@ -70,7 +70,7 @@ def export_aoti(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     ``device``, load the package back, compare it with eager PyTorch, then write
     ``path`` atomically. ``threads``: CPU threads compiled into the kernels.
     Raises :class:`ExportError` (and writes nothing) on failure or when the max
-    abs diff exceeds ``tol`` plus a share of the largest output (:class:`~latprune.runtime.onnx.Parity`)."""
+    abs diff exceeds ``tol`` plus a share of the largest output (:class:`~latprune.parity.Parity`)."""
     check_device(device)
     if threads < 1:
         raise SpecError(f"threads must be at least 1, got {threads}")

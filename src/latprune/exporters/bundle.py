@@ -444,8 +444,8 @@ def readme_text(meta: dict[str, Any]) -> str:
     budget = meta["budget"]["ms"]
     held = meta["measured"]["budget_met"]
     parity = meta["parity"]
-    parity_line = (f"{parity['max_abs_diff']:.2e} max abs diff vs {parity['reference']}"
-                   + (f" (tolerance {tolerance_text(parity['tol'], parity.get('rtol'))})" if parity["tol"] is not None else ""))
+    tolerance = f" (tolerance {tolerance_text(parity['tol'], parity.get('rtol'))})" if parity["tol"] is not None else ""
+    parity_line = f"{parity['max_abs_diff']:.2e} max abs diff vs {parity['reference']}{tolerance}"
     snippet = fmt.run_snippet.format(threads=meta["measured"]["threads"], shape=shape,
                                      device=meta["export"].get("device", "cuda"))
     files = "\n".join(f"- `{name}` ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…)"

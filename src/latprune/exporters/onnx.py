@@ -21,10 +21,8 @@ from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
 from latprune.runtime.large_onnx import write_onnx
 from latprune.runtime.onnx import (  # noqa: F401
     EXPORTERS,
-    PARITY_RTOL,
     PARITY_TOL,
     OnnxReport,
-    Parity,
     checked_onnx,
     parity,
     parity_inputs,

@@ -449,11 +449,10 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
     t0 = time.time()
     torch.manual_seed(settings.seed)
     graph = backend.keyed(ChannelGraph.build(copy.deepcopy(base_model), input_shape))  # trained in place
-    cold = frozenset(u.name for u in graph.units if u.base.cold)
     start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)
 
     def fresh() -> ChannelGraph:  # a retry starts from the base again
-        return ChannelGraph.build(copy.deepcopy(base_model), input_shape).mark_cold(cold)
+        return backend.keyed(ChannelGraph.build(copy.deepcopy(base_model), input_shape))
 
     return run_attempts(start, graph, fresh, lut, backend, config, training, settings, get_method(config))
 

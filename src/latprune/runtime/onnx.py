@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from latprune.errors import BackendError, ExportError, SpecError
-from latprune.parity import PARITY_RTOL, PARITY_TOL, Parity  # noqa: F401
+from latprune.parity import PARITY_TOL, Parity
 from latprune.runtime.large_onnx import (
     ExternalOnnx,
     check_external,
@@ -201,7 +201,7 @@ def checked_onnx(model: nn.Module, input_shape: tuple[int, ...], threads: int = 
     ``dynamic_batch`` exports dimension 0 as symbolic, up to ``max_batch``.
     Parity runs on ``samples`` random inputs (and one more at another batch
     size when the batch is dynamic). Raises :class:`ExportError` when a check
-    fails or the max abs diff exceeds ``tol`` plus :data:`PARITY_RTOL` of the largest
+    fails or the max abs diff exceeds ``tol`` plus :data:`~latprune.parity.PARITY_RTOL` of the largest
     output (:class:`~latprune.parity.Parity`). ``path`` is only recorded in the report.
     """
     if exporter not in EXPORTERS:

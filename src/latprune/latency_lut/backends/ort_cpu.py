@@ -22,7 +22,7 @@ whose time is left out.
 
 A model whose weights overflow the last-level cache streams each layer's
 weights from memory on every run, while a unit timed alone keeps its
-weights cached. Its units that hold more than a few hundred kilobytes
+weights cached. Its units holding a 256th of the cache or more
 (:meth:`OrtCpuBackend.cold_units`) are keyed ``cold`` and timed after twice
 the cache has been written and read (:func:`flushed`). Timed warm, a knapsack keeps the heavy layers it thinks
 cheap and its picks measured 9% over their prediction on ResNet-101 at
