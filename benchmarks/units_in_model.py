@@ -94,19 +94,35 @@ FUSED_NAMED_AFTER_TAIL = ACTIVATIONS | {"Conv", "FusedConv", "FusedMatMul", "Mat
 HOPS = 4  # producers walked back from a fused node's named tail to the unit it belongs to
 
 
-def unit_of_node(paths: dict[str, str], graph: Any) -> Callable[[str, str], str | None]:
+def unit_of_node(unit_names: list[str], graph: Any) -> Callable[[str, str], str | None]:
     """The unit a profiled node belongs to: the unit whose module path holds the node's name, or,
     for a node ONNX Runtime fused and named after its tail (a convolution named
     ``…/relu/Relu_output_0_nchwc``, a ``…/act/Mul/QuickGeluFusion/``), the unit of the first
     producer within :data:`HOPS` steps up the exported graph's first inputs that one holds;
-    None where neither finds one."""
+    None where neither finds one. A ``Concat`` node belongs to the concatenation unit anchored
+    (``ANCHOR:cat``) at a node it feeds, and so do the nodes of an anchor that is no other unit
+    (DenseNet's BatchNorm after its concatenation)."""
     by_name = {n.name: n for n in graph.node}
     by_output = {o: n for n in graph.node for o in n.output}
+    readers = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    plain = {name: scope(name) for name in unit_names if not name.endswith(":cat")}
+    cats = {scope(name.removesuffix(":cat")): name for name in unit_names if name.endswith(":cat")}
+    paths = {**plain, **{name: path for path, name in cats.items() if path not in plain.values()}}
 
     def owner(name: str) -> str | None:
         return max((u for u, p in paths.items() if p in name + "/"), key=len, default=None)
 
+    def concat(name: str) -> str | None:
+        node = by_name.get(name)
+        fed = [r for o in (node.output if node is not None else []) for r in readers[o]]
+        return next((cats[p] for r in fed for p in cats if p in r.name + "/"), None)
+
     def find(name: str, op: str) -> str | None:
+        if op == "Concat":
+            return concat(name)
         unit = owner(name)
         if unit is not None or op not in FUSED_NAMED_AFTER_TAIL:
             return unit
@@ -134,7 +150,7 @@ def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
 
     from latprune.runtime.ort import make_session, random_feeds
 
-    find = unit_of_node({name: scope(name) for name in unit_names}, onnx_lib.load_from_string(onnx).graph)
+    find = unit_of_node(unit_names, onnx_lib.load_from_string(onnx).graph)
     with tempfile.TemporaryDirectory() as tmp:
         session = make_session(onnx, 1, profile_prefix=os.path.join(tmp, "model"))
         feeds = random_feeds(session)
@@ -210,7 +226,7 @@ def main() -> None:
                "in_model_ms": round(inside.get(unit.name, 0.0), 4),
                "ratio": round(inside.get(unit.name, 0.0) / alone, 2) if alone > 0 else None}
         if args.cold and unit.base.op != "attention":
-            cold = kernel_latency(copies(unit_onnx(unit.base, aux_residual=True), args.cold), 1,
+            cold = kernel_latency(copies(unit_onnx(unit.base, aux_inputs=True), args.cold), 1,
                                   backend.timing).median_ms / args.cold
             row.update(cold_ms=round(cold, 4), weight_mib=round(4 * unit.base.weights / 2**20, 3),
                        cold_ratio=round(inside.get(unit.name, 0.0) / cold, 2) if cold > 0 else None)

@@ -409,6 +409,31 @@ def test_densenet_concatenations_slim_as_masked_and_as_gated() -> None:
     assert reader.key(widths) == slim_reader.base  # the key at the widths is the slimmed layer's own
 
 
+def test_concatenations_are_units_keyed_by_the_widths_they_join() -> None:
+    """Each concatenation copies every channel it joins: a unit whose input is the groups it
+    joins, with DenseNet's BatchNorm and ReLU after it; at any widths its key is the slimmed
+    model's own. SqueezeNet's Fire modules join two branches with nothing after them."""
+    from torchvision.models import DenseNet, squeezenet1_1
+
+    model = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10).eval()
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    cats = {u.name: u for u in graph.units if u.base.op == "concat"}
+    assert len(cats) == 6  # each layer's input (4) and each block's output (2)
+    second = cats["features.denseblock1.denselayer2.norm1:cat"]
+    assert (second.base.cin, second.base.groups, second.base.bn, second.base.act) == (24, 2, True, "relu")
+    assert second.base.in_hw == (8, 8) and len(second.in_others) == 1 and second.base.weights == 0
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    widths = {g: len(k) for g, k in keep.items()}
+    slimmed = {u.name: u for u in ChannelGraph.build(graph.slim(keep), (1, 3, 32, 32)).units}
+    assert {name: u.key(widths) for name, u in cats.items()} == {name: slimmed[name].base for name in cats}
+    assert second.key(widths).cin == second.key(widths).cout == 12
+
+    fire = ChannelGraph.build(squeezenet1_1(num_classes=10).eval(), (1, 3, 64, 64))
+    joins = [u for u in fire.units if u.base.op == "concat"]
+    assert len(joins) == 8 and all(u.base.groups == 2 and not u.base.bn for u in joins)
+    assert all(u.in_group is not None and len(u.in_others) == 1 for u in joins)
+
+
 def test_a_linear_after_a_flatten_is_keyed_with_every_position_of_its_channels() -> None:
     """A VGG/AlexNet classifier reads each channel of the last feature map once per position."""
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),

@@ -182,3 +182,27 @@ def test_the_closed_loop_converges_when_every_candidate_measures_over_its_predic
     solution, _, measured_ms, history, _ = closed_loop(ctx, solver, lambda widths: full)
     assert measured_ms <= ctx.target_ms and history[-1]["fits"]
     assert len(history) <= 4 and measured_ms >= ctx.target_ms * (1 - 0.05)  # and it uses the budget
+
+
+def test_a_group_a_concatenation_joins_is_charged_what_it_costs_the_layers_it_feeds(tmp_path) -> None:
+    """A DenseNet layer's growth channels are read by every later layer of its block through
+    concatenations: narrowing them saves in each, and the knapsack's linearised cost of the
+    group holds at least the share rule's half of what the prediction saves."""
+    from torchvision.models import DenseNet
+
+    from latprune.pruner.knapsack import _linearised_costs
+
+    model = DenseNet(growth_rate=16, block_config=(4,), num_init_features=32, bn_size=2, num_classes=10)
+    graph = ChannelGraph.build(model.eval(), (1, 3, 32, 32))
+    build_lut(graph, tmp_path / "d.lut", get_backend("fake", threads=1), levels=LEVELS, progress=False,
+              calibration_samples=2)
+    with Lut.open(tmp_path / "d.lut") as lut:
+        predictor = Predictor(lut, graph)
+        options, full = graph.options(Grid(levels=LEVELS)), graph.full_widths()
+        growth = next(g.id for g in graph.groups if g.root == "features.denseblock1.denselayer1.conv2")
+        joined = [u for u in graph.units if growth in dict(u.in_others)]
+        assert len(joined) >= 6  # three later layers, the block's output: their concatenations and readers
+        costs, _ = _linearised_costs(predictor, options, full)
+        narrow = {**full, growth: options[growth][0]}
+        saved = predictor.raw(full) - predictor.raw(narrow)
+        assert costs[growth][-1] - costs[growth][0] >= 0.5 * saved > 0

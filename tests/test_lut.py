@@ -305,7 +305,7 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     from latprune.runtime.ort import make_session
 
     key = LayerKey("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(14, 14), bn=True, add=True, act="relu")
-    session = make_session(unit_onnx(key, aux_residual=True), 1, profile_prefix=str(tmp_path / "p"))
+    session = make_session(unit_onnx(key, aux_inputs=True), 1, profile_prefix=str(tmp_path / "p"))
     assert [i.name for i in session.get_inputs()] == ["x"]  # the residual is computed, not fed
     feeds = {"x": np.zeros((1, 16, 14, 14), np.float32)}
     for _ in range(3):
@@ -321,6 +321,30 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     assert len(per_run) == 3
     kept_us = sum(e["dur"] for e in nodes) - sum(e["dur"] for e in left_out)
     assert sum(per_run) == pytest.approx(kept_us / 1000.0)
+
+
+def test_a_concatenation_unit_times_the_join_and_the_batchnorm_after_it_as_in_a_model() -> None:
+    """Written by convolutions, a concatenation's pieces are NCHWc tensors: ONNX Runtime joins
+    them and runs DenseNet's BatchNorm + ReLU as one more kernel (a convolution on that layout).
+    The unit's time is those two kernels', the convolutions writing its pieces left out; the
+    torch backends join the same pieces."""
+    import torch
+
+    from latprune.latency_lut.backends.ort_cpu import OrtCpuBackend, unit_onnx
+    from latprune.latency_lut.backends.torch_cpu import _UnitModule, unit_inputs
+
+    key = LayerKey("concat", 96, 96, groups=3, in_hw=(8, 8), bn=True, act="relu")
+    assert key.pieces() == [32, 32, 32] and replace(key, cin=100, cout=100).pieces() == [36, 32, 32]
+    ort = OrtCpuBackend(threads=1, timing=TimingConfig(warmup=2, repeats=10, min_time_s=0.0))
+    profile = ort.profile_graph(unit_onnx(key, aux_inputs=True))
+    assert profile.ops == ("Concat", "Conv") and profile.latency.median_ms > 0
+    assert ort.profile_graph(unit_onnx(replace(key, bn=False, act=""), aux_inputs=True)).ops == ("Concat",)
+    module = _UnitModule(key).eval()
+    pieces = unit_inputs(key, module)
+    assert [p.shape[1] for p in pieces] == key.pieces()
+    with torch.no_grad():
+        assert module(*pieces).shape == (1, 96, 8, 8)
+    assert get_backend("torch-cpu", 1).measure_unit(key).median_ms > 0
 
 
 def test_ort_cpu_session_options_leave_the_results_alone() -> None:
@@ -616,7 +640,7 @@ def test_heavy_units_of_a_model_that_overflows_the_cache_are_keyed_and_timed_col
     heavy = {u.name for u in graph.units if 4 * u.base.weights >= 1024}
     assert cold == heavy and cold and len(cold) < len(graph.units)
     key = next(u.base for u in graph.units if u.name in cold)
-    flushed = ort_cpu.flushed(ort_cpu.unit_onnx(key, aux_residual=True), 16 * 1024)
+    flushed = ort_cpu.flushed(ort_cpu.unit_onnx(key, aux_inputs=True), 16 * 1024)
     assert b"aux_write" in flushed and b"aux_fresh" in flushed  # the flush's nodes, left out of the unit's time
     assert LayerKey.parse(replace(key, cold=True).text).cold and "cold" not in key.text  # old keys read as before
 

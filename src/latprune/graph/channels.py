@@ -218,6 +218,8 @@ class ChannelGraph:
                 g = groups[unit.out_group]
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
         _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
+        units += _concat_units(dg, names, shapes, set(layers) - set(sliced),
+                               {m: [(g, groups[g].size) for g in dict.fromkeys(ins.get(m, []))] for m in layers})
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [branch_end(m) for m in adds if m is not None]
@@ -497,6 +499,69 @@ def _add_leaves(groups: list[Group], units: list[Unit], attentions: Sequence[Att
         extend(out_group.get(m), producers=(f"{names[m]}.reduction",))
 
 
+def _concat_units(dg: tp.DependencyGraph, names: dict[Any, str],
+                  shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]],
+                  layers: set[nn.Module], parts: dict[nn.Module, list[tuple[int, int]]]) -> list[Unit]:
+    """A unit for each concatenation of feature maps along channels: its input width is the
+    sum of the groups it joins, as the first layer it feeds reads them (``parts``, of the
+    ``layers`` that read all they are fed); a BatchNorm it feeds alone, and the activation
+    after that, are its (DenseNet's pre-activation). A concatenation whose size or reader
+    the trace does not show is left to the calibration's constant."""
+    units = []
+    for node in dg.module2node.values():
+        fn = getattr(node, "grad_fn", None)
+        if type(fn).__name__ != "CatBackward0" or getattr(fn, "_saved_dim", None) not in (1, -3):
+            continue
+        shape = _concat_shape(node, shapes)
+        reader = _first_reader(node, layers)
+        if shape is None or len(shape) != 4 or reader is None:
+            continue
+        bn, act, anchor = False, "", reader
+        if len(node.outputs) == 1 and isinstance(node.outputs[0].module, nn.modules.batchnorm._BatchNorm):
+            bn, anchor, after = True, node.outputs[0].module, node.outputs[0].outputs
+            act = ACTIVATIONS.get(_grad_fn_name(after[0]), "") if len(after) == 1 else ""
+        inputs = [i for i in node.inputs if not isinstance(i.module, nn.Parameter)]
+        key = LayerKey(op="concat", cin=shape[1], cout=shape[1], groups=len(inputs), in_hw=tuple(shape[2:]),
+                       batch=shape[0], bn=bn, act=act)
+        joined = parts[reader]
+        if sum(n for _, n in joined) > shape[1]:
+            continue
+        first = max(joined, key=lambda p: p[1])[0] if joined else None
+        units.append(_input_parts(Unit(f"{names[anchor]}:cat", key, first, None), joined))
+    return units
+
+
+def _concat_shape(node: tp.dependency.Node, shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]]
+                  ) -> tuple[int, ...] | None:
+    """The output shape of a concatenation: the input of a module it feeds, or else the sum of
+    its inputs' channels, each the output of a module behind activations (None where unknown)."""
+    for out in node.outputs:
+        if out.module in shapes:
+            return shapes[out.module][0]
+    found = []
+    for i in node.inputs:
+        while i.module not in shapes and _grad_fn_name(i) in ACTIVATIONS and len(i.inputs) == 1:
+            i = i.inputs[0]
+        if i.module not in shapes:
+            return None
+        found.append(shapes[i.module][1])
+    return (found[0][0], sum(s[1] for s in found), *found[0][2:])
+
+
+def _first_reader(node: tp.dependency.Node, layers: set[nn.Module], hops: int = 6) -> nn.Module | None:
+    """The first layer of ``layers`` that reads a concatenation's channels through steps that
+    keep them (norms, activations, pooling, flattening), breadth first; None past another
+    concatenation or an add."""
+    frontier = list(node.outputs)
+    for _ in range(hops):
+        for n in frontier:
+            if n.module in layers:
+                return n.module
+        frontier = [o for n in frontier if _grad_fn_name(n) not in ("CatBackward0", "AddBackward0")
+                    and not isinstance(n.module, (*PRUNABLE, Attention, PatchMerge)) for o in n.outputs]
+    return None
+
+
 def _rooted_outside(groups: list[Group], blocks: Sequence[Block]) -> list[Group]:
     """Each group rooted outside every removable block it is not inner to, so that a plan
     dropping that block can still name it."""
@@ -540,15 +605,20 @@ def _unknown_not_zero() -> Iterator[None]:
 
 def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: tuple[int, ...]
                           ) -> dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Run ``model`` once, recording each layer's input and output shape; refuse a model that does not run."""
+    """Run ``model`` once, recording the input and output shape of each layer and of every other
+    module that takes and returns a tensor; refuse a model that does not run."""
     shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def record(mod: nn.Module, inp: tuple, out: object) -> None:
         out = out[0] if isinstance(out, tuple) else out
         shapes[mod] = (tuple(inp[0].shape), tuple(out.shape))  # type: ignore[union-attr]
 
-    hooks = [m.register_forward_hook(record) for m in model.modules()
-             if isinstance(m, (*PRUNABLE, Attention, PatchMerge))]
+    def record_tensors(mod: nn.Module, inp: tuple, out: object) -> None:
+        if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
+            shapes[mod] = (tuple(inp[0].shape), tuple(out.shape))
+
+    hooks = [m.register_forward_hook(record if isinstance(m, (*PRUNABLE, Attention, PatchMerge)) else record_tensors)
+             for m in model.modules()]
     try:
         with torch.no_grad():
             model(example)

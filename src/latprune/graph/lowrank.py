@@ -320,6 +320,8 @@ def rank_options(units: Sequence[Unit], model: nn.Module, align: int = 1, scheme
     :func:`rank_grid`, then its layer's :func:`max_rank` (the layer left whole)."""
     options = {}
     for i, unit in enumerate(units):
+        if unit.base.op not in ("conv", "linear"):  # attentions and concatenations do not factorise
+            continue
         module = model.get_submodule(unit.name)
         ranks = rank_grid(unit.base, align, scheme=scheme) if factorisable(module, scheme) else []
         if ranks:

@@ -2,7 +2,11 @@
 
 On ONNX Runtime (and TensorRT) a convolution, the BatchNorm after it, a
 residual add that follows and the activation are fused into one kernel, so
-they form one unit; timing them separately would overcount. A unit knows
+they form one unit; timing them separately would overcount. A channel
+concatenation is a unit of its own (with the BatchNorm and activation that
+DenseNet puts after it, which ONNX Runtime runs as one more kernel): it
+copies every channel it joins, so its cost follows the widths of the groups
+it joins. A unit knows
 which channel groups set its input and output widths, and builds the
 :class:`LayerKey` under which the LUT stores its latency for any widths.
 
@@ -15,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -41,14 +46,14 @@ class LayerKey:
     """What identifies one measured kernel: the op, its widths and every shape
     parameter that changes its latency. ``text`` is its canonical form in the LUT."""
 
-    op: str                       # "conv", "linear" or "attention"
+    op: str                       # "conv", "linear", "attention" or "concat"
     cin: int
-    cout: int                     # output channels; an attention's head count
+    cout: int                     # output channels; an attention's head count; a concatenation's cin
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
-    groups: int = 1               # == cin == cout for a depthwise conv
+    groups: int = 1               # == cin == cout for a depthwise conv; a concatenation's input count
     in_hw: tuple[int, ...] = ()   # spatial input size (conv) or extra token dims (linear)
     batch: int = 1
     bias: bool = False
@@ -102,6 +107,33 @@ class LayerKey:
                      zip(self.in_hw, self.kernel, self.stride, self.padding, self.dilation))
 
     @property
+    def elements(self) -> int:
+        """Elements of the kernel's output: what a concatenation writes.
+
+        >>> LayerKey(op="concat", cin=96, cout=96, groups=3, in_hw=(8, 8), batch=2).elements
+        12288
+        """
+        return self.batch * self.cout * math.prod(self.out_hw)
+
+    @property
+    def without_cin(self) -> LayerKey:
+        """The key with its input width left out (and a concatenation's output width, which is
+        its input width): what identifies a kernel along its input widths."""
+        return replace(self, cin=0, cout=0 if self.op == "concat" else self.cout)
+
+    def pieces(self) -> list[int]:
+        """The widths a concatenation key's unit is timed joining: ``groups`` inputs, each a
+        multiple of 16 channels where the width allows (the SIMD blocks NCHWc concatenations
+        keep), the rest in the first, as a DenseNet layer's first input is its widest.
+
+        >>> LayerKey(op="concat", cin=200, cout=200, groups=4).pieces()
+        [56, 48, 48, 48]
+        """
+        count = max(1, min(self.groups, self.cin))
+        each = (self.cin // count) // 16 * 16 or self.cin // count
+        return [self.cin - each * (count - 1)] + [each] * (count - 1)
+
+    @property
     def weights(self) -> int:
         """Weight elements of the kernel (biases and folded norms left out): what it streams from
         memory where the model's weights exceed the caches.
@@ -111,13 +143,18 @@ class LayerKey:
         """
         if self.op == "attention":  # qkv and output projections
             return 4 * self.cin * self.cout * self.head_dim
+        if self.op == "concat":
+            return 0
         kernel = self.kernel[0] * self.kernel[1] if self.op == "conv" else 1
         return self.cout * (self.cin // self.groups) * kernel
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons)."""
+        """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons); none for a
+        concatenation, which moves data."""
         spatial = 1
+        if self.op == "concat":
+            return 0
         if self.op == "attention":  # qkv and output projections, q·kᵀ and attention·v
             tokens = 1
             for d in self.in_hw:
@@ -171,6 +208,9 @@ class Unit:
 
     def key(self, widths: dict[int, int]) -> LayerKey:
         """The key at the given group widths (missing groups: full width)."""
+        if self.base.op == "concat":
+            cin = self.cin(widths)
+            return replace(self.base, cin=cin, cout=cin)
         cout = widths.get(self.out_group, self.base.cout) if self.out_group is not None else self.base.cout
         if self.depthwise:
             return replace(self.base, cin=cout, cout=cout, groups=cout)

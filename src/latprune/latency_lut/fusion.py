@@ -64,7 +64,7 @@ def discover_fusions(backend: Any) -> dict[str, Any]:
     graphs = {"conv": unit_onnx(CANONICAL)}
     for name, flags in FOLLOWERS.items():
         graphs[name] = _single_op_onnx(ops[name], shape)
-        graphs[f"conv+{name}"] = unit_onnx(replace(CANONICAL, **flags), aux_residual=True)
+        graphs[f"conv+{name}"] = unit_onnx(replace(CANONICAL, **flags), aux_inputs=True)
     names = list(graphs)
     kernels: dict[str, tuple[str, ...]] = {}
 

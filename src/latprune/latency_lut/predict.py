@@ -118,10 +118,10 @@ class Predictor:
         if self._cin_curves is None:
             self._cin_curves = {}
             for k, latency in self.lut.items():
-                self._cin_curves.setdefault(replace(k, cin=0).text, []).append((k.cin, latency.median_ms))
+                self._cin_curves.setdefault(k.without_cin.text, []).append((k.cin, latency.median_ms))
             for curve in self._cin_curves.values():
                 curve.sort()
-        curve = self._cin_curves.get(replace(key, cin=0).text, [])
+        curve = self._cin_curves.get(key.without_cin.text, [])
         if len(curve) < 2:
             return None
         i = min(max(bisect.bisect_left(curve, (key.cin,)), 1), len(curve) - 1)

@@ -5,7 +5,8 @@ width options (the LUT's grid), each option has a value (the summed
 importance of the channels it keeps) and a latency cost. A unit's latency
 depends on two groups (its input and output widths), so costs are
 linearised around the current solution — half of a unit's latency is charged
-to its input group, half to its output group — the knapsack is solved by
+to its input group, half to its output group, and the groups a concatenation
+joins into its input what their width changes of that half — the knapsack is solved by
 dynamic programming over discretised latency, and the linearisation is
 redone at the new solution until it stops changing. Finally the exact
 (coupled, calibrated) prediction is enforced: a greedy pass removes the
@@ -59,17 +60,23 @@ def _linearised_costs(predictor: Predictor, options: dict[int, list[int]],
                       current: dict[int, int]) -> tuple[dict[int, list[float]], float]:
     """cost[g][i] (raw ms) of giving axis g its i-th option, the other axes at ``current``; and the
     fixed part. A unit's latency is shared evenly among the axes that set it: its input and
-    output groups and, where it is offered one, its rank (:mod:`~latprune.graph.lowrank`)."""
+    output groups and, where it is offered one, its rank (:mod:`~latprune.graph.lowrank`). The
+    other groups a concatenation joins into its input are charged what their width changes of
+    it, at the same share: a DenseNet layer's growth channels cost every later layer they feed."""
     costs = {g: [0.0] * len(opts) for g, opts in options.items()}
     fixed = 0.0
     for i, unit in enumerate(predictor.graph.units):
         axes = {None if unit.depthwise else unit.in_group, unit.out_group, rank_axis(i)} & options.keys()
+        joined = {g for g, _ in unit.in_others} & options.keys() - axes
+        now = predictor.unit_ms(unit, current)
         if not axes:
-            fixed += predictor.unit_ms(unit, current)
-            continue
+            fixed += now
         for g in axes:
             for j, w in enumerate(options[g]):
                 costs[g][j] += predictor.unit_ms(unit, {**current, g: w}) / len(axes)
+        for g in joined:
+            for j, w in enumerate(options[g]):
+                costs[g][j] += (predictor.unit_ms(unit, {**current, g: w}) - now) / max(1, len(axes))
     return costs, fixed
 
 

@@ -28,6 +28,8 @@ def fake_unit_ms(key: LayerKey) -> float:
     def up(c: int) -> int:
         return int(math.ceil(c / STEP) * STEP)
 
+    if key.op == "concat":  # a copy of every element it joins
+        return LAUNCH_MS + MS_PER_MMAC * replace(key, cout=up(key.cout)).elements / 1e6
     if key.op == "attention":  # its cout counts heads
         return LAUNCH_MS * 4 + MS_PER_MMAC * replace(key, cin=up(key.cin)).macs / 1e6
     padded = replace(key, cin=up(key.cin), cout=up(key.cout),

@@ -61,18 +61,20 @@ KERNEL_MAX_RUNS = 300
 # In a model whose weights overflow the cache, units holding a 256th of it or more (128 KiB of 32 MiB) are timed
 # cold. Lighter ones' weights cost little to stream: timed cold, they mostly pay what the flush leaves behind.
 COLD_UNIT_SHARE = 256
+# Channels of the input that a concatenation unit's auxiliary convolutions turn into its inputs.
+CONCAT_SOURCE = 16
 # Runs of a cold unit: each one writes and reads twice the cache first (~8 ms with 32 MiB).
 COLD_WARMUP, COLD_REPEATS = 3, 20
 
 
-def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes:
+def unit_onnx(key: LayerKey, seed: int = 0, aux_inputs: bool = False) -> bytes:
     """A one-unit ONNX model for ``key`` with random weights.
 
-    The residual of an ``add`` unit is a second graph input, or with
-    ``aux_residual`` the output of an auxiliary convolution of the unit's
-    input (nodes named ``aux_...``), so that ONNX Runtime sees an NCHWc
-    residual and fuses the add into the convolution as it does in a whole
-    model."""
+    The residual of an ``add`` unit and the pieces a concatenation joins are
+    graph inputs, or with ``aux_inputs`` the outputs of auxiliary
+    convolutions (nodes named ``aux_...``), so that ONNX Runtime sees NCHWc
+    tensors and fuses the add into the convolution, or runs the
+    concatenation and the BatchNorm after it, as it does in a whole model."""
     from onnx import TensorProto, helper, numpy_helper
 
     if key.op == "attention":  # as the exporter writes it inside the whole model
@@ -101,6 +103,17 @@ def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes
         out_shape = [key.batch, key.cout,
                      (h + 2 * key.padding[0] - key.dilation[0] * (key.kernel[0] - 1) - 1) // key.stride[0] + 1,
                      (w + 2 * key.padding[1] - key.dilation[1] * (key.kernel[1] - 1) - 1) // key.stride[1] + 1]
+    elif key.op == "concat":
+        h, w = key.in_hw
+        if aux_inputs:
+            inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [key.batch, CONCAT_SOURCE, h, w]))
+            nodes.extend(_aux_pieces(key, init, rng))
+        pieces = [f"{AUX}p{i}" if aux_inputs else f"x{i}" for i in range(len(key.pieces()))]
+        if not aux_inputs:
+            inputs.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [key.batch, width, h, w])
+                          for name, width in zip(pieces, key.pieces()))
+        nodes.append(helper.make_node("Concat", pieces, ["y0"], axis=1))
+        out_shape = [key.batch, key.cout, h, w]
     elif key.op == "linear":
         shape = [key.batch, *key.in_hw, key.cin]
         inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, shape))
@@ -118,7 +131,7 @@ def unit_onnx(key: LayerKey, seed: int = 0, aux_residual: bool = False) -> bytes
                  init("bn_m", rng.standard_normal(c)), init("bn_v", rng.uniform(0.5, 1.5, c))]
         nodes.append(helper.make_node("BatchNormalization", bn_in, ["y_bn"], epsilon=1e-5))
         last = "y_bn"
-    if key.add and aux_residual and key.op == "conv":
+    if key.add and aux_inputs and key.op == "conv":
         nodes.insert(0, _aux_residual_conv(key, out_shape, init, rng))
         nodes.append(helper.make_node("Add", [last, f"{AUX}r"], ["y_add"]))
         last = "y_add"
@@ -164,6 +177,17 @@ def flushed(unit: bytes, cache_bytes: int) -> bytes:
     graph.node.extend(flush + nodes)
     graph.initializer.extend([zero, size])
     return model.SerializeToString()
+
+
+def _aux_pieces(key: LayerKey, init: Any, rng: np.random.Generator) -> list[Any]:
+    """Auxiliary 1×1 convolutions of the input ``x`` that write a concatenation's inputs
+    (:meth:`LayerKey.pieces`): in a model, convolutions write them, in ONNX Runtime's NCHWc
+    layout, and the concatenation and a BatchNorm after it run on that layout."""
+    from onnx import helper
+
+    return [helper.make_node("Conv", ["x", init(f"{AUX}w{i}", rng.standard_normal((width, CONCAT_SOURCE, 1, 1)))],
+                             [f"{AUX}p{i}"], name=f"{AUX}piece{i}", kernel_shape=[1, 1])
+            for i, width in enumerate(key.pieces())]
 
 
 def _aux_residual_conv(key: LayerKey, out_shape: list[int], init: Any, rng: np.random.Generator) -> Any:
@@ -332,7 +356,7 @@ class OrtCpuBackend(Backend):
     def measure_unit(self, key: LayerKey) -> Latency:
         """The unit's kernel time inside ONNX Runtime (see the module docstring); a ``cold`` key's
         with the caches flushed before each run (:func:`flushed`)."""
-        unit = unit_onnx(key, aux_residual=True)
+        unit = unit_onnx(key, aux_inputs=True)
         if not key.cold:
             return kernel_latency(unit, self.threads, self.timing)
         timing = replace(self.timing, warmup=COLD_WARMUP, repeats=COLD_REPEATS, min_time_s=0.0)

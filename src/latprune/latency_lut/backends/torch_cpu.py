@@ -17,7 +17,14 @@ _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Ha
          "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
+class _Concat(nn.Module):
+    def forward(self, *pieces: torch.Tensor) -> torch.Tensor:
+        return torch.cat(pieces, dim=1)
+
+
 class _UnitModule(nn.Module):
+    """One unit at ``key``'s widths: its layer, then BatchNorm, residual add and activation."""
+
     def __init__(self, key: LayerKey) -> None:
         super().__init__()
         if key.op == "conv":
@@ -25,17 +32,32 @@ class _UnitModule(nn.Module):
                                               key.dilation, key.groups, bias=key.bias)
         elif key.op == "attention":
             self.layer = attention_unit(key)
+        elif key.op == "concat":
+            self.layer = _Concat()
         else:
             self.layer = nn.Linear(key.cin, key.cout, bias=key.bias)
-        self.bn = nn.BatchNorm2d(key.cout) if key.bn and key.op == "conv" else nn.Identity()
+        self.bn = nn.BatchNorm2d(key.cout) if key.bn and key.op in ("conv", "concat") else nn.Identity()
         self.act = _ACTS[key.act]() if key.act else nn.Identity()
-        self.add = key.add
+        self.pieces = len(key.pieces()) if key.op == "concat" else 1
 
-    def forward(self, x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.bn(self.layer(x))
-        if r is not None:
-            y = y + r
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The unit on its input (a concatenation's: its pieces), then the residual, if any."""
+        y = self.bn(self.layer(*inputs[:self.pieces]))
+        if len(inputs) > self.pieces:
+            y = y + inputs[self.pieces]
         return self.act(y)
+
+
+def unit_inputs(key: LayerKey, module: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Random inputs of ``module`` (a :class:`_UnitModule` at ``key``): a convolution's or a
+    concatenation's feature maps, a linear layer's tokens, and a residual where it adds one."""
+    if key.op == "concat":
+        return tuple(torch.randn(key.batch, width, *key.in_hw) for width in key.pieces())
+    x = torch.randn(key.batch, key.cin, *key.in_hw) if key.op == "conv" else torch.randn(key.batch, *key.in_hw, key.cin)
+    if not key.add:
+        return (x,)
+    with torch.inference_mode():
+        return x, torch.randn_like(module(x))
 
 
 class TorchCpuBackend(Backend):
@@ -63,15 +85,7 @@ class TorchCpuBackend(Backend):
 
     def measure_unit(self, key: LayerKey) -> Latency:
         module = _UnitModule(key)
-        if key.op == "conv":
-            x = torch.randn(key.batch, key.cin, *key.in_hw)
-        else:
-            x = torch.randn(key.batch, *key.in_hw, key.cin)
-        if key.add:
-            with torch.inference_mode():
-                r = torch.randn_like(module(x))
-            return self._time(module, x, r)
-        return self._time(module, x)
+        return self._time(module, *unit_inputs(key, module))
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         return self._time(model, torch.randn(*input_shape), timing=self.model_timing)

@@ -28,7 +28,7 @@ from torch import nn
 from latprune.errors import BackendError
 from latprune.graph.units import LayerKey
 from latprune.latency_lut.backends import Backend
-from latprune.latency_lut.backends.torch_cpu import _UnitModule
+from latprune.latency_lut.backends.torch_cpu import _UnitModule, unit_inputs
 from latprune.latency_lut.timing import Latency, TimingConfig, time_cuda
 from latprune.runtime.fingerprint import host_fingerprint
 
@@ -94,12 +94,7 @@ class TorchCudaBackend(Backend):
 
     def measure_unit(self, key: LayerKey) -> Latency:
         unit = _UnitModule(key)
-        x = torch.randn(key.batch, key.cin, *key.in_hw) if key.op == "conv" else torch.randn(key.batch, *key.in_hw, key.cin)
-        inputs: tuple[torch.Tensor, ...] = (x,)
-        if key.add:
-            with torch.inference_mode():
-                inputs = (x, torch.randn_like(unit(x)))
-        return self._time(unit, inputs, self.timing, copies=self.UNIT_REPEATS)
+        return self._time(unit, unit_inputs(key, unit), self.timing, copies=self.UNIT_REPEATS)
 
     def measure_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         import copy
