@@ -186,6 +186,32 @@ def test_latency_gradient_reaches_both_sides_of_a_unit(predictor: Predictor) -> 
     assert widths[unit.in_group].grad > 0 and widths[unit.out_group].grad > 0
 
 
+def test_soft_latency_follows_each_group_a_concatenation_joins(tmp_path) -> None:
+    """A DenseNet layer's growth channels are joined into every later layer's input: moving any
+    one group alone, the soft latency moves as the predictor does, and its gradient reaches
+    every joined group through each unit that reads it."""
+    from torchvision.models import DenseNet
+
+    model = DenseNet(growth_rate=16, block_config=(4,), num_init_features=32, bn_size=2, num_classes=10)
+    graph = ChannelGraph.build(model.eval(), (1, 3, 32, 32))
+    build_lut(graph, tmp_path / "d.lut", get_backend("fake", threads=1), levels=LEVELS, progress=False,
+              calibration_samples=2)
+    with Lut.open(tmp_path / "d.lut") as lut:
+        predictor = Predictor(lut, graph)
+        options = graph.options(Grid(LEVELS))
+        soft = SoftLatency(predictor, options)
+        full = graph.full_widths()
+        joined = {g for u in graph.units for g, _ in u.in_others}
+        assert joined
+        for g in joined:
+            narrow = {**full, g: min(options[g])}
+            value = soft({k: torch.tensor(float(w)) for k, w in narrow.items()})
+            assert float(value) == pytest.approx(predictor.predict(narrow), rel=1e-5)
+        widths = {g.id: torch.tensor(g.size * 0.6, requires_grad=True) for g in graph.groups}
+        soft(widths).backward()
+        assert all(widths[g].grad > 0 for g in joined)
+
+
 def test_latency_loss_lowers_predicted_latency_in_a_few_steps(predictor: Predictor) -> None:
     graph = predictor.graph
     options = graph.options(Grid(LEVELS), blocks=True)

@@ -165,8 +165,9 @@ class SoftLatency:
     Each unit's LUT latencies on the width grid form a table over its input
     and output group widths (one axis for depthwise units, which follow one
     group); the prediction interpolates it bilinearly at the soft widths, so
-    gradients reach the gates on both sides of a unit (for a unit a concatenation feeds, its
-    widest input group's side: the other groups pull through their own units). A unit inside a
+    gradients reach the gates on both sides of a unit. For a unit a concatenation feeds, the
+    table follows its widest input group, and each other group it joins adds what its width
+    changes of the unit, the rest at full width (exact where one group moves). A unit inside a
     removable block is weighted by the probability that the block stays.
     The calibration is applied as in :meth:`Predictor.predict`.
 
@@ -179,9 +180,16 @@ class SoftLatency:
         grids = {g: sorted(w for w in opts if w > 0) for g, opts in options.items()}
         self.grids = {g: torch.tensor(ws, dtype=torch.float32) for g, ws in grids.items()}
         block_of_unit = {u: b.group for b in graph.blocks for u in b.units}
-        self.terms: list[tuple[int | None, int | None, torch.Tensor, int | None]] = []
+        # (first axis, second axis, table, removable block, whether the table is a change of its unit)
+        self.terms: list[tuple[int | None, int | None, torch.Tensor, int | None, bool]] = []
         full = graph.full_widths()
         for unit in graph.units:
+            block = block_of_unit.get(unit.name)
+            now = predictor.unit_ms(unit, full)
+            for g, _ in unit.in_others:
+                if g in grids:
+                    change = [predictor.unit_ms(unit, {**full, g: w}) - now for w in grids[g]]
+                    self.terms.append((g, None, torch.tensor(change, dtype=torch.float32), block, True))
             gin = None if unit.depthwise else unit.in_group
             gout = unit.out_group
             axes = [g for g in (gin, gout) if g is not None]
@@ -195,11 +203,11 @@ class SoftLatency:
                 table = torch.tensor([[predictor.unit_ms(unit, {**full, gin: a, gout: b}) for b in grids[gout]]
                                       for a in grids[gin]])
             first, second = (axes + [None, None])[:2]
-            self.terms.append((first, second, table.float(), block_of_unit.get(unit.name)))
+            self.terms.append((first, second, table.float(), block, False))
 
     def raw(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         total = torch.zeros(())
-        for a, b, table, block in self.terms:
+        for a, b, table, block, change in self.terms:
             if a is None:
                 ms = table
             elif b is None:
@@ -211,7 +219,7 @@ class SoftLatency:
                 ms = ((1 - s) * ((1 - t) * table[i0, j0] + t * table[i0, j1])
                       + s * ((1 - t) * table[i1, j0] + t * table[i1, j1]))
             if block is not None and keep is not None and block in keep:
-                removed_ms = self.predictor.calibration.removed_unit_ms
+                removed_ms = 0.0 if change else self.predictor.calibration.removed_unit_ms
                 ms = ms * keep[block] + removed_ms * (1 - keep[block])
             total = total + ms
         return total
