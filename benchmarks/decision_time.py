@@ -49,6 +49,9 @@ def prune_once(model: str, lut: str, input_shape: str, src: Path, threads: int, 
         metrics = json.loads((out / "metrics.json").read_text())
     return {"wall_s": round(wall_s, 1), "timings_s": metrics["timings_s"],
             "closed_loop_candidates": len(metrics["closed_loop"]),
+            "closed_loop": [{k: round(c[k], 4) if isinstance(c[k], float) else c[k]
+                             for k in ("predicted_ms", "measured_ms", "target_ms", "fits") if k in c}
+                            for c in metrics["closed_loop"]],
             "base_ms": metrics["base_ms"], "budget_ms": metrics["budget_ms"], "measured_ms": metrics["measured_ms"],
             "budget_met": metrics["budget_met"], "macs_ratio": round(metrics["macs_ratio"], 4),
             "fingerprint": metrics["fingerprint"]}
