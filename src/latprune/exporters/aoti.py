@@ -28,6 +28,7 @@ from torch import nn
 from latprune._io import atomic_write_bytes
 from latprune.errors import BackendError, ExportError, SpecError
 from latprune.latency_lut.timing import Latency, TimingConfig, time_callable, time_cuda
+from latprune.parity import Parity
 from latprune.runtime.fingerprint import host_fingerprint
 from latprune.runtime.onnx import PARITY_TOL, failure_reason, parity, parity_inputs, quiet
 
@@ -52,6 +53,10 @@ class AotiReport:
     compile_s: float
     torch_version: str
     max_abs_ref: float = 0.0
+
+    @property
+    def parity(self) -> Parity:
+        return Parity(self.max_abs_diff, self.max_abs_ref)
 
 
 def check_device(device: str) -> None:

@@ -146,7 +146,7 @@ def _build_onnx(run: Any, staging: Path, options: ExportOptions, threads: int, c
     export = {"exporter": r.exporter, "opset": r.opset, "fallback_reason": r.fallback_reason,
               "onnx_checker": "passed (full_check)", "shape_inference": "passed (strict)", "simplified": False,
               "size_bytes": r.size_bytes}
-    return Built(export, _parity(Parity(r.max_abs_diff, r.max_abs_ref), PARITY_TOL, r.parity_batches,
+    return Built(export, _parity(r.parity, PARITY_TOL, r.parity_batches,
                                  "PyTorch eager fp32 (cpu)"),
                  r.input_shape, r.output_shape, ("model.onnx", *filter(None, [r.external_data])))
 
@@ -171,7 +171,7 @@ def _build_aoti(run: Any, staging: Path, options: ExportOptions, threads: int, c
                     dynamic_batch=options.dynamic_batch, max_batch=options.max_batch)
     export = {"exporter": "torch.export + AOTInductor", "device": r.device, "compiled_threads": r.threads,
               "compile_s": r.compile_s, "torch_version": r.torch_version, "size_bytes": r.size_bytes}
-    return Built(export, _parity(Parity(r.max_abs_diff, r.max_abs_ref), PARITY_TOL, r.parity_batches,
+    return Built(export, _parity(r.parity, PARITY_TOL, r.parity_batches,
                                  f"PyTorch eager fp32 ({r.device})"),
                  r.input_shape, r.output_shape, ("model.pt2",))
 

@@ -545,6 +545,8 @@ def _concat_shape(node: tp.dependency.Node, shapes: dict[nn.Module, tuple[tuple[
         if i.module not in shapes:
             return None
         found.append(shapes[i.module][1])
+    if not found or any(len(s) != 4 or s[2:] != found[0][2:] for s in found):
+        return None
     return (found[0][0], sum(s[1] for s in found), *found[0][2:])
 
 

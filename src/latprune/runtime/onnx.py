@@ -135,6 +135,10 @@ class OnnxReport:
     external_data: str | None = None      # the weights' file beside the graph (a model past 2 GiB)
     max_abs_ref: float = 0.0              # the largest |PyTorch output|, which scales the tolerance
 
+    @property
+    def parity(self) -> Parity:
+        return Parity(self.max_abs_diff, self.max_abs_ref)
+
 
 def _dims(value_info: Any) -> tuple[Any, ...]:
     dims = value_info.type.tensor_type.shape.dim
