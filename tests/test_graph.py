@@ -434,6 +434,23 @@ def test_concatenations_are_units_keyed_by_the_widths_they_join() -> None:
     assert all(u.in_group is not None and len(u.in_others) == 1 for u in joins)
 
 
+def test_an_inception_output_read_behind_a_pooling_is_a_unit_at_its_own_size() -> None:
+    """GoogLeNet joins four branches; where a max pooling is all that reads the join, the unit
+    takes its size from the branches (before the pooling) and its groups from the layers after."""
+    from torchvision.models import googlenet
+
+    model = googlenet(num_classes=10, aux_logits=False, init_weights=False).eval()
+    graph = ChannelGraph.build(model, (1, 3, 64, 64))
+    cats = {u.name: u for u in graph.units if u.base.op == "concat"}
+    assert len(cats) == 9 and all(u.base.groups == 4 for u in cats.values())
+    pooled = cats["inception4a.branch3.0.conv:cat"]  # inception3b's output, read through maxpool3
+    assert (pooled.base.cin, pooled.base.in_hw) == (480, (8, 8)) and len(pooled.in_others) == 3
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    widths = {g: len(k) for g, k in keep.items()}
+    slimmed = {u.name: u for u in ChannelGraph.build(graph.slim(keep), (1, 3, 64, 64)).units}
+    assert all(u.key(widths) == slimmed[name].base for name, u in cats.items())
+
+
 def test_a_linear_after_a_flatten_is_keyed_with_every_position_of_its_channels() -> None:
     """A VGG/AlexNet classifier reads each channel of the last feature map once per position."""
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
