@@ -22,13 +22,15 @@ import argparse
 import collections
 import json
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from results_io import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_json  # noqa: E402
 
 HERE = Path(__file__).parent
 
