@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -26,6 +28,26 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def dense_block_predictor(path: Path, levels: int) -> Iterator[Any]:
+    """A :class:`~latprune.latency_lut.predict.Predictor` over a one-block DenseNet (four layers,
+    growth 16) profiled on the fake backend into ``path``: each layer's growth channels are
+    joined into every later layer's input."""
+    from torchvision.models import DenseNet
+
+    from latprune.graph.channels import ChannelGraph
+    from latprune.latency_lut.backends import get_backend
+    from latprune.latency_lut.predict import Predictor
+    from latprune.latency_lut.profile import build_lut
+    from latprune.latency_lut.store import Lut
+
+    model = DenseNet(growth_rate=16, block_config=(4,), num_init_features=32, bn_size=2, num_classes=10)
+    graph = ChannelGraph.build(model.eval(), (1, 3, 32, 32))
+    build_lut(graph, path, get_backend("fake", threads=1), levels=levels, progress=False, calibration_samples=2)
+    with Lut.open(path) as lut:
+        yield Predictor(lut, graph)
 
 
 def tiny_resnet() -> nn.Module:

@@ -25,7 +25,7 @@ from latprune.pruner.gates import (
     latency_penalty,
 )
 from latprune.pruner.plan import GroupPlan, PruningPlan
-from tests.conftest import MODELS, TINY_INPUT, randomise_bn_
+from tests.conftest import MODELS, TINY_INPUT, dense_block_predictor, randomise_bn_
 
 LEVELS = 4
 
@@ -190,14 +190,8 @@ def test_soft_latency_follows_each_group_a_concatenation_joins(tmp_path) -> None
     """A DenseNet layer's growth channels are joined into every later layer's input: moving any
     one group alone, the soft latency moves as the predictor does, and its gradient reaches
     every joined group through each unit that reads it."""
-    from torchvision.models import DenseNet
-
-    model = DenseNet(growth_rate=16, block_config=(4,), num_init_features=32, bn_size=2, num_classes=10)
-    graph = ChannelGraph.build(model.eval(), (1, 3, 32, 32))
-    build_lut(graph, tmp_path / "d.lut", get_backend("fake", threads=1), levels=LEVELS, progress=False,
-              calibration_samples=2)
-    with Lut.open(tmp_path / "d.lut") as lut:
-        predictor = Predictor(lut, graph)
+    with dense_block_predictor(tmp_path / "d.lut", LEVELS) as predictor:
+        graph = predictor.graph
         options = graph.options(Grid(LEVELS))
         soft = SoftLatency(predictor, options)
         full = graph.full_widths()

@@ -15,7 +15,7 @@ from latprune.latency_lut.profile import build_lut, load_calibration
 from latprune.latency_lut.store import Lut
 from latprune.pruner.importance import Scores
 from latprune.pruner.knapsack import _mck, option_values, solve
-from tests.conftest import MODELS, TINY_INPUT
+from tests.conftest import MODELS, TINY_INPUT, dense_block_predictor
 
 LEVELS = 4
 
@@ -188,16 +188,10 @@ def test_a_group_a_concatenation_joins_is_charged_what_it_costs_the_layers_it_fe
     """A DenseNet layer's growth channels are read by every later layer of its block through
     concatenations: narrowing them saves in each, and the knapsack's linearised cost of the
     group holds at least the share rule's half of what the prediction saves."""
-    from torchvision.models import DenseNet
-
     from latprune.pruner.knapsack import _linearised_costs
 
-    model = DenseNet(growth_rate=16, block_config=(4,), num_init_features=32, bn_size=2, num_classes=10)
-    graph = ChannelGraph.build(model.eval(), (1, 3, 32, 32))
-    build_lut(graph, tmp_path / "d.lut", get_backend("fake", threads=1), levels=LEVELS, progress=False,
-              calibration_samples=2)
-    with Lut.open(tmp_path / "d.lut") as lut:
-        predictor = Predictor(lut, graph)
+    with dense_block_predictor(tmp_path / "d.lut", LEVELS) as predictor:
+        graph = predictor.graph
         options, full = graph.options(Grid(levels=LEVELS)), graph.full_widths()
         growth = next(g.id for g in graph.groups if g.root == "features.denseblock1.denselayer1.conv2")
         joined = [u for u in graph.units if growth in dict(u.in_others)]
