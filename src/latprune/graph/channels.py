@@ -608,8 +608,10 @@ def _unknown_not_zero() -> Iterator[None]:
 def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: tuple[int, ...]
                           ) -> dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]]:
     """Run ``model`` once, recording the input and output shape of each layer and of every other
-    module that takes and returns a tensor; refuse a model that does not run."""
+    module that takes and returns a tensor (but one called at several shapes, a shared
+    activation); refuse a model that does not run."""
     shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    shared: set[nn.Module] = set()
 
     def record(mod: nn.Module, inp: tuple, out: object) -> None:
         out = out[0] if isinstance(out, tuple) else out
@@ -617,7 +619,9 @@ def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: 
 
     def record_tensors(mod: nn.Module, inp: tuple, out: object) -> None:
         if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
-            shapes[mod] = (tuple(inp[0].shape), tuple(out.shape))
+            seen = (tuple(inp[0].shape), tuple(out.shape))
+            if shapes.setdefault(mod, seen) != seen:
+                shared.add(mod)
 
     hooks = [m.register_forward_hook(record if isinstance(m, (*PRUNABLE, Attention, PatchMerge)) else record_tensors)
              for m in model.modules()]
@@ -630,7 +634,7 @@ def _run_recording_shapes(model: nn.Module, example: torch.Tensor, input_shape: 
     finally:
         for h in hooks:
             h.remove()
-    return shapes
+    return {m: s for m, s in shapes.items() if m not in shared}
 
 
 def _traced(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
