@@ -208,18 +208,18 @@ class ChannelGraph:
                                        "channels feeding it (a slice or chunk that latprune does not follow)")
             groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, frozenset(sliced))
         in_group = {m: max(dict.fromkeys(gids), key=lambda g: groups[g].size) for m, gids in ins.items()}
+        parts = {m: [(g, groups[g].size) for g in dict.fromkeys(ins.get(m, []))] for m in layers}
         units = []
         for m in layers:
             unit, bn = cls._unit(dg, m, names[m], shapes.get(m), in_group.get(m), out_group.get(m))
-            unit = _input_parts(unit, [(g, groups[g].size) for g in dict.fromkeys(ins.get(m, []))])
+            unit = _input_parts(unit, parts[m])
             units.append(unit)
             # A conv/linear with no BN after it produces its group's channels itself.
             if bn is None and unit.out_group is not None:
                 g = groups[unit.out_group]
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
         _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
-        units += _concat_units(dg, names, shapes, set(layers) - set(sliced),
-                               {m: [(g, groups[g].size) for g in dict.fromkeys(ins.get(m, []))] for m in layers})
+        units += _concat_units(dg, names, shapes, set(layers) - set(sliced), parts)
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [branch_end(m) for m in adds if m is not None]

@@ -107,9 +107,11 @@ def unit_onnx(key: LayerKey, seed: int = 0, aux_inputs: bool = False) -> bytes:
         h, w = key.in_hw
         if aux_inputs:
             inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [key.batch, CONCAT_SOURCE, h, w]))
-            nodes.extend(_aux_pieces(key, init, rng))
-        pieces = [f"{AUX}p{i}" if aux_inputs else f"x{i}" for i in range(len(key.pieces()))]
-        if not aux_inputs:
+            writers = _aux_pieces(key, init, rng)
+            nodes.extend(writers)
+            pieces = [node.output[0] for node in writers]
+        else:
+            pieces = [f"x{i}" for i in range(len(key.pieces()))]
             inputs.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [key.batch, width, h, w])
                           for name, width in zip(pieces, key.pieces()))
         nodes.append(helper.make_node("Concat", pieces, ["y0"], axis=1))
