@@ -103,19 +103,22 @@ def unit_of_node(unit_names: list[str], graph: Any) -> Callable[[str, str], str 
     producer within :data:`HOPS` steps up the exported graph's first inputs that one holds;
     None where neither finds one. A ``Concat`` node belongs to the concatenation unit anchored
     (``ANCHOR:cat``) at a node it feeds, and so do the nodes of an anchor that is no other unit
-    (DenseNet's BatchNorm after its concatenation)."""
+    (DenseNet's BatchNorm after its concatenation); the nodes of a squeeze-and-excitation
+    (``SE:scale``) that no gate layer's unit holds (its pooling and product) belong to its
+    scaling unit."""
     by_name = {n.name: n for n in graph.node}
     by_output = {o: n for n in graph.node for o in n.output}
     readers = collections.defaultdict(list)
     for n in graph.node:
         for i in n.input:
             readers[i].append(n)
-    plain = {name: scope(name) for name in unit_names if not name.endswith(":cat")}
+    plain = {name: scope(name) for name in unit_names if ":" not in name}
     cats = {scope(name.removesuffix(":cat")): name for name in unit_names if name.endswith(":cat")}
-    paths = {**plain, **{name: path for path, name in cats.items() if path not in plain.values()}}
+    scales = {name: scope(name.removesuffix(":scale")) for name in unit_names if name.endswith(":scale")}
+    paths = {**plain, **scales, **{name: path for path, name in cats.items() if path not in plain.values()}}
 
     def owner(name: str) -> str | None:
-        return max((u for u, p in paths.items() if p in name + "/"), key=len, default=None)
+        return max((u for u, p in paths.items() if p in name + "/"), key=lambda u: len(paths[u]), default=None)
 
     def concat(name: str) -> str | None:
         node = by_name.get(name)
@@ -144,12 +147,14 @@ def unit_of_node(unit_names: list[str], graph: Any) -> Callable[[str, str], str 
 def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
                     outside: dict[str, float] | None = None) -> tuple[dict[str, float], float]:
     """Mean kernel ms per run of each unit's nodes inside the model, and of every node, over
-    ``runs`` runs after :data:`WARMUP` runs (nodes attributed by :func:`unit_of_node`, an
-    activation it cannot place to the unit whose kernel ran just before it);
-    ``outside``, when given, receives the kernel ms of the nodes no unit owns, by op type
-    (pooling, an excitation's multiply, layout conversions)."""
+    ``runs`` runs after :data:`WARMUP` runs (nodes attributed by :func:`unit_of_node`; an
+    activation it cannot place, to the unit whose kernel ran just before it; a layout
+    conversion, to a scaling unit whose kernel ran just after or before it); ``outside``, when
+    given, receives the kernel ms of the nodes no unit owns, by op type (pooling, layout
+    conversions)."""
     import onnx as onnx_lib
 
+    from latprune.latency_lut.backends.ort_cpu import LAYOUT_OPS
     from latprune.runtime.ort import make_session, random_feeds
 
     find = unit_of_node(unit_names, onnx_lib.load_from_string(onnx).graph)
@@ -177,6 +182,8 @@ def node_ms_by_unit(onnx: bytes, unit_names: list[str], runs: int,
             owner = before  # named by a fusion alone: it finishes the unit that ran before it
         elif owner is None and name.startswith("gemm_input_reshape"):
             owner = after   # the reshape ONNX Runtime puts before a Gemm over tokens
+        elif owner is None and op in LAYOUT_OPS:  # into and out of NCHWc around an excitation's product
+            owner = next((o for o in (after, before) if o is not None and o.endswith(":scale")), None)
         if owner is not None:
             per_unit[owner] += ms
         elif outside is not None:

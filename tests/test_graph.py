@@ -451,6 +451,27 @@ def test_an_inception_output_read_behind_a_pooling_is_a_unit_at_its_own_size() -
     assert all(u.key(widths) == slimmed[name].base for name, u in cats.items())
 
 
+def test_an_excitations_scaling_is_a_unit_as_wide_as_the_map_it_scales() -> None:
+    """MobileNetV3's squeeze-and-excitations: each multiplies a feature map by a gate its
+    convolutions compute at 1×1; the product (and the pooling) is a unit keyed by the
+    expanded group, its key at any widths the slimmed model's own, and it goes with its block."""
+    from torchvision.models import mobilenet_v3_small
+
+    graph = ChannelGraph.build(mobilenet_v3_small(num_classes=10).eval(), (1, 3, 64, 64))
+    scales = {u.name: u for u in graph.units if u.base.op == "scale"}
+    assert len(scales) == 9  # one per block with an excitation
+    se = scales["features.4.block.2:scale"]
+    fc2 = next(u for u in graph.units if u.name == "features.4.block.2.fc2")
+    assert (se.base.cin, se.base.in_hw, se.base.weights, se.base.macs) == (96, (4, 4), 0, 0)
+    assert se.in_group == fc2.out_group and se.out_group is None
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    widths = {g: len(k) for g, k in keep.items()}
+    slimmed = {u.name: u for u in ChannelGraph.build(graph.slim(keep), (1, 3, 64, 64)).units}
+    assert {name: u.key(widths) for name, u in scales.items()} == {name: slimmed[name].base for name in scales}
+    block = next(b for b in graph.blocks if b.name == "features.5")
+    assert "features.5.block.2:scale" in block.units
+
+
 def test_a_linear_after_a_flatten_is_keyed_with_every_position_of_its_channels() -> None:
     """A VGG/AlexNet classifier reads each channel of the last feature map once per position."""
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),

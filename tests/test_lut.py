@@ -323,6 +323,29 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     assert sum(per_run) == pytest.approx(kept_us / 1000.0)
 
 
+def test_a_scaling_unit_times_its_pooling_product_and_layout_conversions_as_in_a_model() -> None:
+    """A squeeze-and-excitation's product is no NCHWc op: ONNX Runtime converts the map and the
+    gate out of that layout and the product back, in a model as alone. The unit's time holds
+    those conversions and the pooling and product, not the convolutions around it (nor their
+    conversions); the torch backends scale the same map."""
+    import torch
+
+    from latprune.latency_lut.backends.ort_cpu import profile_kernels, scale_layouts, unit_onnx
+    from latprune.latency_lut.backends.torch_cpu import _UnitModule, unit_inputs
+
+    timing = TimingConfig(warmup=2, repeats=10, min_time_s=0.0)
+    for channels in (96, 16):  # 16: as wide as the auxiliary tensors are by default
+        key = LayerKey("scale", channels, channels, in_hw=(6, 6))
+        profile = profile_kernels(unit_onnx(key, aux_inputs=True), 1, timing, scale_layouts(key))
+        assert {"GlobalAveragePool", "Mul", "ReorderInput", "ReorderOutput"} <= set(profile.ops)
+        assert profile.ops.count("ReorderInput") == 1 and "Conv" not in profile.ops
+        assert profile_kernels(unit_onnx(key, aux_inputs=True), 1, timing).ops == ("GlobalAveragePool", "Mul")
+    module = _UnitModule(key).eval()
+    (x,) = unit_inputs(key, module)
+    with torch.no_grad():
+        assert torch.allclose(module(x), x * x.mean((2, 3), keepdim=True))
+
+
 def test_a_concatenation_unit_times_the_join_and_the_batchnorm_after_it_as_in_a_model() -> None:
     """Written by convolutions, a concatenation's pieces are NCHWc tensors: ONNX Runtime joins
     them and runs DenseNet's BatchNorm + ReLU as one more kernel (a convolution on that layout).

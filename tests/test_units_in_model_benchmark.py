@@ -24,3 +24,19 @@ def test_a_concat_and_the_batchnorm_after_it_belong_to_the_concatenation_unit() 
         "features.denseblock1.denselayer2.norm1:cat"
     assert find(f"{layer}/conv2/Conv", "Conv") == "features.denseblock1.denselayer2.conv2"
     assert find("/features/denseblock1/Concat", "Concat") == "features.norm5:cat"  # the block's output
+
+
+def test_an_excitations_pooling_and_product_belong_to_its_scaling_unit() -> None:
+    """MobileNetV3's squeeze-and-excitation: its global average and its product with the gate
+    are the scaling unit's; its gate's convolutions stay their own units."""
+    from torchvision.models import mobilenet_v3_small
+
+    bench = load_benchmark("units_in_model")
+    model = mobilenet_v3_small(num_classes=10).eval()
+    graph = ChannelGraph.build(model, (1, 3, 64, 64))
+    names = [u.name for u in graph.units]
+    find = bench.unit_of_node(names, onnx.load_from_string(to_onnx_bytes(model, (1, 3, 64, 64))).graph)
+    se = "/features/features.4/block/block.2"
+    assert find(f"{se}/avgpool/GlobalAveragePool", "GlobalAveragePool") == "features.4.block.2:scale"
+    assert find(f"{se}/Mul", "Mul") == "features.4.block.2:scale"
+    assert find(f"{se}/fc1/Conv", "Conv") == "features.4.block.2.fc1"

@@ -219,7 +219,8 @@ class ChannelGraph:
                 g = groups[unit.out_group]
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
         _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
-        units += _concat_units(dg, names, shapes, set(layers) - set(sliced), parts)
+        readers = set(layers) - set(sliced)
+        units += _concat_units(dg, names, shapes, readers, parts) + _scale_units(dg, names, shapes, readers, parts)
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [branch_end(m) for m in adds if m is not None]
@@ -529,6 +530,45 @@ def _concat_units(dg: tp.DependencyGraph, names: dict[Any, str],
         first = max(joined, key=lambda p: p[1])[0] if joined else None
         units.append(_input_parts(Unit(f"{names[anchor]}:cat", key, first, None), joined))
     return units
+
+
+def _scale_units(dg: tp.DependencyGraph, names: dict[Any, str],
+                 shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]],
+                 layers: set[nn.Module], parts: dict[nn.Module, list[tuple[int, int]]]) -> list[Unit]:
+    """A unit for each squeeze-and-excitation's scaling: a feature map times a gate that a
+    layer computes at 1×1 (``(B, C, 1, 1)``, behind its activation). Its width is the group
+    that the first layer it feeds reads (none where that layer's input is no group), its name
+    the gate layer's parent module's (the squeeze-and-excitation's). A product the trace does
+    not show so is left to the calibration's constant."""
+    units = []
+    for node in dg.module2node.values():
+        if _grad_fn_name(node) != "MulBackward0" or len(node.inputs) != 2:
+            continue
+        reader = _first_reader(node, layers)
+        gates = [g for g in map(_layer_behind, node.inputs) if g in shapes and shapes[g][1][2:] == (1, 1)]
+        if reader is None or len(gates) != 1 or reader not in shapes:
+            continue
+        shape, joined = shapes[reader][0], parts[reader]
+        if len(shape) != 4 or shapes[gates[0]][1] != (*shape[:2], 1, 1) or math.prod(shape[2:]) == 1:
+            continue
+        if len(joined) > 1 or (joined and joined[0][1] != shape[1]):
+            continue
+        key = LayerKey(op="scale", cin=shape[1], cout=shape[1], in_hw=tuple(shape[2:]), batch=shape[0])
+        name = names[gates[0]].rpartition(".")[0] or names[gates[0]]
+        units.append(Unit(f"{name}:scale", key, joined[0][0] if joined else None, None))
+    return units
+
+
+def _layer_behind(node: tp.dependency.Node, hops: int = 3) -> nn.Module | None:
+    """The layer (conv/linear) that ``node`` is, or that it reads through single-input steps
+    (an activation), within ``hops``; None otherwise."""
+    for _ in range(hops):
+        if isinstance(node.module, PRUNABLE):
+            return node.module
+        if len(node.inputs) != 1:
+            return None
+        node = node.inputs[0]
+    return None
 
 
 def _concat_shape(node: tp.dependency.Node, shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]]

@@ -6,7 +6,11 @@ they form one unit; timing them separately would overcount. A channel
 concatenation is a unit of its own (with the BatchNorm and activation that
 DenseNet puts after it, which ONNX Runtime runs as one more kernel): it
 copies every channel it joins, so its cost follows the widths of the groups
-it joins. A unit knows
+it joins. So is a squeeze-and-excitation's scaling (``scale``: the global
+average that feeds its gate, and the product of the feature map with the
+gate, with the layout conversions a runtime makes around them): it reads and
+writes every element of the feature map, so its cost follows that map's
+width; the gate's convolutions are units of their own. A unit knows
 which channel groups set its input and output widths, and builds the
 :class:`LayerKey` under which the LUT stores its latency for any widths.
 
@@ -36,6 +40,9 @@ ACTIVATIONS = {
 }
 
 
+# Ops that move a feature map rather than compute on it: no weights, their output as wide as their input.
+MOVES = ("concat", "scale")
+
 # Fields added after LUTs were first written: left out of a key's text at their default, so
 # that the keys of convolutions and linear layers read as they always have.
 _OMITTED_AT_DEFAULT = ("head_dim", "cold")
@@ -46,9 +53,9 @@ class LayerKey:
     """What identifies one measured kernel: the op, its widths and every shape
     parameter that changes its latency. ``text`` is its canonical form in the LUT."""
 
-    op: str                       # "conv", "linear", "attention" or "concat"
+    op: str                       # "conv", "linear", "attention", "concat" or "scale"
     cin: int
-    cout: int                     # output channels; an attention's head count; a concatenation's cin
+    cout: int                     # output channels; an attention's head count; cin where the op MOVES
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
@@ -108,7 +115,7 @@ class LayerKey:
 
     @property
     def elements(self) -> int:
-        """Elements of the kernel's output: what a concatenation writes.
+        """Elements of the kernel's output: what a concatenation or a scaling writes.
 
         >>> LayerKey(op="concat", cin=96, cout=96, groups=3, in_hw=(8, 8), batch=2).elements
         12288
@@ -117,9 +124,10 @@ class LayerKey:
 
     @property
     def without_cin(self) -> LayerKey:
-        """The key with its input width left out (and a concatenation's output width, which is
-        its input width): what identifies a kernel along its input widths."""
-        return replace(self, cin=0, cout=0 if self.op == "concat" else self.cout)
+        """The key with its input width left out (and the output width of an op that
+        :data:`MOVES` its input, which is its input width): what identifies a kernel along its
+        input widths."""
+        return replace(self, cin=0, cout=0 if self.op in MOVES else self.cout)
 
     def pieces(self) -> list[int]:
         """The widths a concatenation key's unit is timed joining: ``groups`` inputs, each a
@@ -143,17 +151,17 @@ class LayerKey:
         """
         if self.op == "attention":  # qkv and output projections
             return 4 * self.cin * self.cout * self.head_dim
-        if self.op == "concat":
+        if self.op in MOVES:
             return 0
         kernel = self.kernel[0] * self.kernel[1] if self.op == "conv" else 1
         return self.cout * (self.cin // self.groups) * kernel
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons); none for a
-        concatenation, which moves data."""
+        """Multiply-accumulates of the kernel (for FLOPs-vs-latency comparisons); none for an
+        op that :data:`MOVES` data."""
         spatial = 1
-        if self.op == "concat":
+        if self.op in MOVES:
             return 0
         if self.op == "attention":  # qkv and output projections, q·kᵀ and attention·v
             tokens = 1
@@ -208,7 +216,7 @@ class Unit:
 
     def key(self, widths: dict[int, int]) -> LayerKey:
         """The key at the given group widths (missing groups: full width)."""
-        if self.base.op == "concat":
+        if self.base.op in MOVES:
             cin = self.cin(widths)
             return replace(self.base, cin=cin, cout=cin)
         cout = widths.get(self.out_group, self.base.cout) if self.out_group is not None else self.base.cout

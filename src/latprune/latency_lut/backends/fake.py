@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latprune.graph.units import LayerKey
+from latprune.graph.units import MOVES, LayerKey
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.timing import Latency
 
@@ -28,7 +28,7 @@ def fake_unit_ms(key: LayerKey) -> float:
     def up(c: int) -> int:
         return int(math.ceil(c / STEP) * STEP)
 
-    if key.op == "concat":  # a copy of every element it joins
+    if key.op in MOVES:  # a copy of every element it joins or scales
         return LAUNCH_MS + MS_PER_MMAC * replace(key, cout=up(key.cout)).elements / 1e6
     if key.op == "attention":  # its cout counts heads
         return LAUNCH_MS * 4 + MS_PER_MMAC * replace(key, cin=up(key.cin)).macs / 1e6

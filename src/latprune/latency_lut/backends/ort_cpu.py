@@ -20,6 +20,12 @@ convolution only when the residual is itself an NCHWc tensor, as it is in
 the whole model, so a unit's residual comes from an auxiliary convolution
 whose time is left out.
 
+A squeeze-and-excitation's ``Mul`` is no NCHWc op, so in a model ONNX
+Runtime converts the feature map and the gate out of the layout for it and
+the product back in: a scaling unit's time holds those conversions (of
+tensors at its own shapes, :func:`scale_layouts`), and its input and output
+come from auxiliary convolutions, as in a model.
+
 A model whose weights overflow the last-level cache streams each layer's
 weights from memory on every run, while a unit timed alone keeps its
 weights cached. Its units holding a 256th of the cache or more
@@ -116,6 +122,9 @@ def unit_onnx(key: LayerKey, seed: int = 0, aux_inputs: bool = False) -> bytes:
                           for name, width in zip(pieces, key.pieces()))
         nodes.append(helper.make_node("Concat", pieces, ["y0"], axis=1))
         out_shape = [key.batch, key.cout, h, w]
+    elif key.op == "scale":
+        nodes.extend(_scale_nodes(key, inputs, init, rng, aux_inputs))
+        out_shape = [key.batch, key.cout, *key.in_hw]
     elif key.op == "linear":
         shape = [key.batch, *key.in_hw, key.cin]
         inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, shape))
@@ -142,6 +151,9 @@ def unit_onnx(key: LayerKey, seed: int = 0, aux_inputs: bool = False) -> bytes:
         nodes.append(helper.make_node("Add", [last, "r"], ["y_add"]))
         last = "y_add"
     last = _activation(key.act, last, nodes, init)
+    if key.op == "scale" and aux_inputs:
+        nodes.append(_aux_reader(key, last, init, rng))
+        last, out_shape = f"{AUX}z", [key.batch, _around(key), *((n + 1) // 2 for n in key.in_hw)]
     graph = helper.make_graph(nodes, "unit", inputs,
                               [helper.make_tensor_value_info(last, TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="latprune")
@@ -192,6 +204,56 @@ def _aux_pieces(key: LayerKey, init: Any, rng: np.random.Generator) -> list[Any]
             for i, width in enumerate(key.pieces())]
 
 
+def _scale_nodes(key: LayerKey, inputs: list[Any], init: Any, rng: np.random.Generator, aux_inputs: bool) -> list[Any]:
+    """A squeeze-and-excitation's scaling: the feature map times its global average (the
+    gate's convolutions are units of their own). With ``aux_inputs`` an auxiliary stride-2
+    convolution of an input at twice the size (:func:`_around`) writes the feature map
+    in ONNX Runtime's NCHWc layout, as a convolution does in a model, so that the runtime
+    converts it and the gate out of that layout for the ``Mul`` (and back, for
+    :func:`_aux_reader`) as it does there; its tensors at other shapes tell its own layout
+    conversions apart (:func:`scale_layouts`)."""
+    from onnx import TensorProto, helper
+
+    h, w = key.in_hw
+    if not aux_inputs:
+        inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [key.batch, key.cin, h, w]))
+        source, writer = "x", []
+    else:
+        around = _around(key)
+        inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [key.batch, around, 2 * h, 2 * w]))
+        weight = init(f"{AUX}w", rng.standard_normal((key.cin, around, 1, 1)) * 0.1)
+        source = f"{AUX}x2"
+        writer = [helper.make_node("Conv", ["x", weight], [source], name=f"{AUX}writer", kernel_shape=[1, 1],
+                                   strides=[2, 2])]
+    return writer + [helper.make_node("GlobalAveragePool", [source], ["gate"], name="squeeze"),
+                     helper.make_node("Mul", [source, "gate"], ["y0"], name="scale")]
+
+
+def _aux_reader(key: LayerKey, last: str, init: Any, rng: np.random.Generator) -> Any:
+    """An auxiliary stride-2 1×1 convolution that reads a scaling unit's output, as the
+    convolution after a squeeze-and-excitation does: the runtime converts the output back
+    into its NCHWc layout for it."""
+    from onnx import helper
+
+    weight = init(f"{AUX}wz", rng.standard_normal((_around(key), key.cout, 1, 1)) * 0.1)
+    return helper.make_node("Conv", [last, weight], [f"{AUX}z"], name=f"{AUX}reader", kernel_shape=[1, 1],
+                            strides=[2, 2])
+
+
+def _around(key: LayerKey) -> int:
+    """Channels of the tensors around a scaling unit: never its own, so that no layout
+    conversion of theirs passes for one of its own."""
+    return CONCAT_SOURCE if key.cin != CONCAT_SOURCE else 2 * CONCAT_SOURCE
+
+
+def scale_layouts(key: LayerKey) -> frozenset[tuple[int, ...]]:
+    """The shapes whose NCHWc layout conversions a scaling unit's time holds: its feature
+    map's and its gate's (ONNX Runtime converts both for the ``Mul``, in a model as alone)."""
+    if key.op != "scale":
+        return frozenset()
+    return frozenset({(key.batch, key.cin, *key.in_hw), (key.batch, key.cin, 1, 1)})
+
+
 def _aux_residual_conv(key: LayerKey, out_shape: list[int], init: Any, rng: np.random.Generator) -> Any:
     """A convolution of the unit's input ``x`` with the unit's output shape: 1×1 with the
     unit's stride where that gives the shape ("same" padding), else the unit's geometry."""
@@ -217,9 +279,11 @@ class KernelProfile:
     ops: tuple[str, ...]
 
 
-def profile_kernels(model: bytes, threads: int, timing: TimingConfig) -> KernelProfile:
+def profile_kernels(model: bytes, threads: int, timing: TimingConfig,
+                    layouts: frozenset[tuple[int, ...]] = frozenset()) -> KernelProfile:
     """Per-run latency of ``model``'s kernels from ONNX Runtime's profiler, leaving out
-    NCHWc layout conversions and auxiliary nodes (see the module docstring).
+    auxiliary nodes and NCHWc layout conversions, but those of tensors shaped as one of
+    ``layouts`` (see the module docstring).
 
     The runs are those of :func:`time_callable` (warm-up first, dropped), at
     most ``KERNEL_MAX_RUNS`` of them; each run's sample is the sum of its
@@ -232,14 +296,15 @@ def profile_kernels(model: bytes, threads: int, timing: TimingConfig) -> KernelP
         path = session.end_profiling()
         with open(path, encoding="utf-8") as fh:
             events = json.load(fh)
-    runs, kernels = _runs(events), _kept_kernels(events)
+    runs, kernels = _runs(events), _kept_kernels(events, layouts)
     last = [op for ts, _, op in kernels if runs[-1][0] <= ts <= runs[-1][1]]
     return KernelProfile(Latency.from_samples(_sum_per_run(runs, kernels)[timing.warmup:]), tuple(last))
 
 
-def kernel_latency(model: bytes, threads: int, timing: TimingConfig) -> Latency:
+def kernel_latency(model: bytes, threads: int, timing: TimingConfig,
+                   layouts: frozenset[tuple[int, ...]] = frozenset()) -> Latency:
     """:func:`profile_kernels`'s latency."""
-    return profile_kernels(model, threads, timing).latency
+    return profile_kernels(model, threads, timing, layouts).latency
 
 
 def _runs(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -249,11 +314,19 @@ def _runs(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return runs
 
 
-def _kept_kernels(events: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
-    """(start µs, duration µs, op) of every kernel that is neither a layout conversion nor ``aux_``."""
+def _kept_kernels(events: list[dict[str, Any]], layouts: frozenset[tuple[int, ...]] = frozenset()
+                  ) -> list[tuple[int, int, str]]:
+    """(start µs, duration µs, op) of every kernel that is not ``aux_``, nor a layout conversion
+    but of a tensor shaped as one of ``layouts``."""
+    def kept(args: dict[str, Any]) -> bool:
+        if args.get("op_name") not in LAYOUT_OPS:
+            return True
+        tensors = args.get("input_type_shape", []) + args.get("output_type_shape", [])
+        return any(tuple(shape) in layouts for t in tensors for shape in t.values())
+
     return sorted((e["ts"], e["dur"], e.get("args", {}).get("op_name", "")) for e in events
                   if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
-                  and e.get("args", {}).get("op_name") not in LAYOUT_OPS and not e["name"].startswith(AUX))
+                  and not e["name"].startswith(AUX) and kept(e.get("args", {})))
 
 
 def run_kernel_ms(events: list[dict[str, Any]]) -> list[float]:
@@ -360,9 +433,9 @@ class OrtCpuBackend(Backend):
         with the caches flushed before each run (:func:`flushed`)."""
         unit = unit_onnx(key, aux_inputs=True)
         if not key.cold:
-            return kernel_latency(unit, self.threads, self.timing)
+            return kernel_latency(unit, self.threads, self.timing, scale_layouts(key))
         timing = replace(self.timing, warmup=COLD_WARMUP, repeats=COLD_REPEATS, min_time_s=0.0)
-        return kernel_latency(flushed(unit, last_level_cache_bytes()), self.threads, timing)
+        return kernel_latency(flushed(unit, last_level_cache_bytes()), self.threads, timing, scale_layouts(key))
 
     def cold_units(self, graph: Any) -> frozenset[str]:
         """Where the model's weights (fp32) overflow the last-level cache, its units holding a

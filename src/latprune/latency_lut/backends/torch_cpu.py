@@ -22,6 +22,11 @@ class _Concat(nn.Module):
         return torch.cat(pieces, dim=1)
 
 
+class _Scale(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x.mean((2, 3), keepdim=True)
+
+
 class _UnitModule(nn.Module):
     """One unit at ``key``'s widths: its layer, then BatchNorm, residual add and activation."""
 
@@ -34,6 +39,8 @@ class _UnitModule(nn.Module):
             self.layer = attention_unit(key)
         elif key.op == "concat":
             self.layer = _Concat()
+        elif key.op == "scale":
+            self.layer = _Scale()
         else:
             self.layer = nn.Linear(key.cin, key.cout, bias=key.bias)
         self.bn = nn.BatchNorm2d(key.cout) if key.bn and key.op in ("conv", "concat") else nn.Identity()
@@ -50,10 +57,12 @@ class _UnitModule(nn.Module):
 
 def unit_inputs(key: LayerKey, module: nn.Module) -> tuple[torch.Tensor, ...]:
     """Random inputs of ``module`` (a :class:`_UnitModule` at ``key``): a convolution's or a
-    concatenation's feature maps, a linear layer's tokens, and a residual where it adds one."""
+    concatenation's or a scaling's feature maps, a linear layer's tokens, and a residual where
+    it adds one."""
     if key.op == "concat":
         return tuple(torch.randn(key.batch, width, *key.in_hw) for width in key.pieces())
-    x = torch.randn(key.batch, key.cin, *key.in_hw) if key.op == "conv" else torch.randn(key.batch, *key.in_hw, key.cin)
+    spatial = key.op in ("conv", "scale")
+    x = torch.randn(key.batch, key.cin, *key.in_hw) if spatial else torch.randn(key.batch, *key.in_hw, key.cin)
     if not key.add:
         return (x,)
     with torch.inference_mode():
