@@ -93,6 +93,7 @@ WARMUP = 5  # runs left out: the first runs of a session allocate and pack weigh
 # after the activation (or add) at their end (a convolution named ``…/relu/Relu_output_0_nchwc``).
 ACTIVATIONS = {"QuickGelu", "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Gelu", "FastGelu"}
 FUSED_NAMED_AFTER_TAIL = ACTIVATIONS | {"Conv", "FusedConv", "FusedMatMul", "MatMul", "Gemm"}
+SCALE_OPS = {"GlobalAveragePool", "ReduceMean", "Mul"}  # a squeeze-and-excitation's own, beside its gate layers
 HOPS = 4  # producers walked back from a fused node's named tail to the unit it belongs to
 
 
@@ -103,9 +104,9 @@ def unit_of_node(unit_names: list[str], graph: Any) -> Callable[[str, str], str 
     producer within :data:`HOPS` steps up the exported graph's first inputs that one holds;
     None where neither finds one. A ``Concat`` node belongs to the concatenation unit anchored
     (``ANCHOR:cat``) at a node it feeds, and so do the nodes of an anchor that is no other unit
-    (DenseNet's BatchNorm after its concatenation); the nodes of a squeeze-and-excitation
-    (``SE:scale``) that no gate layer's unit holds (its pooling and product) belong to its
-    scaling unit."""
+    (DenseNet's BatchNorm after its concatenation); a pooling or a product in a
+    squeeze-and-excitation (``SE:scale``) that no unit of its gate holds belongs to its scaling
+    unit (the gate's convolutions, named after their activations there, stay theirs)."""
     by_name = {n.name: n for n in graph.node}
     by_output = {o: n for n in graph.node for o in n.output}
     readers = collections.defaultdict(list)
@@ -115,10 +116,10 @@ def unit_of_node(unit_names: list[str], graph: Any) -> Callable[[str, str], str 
     plain = {name: scope(name) for name in unit_names if ":" not in name}
     cats = {scope(name.removesuffix(":cat")): name for name in unit_names if name.endswith(":cat")}
     scales = {name: scope(name.removesuffix(":scale")) for name in unit_names if name.endswith(":scale")}
-    paths = {**plain, **scales, **{name: path for path, name in cats.items() if path not in plain.values()}}
+    paths = {**plain, **{name: path for path, name in cats.items() if path not in plain.values()}}
 
-    def owner(name: str) -> str | None:
-        return max((u for u, p in paths.items() if p in name + "/"), key=lambda u: len(paths[u]), default=None)
+    def owner(name: str, among: dict[str, str] = paths) -> str | None:
+        return max((u for u, p in among.items() if p in name + "/"), key=lambda u: len(among[u]), default=None)
 
     def concat(name: str) -> str | None:
         node = by_name.get(name)
@@ -129,6 +130,8 @@ def unit_of_node(unit_names: list[str], graph: Any) -> Callable[[str, str], str 
         if op == "Concat":
             return concat(name)
         unit = owner(name)
+        if unit is None and op in SCALE_OPS:
+            return owner(name, scales)
         if unit is not None or op not in FUSED_NAMED_AFTER_TAIL:
             return unit
         tail = name.split("/QuickGeluFusion")[0].removesuffix("_nchwc")

@@ -40,3 +40,4 @@ def test_an_excitations_pooling_and_product_belong_to_its_scaling_unit() -> None
     assert find(f"{se}/avgpool/GlobalAveragePool", "GlobalAveragePool") == "features.4.block.2:scale"
     assert find(f"{se}/Mul", "Mul") == "features.4.block.2:scale"
     assert find(f"{se}/fc1/Conv", "Conv") == "features.4.block.2.fc1"
+    assert find(f"{se}/scale_activation/HardSigmoid_output_0_nchwc", "Conv") == "features.4.block.2.fc2"
