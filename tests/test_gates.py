@@ -72,6 +72,28 @@ def test_hard_gated_model_equals_slimmed_model(tiny_model: nn.Module, seed: int,
         assert len(removed) == 1 and isinstance(slim.get_submodule(removed[0].name), nn.Identity)
 
 
+def test_a_closed_passing_block_passes_its_input_as_its_removal_does() -> None:
+    """ShuffleNetV2's removable branch: its gate mixes its output with its input, so closed
+    it passes its half of the channels on, as the slimmed unit without it does."""
+    from torchvision.models import shufflenet_v2_x0_5
+
+    torch.manual_seed(0)
+    model = randomise_bn_(shufflenet_v2_x0_5(num_classes=10).eval())
+    graph = ChannelGraph.build(model, (1, 3, 32, 32))
+    gates, keep = _random_hard_gates(graph, 0, drop_block=True)
+    x = torch.randn(2, 3, 32, 32)
+    gates.attach()
+    try:
+        gates.refresh()
+        with torch.no_grad():
+            gated = model(x)
+    finally:
+        gates.detach()
+    slim = graph.slim(keep)
+    with torch.no_grad():
+        assert torch.allclose(gated, slim(x), atol=1e-5)
+
+
 def test_gates_start_from_a_plan_undecided_on_what_it_drops(tiny_model: nn.Module) -> None:
     graph = ChannelGraph.build(tiny_model, TINY_INPUT)
     _, keep = _random_hard_gates(graph, seed=3, drop_block=True)
@@ -142,6 +164,7 @@ def test_version_1_plans_still_load() -> None:
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def predictor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    torch.manual_seed(0)  # the same weights whichever tests ran before
     graph = ChannelGraph.build(randomise_bn_(MODELS[request.param]()), TINY_INPUT)
     path = tmp_path_factory.mktemp("gates") / "g.lut"
     build_lut(graph, path, get_backend("fake", threads=1), levels=LEVELS, progress=False)

@@ -194,6 +194,31 @@ def test_shufflenet_prunes_inside_its_units_and_keeps_the_shuffled_channels() ->
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
 
 
+def test_a_shufflenet_units_branch_goes_whole_and_its_half_of_the_channels_passes() -> None:
+    """Each stride-1 ShuffleNetV2 unit's ``branch2`` is a removable block: removed, its half of
+    the channels passes to the concatenation and the shuffle unchanged (the unit still
+    shuffles), its three convolutions leave the latency model, and the concatenation before
+    it, named after its first layer, stays."""
+    from torchvision.models import shufflenet_v2_x0_5
+
+    torch.manual_seed(0)
+    graph = ChannelGraph.build(randomise_bn_(shufflenet_v2_x0_5(weights=None).eval()), (1, 3, 64, 64))
+    assert [b.name for b in graph.blocks][:3] == ["stage2.1.branch2", "stage2.2.branch2", "stage2.3.branch2"]
+    assert len(graph.blocks) == 13 and all(b.passes and not b.branch_ends for b in graph.blocks)
+    first = graph.blocks[0]
+    assert first.units == ("stage2.1.branch2.0", "stage2.1.branch2.3", "stage2.1.branch2.5")
+    assert "stage2.1.branch2.0:cat" in {u.name for u in graph.units}
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    keep.update({b.group: [] for b in graph.blocks[::3]})
+    slim, masked = graph.slim(keep), graph.mask(keep)
+    unit = slim.get_submodule("stage2.1")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+        h = torch.randn(2, unit.shuffle.channels or 48, 8, 8)
+        assert torch.equal(unit(h), unit.shuffle(h))  # its branch gone, the unit only shuffles
+
+
 
 class _ReadsASlice(nn.Module):
     """A conv that reads half its input's channels: a slice (``x[:, :8]``) or a chunk (CSP, GhostNet)."""

@@ -39,12 +39,16 @@ class Block:
     ``nn.Identity``; zeroing its ``branch_ends`` computes the same function.
     ``group`` is its inner channel group: a width of 0 for that group in a
     width configuration means "block removed". ``units`` are the latency units
-    (conv/linear names) inside it."""
+    (conv/linear names) inside it. A ``passes`` block has no branch ends: it is a
+    branch whose input passes on in its place once it is removed (ShuffleNetV2's,
+    :func:`~latprune.graph.shuffle.passing_blocks`), and its gate mixes its output
+    with its input."""
 
     name: str
     branch_ends: tuple[str, ...]
     group: int
     units: tuple[str, ...]
+    passes: bool = False
 
 
 def inside(name: str, block: str) -> bool:

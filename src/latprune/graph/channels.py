@@ -40,7 +40,7 @@ from latprune.graph.rewrite import (
     sync_attributes_,
     why_left,
 )
-from latprune.graph.shuffle import ChannelShuffle
+from latprune.graph.shuffle import ChannelShuffle, passing_blocks
 from latprune.graph.transformer import Attention, Heads, PatchMerge
 from latprune.graph.units import ACTIVATIONS, LayerKey, Unit
 
@@ -224,8 +224,9 @@ class ChannelGraph:
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [branch_end(m) for m in adds if m is not None]
-        blocks = find_blocks(model, example, adds, names,
-                             [(g.id, g.members + g.producers) for g in groups], [u.name for u in units])
+        group_modules = [(g.id, g.members + g.producers) for g in groups]
+        blocks = find_blocks(model, example, adds, names, group_modules, [u.name for u in units])
+        blocks += passing_blocks(model, group_modules, [u.name for u in units])
         return cls(model, input_shape, dg, _rooted_outside(groups, blocks), units, names, blocks, kept_full)
 
     @staticmethod
@@ -383,6 +384,8 @@ class ChannelGraph:
         removed, keep = self.split_keep(keep)
         with torch.no_grad():
             for block in removed:
+                if block.passes:  # zeroed, it would write zeros; removed, its input passes on
+                    model.set_submodule(block.name, SkippedBlock())
                 for end in block.branch_ends:
                     zero_channels_(model, end, None)
             for gid, idx in keep.items():

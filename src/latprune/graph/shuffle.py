@@ -4,7 +4,9 @@ Torch-Pruning cannot follow the shuffle's ``view``/``transpose`` permutation (Sh
 fails its tracer; Torch-Pruning #45). latprune rewrites torchvision's ShuffleNetV2 units
 into :class:`ShuffleUnit`, whose shuffle is a :class:`ChannelShuffle` leaf; the channels
 through it (every channel between two units) keep their width, and each unit's inner
-width prunes.
+width prunes. A stride-1 unit's ``branch2`` can go whole (:func:`passing_blocks`): its half
+of the channels then passes unchanged to the concatenation and the shuffle, as the other
+half always does.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from latprune.graph.blocks import Block, inside
 from latprune.graph.leaf import leaf
 
 
@@ -70,3 +73,21 @@ class ChannelShufflePruner(tp.pruner.function.BasePruningFunc):
 
     def get_in_channels(self, layer: nn.Module) -> int:
         return layer.channels
+
+
+def passing_blocks(model: nn.Module, group_modules: Sequence[tuple[int, Sequence[str]]],
+                   unit_names: Sequence[str]) -> list[Block]:
+    """The ``branch2`` of every stride-1 :class:`ShuffleUnit` of ``model`` that holds a channel
+    group of its own (``group_modules``: each group's id and modules), as a removable block
+    that passes its input on once removed (:attr:`Block.passes`). The concatenation unit anchored
+    at the branch's first layer (named after it) is the previous unit's: it stays."""
+    blocks = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ShuffleUnit) or module.stride != 1:
+            continue
+        branch = f"{name}.branch2" if name else "branch2"
+        inner = [gid for gid, mods in group_modules if mods and all(inside(m, branch) for m in mods)]
+        if inner:
+            units = tuple(u for u in unit_names if inside(u, branch) and not u.endswith(":cat"))
+            blocks.append(Block(branch, (), min(inner), units, passes=True))
+    return blocks

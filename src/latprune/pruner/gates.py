@@ -6,7 +6,8 @@ residual highway shares one gate across every layer that writes into it; a
 closed gate is exactly a removed channel. A removable block's branch end is
 further multiplied by the block's scalar gate, and by zero once every inner
 channel is closed: a closed block is exactly the block replaced by its
-shortcut. With hard 0/1 gates the gated model computes what the physically
+shortcut. A block that passes its input on (ShuffleNetV2's branch) mixes its
+output with its input by its gate. With hard 0/1 gates the gated model computes what the physically
 slimmed one does (``tests/test_gates.py``).
 
 Modes:
@@ -151,6 +152,9 @@ class Gates(nn.Module):
         for end, block in block_of_end.items():
             if end not in produced:  # it writes channels that keep their width: the block's gate alone
                 self._handles.append(self.graph.module(end).register_forward_hook(self._block_hook(block)))
+        for i, b in enumerate(self.blocks):
+            if b.passes:
+                self._handles.append(self.graph.module(b.name).register_forward_hook(self._pass_hook(i)))
         return self
 
     @property
@@ -215,6 +219,15 @@ class Gates(nn.Module):
             return out * self._block_gate(block).to(out.device, out.dtype)
 
         return scale
+
+    def _pass_hook(self, block: int) -> Any:
+        """Mix a passing block's output with its input by its gate: closed, its input passes on,
+        as once it is removed (:attr:`~latprune.graph.blocks.Block.passes`)."""
+        def mix(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            gate = self._block_gate(block).to(out.device, out.dtype)
+            return gate * out + (1 - gate) * args[0]
+
+        return mix
 
     def _norm_hook(self, gid: int) -> Any:
         """A LayerNorm over the group's channels computes its statistics over the open ones:

@@ -68,7 +68,7 @@ def _linearised_costs(predictor: Predictor, options: dict[int, list[int]],
     for i, unit in enumerate(predictor.graph.units):
         axes = {None if unit.depthwise else unit.in_group, unit.out_group, rank_axis(i)} & options.keys()
         joined = {g for g, _ in unit.in_others} & options.keys() - axes
-        now = predictor.unit_ms(unit, current)
+        now = predictor.unit_ms(unit, current) if joined or not axes else 0.0
         if not axes:
             fixed += now
         for g in axes:
