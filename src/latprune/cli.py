@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=int, default=50)
     q.add_argument("--seed", type=int, default=1234)
     q.add_argument("--plot", default=None, help="write a PNG scatter of predicted vs measured")
-    q.add_argument("--blocks", action="store_true", help="let configurations remove whole residual blocks")
+    q.add_argument("--blocks", action="store_true",
+                   help="let configurations remove whole blocks (residual blocks, ShuffleNetV2 branches)")
     q.add_argument("--beside", action="store_true",
                    help="measure the full model right before each configuration and also score the prediction "
                         "re-anchored on it (as prune's relative budgets use the LUT; doubles the measurements)")
@@ -258,7 +259,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     if args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
         if ChannelGraph.build(spec.model, spec.input_shape).blocks:
             _warn([f"--calibration-samples {args.calibration_samples} leaves out configurations that remove "
-                   f"residual blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what "
+                   f"blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what "
                    "a removed block costs (the default is 12)"])
     lut = profile(spec.model, spec.input_shape, args.backend, args.threads, args.output, levels=args.levels,
                   align=args.align, calibration_samples=args.calibration_samples, passes=args.passes,

@@ -101,7 +101,7 @@ def prune_text(m: dict[str, Any]) -> str:
         f"measured speedup {m['speedup_measured']:.2f}x; MACs kept {100 * m['macs_ratio']:.0f}%; "
         f"closed loop: {len(m['closed_loop'])} iteration(s); ONNX parity max abs diff "
         f"{m['pruned']['onnx_parity_max_abs_diff']:.1e}",
-        f"method {m.get('method', 'halp')}; residual blocks removed: "
+        f"method {m.get('method', 'halp')}; blocks removed: "
         f"{', '.join(m['pruned'].get('removed_blocks') or []) or 'none'}",
         *[_attempt_line(a) for a in m.get("attempts", []) if len(m["attempts"]) > 1],
     ])

@@ -78,7 +78,7 @@ class ImportanceConfig(MethodConfig):
                            IMPORTANCES)
     importance_batches: int = _opt(16, "training batches the importance is averaged over")
     lr: float = _opt(0.01, "learning rate of the method's own training (gates, recovery)")
-    blocks: bool = _opt(True, "allow removing whole residual blocks")
+    blocks: bool = _opt(True, "allow removing whole blocks (residual blocks, ShuffleNetV2 branches)")
     lowrank: bool = _opt(False, "also offer every convolution and linear layer low ranks (a factorised pair, "
                          "Trained Rank Pruning's scheme), taken where the LUT prices the pair below the widths; "
                          "profile with --lowrank first")
