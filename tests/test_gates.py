@@ -50,6 +50,17 @@ def _random_hard_gates(graph: ChannelGraph, seed: int, drop_block: bool) -> tupl
     return gates, keep
 
 
+def _gated_output(gates: Gates, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s output on ``x`` with ``gates`` hooked in, as they are now."""
+    gates.attach()
+    try:
+        gates.refresh()
+        with torch.no_grad():
+            return model(x)
+    finally:
+        gates.detach()
+
+
 @pytest.mark.parametrize("drop_block", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hard_gated_model_equals_slimmed_model(tiny_model: nn.Module, seed: int, drop_block: bool) -> None:
@@ -57,13 +68,7 @@ def test_hard_gated_model_equals_slimmed_model(tiny_model: nn.Module, seed: int,
     gates, keep = _random_hard_gates(graph, seed, drop_block)
     slim = graph.slim(keep)
     x = torch.randn(4, *TINY_INPUT[1:])
-    gates.attach()
-    try:
-        gates.refresh()
-        with torch.no_grad():
-            gated = tiny_model(x)
-    finally:
-        gates.detach()
+    gated = _gated_output(gates, tiny_model, x)
     with torch.no_grad():
         assert torch.allclose(gated, slim(x), atol=1e-5)
         assert torch.allclose(gated, graph.mask(keep)(x), atol=1e-5)
@@ -82,13 +87,7 @@ def test_a_closed_passing_block_passes_its_input_as_its_removal_does() -> None:
     graph = ChannelGraph.build(model, (1, 3, 32, 32))
     gates, keep = _random_hard_gates(graph, 0, drop_block=True)
     x = torch.randn(2, 3, 32, 32)
-    gates.attach()
-    try:
-        gates.refresh()
-        with torch.no_grad():
-            gated = model(x)
-    finally:
-        gates.detach()
+    gated = _gated_output(gates, model, x)
     slim = graph.slim(keep)
     with torch.no_grad():
         assert torch.allclose(gated, slim(x), atol=1e-5)

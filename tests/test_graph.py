@@ -497,6 +497,39 @@ def test_an_excitations_scaling_is_a_unit_as_wide_as_the_map_it_scales() -> None
     assert "features.5.block.2:scale" in block.units
 
 
+class _SEBasicBlock(nn.Module):
+    """A residual block whose excitation scales the branch before the add (SE-ResNet), its gate
+    timm's hard sigmoid, ``relu6(x + 3) / 6``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc1, self.fc2 = nn.Conv2d(width, 8, 1), nn.Conv2d(8, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        gate = nn.functional.relu6(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))) + 3.0) / 6.0
+        return torch.relu(x + y * gate)
+
+
+def test_an_excitation_before_a_residual_add_is_keyed_by_the_highway_it_scales() -> None:
+    """SE-ResNet scales the branch and adds it to the shortcut, so no layer reads the product
+    directly: the unit takes its width from the layer that writes the map, the stage's highway."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          _SEBasicBlock(16), _SEBasicBlock(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10)).eval()
+    graph = ChannelGraph.build(model, (1, 3, 12, 12))
+    scales = {u.name: u for u in graph.units if u.base.op == "scale"}
+    assert set(scales) == {"3:scale", "4:scale"}
+    highway = next(u for u in graph.units if u.name == "0").out_group
+    assert all(u.in_group == highway and u.base.in_hw == (12, 12) for u in scales.values())
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
+    widths = {g: len(k) for g, k in keep.items()}
+    slimmed = {u.name: u for u in ChannelGraph.build(graph.slim(keep), (1, 3, 12, 12)).units}
+    assert {name: u.key(widths) for name, u in scales.items()} == {name: slimmed[name].base for name in scales}
+
+
 def test_a_linear_after_a_flatten_is_keyed_with_every_position_of_its_channels() -> None:
     """A VGG/AlexNet classifier reads each channel of the last feature map once per position."""
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),

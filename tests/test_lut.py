@@ -340,6 +340,7 @@ def test_a_scaling_unit_times_its_pooling_product_and_layout_conversions_as_in_a
         assert {"GlobalAveragePool", "Mul", "ReorderInput", "ReorderOutput"} <= set(profile.ops)
         assert profile.ops.count("ReorderInput") == 1 and "Conv" not in profile.ops
         assert profile_kernels(unit_onnx(key, aux_inputs=True), 1, timing).ops == ("GlobalAveragePool", "Mul")
+    assert profile_kernels(unit_onnx(key), 1, timing).ops == ("GlobalAveragePool", "Mul")  # TensorRT's graph
     module = _UnitModule(key).eval()
     (x,) = unit_inputs(key, module)
     with torch.no_grad():

@@ -220,7 +220,7 @@ class ChannelGraph:
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
         _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
         readers = set(layers) - set(sliced)
-        units += _concat_units(dg, names, shapes, readers, parts) + _scale_units(dg, names, shapes, readers, parts)
+        units += _concat_units(dg, names, shapes, readers, parts) + _scale_units(dg, names, shapes, out_group)
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [branch_end(m) for m in adds if m is not None]
@@ -537,38 +537,44 @@ def _concat_units(dg: tp.DependencyGraph, names: dict[Any, str],
 
 def _scale_units(dg: tp.DependencyGraph, names: dict[Any, str],
                  shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]],
-                 layers: set[nn.Module], parts: dict[nn.Module, list[tuple[int, int]]]) -> list[Unit]:
-    """A unit for each squeeze-and-excitation's scaling: a feature map times a gate that a
-    layer computes at 1×1 (``(B, C, 1, 1)``, behind its activation). Its width is the group
-    that the first layer it feeds reads (none where that layer's input is no group), its name
-    the gate layer's parent module's (the squeeze-and-excitation's). A product the trace does
-    not show so is left to the calibration's constant."""
+                 out_group: dict[nn.Module, int]) -> list[Unit]:
+    """A unit for each squeeze-and-excitation's scaling: a feature map that a layer writes
+    (behind its norm and activation) times a gate that a layer computes at 1×1 (``(B, C, 1,
+    1)``, behind its activation, or timm's ``relu6(x + 3) / 6``). Its width is the group of
+    the map's layer (none where that layer writes no group: the unit is then a fixed cost), its
+    name the gate layer's parent module's (the squeeze-and-excitation's). A product the trace
+    does not show so is left to the calibration's constant."""
     units = []
     for node in dg.module2node.values():
         if _grad_fn_name(node) != "MulBackward0" or len(node.inputs) != 2:
             continue
-        reader = _first_reader(node, layers)
-        gates = [g for g in map(_layer_behind, node.inputs) if g in shapes and shapes[g][1][2:] == (1, 1)]
-        if reader is None or len(gates) != 1 or reader not in shapes:
+        gates = [g for g in (_layer_behind(i, GATE_STEPS) for i in node.inputs)
+                 if g in shapes and shapes[g][1][2:] == (1, 1)]
+        maps = [m for m in (_layer_behind(i, MAP_STEPS) for i in node.inputs)
+                if m in shapes and len(shapes[m][1]) == 4 and math.prod(shapes[m][1][2:]) > 1]
+        if len(gates) != 1 or len(maps) != 1 or shapes[gates[0]][1] != (*shapes[maps[0]][1][:2], 1, 1):
             continue
-        shape, joined = shapes[reader][0], parts[reader]
-        if len(shape) != 4 or shapes[gates[0]][1] != (*shape[:2], 1, 1) or math.prod(shape[2:]) == 1:
-            continue
-        if len(joined) > 1 or (joined and joined[0][1] != shape[1]):
-            continue
+        shape = shapes[maps[0]][1]
         key = LayerKey(op="scale", cin=shape[1], cout=shape[1], in_hw=tuple(shape[2:]), batch=shape[0])
         name = names[gates[0]].rpartition(".")[0] or names[gates[0]]
-        units.append(Unit(f"{name}:scale", key, joined[0][0] if joined else None, None))
+        units.append(Unit(f"{name}:scale", key, out_group.get(maps[0]), None))
     return units
 
 
-def _layer_behind(node: tp.dependency.Node, hops: int = 3) -> nn.Module | None:
-    """The layer (conv/linear) that ``node`` is, or that it reads through single-input steps
-    (an activation), within ``hops``; None otherwise."""
-    for _ in range(hops):
+# What a squeeze-and-excitation's inputs pass through from the layers that write them: the gate its
+# activation (timm's hard sigmoid as an add, a clamp and a division by constants); the map a norm and
+# an activation. Each keeps its input's shape.
+GATE_STEPS = frozenset(ACTIVATIONS) | {"HardsigmoidBackward0", "AddBackward0", "DivBackward0", "MulBackward0"}
+MAP_STEPS = frozenset(ACTIVATIONS) | {"NativeBatchNormBackward0", "CudnnBatchNormBackward0"}
+
+
+def _layer_behind(node: tp.dependency.Node, steps: frozenset[str], hops: int = 4) -> nn.Module | None:
+    """The layer (conv/linear) that ``node`` is, or that it reads through at most ``hops``
+    single-input ``steps`` (grad_fn names); None otherwise."""
+    for _ in range(hops + 1):
         if isinstance(node.module, PRUNABLE):
             return node.module
-        if len(node.inputs) != 1:
+        if len(node.inputs) != 1 or _grad_fn_name(node) not in steps:
             return None
         node = node.inputs[0]
     return None
