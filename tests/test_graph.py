@@ -488,7 +488,7 @@ def test_an_excitations_scaling_is_a_unit_as_wide_as_the_map_it_scales() -> None
     se = scales["features.4.block.2:scale"]
     fc2 = next(u for u in graph.units if u.name == "features.4.block.2.fc2")
     assert (se.base.cin, se.base.in_hw, se.base.weights, se.base.macs) == (96, (4, 4), 0, 0)
-    assert se.in_group == fc2.out_group and se.out_group is None
+    assert se.in_group == fc2.out_group and se.out_group is None and fc2.base.act == "hardsigmoid"
     keep = {g.id: list(range(0, g.size, 2)) for g in graph.groups}
     widths = {g: len(k) for g, k in keep.items()}
     slimmed = {u.name: u for u in ChannelGraph.build(graph.slim(keep), (1, 3, 64, 64)).units}

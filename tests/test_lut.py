@@ -14,7 +14,7 @@ from torch import nn
 
 from latprune.errors import FingerprintMismatch, LutError
 from latprune.graph.channels import ChannelGraph, Grid
-from latprune.graph.units import LayerKey
+from latprune.graph.units import ACTIVATIONS, LayerKey
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.backends.fake import FakeBackend
 from latprune.latency_lut.calibrate import FIT_METHOD
@@ -321,6 +321,24 @@ def test_ort_cpu_unit_is_its_kernel_time_with_the_residual_add_fused(tmp_path: P
     assert len(per_run) == 3
     kept_us = sum(e["dur"] for e in nodes) - sum(e["dur"] for e in left_out)
     assert sum(per_run) == pytest.approx(kept_us / 1000.0)
+
+
+@pytest.mark.parametrize("act", sorted(set(ACTIVATIONS.values())))
+def test_every_activation_a_unit_ends_with_is_built_as_torch_computes_it(act: str) -> None:
+    """The ort-cpu unit graph with the activation computes torch's activation of the same
+    unit's output without it (same seed, same weights); the torch backends name it too."""
+    import torch
+
+    from latprune.latency_lut.backends.ort_cpu import unit_onnx
+    from latprune.latency_lut.backends.torch_cpu import _ACTS
+    from latprune.runtime.ort import make_session
+
+    key = LayerKey("conv", 8, 16, (3, 3), padding=(1, 1), in_hw=(5, 5), bn=True, act=act)
+    x = np.random.default_rng(0).standard_normal((1, 8, 5, 5)).astype(np.float32)
+    with_act = make_session(unit_onnx(key), 1).run(None, {"x": x})[0]
+    without = make_session(unit_onnx(replace(key, act="")), 1).run(None, {"x": x})[0]
+    expected = _ACTS[act]()(torch.from_numpy(without)).numpy()
+    assert np.allclose(with_act, expected, atol=1e-5)
 
 
 def test_a_scaling_unit_times_its_pooling_product_and_layout_conversions_as_in_a_model() -> None:

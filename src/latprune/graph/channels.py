@@ -564,7 +564,7 @@ def _scale_units(dg: tp.DependencyGraph, names: dict[Any, str],
 # What a squeeze-and-excitation's inputs pass through from the layers that write them: the gate its
 # activation (timm's hard sigmoid as an add, a clamp and a division by constants); the map a norm and
 # an activation. Each keeps its input's shape.
-GATE_STEPS = frozenset(ACTIVATIONS) | {"HardsigmoidBackward0", "AddBackward0", "DivBackward0", "MulBackward0"}
+GATE_STEPS = frozenset(ACTIVATIONS) | {"AddBackward0", "DivBackward0", "MulBackward0"}
 MAP_STEPS = frozenset(ACTIVATIONS) | {"NativeBatchNormBackward0", "CudnnBatchNormBackward0"}
 
 

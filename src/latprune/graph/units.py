@@ -36,6 +36,7 @@ ACTIVATIONS = {
     "SiluBackward0": "silu",
     "HardswishBackward0": "hardswish",
     "SigmoidBackward0": "sigmoid",
+    "HardsigmoidBackward0": "hardsigmoid",
     "GeluBackward0": "gelu",
 }
 

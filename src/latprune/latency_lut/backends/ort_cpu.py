@@ -358,6 +358,8 @@ def _activation(act: str, last: str, nodes: list[Any], init: Any) -> str:
         nodes.append(helper.make_node("Clip", [last, init("lo", np.array(0.0)), init("hi", np.array(6.0))], ["y_act"]))
     elif act == "sigmoid":
         nodes.append(helper.make_node("Sigmoid", [last], ["y_act"]))
+    elif act == "hardsigmoid":  # torch's relu6(x + 3) / 6
+        nodes.append(helper.make_node("HardSigmoid", [last], ["y_act"], alpha=1 / 6, beta=0.5))
     elif act == "silu":
         nodes.append(helper.make_node("Sigmoid", [last], ["y_sig"]))
         nodes.append(helper.make_node("Mul", [last, "y_sig"], ["y_act"]))

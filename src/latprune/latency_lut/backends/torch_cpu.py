@@ -14,7 +14,7 @@ from latprune.latency_lut.timing import Latency, TimingConfig, time_callable
 from latprune.runtime.fingerprint import host_fingerprint
 
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
-         "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+         "sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid, "gelu": nn.GELU}
 
 
 class _Concat(nn.Module):
