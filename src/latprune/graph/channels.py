@@ -219,14 +219,14 @@ class ChannelGraph:
                 g = groups[unit.out_group]
                 groups[unit.out_group] = replace(g, producers=g.producers + (names[m],))
         _add_leaves(groups, units, attentions, merges, names, shapes, in_group, out_group)
-        readers = set(layers) - set(sliced)
-        units += _concat_units(dg, names, shapes, readers, parts) + _scale_units(dg, names, shapes, out_group)
+        units += _concat_units(dg, names, shapes, set(layers) - set(sliced), parts)
+        units += _scale_units(dg, names, shapes, out_group)
         adds = [_producer_behind(i) for n in dg.module2node.values() if _grad_fn_name(n) == "AddBackward0"
                 for i in n.inputs]
         adds = [branch_end(m) for m in adds if m is not None]
-        group_modules = [(g.id, g.members + g.producers) for g in groups]
-        blocks = find_blocks(model, example, adds, names, group_modules, [u.name for u in units])
-        blocks += passing_blocks(model, group_modules, [u.name for u in units])
+        group_modules, unit_names = [(g.id, g.members + g.producers) for g in groups], [u.name for u in units]
+        blocks = find_blocks(model, example, adds, names, group_modules, unit_names)
+        blocks += passing_blocks(model, group_modules, unit_names)
         return cls(model, input_shape, dg, _rooted_outside(groups, blocks), units, names, blocks, kept_full)
 
     @staticmethod

@@ -7,8 +7,8 @@ closed gate is exactly a removed channel. A removable block's branch end is
 further multiplied by the block's scalar gate, and by zero once every inner
 channel is closed: a closed block is exactly the block replaced by its
 shortcut. A block that passes its input on (ShuffleNetV2's branch) mixes its
-output with its input by its gate. With hard 0/1 gates the gated model computes what the physically
-slimmed one does (``tests/test_gates.py``).
+output with its input by its gate. With hard 0/1 gates the gated model
+computes what the physically slimmed one does (``tests/test_gates.py``).
 
 Modes:
 

@@ -67,7 +67,8 @@ KERNEL_MAX_RUNS = 300
 # In a model whose weights overflow the cache, units holding a 256th of it or more (128 KiB of 32 MiB) are timed
 # cold. Lighter ones' weights cost little to stream: timed cold, they mostly pay what the flush leaves behind.
 COLD_UNIT_SHARE = 256
-# Channels of the input that a concatenation unit's auxiliary convolutions turn into its inputs.
+# Channels of the input that a concatenation unit's auxiliary convolutions turn into its inputs, and of the
+# tensors around a scaling unit (:func:`_around`).
 CONCAT_SOURCE = 16
 # Runs of a cold unit: each one writes and reads twice the cache first (~8 ms with 32 MiB).
 COLD_WARMUP, COLD_REPEATS = 3, 20
