@@ -118,7 +118,7 @@ def score_row(row: dict[str, Any], cache_bytes: int) -> dict[str, Any]:
     """Every form's leave-one-out score on one fidelity row (see the module docstring)."""
     from latprune.graph.channels import ChannelGraph
 
-    spec, _, _ = fitted_model(row["model"], row["input"][-1], exportable=False)
+    spec, _, _ = fitted_model(row["model"], row["input"][-1])
     graph = ChannelGraph.build(spec.model, tuple(row["input"]))
     points = row["points"]
     ids = sorted(g.id for g in graph.groups)

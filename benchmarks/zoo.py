@@ -8,8 +8,7 @@ init, nothing downloaded), or those of ``--models``:
 
 1. build: ``torchvision:NAME`` from latprune's registry at 1x3xSxS, S = ``--size`` (64), or
    the next of 70, 96, 128, 224 where a forward pass at S fails (inception_v3 needs 75, ViT-H/14 a
-   multiple of 14) or the ONNX export of the base model does for want of size (AlexNet's adaptive pooling to 6×6
-   exports only where 6 divides its feature map: 224); the row says which sizes failed and why;
+   multiple of 14, MaxViT 224); the row says which sizes failed and why;
 2. profile: ``latprune.profile`` on ort-cpu, 1 thread, ``--levels`` width levels, 1 pass,
    ``--calibration-samples`` (6), into ``benchmarks/luts/zoo/`` (a killed profile resumes);
 3. prune: ``latprune.prune(..., "0.6x", method=HalpConfig(importance="l1"))``, data-free;
@@ -50,9 +49,8 @@ from results_io import write_json  # noqa: E402
 HERE = Path(__file__).resolve().parent
 BACKEND, THREADS = "ort-cpu", 1
 BUDGET = "0.6x"
-NEXT_SIZES = (70, 96, 128, 224)  # tried in turn where the model does not run, or not export, at --size
+NEXT_SIZES = (70, 96, 128, 224)  # tried in turn where the model does not run at --size
 # (70: the smallest multiple of ViT-H/14's patch above 64; 224 gives it 257 tokens)
-SIZE_BOUND_EXPORT = ("not factor of input size",)  # ONNX export failures that a larger input can cure
 TP_RATIO = 0.4               # Torch-Pruning's channel ratio removed: about a 0.6x model
 
 
@@ -98,10 +96,9 @@ def run_step(row: dict[str, Any], row_file: Path, label: str, fn: Callable[[], N
     return row["failed"] is None
 
 
-def fitted_model(name: str, first: int, exportable: bool = True) -> tuple[Any, int, dict[str, str]]:
-    """The registry's ``torchvision:NAME`` at the first square size it runs at (and, with
-    ``exportable``, exports to ONNX at: :func:`export_fails_for_size`), from ``first`` (then
-    NEXT_SIZES above it); why each size tried before failed."""
+def fitted_model(name: str, first: int) -> tuple[Any, int, dict[str, str]]:
+    """The registry's ``torchvision:NAME`` at the first square size it runs at, from ``first``
+    (then NEXT_SIZES above it); why each size tried before failed."""
     import torch
 
     from latprune.models import registered_model
@@ -116,24 +113,8 @@ def fitted_model(name: str, first: int, exportable: bool = True) -> tuple[Any, i
         except Exception as exc:  # a model too small for its pooling, or one built for another size
             failed[str(size)] = one_line(exc)
             continue
-        why = export_fails_for_size(spec.model, shape) if exportable else None
-        if why is None:
-            return spec, size, failed
-        failed[str(size)] = f"ONNX export: {why}"
+        return spec, size, failed
     raise RuntimeError(f"runs at none of the sizes tried: {failed}")
-
-
-def export_fails_for_size(model: Any, shape: tuple[int, ...]) -> str | None:
-    """Why the ONNX export latprune profiles with fails at input ``shape`` where a larger input
-    would cure it (:data:`SIZE_BOUND_EXPORT`), or None; any other failure is the profile's to report."""
-    from latprune.errors import ExportError
-    from latprune.runtime.onnx import to_onnx_bytes
-
-    try:
-        to_onnx_bytes(model, shape)
-    except ExportError as exc:
-        return one_line(exc, 200) if any(s in str(exc) for s in SIZE_BOUND_EXPORT) else None
-    return None
 
 
 def heads_groups(plan: Any, base: Any) -> list[Any]:
@@ -248,7 +229,7 @@ def tp_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
     row: dict[str, Any] = {"version": tp.__version__, "status": None, "stage": "build"}
     t0 = time.time()
     try:
-        spec, size, _ = fitted_model(name, args.size, exportable=False)  # at the size latprune ran at
+        spec, size, _ = fitted_model(name, args.size)  # at the size latprune ran at
         model, x = spec.model, torch.randn(spec.input_shape)
         row["input"] = list(spec.input_shape)
         classes = spec.num_classes

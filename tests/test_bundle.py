@@ -338,6 +338,20 @@ def test_auto_exporter_falls_back_to_torchscript_and_says_why(tmp_path: Path) ->
     assert not (tmp_path / "n.onnx").exists()
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_adaptive_pooling_exports_where_its_size_does_not_divide_the_map(exporter: str, tmp_path: Path) -> None:
+    """VGG's and AlexNet's pooling to 7x7 and 6x6 at inputs under 224x224: ONNX has no pooling for it."""
+    from torch import nn
+
+    from latprune.exporters.onnx import export_onnx
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d((3, 7)), nn.Flatten(), nn.Linear(84, 2)).eval()
+    for size in (4, 10, 11):  # 2x2, 8x8 and 9x9 maps: upsampled, overlapping bins, even bins
+        report = export_onnx(model, (1, 3, size, size), tmp_path / f"m{size}.onnx", exporter=exporter)
+        assert report.max_abs_diff <= 1e-5 and report.output_shape == (1, 2)
+    assert "forward" not in vars(model[1])  # the model pools as it did
+
+
 @pytest.fixture
 def external_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every model's weights exported as external data, as a model past protobuf's 2 GiB is."""

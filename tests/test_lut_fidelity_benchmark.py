@@ -95,7 +95,7 @@ def test_calibration_terms_fit_each_form_leaving_one_configuration_out():
     from latprune.graph.channels import ChannelGraph
 
     terms = load_benchmark("calibration_terms")
-    spec, _, _ = terms.fitted_model("mobilenet_v3_small", 32, exportable=False)
+    spec, _, _ = terms.fitted_model("mobilenet_v3_small", 32)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     rng = np.random.default_rng(0)
     points = []

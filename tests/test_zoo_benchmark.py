@@ -52,13 +52,3 @@ def test_table_has_a_line_per_row_failed_or_not(zoo):
     assert "| 0.650 | met / missed | 5 of 25 |" in lines[2] and lines[2].endswith("| ok |")
     assert "profile: SpecError: cannot prune a \\| b" in lines[3] and "trace: ZeroDivisionError" in lines[3]
     assert "| met / missed (0.56x beside the base: met) |" in lines[4]  # alone over, beside the base under
-
-
-def test_an_export_that_fails_for_want_of_size_is_told_apart(zoo):
-    """AlexNet-like adaptive pooling to 3x3 exports only where 3 divides the map: a larger input cures it."""
-    from torch import nn
-
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(36, 2)).eval()
-    why = zoo.export_fails_for_size(model, (1, 3, 10, 10))  # an 8x8 map
-    assert why is not None and "adaptive_avg_pool2d, output size that are not factor of input size" in why
-    assert zoo.export_fails_for_size(model, (1, 3, 11, 11)) is None  # a 9x9 map

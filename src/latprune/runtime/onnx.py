@@ -9,6 +9,9 @@ deliverable).
 
 A model whose weights pass protobuf's 2 GiB limit is exported with external data
 (:mod:`latprune.runtime.large_onnx`): the bytes are its graph, its weights beside them.
+An adaptive average pooling whose output size does not divide its input (VGG's and
+AlexNet's at inputs under 224×224) exports as two products with its averaging matrices
+(:func:`exportable_pooling`), which ONNX has no pooling for.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -65,6 +69,48 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
 
 
+def averaging_matrix(size: int, out: int) -> torch.Tensor:
+    """The ``out`` × ``size`` matrix of adaptive average pooling along one axis: row i averages
+    the inputs from floor(i·size/out) to ceil((i+1)·size/out), as PyTorch's pooling does.
+
+    >>> averaging_matrix(2, 3)
+    tensor([[1.0000, 0.0000],
+            [0.5000, 0.5000],
+            [0.0000, 1.0000]])
+    """
+    matrix = torch.zeros(out, size)
+    for i in range(out):
+        start, end = (i * size) // out, math.ceil((i + 1) * size / out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def _pooled_by_products(pool: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)``, as products with its averaging matrices where its output size does not
+    divide the input's (ONNX's pooling takes one kernel size), as the pooling itself otherwise."""
+    size = tuple(int(s) for s in x.shape[-2:])
+    wanted = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+    out = tuple(s if o is None else int(o) for s, o in zip(size, wanted))
+    if all(s % o == 0 for s, o in zip(size, out)):
+        return nn.functional.adaptive_avg_pool2d(x, out)
+    rows, cols = (averaging_matrix(s, o).to(x) for s, o in zip(size, out))
+    return rows @ x @ cols.T
+
+
+@contextlib.contextmanager
+def exportable_pooling(model: nn.Module) -> Iterator[None]:
+    """While it lasts, each :class:`~torch.nn.AdaptiveAvgPool2d` of ``model`` pools through
+    :func:`_pooled_by_products`: the same result, in ops ONNX has at every input size."""
+    pools = [m for m in model.modules() if type(m) is nn.AdaptiveAvgPool2d]
+    for pool in pools:
+        pool.forward = lambda x, pool=pool: _pooled_by_products(pool, x)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for pool in pools:
+            del pool.forward
+
+
 def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], opset: int = OPSET,
                   dynamic_batch: bool = False) -> bytes:
     """Serialise ``model`` to ONNX with the TorchScript-based exporter.
@@ -83,7 +129,7 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], opset: int = O
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
                           dynamic_axes=axes)
 
-    with quiet():
+    with quiet(), exportable_pooling(model):
         try:
             if needs_external_data(model):
                 return exported_external(export_to)
@@ -99,7 +145,7 @@ def dynamo_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_ba
     """Serialise ``model`` with the dynamo-based exporter (``torch.export`` underneath), opset 18."""
     model = model.eval()
     shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
-    with quiet():
+    with quiet(), exportable_pooling(model):
         try:
             program = torch.onnx.export(model, (torch.randn(*input_shape),), dynamo=True, opset_version=DYNAMO_OPSET,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
