@@ -6,6 +6,7 @@
     python benchmarks/lut_fidelity.py --zoo [--models resnet18,vgg11] [--sizes 96,160] [--threads 1]
                                       [--samples 20] [--batch 32] [--force] [--tag NAME]
     python benchmarks/lut_fidelity.py --table [--batch 32] [--tag NAME]
+    python benchmarks/lut_fidelity.py --table --latest TAG1,TAG2,…
 
 Three models (issue #3's targets), the default: for each model at 1x3x224x224,
 ``latprune.profile`` from an empty LUT on the backend (timed), then
@@ -38,7 +39,9 @@ benchmarks/luts/zoo_fidelity/ (a killed profile resumes), child logs in
 benchmarks/work/lut_fidelity_zoo/. ``--table`` prints the result file's markdown table
 for BENCHMARKS.md; its target column says whether a row meets issue #36's target (≥ 95%
 within ±10% and median |error| ≤ 3%) and, where it misses, whether the repeat score
-misses it too (the machine could not do better). Run it on a quiet machine: the
+misses it too (the machine could not do better). ``--table --latest TAG1,TAG2,…`` prints
+one line per model@size from several runs' files (the untagged one named ``untagged``), each from
+the last file that holds it, with the commit it ran at. Run it on a quiet machine: the
 latencies are timings.
 """
 
@@ -51,7 +54,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_json  # noqa: E402
@@ -270,6 +273,33 @@ def verdict(row: dict[str, Any]) -> str:
     return "missed; repeat misses too" if row.get("repeat") and not meets(row["repeat"]) else "missed"
 
 
+def latest_rows(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """The rows of the zoo result files ``paths`` that scored (no failure), one per model@size:
+    each from the last file holding it; in the order the files first list them."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for key, row in (json.loads(path.read_text()) if path.is_file() else {}).items():
+            if row.get("stored"):
+                rows[key] = row
+    return rows
+
+
+def latest_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The BENCHMARKS.md table of :func:`latest_rows`: each model@size's scores and its floor."""
+    lines = ["| model@size | input | latprune | stored: median / ±10% / Spearman | anchored: median / ±10% "
+             "| repeat (the floor): median / ±10% | p10–p90 spread | target |",
+             "|---|---|---|--:|--:|--:|--:|---|"]
+    for key, row in sorted(rows.items(), key=lambda kv: (kv[1]["input"][-1], kv[0])):
+        s, a, rep, size = row["stored"], row.get("anchored"), row.get("repeat"), row["input"][-1]
+        cells = [key, f"{size}×{size}", f"`{row.get('versions', {}).get('latprune', '?')}`",
+                 f"{s['median_abs_pct']:.2f}% / {100 * s['within_10_pct']:.0f}% / {s['spearman']:.3f}",
+                 f"{a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%" if a else "",
+                 f"{rep['median_abs_pct']:.2f}% / {100 * rep['within_10_pct']:.0f}%" if rep else "",
+                 f"{row['spread_pct']:.1f}%" if row.get("spread_pct") is not None else "", verdict(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     """The BENCHMARKS.md table of the zoo result file: one line per model@size."""
     lines = ["| model@size | input | units | profile / fidelity s | median \\|err\\| | ±5% | ±10% | Spearman "
@@ -331,6 +361,8 @@ def parse_args() -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     # a profile of the largest, wide_resnet50_2 at 160x160 on 1 thread, is expected to take about an hour
     group.add_argument("--timeout-s", type=float, default=7200.0, help="limit on one model@size (default %(default)s)")
     group.add_argument("--table", action="store_true", help="print the markdown table of the zoo's result file")
+    parser.add_argument("--latest", metavar="TAG1,TAG2", help="with --table: the latest row of each model@size "
+                                                              "among these runs' files (untagged: the file without a tag)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--row-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--lut-dir", type=Path, help=argparse.SUPPRESS)
@@ -349,6 +381,10 @@ def main() -> None:
     args, parser = parse_args()
     if args.child:
         zoo_child(args.models, int(args.sizes), args, args.row_file, args.lut_dir)
+    elif args.table and args.latest:
+        tags = [None if t == "untagged" else t for t in args.latest.split(",")]
+        print(latest_table(latest_rows([zoo_results_path(argparse.Namespace(**{**vars(args), "tag": t}))
+                                        for t in tags])))
     elif args.table:
         path = zoo_results_path(args)
         print(table(json.loads(path.read_text()) if path.is_file() else {}))

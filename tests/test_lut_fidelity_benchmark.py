@@ -77,6 +77,25 @@ def test_table_has_a_line_per_row_failed_or_not(fid):
     assert lines[5].endswith("| profile: OrtError: groups \\| channels |")
 
 
+def test_the_latest_table_takes_each_row_from_the_last_run_that_scored_it(fid, tmp_path):
+    import json
+
+    def row(median: float, commit: str) -> dict:
+        stats = {"median_abs_pct": median, "within_5_pct": 0.5, "within_10_pct": 0.9, "spearman": 0.99}
+        return {"input": [1, 3, 96, 96], "stored": stats, "anchored": stats, "repeat": stats, "spread_pct": 9.0,
+                "versions": {"latprune": commit}, "failed": None}
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"resnet18@96": row(4.0, "aaa"), "vgg11@96": row(5.0, "aaa")}))
+    second.write_text(json.dumps({"resnet18@96": row(2.0, "bbb"), "vgg11@96": {"input": [1, 3, 96, 96],
+                                  "failed": {"step": "profile", "error": "killed"}}}))
+    rows = fid.latest_rows([first, second, tmp_path / "missing.json"])
+    assert rows["resnet18@96"]["versions"]["latprune"] == "bbb" and rows["vgg11@96"]["versions"]["latprune"] == "aaa"
+    lines = fid.latest_table(rows).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| resnet18@96 | 96×96 | `bbb` | 2.00% / 90% / 0.990 | 2.00% / 90% |")
+    assert lines[3].endswith("| 9.0% | missed; repeat misses too |")
+
+
 def test_a_zoo_row_at_a_batch_keeps_its_own_lut(fid, tmp_path):
     paths = (tmp_path / "results.json", tmp_path / "luts", tmp_path / "work")
     row = fid.run_zoo(["squeezenet1_1"], [32], zoo_args(batch=2, samples=3), *paths)["squeezenet1_1@32"]
