@@ -1,6 +1,7 @@
 """Benchmark: a latency unit's kernel time alone against its kernels' time inside the whole model.
 
     python benchmarks/units_in_model.py [--model torchvision:vit_b_16] [--input 1x3x64x64] [--runs 30] [--cold 8]
+                                        [--fraction 0.25]
 
 On ort-cpu (1 thread): the model is exported to ONNX and run ``--runs`` times under ONNX
 Runtime's profiler; each node's kernel time is attributed to the latency unit whose
@@ -9,11 +10,13 @@ with that unit timed alone the way the LUT times it (``OrtCpuBackend.measure_uni
 with ``--cold K`` as ``K`` copies run in turn, its weights out of the caches (:func:`copies`), and
 with ``--flush`` as the LUT times a cold unit, after twice the cache is written and read
 (:func:`latprune.latency_lut.backends.ort_cpu.flushed`).
+``--fraction F`` slims every channel group to that share of its channels first (in its own
+pruning step, the first channels), to compare a narrow configuration the same way.
 A ratio above 1 is context the LUT key does not hold: weights that stream from memory
 inside a large model but stay in cache when a unit is timed alone, layouts, fusions.
 The kernels no unit owns are summed by op type beside them (``outside_units_ms``): what the
 calibration has to carry. Writes ``benchmarks/results/units_in_model_<model>.json`` (``_<size>``
-after it where ``--input`` is not 64×64) with the device fingerprint.
+after it where ``--input`` is not 64×64, ``_f<F>`` where ``--fraction`` is not 1) with the device fingerprint.
 """
 
 from __future__ import annotations
@@ -207,6 +210,19 @@ def _owners_beside(owners: list[str | None]) -> list[tuple[str | None, str | Non
     return list(zip(before, reversed(after)))
 
 
+def narrowed(graph: Any, fraction: float, align: int) -> dict[int, list[int]]:
+    """The first channels of each group of ``graph``: ``fraction`` of them, rounded to the group's
+    pruning step at ``align`` (at least one step; every channel of a group narrower than that)."""
+    import numpy as np
+
+    keep = {}
+    for g in graph.groups:
+        step = g.step(align)
+        width = min(g.size, max(step, round(fraction * g.size / step) * step))
+        keep[g.id] = g.top(-np.arange(g.size, dtype=float), width)
+    return keep
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="torchvision:vit_b_16")
@@ -216,6 +232,8 @@ def main() -> None:
                         help="also time each unit as K copies run in turn, its weights cold (cold_ms)")
     parser.add_argument("--flush", action="store_true",
                         help="also time each unit as the LUT times a cold one, the caches flushed (flush_ms)")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="slim every channel group to this share of its channels first (default 1: the model)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -228,6 +246,9 @@ def main() -> None:
     spec = load_model(args.model, args.input)
     graph = ChannelGraph.build(spec.model, spec.input_shape)
     backend = get_backend("ort-cpu", threads=1)
+    if args.fraction != 1.0:
+        graph = ChannelGraph.build(graph.slim(narrowed(graph, args.fraction, backend.preferred_align)),
+                                   spec.input_shape)
     outside: dict[str, float] = {}
     inside, total = node_ms_by_unit(to_onnx_bytes(graph.model, spec.input_shape), [u.name for u in graph.units],
                                     args.runs, outside)
@@ -261,6 +282,7 @@ def main() -> None:
               "outside_units_ms": {op: round(ms, 4) for op, ms in sorted(outside.items(), key=lambda kv: -kv[1])},
               "units": rows, "fingerprint": backend.fingerprint()}
     name = args.model.replace(":", "_") + ("" if spec.input_shape[-2:] == (64, 64) else f"_{spec.input_shape[-1]}")
+    name += "" if args.fraction == 1.0 else f"_f{args.fraction:g}"
     write_json(HERE / "results" / f"units_in_model_{name}.json", result)
     print(json.dumps({k: result[k] for k in ("model", "parameters_mib", "model_kernels_ms", "by_op",
                                              "outside_units_ms")}, indent=1))

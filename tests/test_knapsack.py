@@ -36,9 +36,14 @@ def _scores(graph: ChannelGraph, seed: int = 0) -> Scores:
                   {b.group: float(rng.exponential()) for b in graph.blocks})
 
 
+@pytest.mark.parametrize("per_weight_mib", [0.0, 40.0, -4.0])
 @pytest.mark.parametrize("blocks", [False, True])
 @pytest.mark.parametrize("fraction", [0.35, 0.5, 0.7, 0.9])
-def test_solution_meets_budget(predictor: Predictor, fraction: float, blocks: bool) -> None:
+def test_solution_meets_budget(predictor: Predictor, fraction: float, blocks: bool, per_weight_mib: float) -> None:
+    """Whatever the calibration's weights term (a unit's time growing, or shrinking, with the
+    configuration's weights: the tiny models hold a few kilobytes), the budget holds exactly."""
+    predictor = predictor.rescaled(1.0)
+    predictor.calibration = replace(predictor.calibration, per_weight_mib=per_weight_mib)
     graph = predictor.graph
     full_ms = predictor.predict(graph.full_widths())
     options = graph.options(Grid(LEVELS), blocks=blocks)

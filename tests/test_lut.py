@@ -230,6 +230,25 @@ def test_calibration_fits_relative_errors_and_drops_a_slow_spell() -> None:
     assert fit(raw, slow, three).removed_unit_ms == 0.0 and fit(raw, slow, three) == fit(raw, slow, None)
 
 
+def test_calibration_scales_the_units_with_the_configurations_weights() -> None:
+    """Inside a model a unit's time grows with every other layer's weights (MiB): the fit finds the
+    factor from eight points, keeps it only within WEIGHT_FACTOR_RANGE, and scores each point with it."""
+    from latprune.latency_lut.calibrate import MIN_WEIGHT_POINTS, fit
+
+    raw = [3.0, 2.6, 2.0, 1.6, 1.1, 0.8, 0.6, 0.55, 2.3, 1.3]
+    weights = [20.0, 16.0, 12.0, 9.0, 5.0, 3.5, 2.5, 2.0, 18.0, 6.0]  # not in proportion to raw
+    measured = [1.2 * r * (1 + 0.02 * w) - 0.3 for r, w in zip(raw, weights)]
+    cal = fit(raw, measured, None, weights)
+    assert (cal.scale, cal.offset_ms, cal.per_weight_mib) == pytest.approx((1.2, -0.3, 0.02), abs=1e-9)
+    assert cal.from_units(2.0, 0, 10.0) == pytest.approx(1.2 * 2.0 * 1.2 - 0.3) and cal.residual_pct < 1e-9
+    assert fit(raw, measured).per_weight_mib == 0.0 and fit(raw, measured).residual_pct > 1.0  # no weights given
+    few = MIN_WEIGHT_POINTS - 1
+    assert fit(raw[:few], measured[:few], None, weights[:few]).per_weight_mib == 0.0
+    # a factor that would double a unit's time over the points' weights is noise, not caches: left out
+    steep = [r * (1 + 0.08 * w) for r, w in zip(raw, weights)]
+    assert fit(raw, steep, None, weights) == fit(raw, steep)
+
+
 def test_profile_calibrates_on_configurations_that_remove_blocks(tmp_path: Path) -> None:
     from latprune.latency_lut.calibrate import MIN_REMOVAL_POINTS
 

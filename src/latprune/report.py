@@ -60,13 +60,17 @@ def staircase_lines(stairs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def calibration_formula(cal: dict[str, Any]) -> str:
-    """'measured ≈ 1.030 × (Σunits + 0.043 ms per removed unit) − 0.391 ms' (the removed-unit term only when fitted).
+    """'measured ≈ 1.030 × (Σunits · (1 + 0.0120 per MiB of weights) + 0.043 ms per removed unit) − 0.391 ms'
+    (the weights and removed-unit terms only when fitted).
 
     >>> calibration_formula({"scale": 1.0, "offset_ms": -0.25})
     'measured ≈ 1.000 × Σunits − 0.250 ms'
+    >>> calibration_formula({"scale": 1.5, "offset_ms": 0.1, "per_weight_mib": -0.002})
+    'measured ≈ 1.500 × Σunits · (1 − 0.0020 per MiB of weights) + 0.100 ms'
     """
-    removed = cal.get("removed_unit_ms", 0.0)
-    units = f"(Σunits + {removed:.3f} ms per removed unit)" if removed else "Σunits"
+    removed, per_mib = cal.get("removed_unit_ms", 0.0), cal.get("per_weight_mib", 0.0)
+    units = f"Σunits · (1 {'−' if per_mib < 0 else '+'} {abs(per_mib):.4f} per MiB of weights)" if per_mib else "Σunits"
+    units = f"({units} + {removed:.3f} ms per removed unit)" if removed else units
     sign = "−" if cal["offset_ms"] < 0 else "+"
     return f"measured ≈ {cal['scale']:.3f} × {units} {sign} {abs(cal['offset_ms']):.3f} ms"
 
@@ -212,7 +216,7 @@ def lut_text(r: dict[str, Any]) -> str:
         noisy = (f", measured on a noisy machine (residual above {NOISY_RESIDUAL_PCT:.0f}% or p10-p90 spread above "
                  f"{NOISY_SPREAD_PCT:g}%): profile it again with --recalibrate when the machine is quiet"
                  if noisy_calibration(c) else "")
-        lines.append(f"calibration {sig} ({c.get('model')}): {c['scale']:.3f} × Σ + {c['offset_ms']:.3f} ms, "
+        lines.append(f"calibration {sig} ({c.get('model')}): {calibration_formula(c).removeprefix('measured ≈ ')}, "
                      f"residual {c['residual_pct']:.1f}%" + ("" if math.isnan(spread) else f", spread {spread:.1f}%")
                      + f", {c.get('levels')} levels aligned to {c.get('align', 1)}{noisy}")
     for sig, stairs in (r.get("staircases") or {}).items():

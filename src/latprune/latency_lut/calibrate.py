@@ -1,9 +1,12 @@
-"""Calibration: fit ``measured ≈ scale · Σunits + offset`` from whole-model measurements.
+"""Calibration: fit ``measured ≈ scale · Σunits · (1 + per_weight_mib · W) + offset`` from
+whole-model measurements.
 
 The sum of per-unit latencies misses what the units do not contain (pooling,
 adds that are not fused, the session's fixed cost) and what running units
-back to back changes (caches, thread wake-ups). A few end-to-end
-measurements at different widths fix both, to first order.
+back to back changes (caches, thread wake-ups): inside a model, each unit
+shares the caches with every other layer's weights, so its time grows with the
+configuration's weights W. A few end-to-end measurements at different widths
+fix both, to first order.
 """
 
 from __future__ import annotations
@@ -21,24 +24,40 @@ from latprune.latency_lut.timing import NOISY_RESIDUAL_PCT, NOISY_SPREAD_PCT, no
 # "-aligned": fitted on configurations of the grid that aligns every group wider than one
 # block (before, groups of up to two blocks took unaligned widths; see Grid.widths).
 # "-nonneg": the per-removed-unit term is never negative, and needs MIN_REMOVAL_POINTS points (see fit).
+# "-weights": the units' sum is scaled with the configuration's weights (see fit).
 # "-removals": the configurations include MIN_REMOVAL_POINTS that remove blocks (see removal_configs).
-FIT_METHOD = "relative-trimmed-blocks-aligned-nonneg-min3-removals"
+FIT_METHOD = "relative-trimmed-blocks-aligned-nonneg-min3-weights-removals"
 MIN_REMOVAL_POINTS = 3  # points that remove blocks before the per-removed-unit term is fitted
+MIN_WEIGHT_POINTS = 8   # points before the weights term is fitted: four parameters, and noise to spare
+WEIGHT_FACTOR_RANGE = (0.5, 2.0)  # the weights term's factor on the units' sum, kept only within it
+WEIGHT_FACTOR_MIN_EFFECT = 1e-3    # ... and only where it moves a point's prediction by 0.1% or more
 OUTLIER_PCT = 8.0   # a point this far (and 3 MADs) off the first fit is dropped from the second
 UNIFORM_LEVELS = (0.25, 0.5, 0.75)  # calibration configurations at one level for every group, after full width
 # the fewest calibration samples that keep every removing configuration (see calibration_configs)
 MIN_SAMPLES_FOR_REMOVALS = 1 + len(UNIFORM_LEVELS) + MIN_REMOVAL_POINTS
 
 
-def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] | None = None) -> Calibration:
-    """``measured ≈ scale · (raw + removed_unit_ms · removed) + offset`` with the smallest *relative* errors.
+def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] | None = None,
+        weights_mib: list[float] | None = None) -> Calibration:
+    """``measured ≈ scale · (raw · (1 + per_weight_mib · W) + removed_unit_ms · removed) + offset``
+    with the smallest *relative* errors.
 
-    ``raw_ms`` are the LUT sums of the kept units and ``removed_units`` how
-    many units each configuration's removed blocks took away; the per-unit
+    ``raw_ms`` are the LUT sums of the kept units, ``removed_units`` how
+    many units each configuration's removed blocks took away and ``weights_mib``
+    the weights it keeps (W); the per-unit
     term is fitted only when at least ``MIN_REMOVAL_POINTS`` points remove
     units, after the trimming below (one or two points set it to whatever their noise says: on
     ResNet-20 one point made it +0.034 ms per unit, a block's removal as dear
     as its units, and `gator` found no configuration under 0.38x of the base).
+
+    The weights term is fitted from ``MIN_WEIGHT_POINTS`` points, and kept only where its
+    factor ``1 + per_weight_mib · W`` stays within ``WEIGHT_FACTOR_RANGE`` over them and moves
+    one of them by ``WEIGHT_FACTOR_MIN_EFFECT`` (exact data leaves it at rounding noise). Fitted
+    on each LUT's 12 calibration points and scored on the 20 random configurations of its row of
+    the zoo's fidelity table, it lowers the median error most on the mobile models whose weights
+    fit the last-level cache (EfficientNet-B0 at 96×96: 5.85% → 2.64%, RegNetY-400MF 10.3% → 4.2%)
+    and on the transformers (ViT-B/32 3.06% → 1.50%), where its factor comes out negative
+    (``benchmarks/calibration_refit.py``; BENCHMARKS.md, "LUT fidelity").
 
     Least squares weighted by 1/measured: the pruner's budgets sit at
     0.3x–0.7x of the full model, and an absolute fit lets the full-width
@@ -58,16 +77,29 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
     came out −0.0022 ms per unit, and the closed-loop candidates that removed
     20–36 units were predicted 17.5% too fast on average (up to 40%); without
     the term, 4.8% (``benchmarks/results/calibration_terms_resnet56_zen5.json``)."""
+    linear = _fit(raw_ms, measured_ms, removed_units, None)
+    if weights_mib is None or len(raw_ms) < MIN_WEIGHT_POINTS or np.ptp(weights_mib) <= 0:
+        return linear
+    return _fit(raw_ms, measured_ms, removed_units, weights_mib) or linear
+
+
+def _fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] | None,
+         weights_mib: list[float] | None) -> Calibration | None:
+    """:func:`fit` with the weights term where ``weights_mib`` is given: None where that term
+    is not to be kept (the trimming left too few points for it, or its factor leaves
+    ``WEIGHT_FACTOR_RANGE``, or moves no point by ``WEIGHT_FACTOR_MIN_EFFECT``)."""
     x = np.asarray(raw_ms, dtype=float)
     y = np.asarray(measured_ms, dtype=float)
     n = np.zeros(len(x)) if removed_units is None else np.asarray(removed_units, dtype=float)
+    w = np.zeros(len(x)) if weights_mib is None else np.asarray(weights_mib, dtype=float)
     if len(x) == 0:
         return Calibration()
     removal_term = int((n > 0).sum()) >= MIN_REMOVAL_POINTS and np.ptp(n) > 0 and len(x) >= 4
-    columns = [x, np.ones(len(x))] + ([n] if removal_term else [])
-    design = np.stack(columns, axis=1)
+    weight_term = weights_mib is not None
+    used = [True, True, removal_term, weight_term]
+    design = np.stack([c for c, u in zip([x, np.ones(len(x)), n, x * w], used) if u], axis=1)
     if len(x) == 1 or np.ptp(x) < 1e-9:
-        coef = np.array([1.0, float(np.mean(y - x)), 0.0])
+        coef = np.array([1.0, float(np.mean(y - x))])
     else:
         keep = np.ones(len(x), dtype=bool)
         coef = _relative_lstsq(design, y, keep)
@@ -76,16 +108,24 @@ def fit(raw_ms: list[float], measured_ms: list[float], removed_units: list[int] 
         outliers = (err > OUTLIER_PCT) & (err > np.median(err) + 3 * mad)
         if outliers.any() and (~outliers).sum() > design.shape[1]:
             if removal_term and int(((n > 0) & ~outliers).sum()) < MIN_REMOVAL_POINTS:
-                return fit(raw_ms, measured_ms, None)  # the trim left too few removal points for the term
+                return _fit(raw_ms, measured_ms, None, weights_mib)  # too few removal points left for the term
+            if weight_term and int((~outliers).sum()) < MIN_WEIGHT_POINTS:
+                return None
             coef = _relative_lstsq(design, y, ~outliers)
-        if len(coef) > 2 and coef[2] < 0:  # a negative per-removed-unit term: refit without it
-            return fit(raw_ms, measured_ms, None)
         if coef[0] <= 0:  # degenerate data: fall back to a pure offset
-            coef = np.array([1.0, float(np.mean(y - x)), 0.0])
-    scale = float(coef[0])
-    cal = Calibration(scale, float(coef[1]), points=len(x),
-                      removed_unit_ms=float(coef[2]) / scale if len(coef) > 2 else 0.0)
-    return replace(cal, residual_pct=float(np.median(np.abs(cal.from_units(x, n) / y - 1)) * 100))
+            coef = np.array([1.0, float(np.mean(y - x))])
+    full = np.zeros(4)
+    full[[i for i, u in enumerate(used) if u][:len(coef)]] = coef
+    scale, offset, per_removed, per_weight = full
+    if per_removed < 0:  # a negative per-removed-unit term: refit without it
+        return _fit(raw_ms, measured_ms, None, weights_mib)
+    factor = 1 + per_weight / scale * w
+    if weight_term and (factor.min() < WEIGHT_FACTOR_RANGE[0] or factor.max() > WEIGHT_FACTOR_RANGE[1]
+                        or np.abs(factor - 1).max() < WEIGHT_FACTOR_MIN_EFFECT):
+        return None
+    cal = Calibration(float(scale), float(offset), points=len(x), removed_unit_ms=float(per_removed / scale),
+                      per_weight_mib=float(per_weight / scale))
+    return replace(cal, residual_pct=float(np.median(np.abs(cal.from_units(x, n, w) / y - 1)) * 100))
 
 
 def _relative_lstsq(design: np.ndarray, y: np.ndarray, keep: np.ndarray) -> np.ndarray:

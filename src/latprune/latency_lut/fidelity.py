@@ -134,10 +134,11 @@ REFIT_FOLDS = 5
 
 
 def refit_predictions(raw_ms: list[float], measured_ms: list[float], removed_units: list[int],
-                      folds: int = REFIT_FOLDS, seed: int = 0) -> list[float]:
+                      folds: int = REFIT_FOLDS, seed: int = 0, weights_mib: list[float] | None = None) -> list[float]:
     """Each point predicted by a calibration fitted on the other folds' points
-    (:func:`~latprune.latency_lut.calibrate.fit`: the rule ``profile`` uses).
-    Points are dealt to ``folds`` folds in a seeded random order."""
+    (:func:`~latprune.latency_lut.calibrate.fit`: the rule ``profile`` uses; with each point's
+    kept weights where ``weights_mib`` gives them). Points are dealt to ``folds`` folds in a
+    seeded random order."""
     n = len(raw_ms)
     if n < 4:
         raise LutError(f"a cross-validated refit needs at least 4 points, got {n}")
@@ -146,11 +147,13 @@ def refit_predictions(raw_ms: list[float], measured_ms: list[float], removed_uni
     fold_of = np.empty(n, dtype=int)
     fold_of[order] = np.arange(n) % folds
     raw, meas, removed = np.asarray(raw_ms, float), np.asarray(measured_ms, float), np.asarray(removed_units, float)
+    weights = np.zeros(n) if weights_mib is None else np.asarray(weights_mib, float)
     out = np.empty(n)
     for k in range(folds):
         train, test = fold_of != k, fold_of == k
-        cal = fit(list(raw[train]), list(meas[train]), list(removed[train]))
-        out[test] = cal.from_units(raw[test], removed[test])
+        cal = fit(list(raw[train]), list(meas[train]), list(removed[train]),
+                  None if weights_mib is None else list(weights[train]))
+        out[test] = cal.from_units(raw[test], removed[test], weights[test])
     return [float(v) for v in out]
 
 
@@ -194,6 +197,7 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
         points.append({"predicted_ms": predicted, "anchored_ms": predicted * drift, **pair,
                        "raw_ms": predictor.unit_sum(widths),
                        "removed_units": len(graph.removed_units(widths)),
+                       "weights_mib": predictor.weights_mib(widths),
                        "measured_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms,
                        "pass_ms": every[i],
                        "widths": [widths[g] for g in sorted(widths)],
@@ -202,7 +206,8 @@ def fidelity(graph: ChannelGraph, lut: Lut, backend: Backend, samples: int, mode
     refit, folds = None, min(REFIT_FOLDS, len(points))
     if len(points) >= 4:
         refitted = refit_predictions([p["raw_ms"] for p in points], measured_ms,
-                                     [p["removed_units"] for p in points], folds=folds)
+                                     [p["removed_units"] for p in points], folds=folds,
+                                     weights_mib=[p["weights_mib"] for p in points])
         for p, r in zip(points, refitted):
             p["refit_ms"] = r
         refit = ErrorStats.of(refitted, measured_ms)

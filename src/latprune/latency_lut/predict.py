@@ -1,5 +1,6 @@
 """Predicted latency of a width configuration: Σ unit latencies from the LUT,
-corrected end to end by the model's calibration (``scale · Σ + offset_ms``).
+corrected end to end by the model's calibration (``scale · Σ · (1 + per_weight_mib · W) +
+offset_ms``, W the configuration's weights in MiB).
 
 A unit with no measurement is an error, never a zero.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -20,30 +22,43 @@ from latprune.latency_lut.store import Lut
 
 @dataclass(frozen=True)
 class Calibration:
-    """End-to-end correction: measured ≈ scale · Σunits + offset_ms.
+    """End-to-end correction: measured ≈ scale · Σunits · (1 + per_weight_mib · W) + offset_ms.
 
     Σunits counts every unit a removed block takes away as ``removed_unit_ms``
     instead of 0: removing a block need not save exactly its units' LUT
     times (a unit's entry may carry a fixed cost the whole model pays once,
     as session wall times did: 0.043 ms per unit on ResNet-20, ort-cpu,
     1 thread; or leave out one it does pay, as kernel times do with the gaps
-    between kernels). ``residual_pct`` is the median absolute error of the
-    fit on its own points."""
+    between kernels). ``per_weight_mib`` scales the kept units' time with the
+    configuration's weights W (MiB, fp32): a unit timed alone keeps its weights
+    in the core's caches, while inside a model it shares them with every other
+    layer's, so its time there grows with the whole configuration's weights
+    (MobileNetV3-L at 96×96: its units take 0.96× their lone time at a quarter of
+    its widths, 2.3 MiB of weights, and 1.25× at full width, 21 MiB).
+    ``residual_pct`` is the median absolute error of the fit on its own points."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
     residual_pct: float = 0.0
     points: int = 0
     removed_unit_ms: float = 0.0
+    per_weight_mib: float = 0.0
 
-    def apply(self, raw_ms: float) -> float:
-        return self.scale * raw_ms + self.offset_ms
+    def apply(self, raw_ms: float, weights_mib: float = 0.0) -> float:
+        """The prediction from a raw sum (removed units counted) and the configuration's weights."""
+        return self.scale * raw_ms * (1 + self.per_weight_mib * weights_mib) + self.offset_ms
 
-    def from_units(self, unit_sum_ms: float, removed_units: float) -> float:
-        """The prediction from the kept units' sum (:meth:`Predictor.unit_sum`) and the
-        number of units removed with their blocks: what :func:`calibrate.fit` fits.
-        Also elementwise on arrays of points."""
-        return self.apply(unit_sum_ms + self.removed_unit_ms * removed_units)
+    def from_units(self, unit_sum_ms: Any, removed_units: Any, weights_mib: Any = 0.0) -> Any:
+        """The prediction from the kept units' sum (:meth:`Predictor.unit_sum`), the
+        number of units removed with their blocks and the kept weights (MiB): what
+        :func:`calibrate.fit` fits. Also elementwise on arrays of points."""
+        kept = unit_sum_ms * (1 + self.per_weight_mib * weights_mib)
+        return self.scale * (kept + self.removed_unit_ms * removed_units) + self.offset_ms
+
+    def local_scale(self, weights_mib: float) -> float:
+        """What a millisecond of units costs at a configuration of ``weights_mib``: the
+        prediction's slope in the unit sum there (the knapsack's linearisation)."""
+        return self.scale * (1 + self.per_weight_mib * weights_mib)
 
     def scaled(self, ratio: float) -> Calibration:
         """The same correction with every prediction multiplied by ``ratio``
@@ -65,6 +80,7 @@ class Predictor:
         self.scheme = scheme  # how a unit given a rank factorises (graph.lowrank.SCHEMES)
         self._memo: dict[str, float] = {}
         self._unit_memo: dict[tuple[str, int, int, int], float] = {}
+        self._weight_memo: dict[tuple[str, int, int, int], int] = {}
         self._cin_curves: dict[str, list[tuple[int, float]]] | None = None  # kernel -> (cin, ms), built on need
         self._axis = {u.name: rank_axis(i) for i, u in enumerate(graph.units)}
 
@@ -73,6 +89,7 @@ class Predictor:
         fresh measurement); it shares the LUT lookups already made, and this one is unchanged."""
         other = Predictor(self.lut, self.graph, self.calibration.scaled(ratio), self.scheme)
         other._memo, other._unit_memo, other._cin_curves = self._memo, self._unit_memo, self._cin_curves
+        other._weight_memo = self._weight_memo
         return other
 
     def unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
@@ -85,15 +102,32 @@ class Predictor:
     def _kept_unit_ms(self, unit: Unit, widths: dict[int, int]) -> float:
         """The unit's LUT latency at ``widths``; where they give it a rank (its rank axis,
         :mod:`~latprune.graph.lowrank`) that pays at its widths, its factorised pair's (in ``scheme``)."""
-        cin = unit.cin(widths)
-        cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
-        rank = widths.get(self._axis[unit.name], 0)
-        memo = (unit.name, cin, cout, rank)  # cheap key: the solver asks for the same units many times
+        memo = self._memo_key(unit, widths)
         if memo not in self._unit_memo:
-            key = unit.key(widths)
-            keys = pair_keys(key, rank, self.scheme) if rank and pays(key, rank, self.scheme) else [key]
-            self._unit_memo[memo] = sum(self.key_ms(k, along_cin=unit.concatenated) for k in keys)
+            self._unit_memo[memo] = sum(self.key_ms(k, along_cin=unit.concatenated) for k in self._keys(unit, widths))
         return self._unit_memo[memo]
+
+    def unit_weights(self, unit: Unit, widths: dict[int, int]) -> int:
+        """The weight elements of ``unit`` kept at ``widths`` (of its factorised pair where it has one)."""
+        memo = self._memo_key(unit, widths)
+        if memo not in self._weight_memo:
+            self._weight_memo[memo] = sum(k.weights for k in self._keys(unit, widths))
+        return self._weight_memo[memo]
+
+    def _memo_key(self, unit: Unit, widths: dict[int, int]) -> tuple[str, int, int, int]:
+        """A cheap key of the unit at ``widths``: the solver asks for the same units many times."""
+        cout = widths.get(unit.out_group, unit.base.cout) if unit.out_group is not None else unit.base.cout
+        return unit.name, unit.cin(widths), cout, widths.get(self._axis[unit.name], 0)
+
+    def _keys(self, unit: Unit, widths: dict[int, int]) -> list[LayerKey]:
+        key = unit.key(widths)
+        rank = widths.get(self._axis[unit.name], 0)
+        return pair_keys(key, rank, self.scheme) if rank and pays(key, rank, self.scheme) else [key]
+
+    def weights_mib(self, widths: dict[int, int]) -> float:
+        """The fp32 weights (MiB) of the units ``widths`` keeps: the W of the calibration."""
+        removed = self.graph.removed_units(widths)
+        return 4 * sum(self.unit_weights(u, widths) for u in self.graph.units if u.name not in removed) / 2**20
 
     def key_ms(self, key: LayerKey, along_cin: bool = False) -> float:
         """The LUT's latency of ``key``; with ``along_cin``, where the LUT lacks it, interpolated
@@ -143,7 +177,10 @@ class Predictor:
 
     def predict(self, widths: dict[int, int]) -> float:
         """Calibrated end-to-end prediction (ms)."""
-        return self.calibration.apply(self.raw(widths))
+        cal = self.calibration
+        removed = self.graph.removed_units(widths)
+        weights = self.weights_mib(widths) if cal.per_weight_mib else 0.0
+        return cal.from_units(self._kept_sum(widths, removed), len(removed), weights)
 
     def missing(self, keys: list[LayerKey]) -> list[LayerKey]:
         return [k for k in keys if k not in self.lut]
@@ -168,7 +205,8 @@ class SoftLatency:
     gradients reach the gates on both sides of a unit. For a unit a concatenation feeds, the
     table follows its widest input group, and each other group it joins adds what its width
     changes of the unit, the rest at full width (exact where one group moves). A unit inside a
-    removable block is weighted by the probability that the block stays.
+    removable block is weighted by the probability that the block stays. The units' weights
+    (the calibration's W) are tabled and interpolated the same way.
     The calibration is applied as in :meth:`Predictor.predict`.
 
     >>> # soft = SoftLatency(predictor, graph.options(grid)); soft(gates.expected_widths(), gates.block_keep())
@@ -176,54 +214,73 @@ class SoftLatency:
 
     def __init__(self, predictor: Predictor, options: dict[int, list[int]]) -> None:
         self.predictor = predictor
-        graph = predictor.graph
         grids = {g: sorted(w for w in opts if w > 0) for g, opts in options.items()}
         self.grids = {g: torch.tensor(ws, dtype=torch.float32) for g, ws in grids.items()}
+        self.terms = self._tables(predictor._kept_unit_ms, grids)  # ms
+        self.weight_terms = (self._tables(lambda u, w: 4 * predictor.unit_weights(u, w) / 2**20, grids)
+                             if predictor.calibration.per_weight_mib else [])  # MiB
+
+    def _tables(self, value: Any, grids: dict[int, list[int]]
+                ) -> list[tuple[int | None, int | None, torch.Tensor, int | None, bool]]:
+        """Per unit, ``value(unit, widths)`` on the grid of the groups that set it: (first axis,
+        second axis, table, removable block, whether the table is a change of its unit)."""
+        graph = self.predictor.graph
         block_of_unit = {u: b.group for b in graph.blocks for u in b.units}
-        # (first axis, second axis, table, removable block, whether the table is a change of its unit)
-        self.terms: list[tuple[int | None, int | None, torch.Tensor, int | None, bool]] = []
+        terms: list[tuple[int | None, int | None, torch.Tensor, int | None, bool]] = []
         full = graph.full_widths()
         for unit in graph.units:
             block = block_of_unit.get(unit.name)
-            now = predictor.unit_ms(unit, full)
+            now = value(unit, full)
             for g, _ in unit.in_others:
                 if g in grids:
-                    change = [predictor.unit_ms(unit, {**full, g: w}) - now for w in grids[g]]
-                    self.terms.append((g, None, torch.tensor(change, dtype=torch.float32), block, True))
+                    change = [value(unit, {**full, g: w}) - now for w in grids[g]]
+                    terms.append((g, None, torch.tensor(change, dtype=torch.float32), block, True))
             gin = None if unit.depthwise else unit.in_group
             gout = unit.out_group
             axes = [g for g in (gin, gout) if g is not None]
             if len(axes) == 2 and gin == gout:
                 axes = [gin]
             if not axes:
-                table = torch.tensor(now)
+                table = torch.tensor(float(now))
             elif len(axes) == 1:
-                table = torch.tensor([predictor.unit_ms(unit, {**full, axes[0]: w}) for w in grids[axes[0]]])
+                table = torch.tensor([float(value(unit, {**full, axes[0]: w})) for w in grids[axes[0]]])
             else:
-                table = torch.tensor([[predictor.unit_ms(unit, {**full, gin: a, gout: b}) for b in grids[gout]]
+                table = torch.tensor([[float(value(unit, {**full, gin: a, gout: b})) for b in grids[gout]]
                                       for a in grids[gin]])
             first, second = (axes + [None, None])[:2]
-            self.terms.append((first, second, table.float(), block, False))
+            terms.append((first, second, table.float(), block, False))
+        return terms
 
-    def raw(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        total = torch.zeros(())
-        for a, b, table, block, change in self.terms:
+    def _sum(self, terms: list[tuple[int | None, int | None, torch.Tensor, int | None, bool]],
+             widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept units' sum of the tabled values at soft ``widths``, and the expected number of
+        units removed with their blocks (each weighted by the chance that its block goes)."""
+        total, removed = torch.zeros(()), torch.zeros(())
+        for a, b, table, block, change in terms:
             if a is None:
-                ms = table
+                value = table
             elif b is None:
                 i0, i1, t = _bracket(self.grids[a], widths[a])
-                ms = table[i0] * (1 - t) + table[i1] * t
+                value = table[i0] * (1 - t) + table[i1] * t
             else:
                 i0, i1, s = _bracket(self.grids[a], widths[a])
                 j0, j1, t = _bracket(self.grids[b], widths[b])
-                ms = ((1 - s) * ((1 - t) * table[i0, j0] + t * table[i0, j1])
-                      + s * ((1 - t) * table[i1, j0] + t * table[i1, j1]))
+                value = ((1 - s) * ((1 - t) * table[i0, j0] + t * table[i0, j1])
+                         + s * ((1 - t) * table[i1, j0] + t * table[i1, j1]))
             if block is not None and keep is not None and block in keep:
-                removed_ms = 0.0 if change else self.predictor.calibration.removed_unit_ms
-                ms = ms * keep[block] + removed_ms * (1 - keep[block])
-            total = total + ms
-        return total
+                value = value * keep[block]
+                if not change:
+                    removed = removed + (1 - keep[block])
+            total = total + value
+        return total, removed
+
+    def raw(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Σ unit latencies (ms) at soft widths, each removed unit counting ``removed_unit_ms``."""
+        kept, removed = self._sum(self.terms, widths, keep)
+        return kept + self.predictor.calibration.removed_unit_ms * removed
 
     def __call__(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Calibrated prediction (ms) as a differentiable scalar tensor."""
-        return self.predictor.calibration.apply(self.raw(widths, keep))
+        kept, removed = self._sum(self.terms, widths, keep)
+        weights = self._sum(self.weight_terms, widths, keep)[0] if self.weight_terms else torch.zeros(())
+        return self.predictor.calibration.from_units(kept, removed, weights)

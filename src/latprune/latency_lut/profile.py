@@ -486,9 +486,10 @@ def run_calibration(graph: ChannelGraph, lut: Lut, backend: Backend, grid: Grid,
     configs = calibration_configs(graph.options(grid, blocks=bool(graph.blocks)), samples)
     measured = measure_widths(graph, backend, configs, desc="calibrate", progress=progress)
     points = [{"raw_ms": predictor.unit_sum(w), "measured_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms,
-               "removed_units": len(graph.removed_units(w))} for w, m in zip(configs, measured)]
+               "removed_units": len(graph.removed_units(w)), "weights_mib": predictor.weights_mib(w)}
+              for w, m in zip(configs, measured)]
     cal = fit([p["raw_ms"] for p in points], [p["measured_ms"] for p in points],
-              [p["removed_units"] for p in points])
+              [p["removed_units"] for p in points], [p["weights_mib"] for p in points])
     return cal, points
 
 
@@ -503,7 +504,7 @@ def load_calibration(lut: Lut, signature: str) -> tuple[Calibration, Grid] | Non
     if stored is None:
         return None
     cal = Calibration(stored["scale"], stored["offset_ms"], stored["residual_pct"], len(stored.get("points", [])),
-                      stored.get("removed_unit_ms", 0.0))
+                      stored.get("removed_unit_ms", 0.0), stored.get("per_weight_mib", 0.0))
     return cal, _grid_of(stored)
 
 

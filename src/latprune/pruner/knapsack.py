@@ -8,7 +8,8 @@ linearised around the current solution — half of a unit's latency is charged
 to its input group, half to its output group, and the groups a concatenation
 joins into its input what their width changes of that half — the knapsack is solved by
 dynamic programming over discretised latency, and the linearisation is
-redone at the new solution until it stops changing. Finally the exact
+redone at the new solution until it stops changing (with the calibration's
+slope at that solution's weights). Finally the exact
 (coupled, calibrated) prediction is enforced: a greedy pass removes the
 cheapest importance per millisecond until the budget holds, and another
 spends any slack left on the most valuable widenings.
@@ -144,11 +145,12 @@ def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
             f"(every group at its narrowest width); ask for at least {floor_ms:.3f} ms"
         )
     cal = predictor.calibration
-    raw_budget = (budget_ms - cal.offset_ms) / cal.scale
     current = {g: opts[-1] for g, opts in options.items()}
     iterations = 0
     for iterations in range(1, max_iters + 1):
         costs, fixed = _linearised_costs(predictor, options, current)
+        weights = predictor.weights_mib(current) if cal.per_weight_mib else 0.0
+        raw_budget = (budget_ms - cal.offset_ms) / cal.local_scale(weights)
         picks = _mck(costs, values, raw_budget - fixed, bins)
         if picks is None:
             current = dict(narrowest)

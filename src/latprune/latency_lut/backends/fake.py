@@ -54,7 +54,8 @@ class FakeBackend(Backend):
         shapes = tuple((name, type(m).__name__, tuple(getattr(m, "weight", None).shape)
                         if isinstance(getattr(m, "weight", None), torch.Tensor) else ())
                        for name, m in model.named_modules())
-        key = (shapes, tuple(input_shape))  # the same structure costs the same: trace it once
+        # the same structure costs the same under the same formula: trace it once
+        key = (shapes, tuple(input_shape), STEP, LAUNCH_MS, MS_PER_MMAC)
         if key not in _MODEL_MS:
             graph = ChannelGraph.build(model, input_shape)
             _MODEL_MS[key] = 1.1 * sum(fake_unit_ms(u.base) for u in graph.units) + 0.02
