@@ -33,8 +33,8 @@ class Calibration:
     configuration's weights W (MiB, fp32): a unit timed alone keeps its weights
     in the core's caches, while inside a model it shares them with every other
     layer's, so its time there grows with the whole configuration's weights
-    (MobileNetV3-L at 96×96: its units take 0.96× their lone time at a quarter of
-    its widths, 2.3 MiB of weights, and 1.25× at full width, 21 MiB).
+    (MobileNetV3-L at 96×96: its units take 0.92× their lone time at a quarter of
+    its widths, 2.3 MiB of weights, and 1.31× at half and at full width, 6.6 and 21 MiB).
     ``residual_pct`` is the median absolute error of the fit on its own points."""
 
     scale: float = 1.0
