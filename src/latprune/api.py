@@ -1,13 +1,13 @@
 """The library's entry points: a module in, objects out, files only where the caller names a path.
 
->>> import latprune, torch, torchvision                                    # doctest: +SKIP
->>> model, x = torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 64, 64)
->>> lut = latprune.profile(model, x, backend="ort-cpu", threads=1, path="device.lut")
->>> result = latprune.prune(model, lut, "0.6x", example_input=x, method="halp",
-...                         train_loader=loader, finetune=my_finetune)
->>> result.model, result.plan, result.metrics["measured_ms"]
->>> result.save("runs/r1"); same = latprune.load("runs/r1", model)
->>> bundle = latprune.export(result, "onnx", "bundles/r1"); bundle.run(x.numpy())
+    import latprune, torch, torchvision
+    model, x = torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 64, 64)
+    lut = latprune.profile(model, x, backend="ort-cpu", threads=1, path="device.lut")
+    result = latprune.prune(model, lut, "0.6x", example_input=x, method="halp",
+                            train_loader=loader, finetune=my_finetune)
+    result.model, result.plan, result.metrics["measured_ms"]
+    result.save("runs/r1"); same = latprune.load("runs/r1", model)
+    bundle = latprune.export(result, "onnx", "bundles/r1"); bundle.run(x.numpy())
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ decides the widths as gator does (Taylor scores on the hard gates, the
 knapsack, the closed loop measuring candidates on the LUT's backend), slims,
 and measures the export: a :class:`~latprune.api.PruneResult`.
 
->>> gates = latprune.attach_gates(model, lut, "0.5x", example_input=x)   # doctest: +SKIP
->>> opt, gate_opt = torch.optim.SGD(model.parameters(), lr=0.01), gates.optimizer()
->>> for xb, yb in loader:
-...     loss = F.cross_entropy(model(xb), yb) + gates.loss()
-...     opt.zero_grad(); gate_opt.zero_grad(); loss.backward(); opt.step(); gate_opt.step()
->>> result = gates.finish(loader)                                       # the model's hooks are gone
+    gates = latprune.attach_gates(model, lut, "0.5x", example_input=x)
+    opt, gate_opt = torch.optim.SGD(model.parameters(), lr=0.01), gates.optimizer()
+    for xb, yb in loader:
+        loss = F.cross_entropy(model(xb), yb) + gates.loss()
+        opt.zero_grad(); gate_opt.zero_grad(); loss.backward(); opt.step(); gate_opt.step()
+    result = gates.finish(loader)                                       # the model's hooks are gone
 """
 
 from __future__ import annotations
