@@ -24,6 +24,7 @@ import numpy as np
 
 from latprune.errors import BudgetError
 from latprune.graph.lowrank import is_rank_axis, rank_axis
+from latprune.graph.units import Unit
 from latprune.latency_lut.predict import Predictor
 from latprune.pruner.importance import Scores
 
@@ -57,28 +58,46 @@ def option_values(scores: Scores, options: dict[int, list[int]]) -> dict[int, li
     return values
 
 
-def _linearised_costs(predictor: Predictor, options: dict[int, list[int]],
-                      current: dict[int, int]) -> tuple[dict[int, list[float]], float]:
+def _linearised_costs(predictor: Predictor, options: dict[int, list[int]], current: dict[int, int],
+                      per_mib: float = 0.0) -> tuple[dict[int, list[float]], float]:
     """cost[g][i] (raw ms) of giving axis g its i-th option, the other axes at ``current``; and the
     fixed part. A unit's latency is shared evenly among the axes that set it: its input and
     output groups and, where it is offered one, its rank (:mod:`~latprune.graph.lowrank`). The
     other groups a concatenation joins into its input are charged what their width changes of
-    it, at the same share: a DenseNet layer's growth channels cost every later layer they feed."""
+    it, at the same share: a DenseNet layer's growth channels cost every later layer they feed.
+    Each MiB of a unit's weights costs ``per_mib`` raw ms more (:func:`_weights_price`)."""
+    def cost(unit: Unit, widths: dict[int, int]) -> float:
+        ms = predictor.unit_ms(unit, widths)
+        if per_mib and unit.name not in predictor.graph.removed_units(widths):
+            ms += per_mib * 4 * predictor.unit_weights(unit, widths) / 2**20
+        return ms
+
     costs = {g: [0.0] * len(opts) for g, opts in options.items()}
     fixed = 0.0
     for i, unit in enumerate(predictor.graph.units):
         axes = {None if unit.depthwise else unit.in_group, unit.out_group, rank_axis(i)} & options.keys()
         joined = {g for g, _ in unit.in_others} & options.keys() - axes
-        now = predictor.unit_ms(unit, current) if joined or not axes else 0.0
+        now = cost(unit, current) if joined or not axes else 0.0
         if not axes:
             fixed += now
         for g in axes:
             for j, w in enumerate(options[g]):
-                costs[g][j] += predictor.unit_ms(unit, {**current, g: w}) / len(axes)
+                costs[g][j] += cost(unit, {**current, g: w}) / len(axes)
         for g in joined:
             for j, w in enumerate(options[g]):
-                costs[g][j] += (predictor.unit_ms(unit, {**current, g: w}) - now) / max(1, len(axes))
+                costs[g][j] += (cost(unit, {**current, g: w}) - now) / max(1, len(axes))
     return costs, fixed
+
+
+def _weights_price(predictor: Predictor, current: dict[int, int]) -> float:
+    """What a MiB of weights adds to the prediction at ``current``, in raw ms of its local scale
+    (:meth:`~latprune.latency_lut.predict.Calibration.local_scale`): the prediction
+    ``s · Σ · (1 + γ·W) + offset`` linearised there is ``s(1 + γ·W₀) · (Σ + γ·Σ₀ / (1 + γ·W₀) · W)``
+    plus a constant; 0 without the calibration's weights term."""
+    cal = predictor.calibration
+    if not cal.per_weight_mib:
+        return 0.0
+    return cal.per_weight_mib * predictor.unit_sum(current) / (1 + cal.per_weight_mib * predictor.weights_mib(current))
 
 
 def _mck(costs: dict[int, list[float]], values: dict[int, list[float]], capacity: float,
@@ -148,9 +167,10 @@ def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
     current = {g: opts[-1] for g, opts in options.items()}
     iterations = 0
     for iterations in range(1, max_iters + 1):
-        costs, fixed = _linearised_costs(predictor, options, current)
         weights = predictor.weights_mib(current) if cal.per_weight_mib else 0.0
-        raw_budget = (budget_ms - cal.offset_ms) / cal.local_scale(weights)
+        per_mib = _weights_price(predictor, current)
+        costs, fixed = _linearised_costs(predictor, options, current, per_mib)
+        raw_budget = (budget_ms - cal.offset_ms) / cal.local_scale(weights) + per_mib * weights
         picks = _mck(costs, values, raw_budget - fixed, bins)
         if picks is None:
             current = dict(narrowest)
