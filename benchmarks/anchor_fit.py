@@ -17,7 +17,8 @@ and scores the row's measured configurations both ways:
   own full-width measurement.
 
 Beside them, the full-width point's error under the stored fit, and the row's repeat score.
-Reads each row's LUT under ``benchmarks/`` (rows whose LUT is gone are left out). It times
+Reads each row's LUT under ``benchmarks/`` (rows whose LUT is gone, or whose calibration scales
+the units with the configuration's weights and so is no line, are left out). It times
 nothing. Writes ``benchmarks/results/anchor_fit.json``.
 """
 
@@ -114,7 +115,7 @@ def main() -> None:
         tag = name.removeprefix("lut_fidelity_zoo_ort-cpu_1t").removesuffix(".json").lstrip("_") or "first"
         for key, row in json.loads((HERE / "results" / name).read_text()).items():
             stored = None if row.get("failed") or not row.get("points") else stored_calibration(row)
-            if stored is not None:
+            if stored is not None and not stored.get("per_weight_mib"):
                 rows[f"{key} ({tag})"] = score_row(row, stored)
     medians = {col: round(float(np.median([r[col]["median_abs_pct"] for r in rows.values()])), 2)
                for col in ("anchored", "anchored_through_base", "stored", "stored_through_base")}

@@ -8,8 +8,8 @@ measurements ``profile`` made; their width configurations drawn again by the sam
 and checked against the unit sums stored with them) in two forms, each by
 :func:`latprune.latency_lut.calibrate.fit`:
 
-- ``linear``: ``scale · Σunits + offset`` (and the per-removed-unit term), as before the
-  weights term;
+- ``linear``: ``scale · Σunits + offset`` (and the per-removed-unit term): ``fit`` without
+  the configurations' weights;
 - ``weights``: ``scale · Σunits · (1 + per_weight_mib · W) + offset``, W the configuration's
   weights in MiB: the rule ``profile`` fits.
 
@@ -83,7 +83,7 @@ def refit_row(row: dict[str, Any], benchmarks: Path) -> dict[str, Any]:
         full_raw, full_weights = predictor.unit_sum(full), predictor.weights_mib(full)
     t_measured = np.array([p["measured_ms"] for p in row["points"]])
     # the full model as the fidelity run measured it first: its drift over the stored prediction
-    full_measured = row["drift"] * forms["linear"].from_units(full_raw, 0, 0.0)
+    full_measured = row["drift"] * loaded[0].from_units(full_raw, 0, full_weights)
     out: dict[str, Any] = {"model": row["model"], "input": row["input"], "points": len(points),
                            "weights_mib": [round(float(weights.min()), 1), round(float(weights.max()), 1)],
                            "repeat": {k: round(row["repeat"][k], 2) for k in ("median_abs_pct", "within_10_pct")}}

@@ -374,6 +374,8 @@ def parse_args() -> tuple[argparse.Namespace, argparse.ArgumentParser]:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
+    if args.latest and not args.table:
+        parser.error("--latest selects the rows of --table; add --table")
     return args, parser
 
 

@@ -206,7 +206,7 @@ def test_calibration_fits_relative_errors_and_drops_a_slow_spell() -> None:
     # no outlier, a few % of noise on the large configurations: the small ones weigh as much
     noisy = [r - 0.3 for r in raw]
     noisy[0], noisy[1], noisy[2] = noisy[0] * 1.06, noisy[1] * 1.06, noisy[2] * 0.97
-    assert abs(fit(raw, noisy).apply(0.55) / 0.25 - 1) < 0.02  # an absolute least-squares fit: -11%
+    assert abs(fit(raw, noisy).from_units(0.55, 0) / 0.25 - 1) < 0.02  # an absolute least-squares fit: -11%
     assert fit([1.0], [0.7]).offset_ms == pytest.approx(-0.3) and fit([1.0], [0.7]).scale == 1.0
     # removing a block saves its units' LUT time minus 0.01 ms each: the fit finds that term
     removed = [0, 0, 2, 0, 4, 2, 6, 4]
@@ -244,9 +244,12 @@ def test_calibration_scales_the_units_with_the_configurations_weights() -> None:
     assert fit(raw, measured).per_weight_mib == 0.0 and fit(raw, measured).residual_pct > 1.0  # no weights given
     few = MIN_WEIGHT_POINTS - 1
     assert fit(raw[:few], measured[:few], None, weights[:few]).per_weight_mib == 0.0
-    # a factor that would double a unit's time over the points' weights is noise, not caches: left out
+    # a factor that would double a unit's time over the points' weights is noise, not caches: left out,
+    # as is one that makes units faster the more weights the model holds
     steep = [r * (1 + 0.08 * w) for r, w in zip(raw, weights)]
     assert fit(raw, steep, None, weights) == fit(raw, steep)
+    falling = [1.2 * r * (1 - 0.01 * w) - 0.3 for r, w in zip(raw, weights)]
+    assert fit(raw, falling, None, weights) == fit(raw, falling)
 
 
 def test_profile_calibrates_on_configurations_that_remove_blocks(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from latprune.graph.lowrank import CHANNEL, pair_keys, pays, rank_axis
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
 
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}  # per weight, by a key's dtype
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -30,11 +32,10 @@ class Calibration:
     as session wall times did: 0.043 ms per unit on ResNet-20, ort-cpu,
     1 thread; or leave out one it does pay, as kernel times do with the gaps
     between kernels). ``per_weight_mib`` scales the kept units' time with the
-    configuration's weights W (MiB, fp32): a unit timed alone keeps its weights
+    configuration's weights W (MiB): a unit timed alone keeps its weights
     in the core's caches, while inside a model it shares them with every other
     layer's, so its time there grows with the whole configuration's weights
-    (MobileNetV3-L at 96×96: its units take 0.92× their lone time at a quarter of
-    its widths, 2.3 MiB of weights, and 1.31× at half and at full width, 6.6 and 21 MiB).
+    (:func:`~latprune.latency_lut.calibrate.fit`).
     ``residual_pct`` is the median absolute error of the fit on its own points."""
 
     scale: float = 1.0
@@ -44,21 +45,12 @@ class Calibration:
     removed_unit_ms: float = 0.0
     per_weight_mib: float = 0.0
 
-    def apply(self, raw_ms: float, weights_mib: float = 0.0) -> float:
-        """The prediction from a raw sum (removed units counted) and the configuration's weights."""
-        return self.scale * raw_ms * (1 + self.per_weight_mib * weights_mib) + self.offset_ms
-
     def from_units(self, unit_sum_ms: Any, removed_units: Any, weights_mib: Any = 0.0) -> Any:
         """The prediction from the kept units' sum (:meth:`Predictor.unit_sum`), the
         number of units removed with their blocks and the kept weights (MiB): what
         :func:`calibrate.fit` fits. Also elementwise on arrays of points."""
         kept = unit_sum_ms * (1 + self.per_weight_mib * weights_mib)
         return self.scale * (kept + self.removed_unit_ms * removed_units) + self.offset_ms
-
-    def local_scale(self, weights_mib: float) -> float:
-        """What a millisecond of units costs at a configuration of ``weights_mib``: the
-        prediction's slope in the unit sum there (the knapsack's linearisation)."""
-        return self.scale * (1 + self.per_weight_mib * weights_mib)
 
     def scaled(self, ratio: float) -> Calibration:
         """The same correction with every prediction multiplied by ``ratio``
@@ -80,7 +72,7 @@ class Predictor:
         self.scheme = scheme  # how a unit given a rank factorises (graph.lowrank.SCHEMES)
         self._memo: dict[str, float] = {}
         self._unit_memo: dict[tuple[str, int, int, int], float] = {}
-        self._weight_memo: dict[tuple[str, int, int, int], int] = {}
+        self._weight_memo: dict[tuple[str, int, int, int], float] = {}
         self._cin_curves: dict[str, list[tuple[int, float]]] | None = None  # kernel -> (cin, ms), built on need
         self._axis = {u.name: rank_axis(i) for i, u in enumerate(graph.units)}
 
@@ -107,11 +99,12 @@ class Predictor:
             self._unit_memo[memo] = sum(self.key_ms(k, along_cin=unit.concatenated) for k in self._keys(unit, widths))
         return self._unit_memo[memo]
 
-    def unit_weights(self, unit: Unit, widths: dict[int, int]) -> int:
-        """The weight elements of ``unit`` kept at ``widths`` (of its factorised pair where it has one)."""
+    def unit_weights_mib(self, unit: Unit, widths: dict[int, int]) -> float:
+        """The weights (MiB, at the key's dtype) of ``unit`` kept at ``widths`` (of its factorised
+        pair where it has one)."""
         memo = self._memo_key(unit, widths)
         if memo not in self._weight_memo:
-            self._weight_memo[memo] = sum(k.weights for k in self._keys(unit, widths))
+            self._weight_memo[memo] = sum(k.weights * _BYTES.get(k.dtype, 4) for k in self._keys(unit, widths)) / 2**20
         return self._weight_memo[memo]
 
     def _memo_key(self, unit: Unit, widths: dict[int, int]) -> tuple[str, int, int, int]:
@@ -125,9 +118,9 @@ class Predictor:
         return pair_keys(key, rank, self.scheme) if rank and pays(key, rank, self.scheme) else [key]
 
     def weights_mib(self, widths: dict[int, int]) -> float:
-        """The fp32 weights (MiB) of the units ``widths`` keeps: the W of the calibration."""
+        """The weights (MiB) of the units ``widths`` keeps: the W of the calibration."""
         removed = self.graph.removed_units(widths)
-        return 4 * sum(self.unit_weights(u, widths) for u in self.graph.units if u.name not in removed) / 2**20
+        return sum(self.unit_weights_mib(u, widths) for u in self.graph.units if u.name not in removed)
 
     def key_ms(self, key: LayerKey, along_cin: bool = False) -> float:
         """The LUT's latency of ``key``; with ``along_cin``, where the LUT lacks it, interpolated
@@ -216,9 +209,8 @@ class SoftLatency:
         self.predictor = predictor
         grids = {g: sorted(w for w in opts if w > 0) for g, opts in options.items()}
         self.grids = {g: torch.tensor(ws, dtype=torch.float32) for g, ws in grids.items()}
-        self.terms = self._tables(predictor._kept_unit_ms, grids)  # ms
-        self.weight_terms = (self._tables(lambda u, w: 4 * predictor.unit_weights(u, w) / 2**20, grids)
-                             if predictor.calibration.per_weight_mib else [])  # MiB
+        self.terms = self._tables(predictor.unit_ms, grids)  # ms
+        self.weight_terms = self._tables(predictor.unit_weights_mib, grids)  # MiB
 
     def _tables(self, value: Any, grids: dict[int, list[int]]
                 ) -> list[tuple[int | None, int | None, torch.Tensor, int | None, bool]]:
@@ -274,13 +266,7 @@ class SoftLatency:
             total = total + value
         return total, removed
 
-    def raw(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Σ unit latencies (ms) at soft widths, each removed unit counting ``removed_unit_ms``."""
-        kept, removed = self._sum(self.terms, widths, keep)
-        return kept + self.predictor.calibration.removed_unit_ms * removed
-
     def __call__(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Calibrated prediction (ms) as a differentiable scalar tensor."""
         kept, removed = self._sum(self.terms, widths, keep)
-        weights = self._sum(self.weight_terms, widths, keep)[0] if self.weight_terms else torch.zeros(())
-        return self.predictor.calibration.from_units(kept, removed, weights)
+        return self.predictor.calibration.from_units(kept, removed, self._sum(self.weight_terms, widths, keep)[0])

@@ -8,8 +8,8 @@ linearised around the current solution — half of a unit's latency is charged
 to its input group, half to its output group, and the groups a concatenation
 joins into its input what their width changes of that half — the knapsack is solved by
 dynamic programming over discretised latency, and the linearisation is
-redone at the new solution until it stops changing (with the calibration's
-slope at that solution's weights). Finally the exact
+redone at the new solution until it stops changing (the calibration, where
+it scales the units with the configuration's weights, linearised there too). Finally the exact
 (coupled, calibrated) prediction is enforced: a greedy pass removes the
 cheapest importance per millisecond until the budget holds, and another
 spends any slack left on the most valuable widenings.
@@ -59,18 +59,21 @@ def option_values(scores: Scores, options: dict[int, list[int]]) -> dict[int, li
 
 
 def _linearised_costs(predictor: Predictor, options: dict[int, list[int]], current: dict[int, int],
-                      per_mib: float = 0.0) -> tuple[dict[int, list[float]], float]:
+                      ms_per_mib: float = 0.0, removed_ms: float | None = None
+                      ) -> tuple[dict[int, list[float]], float]:
     """cost[g][i] (raw ms) of giving axis g its i-th option, the other axes at ``current``; and the
     fixed part. A unit's latency is shared evenly among the axes that set it: its input and
     output groups and, where it is offered one, its rank (:mod:`~latprune.graph.lowrank`). The
     other groups a concatenation joins into its input are charged what their width changes of
     it, at the same share: a DenseNet layer's growth channels cost every later layer they feed.
-    Each MiB of a unit's weights costs ``per_mib`` raw ms more (:func:`_weights_price`)."""
+    Each MiB of a unit's weights costs ``ms_per_mib`` raw ms more and a unit a removed block takes
+    away ``removed_ms`` (the calibration's own by default), as :func:`_linearisation` gives them."""
+    removed_ms = predictor.calibration.removed_unit_ms if removed_ms is None else removed_ms
+
     def cost(unit: Unit, widths: dict[int, int]) -> float:
-        ms = predictor.unit_ms(unit, widths)
-        if per_mib and unit.name not in predictor.graph.removed_units(widths):
-            ms += per_mib * 4 * predictor.unit_weights(unit, widths) / 2**20
-        return ms
+        if unit.name in predictor.graph.removed_units(widths):
+            return removed_ms
+        return predictor.unit_ms(unit, widths) + ms_per_mib * predictor.unit_weights_mib(unit, widths)
 
     costs = {g: [0.0] * len(opts) for g, opts in options.items()}
     fixed = 0.0
@@ -89,15 +92,20 @@ def _linearised_costs(predictor: Predictor, options: dict[int, list[int]], curre
     return costs, fixed
 
 
-def _weights_price(predictor: Predictor, current: dict[int, int]) -> float:
-    """What a MiB of weights adds to the prediction at ``current``, in raw ms of its local scale
-    (:meth:`~latprune.latency_lut.predict.Calibration.local_scale`): the prediction
-    ``s · Σ · (1 + γ·W) + offset`` linearised there is ``s(1 + γ·W₀) · (Σ + γ·Σ₀ / (1 + γ·W₀) · W)``
-    plus a constant; 0 without the calibration's weights term."""
+def _linearisation(predictor: Predictor, current: dict[int, int]) -> tuple[float, float, float, float]:
+    """The prediction ``s · (K·(1 + γ·W) + r·R) + offset`` (K the kept units' sum, W their weights,
+    R the units removed) linearised at ``current`` (K₀, W₀) in raw ms of the local scale
+    ``L = s·(1 + γ·W₀)``: ``L · (K + a·W + b·R) + c``. Returns L, a = γ·K₀ / (1 + γ·W₀) (raw ms per
+    MiB of weights), b = r / (1 + γ·W₀) (raw ms per removed unit) and c = offset − L·a·W₀; without
+    the weights term, s, 0, r and the offset."""
     cal = predictor.calibration
     if not cal.per_weight_mib:
-        return 0.0
-    return cal.per_weight_mib * predictor.unit_sum(current) / (1 + cal.per_weight_mib * predictor.weights_mib(current))
+        return cal.scale, 0.0, cal.removed_unit_ms, cal.offset_ms
+    weights = predictor.weights_mib(current)
+    factor = 1 + cal.per_weight_mib * weights
+    local = cal.scale * factor
+    ms_per_mib = cal.per_weight_mib * predictor.unit_sum(current) / factor
+    return local, ms_per_mib, cal.removed_unit_ms / factor, cal.offset_ms - local * ms_per_mib * weights
 
 
 def _mck(costs: dict[int, list[float]], values: dict[int, list[float]], capacity: float,
@@ -163,15 +171,12 @@ def solve(predictor: Predictor, options: dict[int, list[int]], scores: Scores,
             f"budget {budget_ms:.3f} ms is below the smallest reachable latency {floor_ms:.3f} ms "
             f"(every group at its narrowest width); ask for at least {floor_ms:.3f} ms"
         )
-    cal = predictor.calibration
     current = {g: opts[-1] for g, opts in options.items()}
     iterations = 0
     for iterations in range(1, max_iters + 1):
-        weights = predictor.weights_mib(current) if cal.per_weight_mib else 0.0
-        per_mib = _weights_price(predictor, current)
-        costs, fixed = _linearised_costs(predictor, options, current, per_mib)
-        raw_budget = (budget_ms - cal.offset_ms) / cal.local_scale(weights) + per_mib * weights
-        picks = _mck(costs, values, raw_budget - fixed, bins)
+        local, ms_per_mib, removed_ms, constant = _linearisation(predictor, current)
+        costs, fixed = _linearised_costs(predictor, options, current, ms_per_mib, removed_ms)
+        picks = _mck(costs, values, (budget_ms - constant) / local - fixed, bins)
         if picks is None:
             current = dict(narrowest)
             break

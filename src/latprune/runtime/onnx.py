@@ -101,14 +101,17 @@ def _pooled_by_products(pool: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Te
 def exportable_pooling(model: nn.Module) -> Iterator[None]:
     """While it lasts, each :class:`~torch.nn.AdaptiveAvgPool2d` of ``model`` pools through
     :func:`_pooled_by_products`: the same result, in ops ONNX has at every input size."""
-    pools = [m for m in model.modules() if type(m) is nn.AdaptiveAvgPool2d]
+    pools = {m: vars(m).get("forward") for m in model.modules() if type(m) is nn.AdaptiveAvgPool2d}
     for pool in pools:
         pool.forward = lambda x, pool=pool: _pooled_by_products(pool, x)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for pool in pools:
-            del pool.forward
+        for pool, own in pools.items():  # a forward set on the instance before is set back
+            if own is None:
+                del pool.forward
+            else:
+                pool.forward = own
 
 
 def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], opset: int = OPSET,
