@@ -65,11 +65,11 @@ def calibration_formula(cal: dict[str, Any]) -> str:
 
     >>> calibration_formula({"scale": 1.0, "offset_ms": -0.25})
     'measured ≈ 1.000 × Σunits − 0.250 ms'
-    >>> calibration_formula({"scale": 1.5, "offset_ms": 0.1, "per_weight_mib": -0.002})
-    'measured ≈ 1.500 × Σunits · (1 − 0.0020 per MiB of weights) + 0.100 ms'
+    >>> calibration_formula({"scale": 1.5, "offset_ms": -0.1, "per_weight_mib": 0.0125})
+    'measured ≈ 1.500 × Σunits · (1 + 0.0125 per MiB of weights) − 0.100 ms'
     """
     removed, per_mib = cal.get("removed_unit_ms", 0.0), cal.get("per_weight_mib", 0.0)
-    units = f"Σunits · (1 {'−' if per_mib < 0 else '+'} {abs(per_mib):.4f} per MiB of weights)" if per_mib else "Σunits"
+    units = f"Σunits · (1 + {per_mib:.4f} per MiB of weights)" if per_mib else "Σunits"
     units = f"({units} + {removed:.3f} ms per removed unit)" if removed else units
     sign = "−" if cal["offset_ms"] < 0 else "+"
     return f"measured ≈ {cal['scale']:.3f} × {units} {sign} {abs(cal['offset_ms']):.3f} ms"
