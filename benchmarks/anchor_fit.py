@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
+from results_io import score_cell, write_json  # noqa: E402
 
 HERE = Path(__file__).parent
 DEFAULT_RESULTS = ("lut_fidelity_zoo_ort-cpu_1t.json", "lut_fidelity_zoo_ort-cpu_1t_s48.json",
@@ -93,15 +93,12 @@ def score_row(row: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    def cell(s: dict[str, float]) -> str:
-        return f"{s['median_abs_pct']:.2f}% / {100 * s['within_10_pct']:.0f}%"
-
     lines = ["| row | full width, stored fit | anchored | anchored, through base | stored | stored, through base "
              "| repeat |", "|---|--:|--:|--:|--:|--:|--:|"]
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {r['full_width_error_pct']:+.1f}% | {cell(r['anchored'])} | "
-                     f"{cell(r['anchored_through_base'])} | {cell(r['stored'])} | {cell(r['stored_through_base'])} | "
-                     f"{cell(r['repeat'])} |")
+        lines.append(f"| {name} | {r['full_width_error_pct']:+.1f}% | {score_cell(r['anchored'])} | "
+                     f"{score_cell(r['anchored_through_base'])} | {score_cell(r['stored'])} | {score_cell(r['stored_through_base'])} | "
+                     f"{score_cell(r['repeat'])} |")
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
+from results_io import score_cell, write_json  # noqa: E402
 from zoo import fitted_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -98,9 +98,6 @@ def refit_row(row: dict[str, Any], benchmarks: Path) -> dict[str, Any]:
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
     """The BENCHMARKS.md table: each row's scores in both forms beside its floor."""
-    def cell(s: dict[str, float]) -> str:
-        return f"{s['median_abs_pct']:.2f}% / {100 * s['within_10_pct']:.0f}%"
-
     lines = ["| model@size | weights (MiB) | per MiB | linear: stored | weights: stored | linear: anchored "
              "| weights: anchored | repeat (the floor) |", "|---|---|--:|--:|--:|--:|--:|--:|"]
     for key, r in rows.items():
@@ -109,8 +106,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
             continue
         lin, wt = r["linear"], r["weights"]
         lines.append(f"| {key} | {r['weights_mib'][0]}–{r['weights_mib'][1]} | {wt['per_weight_mib']:+.4f} | "
-                     f"{cell(lin['stored'])} | {cell(wt['stored'])} | {cell(lin['anchored'])} | "
-                     f"{cell(wt['anchored'])} | {cell(r['repeat'])} |")
+                     f"{score_cell(lin['stored'])} | {score_cell(wt['stored'])} | {score_cell(lin['anchored'])} | "
+                     f"{score_cell(wt['anchored'])} | {score_cell(r['repeat'])} |")
     return "\n".join(lines)
 
 

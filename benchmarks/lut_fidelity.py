@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_json  # noqa: E402
+from results_io import score_cell, write_json  # noqa: E402
 from zoo import fitted_model, how_it_ended, limit_memory, run_process, run_step, versions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -293,8 +293,7 @@ def latest_table(rows: dict[str, dict[str, Any]]) -> str:
         s, a, rep, size = row["stored"], row.get("anchored"), row.get("repeat"), row["input"][-1]
         cells = [key, f"{size}×{size}", f"`{row.get('versions', {}).get('latprune', '?')}`",
                  f"{s['median_abs_pct']:.2f}% / {100 * s['within_10_pct']:.0f}% / {s['spearman']:.3f}",
-                 f"{a['median_abs_pct']:.2f}% / {100 * a['within_10_pct']:.0f}%" if a else "",
-                 f"{rep['median_abs_pct']:.2f}% / {100 * rep['within_10_pct']:.0f}%" if rep else "",
+                 score_cell(a) if a else "", score_cell(rep) if rep else "",
                  f"{row['spread_pct']:.1f}%" if row.get("spread_pct") is not None else "", verdict(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Result files of the benchmarks, written atomically: a temporary file beside the target,
-renamed over it, so a killed benchmark leaves the previous file whole."""
+renamed over it, so a killed benchmark leaves the previous file whole; and the cell their
+tables share for an error score."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def score_cell(stats: dict[str, float]) -> str:
+    """'2.85% / 85%': an error score's median |error| and its share within ±10%."""
+    return f"{stats['median_abs_pct']:.2f}% / {100 * stats['within_10_pct']:.0f}%"
 
 
 def write_json(path: Path, obj: Any) -> None:
