@@ -96,9 +96,9 @@ def table(result: dict[str, Any]) -> str:
     lines = ["| row | full width, stored fit | anchored | anchored, through base | stored | stored, through base "
              "| repeat |", "|---|--:|--:|--:|--:|--:|--:|"]
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {r['full_width_error_pct']:+.1f}% | {score_cell(r['anchored'])} | "
-                     f"{score_cell(r['anchored_through_base'])} | {score_cell(r['stored'])} | {score_cell(r['stored_through_base'])} | "
-                     f"{score_cell(r['repeat'])} |")
+        cells = [score_cell(r[k]) for k in ("anchored", "anchored_through_base", "stored", "stored_through_base",
+                                             "repeat")]
+        lines.append(f"| {name} | {r['full_width_error_pct']:+.1f}% | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

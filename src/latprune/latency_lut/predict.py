@@ -189,6 +189,10 @@ def _bracket(xs: torch.Tensor, w: torch.Tensor) -> tuple[int, int, torch.Tensor]
     return lo, hi, t
 
 
+# A unit's table in SoftLatency: (first axis, second axis, table, removable block, whether it is a change)
+Term = tuple[int | None, int | None, torch.Tensor, int | None, bool]
+
+
 class SoftLatency:
     """The predictor's differentiable form: latency over soft (gate-expected) widths.
 
@@ -212,13 +216,12 @@ class SoftLatency:
         self.terms = self._tables(predictor.unit_ms, grids)  # ms
         self.weight_terms = self._tables(predictor.unit_weights_mib, grids)  # MiB
 
-    def _tables(self, value: Any, grids: dict[int, list[int]]
-                ) -> list[tuple[int | None, int | None, torch.Tensor, int | None, bool]]:
+    def _tables(self, value: Any, grids: dict[int, list[int]]) -> list[Term]:
         """Per unit, ``value(unit, widths)`` on the grid of the groups that set it: (first axis,
         second axis, table, removable block, whether the table is a change of its unit)."""
         graph = self.predictor.graph
         block_of_unit = {u: b.group for b in graph.blocks for u in b.units}
-        terms: list[tuple[int | None, int | None, torch.Tensor, int | None, bool]] = []
+        terms: list[Term] = []
         full = graph.full_widths()
         for unit in graph.units:
             block = block_of_unit.get(unit.name)
@@ -243,8 +246,8 @@ class SoftLatency:
             terms.append((first, second, table.float(), block, False))
         return terms
 
-    def _sum(self, terms: list[tuple[int | None, int | None, torch.Tensor, int | None, bool]],
-             widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sum(self, terms: list[Term], widths: dict[int, torch.Tensor],
+             keep: dict[int, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The kept units' sum of the tabled values at soft ``widths``, and the expected number of
         units removed with their blocks (each weighted by the chance that its block goes)."""
         total, removed = torch.zeros(()), torch.zeros(())
