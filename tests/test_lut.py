@@ -53,6 +53,21 @@ def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
         Lut.create(tmp_path / "a.lut", {"backend": "fake"})
 
 
+def test_an_empty_file_at_the_lut_path_is_profiled_over(tmp_path: Path) -> None:
+    """A process killed before its LUT held anything leaves an empty file: nothing to lose, so
+    profiling creates the LUT there, where a file with any content is kept and refused."""
+    empty = tmp_path / "empty.lut"
+    empty.touch()
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    report = build_lut(graph, empty, get_backend("fake", threads=1), levels=2, progress=False)
+    assert report.measured > 0 and Lut.open(empty).calibration(graph.signature()) is not None
+    bad = tmp_path / "bad.lut"
+    bad.write_bytes(b"x")
+    with pytest.raises(LutError, match="not a readable latprune LUT"):
+        build_lut(graph, bad, get_backend("fake", threads=1), levels=2, progress=False)
+    assert bad.read_bytes() == b"x"
+
+
 def test_corrupt_lut_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.lut"
     bad.write_bytes(b"this is not sqlite" * 100)

@@ -208,7 +208,8 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
         raise LutError(f"align must be at least 1, got {grid.align}")
     start = time.time()
     path = Path(path)
-    lut = open_for_backend(path, backend, writable=True) if path.exists() else Lut.create(path, backend.fingerprint())
+    lut = (open_for_backend(path, backend, writable=True) if Lut.holds_data(path)
+           else Lut.create(path, backend.fingerprint()))
     with lut:
         if lut.meta("fusion_rules") is None and hasattr(backend, "profile_graph"):
             from latprune.latency_lut.fusion import discover_fusions

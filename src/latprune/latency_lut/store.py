@@ -57,11 +57,11 @@ class Lut:
     # -- opening ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike[str], fingerprint: dict[str, Any]) -> Lut:
-        """Create a new LUT (the file must not exist)."""
+        """Create a new LUT (the file must not exist, or be empty: nothing is lost over it)."""
         from latprune import __version__
 
         target = Path(path)
-        if target.exists():
+        if cls.holds_data(target):
             raise LutError(f"{target} already exists; open it to extend it, or create another file")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.creating")
@@ -79,6 +79,12 @@ class Lut:
         conn.close()
         os.replace(tmp, target)  # the file appears complete or not at all
         return cls.open(target, writable=True)
+
+    @staticmethod
+    def holds_data(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` exists and is not an empty file (a process killed before it wrote one)."""
+        target = Path(path)
+        return target.exists() and not (target.is_file() and target.stat().st_size == 0)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], writable: bool = False) -> Lut:
