@@ -292,7 +292,7 @@ def latest_table(rows: dict[str, dict[str, Any]]) -> str:
     for key, row in sorted(rows.items(), key=lambda kv: (kv[1]["input"][-1], kv[0])):
         s, a, rep, size = row["stored"], row.get("anchored"), row.get("repeat"), row["input"][-1]
         cells = [key, f"{size}×{size}", f"`{row.get('versions', {}).get('latprune', '?')}`",
-                 f"{s['median_abs_pct']:.2f}% / {100 * s['within_10_pct']:.0f}% / {s['spearman']:.3f}",
+                 f"{score_cell(s)} / {s['spearman']:.3f}",
                  score_cell(a) if a else "", score_cell(rep) if rep else "",
                  f"{row['spread_pct']:.1f}%" if row.get("spread_pct") is not None else "", verdict(row)]
         lines.append("| " + " | ".join(cells) + " |")

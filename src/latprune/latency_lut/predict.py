@@ -19,8 +19,6 @@ from latprune.graph.lowrank import CHANNEL, pair_keys, pays, rank_axis
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.store import Lut
 
-_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}  # per weight, by a key's dtype
-
 
 @dataclass(frozen=True)
 class Calibration:
@@ -104,7 +102,8 @@ class Predictor:
         pair where it has one)."""
         memo = self._memo_key(unit, widths)
         if memo not in self._weight_memo:
-            self._weight_memo[memo] = sum(k.weights * _BYTES.get(k.dtype, 4) for k in self._keys(unit, widths)) / 2**20
+            self._weight_memo[memo] = sum(k.weights * getattr(torch, k.dtype).itemsize
+                                          for k in self._keys(unit, widths)) / 2**20
         return self._weight_memo[memo]
 
     def _memo_key(self, unit: Unit, widths: dict[int, int]) -> tuple[str, int, int, int]:
@@ -271,5 +270,7 @@ class SoftLatency:
 
     def __call__(self, widths: dict[int, torch.Tensor], keep: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Calibrated prediction (ms) as a differentiable scalar tensor."""
+        cal = self.predictor.calibration
         kept, removed = self._sum(self.terms, widths, keep)
-        return self.predictor.calibration.from_units(kept, removed, self._sum(self.weight_terms, widths, keep)[0])
+        weights = self._sum(self.weight_terms, widths, keep)[0] if cal.per_weight_mib else 0.0
+        return cal.from_units(kept, removed, weights)

@@ -73,7 +73,8 @@ def _linearised_costs(predictor: Predictor, options: dict[int, list[int]], curre
     def cost(unit: Unit, widths: dict[int, int]) -> float:
         if unit.name in predictor.graph.removed_units(widths):
             return removed_ms
-        return predictor.unit_ms(unit, widths) + ms_per_mib * predictor.unit_weights_mib(unit, widths)
+        ms = predictor.unit_ms(unit, widths)
+        return ms + ms_per_mib * predictor.unit_weights_mib(unit, widths) if ms_per_mib else ms
 
     costs = {g: [0.0] * len(opts) for g, opts in options.items()}
     fixed = 0.0
