@@ -539,3 +539,22 @@ def test_a_linear_after_a_flatten_is_keyed_with_every_position_of_its_channels()
     assert linear.in_copies == 9 and linear.key({linear.in_group: 8}).cin == 72
     slim = graph.slim({linear.in_group: list(range(8))})
     assert slim[4].in_features == 72
+
+
+def test_a_slimmed_copy_and_a_graph_let_go_are_freed_at_once() -> None:
+    """Torch-Pruning's dependency graph is a web of cycles through the model's modules: the graph
+    breaks them once built, and slimming breaks those of the graph it traces, so that a large
+    model's copies go as soon as they are dropped, not at the next garbage collection."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+        slim = graph.slim({g.id: range(max(1, g.size // 2)) for g in graph.groups})
+        copies = [weakref.ref(graph.model), weakref.ref(slim), weakref.ref(next(slim.parameters()))]
+        del graph, slim
+        assert [ref() for ref in copies] == [None, None, None]
+    finally:
+        gc.enable()

@@ -160,12 +160,11 @@ def _grad_fn_name(node: tp.dependency.Node) -> str:
 class ChannelGraph:
     """Groups and units of one model at one input shape. Build with :meth:`build`."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph,
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...],
                  groups: list[Group], units: list[Unit], names: dict[nn.Module, str],
                  blocks: list[Block] | None = None, kept_full: dict[str, str] | None = None) -> None:
         self.model = model
         self.input_shape = tuple(input_shape)
-        self.dg = dg
         self.groups = groups
         self.units = units
         self.blocks = blocks or []
@@ -184,7 +183,14 @@ class ChannelGraph:
         names = {m: n for n, m in model.named_modules()}
         example = torch.randn(*input_shape)
         shapes = _run_recording_shapes(model, example, input_shape)
-        dg = _traced(model, example)
+        with dismantled(_traced(model, example)) as dg:
+            return cls._built(model, input_shape, example, left, names, shapes, dg)
+
+    @classmethod
+    def _built(cls, model: nn.Module, input_shape: tuple[int, ...], example: torch.Tensor, left: list[str],
+               names: dict[Any, str], shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]],
+               dg: tp.DependencyGraph) -> ChannelGraph:
+        """:meth:`build` from the traced dependency graph ``dg``, which the graph does not keep."""
         names.update({p: n for p, n in dg._param_to_name.items()})  # unwrapped parameters (ViT's class token)
         layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
         attentions = [m for m in model.modules() if isinstance(m, Attention) and m in dg.module2node]
@@ -227,7 +233,7 @@ class ChannelGraph:
         group_modules, unit_names = [(g.id, g.members + g.producers) for g in groups], [u.name for u in units]
         blocks = find_blocks(model, example, adds, names, group_modules, unit_names)
         blocks += passing_blocks(model, group_modules, unit_names)
-        return cls(model, input_shape, dg, _rooted_outside(groups, blocks), units, names, blocks, kept_full)
+        return cls(model, input_shape, _rooted_outside(groups, blocks), units, names, blocks, kept_full)
 
     @staticmethod
     def _unit(dg: tp.DependencyGraph, m: nn.Module, name: str,
@@ -638,6 +644,19 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
 
 
 @contextlib.contextmanager
+def dismantled(dg: tp.DependencyGraph) -> Iterator[tp.DependencyGraph]:
+    """``dg``, its reference cycles broken on exit: its nodes point at each other, at autograd
+    functions and at the model's modules, so left whole, a dropped graph would keep its model alive
+    until the next full garbage collection (4.8 GB of slimmed copies at the end of a ViT-L/16 profile)."""
+    try:
+        yield dg
+    finally:
+        for node in dg.module2node.values():
+            node.__dict__.clear()
+        dg.__dict__.clear()
+
+
+@contextlib.contextmanager
 def _unknown_not_zero() -> Iterator[None]:
     """Torch-Pruning 1.6 infers 0 input channels behind a reshape it cannot follow (a ViT with
     every layer removed: patches flattened into tokens, then a class-token slice) and divides
@@ -900,8 +919,8 @@ def apply_keep_(model: nn.Module, input_shape: tuple[int, ...], keep_by_root: di
     ``keep_by_root[root]`` (indices into the base model's channels; into its heads where
     ``root`` is an attention)."""
     model.eval()
-    with _unknown_not_zero():
-        _keep_(model, dependency_graph(model, torch.randn(*input_shape)), keep_by_root, sizes)
+    with _unknown_not_zero(), dismantled(dependency_graph(model, torch.randn(*input_shape))) as dg:
+        _keep_(model, dg, keep_by_root, sizes)
     return sync_attributes_(model)
 
 

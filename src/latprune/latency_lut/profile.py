@@ -281,7 +281,8 @@ def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int
     since (trained, slimmed)."""
     if (model is None) == (make is None):
         raise ValueError("model_pass takes a model or a maker of one")
-    held: dict[str, Any] = {} if model is None else {"model": model}
+    held = _Held() if model is None else _Held(model=model)  # no closure refers to itself: a dropped pass
+    # frees its model and export (and removes its spilled file) at once, not at the next garbage collection
 
     def model_now() -> nn.Module:  # the model given, or built from its maker
         return held["model"] if "model" in held else make()  # type: ignore[misc]
@@ -310,7 +311,7 @@ def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int
             held["torch"] = slim
             return backend.measure_model(slim, input_shape)
         if onnx_size(onnx) > SPILL_BYTES:
-            held["file"] = _spilled(once, onnx)
+            held["file"] = _spilled(held, onnx)
         else:
             held["onnx"] = onnx
         return latency
@@ -322,7 +323,11 @@ SPILL_PREFIX = "latprune-pass-"
 SPILL_OWNER = "owner.pid"  # the process whose pass a spilled export is
 
 
-def _spilled(owner: Callable[[], Latency], onnx: bytes) -> str:
+class _Held(dict):
+    """What a :func:`model_pass` holds between passes (a dict that a weak reference can follow)."""
+
+
+def _spilled(owner: object, onnx: bytes) -> str:
     """``onnx`` written to a temporary directory that lives as long as ``owner``: its graph's path.
     Those a killed process left (:func:`sweep_spills`) go first."""
     import shutil
