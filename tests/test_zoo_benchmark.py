@@ -52,3 +52,18 @@ def test_table_has_a_line_per_row_failed_or_not(zoo):
     assert "| 0.650 | met / missed | 5 of 25 |" in lines[2] and lines[2].endswith("| ok |")
     assert "profile: SpecError: cannot prune a \\| b" in lines[3] and "trace: ZeroDivisionError" in lines[3]
     assert "| met / missed (0.56x beside the base: met) |" in lines[4]  # alone over, beside the base under
+
+
+def test_a_step_records_its_own_peak_memory(zoo, tmp_path):
+    """Each step's peak resident memory is its own: a step after a large one starts over from
+    what the process holds."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("peak resident memory is read from /proc")
+    row = {"steps_s": {}, "failed": None, "warnings": []}
+    held = []
+    assert zoo.run_step(row, tmp_path / "row.json", "large", lambda: held.append(bytearray(512 << 20)))
+    held.clear()
+    assert zoo.run_step(row, tmp_path / "row.json", "small", lambda: None)
+    assert row["peak_gib"]["large"] - row["peak_gib"]["small"] > 0.4, row["peak_gib"]
