@@ -149,7 +149,8 @@ def heads_groups(plan: Any, base: Any) -> list[Any]:
             module = base.get_submodule(group.root)
         except AttributeError:
             continue
-        if "Attention" in type(module).__name__ and getattr(module, "num_heads", None) == group.size:
+        heads = getattr(module, "num_heads", getattr(module, "n_heads", None))  # n_heads: MaxViT's
+        if "Attention" in type(module).__name__ and heads == group.size:
             out.append(group)
     return out
 

@@ -67,3 +67,16 @@ def test_a_step_records_its_own_peak_memory(zoo, tmp_path):
     held.clear()
     assert zoo.run_step(row, tmp_path / "row.json", "small", lambda: None)
     assert row["peak_gib"]["large"] - row["peak_gib"]["small"] > 0.4, row["peak_gib"]
+
+
+def test_heads_groups_are_those_rooted_at_an_attention_sized_by_its_heads(zoo):
+    """torchvision's ViT counts heads as ``num_heads``, MaxViT's attention as ``n_heads``."""
+    from types import SimpleNamespace
+
+    import torchvision
+
+    base = torchvision.models.maxvit_t()
+    heads = base.blocks[0].layers[0].layers.window_attention.attn_layer[1].n_heads
+    group = SimpleNamespace(root="blocks.0.layers.0.layers.window_attention.attn_layer.1", size=heads)
+    width = SimpleNamespace(root="blocks.0.layers.0.layers.MBconv.layers.conv_a.0", size=64)
+    assert zoo.heads_groups(SimpleNamespace(groups=[group, width]), base) == [group]
