@@ -381,7 +381,8 @@ def table(results: dict[str, Any]) -> str:
             return fmt.format(value) if isinstance(value, (int, float)) else ""
 
         groups = f"{row['groups_pruned']} of {row['groups']}" if "groups" in row else ""
-        heads = f"{row['heads_groups_pruned']} of {row['heads_groups']}" if "heads_groups" in row else ""
+        heads = ("" if "heads_groups" not in row else "not counted" if row["heads_groups"] is None
+                 else f"{row['heads_groups_pruned']} of {row['heads_groups']}")
         blocks = str(len(row["blocks_removed"])) if "blocks_removed" in row else ""
         kept = str(len(row["kept_full"])) if "kept_full" in row else ""
         bundle_ms = f"{exp['latency_ms']:.3f}" if exp.get("latency_ms") is not None else ""

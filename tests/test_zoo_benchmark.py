@@ -45,9 +45,10 @@ def test_table_has_a_line_per_row_failed_or_not(zoo):
     beside = {**ok, "export": {**ok["export"], "beside_base": {"base_ms": 1.1, "bundle_ms": 0.62, "ratio": 0.564,
                                                                "budget_met": True}}}
     large = {**ok, "export": {**ok["export"], "parity_max_abs_diff": 302.0, "parity_max_abs_ref": 1.44e8}}
+    uncounted = {**ok, "heads_groups": None, "heads_groups_pruned": None}
     lines = zoo.table({"squeezenet1_0": ok, "shufflenet_v2_x0_5": failed, "squeezenet1_1": beside,
-                       "inception_v3": large}).splitlines()
-    assert len(lines) == 6
+                       "inception_v3": large, "maxvit_t": uncounted}).splitlines()
+    assert len(lines) == 7 and "| 5 of 25 | not counted |" in lines[6]
     assert "| 3.0e-08 |" in lines[2] and "| 3.0e+02 (2e-06 of max \\|out\\|) |" in lines[5]
     assert "| 0.650 | met / missed | 5 of 25 |" in lines[2] and lines[2].endswith("| ok |")
     assert "profile: SpecError: cannot prune a \\| b" in lines[3] and "trace: ZeroDivisionError" in lines[3]
