@@ -558,3 +558,23 @@ def test_a_slimmed_copy_and_a_graph_let_go_are_freed_at_once() -> None:
         assert [ref() for ref in copies] == [None, None, None]
     finally:
         gc.enable()
+
+
+def test_a_slimmed_copy_shares_no_tensor_with_the_model_and_leaves_it_as_it_was() -> None:
+    """The surgery shares the model's tensors until it is done; what it returns owns its own, so
+    training it (in place) leaves the model alone. Tied weights stay tied."""
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    tied = nn.Parameter(torch.randn(4, 4))
+    graph.model.tied_a, graph.model.tied_b = nn.Module(), nn.Module()
+    graph.model.tied_a.register_parameter("w", tied)
+    graph.model.tied_b.register_parameter("w", tied)
+    before = {k: v.clone() for k, v in graph.model.state_dict().items()}
+    slim = graph.slim({g.id: range(max(1, g.size // 2)) for g in graph.groups})
+    base = {t.untyped_storage().data_ptr() for t in [*graph.model.parameters(), *graph.model.buffers()]}
+    assert not base & {t.untyped_storage().data_ptr() for t in [*slim.parameters(), *slim.buffers()]}
+    assert slim.tied_a.w is slim.tied_b.w and slim.tied_a.w is not tied
+    with torch.no_grad():
+        for t in slim.parameters():
+            t.add_(1.0)
+    after = graph.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -373,13 +373,18 @@ class ChannelGraph:
         return removed, {g: idx for g, idx in keep.items() if not dropped(g)}
 
     def slim(self, keep: dict[int, Sequence[int]]) -> nn.Module:
-        """A physically slimmed deep copy: group ``g`` keeps channels ``keep[g]``; an
-        empty list for a block's inner group removes the block."""
-        model = copy.deepcopy(self.model)
+        """A physically slimmed copy, sharing no tensor with the graph's model: group ``g`` keeps
+        channels ``keep[g]``; an empty list for a block's inner group removes the block.
+
+        The surgery runs on a copy of the modules that shares the model's tensors (it replaces
+        tensors, never writes them), and only what it left shared is copied after: the model is
+        never held twice (ViT-H/14's 2.4 GB at each configuration a calibration measures)."""
+        model = copy.deepcopy(self.model, {id(t): t for t in _tensors(self.model)})
         removed, channels = self.split_keep(keep)
-        return apply_plan_(model, self.input_shape, [b.name for b in removed],
-                           {self.groups[g].root: idx for g, idx in channels.items()},
-                           {self.groups[g].root: self.groups[g].size for g in channels})
+        apply_plan_(model, self.input_shape, [b.name for b in removed],
+                    {self.groups[g].root: idx for g, idx in channels.items()},
+                    {self.groups[g].root: self.groups[g].size for g in channels})
+        return _own_tensors_(model, self.model)
 
     def mask(self, keep: dict[int, Sequence[int]]) -> nn.Module:
         """A deep copy where every removed channel is zeroed at its producers (and left out of
@@ -408,6 +413,28 @@ class ChannelGraph:
                     model.set_submodule(name, KeptLayerNorm(norm, kept))
         return model
 
+
+
+def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
+
+
+def _own_tensors_(model: nn.Module, base: nn.Module) -> nn.Module:
+    """``model`` with a copy of each parameter and buffer that shares memory with ``base``'s
+    (tied ones stay tied), in place."""
+    shared = {t.untyped_storage().data_ptr() for t in _tensors(base) if t.numel()}
+    copies: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for tensors in (module._parameters, module._buffers):
+            for name, t in tensors.items():
+                if t is None or not t.numel() or t.untyped_storage().data_ptr() not in shared:
+                    continue
+                if id(t) not in copies:
+                    own = t.detach().clone()
+                    copies[id(t)] = nn.Parameter(own, t.requires_grad) if isinstance(t, nn.Parameter) else own
+                tensors[name] = copies[id(t)]
+    return model
 
 
 def parameter_of(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
