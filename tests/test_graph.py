@@ -578,3 +578,16 @@ def test_a_slimmed_copy_shares_no_tensor_with_the_model_and_leaves_it_as_it_was(
             t.add_(1.0)
     after = graph.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_copy_to_time_shares_what_the_surgery_left_whole() -> None:
+    """slim_to_widths is for timing: at full width it costs no copy of the weights, and a slimmed
+    group's layers hold tensors of their own."""
+    graph = ChannelGraph.build(tiny_resnet(), TINY_INPUT)
+    full = graph.slim_to_widths(graph.full_widths())
+    assert all(a is b for a, b in zip(full.parameters(), graph.model.parameters()))
+    group = max(graph.groups, key=lambda g: g.size)
+    narrow = graph.slim_to_widths({**graph.full_widths(), group.id: group.size // 2})
+    root = narrow.get_submodule(group.root)
+    assert root.weight is not graph.model.get_submodule(group.root).weight
+    assert root.weight.shape[0] == group.size // 2

@@ -314,9 +314,11 @@ class ChannelGraph:
         return self._removed_memo[zeros]
 
     def slim_to_widths(self, widths: dict[int, int]) -> nn.Module:
-        """A slimmed copy keeping the first ``widths[g]`` channels of each group
-        (for timing: latency does not depend on which channels are kept)."""
-        return self.slim({g: list(range(w)) for g, w in widths.items()})
+        """A slimmed copy keeping the first ``widths[g]`` channels of each group, to time or run
+        (latency does not depend on which channels are kept): it shares with the graph's model
+        the tensors the surgery leaves whole (:meth:`slim` with ``share``), so a configuration at
+        full width costs no copy of the model's weights."""
+        return self.slim({g: list(range(w)) for g, w in widths.items()}, share=True)
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
@@ -372,19 +374,20 @@ class ChannelGraph:
 
         return removed, {g: idx for g, idx in keep.items() if not dropped(g)}
 
-    def slim(self, keep: dict[int, Sequence[int]]) -> nn.Module:
+    def slim(self, keep: dict[int, Sequence[int]], share: bool = False) -> nn.Module:
         """A physically slimmed copy, sharing no tensor with the graph's model: group ``g`` keeps
         channels ``keep[g]``; an empty list for a block's inner group removes the block.
 
         The surgery runs on a copy of the modules that shares the model's tensors (it replaces
         tensors, never writes them), and only what it left shared is copied after: the model is
-        never held twice (ViT-H/14's 2.4 GB at each configuration a calibration measures)."""
+        never held twice (ViT-H/14's 2.4 GB at each configuration a calibration measures).
+        ``share`` leaves those tensors shared: a copy to time or run, never to train."""
         model = copy.deepcopy(self.model, {id(t): t for t in _tensors(self.model)})
         removed, channels = self.split_keep(keep)
         apply_plan_(model, self.input_shape, [b.name for b in removed],
                     {self.groups[g].root: idx for g, idx in channels.items()},
                     {self.groups[g].root: self.groups[g].size for g in channels})
-        return _own_tensors_(model, self.model)
+        return model if share else _own_tensors_(model, self.model)
 
     def mask(self, keep: dict[int, Sequence[int]]) -> nn.Module:
         """A deep copy where every removed channel is zeroed at its producers (and left out of
