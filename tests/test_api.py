@@ -41,6 +41,10 @@ def test_data_free_prune_leaves_the_model_alone_and_replays(lut: latprune.LUT, t
     assert m["budget_met"] == (m["measured_ms"] <= m["budget_ms"]) and m["accuracy"] is None
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
     assert result.plan.method == "halp" and result.path is None and list(tmp_path.iterdir()) == []
+    with torch.no_grad():  # the pruned model is the user's to train: it shares no tensor with theirs
+        for p in result.model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
     run = result.save(tmp_path / "run")
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.onnx", "model.pt", "plan.json"]

@@ -382,7 +382,7 @@ class ChannelGraph:
         tensors, never writes them), and only what it left shared is copied after: the model is
         never held twice (ViT-H/14's 2.4 GB at each configuration a calibration measures).
         ``share`` leaves those tensors shared: a copy to time or run, never to train."""
-        model = copy.deepcopy(self.model, {id(t): t for t in _tensors(self.model)})
+        model = shared_copy(self.model)
         removed, channels = self.split_keep(keep)
         apply_plan_(model, self.input_shape, [b.name for b in removed],
                     {self.groups[g].root: idx for g, idx in channels.items()},
@@ -421,6 +421,12 @@ class ChannelGraph:
 def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
     yield from model.parameters()
     yield from model.buffers()
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its parameters and buffers: changing the copy's
+    structure, or replacing its tensors, leaves ``model`` as it is; writing them does not."""
+    return copy.deepcopy(model, {id(t): t for t in _tensors(model)})
 
 
 def _own_tensors_(model: nn.Module, base: nn.Module) -> nn.Module:

@@ -207,7 +207,8 @@ def check_onnx(data: bytes) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...]]:
             onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
-        raise ExportError(f"onnx.checker or shape inference rejected the export: {str(exc)[:500]}") from None
+        raise ExportError(f"onnx.checker or shape inference rejected the export: {type(exc).__name__}: "
+                          f"{str(exc)[:500]}") from None
     if len(inferred.graph.input) != 1 or len(inferred.graph.output) < 1:
         raise ExportError(f"expected one graph input and at least one output, got {len(inferred.graph.input)} "
                           f"and {len(inferred.graph.output)}")
