@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_memory import reset_peak, resident_kib  # noqa: E402
 from results_io import write_json  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -36,14 +37,10 @@ BUDGET = "0.6x"
 
 def status_gb(field: str) -> float:
     """A memory field of this process's /proc status (VmRSS, VmHWM), in GB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1e6
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
+    kib = resident_kib(field)
+    if kib is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return kib * 1024 / 1e9
 
 
 def child(name: str, size: int, backend: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_memory import reset_peak, resident_kib  # noqa: E402
 from results_io import write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -70,24 +71,6 @@ def limit_memory(gib: float) -> None:
 # --------------------------------------------------------------------------- children
 
 
-def reset_peak_resident() -> None:
-    """Start this process's peak resident memory over from what it holds now (Linux; elsewhere nothing)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_resident_gib() -> float | None:
-    """This process's peak resident memory since :func:`reset_peak_resident` (VmHWM), or None off Linux."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return None if kib is None else kib / (1 << 20)
-
-
 def run_step(row: dict[str, Any], row_file: Path, label: str, fn: Callable[[], None]) -> bool:
     """Run one step of a child's ``row`` (it has ``steps_s``, ``failed`` and ``warnings``): the row
     names the step while it runs, then records its seconds, its peak resident memory (``peak_gib``),
@@ -98,7 +81,7 @@ def run_step(row: dict[str, Any], row_file: Path, label: str, fn: Callable[[], N
 
     row["running"] = label
     write_json(row_file, row)
-    reset_peak_resident()
+    reset_peak()
     t0 = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", latprune.LatpruneWarning)
@@ -111,9 +94,9 @@ def run_step(row: dict[str, Any], row_file: Path, label: str, fn: Callable[[], N
     row["warnings"] += [f"{label}: {one_line(w.message, 200)}" for w in caught
                         if issubclass(w.category, latprune.LatpruneWarning)]
     row["steps_s"][label] = round(time.time() - t0, 1)
-    peak = peak_resident_gib()
+    peak = resident_kib("VmHWM")
     if peak is not None:
-        row.setdefault("peak_gib", {})[label] = round(peak, 2)
+        row.setdefault("peak_gib", {})[label] = round(peak / (1 << 20), 2)
     row.pop("running")
     write_json(row_file, row)
     return row["failed"] is None
