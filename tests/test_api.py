@@ -130,10 +130,14 @@ def test_export_of_an_unsaved_result_needs_a_path(lut: latprune.LUT, tmp_path: P
         latprune.export(result, "onnx")
     with pytest.raises(SpecError, match="unknown export option"):
         latprune.export(result, "onnx", tmp_path / "b", colour="red")
+    result.model.train()
+    before = copy.deepcopy(result.model.state_dict())
     bundle = latprune.export(result, "onnx", tmp_path / "b", exporter="torchscript")
+    assert result.model.training  # the export's copy went to eval mode, and only read the weights
+    assert all(torch.equal(v, before[k]) for k, v in result.model.state_dict().items())
     x = torch.randn(*TINY_INPUT)
     with torch.no_grad():
-        assert abs(bundle.run(x.numpy())[0] - result.model(x).numpy()).max() <= 1e-4
+        assert abs(bundle.run(x.numpy())[0] - result.model.eval()(x).numpy()).max() <= 1e-4
     assert bundle.meta["budget"]["ms"] == result.metrics["budget_ms"] and bundle.meta["source"]["run_dir"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
