@@ -3,7 +3,7 @@
     python benchmarks/memory_peak.py [--models vit_l_16,regnet_y_32gf] [--size 64] [--backend fake]
                                      [--src DIR --label before] [--table]
 
-For each torchvision model (random init), in a process of its own: build it at 1x3xSxS, then
+For each torchvision model (random init), in a process of its own: build `torchvision:NAME` at 1x3xSxS, then
 ``latprune.profile`` (4 width levels, 6 calibration samples, 1 pass) and ``latprune.prune`` to
 0.6x with ``halp`` and L1 importance, data-free, as ``benchmarks/zoo.py`` does. Records the
 resident memory (VmRSS) after each step and the peak (VmHWM, reset before each step), in GB
@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proc_memory import reset_peak, resident_kib  # noqa: E402
-from results_io import write_json  # noqa: E402
+from results_io import commit_of, write_json  # noqa: E402
 
 HERE = Path(__file__).parent
 BUDGET = "0.6x"
@@ -46,9 +46,9 @@ def status_gb(field: str) -> float:
 def child(name: str, size: int, backend: str) -> dict[str, Any]:
     """Build, profile and prune ``name`` in this process: the memory after and at the peak of each step."""
     import torch
-    import torchvision
 
     import latprune
+    from latprune.models import registered_model
 
     row: dict[str, Any] = {"steps": {}}
 
@@ -60,11 +60,7 @@ def child(name: str, size: int, backend: str) -> dict[str, Any]:
                                "s": round(time.time() - t0, 1)}
         return out
 
-    def build() -> Any:
-        kwargs = {"image_size": size} if name.startswith("vit_") else {}
-        return getattr(torchvision.models, name)(**kwargs).eval()
-
-    model = step("build", build)
+    model = step("build", lambda: registered_model(f"torchvision:{name}", (1, 3, size, size)).model)
     row["weights_gb"] = round(sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9, 3)
     x = torch.randn(1, 3, size, size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,11 +72,6 @@ def child(name: str, size: int, backend: str) -> dict[str, Any]:
     for s in row["steps"].values():
         s["peak_x_weights"] = round(s["peak_gb"] / row["weights_gb"], 2)
     return row
-
-
-def commit_of(src: Path) -> str:
-    out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def table(rows: dict[str, Any]) -> str:

@@ -20,5 +20,4 @@ def resident_kib(field: str = "VmRSS") -> int | None:
         status = Path("/proc/self/status").read_text()
     except OSError:
         return None
-    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")), None)
-    return kib
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")), None)

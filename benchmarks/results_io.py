@@ -1,11 +1,12 @@
 """Result files of the benchmarks, written atomically: a temporary file beside the target,
-renamed over it, so a killed benchmark leaves the previous file whole; and the cell their
-tables share for an error score."""
+renamed over it, so a killed benchmark leaves the previous file whole; the commit a row ran at;
+and the cell their tables share for an error score."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,15 @@ from typing import Any
 def score_cell(stats: dict[str, float]) -> str:
     """'2.85% / 85%': an error score's median |error| and its share within ±10%."""
     return f"{stats['median_abs_pct']:.2f}% / {100 * stats['within_10_pct']:.0f}%"
+
+
+def commit_of(tree: Path) -> str:
+    """The short commit the git tree at ``tree`` has checked out, or "unknown"."""
+    try:
+        return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proc_memory import reset_peak, resident_kib  # noqa: E402
-from results_io import write_json  # noqa: E402
+from results_io import commit_of, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BACKEND, THREADS = "ort-cpu", 1
@@ -320,11 +320,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import version
 
     out = {pkg: version(pkg) for pkg in ("torch", "torchvision", "torch-pruning", "onnxruntime")}
-    try:
-        out["latprune"] = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                                         capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        out["latprune"] = "unknown"
+    out["latprune"] = commit_of(HERE)
     return out
 
 
