@@ -8,11 +8,12 @@ fused norm-activation modules, attention with biases of its own, splits and slic
 channels, scales stored as shapes. For each model of :data:`MODELS` (random init, nothing
 downloaded), in a child process with a time limit: ``timm:NAME`` built at ``--size`` (or
 224, where the model fixes its size and does not take 64), its channel graph built and
-verified (:meth:`~latprune.graph.channels.ChannelGraph.verify`: slimmed to every other
-channel, it must compute what the model with those channels zeroed computes). A row says
-how many channel groups prune (heads among them), the removable blocks, the layers kept
-at full width and why, or the one-line refusal a user gets, or that the step ran past its
-limit. It times nothing: it runs anywhere. Rows go to
+checked as ``profile`` and ``prune`` take it (:func:`~latprune.graph.check.checked_graph`:
+slimmed to every other channel, it must compute what the model with those channels zeroed
+computes; the groups whose slimming the model's code contradicts keep their width). A row
+says how many channel groups prune (heads among them), how many the check kept whole, the
+removable blocks, the layers kept at full width and why, or the one-line refusal a user
+gets, or that the step ran past its limit. It times nothing: it runs anywhere. Rows go to
 ``benchmarks/results/timm_structures.json`` as each model finishes; a model already there
 is skipped unless ``--force``.
 """
@@ -46,6 +47,7 @@ def child(name: str, size: int) -> dict[str, Any]:
 
     from latprune.errors import SpecError
     from latprune.graph.channels import ChannelGraph
+    from latprune.graph.check import checked_graph
     from latprune.models import registered_model
 
     warnings.simplefilter("ignore")
@@ -55,8 +57,8 @@ def child(name: str, size: int) -> dict[str, Any]:
         try:
             spec = registered_model(f"timm:{name}", (1, 3, s, s))
             assert spec is not None
-            graph = ChannelGraph.build(spec.model, spec.input_shape)
-            graph.verify()
+            traced = len(ChannelGraph.build(spec.model, spec.input_shape).groups)
+            graph = checked_graph(spec.model, spec.input_shape)
         except SpecError as exc:
             row.update(status="refused", why=str(exc).splitlines()[0])
             if "does not run on an input of shape" in str(exc):
@@ -66,7 +68,9 @@ def child(name: str, size: int) -> dict[str, Any]:
             row.update(status="crashed", why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             return row
         kept = graph.kept_full
+        row.pop("why", None)  # a size it did not run at
         row.update(status="prunes", groups=len(graph.groups), heads_groups=sum(g.heads for g in graph.groups),
+                   groups_kept_whole=traced - len(graph.groups),
                    blocks=len(graph.blocks), units=len(graph.units), kept_full=len(kept),
                    kept_full_why=sorted({why for why in kept.values() if not why.startswith("shares channels")}))
         return row
@@ -95,16 +99,27 @@ def run(names: list[str], size: int, timeout_s: float, force: bool) -> dict[str,
     return results
 
 
+def reasons_cell(reasons: list[str]) -> str:
+    """The layers' reasons for keeping their width, one example per kind (the text before the
+    first colon) and how many of that kind differ in their details."""
+    kinds: dict[str, list[str]] = {}
+    for why in reasons:
+        kinds.setdefault(why.split(":")[0], []).append(why)
+    cells = [f"{found[0]}{f' (and {len(found) - 1} like it)' if len(found) > 1 else ''}" for found in kinds.values()]
+    return "; ".join(cells).replace("|", "\\|")
+
+
 def table(results: dict[str, Any]) -> str:
-    lines = ["| timm model | input | result | groups (heads) | blocks | kept full | why |", "|---|---|---|--:|--:|--:|---|"]
+    lines = ["| timm model | input | result | groups (heads) | groups kept whole | blocks | kept full | why |",
+             "|---|---|---|--:|--:|--:|--:|---|"]
     for name, row in results.items():
         size = "×".join(map(str, row["input"][2:])) if "input" in row else "–"
         if row["status"] == "prunes":
-            why = "; ".join(row["kept_full_why"]).replace("|", "\\|")
-            lines.append(f"| {name} | {size} | prunes | {row['groups']} ({row['heads_groups']}) | {row['blocks']} | "
-                         f"{row['kept_full']} | {why} |")
+            why = reasons_cell(row["kept_full_why"])
+            lines.append(f"| {name} | {size} | prunes | {row['groups']} ({row['heads_groups']}) | "
+                         f"{row.get('groups_kept_whole', '–')} | {row['blocks']} | {row['kept_full']} | {why} |")
         else:
-            lines.append(f"| {name} | {size} | {row['status']} | | | | {row['why'].replace('|', '/')[:220]} |")
+            lines.append(f"| {name} | {size} | {row['status']} | | | | | {row['why'].replace('|', '/')[:220]} |")
     return "\n".join(lines)
 
 

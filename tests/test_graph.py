@@ -339,25 +339,104 @@ def test_a_structure_the_tracer_misreads_silently_is_refused_before_profiling(tm
     assert not (tmp_path / "s.lut").exists()
 
 
-def test_a_model_whose_code_reads_a_width_of_its_own_is_refused_before_profiling(tmp_path: Path) -> None:
-    """A forward that reshapes by a width it stored when built: slimmed as the channel groups say,
-    the model no longer runs, and profile says so in one line, before any work."""
+class _FixedWidth(nn.Module):
+    """A forward that reshapes by a width it stored when built: its last convolution's
+    channels cannot be slimmed; its stem's can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv, self.head, self.width = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4), 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(torch.relu(self.bn(self.stem(x))))
+        return self.head(x.reshape(x.shape[0], self.width, -1).mean(-1))
+
+
+def test_a_group_the_models_code_contradicts_keeps_its_width_and_the_rest_prunes(tmp_path: Path) -> None:
+    """Slimmed as its groups say, the model no longer runs: the group that breaks it is found,
+    kept at full width and reported, and the other groups prune (profile warns, in one line)."""
     import latprune
+    from latprune.errors import LatpruneWarning
+    from latprune.graph.check import CONTRADICTED, checked_graph
+
+    torch.manual_seed(0)
+    graph = checked_graph(randomise_bn_(_FixedWidth()).eval(), (1, 3, 8, 8))
+    assert [g.root for g in graph.groups] == ["stem"]
+    assert graph.kept_full["conv"].startswith(f"{CONTRADICTED}: slimming it as its channel groups say failed "
+                                              "(RuntimeError: mat1")
+    keep = {graph.groups[0].id: [1, 4, 9]}
+    slim, masked, x = graph.slim(keep), graph.mask(keep), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+    with pytest.warns(LatpruneWarning, match=r"2 layers keep their full width, never pruned \(2 layers whose "
+                                             r"slimming the model's own code contradicts\)"):
+        lut = latprune.profile(_FixedWidth().eval(), (1, 3, 8, 8), backend="fake", path=tmp_path / "f.lut",
+                               progress=False)
+    assert set(lut.report.kept_full) == {"conv", "head"}
+
+
+def test_a_model_none_of_whose_groups_can_be_slimmed_is_refused_in_one_line() -> None:
     from latprune.errors import SpecError
+    from latprune.graph.check import checked_graph
 
-    class FixedWidth(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
-            self.conv, self.head, self.width = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4), 16
-
+    class AllFixed(_FixedWidth):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.conv(torch.relu(self.bn(self.stem(x))))
+            x = torch.relu(self.bn(self.stem(x)))
+            x = self.conv(x.reshape(x.shape[0], self.width, *x.shape[2:]))
             return self.head(x.reshape(x.shape[0], self.width, -1).mean(-1))
 
-    with pytest.raises(SpecError, match="slimming it as its channel groups say failed .RuntimeError: mat1"):
-        latprune.profile(FixedWidth().eval(), (1, 3, 8, 8), backend="fake", path=tmp_path / "f.lut", progress=False)
-    assert not (tmp_path / "f.lut").exists()
+    with pytest.raises(SpecError, match=r"cannot prune this model's structure yet: slimming it as its channel groups "
+                                        r"say failed \(RuntimeError: shape"):
+        checked_graph(AllFixed().eval(), (1, 3, 8, 8))
+
+
+def test_a_model_that_caches_tensors_computed_from_its_parameters_copies_after_a_trace() -> None:
+    """timm's LeViT keeps its attention biases, indexed from a parameter, in a dict when it runs in
+    eval mode; traced with autograd they hold history, which ``copy.deepcopy`` refuses."""
+    from latprune.graph.check import checked_graph
+
+    class Cached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4)
+            self.bias = nn.Parameter(torch.randn(8))
+            self.cache: dict[str, torch.Tensor] = {}
+
+        def train(self, mode: bool = True) -> nn.Module:  # as timm's LeViT: a change of mode empties the cache
+            self.cache = {}
+            return super().train(mode)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training and "b" not in self.cache:
+                self.cache["b"] = self.bias * 2
+            b = self.bias * 2 if self.training else self.cache["b"]
+            return self.head(self.bn(self.conv(x)).mean((2, 3))) + b[:4]
+
+    graph = checked_graph(Cached().eval(), (1, 3, 8, 8))
+    assert len(graph.groups) == 1 and not graph.kept_full
+    keep = {graph.groups[0].id: [0, 3, 5]}
+    slim, masked, x = graph.slim(keep), graph.mask(keep), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-5)
+
+
+def test_timm_poolformer_prunes_its_mlps_with_its_layer_scales_kept_whole() -> None:
+    """PoolFormer's layer scales view their weights to a shape stored when built, so each stage's
+    residual stream keeps its width; every MLP's hidden width prunes, and slims as it masks."""
+    pytest.importorskip("timm")
+    from latprune.graph.check import CONTRADICTED, checked_graph
+    from latprune.models import registered_model
+
+    spec = registered_model("timm:poolformer_s12", (1, 3, 32, 32))
+    assert spec is not None
+    graph = checked_graph(spec.model, spec.input_shape)
+    assert len(graph.groups) == 12 and all(g.root.endswith("mlp.fc1") for g in graph.groups)
+    assert sum(why.startswith(CONTRADICTED) for why in graph.kept_full.values()) > 0
+    keep = {g.id: list(range(1, g.size, 3)) for g in graph.groups}
+    slim, masked, x = graph.slim(keep), graph.mask(keep), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked(x), atol=1e-4)
 
 
 def test_slices_concatenated_back_with_a_partial_residual_are_refused_at_once() -> None:

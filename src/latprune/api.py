@@ -27,7 +27,8 @@ from latprune import parallel
 from latprune.budget import Budget, parse_budget
 from latprune.errors import LatpruneWarning, RunDirError, SpecError
 from latprune.exporters.bundle import Bundle, ExportOptions, write_bundle
-from latprune.graph.channels import ChannelGraph, shared_copy
+from latprune.graph.channels import shared_copy
+from latprune.graph.check import checked_graph
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.fidelity import FidelityReport
 from latprune.latency_lut.profile import DEFAULT_LEVELS, ProfileReport, build_lut, open_for_backend
@@ -107,9 +108,7 @@ def profile(model: nn.Module, example_input: torch.Tensor | Sequence[int], backe
     shape = _input_shape(example_input)
     module = _module(model)
     runner = get_backend(backend, threads)
-    graph = ChannelGraph.build(module, shape)
-    graph.verify()
-    runner.keyed(graph)
+    graph = runner.keyed(checked_graph(module, shape))
     report = build_lut(graph, path, runner, levels, calibration_samples, _name(model, name), align=align,
                        progress=progress, passes=passes, shard=shard, recalibrate=recalibrate, refine=refine,
                        lowrank=lowrank)
@@ -129,7 +128,7 @@ def fidelity(model: nn.Module, example_input: torch.Tensor | Sequence[int], lut:
 
     table = lut if isinstance(lut, LUT) else LUT.open(lut)
     backend = get_backend(table.backend, table.threads)
-    graph = backend.keyed(ChannelGraph.build(_module(model), _input_shape(example_input)))
+    graph = backend.keyed(checked_graph(_module(model), _input_shape(example_input)))
     with open_for_backend(table.path, backend, writable=False) as store:
         return score(graph, store, backend, samples, _name(model, name), seed, progress=progress, blocks=blocks,
                      beside=beside)

@@ -40,7 +40,7 @@ from latprune.api import (
 )
 from latprune.budget import Budget
 from latprune.errors import SpecError
-from latprune.graph.channels import ChannelGraph
+from latprune.graph.check import checked_graph
 from latprune.latency_lut.backends import get_backend
 from latprune.latency_lut.predict import Predictor
 from latprune.latency_lut.profile import open_for_backend
@@ -74,7 +74,7 @@ class AttachedGates:
         self._backend = get_backend(self._table.backend, self._table.threads)
         self._settings = Settings(seed=seed, progress=progress)
         base = _module(model).cpu()  # the model as it is now: what the budget is a fraction of
-        self._graph = self._backend.keyed(ChannelGraph.build(copy.deepcopy(base), shape))
+        self._graph = self._backend.keyed(checked_graph(copy.deepcopy(base), shape))
         with open_for_backend(self._table.path, self._backend, writable=False) as store:
             self._start = prepare(self._graph, base, _name(model, name), store, self._backend, target,
                                   self._settings, since=t0)

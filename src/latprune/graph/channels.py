@@ -21,7 +21,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from unittest import mock
 
 import numpy as np
@@ -175,21 +175,24 @@ class ChannelGraph:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+    def build(cls, model: nn.Module, input_shape: tuple[int, ...],
+              refused: dict[str, str] | None = None) -> ChannelGraph:
         """The graph of ``model``, which it takes over: :func:`~latprune.graph.rewrite.rewrite_`
-        rewrites its attention, patch merging and shuffle units in place (the same function)."""
+        rewrites its attention, patch merging and shuffle units in place (the same function).
+        The groups rooted at the modules ``refused`` names keep their width, for the reason it
+        gives (:func:`~latprune.graph.check.checked_graph` finds them)."""
         model.eval()
         left = rewrite_(model)
         names = {m: n for n, m in model.named_modules()}
         example = torch.randn(*input_shape)
         shapes = _run_recording_shapes(model, example, input_shape)
         with dismantled(_traced(model, example)) as dg:
-            return cls._built(model, input_shape, example, left, names, shapes, dg)
+            return cls._built(model, input_shape, example, left, names, shapes, dg, refused or {})
 
     @classmethod
     def _built(cls, model: nn.Module, input_shape: tuple[int, ...], example: torch.Tensor, left: list[str],
                names: dict[Any, str], shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]],
-               dg: tp.DependencyGraph) -> ChannelGraph:
+               dg: tp.DependencyGraph, refused: dict[str, str]) -> ChannelGraph:
         """:meth:`build` from the traced dependency graph ``dg``, which the graph does not keep."""
         names.update({p: n for p, n in dg._param_to_name.items()})  # unwrapped parameters (ViT's class token)
         layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m in dg.module2node]
@@ -203,7 +206,7 @@ class ChannelGraph:
                      for name in left}
         shuffles = {m for m in model.modules() if isinstance(m, ChannelShuffle)}
         whole = shuffles | {model.get_submodule(name) for name in left}
-        groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full)
+        groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, refused=refused)
         # A layer that reads a slice or a chunk of its input's channels keeps the groups feeding it
         # whole: which of their channels it reads is not traced.
         feeding = {m: sum(groups[g].size for g in set(ins.get(m, []))) for m in layers}
@@ -212,7 +215,8 @@ class ChannelGraph:
             for m in sliced:
                 kept_full[names[m]] = (f"its input stays whole: it reads {_in_width(m)} of the {feeding[m]} "
                                        "channels feeding it (a slice or chunk that latprune does not follow)")
-            groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, frozenset(sliced))
+            groups, ins, out_group = _channel_groups(dg, model, names, fixed, whole, kept_full, frozenset(sliced),
+                                                     refused)
         in_group = {m: max(dict.fromkeys(gids), key=lambda g: groups[g].size) for m, gids in ins.items()}
         parts = {m: [(g, groups[g].size) for g in dict.fromkeys(ins.get(m, []))] for m in layers}
         units = []
@@ -324,36 +328,37 @@ class ChannelGraph:
         return self.model.get_submodule(name)
 
     def verify(self) -> None:
-        """Check that the groups describe the model: slimmed to every other channel of every
-        group, it must compute what the model with those channels zeroed computes (:meth:`mask`).
-        Torch-Pruning's tracer can misread a structure without failing (a channel shuffle written
-        with ``view`` and ``transpose``); pruning such a model would change what it computes."""
-        keep = {g.id: list(range(0, g.size, 2)) for g in self.groups}
-        if not keep:
-            return
+        """Refuse a model whose groups do not describe it (:meth:`disagreement` of every group)."""
+        why = self.disagreement(range(len(self.groups)))
+        if why is not None:
+            raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
+
+    def disagreement(self, gids: Iterable[int]) -> str | None:
+        """Why the groups ``gids`` do not describe the model, or None where they do: slimmed to
+        every other channel of those groups, it must run and compute what the model with those
+        channels zeroed computes (:meth:`mask`). Torch-Pruning's tracer can misread a structure
+        without failing (a channel shuffle written with ``view`` and ``transpose``), and a model's
+        own code can contradict its groups (a reshape by a width it stored when built)."""
+        keep = {g: list(range(0, self.groups[g].size, 2)) for g in gids}
         example = torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
-        a, b = self._run_pruned(lambda: self.slim(keep), example, "slimming it"), \
-            self._run_pruned(lambda: self.mask(keep), example, "zeroing its channels")
+        outputs = []
+        for make, what in ((lambda: self.slim(keep, share=True), "slimming it"),
+                           (lambda: self.mask(keep), "zeroing its channels")):
+            try:
+                model = make()  # Torch-Pruning traces with autograd: not under no_grad
+                with torch.no_grad():
+                    outputs.append(model(example))
+            except Exception as exc:  # the user's model, its layers changed as the groups say
+                return f"{what} as its channel groups say failed ({type(exc).__name__}: {str(exc)[:200]})"
+        a, b = outputs
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             scale = float(b.abs().max()) or 1.0
             if a.shape != b.shape or not torch.allclose(a, b, atol=1e-4 * scale, rtol=1e-3):
                 gap = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
-                raise SpecError("latprune cannot prune this model's structure yet: slimmed, it computes something "
-                                f"else than with the same channels zeroed (largest difference {gap:.3g} of "
-                                f"{scale:.3g}); Torch-Pruning's tracer misread it (a channel shuffle written with "
-                                "view and transpose does this)")
-
-    @staticmethod
-    def _run_pruned(make: Callable[[], nn.Module], example: torch.Tensor, what: str) -> Any:
-        """``make()``'s output on ``example``; a clear refusal where either step fails (Torch-Pruning's
-        groups that the model's own code contradicts: a slice of a concatenation, a split by a fixed size)."""
-        try:
-            model = make()
-            with torch.no_grad():
-                return model(example)
-        except Exception as exc:  # the user's model, its layers changed as the groups say
-            raise SpecError(f"latprune cannot prune this model's structure yet: {what} as its channel groups "
-                            f"say failed ({type(exc).__name__}: {str(exc)[:200]})") from None
+                return ("slimmed, it computes something else than with the same channels zeroed (largest "
+                        f"difference {gap:.3g} of {scale:.3g}); Torch-Pruning's tracer misread it (a channel "
+                        "shuffle written with view and transpose does this)")
+        return None
 
     def over(self, model: nn.Module) -> ChannelGraph:
         """The same groups, units and blocks over ``model``, another instance of this network
@@ -675,8 +680,26 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
     widths: dict[nn.Module, tuple[int, int]] = {}
     with warnings.catch_warnings(), opaque(), hidden(kept, widths), _unknown_not_zero():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                     customized_pruners=customized_pruners(kept, widths))
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                   customized_pruners=customized_pruners(kept, widths))
+    _detach_caches_(model)
+    return dg
+
+
+def _detach_caches_(model: nn.Module) -> None:
+    """Tensors a module computed from its parameters during the trace and keeps as attributes
+    (a cache: timm's LeViT and EfficientFormer keep their attention biases so) hold autograd
+    history, which ``copy.deepcopy`` refuses; detached, the model copies, and computes the same."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                module.__dict__[name] = value.detach()
+            elif isinstance(value, dict):
+                for key, item in list(value.items()):
+                    if isinstance(item, torch.Tensor) and item.grad_fn is not None:
+                        value[key] = item.detach()
 
 
 @contextlib.contextmanager
@@ -792,14 +815,16 @@ def _untraceable(exc: Exception) -> SpecError:
 
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],
-                    whole: set[nn.Module], kept_full: dict[str, str], sliced: frozenset[nn.Module] = frozenset()
+                    whole: set[nn.Module], kept_full: dict[str, str], sliced: frozenset[nn.Module] = frozenset(),
+                    refused: dict[str, str] | None = None
                     ) -> tuple[list[Group], dict[nn.Module, list[int]], dict[nn.Module, int]]:
     """The channel groups Torch-Pruning finds, in module order, which groups set each
     layer's input width (more than one where a concatenation feeds it) and which its
     output width; groups that share channels with a module of ``whole`` (a channel shuffle,
     an attention not rewritten) or feed a layer of ``sliced`` (one that reads a slice of
     them) keep their width and are left out (``kept_full``), as are groups between grouped
-    convolutions of different group counts."""
+    convolutions of different group counts and those rooted at a module ``refused`` names."""
+    refused = refused or {}
     groups: list[Group] = []
     out_group: dict[nn.Module, int] = {}
     in_group: dict[nn.Module, list[int]] = {}
@@ -821,6 +846,15 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
             for dep, _ in tp_group:
                 if isinstance(dep.target.module, PRUNABLE) and dep.target.module not in whole:
                     kept_full.setdefault(names[dep.target.module], f"{why} {names[feeds[0]]}")
+            continue
+        # a graph names a group by its root or, for a removable block's sake, by another of its outputs
+        outputs = {names[tp_group[0].dep.target.module]} | {names[dep.target.module] for dep, _ in tp_group
+                                                             if dep.handler in outward}
+        hit = sorted(outputs & refused.keys())
+        if hit:
+            for dep, _ in tp_group:
+                if isinstance(dep.target.module, PRUNABLE):
+                    kept_full.setdefault(names[dep.target.module], refused[hit[0]])
             continue
         size = len(tp_group[0].idxs)
         pattern = _grouped_pattern(tp_group, size)

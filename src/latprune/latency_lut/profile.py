@@ -18,6 +18,7 @@ from torch import nn
 from latprune._progress import bar
 from latprune.errors import LutError
 from latprune.graph.channels import ChannelGraph, Grid
+from latprune.graph.check import CONTRADICTED
 from latprune.graph.lowrank import SCHEMES, pair_keys, pays, rank_axis, rank_options
 from latprune.graph.units import LayerKey, Unit
 from latprune.latency_lut.backends import Backend
@@ -261,11 +262,13 @@ def build_lut(graph: ChannelGraph, path: str | Path, backend: Backend, levels: i
 
 def kept_full_warning(kept: dict[str, str]) -> str:
     """What a model keeps at full width because latprune cannot prune it yet, in one line."""
-    attentions = sum(reason.startswith("an attention") for reason in kept.values())
+    counts = [(sum(reason.startswith(start) for reason in kept.values()), what) for start, what in (
+        ("an attention", "attentions latprune does not rewrite yet"),
+        (CONTRADICTED, "layers whose slimming the model's own code contradicts"))]
+    among = ", ".join(f"{n} {what}" for n, what in counts if n)
     first = next(iter(kept))
-    return (f"{len(kept)} layers keep their full width, never pruned: {attentions} attentions latprune does not "
-            "rewrite yet, and the layers that share channels with them, with a channel shuffle or with grouped "
-            f"convolutions of different group counts (e.g. {first}: {kept[first]})")
+    return (f"{len(kept)} layers keep their full width, never pruned{f' ({among})' if among else ''}; "
+            f"each with why in the report's kept_full, e.g. {first}: {kept[first]}")
 
 
 def model_pass(backend: Backend, model: nn.Module | None, input_shape: tuple[int, ...],

@@ -32,6 +32,7 @@ from latprune._progress import bar
 from latprune.budget import Budget
 from latprune.errors import BudgetError, LatpruneWarning, LutError, SpecError
 from latprune.graph.channels import ChannelGraph, Grid, shared_copy
+from latprune.graph.check import checked_graph
 from latprune.graph.lowrank import CHANNEL, factorise_
 from latprune.latency_lut.backends import Backend
 from latprune.latency_lut.calibrate import FIT_METHOD, noise_warning
@@ -400,9 +401,7 @@ def prepare(graph: ChannelGraph, base_model: nn.Module, name: str, lut: Lut, bac
             settings: Settings, since: float) -> Start:
     """Calibrate ``graph`` (of ``base_model``) against ``lut``, measure the base (or take it from
     the journal), resolve the budget, and re-anchor the prediction on the measured base (``since``:
-    when the set-up began). Under torchrun rank 0 alone calibrates and measures. A model whose
-    groups do not describe it is refused first (:meth:`ChannelGraph.verify`)."""
-    graph.verify()
+    when the set-up began). Under torchrun rank 0 alone calibrates and measures."""
     journal = settings.journal
 
     def measured() -> tuple[Any, ...]:
@@ -453,7 +452,7 @@ def prune_model(base_model: nn.Module, input_shape: tuple[int, ...], name: str, 
         # The method trains the graph's model in place where it has batches; with none (a data-free
         # prune), it only reads it, and the copy shares the base's weights (ViT-H/14's 2.4 GB)
         model = copy.deepcopy(base_model) if training.train_loader is not None else shared_copy(base_model)
-        return backend.keyed(ChannelGraph.build(model, input_shape))
+        return backend.keyed(checked_graph(model, input_shape))
 
     graph = fresh()
     start = prepare(graph, base_model, name, lut, backend, budget, settings, since=t0)

@@ -1,0 +1,85 @@
+"""The channel graph latprune profiles and prunes: each group checked against the model.
+
+Torch-Pruning's groups describe what its tracer saw; the model's own code can contradict
+them (a forward that reshapes by a width it stored when built, a layer scale viewed to a
+fixed shape, a concatenation sliced at fixed offsets), and its tracer can misread a
+structure without failing (a channel shuffle written with ``view`` and ``transpose``).
+:func:`checked_graph` slims the model to every other channel of every group and compares
+it with the model whose same channels are zeroed (:meth:`ChannelGraph.disagreement`). Where
+they disagree, it finds the groups that do by halving the set that fails, keeps those at
+full width, says why in :attr:`ChannelGraph.kept_full`, and prunes the rest; it refuses
+the model only when no group can be pruned.
+
+A structure is checked once per process (forward passes of a slimmed and a
+masked copy): later graphs of the same network, each prune attempt's, take the same groups.
+
+>>> from latprune.models import ResNetCifar
+>>> graph = checked_graph(ResNetCifar(), (1, 1, 28, 28))
+>>> graph.kept_full
+{}
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+from torch import nn
+
+from latprune.errors import SpecError
+from latprune.graph.channels import ChannelGraph
+
+CONTRADICTED = "its channels cannot be slimmed"  # how kept_full names a group refused here
+_CHECKED: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()  # structure -> refused roots and why
+_REMEMBERED = 64
+
+
+def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+    """:meth:`ChannelGraph.build` of ``model`` (which it takes over), its groups that the model's
+    code contradicts kept at full width; a :class:`SpecError` where every group does."""
+    graph = ChannelGraph.build(model, input_shape)
+    key = (type(model).__qualname__, graph.signature())
+    if key in _CHECKED:
+        refused = _CHECKED[key]
+        return ChannelGraph.build(model, input_shape, refused) if refused else graph
+    refused = refused_groups(graph)
+    if refused:
+        graph = ChannelGraph.build(model, input_shape, refused)
+        why = graph.disagreement(range(len(graph.groups)))
+        if why is not None:  # the groups left do not hold after all
+            raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
+    _CHECKED[key] = refused
+    while len(_CHECKED) > _REMEMBERED:
+        _CHECKED.popitem(last=False)
+    return graph
+
+
+def refused_groups(graph: ChannelGraph) -> dict[str, str]:
+    """The roots of the groups whose slimming contradicts the model, each with why: ``{}``
+    where every group holds. Raises :class:`SpecError` where no group can be pruned, or
+    where the groups fail only together."""
+    every = list(range(len(graph.groups)))
+    why = graph.disagreement(every)
+    if why is None:
+        return {}
+    if len(every) == 1 or graph.disagreement([]) is not None:  # nothing to halve, or no slim runs at all
+        raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
+    failing = _failing(graph, every, why)
+    rest = [g for g in every if g not in failing]
+    if not failing or not rest or graph.disagreement(rest) is not None:
+        raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
+    return {graph.groups[g].root: f"{CONTRADICTED}: {reason}" for g, reason in failing.items()}
+
+
+def _failing(graph: ChannelGraph, gids: Sequence[int], why: str) -> dict[int, str]:
+    """The groups of ``gids`` (which fail together, for ``why``) that fail alone: each half
+    that fails is halved again. Groups that fail only together are not found."""
+    if len(gids) == 1:
+        return {gids[0]: why}
+    found: dict[int, str] = {}
+    half = len(gids) // 2
+    for part in (gids[:half], gids[half:]):
+        reason = graph.disagreement(part)
+        if reason is not None:
+            found.update(_failing(graph, part, reason))
+    return found
