@@ -16,8 +16,12 @@ and checked against the unit sums stored with them) in two forms, each by
 Each is scored on the row's random configurations, measured minutes later by ``lut fidelity``:
 as stored (median |error|, share within ±10%) and re-anchored on the full model measured at the
 start of that run, as ``prune`` uses a LUT; beside them, the row's repeat score (the machine's
-floor). A row whose LUT's units changed since its calibration, or whose calibration is gone,
-says so and is left out. Writes ``benchmarks/results/calibration_refit[_NAME].json``. It times
+floor). Beside them, ``shift``: the calibration's own points against the rule fitted on the
+row's random configurations (the machine as ``lut fidelity`` found it), as measured / predicted
+- 1, median and p10-p90 over the points: a shift of every point alike is the machine running at
+another speed while it calibrated, which the repeat score (two passes of one run) cannot show.
+A row whose LUT's units changed since its calibration, or whose calibration is gone, says so
+and is left out. Writes ``benchmarks/results/calibration_refit[_NAME].json``. It times
 nothing: it runs anywhere, in a few minutes.
 """
 
@@ -84,7 +88,10 @@ def refit_row(row: dict[str, Any], benchmarks: Path) -> dict[str, Any]:
     t_measured = np.array([p["measured_ms"] for p in row["points"]])
     # the full model as the fidelity run measured it first: its drift over the stored prediction
     full_measured = row["drift"] * loaded[0].from_units(full_raw, 0, full_weights)
+    now = fit(list(t_raw), list(t_measured), list(t_removed), list(t_weights))
+    shift = (measured / now.from_units(raw, removed, weights) - 1) * 100
     out: dict[str, Any] = {"model": row["model"], "input": row["input"], "points": len(points),
+                           "shift_pct": [round(float(np.percentile(shift, q)), 1) for q in (50, 10, 90)],
                            "weights_mib": [round(float(weights.min()), 1), round(float(weights.max()), 1)],
                            "repeat": {k: round(row["repeat"][k], 2) for k in ("median_abs_pct", "within_10_pct")}}
     for name, cal in forms.items():
@@ -99,15 +106,17 @@ def refit_row(row: dict[str, Any], benchmarks: Path) -> dict[str, Any]:
 def table(rows: dict[str, dict[str, Any]]) -> str:
     """The BENCHMARKS.md table: each row's scores in both forms beside its floor."""
     lines = ["| model@size | weights (MiB) | per MiB | linear: stored | weights: stored | linear: anchored "
-             "| weights: anchored | repeat (the floor) |", "|---|---|--:|--:|--:|--:|--:|--:|"]
+             "| weights: anchored | repeat (the floor) | shift (p10–p90) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for key, r in rows.items():
         if "skipped" in r:
-            lines.append(f"| {key} | {r['skipped']} |" + " |" * 6)
+            lines.append(f"| {key} | {r['skipped']} |" + " |" * 7)
             continue
         lin, wt = r["linear"], r["weights"]
+        shift = f"{r['shift_pct'][0]:+.1f}% ({r['shift_pct'][1]:+.1f}…{r['shift_pct'][2]:+.1f})" \
+            if "shift_pct" in r else "–"
         lines.append(f"| {key} | {r['weights_mib'][0]}–{r['weights_mib'][1]} | {wt['per_weight_mib']:+.4f} | "
                      f"{score_cell(lin['stored'])} | {score_cell(wt['stored'])} | {score_cell(lin['anchored'])} | "
-                     f"{score_cell(wt['anchored'])} | {score_cell(r['repeat'])} |")
+                     f"{score_cell(wt['anchored'])} | {score_cell(r['repeat'])} | {shift} |")
     return "\n".join(lines)
 
 

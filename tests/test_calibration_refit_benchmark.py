@@ -15,7 +15,8 @@ from tests.conftest import load_benchmark
 def test_a_device_linear_in_its_units_keeps_the_line_and_a_changed_lut_is_told(tmp_path: Path) -> None:
     """The fake device times a model at exactly 1.1 · Σunits + 0.02 ms: refitted on the LUT's 12
     calibration points, the weights term stays out and both forms predict the row's configurations
-    exactly; a LUT whose units changed since its calibration is left out, saying so."""
+    exactly, and its calibration points sit on the row's own fit (no shift) or, the row measured 10%
+    slower, all 9.1% under it; a LUT whose units changed since its calibration is left out, saying so."""
     bench = load_benchmark("calibration_refit")
     spec, _, _ = bench.fitted_model("mobilenet_v3_small", 32)
     backend = get_backend("fake", threads=1)
@@ -34,6 +35,10 @@ def test_a_device_linear_in_its_units_keeps_the_line_and_a_changed_lut_is_told(t
     assert out["points"] == 12 and out["weights"]["per_weight_mib"] == 0.0
     for form in ("linear", "weights"):
         assert out[form]["stored"]["median_abs_pct"] < 0.01 and out[form]["anchored"]["within_10_pct"] == 1.0
+    assert max(map(abs, out["shift_pct"])) < 0.1
+    slower = {**row, "points": [{**p, "measured_ms": p["measured_ms"] * 1.1} for p in points]}
+    shift = bench.refit_row(slower, tmp_path)["shift_pct"]  # the machine 10% slower than while it calibrated
+    assert all(abs(v - (1 / 1.1 - 1) * 100) < 0.1 for v in shift)
     with Lut.open(tmp_path / "luts" / "m.lut", writable=True) as lut:
         stored = lut.calibration(graph.signature())
         stored["points"][3]["raw_ms"] *= 1.01
