@@ -51,7 +51,7 @@ def scores(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
 
 def refit_row(row: dict[str, Any], benchmarks: Path) -> dict[str, Any]:
     """Both forms' scores on one fidelity row (see the module docstring), or why it is left out."""
-    from latprune.graph.channels import ChannelGraph
+    from latprune.graph.check import checked_graph
     from latprune.latency_lut.backends import get_backend
     from latprune.latency_lut.calibrate import calibration_configs, fit
     from latprune.latency_lut.predict import Predictor
@@ -62,7 +62,7 @@ def refit_row(row: dict[str, Any], benchmarks: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"skipped": f"no LUT at {path}"}
     spec, _, _ = fitted_model(row["model"], row["input"][-1])
-    graph = get_backend(row.get("backend", "ort-cpu"), 1).keyed(ChannelGraph.build(spec.model, tuple(row["input"])))
+    graph = get_backend(row.get("backend", "ort-cpu"), 1).keyed(checked_graph(spec.model, tuple(row["input"])))
     with Lut.open(path) as lut:
         stored, loaded = lut.calibration(graph.signature()), load_calibration(lut, graph.signature())
         if stored is None or loaded is None:

@@ -116,10 +116,10 @@ def weight_bytes(graph: Any, widths: dict[int, int]) -> int:
 
 def score_row(row: dict[str, Any], cache_bytes: int) -> dict[str, Any]:
     """Every form's leave-one-out score on one fidelity row (see the module docstring)."""
-    from latprune.graph.channels import ChannelGraph
+    from latprune.graph.check import checked_graph
 
     spec, _, _ = fitted_model(row["model"], row["input"][-1])
-    graph = ChannelGraph.build(spec.model, tuple(row["input"]))
+    graph = checked_graph(spec.model, tuple(row["input"]))
     points = row["points"]
     ids = sorted(g.id for g in graph.groups)
     configs = [dict(zip(ids, p["widths"])) for p in points]

@@ -75,7 +75,7 @@ def picks_and_twins(graph: Any, predictor: Any, grid: Any, fractions: list[float
 def run_model(name: str, size: int, fractions: list[float], levels: int, samples: int, backend_name: str = "ort-cpu",
               lut_dir: Path = HERE / "luts" / "zoo") -> dict[str, Any]:
     import latprune
-    from latprune.graph.channels import ChannelGraph
+    from latprune.graph.check import checked_graph
     from latprune.latency_lut.backends import get_backend
     from latprune.latency_lut.predict import Predictor
     from latprune.latency_lut.profile import load_calibration, measure_widths_beside
@@ -89,7 +89,7 @@ def run_model(name: str, size: int, fractions: list[float], levels: int, samples
                      path=path, levels=levels, passes=1, calibration_samples=samples, progress=False)
     spec = registered_model(f"torchvision:{name}", shape)
     backend = get_backend(backend_name, 1)
-    graph = ChannelGraph.build(spec.model, shape)
+    graph = checked_graph(spec.model, shape)
     backend.keyed(graph)  # as profile and prune key it
     lut = Lut.open(path)
     stored = load_calibration(lut, graph.signature())

@@ -369,11 +369,11 @@ def test_a_group_the_models_code_contradicts_keeps_its_width_and_the_rest_prunes
     slim, masked, x = graph.slim(keep), graph.mask(keep), torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
-    with pytest.warns(LatpruneWarning, match=r"2 layers keep their full width, never pruned \(2 layers whose "
-                                             r"slimming the model's own code contradicts\)"):
+    with pytest.warns(LatpruneWarning, match=r"1 layers keep their full width, never pruned \(1 layers whose "
+                                             r"group breaks the model when slimmed\)"):
         lut = latprune.profile(_FixedWidth().eval(), (1, 3, 8, 8), backend="fake", path=tmp_path / "f.lut",
                                progress=False)
-    assert set(lut.report.kept_full) == {"conv", "head"}
+    assert set(lut.report.kept_full) == {"conv"}  # the head reads its channels and prunes its own
 
 
 def test_a_model_none_of_whose_groups_can_be_slimmed_is_refused_in_one_line() -> None:
@@ -419,6 +419,24 @@ def test_a_model_that_caches_tensors_computed_from_its_parameters_copies_after_a
     slim, masked, x = graph.slim(keep), graph.mask(keep), torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(slim(x), masked(x), atol=1e-5)
+
+
+def test_a_class_redefined_with_another_forward_is_checked_again() -> None:
+    """The check is remembered per class object: a notebook's redefined class of the same name
+    and layers, whose forward now reads a stored width, is checked on its own."""
+    from latprune.graph.check import checked_graph
+
+    def define(fixed: bool) -> type[nn.Module]:
+        class Net(_FixedWidth):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if fixed:
+                    return super().forward(x)
+                x = self.conv(torch.relu(self.bn(self.stem(x))))
+                return self.head(x.mean((2, 3)))
+        return Net
+
+    assert [g.root for g in checked_graph(define(False)().eval(), (1, 3, 8, 8)).groups] == ["stem", "conv"]
+    assert [g.root for g in checked_graph(define(True)().eval(), (1, 3, 8, 8)).groups] == ["stem"]
 
 
 def test_timm_poolformer_prunes_its_mlps_with_its_layer_scales_kept_whole() -> None:

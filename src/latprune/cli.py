@@ -249,7 +249,7 @@ def _print(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -
 
 def cmd_profile(args: argparse.Namespace) -> None:
     from latprune.api import profile
-    from latprune.graph.channels import ChannelGraph
+    from latprune.graph.check import checked_graph
     from latprune.latency_lut.calibrate import MIN_SAMPLES_FOR_REMOVALS
     from latprune.report import profile_text
     from latprune.specs import load_model, parse_shard
@@ -257,7 +257,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     shard = parse_shard(args.shard)
     spec = load_model(args.model, args.input, args.base)
     if args.calibration_samples < MIN_SAMPLES_FOR_REMOVALS and shard == (1, 1):
-        if ChannelGraph.build(spec.model, spec.input_shape).blocks:
+        if checked_graph(spec.model, spec.input_shape).blocks:
             _warn([f"--calibration-samples {args.calibration_samples} leaves out configurations that remove "
                    f"blocks; with fewer than {MIN_SAMPLES_FOR_REMOVALS} the calibration cannot fit what "
                    "a removed block costs (the default is 12)"])

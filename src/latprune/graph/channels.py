@@ -339,7 +339,8 @@ class ChannelGraph:
         channels zeroed computes (:meth:`mask`). Torch-Pruning's tracer can misread a structure
         without failing (a channel shuffle written with ``view`` and ``transpose``), and a model's
         own code can contradict its groups (a reshape by a width it stored when built)."""
-        keep = {g: list(range(0, self.groups[g].size, 2)) for g in gids}
+        halves = {g: _every_other(self.groups[g]) for g in gids}
+        keep = {g: idx for g, idx in halves.items() if idx is not None}
         example = torch.randn(*self.input_shape, generator=torch.Generator().manual_seed(0))
         outputs = []
         for make, what in ((lambda: self.slim(keep, share=True), "slimming it"),
@@ -421,6 +422,15 @@ class ChannelGraph:
                     model.set_submodule(name, KeptLayerNorm(norm, kept))
         return model
 
+
+
+def _every_other(group: Group) -> list[int] | None:
+    """Every other channel of ``group``, as its grouped convolution can keep them (half of each
+    block), or None where it cannot be narrowed at all (one channel per block)."""
+    if group.blocks == 1:
+        return list(range(0, group.size, 2))
+    width = group.size // 2 // group.blocks * group.blocks
+    return group.top((np.arange(group.size) % 2 == 0).astype(float), width) if width else None
 
 
 def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
@@ -678,28 +688,46 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
     token) pruned along :func:`channel_dim`."""
     kept = list(left_attentions(model).values())
     widths: dict[nn.Module, tuple[int, int]] = {}
+    before = _attributes(model)
     with warnings.catch_warnings(), opaque(), hidden(kept, widths), _unknown_not_zero():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
                                                    customized_pruners=customized_pruners(kept, widths))
-    _detach_caches_(model)
+    _drop_traced_caches_(model, before)
     return dg
 
 
-def _detach_caches_(model: nn.Module) -> None:
-    """Tensors a module computed from its parameters during the trace and keeps as attributes
-    (a cache: timm's LeViT and EfficientFormer keep their attention biases so) hold autograd
-    history, which ``copy.deepcopy`` refuses; detached, the model copies, and computes the same."""
+def _attributes(model: nn.Module) -> dict[tuple[int, str, Any], int]:
+    """The identity of every plain attribute of ``model``'s modules, and of each entry of an
+    attribute that is a dict (a cache), by (module, attribute, key)."""
+    seen: dict[tuple[int, str, Any], int] = {}
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            seen[(id(module), name, None)] = id(value)
+            if isinstance(value, dict):
+                seen.update({(id(module), name, key): id(item) for key, item in value.items()})
+    return seen
+
+
+def _drop_traced_caches_(model: nn.Module, before: dict[tuple[int, str, Any], int]) -> None:
+    """Undo what a trace with autograd left in ``model``'s attributes: a tensor it computed from
+    the parameters and kept (timm's LeViT and EfficientFormer cache their attention biases so in
+    eval mode) holds autograd history, which ``copy.deepcopy`` refuses. Such a dict entry goes
+    (the module fills it again at its next forward pass); such an attribute is detached."""
+    def traced(key: tuple[int, str, Any], value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.grad_fn is not None and before.get(key) != id(value)
+
     for module in model.modules():
         for name, value in list(vars(module).items()):
             if name in ("_parameters", "_buffers", "_modules"):
                 continue
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+            if traced((id(module), name, None), value):
                 module.__dict__[name] = value.detach()
             elif isinstance(value, dict):
-                for key, item in list(value.items()):
-                    if isinstance(item, torch.Tensor) and item.grad_fn is not None:
-                        value[key] = item.detach()
+                for key in [k for k, item in value.items() if traced((id(module), name, k), item)]:
+                    del value[key]
 
 
 @contextlib.contextmanager
@@ -851,9 +879,9 @@ def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, s
         outputs = {names[tp_group[0].dep.target.module]} | {names[dep.target.module] for dep, _ in tp_group
                                                              if dep.handler in outward}
         hit = sorted(outputs & refused.keys())
-        if hit:
+        if hit:  # the layers that write its channels keep their width; those reading them prune their own
             for dep, _ in tp_group:
-                if isinstance(dep.target.module, PRUNABLE):
+                if isinstance(dep.target.module, PRUNABLE) and dep.handler in outward:
                     kept_full.setdefault(names[dep.target.module], refused[hit[0]])
             continue
         size = len(tp_group[0].idxs)

@@ -5,13 +5,14 @@ them (a forward that reshapes by a width it stored when built, a layer scale vie
 fixed shape, a concatenation sliced at fixed offsets), and its tracer can misread a
 structure without failing (a channel shuffle written with ``view`` and ``transpose``).
 :func:`checked_graph` slims the model to every other channel of every group and compares
-it with the model whose same channels are zeroed (:meth:`ChannelGraph.disagreement`). Where
-they disagree, it finds the groups that do by halving the set that fails, keeps those at
-full width, says why in :attr:`ChannelGraph.kept_full`, and prunes the rest; it refuses
-the model only when no group can be pruned.
+it with the model whose same channels are zeroed (:meth:`ChannelGraph.disagreement`; a
+failure of either copy counts too). Where they disagree, it finds the groups that do by
+halving the set that fails (a part whose halves hold alone but not together goes whole),
+keeps those at full width, says why in :attr:`ChannelGraph.kept_full`, and prunes the
+rest; it refuses the model only when no group can be pruned.
 
-A structure is checked once per process (forward passes of a slimmed and a
-masked copy): later graphs of the same network, each prune attempt's, take the same groups.
+A network is checked once per process and input shape (forward passes of slimmed and masked
+copies): later graphs of it, each prune attempt's, take the same groups.
 
 >>> from latprune.models import ResNetCifar
 >>> graph = checked_graph(ResNetCifar(), (1, 1, 28, 28))
@@ -21,7 +22,7 @@ masked copy): later graphs of the same network, each prune attempt's, take the s
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import weakref
 from typing import Sequence
 
 from torch import nn
@@ -30,17 +31,18 @@ from latprune.errors import SpecError
 from latprune.graph.channels import ChannelGraph
 
 CONTRADICTED = "its channels cannot be slimmed"  # how kept_full names a group refused here
-_CHECKED: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()  # structure -> refused roots and why
-_REMEMBERED = 64
+# per network class (a class redefined is another key), per graph signature: the refused roots and why
+_CHECKED: weakref.WeakKeyDictionary[type, dict[str, dict[str, str]]] = weakref.WeakKeyDictionary()
 
 
 def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
-    """:meth:`ChannelGraph.build` of ``model`` (which it takes over), its groups that the model's
-    code contradicts kept at full width; a :class:`SpecError` where every group does."""
+    """:meth:`ChannelGraph.build` of ``model`` (which it takes over), its groups that break the
+    model when slimmed kept at full width; a :class:`SpecError` where every group does."""
     graph = ChannelGraph.build(model, input_shape)
-    key = (type(model).__qualname__, graph.signature())
-    if key in _CHECKED:
-        refused = _CHECKED[key]
+    known = _CHECKED.setdefault(type(model), {})
+    signature = graph.signature()
+    if signature in known:
+        refused = known[signature]
         return ChannelGraph.build(model, input_shape, refused) if refused else graph
     refused = refused_groups(graph)
     if refused:
@@ -48,32 +50,28 @@ def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
         why = graph.disagreement(range(len(graph.groups)))
         if why is not None:  # the groups left do not hold after all
             raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
-    _CHECKED[key] = refused
-    while len(_CHECKED) > _REMEMBERED:
-        _CHECKED.popitem(last=False)
+    known[signature] = refused
     return graph
 
 
 def refused_groups(graph: ChannelGraph) -> dict[str, str]:
-    """The roots of the groups whose slimming contradicts the model, each with why: ``{}``
-    where every group holds. Raises :class:`SpecError` where no group can be pruned, or
-    where the groups fail only together."""
+    """The roots of the groups that break the model when slimmed, each with why: ``{}`` where
+    every group holds. Raises :class:`SpecError` where no group can be pruned."""
     every = list(range(len(graph.groups)))
     why = graph.disagreement(every)
     if why is None:
         return {}
-    if len(every) == 1 or graph.disagreement([]) is not None:  # nothing to halve, or no slim runs at all
+    if len(every) == 1 or graph.disagreement([]) is not None:  # nothing to halve, or no copy runs at all
         raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
     failing = _failing(graph, every, why)
-    rest = [g for g in every if g not in failing]
-    if not failing or not rest or graph.disagreement(rest) is not None:
+    if len(failing) == len(every):
         raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
     return {graph.groups[g].root: f"{CONTRADICTED}: {reason}" for g, reason in failing.items()}
 
 
 def _failing(graph: ChannelGraph, gids: Sequence[int], why: str) -> dict[int, str]:
-    """The groups of ``gids`` (which fail together, for ``why``) that fail alone: each half
-    that fails is halved again. Groups that fail only together are not found."""
+    """The groups of ``gids`` (which fail together, for ``why``) to keep whole: each half that
+    fails is halved again; a part whose halves hold alone but not together goes whole."""
     if len(gids) == 1:
         return {gids[0]: why}
     found: dict[int, str] = {}
@@ -82,4 +80,4 @@ def _failing(graph: ChannelGraph, gids: Sequence[int], why: str) -> dict[int, st
         reason = graph.disagreement(part)
         if reason is not None:
             found.update(_failing(graph, part, reason))
-    return found
+    return found or {g: why for g in gids}

@@ -264,7 +264,7 @@ def kept_full_warning(kept: dict[str, str]) -> str:
     """What a model keeps at full width because latprune cannot prune it yet, in one line."""
     counts = [(sum(reason.startswith(start) for reason in kept.values()), what) for start, what in (
         ("an attention", "attentions latprune does not rewrite yet"),
-        (CONTRADICTED, "layers whose slimming the model's own code contradicts"))]
+        (CONTRADICTED, "layers whose group breaks the model when slimmed"))]
     among = ", ".join(f"{n} {what}" for n, what in counts if n)
     first = next(iter(kept))
     return (f"{len(kept)} layers keep their full width, never pruned{f' ({among})' if among else ''}; "
