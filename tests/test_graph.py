@@ -688,3 +688,21 @@ def test_a_copy_to_time_shares_what_the_surgery_left_whole() -> None:
     root = narrow.get_submodule(group.root)
     assert root.weight is not graph.model.get_submodule(group.root).weight
     assert root.weight.shape[0] == group.size // 2
+
+
+def test_a_subclass_of_layernorm2d_is_masked_over_its_channels() -> None:
+    """timm's MetaFormer normalises with ``LayerNorm2dNoBias``, a ``LayerNorm2d`` over the channels of
+    ``(N, C, H, W)``: masked, it computes the LayerNorm of the kept channels, the others zero."""
+    pytest.importorskip("timm")
+    from timm.models.metaformer import LayerNorm2dNoBias
+
+    from latprune.graph.channels import KeptLayerNorm
+
+    norm, keep, x = LayerNorm2dNoBias(6), [0, 2, 3], torch.randn(2, 6, 4, 5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        kept = KeptLayerNorm(norm, keep)(x)
+        alone = LayerNorm2dNoBias(3)
+        alone.weight.copy_(norm.weight[keep])
+        assert torch.allclose(kept[:, keep], alone(x[:, keep]), atol=1e-5)
+        assert not kept[:, [1, 4, 5]].any()

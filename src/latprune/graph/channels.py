@@ -513,8 +513,9 @@ def masked_layer_norm(norm: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor) -
     """``norm(x)`` with its statistics weighted by ``gate`` over the channels, and its output
     multiplied by it: with a 0/1 gate, exactly the LayerNorm of the kept channels. A LayerNorm
     over several copies of the gated channels takes the gate once per copy. The channels are
-    the last dimension, or the second for a ``LayerNorm2d`` (ConvNeXt's, on ``(N, C, H, W)``)."""
-    dim = 1 if type(norm).__name__ == "LayerNorm2d" else -1
+    the last dimension, or the second for a ``LayerNorm2d`` or a subclass of one (ConvNeXt's and
+    MetaFormer's, on ``(N, C, H, W)``)."""
+    dim = 1 if any(c.__name__.startswith("LayerNorm2d") for c in type(norm).__mro__) else -1
     width = x.shape[dim]
     if gate.numel() != width:
         gate = gate.repeat(width // gate.numel())
