@@ -22,6 +22,7 @@ copies): later graphs of it, each prune attempt's, take the same groups.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from typing import Sequence
 
@@ -31,27 +32,34 @@ from latprune.errors import SpecError
 from latprune.graph.channels import ChannelGraph
 
 CONTRADICTED = "its channels cannot be slimmed"  # how kept_full names a group refused here
-# per network class (a class redefined is another key), per graph signature: the refused roots and why
+# per network class (a class redefined is another key), per structure and input shape: the refused roots and why
 _CHECKED: weakref.WeakKeyDictionary[type, dict[str, dict[str, str]]] = weakref.WeakKeyDictionary()
 
 
 def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     """:meth:`ChannelGraph.build` of ``model`` (which it takes over), its groups that break the
     model when slimmed kept at full width; a :class:`SpecError` where every group does."""
-    graph = ChannelGraph.build(model, input_shape)
     known = _CHECKED.setdefault(type(model), {})
-    signature = graph.signature()
-    if signature in known:
-        refused = known[signature]
-        return ChannelGraph.build(model, input_shape, refused) if refused else graph
+    structure = _structure(model, input_shape)
+    if structure in known:
+        return ChannelGraph.build(model, input_shape, known[structure])
+    graph = ChannelGraph.build(model, input_shape)
     refused = refused_groups(graph)
     if refused:
         graph = ChannelGraph.build(model, input_shape, refused)
         why = graph.disagreement(range(len(graph.groups)))
         if why is not None:  # the groups left do not hold after all
             raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
-    known[signature] = refused
+    known[structure] = refused
     return graph
+
+
+def _structure(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """A hash of ``model``'s modules (names, classes) and parameter shapes, and the input shape."""
+    parts = [str(tuple(input_shape))]
+    parts += [f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()]
+    parts += [f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def refused_groups(graph: ChannelGraph) -> dict[str, str]:
