@@ -124,6 +124,21 @@ def fitted_model(name: str, first: int) -> tuple[Any, int, dict[str, str]]:
     raise RuntimeError(f"runs at none of the sizes tried: {failed}")
 
 
+def nonzero_classifier_(model: Any) -> bool:
+    """Give a classifier that torchvision initialises to zeros (ViT's head) seeded random weights, so
+    that the model's output, and so its ONNX parity, is not zero whatever its layers compute; whether
+    it did."""
+    import torch
+    from torch import nn
+
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    if not last or last[0].weight.any():
+        return False
+    with torch.no_grad():
+        last[0].weight.copy_(torch.randn(last[0].weight.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
+    return True
+
+
 def heads_groups(plan: Any, base: Any) -> list[Any]:
     """The plan's groups that count an attention's heads: rooted at an attention module of the
     base whose head count is the group's size."""
@@ -170,6 +185,7 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
         state["spec"] = spec
         row["input"] = list(spec.input_shape)
         row["sizes_failed"] = failed
+        row["classifier_initialised"] = nonzero_classifier_(spec.model)
 
     def profile() -> None:
         spec = state["spec"]

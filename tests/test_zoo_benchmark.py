@@ -81,3 +81,16 @@ def test_heads_groups_are_those_rooted_at_an_attention_sized_by_its_heads(zoo):
     group = SimpleNamespace(root="blocks.0.layers.0.layers.window_attention.attn_layer.1", size=heads)
     width = SimpleNamespace(root="blocks.0.layers.0.layers.MBconv.layers.conv_a.0", size=64)
     assert zoo.heads_groups(SimpleNamespace(groups=[group, width]), base) == [group]
+
+
+def test_a_classifier_initialised_to_zeros_gets_weights_so_parity_means_something(zoo):
+    """torchvision's ViT starts with a zero classifier: its output, and its ONNX parity, would be zero
+    whatever the exported layers compute."""
+    import torch
+    from torch import nn
+
+    vit_like = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    nn.init.zeros_(vit_like[2].weight), nn.init.zeros_(vit_like[2].bias)
+    assert zoo.nonzero_classifier_(vit_like) and vit_like(torch.ones(1, 4)).abs().sum() > 0
+    before = vit_like[2].weight.clone()
+    assert not zoo.nonzero_classifier_(vit_like) and torch.equal(vit_like[2].weight, before)
