@@ -11,9 +11,12 @@ init, nothing downloaded), or those of ``--models``:
    multiple of 14, MaxViT 224); the row says which sizes failed and why;
 2. profile: ``latprune.profile`` on ort-cpu, 1 thread, ``--levels`` width levels, 1 pass,
    ``--calibration-samples`` (6), into ``benchmarks/luts/zoo/`` (a killed profile resumes);
-3. prune: ``latprune.prune(..., "0.6x", method=HalpConfig(importance="l1"))``, data-free;
-4. export: ``latprune.export(result, "onnx", ...)``: parity and the bundle measured, alone (as
-   ``export`` measures it) and in passes interleaved with the base model (as the prune measures);
+3. prune: ``latprune.prune(..., "0.6x", method=HalpConfig(importance="l1"))``, data-free
+   (``--method uniform-l1``: every group narrowed alike, heads included);
+4. export: ``latprune.export(result, "onnx", ...)``: parity (a classifier torchvision starts at
+   zeros, ViT's, given seeded weights first, so the outputs compared are not zero) and the bundle
+   measured, alone (as ``export`` measures it) and in passes interleaved with the base model (as
+   the prune measures), then run by ``latprune run`` as a user would;
 5. tp: Torch-Pruning's ``MagnitudePruner`` (L1, ratio 0.4, the classifier ignored), one
    ``step()`` and one forward pass, on the same model and input.
 
@@ -139,6 +142,17 @@ def nonzero_classifier_(model: Any) -> bool:
     return True
 
 
+def cli_run(bundle: Path) -> dict[str, Any]:
+    """``latprune run BUNDLE --json --repeat 10``, as a user runs a bundle: its exit code and, where it
+    ran, the output's shape and the median latency it printed."""
+    done = subprocess.run([sys.executable, "-m", "latprune", "run", str(bundle), "--json", "--repeat", "10"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"rc": done.returncode, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    out = json.loads(done.stdout)
+    return {"rc": 0, "outputs": out.get("outputs"), "latency_ms": out.get("latency_ms")}
+
+
 def heads_groups(plan: Any, base: Any) -> list[Any]:
     """The plan's groups that count an attention's heads: rooted at an attention module of the
     base whose head count is the group's size."""
@@ -204,8 +218,10 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
 
     def prune() -> None:
         spec = state["spec"]
+        method = latprune.HalpConfig(importance="l1") if args.method == "halp" else args.method
         result = latprune.prune(spec.model, state["lut"], BUDGET, example_input=spec.input_shape,
-                                method=latprune.HalpConfig(importance="l1"), name=spec.name, progress=False)
+                                method=method, name=spec.name, progress=False)
+        row["method"] = args.method
         state["result"] = result
         m, plan = result.metrics, result.plan
         heads = heads_groups(plan, spec.model)
@@ -228,12 +244,13 @@ def latprune_child(name: str, args: argparse.Namespace, row_file: Path) -> None:
             bundle = latprune.export(state["result"], "onnx", Path(tmp) / "bundle", threads=THREADS)
             meta = bundle.meta
             beside = bundle_beside_base(bundle.path / meta["artifact"], state["spec"])
+            cli = cli_run(bundle.path)
         parity = meta["parity"]
         row["export"] = {"parity_max_abs_diff": parity["max_abs_diff"], "parity_max_abs_ref": parity["max_abs_ref"],
                          "parity_tol": parity["tol"], "parity_rtol": parity["rtol"],
                          "parity_passed": parity["passed"], "exporter": meta["export"].get("exporter"),
                          "latency_ms": meta["measured"]["latency_ms"]["median_ms"],
-                         "budget_met": meta["measured"]["budget_met"], "beside_base": beside}
+                         "budget_met": meta["measured"]["budget_met"], "beside_base": beside, "latprune_run": cli}
         if parity["passed"] is not True:
             from latprune.parity import Parity
 
@@ -317,7 +334,8 @@ def run_child(kind: str, name: str, size: int, args: argparse.Namespace, timeout
         row_file = Path(tmp) / "row.json"
         cmd = [sys.executable, __file__, "--child", kind, "--models", name, "--row-file", str(row_file),
                "--size", str(size), "--levels", str(args.levels),
-               "--calibration-samples", str(args.calibration_samples), "--memory-gib", str(args.memory_gib)]
+               "--calibration-samples", str(args.calibration_samples), "--memory-gib", str(args.memory_gib),
+               "--method", getattr(args, "method", "halp")]
         cmd += ["--recalibrate"] if args.recalibrate else []
         rc = run_process(cmd, timeout_s, log, kind)
         row = json.loads(row_file.read_text()) if row_file.is_file() else {}
@@ -394,6 +412,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated torchvision names (default: all of list_models)")
     parser.add_argument("--size", type=int, default=64, help="input height and width tried first")
+    parser.add_argument("--method", choices=("halp", "uniform-l1"), default="halp",
+                        help="halp with L1 importance (the knapsack), or uniform-l1 (every group alike)")
     parser.add_argument("--levels", type=int, default=4, help="width levels per channel group in the LUT")
     parser.add_argument("--calibration-samples", type=int, default=6)
     parser.add_argument("--memory-gib", type=float, default=8.0, help="address-space limit of each child")

@@ -94,3 +94,18 @@ def test_a_classifier_initialised_to_zeros_gets_weights_so_parity_means_somethin
     assert zoo.nonzero_classifier_(vit_like) and vit_like(torch.ones(1, 4)).abs().sum() > 0
     before = vit_like[2].weight.clone()
     assert not zoo.nonzero_classifier_(vit_like) and torch.equal(vit_like[2].weight, before)
+
+
+def test_a_bundle_is_run_by_the_cli_as_a_user_runs_it(zoo, tmp_path):
+    import latprune
+    from tests.conftest import TINY_INPUT, tiny_resnet
+
+    model = tiny_resnet()
+    lut = latprune.profile(model, TINY_INPUT, backend="fake", path=tmp_path / "f.lut", progress=False)
+    result = latprune.prune(model, lut, "0.9x", example_input=TINY_INPUT,
+                            method=latprune.HalpConfig(importance="l1"), progress=False)
+    ran = zoo.cli_run(latprune.export(result, "onnx", tmp_path / "bundle", threads=1).path)
+    assert ran["rc"] == 0 and ran["outputs"][0]["shape"] == [1, 10] and ran["latency_ms"]["repeats"] == 10
+    (tmp_path / "empty").mkdir()
+    failed = zoo.cli_run(tmp_path / "empty")
+    assert failed["rc"] != 0 and failed["error"]
