@@ -331,7 +331,7 @@ class ChannelGraph:
         """Refuse a model whose groups do not describe it (:meth:`disagreement` of every group)."""
         why = self.disagreement(range(len(self.groups)))
         if why is not None:
-            raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
+            raise structure_refusal(why)
 
     def disagreement(self, gids: Iterable[int]) -> str | None:
         """Why the groups ``gids`` do not describe the model, or None where they do: slimmed to
@@ -422,6 +422,11 @@ class ChannelGraph:
                     model.set_submodule(name, KeptLayerNorm(norm, kept))
         return model
 
+
+
+def structure_refusal(why: str) -> SpecError:
+    """The one-line refusal of a model whose channel groups latprune cannot follow, for ``why``."""
+    return SpecError(f"latprune cannot prune this model's structure yet: {why}")
 
 
 def _every_other(group: Group) -> list[int] | None:
@@ -802,9 +807,9 @@ def _traced(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     rejoined = min(_rejoined_slices(dg), key=lambda name: order.get(name, len(order)), default=None)
     if rejoined is not None:
-        raise SpecError(f"latprune cannot prune this model's structure yet: slices of {rejoined} are concatenated "
-                        "back together along the axis they were cut from (a residual added to part of the "
-                        "channels, as in ReXNet), which Torch-Pruning's grouping cannot follow in reasonable time")
+        raise structure_refusal(f"slices of {rejoined} are concatenated back together along the axis they were "
+                                "cut from (a residual added to part of the channels, as in ReXNet), which "
+                                "Torch-Pruning's grouping cannot follow in reasonable time")
     return dg
 
 
@@ -838,9 +843,9 @@ def _rejoined_slices(dg: tp.DependencyGraph) -> list[str]:
 
 def _untraceable(exc: Exception) -> SpecError:
     where = traceback.extract_tb(exc.__traceback__)[-1]
-    return SpecError(f"latprune cannot prune this model's structure yet: Torch-Pruning's dependency tracer "
-                     f"failed on it ({type(exc).__name__} in {Path(where.filename).name}:{where.lineno}; "
-                     "an operation it does not model, such as a hand-written channel shuffle, does this)")
+    return structure_refusal(f"Torch-Pruning's dependency tracer failed on it ({type(exc).__name__} in "
+                             f"{Path(where.filename).name}:{where.lineno}; an operation it does not model, such as "
+                             "a hand-written channel shuffle, does this)")
 
 
 def _channel_groups(dg: tp.DependencyGraph, model: nn.Module, names: dict[Any, str], fixed: list[nn.Module],

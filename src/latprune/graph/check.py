@@ -28,8 +28,7 @@ from typing import Sequence
 
 from torch import nn
 
-from latprune.errors import SpecError
-from latprune.graph.channels import ChannelGraph
+from latprune.graph.channels import ChannelGraph, structure_refusal
 
 CONTRADICTED = "its channels cannot be slimmed"  # how kept_full names a group refused here
 # per network class (a class redefined is another key), per structure and input shape: the refused roots and why
@@ -47,9 +46,7 @@ def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
     refused = refused_groups(graph)
     if refused:
         graph = ChannelGraph.build(model, input_shape, refused)
-        why = graph.disagreement(range(len(graph.groups)))
-        if why is not None:  # the groups left do not hold after all
-            raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
+        graph.verify()  # the groups left hold together too
     known[structure] = refused
     return graph
 
@@ -69,12 +66,11 @@ def refused_groups(graph: ChannelGraph) -> dict[str, str]:
     why = graph.disagreement(every)
     if why is None:
         return {}
-    if len(every) == 1 or graph.disagreement([]) is not None:  # nothing to halve, or no copy runs at all
-        raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
-    failing = _failing(graph, every, why)
-    if len(failing) == len(every):
-        raise SpecError(f"latprune cannot prune this model's structure yet: {why}")
-    return {graph.groups[g].root: f"{CONTRADICTED}: {reason}" for g, reason in failing.items()}
+    if len(every) > 1 and graph.disagreement([]) is None:  # something to halve, and an unpruned copy runs
+        failing = _failing(graph, every, why)
+        if len(failing) < len(every):
+            return {graph.groups[g].root: f"{CONTRADICTED}: {reason}" for g, reason in failing.items()}
+    raise structure_refusal(why)
 
 
 def _failing(graph: ChannelGraph, gids: Sequence[int], why: str) -> dict[int, str]:
