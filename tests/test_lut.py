@@ -645,7 +645,7 @@ def test_a_unit_a_concatenation_feeds_is_measured_on_one_input_grid_and_interpol
 
 
 def test_a_large_export_waits_on_disk_between_passes_and_is_removed_with_its_pass(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """ViT-H/14's export is 2.5 GB: the calibration's configurations, measured in interleaved
     passes, each wait in a temporary file, and each is slimmed only when its first pass comes;
     a pass let go removes its file at once."""
@@ -656,6 +656,7 @@ def test_a_large_export_waits_on_disk_between_passes_and_is_removed_with_its_pas
     from latprune.latency_lut import profile as prof
 
     monkeypatch.setattr(prof, "SPILL_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's spills alone, beside other processes'
     backend = get_backend("ort-cpu", 1)
     built: list[int] = []
 
@@ -663,12 +664,11 @@ def test_a_large_export_waits_on_disk_between_passes_and_is_removed_with_its_pas
         built.append(1)
         return MODELS["resnet"]().eval()
 
-    before = set(glob.glob(f"{tempfile.gettempdir()}/latprune-pass-*"))
     once = prof.model_pass(backend, None, TINY_INPUT, make=make)
     assert not built  # nothing slimmed or exported until its first pass
     first, second = once(), once()
     assert len(built) == 1 and first.median_ms > 0 and second.median_ms > 0
-    spilled = set(glob.glob(f"{tempfile.gettempdir()}/latprune-pass-*")) - before
+    spilled = set(glob.glob(f"{tmp_path}/latprune-pass-*"))
     assert len(spilled) == 1 and sorted(os.listdir(next(iter(spilled)))) == ["model.onnx", "owner.pid"]
     gc.disable()  # dropped, the pass goes at once: no garbage collection needed
     try:
