@@ -11,8 +11,8 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 demo: setup data
 	$(VENV)/bin/latprune demo
 
-# Two workers, each test file on one (its module fixtures built once): the suite's two slowest files
-# (the README quickstart, the ort-cpu end-to-end) run side by side.
+# Two workers on one thread each (tests/conftest.py), each test file on one worker (its module fixtures
+# built once): the suite's two slowest files (the README quickstart, the ort-cpu end-to-end) run side by side.
 test: setup data
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -17,6 +18,10 @@ from torch import nn
 from latprune.models import ResNetCifar, ViT
 
 TINY_INPUT = (1, 1, 28, 28)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: one worker per core, each on one thread
+    os.environ["OMP_NUM_THREADS"] = "1"    # the processes a test starts too
+    torch.set_num_threads(1)
 
 
 def load_benchmark(name: str) -> ModuleType:
