@@ -123,6 +123,17 @@ def test_method_configs_validate_themselves_and_register_once() -> None:
     assert CONFIGS["gator"] is latprune.GatorConfig and Impostor not in METHODS
 
 
+def test_uniform_l1_measures_the_full_model_only_where_the_base_holds_the_budget(lut: latprune.LUT) -> None:
+    """The full model is the base, measured at set-up: under a budget below it the bisection
+    starts at half the widths; over it, the full model is the one candidate."""
+    under = latprune.prune(tiny_resnet(), lut, "0.8x", example_input=TINY_INPUT, method="uniform-l1", progress=False)
+    ratios = [c["ratio"] for c in under.metrics["closed_loop"]]
+    assert ratios[0] == 0.5 and 1.0 not in ratios and under.metrics["budget_met"]
+    over = latprune.prune(tiny_resnet(), lut, 1000.0, example_input=TINY_INPUT, method="uniform-l1", progress=False)
+    assert [c["ratio"] for c in over.metrics["closed_loop"]] == [1.0]
+    assert over.metrics["speedup"] == pytest.approx(1.0, rel=0.05)
+
+
 def test_export_of_an_unsaved_result_needs_a_path(lut: latprune.LUT, tmp_path: Path) -> None:
     result = latprune.prune(tiny_resnet(), lut, "0.8x", example_input=TINY_INPUT, method="uniform-l1",
                             progress=False)

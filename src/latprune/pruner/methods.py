@@ -615,7 +615,8 @@ def uniform_l1(ctx: Context) -> Decision:
     lo, hi = 0.0, 1.0
     best: dict[int, int] | None = None
     with ctx.meter("uniform-l1 bisection") as meter:
-        if measure(1.0)[0] <= ctx.target_ms:
+        # The full model is the base, measured at set-up: beside itself it measures base_ms again.
+        if ctx.base_ms <= ctx.target_ms and measure(1.0)[0] <= ctx.target_ms:
             best = widths_at(1.0)
         else:
             for _ in range(ctx.config.max_iters + 4):
