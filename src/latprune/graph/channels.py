@@ -423,7 +423,6 @@ class ChannelGraph:
         return model
 
 
-
 def structure_refusal(why: str) -> SpecError:
     """The one-line refusal of a model whose channel groups latprune cannot follow, for ``why``."""
     return SpecError(f"latprune cannot prune this model's structure yet: {why}")
