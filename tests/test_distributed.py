@@ -1,5 +1,6 @@
 """``torchrun -m latprune prune`` on 2 CPU processes (gloo): every rank ends with the same weights,
-rank 0 alone writes the run; ranks given different arguments are refused."""
+rank 0 alone writes the run; ranks given different arguments are refused. Gates attached to the
+caller's model train alike on every rank of the caller's DDP loop."""
 
 from __future__ import annotations
 
@@ -92,3 +93,66 @@ def test_torchrun_rank_training_runs_on_every_rank(model_file: str, tmp_path: Pa
     assert world["weights_sha256"][0] == world["weights_sha256"][1]
     assert world["max_difference_before_sync"]["rank training"] == 0.0
     assert metrics["method_details"]["trp"]["projections"] > 0 and metrics["budget_met"]
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_loop_torchrun.py"
+
+
+def test_gates_in_the_callers_ddp_loop_train_alike_on_every_rank(tmp_path: Path) -> None:
+    """``examples/own_loop_torchrun.py`` on 2 gloo ranks: the caller's DDP loop trains the attached
+    gates for 8 steps (past the Taylor signal's warm-up, where each rank's own batches reach the
+    gates), ``gates.optimizer()`` averages their gradients, and the ranks end with one decision."""
+    run = tmp_path / "run"
+    done = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={_free_port()}", str(EXAMPLE),
+                           "--backend", "fake", "--lut", str(tmp_path / "a.lut"), "--samples", "256", "--pretrain",
+                           "1", "--epochs", "2", "--finetune", "1", "--out", str(run)],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the ranks' pruned weights alike" in done.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    world = metrics["distributed"]
+    assert world["world_size"] == 2 and world["weights_sha256"][0] == world["weights_sha256"][1]
+    assert metrics["method_details"]["gates"]["steps"] == 8
+    assert world["max_difference_before_sync"]["gate training"] == 0.0  # the averaged gates stayed equal
+    assert metrics["config"]["gate_training"] == "the caller's loop" and metrics["measured_ms"] > 0
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.onnx", "model.pt", "plan.json"]
+
+
+_UNAVERAGED = """
+import sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from own_loop import SmallNet
+import latprune
+from latprune.errors import SpecError
+
+dist.init_process_group("gloo")
+model, x = SmallNet(), torch.randn(1, 1, 28, 28)
+if dist.get_rank() == 0:
+    latprune.profile(model, x, backend="fake", threads=1, path=sys.argv[1], levels=2, passes=1,
+                     calibration_samples=4, progress=False)
+dist.barrier()
+gates = latprune.attach_gates(model, sys.argv[1], "0.6x", example_input=x, progress=False)
+gate_opt = torch.optim.Adam(gates.parameters(), lr=0.1)  # not gates.optimizer(): nothing averages
+model.train()
+model(torch.randn(4, 1, 28, 28))  # a training-mode forward pass, as loss() asks
+try:
+    gates.loss()
+except SpecError as exc:
+    print(f"refused: {exc}")
+dist.destroy_process_group()
+"""
+
+
+def test_gates_stepped_by_an_optimizer_that_does_not_average_them_are_refused(tmp_path: Path) -> None:
+    script = tmp_path / "unaveraged.py"
+    script.write_text(_UNAVERAGED)
+    done = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={_free_port()}", str(script),
+                           str(tmp_path / "a.lut"), str(EXAMPLE.parent)], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    refusals = [ln for ln in done.stdout.splitlines() if ln.startswith("refused: ")]
+    assert len(refusals) == 2, done.stdout
+    assert all("step the gates with gates.optimizer()" in ln for ln in refusals)
+    assert {"rank 0 of 2", "rank 1 of 2"} == {ln.split("(")[1].split(")")[0] for ln in refusals}

@@ -21,12 +21,14 @@ from __future__ import annotations
 import copy
 import time
 import weakref
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from latprune import parallel
 from latprune.api import (
     LUT,
     PathLike,
@@ -37,6 +39,7 @@ from latprune.api import (
     _name,
     _training,
     _training_record,
+    _world_record,
 )
 from latprune.budget import Budget
 from latprune.errors import SpecError
@@ -58,7 +61,13 @@ class AttachedGates:
     In training mode every forward pass of the model draws the step's gate samples
     (a forward pre-hook); in eval mode the model runs on the hard gates, as the
     decision will see it. The gates and the latency model live on the CPU and
-    meet the activations on their device and dtype."""
+    meet the activations on their device and dtype.
+
+    Under ``torchrun`` every rank attaches (rank 0's weights go to every rank,
+    rank 0 alone measures the base), trains the gates on its shard beside the
+    model in the caller's DDP, and steps them with :meth:`optimizer`, which
+    averages their gradients over the ranks; rank 0 alone decides, and every
+    rank gets its decision."""
 
     def __init__(self, model: nn.Module, lut: LUT | PathLike, budget: str | float | Budget,
                  example_input: torch.Tensor | Sequence[int], config: GatorConfig, seed: int, name: str | None,
@@ -71,17 +80,25 @@ class AttachedGates:
         shape = _input_shape(example_input)
         target = _budget(budget)
         self._table = lut if isinstance(lut, LUT) else LUT.open(lut)
+        self._world = parallel.join(next(model.parameters(), torch.empty(0)).device.type)
+        parallel.same_everywhere("arguments to attach_gates", {
+            "budget": asdict(target), "lut": str(Path(self._table.path).resolve()), "input_shape": list(shape),
+            "config": asdict(self.config), "seed": seed})
         self._backend = get_backend(self._table.backend, self._table.threads)
-        self._settings = Settings(seed=seed, progress=progress)
+        self._settings = Settings(seed=seed, progress=progress and self._world.main)  # rank 0 reports
         base = _module(model).cpu()  # the model as it is now: what the budget is a fraction of
+        parallel.broadcast_state(base)  # rank 0's weights on every rank, as DDP would
         self._graph = self._backend.keyed(checked_graph(copy.deepcopy(base), shape))
         with open_for_backend(self._table.path, self._backend, writable=False) as store:
             self._start = prepare(self._graph, base, _name(model, name), store, self._backend, target,
                                   self._settings, since=t0)
             ctx = Context(self._graph.over(model), self._start.predictor, self._backend, self._start.calibrated.grid,
-                          self._start.budget_ms, self._start.base_ms, self.config, seed=seed, progress=progress)
+                          self._start.budget_ms, self._start.base_ms, self.config, seed=seed,
+                          progress=self._settings.progress)
             self._trained = gate_training(ctx)  # the latency tables are read from the LUT here
+        parallel.broadcast_tensors(self._trained.gates.parameters())
         self._target_ms = ctx.target_ms
+        self._averaged = False  # an optimizer() averages the gates' gradients over the ranks
         self._handles: list[Any] = []
         self._forwarded = False  # a training-mode forward pass since the last loss()
         self._finished = False
@@ -119,15 +136,24 @@ class AttachedGates:
         return self._trained.gates.parameters()
 
     def optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
-        """Adam over the gate logits at ``lr`` (default: gator's, 0.05); step it beside the model's."""
-        if lr is None:
-            return self._trained.penalty.optimizer()
-        return torch.optim.Adam(self.parameters(), lr=lr)
+        """Adam over the gate logits at ``lr`` (default: gator's, 0.05); step it beside the model's.
+        Under torchrun its step first averages the gates' gradients over the ranks (the caller's
+        DDP averages the model's alone)."""
+        penalty = self._trained.penalty
+        opt = penalty.optimizer() if lr is None else torch.optim.Adam(self.parameters(), lr=lr)
+        if self._world.distributed:
+            opt.register_step_pre_hook(lambda *_: parallel.average_gradients(penalty.synced()))
+            self._averaged = True
+        return opt
 
     def loss(self) -> torch.Tensor:
         """This step's latency term, a scalar on the model's device: add it to the task loss.
         Call it once per step, after the model's forward pass in training mode."""
         self._check_open("loss()")
+        if self._world.distributed and not self._averaged:
+            raise SpecError(f"under torchrun (rank {self._world.rank} of {self._world.size}) step the gates with "
+                            "gates.optimizer(): its step averages their gradients over the ranks, which the "
+                            "model's DDP does not")
         if not self._forwarded:
             raise SpecError("gates.loss() follows a forward pass of the model in training mode (model.train()), "
                             "once per step: that pass draws the gate samples the term trains")
@@ -154,6 +180,8 @@ class AttachedGates:
             raise SpecError(f"retries must be 0 or more, not {retries!r}")
         compute = Compute.resolve("auto")  # where a FinetuneConfig's built-in fine-tuning runs
         training = _training(self.config, train_loader, val_loader, finetune, evaluate, compute)
+        parallel.DIFFERENCES.clear()
+        parallel.synchronise("gate training", self.model, self.parameters())  # how far apart the ranks ended
         self.detach()
         try:
             result = self._decide(training, replace(self._settings, retries=retries))
@@ -175,6 +203,8 @@ class AttachedGates:
         metrics = metrics_of(outcome, start.base_model, graph.input_shape, start.budget, self.config, self._backend,
                              str(self._table.path), settings, None)
         metrics["config"].update(gate_epochs=None, lr=None, gate_training="the caller's loop")
+        if self._world.distributed:
+            metrics["distributed"] = _world_record(self._world, outcome.attempt.decision.slim)
         return PruneResult(outcome.attempt.decision.slim.eval(), outcome.plan, metrics,
                            outcome.attempt.verified.onnx)
 

@@ -1,7 +1,8 @@
 """Training on several processes: ``torchrun`` and DistributedDataParallel.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) a prune joins the
-process group (NCCL on CUDA, gloo on the CPU) and splits its work so:
+process group (NCCL for CUDA tensors, gloo for the CPU's: the gates live on
+the CPU) and splits its work so:
 
 - every rank trains (gate training, fine-tuning) its shard of the data, the
   model wrapped in DDP, the gates' gradients averaged by hand (they are not
@@ -51,8 +52,8 @@ def world() -> World:
 
 
 def join(device_type: str) -> World:
-    """Join the process group torchrun's environment describes (once; NCCL for ``cuda``, else gloo);
-    the single-process world without one."""
+    """Join the process group torchrun's environment describes (once; NCCL for CUDA tensors with
+    ``cuda``, gloo for the CPU's: the gates and the LUT live there); the single-process world without one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return world()
     if not dist.is_initialized():
@@ -61,7 +62,7 @@ def join(device_type: str) -> World:
             raise SpecError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun")
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
         _JOINED.append(True)
     return world()
 
@@ -144,7 +145,7 @@ def synchronise(name: str, module: nn.Module, extra: Iterable[torch.Tensor] = ()
     worst = 0.0
     with torch.no_grad():
         for tensor in [*module.parameters(), *extra]:
-            high, low = tensor.detach().clone(), tensor.detach().clone()
+            high, low = _carried(tensor.detach().clone()), _carried(tensor.detach().clone())
             dist.all_reduce(high, op=dist.ReduceOp.MAX)
             dist.all_reduce(low, op=dist.ReduceOp.MIN)
             worst = max(worst, float((high - low).abs().max()) if tensor.numel() else 0.0)
@@ -159,7 +160,10 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
         return
     with torch.no_grad():
         for tensor in tensors:
-            dist.broadcast(tensor.data, src=0)
+            wire = _carried(tensor.data)
+            dist.broadcast(wire, src=0)
+            if wire is not tensor.data:
+                tensor.data.copy_(wire)
 
 
 def average_gradients(tensors: Iterable[torch.Tensor]) -> None:
@@ -170,8 +174,18 @@ def average_gradients(tensors: Iterable[torch.Tensor]) -> None:
     for tensor in tensors:
         if tensor.grad is None:
             tensor.grad = torch.zeros_like(tensor)
-        dist.all_reduce(tensor.grad, op=dist.ReduceOp.SUM)
-        tensor.grad /= w.size
+        wire = _carried(tensor.grad)
+        dist.all_reduce(wire, op=dist.ReduceOp.SUM)
+        tensor.grad.copy_(wire / w.size)
+
+
+def _carried(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a copy on this rank's GPU where the process group has no backend for its
+    device (a CPU tensor in a group made with ``nccl`` alone, as a caller's own may be)."""
+    types = getattr(dist.group.WORLD, "_device_types", None)
+    if types is None or any(d.type == tensor.device.type for d in types):
+        return tensor
+    return tensor.to(torch.device("cuda", torch.cuda.current_device()))
 
 
 def wrapped(model: nn.Module, device: torch.device) -> nn.Module:

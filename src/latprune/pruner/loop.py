@@ -320,6 +320,7 @@ def finetune(training: Training, model: nn.Module, teacher: nn.Module, seed: int
     elif training.finetune is not None:
         training.finetune(model)
         model.cpu().eval()  # the user's loop may leave it on a GPU or in training mode
+        parallel.synchronise("fine-tune", model)  # under torchrun: rank 0's, which rank 0 measures, on every rank
 
 
 def finetuned(ctx: Context, training: Training, slim: nn.Module, teacher: nn.Module, journal: Journal | None,
