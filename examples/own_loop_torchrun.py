@@ -64,7 +64,7 @@ def main() -> None:
     if args.device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("cpu:gloo,cuda:nccl" if args.device == "cuda" else "gloo")  # the gates' gradients: CPU
-    rank, main_rank = dist.get_rank(), dist.get_rank() == 0
+    main_rank = dist.get_rank() == 0
     device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     torch.manual_seed(0)  # the same initial weights on every rank
     train, val = synthetic_data(args.samples, seed=0), DataLoader(synthetic_data(256, seed=1), batch_size=64)
@@ -98,7 +98,7 @@ def main() -> None:
 
     result = gates.finish(shard(train), finetune=lambda m: fit(m, train, args.finetune, device),
                           evaluate=lambda m: accuracy(m, val, torch.device("cpu")))  # rank 0 evaluates
-    digests = result.metrics["distributed"]["weights_sha256"]
+    digests = result.metrics["distributed"]["weights_sha256"]  # each rank's pruned weights
     if main_rank:
         m = result.metrics
         print(f"pruned: measured {m['measured_ms']:.4f} ms against a budget of {m['budget_ms']:.4f} ms "
@@ -106,7 +106,6 @@ def main() -> None:
               f"the ranks' pruned weights {'alike' if len(set(digests)) == 1 else 'DIFFERENT'}")
         if args.out:
             print(f"saved to {result.save(args.out, overwrite=True)}")
-    print(f"rank {rank}: pruned weights sha256 {digests[rank][:16]}")
     dist.destroy_process_group()
 
 

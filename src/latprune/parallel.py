@@ -45,8 +45,9 @@ class World:
 
 
 def world() -> World:
-    """This process's place in the process group (rank 0 of 1 outside torchrun)."""
-    if dist.is_available() and dist.is_initialized():
+    """This process's place in the process group (rank 0 of 1 outside torchrun, and in the work
+    rank 0 does alone: :func:`on_main`)."""
+    if dist.is_available() and dist.is_initialized() and not _ALONE:
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return World()
 
@@ -68,6 +69,7 @@ def join(device_type: str) -> World:
 
 
 _JOINED: list[bool] = []  # the process group was joined here (not by the caller)
+_ALONE: list[bool] = []  # rank 0 is in on_main's work: the other ranks wait, so no collective may run
 
 
 def leave(done: bool) -> None:
@@ -83,15 +85,19 @@ def leave(done: bool) -> None:
 
 def on_main(work: Callable[[], T]) -> T:
     """``work()`` run by rank 0 alone, its result (or the error it raised) on every rank: the
-    other ranks wait for it, and all raise together rather than wait for a rank that failed."""
+    other ranks wait for it, and all raise together rather than wait for a rank that failed.
+    Inside ``work`` rank 0 is a world of its own (training there runs without DDP)."""
     if not world().distributed:
         return work()
     outcome: tuple[bool, Any] = (True, None)
     if world().main:
+        _ALONE.append(True)
         try:
             outcome = (True, work())
         except Exception as exc:  # every rank raises it below
             outcome = (False, exc)
+        finally:
+            _ALONE.pop()
     ok, value = broadcast(outcome)
     if not ok:
         raise value

@@ -693,13 +693,18 @@ TRAINS_ON_EVERY_RANK: dict[type[MethodConfig], tuple[Callable[[Context], Any], C
 }
 
 
-def register_method(config: type[MethodConfig], method: Callable[[Context], Decision]) -> None:
+def register_method(config: type[MethodConfig], method: Callable[[Context], Decision], every_rank: tuple[
+        Callable[[Context], Any], Callable[[Context, Any], Decision]] | None = None) -> None:
     """Add a method: its config class (under the class's ``name``, :func:`configs.register`) and
-    the function that runs it. A name or a config class taken by another is an error."""
+    the function that runs it; ``every_rank``: ``method`` as its training, which runs on every rank
+    under torchrun, and the rest (:data:`TRAINS_ON_EVERY_RANK`). A name or a config class taken by
+    another is an error."""
     if config in METHODS and METHODS[config] is not method:
         raise ValueError(f"{config.__name__} already runs {METHODS[config].__name__}")
     register(config)
     METHODS[config] = method
+    if every_rank is not None:
+        TRAINS_ON_EVERY_RANK[config] = every_rank
 
 
 def get_method(config: MethodConfig) -> Callable[[Context], Decision]:

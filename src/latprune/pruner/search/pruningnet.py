@@ -156,9 +156,10 @@ def hold_out(loader: Iterable[Batch], n: int, seed: int) -> tuple[Iterable[Batch
     """``loader`` split for a search: the batches the PruningNet trains on, ``n`` held-out batches
     its candidates are scored on (never trained on), and how they were held out. A ``DataLoader``
     over a dataset with a length holds out ``n`` batches' worth of samples drawn by ``seed`` and
-    trains on the rest, shuffled as before; a list of batches holds out its last ``n``; any other
+    trains on the rest, shuffled as before (each rank on its share, where a ``DistributedSampler``
+    shared it out); a list of batches holds out its last ``n``; any other
     iterable cannot be split, and its first ``n`` batches are scored on while it trains on them all."""
-    from torch.utils.data import DataLoader, Dataset, Subset
+    from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
     dataset = getattr(loader, "dataset", None)
     size = getattr(loader, "batch_size", None)
@@ -169,8 +170,15 @@ def hold_out(loader: Iterable[Batch], n: int, seed: int) -> tuple[Iterable[Batch
             raise SpecError(f"the search holds out {n} batches of {size} samples to score its candidates on, "
                             f"but the training set holds {len(order)}; lower --score-batches")
         common = {"batch_size": size, "collate_fn": loader.collate_fn, "num_workers": loader.num_workers}
-        train_part = DataLoader(Subset(dataset, order[held_count:]), shuffle=True, drop_last=loader.drop_last,
-                                generator=torch.Generator().manual_seed(seed), **common)
+        rest = Subset(dataset, order[held_count:])
+        shared = loader.sampler
+        if isinstance(shared, DistributedSampler):  # under torchrun: each rank its share of the rest
+            train_part = DataLoader(rest, sampler=DistributedSampler(
+                rest, shared.num_replicas, shared.rank, shuffle=True, seed=seed, drop_last=shared.drop_last),
+                drop_last=loader.drop_last, **common)
+        else:
+            train_part = DataLoader(rest, shuffle=True, drop_last=loader.drop_last,
+                                    generator=torch.Generator().manual_seed(seed), **common)
         held = list(DataLoader(Subset(dataset, order[:held_count]), shuffle=False, **common))
         return train_part, held, f"{held_count} training samples held out"
     if isinstance(loader, list) and len(loader) > n:
