@@ -79,8 +79,9 @@ def fit(model: nn.Module, loader: DataLoader, epochs: int, device: torch.device)
     model.cpu().eval()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of this example and of ``own_loop_torchrun.py``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", default="0.6x", help="a fraction of the measured base latency, or '2ms'")
     parser.add_argument("--epochs", type=int, default=3, help="passes over the training set with the gates attached")
     parser.add_argument("--pretrain", type=int, default=3, help="passes before (the model you start from)")
@@ -89,6 +90,11 @@ def main() -> None:
     parser.add_argument("--backend", default="ort-cpu", help="the latency backend to profile and measure on")
     parser.add_argument("--lut", default="own_loop.lut", help="the LUT file (created, or extended)")
     parser.add_argument("--out", default=None, help="save the pruned run directory here")
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where your loop trains")
     args = parser.parse_args()

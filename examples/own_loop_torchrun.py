@@ -12,13 +12,12 @@ and saves; every rank gets the same pruned model.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from own_loop import SmallNet, accuracy, synthetic_data
+from own_loop import SmallNet, accuracy, arguments, synthetic_data
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -50,15 +49,7 @@ def ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", default="0.6x", help="a fraction of the measured base latency, or '2ms'")
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the training set with the gates attached")
-    parser.add_argument("--pretrain", type=int, default=3, help="passes before (the model you start from)")
-    parser.add_argument("--finetune", type=int, default=2, help="passes fine-tuning the pruned model")
-    parser.add_argument("--samples", type=int, default=512, help="training images, shared out over the ranks")
-    parser.add_argument("--backend", default="ort-cpu", help="the latency backend to profile and measure on")
-    parser.add_argument("--lut", default="own_loop.lut", help="the LUT file (created, or extended, by rank 0)")
-    parser.add_argument("--out", default=None, help="rank 0 saves the pruned run directory here")
+    parser = arguments(__doc__)  # own_loop.py's options: the ranks share out its samples, rank 0 writes
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where your loop trains")
     args = parser.parse_args()
     if args.device == "cuda":
